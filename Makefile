@@ -1,0 +1,31 @@
+# hashtree — PGXS build
+EXTENSION   = hashtree
+MODULE_big  = hashtree
+OBJS = \
+	src/hashtree.o \
+	src/sqlexec.o \
+	src/treemath.o \
+	src/store.o \
+	src/partlock.o \
+	src/remote.o \
+	src/compare.o \
+	src/api.o
+
+DATA = $(wildcard extension/hashtree--*.sql)
+
+PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
+
+PG_CPPFLAGS = -I$(libpq_srcdir) -I$(srcdir)/src
+SHLIB_LINK_INTERNAL = $(libpq)
+
+# pg_regress: sql/*.sql against expected/*.out
+REGRESS = $(patsubst sql/%.sql,%,$(sort $(wildcard sql/*.sql)))
+REGRESS_OPTS = --inputdir=$(srcdir)
+# isolation tests: specs/*.spec against expected/*.out
+ISOLATION = $(patsubst specs/%.spec,%,$(sort $(wildcard specs/*.spec)))
+ISOLATION_OPTS =
+# TAP tests: t/*.pl
+TAP_TESTS = 1
+
+PGXS := $(shell $(PG_CONFIG) --pgxs)
+include $(PGXS)

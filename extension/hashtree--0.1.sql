@@ -1,0 +1,362 @@
+/* hashtree--0.1.sql */
+
+-- complain if script is sourced in psql, rather than via CREATE EXTENSION
+\echo Use "CREATE EXTENSION hashtree" to load this file. \quit
+
+-- The schema is created by CREATE EXTENSION (control file: schema = hashtree).
+-- Ordinary users may look at the public views and call the pure functions;
+-- everything else is granted explicitly by the administrator.
+GRANT USAGE ON SCHEMA @extschema@ TO PUBLIC;
+
+---------------------------------------------------------------------------
+-- Internal helpers used by the tables' indexes and by the aggregates.
+---------------------------------------------------------------------------
+
+-- index identity of a key: the key up to 64 bytes, else a digest form
+CREATE FUNCTION @extschema@._kid(key bytea) RETURNS bytea
+	AS 'MODULE_PATHNAME', 'ht_kid'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+-- sums of digests, the node hashes (see docs/DESIGN.md)
+CREATE FUNCTION @extschema@._entry_sum_step(internal, bytea, bytea) RETURNS internal
+	AS 'MODULE_PATHNAME', 'ht_entry_sum_step'
+	LANGUAGE C CALLED ON NULL INPUT PARALLEL SAFE;
+CREATE FUNCTION @extschema@._child_sum_step(internal, bigint, bytea) RETURNS internal
+	AS 'MODULE_PATHNAME', 'ht_child_sum_step'
+	LANGUAGE C CALLED ON NULL INPUT PARALLEL SAFE;
+CREATE FUNCTION @extschema@._sum_final(internal) RETURNS bytea
+	AS 'MODULE_PATHNAME', 'ht_sum_final'
+	LANGUAGE C CALLED ON NULL INPUT PARALLEL SAFE;
+
+CREATE AGGREGATE @extschema@._entry_sum(bytea, bytea) (
+	SFUNC = @extschema@._entry_sum_step,
+	STYPE = internal,
+	FINALFUNC = @extschema@._sum_final
+);
+CREATE AGGREGATE @extschema@._child_sum(bigint, bytea) (
+	SFUNC = @extschema@._child_sum_step,
+	STYPE = internal,
+	FINALFUNC = @extschema@._sum_final
+);
+
+---------------------------------------------------------------------------
+-- Storage.  See docs/DESIGN.md for the layout and the invariants.
+---------------------------------------------------------------------------
+
+-- One row per partition, created here from hashtree.partitions.
+CREATE TABLE @extschema@.partition (
+	part			int4 PRIMARY KEY,
+	built			boolean NOT NULL DEFAULT true,
+	built_at		timestamptz,
+	builds			int8 NOT NULL DEFAULT 0,
+	jitter			float8 NOT NULL DEFAULT random(),
+	lock_pid		int4,
+	lock_start		timestamptz,	-- start time of the owner backend (identity)
+	locked_at		timestamptz,
+	last_update		timestamptz,
+	updates			int8 NOT NULL DEFAULT 0,
+	last_update_segments int8,
+	last_update_nodes int8,
+	last_update_ms	float8
+);
+
+-- Entries of every tree.  depth 2: the user's entries (prefix_a, prefix_b,
+-- key -> hash); depth 1 and 0: derived entries written by update/reset (a
+-- child tree's name -> its top hash).
+CREATE TABLE @extschema@.entry (
+	part			int4 NOT NULL,
+	seg				int4 NOT NULL,
+	depth			int2 NOT NULL,
+	pa				text COLLATE "C" NOT NULL,
+	pb				text COLLATE "C" NOT NULL,
+	key				bytea NOT NULL,
+	hash			bytea NOT NULL
+) WITH (fillfactor = 90);
+CREATE UNIQUE INDEX entry_key ON @extschema@.entry
+	(part, depth, pa, pb, seg, @extschema@._kid(key));
+
+-- Tree nodes: level 3 rows hold segment hashes (child = segment), level 2
+-- rows hold level-3 bucket hashes (child = bucket), the level 1 row holds
+-- the top hash (child 0).  n = number of entries below.  Zero (empty) hashes
+-- are never stored.
+CREATE TABLE @extschema@.node (
+	part			int4 NOT NULL,
+	child			int8 NOT NULL,
+	n				int8 NOT NULL,
+	depth			int2 NOT NULL,
+	level			int2 NOT NULL,
+	pa				text COLLATE "C" NOT NULL,
+	pb				text COLLATE "C" NOT NULL,
+	hash			bytea NOT NULL,
+	PRIMARY KEY (part, depth, pa, pb, level, child)
+) WITH (fillfactor = 80);
+
+-- Segments of leaf trees changed since the last update (append-only log:
+-- writers never wait on each other here; update deletes what it folds).
+CREATE TABLE @extschema@.dirty (
+	part			int4 NOT NULL,
+	seg				int4 NOT NULL,
+	pa				text COLLATE "C" NOT NULL,
+	pb				text COLLATE "C" NOT NULL
+);
+CREATE INDEX dirty_part ON @extschema@.dirty (part);
+
+-- Peers: other nodes, reached over libpq.
+CREATE TABLE @extschema@.peer (
+	name			text PRIMARY KEY,
+	conninfo		text NOT NULL,
+	added_at		timestamptz NOT NULL DEFAULT now()
+);
+
+-- pg_dump keeps the configuration and the user's entries; trees are
+-- derived and rebuilt after a restore.
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.peer', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.entry', 'WHERE depth = 2');
+
+REVOKE ALL ON @extschema@.partition, @extschema@.entry, @extschema@.node,
+	@extschema@.dirty, @extschema@.peer FROM PUBLIC;
+
+-- create the partitions (reads hashtree.partitions)
+CREATE FUNCTION @extschema@._create_partitions() RETURNS int
+	AS 'MODULE_PATHNAME', 'ht_create_partitions'
+	LANGUAGE C VOLATILE;
+SELECT @extschema@._create_partitions();
+DROP FUNCTION @extschema@._create_partitions();
+
+-- Any write to these tables that does not come from the extension's own
+-- code (a restore, a manual DELETE) marks every tree as not built.
+CREATE FUNCTION @extschema@._guard() RETURNS trigger
+	AS 'MODULE_PATHNAME', 'ht_guard'
+	LANGUAGE C SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+CREATE TRIGGER guard AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+	ON @extschema@.entry FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._guard();
+CREATE TRIGGER guard AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+	ON @extschema@.node FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._guard();
+CREATE TRIGGER guard AFTER DELETE OR UPDATE OR TRUNCATE
+	ON @extschema@.dirty FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._guard();
+
+---------------------------------------------------------------------------
+-- Pure functions (no table access): callable by everyone.
+---------------------------------------------------------------------------
+
+CREATE FUNCTION @extschema@.segment_of(key bytea, segments int DEFAULT 1048576) RETURNS int
+	AS 'MODULE_PATHNAME', 'ht_segment_of_sql'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+CREATE FUNCTION @extschema@.name(partition int) RETURNS text
+	AS 'MODULE_PATHNAME', 'ht_name'
+	LANGUAGE C STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION @extschema@.node_name() RETURNS text
+	AS 'MODULE_PATHNAME', 'ht_node_name_sql'
+	LANGUAGE C STABLE;
+
+CREATE FUNCTION @extschema@.partition_of(prefix_a text, prefix_b text, key bytea) RETURNS int
+	AS 'MODULE_PATHNAME', 'ht_partition_of'
+	LANGUAGE C STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+CREATE FUNCTION @extschema@.partition_of(prefix_a text, prefix_b text, key text) RETURNS int
+	AS 'MODULE_PATHNAME', 'ht_partition_of'
+	LANGUAGE C STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+---------------------------------------------------------------------------
+-- Entries
+---------------------------------------------------------------------------
+
+CREATE FUNCTION @extschema@.insert(prefix_a text, prefix_b text, key bytea, hash bytea,
+								   if_missing boolean DEFAULT false) RETURNS void
+	AS 'MODULE_PATHNAME', 'ht_insert'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+CREATE FUNCTION @extschema@.insert(prefix_a text, prefix_b text, key text, hash bytea,
+								   if_missing boolean DEFAULT false) RETURNS void
+	AS 'MODULE_PATHNAME', 'ht_insert'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+CREATE FUNCTION @extschema@.insert("partition" int, prefix_a text, prefix_b text, key bytea,
+								   hash bytea, if_missing boolean) RETURNS void
+	AS 'MODULE_PATHNAME', 'ht_insert_partition'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+CREATE FUNCTION @extschema@.insert("partition" int, prefix_a text, prefix_b text, key text,
+								   hash bytea, if_missing boolean) RETURNS void
+	AS 'MODULE_PATHNAME', 'ht_insert_partition'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION @extschema@.delete(prefix_a text, prefix_b text, key bytea) RETURNS void
+	AS 'MODULE_PATHNAME', 'ht_delete'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+CREATE FUNCTION @extschema@.delete(prefix_a text, prefix_b text, key text) RETURNS void
+	AS 'MODULE_PATHNAME', 'ht_delete'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+CREATE FUNCTION @extschema@.delete("partition" int, prefix_a text, prefix_b text, key bytea) RETURNS void
+	AS 'MODULE_PATHNAME', 'ht_delete_partition'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+CREATE FUNCTION @extschema@.delete("partition" int, prefix_a text, prefix_b text, key text) RETURNS void
+	AS 'MODULE_PATHNAME', 'ht_delete_partition'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+---------------------------------------------------------------------------
+-- Reading trees (local, or on a peer when node names one)
+---------------------------------------------------------------------------
+
+CREATE FUNCTION @extschema@.prefix_hash("partition" int, prefix_a text, prefix_b text DEFAULT NULL)
+	RETURNS bytea
+	AS 'MODULE_PATHNAME', 'ht_prefix_hash'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION @extschema@.top_hash("partition" int) RETURNS bytea
+	AS 'MODULE_PATHNAME', 'ht_top_hash'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION @extschema@.get_bucket(node text, "partition" int, prefixes text[], level int,
+									   bucket bigint)
+	RETURNS TABLE(child bigint, hash bytea)
+	AS 'MODULE_PATHNAME', 'ht_get_bucket'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION @extschema@.key_hashes(node text, "partition" int, prefixes text[], segment bigint)
+	RETURNS TABLE(key bytea, hash bytea)
+	AS 'MODULE_PATHNAME', 'ht_key_hashes'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+-- batched reads used by compare (one round trip per tree level)
+CREATE FUNCTION @extschema@._nodes("partition" int, depth int, pa text[], pb text[], level int,
+								   buckets bigint[])
+	RETURNS TABLE(i int, child bigint, hash bytea)
+	AS 'MODULE_PATHNAME', 'ht_nodes_sql'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+CREATE FUNCTION @extschema@._entries("partition" int, depth int, pa text[], pb text[],
+									 segments int[])
+	RETURNS TABLE(i int, key bytea, hash bytea)
+	AS 'MODULE_PATHNAME', 'ht_entries_sql'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+-- what a peer learns about us when it connects
+CREATE FUNCTION @extschema@._hello(OUT version text, OUT partitions int, OUT node text)
+	AS 'MODULE_PATHNAME', 'ht_hello'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+---------------------------------------------------------------------------
+-- Locks, update, reset, compare
+---------------------------------------------------------------------------
+
+CREATE FUNCTION @extschema@.lock("partition" int) RETURNS text
+	AS 'MODULE_PATHNAME', 'ht_lock1'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+CREATE FUNCTION @extschema@.lock(node text, "partition" int) RETURNS text
+	AS 'MODULE_PATHNAME', 'ht_lock2'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+CREATE FUNCTION @extschema@.lock(node text, "partition" int, pid int) RETURNS text
+	AS 'MODULE_PATHNAME', 'ht_lock3'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION @extschema@.release_lock("partition" int) RETURNS text
+	AS 'MODULE_PATHNAME', 'ht_release_lock1'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+CREATE FUNCTION @extschema@.release_lock(node text, "partition" int) RETURNS text
+	AS 'MODULE_PATHNAME', 'ht_release_lock2'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+CREATE FUNCTION @extschema@.release_lock(node text, "partition" int, pid int) RETURNS text
+	AS 'MODULE_PATHNAME', 'ht_release_lock3'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION @extschema@.update("partition" int) RETURNS text
+	AS 'MODULE_PATHNAME', 'ht_update1'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+CREATE FUNCTION @extschema@.update(node text, "partition" int) RETURNS text
+	AS 'MODULE_PATHNAME', 'ht_update2'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION @extschema@.reset("partition" int) RETURNS void
+	AS 'MODULE_PATHNAME', 'ht_reset1'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+CREATE FUNCTION @extschema@.reset(node text, "partition" int) RETURNS void
+	AS 'MODULE_PATHNAME', 'ht_reset2'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+CREATE FUNCTION @extschema@.compare("partition" int, node text)
+	RETURNS TABLE(kind text, prefix_a text, prefix_b text, key bytea)
+	AS 'MODULE_PATHNAME', 'ht_compare_sql'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+-- amcheck-style verification: rows where the stored tree differs from the
+-- tree a reset would build from the current entries (empty = consistent)
+CREATE FUNCTION @extschema@.check_tree("partition" int)
+	RETURNS TABLE(depth int, prefix_a text, prefix_b text, level int, child bigint,
+				  stored bytea, expected bytea)
+	AS 'MODULE_PATHNAME', 'ht_check_tree'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+---------------------------------------------------------------------------
+-- Peers
+---------------------------------------------------------------------------
+
+CREATE FUNCTION @extschema@.add_peer(name text, conninfo text) RETURNS void
+	AS 'MODULE_PATHNAME', 'ht_add_peer'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+CREATE FUNCTION @extschema@.drop_peer(name text) RETURNS void
+	AS 'MODULE_PATHNAME', 'ht_drop_peer'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+-- true for superusers and members of the extension owner's role
+CREATE FUNCTION @extschema@._privileged() RETURNS boolean
+	AS 'MODULE_PATHNAME', 'ht_privileged'
+	LANGUAGE C STABLE;
+
+CREATE VIEW @extschema@.peers AS
+	SELECT p.name,
+		   CASE WHEN @extschema@._privileged() THEN p.conninfo END AS conninfo,
+		   p.added_at
+	  FROM @extschema@.peer p;
+
+---------------------------------------------------------------------------
+-- Status
+---------------------------------------------------------------------------
+
+-- when a partition's trees expire: built_at + tree_ttl * (0.75 + 0.25 * jitter)
+CREATE FUNCTION @extschema@._next_expiry(built_at timestamptz, jitter float8) RETURNS timestamptz
+	AS 'MODULE_PATHNAME', 'ht_next_expiry'
+	LANGUAGE C STABLE;
+
+-- the live owner of a partition lock (NULL when none or when it exited)
+CREATE FUNCTION @extschema@._lock_owner(pid int, start timestamptz) RETURNS int
+	AS 'MODULE_PATHNAME', 'ht_lock_owner'
+	LANGUAGE C VOLATILE;
+
+CREATE VIEW @extschema@.status AS
+	SELECT p.part AS "partition",
+		   'hashtree_partition_' || p.part AS name,
+		   p.built,
+		   o.owner AS lock_owner,
+		   CASE WHEN o.owner IS NOT NULL THEN p.locked_at END AS locked_at,
+		   p.last_update,
+		   p.built_at AS last_build,
+		   (SELECT coalesce(sum(n.n), 0)::int8 FROM @extschema@.node n
+			 WHERE n.part = p.part AND n.depth = 2 AND n.level = 1) AS entries,
+		   (SELECT count(*) FROM (SELECT DISTINCT d.pa, d.pb, d.seg FROM @extschema@.dirty d
+								   WHERE d.part = p.part) s) AS dirty_segments,
+		   CASE WHEN p.built THEN @extschema@._next_expiry(p.built_at, p.jitter) END AS next_expiry,
+		   p.updates,
+		   p.builds,
+		   p.last_update_segments,
+		   p.last_update_nodes,
+		   p.last_update_ms
+	  FROM @extschema@.partition p
+	 CROSS JOIN LATERAL (SELECT @extschema@._lock_owner(p.lock_pid, p.lock_start) AS owner) o
+	 ORDER BY p.part;
+
+GRANT SELECT ON @extschema@.status, @extschema@.peers TO PUBLIC;
+
+---------------------------------------------------------------------------
+-- Privileges: functions that read or change trees, entries or peers are not
+-- for PUBLIC; the administrator grants EXECUTE to the roles that need them.
+---------------------------------------------------------------------------
+
+REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA @extschema@ FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION
+	@extschema@.segment_of(bytea, int),
+	@extschema@.name(int),
+	@extschema@.node_name(),
+	@extschema@.partition_of(text, text, bytea),
+	@extschema@.partition_of(text, text, text),
+	@extschema@._kid(bytea),
+	@extschema@._privileged(),
+	@extschema@._lock_owner(int, timestamptz),
+	@extschema@._next_expiry(timestamptz, float8)
+	TO PUBLIC;

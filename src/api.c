@@ -1,0 +1,1204 @@
+/*-------------------------------------------------------------------------
+ *
+ * api.c
+ *	  SQL entry points of the partition hashtree API (SPEC section 1.2).
+ *
+ * These functions validate their arguments (NULLs, ranges, lengths: an
+ * ERROR with a proper SQLSTATE, before anything is written), route a call
+ * naming a peer to that peer, and otherwise call the storage, lock and
+ * compare modules inside one SPI connection.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "commands/extension.h"
+#include "commands/trigger.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "utils/acl.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
+#include "utils/timestamp.h"
+
+#include "compare.h"
+#include "hashtree.h"
+#include "partlock.h"
+#include "remote.h"
+#include "sqlexec.h"
+#include "store.h"
+#include "treemath.h"
+
+/* ---- argument checks ----------------------------------------------------- */
+
+static text *
+prefix_arg(FunctionCallInfo fcinfo, int n, const char *what)
+{
+	text	   *t;
+
+	HT_ARG_NOT_NULL(n, what);
+	t = PG_GETARG_TEXT_PP(n);
+	if (VARSIZE_ANY_EXHDR(t) > HT_MAX_PREFIX_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("%s is too long", what),
+				 errdetail("A prefix has at most %d bytes; this one has %d.",
+						   HT_MAX_PREFIX_LEN, (int) VARSIZE_ANY_EXHDR(t))));
+	return t;
+}
+
+/* a key given as bytea, or as text (converted to UTF-8) */
+static bytea *
+key_arg(FunctionCallInfo fcinfo, int n)
+{
+	bytea	   *key;
+	int			len;
+
+	HT_ARG_NOT_NULL(n, "key");
+	if (get_fn_expr_argtype(fcinfo->flinfo, n) == TEXTOID)
+	{
+		text	   *t = PG_GETARG_TEXT_PP(n);
+		char	   *s;
+
+		len = VARSIZE_ANY_EXHDR(t);
+		s = pg_server_to_any(VARDATA_ANY(t), len, PG_UTF8);
+		if (s != VARDATA_ANY(t))
+			len = strlen(s);
+		key = palloc(VARHDRSZ + len);
+		SET_VARSIZE(key, VARHDRSZ + len);
+		memcpy(VARDATA(key), s, len);
+	}
+	else
+		key = PG_GETARG_BYTEA_PP(n);
+
+	len = VARSIZE_ANY_EXHDR(key);
+	if (len > HT_MAX_KEY_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("key is too long"),
+				 errdetail("A key has at most %d bytes; this one has %d.",
+						   HT_MAX_KEY_LEN, len)));
+	return key;
+}
+
+static bytea *
+hash_arg(FunctionCallInfo fcinfo, int n)
+{
+	bytea	   *hash;
+	int			len;
+
+	HT_ARG_NOT_NULL(n, "hash");
+	hash = PG_GETARG_BYTEA_PP(n);
+	len = VARSIZE_ANY_EXHDR(hash);
+	if (len < 1 || len > HT_MAX_HASH_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("hash must have 1 to %d bytes, not %d", HT_MAX_HASH_LEN, len)));
+	return hash;
+}
+
+static int
+partition_arg(FunctionCallInfo fcinfo, int n)
+{
+	HT_ARG_NOT_NULL(n, "partition");
+	return PG_GETARG_INT32(n);
+}
+
+static char *
+node_arg(FunctionCallInfo fcinfo, int n)
+{
+	return PG_ARGISNULL(n) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(n));
+}
+
+/* a tree named by a prefixes array: '{}' root, '{a}', '{a,b}' */
+typedef struct TreeName
+{
+	int			depth;
+	text	   *pa;
+	text	   *pb;
+	ArrayType  *array;
+} TreeName;
+
+static void
+prefixes_arg(FunctionCallInfo fcinfo, int n, TreeName *tn)
+{
+	ArrayType  *a;
+	Datum	   *elems;
+	bool	   *nulls;
+	int			nelems;
+
+	HT_ARG_NOT_NULL(n, "prefixes");
+	a = PG_GETARG_ARRAYTYPE_P(n);
+	if (ARR_NDIM(a) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("prefixes must be a one-dimensional array")));
+	deconstruct_array(a, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &nelems);
+	if (nelems > 2)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("prefixes must have 0, 1 or 2 elements, not %d", nelems),
+				 errdetail("'{}' names the root tree, '{a}' the tree of prefix_a a, "
+						   "'{a,b}' the tree of the full prefix (a, b).")));
+	for (int i = 0; i < nelems; i++)
+	{
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("prefixes must not contain nulls")));
+		if (VARSIZE_ANY_EXHDR(DatumGetTextPP(elems[i])) > HT_MAX_PREFIX_LEN)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("prefix is too long")));
+	}
+	tn->depth = nelems;
+	tn->pa = nelems >= 1 ? DatumGetTextPP(elems[0]) : cstring_to_text("");
+	tn->pb = nelems >= 2 ? DatumGetTextPP(elems[1]) : cstring_to_text("");
+	tn->array = a;
+}
+
+static void
+check_level_bucket(int depth, int level, int64 bucket)
+{
+	int64		nb;
+
+	if (level < 1 || level > HT_LEVELS)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("level must be between 1 and %d, not %d", HT_LEVELS, level)));
+	nb = ht_buckets_at_level(depth, level);
+	if (bucket < 0 || bucket >= nb)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("bucket " INT64_FORMAT " does not exist at level %d", bucket, level),
+				 errdetail("Level %d of this tree has buckets 0 to " INT64_FORMAT ".",
+						   level, nb - 1)));
+}
+
+static void
+check_segment(int depth, int64 seg)
+{
+	if (seg < 0 || seg >= HT_SEGMENTS(depth))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("segment " INT64_FORMAT " does not exist", seg),
+				 errdetail("This tree has segments 0 to " INT64_FORMAT ".",
+						   HT_SEGMENTS(depth) - 1)));
+}
+
+/* update and reset need a fresh snapshot per statement */
+static void
+check_read_committed(const char *what)
+{
+	if (IsolationUsesXactSnapshot())
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("%s must run at isolation level READ COMMITTED", what)));
+}
+
+/* ---- internal helpers for tables and aggregates ------------------------- */
+
+PG_FUNCTION_INFO_V1(ht_kid);
+Datum
+ht_kid(PG_FUNCTION_ARGS)
+{
+	bytea	   *key = PG_GETARG_BYTEA_PP(0);
+
+	PG_RETURN_BYTEA_P(ht_key_identity(VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key)));
+}
+
+static HtSum *
+sum_state(FunctionCallInfo fcinfo)
+{
+	MemoryContext aggctx;
+
+	if (!AggCheckCallContext(fcinfo, &aggctx))
+		elog(ERROR, "hashtree: aggregate step called in non-aggregate context");
+	if (PG_ARGISNULL(0))
+		return MemoryContextAllocZero(aggctx, sizeof(HtSum));
+	return (HtSum *) PG_GETARG_POINTER(0);
+}
+
+PG_FUNCTION_INFO_V1(ht_entry_sum_step);
+Datum
+ht_entry_sum_step(PG_FUNCTION_ARGS)
+{
+	HtSum	   *st = sum_state(fcinfo);
+
+	if (!PG_ARGISNULL(1) && !PG_ARGISNULL(2))
+	{
+		bytea	   *key = PG_GETARG_BYTEA_PP(1);
+		bytea	   *hash = PG_GETARG_BYTEA_PP(2);
+		HtSum		d;
+
+		ht_entry_digest(VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key),
+						VARDATA_ANY(hash), VARSIZE_ANY_EXHDR(hash), &d);
+		ht_sum_add(st, &d);
+	}
+	PG_RETURN_POINTER(st);
+}
+
+PG_FUNCTION_INFO_V1(ht_child_sum_step);
+Datum
+ht_child_sum_step(PG_FUNCTION_ARGS)
+{
+	HtSum	   *st = sum_state(fcinfo);
+
+	if (!PG_ARGISNULL(1) && !PG_ARGISNULL(2))
+	{
+		bytea	   *hash = PG_GETARG_BYTEA_PP(2);
+		HtSum		d;
+
+		ht_child_digest(PG_GETARG_INT64(1), VARDATA_ANY(hash),
+						VARSIZE_ANY_EXHDR(hash), &d);
+		ht_sum_add(st, &d);
+	}
+	PG_RETURN_POINTER(st);
+}
+
+PG_FUNCTION_INFO_V1(ht_sum_final);
+Datum
+ht_sum_final(PG_FUNCTION_ARGS)
+{
+	bytea	   *b;
+
+	if (PG_ARGISNULL(0))
+		PG_RETURN_NULL();
+	b = ht_sum_to_bytea((HtSum *) PG_GETARG_POINTER(0));
+	if (b == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_BYTEA_P(b);
+}
+
+PG_FUNCTION_INFO_V1(ht_create_partitions);
+Datum
+ht_create_partitions(PG_FUNCTION_ARGS)
+{
+	int			n;
+
+	SPI_connect();
+	n = ht_part_create_all(ht_guc_partitions);
+	SPI_finish();
+	PG_RETURN_INT32(n);
+}
+
+/*
+ * Statement trigger on the extension's tables: a write that does not come
+ * from the extension's code (a restore, a manual change) leaves trees that
+ * may not match the entries, so every partition is marked not built.
+ */
+PG_FUNCTION_INFO_V1(ht_guard);
+Datum
+ht_guard(PG_FUNCTION_ARGS)
+{
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		elog(ERROR, "hashtree: _guard() is a trigger function");
+	if (ht_api_depth == 0 && !creating_extension)
+	{
+		SPI_connect();
+		HT_API_BEGIN();
+		ht_part_mark_all_unbuilt();
+		HT_API_END();
+		SPI_finish();
+	}
+	return PointerGetDatum(NULL);
+}
+
+/* ---- pure and informational functions ----------------------------------- */
+
+PG_FUNCTION_INFO_V1(ht_segment_of_sql);
+Datum
+ht_segment_of_sql(PG_FUNCTION_ARGS)
+{
+	bytea	   *key = PG_GETARG_BYTEA_PP(0);
+	int32		segments = PG_GETARG_INT32(1);
+
+	if (segments < 1 || (segments & (segments - 1)) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("segments must be a positive power of two, not %d", segments)));
+	PG_RETURN_INT32((int32) (ht_key_hash64(VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key)) &
+							 (uint64) (segments - 1)));
+}
+
+PG_FUNCTION_INFO_V1(ht_name);
+Datum
+ht_name(PG_FUNCTION_ARGS)
+{
+	int			part = partition_arg(fcinfo, 0);
+
+	SPI_connect();
+	ht_check_partition(part);
+	SPI_finish();
+	PG_RETURN_TEXT_P(cstring_to_text(psprintf("hashtree_partition_%d", part)));
+}
+
+PG_FUNCTION_INFO_V1(ht_node_name_sql);
+Datum
+ht_node_name_sql(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_TEXT_P(cstring_to_text(ht_node_name()));
+}
+
+PG_FUNCTION_INFO_V1(ht_partition_of);
+Datum
+ht_partition_of(PG_FUNCTION_ARGS)
+{
+	text	   *pa = prefix_arg(fcinfo, 0, "prefix_a");
+	text	   *pb = prefix_arg(fcinfo, 1, "prefix_b");
+	bytea	   *key = key_arg(fcinfo, 2);
+	char	   *a;
+	char	   *b;
+	int			n;
+
+	SPI_connect();
+	n = ht_num_partitions();
+	SPI_finish();
+
+	a = pg_server_to_any(VARDATA_ANY(pa), VARSIZE_ANY_EXHDR(pa), PG_UTF8);
+	b = pg_server_to_any(VARDATA_ANY(pb), VARSIZE_ANY_EXHDR(pb), PG_UTF8);
+	PG_RETURN_INT32(ht_partition_for(a, a == VARDATA_ANY(pa) ? VARSIZE_ANY_EXHDR(pa) : strlen(a),
+									 b, b == VARDATA_ANY(pb) ? VARSIZE_ANY_EXHDR(pb) : strlen(b),
+									 VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key), n));
+}
+
+PG_FUNCTION_INFO_V1(ht_hello);
+Datum
+ht_hello(PG_FUNCTION_ARGS)
+{
+	TupleDesc	td;
+	Datum		values[3];
+	bool		nulls[3] = {false, false, false};
+	int			n;
+
+	if (get_call_result_type(fcinfo, NULL, &td) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "hashtree: return type must be a row type");
+	SPI_connect();
+	n = ht_num_partitions();
+	SPI_finish();
+	values[0] = CStringGetTextDatum(HT_EXTENSION_VERSION);
+	values[1] = Int32GetDatum(n);
+	values[2] = CStringGetTextDatum(ht_node_name());
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(td), values, nulls)));
+}
+
+PG_FUNCTION_INFO_V1(ht_privileged);
+Datum
+ht_privileged(PG_FUNCTION_ARGS)
+{
+	Oid			owner = InvalidOid;
+	Oid			extoid = get_extension_oid("hashtree", true);
+
+	if (superuser())
+		PG_RETURN_BOOL(true);
+	if (OidIsValid(extoid))
+	{
+		bool		isnull;
+
+		SPI_connect();
+		if (SPI_execute(psprintf("SELECT extowner FROM pg_catalog.pg_extension WHERE oid = %u",
+								 extoid), true, 1) == SPI_OK_SELECT && SPI_processed == 1)
+			owner = DatumGetObjectId(ht_col(0, 1, &isnull));
+		SPI_finish();
+	}
+	PG_RETURN_BOOL(OidIsValid(owner) && has_privs_of_role(GetUserId(), owner));
+}
+
+PG_FUNCTION_INFO_V1(ht_lock_owner);
+Datum
+ht_lock_owner(PG_FUNCTION_ARGS)
+{
+	int			pid;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		PG_RETURN_NULL();
+	pid = ht_live_owner(PG_GETARG_INT32(0), PG_GETARG_TIMESTAMPTZ(1));
+	if (pid == 0)
+		PG_RETURN_NULL();
+	PG_RETURN_INT32(pid);
+}
+
+PG_FUNCTION_INFO_V1(ht_next_expiry);
+Datum
+ht_next_expiry(PG_FUNCTION_ARGS)
+{
+	TimestampTz built_at;
+	double		jitter;
+	int64		ms;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		PG_RETURN_NULL();
+	built_at = PG_GETARG_TIMESTAMPTZ(0);
+	jitter = PG_GETARG_FLOAT8(1);
+	ms = (int64) ((double) ht_guc_tree_ttl * 1000.0 * (0.75 + 0.25 * jitter));
+	PG_RETURN_TIMESTAMPTZ(TimestampTzPlusMilliseconds(built_at, ms));
+}
+
+/* ---- entries ------------------------------------------------------------- */
+
+static void
+do_put(int part, text *pa, text *pb, bytea *key, bytea *hash, bool if_missing)
+{
+	SPI_connect();
+	HT_API_BEGIN();
+	ht_check_partition(part);
+	ht_store_put(part, pa, pb, key, hash, if_missing);
+	HT_API_END();
+	SPI_finish();
+}
+
+static int
+route(text *pa, text *pb, bytea *key)
+{
+	char	   *a = pg_server_to_any(VARDATA_ANY(pa), VARSIZE_ANY_EXHDR(pa), PG_UTF8);
+	char	   *b = pg_server_to_any(VARDATA_ANY(pb), VARSIZE_ANY_EXHDR(pb), PG_UTF8);
+	int			n;
+
+	SPI_connect();
+	n = ht_num_partitions();
+	SPI_finish();
+	return ht_partition_for(a, a == VARDATA_ANY(pa) ? VARSIZE_ANY_EXHDR(pa) : strlen(a),
+							b, b == VARDATA_ANY(pb) ? VARSIZE_ANY_EXHDR(pb) : strlen(b),
+							VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key), n);
+}
+
+PG_FUNCTION_INFO_V1(ht_insert);
+Datum
+ht_insert(PG_FUNCTION_ARGS)
+{
+	text	   *pa = prefix_arg(fcinfo, 0, "prefix_a");
+	text	   *pb = prefix_arg(fcinfo, 1, "prefix_b");
+	bytea	   *key = key_arg(fcinfo, 2);
+	bytea	   *hash = hash_arg(fcinfo, 3);
+	bool		if_missing;
+
+	HT_ARG_NOT_NULL(4, "if_missing");
+	if_missing = PG_GETARG_BOOL(4);
+	do_put(route(pa, pb, key), pa, pb, key, hash, if_missing);
+	PG_RETURN_VOID();
+}
+
+PG_FUNCTION_INFO_V1(ht_insert_partition);
+Datum
+ht_insert_partition(PG_FUNCTION_ARGS)
+{
+	int			part = partition_arg(fcinfo, 0);
+	text	   *pa = prefix_arg(fcinfo, 1, "prefix_a");
+	text	   *pb = prefix_arg(fcinfo, 2, "prefix_b");
+	bytea	   *key = key_arg(fcinfo, 3);
+	bytea	   *hash = hash_arg(fcinfo, 4);
+
+	HT_ARG_NOT_NULL(5, "if_missing");
+	do_put(part, pa, pb, key, hash, PG_GETARG_BOOL(5));
+	PG_RETURN_VOID();
+}
+
+static void
+do_delete(int part, text *pa, text *pb, bytea *key)
+{
+	SPI_connect();
+	HT_API_BEGIN();
+	ht_check_partition(part);
+	ht_store_delete(part, pa, pb, key);
+	HT_API_END();
+	SPI_finish();
+}
+
+PG_FUNCTION_INFO_V1(ht_delete);
+Datum
+ht_delete(PG_FUNCTION_ARGS)
+{
+	text	   *pa = prefix_arg(fcinfo, 0, "prefix_a");
+	text	   *pb = prefix_arg(fcinfo, 1, "prefix_b");
+	bytea	   *key = key_arg(fcinfo, 2);
+
+	do_delete(route(pa, pb, key), pa, pb, key);
+	PG_RETURN_VOID();
+}
+
+PG_FUNCTION_INFO_V1(ht_delete_partition);
+Datum
+ht_delete_partition(PG_FUNCTION_ARGS)
+{
+	int			part = partition_arg(fcinfo, 0);
+	text	   *pa = prefix_arg(fcinfo, 1, "prefix_a");
+	text	   *pb = prefix_arg(fcinfo, 2, "prefix_b");
+	bytea	   *key = key_arg(fcinfo, 3);
+
+	do_delete(part, pa, pb, key);
+	PG_RETURN_VOID();
+}
+
+/* ---- reading trees ------------------------------------------------------- */
+
+static bytea *
+top_of(int part, int depth, text *pa, text *pb)
+{
+	MemoryContext outer = CurrentMemoryContext;
+	bytea	   *result = NULL;
+
+	SPI_connect();
+	HT_API_BEGIN();
+	{
+		bytea	   *h;
+
+		ht_check_partition(part);
+		h = ht_store_top(part, depth, pa, pb);
+		if (h != NULL)
+		{
+			MemoryContext old = MemoryContextSwitchTo(outer);
+
+			result = DatumGetByteaPCopy(PointerGetDatum(h));
+			MemoryContextSwitchTo(old);
+		}
+	}
+	HT_API_END();
+	SPI_finish();
+	return result;
+}
+
+PG_FUNCTION_INFO_V1(ht_prefix_hash);
+Datum
+ht_prefix_hash(PG_FUNCTION_ARGS)
+{
+	int			part = partition_arg(fcinfo, 0);
+	text	   *pa = prefix_arg(fcinfo, 1, "prefix_a");
+	bytea	   *h;
+
+	if (PG_ARGISNULL(2))
+		h = top_of(part, HT_DEPTH_PREFIX, pa, cstring_to_text(""));
+	else
+		h = top_of(part, HT_DEPTH_LEAF, pa, prefix_arg(fcinfo, 2, "prefix_b"));
+	if (h == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_BYTEA_P(h);
+}
+
+PG_FUNCTION_INFO_V1(ht_top_hash);
+Datum
+ht_top_hash(PG_FUNCTION_ARGS)
+{
+	int			part = partition_arg(fcinfo, 0);
+	text	   *empty = cstring_to_text("");
+	bytea	   *h = top_of(part, HT_DEPTH_ROOT, empty, empty);
+
+	if (h == NULL)
+		PG_RETURN_NULL();
+	PG_RETURN_BYTEA_P(h);
+}
+
+/* text form of a prefixes array, for a statement sent to a peer */
+static char *
+array_text(ArrayType *a)
+{
+	return OidOutputFunctionCall(F_ARRAY_OUT, PointerGetDatum(a));
+}
+
+/* copy a peer's binary (int8|bytea, bytea) rows into the tuplestore */
+static void
+put_remote_rows(ReturnSetInfo *rsinfo, HtRemoteResult *res, bool first_int8)
+{
+	for (int r = 0; r < res->nrows; r++)
+	{
+		Datum		values[2];
+		bool		nulls[2] = {false, false};
+
+		if (first_int8)
+			values[0] = Int64GetDatum(ht_remote_int8(res, r, 0));
+		else
+			values[0] = PointerGetDatum(ht_remote_bytea(res, r, 0));
+		values[1] = PointerGetDatum(ht_remote_bytea(res, r, 1));
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+}
+
+PG_FUNCTION_INFO_V1(ht_get_bucket);
+Datum
+ht_get_bucket(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	char	   *node = node_arg(fcinfo, 0);
+	int			part = partition_arg(fcinfo, 1);
+	TreeName	tn;
+	int			level;
+	int64		bucket;
+
+	prefixes_arg(fcinfo, 2, &tn);
+	HT_ARG_NOT_NULL(3, "level");
+	HT_ARG_NOT_NULL(4, "bucket");
+	level = PG_GETARG_INT32(3);
+	bucket = PG_GETARG_INT64(4);
+	check_level_bucket(tn.depth, level, bucket);
+
+	InitMaterializedSRF(fcinfo, 0);
+	SPI_connect();
+	HT_API_BEGIN();
+	if (ht_node_is_local(node))
+	{
+		Datum		pa = PointerGetDatum(tn.pa);
+		Datum		pb = PointerGetDatum(tn.pb);
+		HtNodeRow  *rows;
+		int			n;
+
+		ht_check_partition(part);
+		n = ht_store_nodes(part, tn.depth, 1, &pa, &pb, level, &bucket, &rows);
+		for (int r = 0; r < n; r++)
+		{
+			Datum		values[2];
+			bool		nulls[2] = {false, false};
+
+			values[0] = Int64GetDatum(rows[r].child);
+			values[1] = PointerGetDatum(rows[r].hash);
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		}
+	}
+	else
+	{
+		HtPeer	   *peer = ht_peer_get(node);
+		const char *params[4];
+
+		params[0] = psprintf("%d", part);
+		params[1] = array_text(tn.array);
+		params[2] = psprintf("%d", level);
+		params[3] = psprintf(INT64_FORMAT, bucket);
+		put_remote_rows(rsinfo,
+						ht_peer_query(peer,
+									  "SELECT child, hash FROM hashtree.get_bucket(NULL,"
+									  " $1::int4, $2::text[], $3::int4, $4::int8)",
+									  4, params, true),
+						true);
+	}
+	HT_API_END();
+	SPI_finish();
+	return (Datum) 0;
+}
+
+PG_FUNCTION_INFO_V1(ht_key_hashes);
+Datum
+ht_key_hashes(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	char	   *node = node_arg(fcinfo, 0);
+	int			part = partition_arg(fcinfo, 1);
+	TreeName	tn;
+	int64		seg;
+
+	prefixes_arg(fcinfo, 2, &tn);
+	HT_ARG_NOT_NULL(3, "segment");
+	seg = PG_GETARG_INT64(3);
+	check_segment(tn.depth, seg);
+
+	InitMaterializedSRF(fcinfo, 0);
+	SPI_connect();
+	HT_API_BEGIN();
+	if (ht_node_is_local(node))
+	{
+		Datum		pa = PointerGetDatum(tn.pa);
+		Datum		pb = PointerGetDatum(tn.pb);
+		int32		s = (int32) seg;
+		HtEntryRow *rows;
+		int			n;
+
+		ht_check_partition(part);
+		n = ht_store_entries(part, tn.depth, 1, &pa, &pb, &s, &rows);
+		for (int r = 0; r < n; r++)
+		{
+			Datum		values[2];
+			bool		nulls[2] = {false, false};
+
+			values[0] = PointerGetDatum(rows[r].key);
+			values[1] = PointerGetDatum(rows[r].hash);
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		}
+	}
+	else
+	{
+		HtPeer	   *peer = ht_peer_get(node);
+		const char *params[3];
+
+		params[0] = psprintf("%d", part);
+		params[1] = array_text(tn.array);
+		params[2] = psprintf(INT64_FORMAT, seg);
+		put_remote_rows(rsinfo,
+						ht_peer_query(peer,
+									  "SELECT key, hash FROM hashtree.key_hashes(NULL,"
+									  " $1::int4, $2::text[], $3::int8)",
+									  3, params, true),
+						false);
+	}
+	HT_API_END();
+	SPI_finish();
+	return (Datum) 0;
+}
+
+/* arguments of the batched reads: equal-length arrays without nulls */
+static int
+batch_arrays(FunctionCallInfo fcinfo, int depth, Datum **pa, Datum **pb,
+			 int third, Oid third_type, Datum **third_elems)
+{
+	int			n = -1;
+	Oid			types[3] = {TEXTOID, TEXTOID, third_type};
+	Datum	  **outs[3] = {pa, pb, third_elems};
+
+	if (depth < HT_DEPTH_ROOT || depth > HT_DEPTH_LEAF)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("depth must be 0, 1 or 2, not %d", depth)));
+	for (int k = 0; k < 3; k++)
+	{
+		int			argno = (k < 2) ? 2 + k : third;
+		ArrayType  *a;
+		bool	   *nulls;
+		int			cnt;
+		int16		typlen;
+		bool		typbyval;
+		char		typalign;
+
+		HT_ARG_NOT_NULL(argno, "array argument");
+		a = PG_GETARG_ARRAYTYPE_P(argno);
+		get_typlenbyvalalign(types[k], &typlen, &typbyval, &typalign);
+		deconstruct_array(a, types[k], typlen, typbyval, typalign, outs[k], &nulls, &cnt);
+		for (int i = 0; i < cnt; i++)
+			if (nulls[i])
+				ereport(ERROR,
+						(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+						 errmsg("array arguments must not contain nulls")));
+		if (n >= 0 && cnt != n)
+			ereport(ERROR,
+					(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+					 errmsg("array arguments must have the same length")));
+		n = cnt;
+	}
+	return n;
+}
+
+PG_FUNCTION_INFO_V1(ht_nodes_sql);
+Datum
+ht_nodes_sql(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int			part = partition_arg(fcinfo, 0);
+	int			depth;
+	int			level;
+	Datum	   *pa;
+	Datum	   *pb;
+	Datum	   *be;
+	int64	   *buckets;
+	int			n;
+
+	HT_ARG_NOT_NULL(1, "depth");
+	HT_ARG_NOT_NULL(4, "level");
+	depth = PG_GETARG_INT32(1);
+	level = PG_GETARG_INT32(4);
+	n = batch_arrays(fcinfo, depth, &pa, &pb, 5, INT8OID, &be);
+	buckets = palloc(sizeof(int64) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+	{
+		buckets[i] = DatumGetInt64(be[i]);
+		check_level_bucket(depth, level, buckets[i]);
+	}
+
+	InitMaterializedSRF(fcinfo, 0);
+	SPI_connect();
+	HT_API_BEGIN();
+	{
+		HtNodeRow  *rows;
+		int			nrows;
+
+		ht_check_partition(part);
+		nrows = ht_store_nodes(part, depth, n, pa, pb, level, buckets, &rows);
+		for (int r = 0; r < nrows; r++)
+		{
+			Datum		values[3];
+			bool		nulls[3] = {false, false, false};
+
+			values[0] = Int32GetDatum(rows[r].i);
+			values[1] = Int64GetDatum(rows[r].child);
+			values[2] = PointerGetDatum(rows[r].hash);
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		}
+	}
+	HT_API_END();
+	SPI_finish();
+	return (Datum) 0;
+}
+
+PG_FUNCTION_INFO_V1(ht_entries_sql);
+Datum
+ht_entries_sql(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int			part = partition_arg(fcinfo, 0);
+	int			depth;
+	Datum	   *pa;
+	Datum	   *pb;
+	Datum	   *se;
+	int32	   *segs;
+	int			n;
+
+	HT_ARG_NOT_NULL(1, "depth");
+	depth = PG_GETARG_INT32(1);
+	n = batch_arrays(fcinfo, depth, &pa, &pb, 4, INT4OID, &se);
+	segs = palloc(sizeof(int32) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+	{
+		segs[i] = DatumGetInt32(se[i]);
+		check_segment(depth, segs[i]);
+	}
+
+	InitMaterializedSRF(fcinfo, 0);
+	SPI_connect();
+	HT_API_BEGIN();
+	{
+		HtEntryRow *rows;
+		int			nrows;
+
+		ht_check_partition(part);
+		nrows = ht_store_entries(part, depth, n, pa, pb, segs, &rows);
+		for (int r = 0; r < nrows; r++)
+		{
+			Datum		values[3];
+			bool		nulls[3] = {false, false, false};
+
+			values[0] = Int32GetDatum(rows[r].i);
+			values[1] = PointerGetDatum(rows[r].key);
+			values[2] = PointerGetDatum(rows[r].hash);
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		}
+	}
+	HT_API_END();
+	SPI_finish();
+	return (Datum) 0;
+}
+
+/* ---- locks, update, reset -------------------------------------------------- */
+
+/* run "SELECT hashtree.<fn>(...)" on a peer and return its text result */
+static text *
+remote_call(const char *node, const char *sql, int nparams,
+			const char *const *params)
+{
+	MemoryContext outer = CurrentMemoryContext;
+	text	   *result = NULL;
+
+	SPI_connect();
+	HT_API_BEGIN();
+	{
+		HtPeer	   *peer = ht_peer_get(node);
+		HtRemoteResult *res = ht_peer_query(peer, sql, nparams, params, false);
+		char	   *v = res->nrows > 0 ? ht_remote_text(res, 0, 0) : NULL;
+
+		if (v != NULL)
+		{
+			MemoryContext old = MemoryContextSwitchTo(outer);
+
+			result = cstring_to_text(v);
+			MemoryContextSwitchTo(old);
+		}
+	}
+	HT_API_END();
+	SPI_finish();
+	return result;
+}
+
+static text *
+local_lock(int part, int pid, bool release)
+{
+	const char *res;
+
+	SPI_connect();
+	HT_API_BEGIN();
+	res = release ? ht_part_release(part, pid) : ht_part_lock(part, pid);
+	HT_API_END();
+	SPI_finish();
+	return cstring_to_text(res);
+}
+
+static Datum
+lock_common(FunctionCallInfo fcinfo, bool release, bool has_node, bool has_pid)
+{
+	char	   *node = has_node ? node_arg(fcinfo, 0) : NULL;
+	int			part = partition_arg(fcinfo, has_node ? 1 : 0);
+	int			pid = MyProcPid;
+	const char *fn = release ? "release_lock" : "lock";
+	text	   *res;
+
+	if (has_pid)
+	{
+		HT_ARG_NOT_NULL(2, "pid");
+		pid = PG_GETARG_INT32(2);
+	}
+	if (ht_node_is_local(node))
+		res = local_lock(part, pid, release);
+	else if (has_pid)
+	{
+		const char *params[2] = {psprintf("%d", part), psprintf("%d", pid)};
+
+		res = remote_call(node, psprintf("SELECT hashtree.%s(NULL::text, $1::int4, $2::int4)", fn),
+						  2, params);
+	}
+	else
+	{
+		const char *params[1] = {psprintf("%d", part)};
+
+		res = remote_call(node, psprintf("SELECT hashtree.%s($1::int4)", fn), 1, params);
+	}
+	PG_RETURN_TEXT_P(res);
+}
+
+PG_FUNCTION_INFO_V1(ht_lock1);
+Datum
+ht_lock1(PG_FUNCTION_ARGS)
+{
+	return lock_common(fcinfo, false, false, false);
+}
+
+PG_FUNCTION_INFO_V1(ht_lock2);
+Datum
+ht_lock2(PG_FUNCTION_ARGS)
+{
+	return lock_common(fcinfo, false, true, false);
+}
+
+PG_FUNCTION_INFO_V1(ht_lock3);
+Datum
+ht_lock3(PG_FUNCTION_ARGS)
+{
+	return lock_common(fcinfo, false, true, true);
+}
+
+PG_FUNCTION_INFO_V1(ht_release_lock1);
+Datum
+ht_release_lock1(PG_FUNCTION_ARGS)
+{
+	return lock_common(fcinfo, true, false, false);
+}
+
+PG_FUNCTION_INFO_V1(ht_release_lock2);
+Datum
+ht_release_lock2(PG_FUNCTION_ARGS)
+{
+	return lock_common(fcinfo, true, true, false);
+}
+
+PG_FUNCTION_INFO_V1(ht_release_lock3);
+Datum
+ht_release_lock3(PG_FUNCTION_ARGS)
+{
+	return lock_common(fcinfo, true, true, true);
+}
+
+static const char *
+local_update(int part)
+{
+	const char *res = "ok";
+
+	check_read_committed("hashtree.update()");
+	SPI_connect();
+	HT_API_BEGIN();
+	{
+		HtPartState st;
+
+		ht_part_state(part, &st);
+		if (!st.built)
+			res = "not_built";
+		else if (!ht_part_try_update_lock(part))
+			res = "ongoing_update";
+		else if (!st.mine)
+			res = "not_locked";
+		else
+		{
+			HtUpdateStats stats;
+			TimestampTz start = GetCurrentTimestamp();
+
+			ht_store_update(part, &stats);
+			ht_part_record_update(part, stats.segments, stats.nodes,
+								  (double) TimestampDifferenceMilliseconds(start,
+																		   GetCurrentTimestamp()));
+		}
+	}
+	HT_API_END();
+	SPI_finish();
+	return res;
+}
+
+PG_FUNCTION_INFO_V1(ht_update1);
+Datum
+ht_update1(PG_FUNCTION_ARGS)
+{
+	PG_RETURN_TEXT_P(cstring_to_text(local_update(partition_arg(fcinfo, 0))));
+}
+
+PG_FUNCTION_INFO_V1(ht_update2);
+Datum
+ht_update2(PG_FUNCTION_ARGS)
+{
+	char	   *node = node_arg(fcinfo, 0);
+	int			part = partition_arg(fcinfo, 1);
+	const char *params[1];
+
+	if (ht_node_is_local(node))
+		PG_RETURN_TEXT_P(cstring_to_text(local_update(part)));
+	params[0] = psprintf("%d", part);
+	PG_RETURN_TEXT_P(remote_call(node, "SELECT hashtree.update($1::int4)", 1, params));
+}
+
+static void
+local_reset(int part)
+{
+	check_read_committed("hashtree.reset()");
+	SPI_connect();
+	HT_API_BEGIN();
+	{
+		HtPartState st;
+		TimestampTz start = GetCurrentTimestamp();
+
+		ht_part_state(part, &st);
+		if (st.owner != 0 && !st.mine)
+			ereport(ERROR,
+					(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+					 errmsg("partition %d is locked by process %d", part, st.owner),
+					 errhint("Reset it when the lock is released.")));
+		if (!ht_part_try_update_lock(part))
+			ereport(ERROR,
+					(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+					 errmsg("partition %d is being updated", part)));
+		ht_store_rebuild(part);
+		ht_part_record_build(part,
+							 (double) TimestampDifferenceMilliseconds(start,
+																	  GetCurrentTimestamp()));
+	}
+	HT_API_END();
+	SPI_finish();
+}
+
+PG_FUNCTION_INFO_V1(ht_reset1);
+Datum
+ht_reset1(PG_FUNCTION_ARGS)
+{
+	local_reset(partition_arg(fcinfo, 0));
+	PG_RETURN_VOID();
+}
+
+PG_FUNCTION_INFO_V1(ht_reset2);
+Datum
+ht_reset2(PG_FUNCTION_ARGS)
+{
+	char	   *node = node_arg(fcinfo, 0);
+	int			part = partition_arg(fcinfo, 1);
+	const char *params[1];
+
+	if (ht_node_is_local(node))
+		local_reset(part);
+	else
+	{
+		params[0] = psprintf("%d", part);
+		(void) remote_call(node, "SELECT hashtree.reset($1::int4)", 1, params);
+	}
+	PG_RETURN_VOID();
+}
+
+/* ---- compare and check ------------------------------------------------------- */
+
+PG_FUNCTION_INFO_V1(ht_compare_sql);
+Datum
+ht_compare_sql(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int			part = partition_arg(fcinfo, 0);
+	char	   *node;
+
+	HT_ARG_NOT_NULL(1, "node");
+	node = node_arg(fcinfo, 1);
+	if (ht_node_is_local(node))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("\"%s\" is this node; compare needs a peer", node)));
+
+	InitMaterializedSRF(fcinfo, 0);
+	SPI_connect();
+	HT_API_BEGIN();
+	{
+		HtPartState st;
+		HtPeer	   *peer;
+
+		ht_part_state(part, &st);
+		if (!st.mine)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("partition %d is not locked by this session", part),
+					 errhint("Call hashtree.lock(%d) and hashtree.update(%d) first.",
+							 part, part)));
+		peer = ht_peer_get(node);
+		if (ht_peer_partitions(peer) != ht_num_partitions())
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("peer \"%s\" has %d partitions, this node has %d",
+							node, ht_peer_partitions(peer), ht_num_partitions())));
+		ht_compare(part, peer, rsinfo);
+	}
+	HT_API_END();
+	SPI_finish();
+	return (Datum) 0;
+}
+
+PG_FUNCTION_INFO_V1(ht_check_tree);
+Datum
+ht_check_tree(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int			part = partition_arg(fcinfo, 0);
+
+	InitMaterializedSRF(fcinfo, 0);
+	SPI_connect();
+	HT_API_BEGIN();
+	ht_check_partition(part);
+	ht_store_check(part, rsinfo);
+	HT_API_END();
+	SPI_finish();
+	return (Datum) 0;
+}
+
+/* ---- peers ----------------------------------------------------------------- */
+
+PG_FUNCTION_INFO_V1(ht_add_peer);
+Datum
+ht_add_peer(PG_FUNCTION_ARGS)
+{
+	char	   *name;
+	char	   *conninfo;
+
+	HT_ARG_NOT_NULL(0, "name");
+	HT_ARG_NOT_NULL(1, "conninfo");
+	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	conninfo = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	SPI_connect();
+	HT_API_BEGIN();
+	ht_peer_add(name, conninfo);
+	HT_API_END();
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+PG_FUNCTION_INFO_V1(ht_drop_peer);
+Datum
+ht_drop_peer(PG_FUNCTION_ARGS)
+{
+	char	   *name;
+
+	HT_ARG_NOT_NULL(0, "name");
+	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	SPI_connect();
+	HT_API_BEGIN();
+	ht_peer_drop(name);
+	HT_API_END();
+	SPI_finish();
+	PG_RETURN_VOID();
+}

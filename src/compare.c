@@ -1,0 +1,369 @@
+/*-------------------------------------------------------------------------
+ *
+ * compare.c
+ *	  Comparison of a local partition's trees with a peer's.
+ *
+ * plum_db walks the trees depth-first, one remote call per bucket and per
+ * segment.  Here the walk is breadth-first and batched: for each depth of
+ * the tree of trees (root, prefix trees, leaf trees) the level-2 buckets
+ * of every differing tree are fetched in one round trip, then the level-3
+ * buckets under every differing level-2 child in one, then the entries of
+ * every differing segment in one: at most 1 + 3 * 3 round trips for a
+ * partition, whatever the number of differences.  Both sides answer the
+ * same SQL functions (hashtree._nodes, hashtree._entries), with rows in
+ * the same order, so the walk is a merge of sorted lists.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "mb/pg_wchar.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+
+#include "compare.h"
+#include "sqlexec.h"
+#include "store.h"
+#include "treemath.h"
+
+/* a set of trees of one depth, as text datums */
+typedef struct TreeSet
+{
+	int			n;
+	int			cap;
+	Datum	   *pa;
+	Datum	   *pb;
+} TreeSet;
+
+static void
+treeset_add(TreeSet *ts, Datum pa, Datum pb)
+{
+	if (ts->n >= ts->cap)
+	{
+		ts->cap = ts->cap > 0 ? ts->cap * 2 : 16;
+		ts->pa = ts->pa ? repalloc(ts->pa, sizeof(Datum) * ts->cap) : palloc(sizeof(Datum) * ts->cap);
+		ts->pb = ts->pb ? repalloc(ts->pb, sizeof(Datum) * ts->cap) : palloc(sizeof(Datum) * ts->cap);
+	}
+	ts->pa[ts->n] = pa;
+	ts->pb[ts->n] = pb;
+	ts->n++;
+}
+
+static char *
+array_literal(ArrayType *a)
+{
+	return OidOutputFunctionCall(F_ARRAY_OUT, PointerGetDatum(a));
+}
+
+static int
+fetch_nodes(HtPeer *peer, int part, int depth, TreeSet *ts, int level,
+			const int64 *buckets, HtNodeRow **rows)
+{
+	const char *params[6];
+	HtRemoteResult *res;
+	HtNodeRow  *out;
+
+	if (peer == NULL)
+		return ht_store_nodes(part, depth, ts->n, ts->pa, ts->pb, level,
+							  buckets, rows);
+
+	params[0] = psprintf("%d", part);
+	params[1] = psprintf("%d", depth);
+	params[2] = array_literal(ht_array_text(ts->pa, ts->n));
+	params[3] = array_literal(ht_array_text(ts->pb, ts->n));
+	params[4] = psprintf("%d", level);
+	params[5] = array_literal(ht_array_int8(buckets, ts->n));
+	res = ht_peer_query(peer,
+						"SELECT i, child, hash FROM hashtree._nodes($1::int4, $2::int4,"
+						" $3::text[], $4::text[], $5::int4, $6::int8[])",
+						6, params, true);
+	out = palloc(sizeof(HtNodeRow) * Max(res->nrows, 1));
+	for (int r = 0; r < res->nrows; r++)
+	{
+		out[r].i = ht_remote_int4(res, r, 0);
+		out[r].child = ht_remote_int8(res, r, 1);
+		out[r].hash = ht_remote_bytea(res, r, 2);
+	}
+	*rows = out;
+	return res->nrows;
+}
+
+static int
+fetch_entries(HtPeer *peer, int part, int depth, TreeSet *ts,
+			  const int32 *segs, HtEntryRow **rows)
+{
+	const char *params[5];
+	HtRemoteResult *res;
+	HtEntryRow *out;
+
+	if (peer == NULL)
+		return ht_store_entries(part, depth, ts->n, ts->pa, ts->pb, segs, rows);
+
+	params[0] = psprintf("%d", part);
+	params[1] = psprintf("%d", depth);
+	params[2] = array_literal(ht_array_text(ts->pa, ts->n));
+	params[3] = array_literal(ht_array_text(ts->pb, ts->n));
+	params[4] = array_literal(ht_array_int4(segs, ts->n));
+	res = ht_peer_query(peer,
+						"SELECT i, key, hash FROM hashtree._entries($1::int4, $2::int4,"
+						" $3::text[], $4::text[], $5::int4[])",
+						5, params, true);
+	out = palloc(sizeof(HtEntryRow) * Max(res->nrows, 1));
+	for (int r = 0; r < res->nrows; r++)
+	{
+		out[r].i = ht_remote_int4(res, r, 0);
+		out[r].key = ht_remote_bytea(res, r, 1);
+		out[r].hash = ht_remote_bytea(res, r, 2);
+	}
+	*rows = out;
+	return res->nrows;
+}
+
+static bool
+bytea_equal(const bytea *a, const bytea *b)
+{
+	return VARSIZE_ANY_EXHDR(a) == VARSIZE_ANY_EXHDR(b) &&
+		memcmp(VARDATA_ANY(a), VARDATA_ANY(b), VARSIZE_ANY_EXHDR(a)) == 0;
+}
+
+/* the order of ORDER BY on bytea: bytes, then length */
+static int
+bytea_order(const bytea *a, const bytea *b)
+{
+	int			la = VARSIZE_ANY_EXHDR(a);
+	int			lb = VARSIZE_ANY_EXHDR(b);
+	int			c = memcmp(VARDATA_ANY(a), VARDATA_ANY(b), Min(la, lb));
+
+	if (c != 0)
+		return c;
+	return (la > lb) - (la < lb);
+}
+
+/* a (request, child) whose hash differs between the two sides */
+typedef struct NodeDiff
+{
+	int			i;				/* 1-based request index */
+	int64		child;
+} NodeDiff;
+
+/*
+ * Fetch the same buckets on both sides and list the children that differ
+ * (present on one side only, or with different hashes).
+ */
+static int
+diff_buckets(HtPeer *peer, int part, int depth, TreeSet *ts, int level,
+			 const int64 *buckets, NodeDiff **out)
+{
+	HtNodeRow  *l;
+	HtNodeRow  *r;
+	int			nl = fetch_nodes(NULL, part, depth, ts, level, buckets, &l);
+	int			nr = fetch_nodes(peer, part, depth, ts, level, buckets, &r);
+	NodeDiff   *d = palloc(sizeof(NodeDiff) * Max(nl + nr, 1));
+	int			nd = 0;
+	int			a = 0;
+	int			b = 0;
+
+	while (a < nl || b < nr)
+	{
+		int			c;
+
+		if (a == nl)
+			c = 1;
+		else if (b == nr)
+			c = -1;
+		else if (l[a].i != r[b].i)
+			c = l[a].i < r[b].i ? -1 : 1;
+		else
+			c = (l[a].child > r[b].child) - (l[a].child < r[b].child);
+
+		if (c < 0)
+		{
+			d[nd].i = l[a].i;
+			d[nd++].child = l[a++].child;
+		}
+		else if (c > 0)
+		{
+			d[nd].i = r[b].i;
+			d[nd++].child = r[b++].child;
+		}
+		else
+		{
+			if (!bytea_equal(l[a].hash, r[b].hash))
+			{
+				d[nd].i = l[a].i;
+				d[nd++].child = l[a].child;
+			}
+			a++;
+			b++;
+		}
+	}
+	*out = d;
+	return nd;
+}
+
+static void
+emit(ReturnSetInfo *rsinfo, const char *kind, Datum pa, Datum pb,
+	 bytea *key)
+{
+	Datum		values[4];
+	bool		nulls[4] = {false, false, false, false};
+
+	values[0] = CStringGetTextDatum(kind);
+	values[1] = pa;
+	nulls[1] = (pa == (Datum) 0);
+	values[2] = pb;
+	nulls[2] = (pb == (Datum) 0);
+	values[3] = PointerGetDatum(key);
+	nulls[3] = (key == NULL);
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+}
+
+/* a child tree's name, stored as UTF-8 bytes in its parent's entry */
+static Datum
+child_name(bytea *key)
+{
+	int			len = VARSIZE_ANY_EXHDR(key);
+	char	   *s = pg_any_to_server(VARDATA_ANY(key), len, PG_UTF8);
+
+	if (s == VARDATA_ANY(key))
+		return PointerGetDatum(cstring_to_text_with_len(s, len));
+	return CStringGetTextDatum(s);
+}
+
+/*
+ * Report an entry that differs in a tree of the given depth: a key of a
+ * leaf tree, or a whole child tree (prefix) missing on one side, or a
+ * child tree to descend into (added to next).
+ */
+static void
+entry_diff(ReturnSetInfo *rsinfo, int depth, Datum pa, Datum pb,
+		   bytea *key, int side, TreeSet *next, Datum empty)
+{
+	/* side: -1 only local, 1 only remote, 0 both with different hashes */
+	if (depth == HT_DEPTH_LEAF)
+	{
+		emit(rsinfo, side < 0 ? "remote_missing" : side > 0 ? "missing" : "different",
+			 pa, pb, key);
+		return;
+	}
+	if (depth == HT_DEPTH_PREFIX)
+	{
+		Datum		name = child_name(key);
+
+		if (side == 0)
+			treeset_add(next, pa, name);
+		else
+			emit(rsinfo, side < 0 ? "remote_missing_prefix" : "missing_prefix",
+				 pa, name, NULL);
+		return;
+	}
+	/* root: the key is a prefix_a */
+	{
+		Datum		name = child_name(key);
+
+		if (side == 0)
+			treeset_add(next, name, empty);
+		else
+			emit(rsinfo, side < 0 ? "remote_missing_prefix" : "missing_prefix",
+				 name, (Datum) 0, NULL);
+	}
+}
+
+void
+ht_compare(int part, HtPeer *peer, ReturnSetInfo *rsinfo)
+{
+	Datum		empty = PointerGetDatum(cstring_to_text(""));
+	TreeSet		trees = {0};
+	int64		zero = 0;
+	NodeDiff   *top;
+
+	/* the root's top hash */
+	treeset_add(&trees, empty, empty);
+	if (diff_buckets(peer, part, HT_DEPTH_ROOT, &trees, 1, &zero, &top) == 0)
+		return;
+
+	for (int depth = HT_DEPTH_ROOT; depth <= HT_DEPTH_LEAF && trees.n > 0; depth++)
+	{
+		int64	   *buckets = palloc0(sizeof(int64) * trees.n);
+		NodeDiff   *d2;
+		NodeDiff   *d3;
+		int			n2;
+		int			n3;
+		TreeSet		req2 = {0};
+		TreeSet		req3 = {0};
+		int64	   *b3;
+		int32	   *segs;
+		int		   *tree_of2;
+		int		   *tree_of3;
+		HtEntryRow *l;
+		HtEntryRow *r;
+		int			nl;
+		int			nr;
+		int			a = 0;
+		int			b = 0;
+		TreeSet		next = {0};
+
+		/* level 2 of every tree: which level-3 buckets differ */
+		n2 = diff_buckets(peer, part, depth, &trees, 2, buckets, &d2);
+		if (n2 == 0)
+			break;
+
+		/* level 3: which segments differ */
+		b3 = palloc(sizeof(int64) * n2);
+		tree_of2 = palloc(sizeof(int) * n2);
+		for (int k = 0; k < n2; k++)
+		{
+			tree_of2[k] = d2[k].i - 1;
+			treeset_add(&req2, trees.pa[tree_of2[k]], trees.pb[tree_of2[k]]);
+			b3[k] = d2[k].child;
+		}
+		n3 = diff_buckets(peer, part, depth, &req2, 3, b3, &d3);
+		if (n3 == 0)
+			break;
+
+		/* the entries of the differing segments */
+		segs = palloc(sizeof(int32) * n3);
+		tree_of3 = palloc(sizeof(int) * n3);
+		for (int k = 0; k < n3; k++)
+		{
+			tree_of3[k] = tree_of2[d3[k].i - 1];
+			treeset_add(&req3, trees.pa[tree_of3[k]], trees.pb[tree_of3[k]]);
+			segs[k] = (int32) d3[k].child;
+		}
+		nl = fetch_entries(NULL, part, depth, &req3, segs, &l);
+		nr = fetch_entries(peer, part, depth, &req3, segs, &r);
+
+		while (a < nl || b < nr)
+		{
+			int			c;
+			int			i;
+
+			if (a == nl)
+				c = 1;
+			else if (b == nr)
+				c = -1;
+			else if (l[a].i != r[b].i)
+				c = l[a].i < r[b].i ? -1 : 1;
+			else
+				c = bytea_order(l[a].key, r[b].key);
+
+			i = tree_of3[(c <= 0 ? l[a].i : r[b].i) - 1];
+			if (c < 0)
+				entry_diff(rsinfo, depth, trees.pa[i], trees.pb[i], l[a++].key,
+						   -1, &next, empty);
+			else if (c > 0)
+				entry_diff(rsinfo, depth, trees.pa[i], trees.pb[i], r[b++].key,
+						   1, &next, empty);
+			else
+			{
+				if (!bytea_equal(l[a].hash, r[b].hash))
+					entry_diff(rsinfo, depth, trees.pa[i], trees.pb[i], l[a].key,
+							   0, &next, empty);
+				a++;
+				b++;
+			}
+		}
+		trees = next;
+	}
+}

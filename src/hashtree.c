@@ -1,0 +1,104 @@
+/*-------------------------------------------------------------------------
+ *
+ * hashtree.c
+ *	  Module initialisation and configuration (GUCs) of the hashtree
+ *	  extension.
+ *
+ * The library works with and without shared_preload_libraries: every SQL
+ * function loads it on first use, which defines the GUCs below.  Background
+ * workers (later) need preloading.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include <limits.h>
+
+#include "access/xlog.h"
+#include "commands/dbcommands.h"
+#include "miscadmin.h"
+#include "postmaster/postmaster.h"
+#include "utils/guc.h"
+
+#include "hashtree.h"
+
+PG_MODULE_MAGIC;
+
+int			ht_guc_partitions = 8;
+char	   *ht_guc_node_name = NULL;
+int			ht_guc_connect_timeout = 10000;
+int			ht_guc_statement_timeout = 60000;
+int			ht_guc_tree_ttl = 7 * 24 * 3600;
+
+int			ht_api_depth = 0;
+
+void		_PG_init(void);
+
+void
+_PG_init(void)
+{
+	DefineCustomIntVariable("hashtree.partitions",
+							"Number of partitions created by CREATE EXTENSION hashtree.",
+							"Read once, when the extension is created; the count is then fixed "
+							"for the database and recorded in hashtree.partition.",
+							&ht_guc_partitions,
+							8, 1, HT_MAX_PARTITIONS,
+							PGC_SUSET, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomStringVariable("hashtree.node_name",
+							   "Name of this node in hashtree exchanges.",
+							   "Empty means a name derived from the system identifier, "
+							   "the port and the database name.",
+							   &ht_guc_node_name,
+							   "",
+							   PGC_SUSET, 0,
+							   NULL, NULL, NULL);
+
+	DefineCustomIntVariable("hashtree.connect_timeout",
+							"Time allowed to connect to a peer.",
+							NULL,
+							&ht_guc_connect_timeout,
+							10000, 100, INT_MAX,
+							PGC_USERSET, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("hashtree.statement_timeout",
+							"Time allowed for one statement on a peer (0 disables).",
+							NULL,
+							&ht_guc_statement_timeout,
+							60000, 0, INT_MAX,
+							PGC_USERSET, GUC_UNIT_MS,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("hashtree.tree_ttl",
+							"Age after which a partition's trees are rebuilt.",
+							"Each partition expires after between 75% and 100% of this "
+							"age, chosen at random at each build.",
+							&ht_guc_tree_ttl,
+							7 * 24 * 3600, 60, INT_MAX,
+							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
+
+	MarkGUCPrefixReserved("hashtree");
+}
+
+const char *
+ht_node_name(void)
+{
+	static char derived[NAMEDATALEN + 64] = "";
+
+	if (ht_guc_node_name != NULL && ht_guc_node_name[0] != '\0')
+		return ht_guc_node_name;
+
+	/* the database and the port of a backend never change: derive once */
+	if (derived[0] == '\0')
+	{
+		char	   *dbname = get_database_name(MyDatabaseId);
+
+		snprintf(derived, sizeof(derived), UINT64_FORMAT "-%d-%s",
+				 GetSystemIdentifier(), PostPortNumber,
+				 dbname ? dbname : "?");
+	}
+	return derived;
+}

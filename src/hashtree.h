@@ -1,0 +1,79 @@
+/*-------------------------------------------------------------------------
+ *
+ * hashtree.h
+ *	  Definitions shared by every subsystem of the hashtree extension:
+ *	  configuration (GUCs), the partition count, and the guard that tells
+ *	  the extension's own writes apart from foreign writes to its tables.
+ *
+ * See docs/DESIGN.md for the storage layout and the invariants.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef HASHTREE_H
+#define HASHTREE_H
+
+#include "postgres.h"
+
+#include "fmgr.h"
+
+#define HT_EXTENSION_VERSION	"0.1"
+
+/* limits on user input */
+#define HT_MAX_PARTITIONS		1024
+#define HT_MAX_KEY_LEN			(1024 * 1024)	/* 1 MB */
+#define HT_MAX_HASH_LEN			64
+#define HT_MAX_PREFIX_LEN		512
+#define HT_MAX_PEER_NAME_LEN	63
+
+/* GUC variables (hashtree.c) */
+extern int	ht_guc_partitions;
+extern char *ht_guc_node_name;
+extern int	ht_guc_connect_timeout;		/* ms */
+extern int	ht_guc_statement_timeout;	/* ms */
+extern int	ht_guc_tree_ttl;			/* s */
+
+/* this node's name: hashtree.node_name or the derived default */
+extern const char *ht_node_name(void);
+
+/* number of partitions recorded at CREATE EXTENSION (cached per backend) */
+extern int	ht_num_partitions(void);
+
+/* ERROR unless 0 <= part < ht_num_partitions() */
+extern void ht_check_partition(int part);
+
+/*
+ * The extension's tables are written only by the extension's own code.
+ * While that code runs SPI statements it raises ht_api_depth, and the
+ * statement-level guard trigger on those tables ignores such writes.  Any
+ * other write (a restore of the dumped entries, a manual DELETE) marks all
+ * trees as not built, so that a rebuild happens instead of a silently
+ * wrong tree.
+ */
+extern int	ht_api_depth;
+
+#define HT_API_BEGIN() \
+	do { \
+		int			ht_saved_depth_ = ht_api_depth; \
+		ht_api_depth++; \
+		PG_TRY(); \
+		{
+
+#define HT_API_END() \
+		} \
+		PG_FINALLY(); \
+		{ \
+			ht_api_depth = ht_saved_depth_; \
+		} \
+		PG_END_TRY(); \
+	} while (0)
+
+/* errors for NULL arguments of non-strict functions */
+#define HT_ARG_NOT_NULL(n, what) \
+	do { \
+		if (PG_ARGISNULL(n)) \
+			ereport(ERROR, \
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED), \
+					 errmsg("%s must not be null", (what)))); \
+	} while (0)
+
+#endif							/* HASHTREE_H */

@@ -1,0 +1,318 @@
+/*-------------------------------------------------------------------------
+ *
+ * partlock.c
+ *	  Partition state and partition locks.
+ *
+ * A partition lock is a row of hashtree.partition naming its owner: a
+ * backend pid and that backend's start time (so that a recycled pid is
+ * not mistaken for the owner).  An owner that has exited holds nothing:
+ * every reader checks liveness against the backend status array, so the
+ * lock vanishes with its owner (also after a crash, when no pid is alive).
+ * The lock survives the caller's transaction, like plum_db's lock; it is
+ * itself written transactionally, so a lock taken in a transaction that
+ * rolls back was never taken.
+ *
+ * lock() never waits: a row being changed by another transaction reads as
+ * "locked".  Updates and rebuilds of one partition are serialised by a
+ * transaction-scoped advisory lock (class HT_ADVISORY_KEY, object =
+ * partition), which also yields "ongoing_update".
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/namespace.h"
+#include "catalog/pg_type.h"
+#include "miscadmin.h"
+#include "storage/lock.h"
+#include "utils/backend_status.h"
+#include "utils/lsyscache.h"
+#include "utils/timestamp.h"
+
+#include "hashtree.h"
+#include "partlock.h"
+#include "sqlexec.h"
+
+/* first key of the advisory locks taken by hashtree ('HT' << 16) */
+#define HT_ADVISORY_KEY 0x48540000
+
+bool
+ht_backend_start(int pid, TimestampTz *start)
+{
+	int			n;
+
+	if (pid == MyProcPid)
+	{
+		*start = MyStartTimestamp;
+		return true;
+	}
+	if (pid <= 0)
+		return false;
+
+	/* read the current backend status array, not a stale snapshot */
+	pgstat_clear_backend_activity_snapshot();
+	n = pgstat_fetch_stat_numbackends();
+	for (int i = 1; i <= n; i++)
+	{
+		LocalPgBackendStatus *l = pgstat_fetch_stat_local_beentry(i);
+
+		if (l != NULL && l->backendStatus.st_procpid == pid)
+		{
+			*start = l->backendStatus.st_proc_start_timestamp;
+			return true;
+		}
+	}
+	return false;
+}
+
+int
+ht_live_owner(int pid, TimestampTz start)
+{
+	TimestampTz actual;
+
+	if (pid <= 0)
+		return 0;
+	if (!ht_backend_start(pid, &actual) || actual != start)
+		return 0;
+	return pid;
+}
+
+/* ---- partition count ---------------------------------------------------- */
+
+static HtQuery q_count = {
+	"SELECT count(*)::int4, coalesce(max(part), -1)::int4 FROM hashtree.partition",
+	0, {0}
+};
+
+int
+ht_num_partitions(void)
+{
+	static Oid	cached_rel = InvalidOid;
+	static int	cached_n = 0;
+	Oid			nsp;
+	Oid			rel;
+
+	nsp = get_namespace_oid("hashtree", true);
+	rel = OidIsValid(nsp) ? get_relname_relid("partition", nsp) : InvalidOid;
+	if (!OidIsValid(rel))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension \"hashtree\" is not installed in this database")));
+
+	if (rel != cached_rel)
+	{
+		bool		isnull;
+		int			n;
+		int			maxp;
+
+		ht_exec(&q_count, NULL, NULL, 1);
+		n = DatumGetInt32(ht_col(0, 1, &isnull));
+		maxp = DatumGetInt32(ht_col(0, 2, &isnull));
+		if (n < 1 || maxp != n - 1)
+			elog(ERROR, "hashtree: table hashtree.partition is damaged (%d rows, max %d)",
+				 n, maxp);
+		cached_n = n;
+		cached_rel = rel;
+	}
+	return cached_n;
+}
+
+void
+ht_check_partition(int part)
+{
+	int			n = ht_num_partitions();
+
+	if (part < 0 || part >= n)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("partition %d does not exist", part),
+				 errdetail("This node has %d partitions, numbered 0 to %d.",
+						   n, n - 1)));
+}
+
+static HtQuery q_create = {
+	"INSERT INTO hashtree.partition (part, built, built_at) "
+	"SELECT g, true, now() FROM generate_series(0, $1 - 1) g",
+	1, {INT4OID}
+};
+
+int
+ht_part_create_all(int n)
+{
+	Datum		v[1] = {Int32GetDatum(n)};
+
+	ht_exec(&q_create, v, NULL, 0);
+	return n;
+}
+
+/* ---- state and locks ----------------------------------------------------- */
+
+static HtQuery q_read = {
+	"SELECT built, lock_pid, lock_start FROM hashtree.partition WHERE part = $1",
+	1, {INT4OID}
+};
+static HtQuery q_read_skip = {
+	"SELECT built, lock_pid, lock_start FROM hashtree.partition WHERE part = $1 "
+	"FOR NO KEY UPDATE SKIP LOCKED",
+	1, {INT4OID}
+};
+static HtQuery q_read_wait = {
+	"SELECT built, lock_pid, lock_start FROM hashtree.partition WHERE part = $1 "
+	"FOR NO KEY UPDATE",
+	1, {INT4OID}
+};
+static HtQuery q_set_owner = {
+	"UPDATE hashtree.partition SET lock_pid = $2, lock_start = $3, "
+	"locked_at = CASE WHEN $2 IS NULL THEN NULL ELSE now() END WHERE part = $1",
+	3, {INT4OID, INT4OID, TIMESTAMPTZOID}
+};
+
+/*
+ * Read a partition row with the given statement; false when no row came
+ * back (SKIP LOCKED skipped it).
+ */
+static bool
+read_state(HtQuery *q, int part, HtPartState *st)
+{
+	Datum		v[1] = {Int32GetDatum(part)};
+	bool		isnull;
+	int			pid;
+	TimestampTz start;
+
+	if (ht_exec(q, v, NULL, 1) == 0)
+		return false;
+	st->built = DatumGetBool(ht_col(0, 1, &isnull));
+	pid = DatumGetInt32(ht_col(0, 2, &isnull));
+	if (isnull)
+		pid = 0;
+	start = DatumGetTimestampTz(ht_col(0, 3, &isnull));
+	st->owner = isnull ? 0 : ht_live_owner(pid, start);
+	st->mine = (st->owner == MyProcPid && start == MyStartTimestamp);
+	return true;
+}
+
+void
+ht_part_state(int part, HtPartState *st)
+{
+	ht_check_partition(part);
+	if (!read_state(&q_read, part, st))
+		elog(ERROR, "hashtree: partition %d has no state row", part);
+}
+
+static void
+set_owner(int part, int pid, TimestampTz start)
+{
+	Datum		v[3];
+	bool		n[3] = {false, false, false};
+
+	v[0] = Int32GetDatum(part);
+	v[1] = Int32GetDatum(pid);
+	v[2] = TimestampTzGetDatum(start);
+	if (pid == 0)
+		n[1] = n[2] = true;
+	ht_exec(&q_set_owner, v, n, 0);
+}
+
+const char *
+ht_part_lock(int part, int pid)
+{
+	HtPartState st;
+	TimestampTz start;
+
+	ht_check_partition(part);
+	if (!ht_backend_start(pid, &start))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("PID %d is not a PostgreSQL server process", pid)));
+
+	/* a row locked by another transaction is a lock being changed: busy */
+	if (!read_state(&q_read_skip, part, &st))
+		return "locked";
+	if (!st.built)
+		return "not_built";
+	if (st.owner != 0)
+	{
+		/* st.owner is live, so equal pids are the same backend: re-lock */
+		return st.owner == pid ? "ok" : "locked";
+	}
+	set_owner(part, pid, start);
+	return "ok";
+}
+
+const char *
+ht_part_release(int part, int pid)
+{
+	HtPartState st;
+
+	ht_check_partition(part);
+	(void) read_state(&q_read, part, &st);
+	if (st.owner == 0)
+		return "not_locked";
+	if (st.owner != pid)
+		return "not_allowed";
+
+	/* the owner releases: wait out a transient row lock, then re-check */
+	(void) read_state(&q_read_wait, part, &st);
+	if (st.owner == 0)
+		return "not_locked";
+	if (st.owner != pid)
+		return "not_allowed";
+	set_owner(part, 0, 0);
+	return "ok";
+}
+
+bool
+ht_part_try_update_lock(int part)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, HT_ADVISORY_KEY, (uint32) part, 2);
+	return LockAcquire(&tag, ExclusiveLock, false, true) != LOCKACQUIRE_NOT_AVAIL;
+}
+
+static HtQuery q_record_update = {
+	"UPDATE hashtree.partition SET last_update = now(), updates = updates + 1, "
+	"last_update_segments = $2, last_update_nodes = $3, last_update_ms = $4 "
+	"WHERE part = $1",
+	4, {INT4OID, INT8OID, INT8OID, FLOAT8OID}
+};
+
+void
+ht_part_record_update(int part, int64 segments, int64 nodes, double ms)
+{
+	Datum		v[4];
+
+	v[0] = Int32GetDatum(part);
+	v[1] = Int64GetDatum(segments);
+	v[2] = Int64GetDatum(nodes);
+	v[3] = Float8GetDatum(ms);
+	ht_exec(&q_record_update, v, NULL, 0);
+}
+
+static HtQuery q_record_build = {
+	"UPDATE hashtree.partition SET built = true, built_at = now(), "
+	"builds = builds + 1, jitter = random(), last_update = now(), "
+	"last_update_ms = $2 WHERE part = $1",
+	2, {INT4OID, FLOAT8OID}
+};
+
+void
+ht_part_record_build(int part, double ms)
+{
+	Datum		v[2];
+
+	v[0] = Int32GetDatum(part);
+	v[1] = Float8GetDatum(ms);
+	ht_exec(&q_record_build, v, NULL, 0);
+}
+
+static HtQuery q_unbuild = {
+	"UPDATE hashtree.partition SET built = false WHERE built",
+	0, {0}
+};
+
+void
+ht_part_mark_all_unbuilt(void)
+{
+	ht_exec(&q_unbuild, NULL, NULL, 0);
+}

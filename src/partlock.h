@@ -1,0 +1,57 @@
+/*-------------------------------------------------------------------------
+ *
+ * partlock.h
+ *	  Partition state: the partition count, the built flag, and the
+ *	  partition locks (owner = a backend pid, gone when that backend exits).
+ *
+ * All functions need an SPI connection.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef HT_PARTLOCK_H
+#define HT_PARTLOCK_H
+
+#include "postgres.h"
+
+#include "datatype/timestamp.h"
+
+/* state of one partition as last committed */
+typedef struct HtPartState
+{
+	bool		built;
+	int			owner;			/* live lock owner pid, 0 when unlocked */
+	bool		mine;			/* owner is the calling backend */
+} HtPartState;
+
+extern void ht_part_state(int part, HtPartState *st);
+
+/* "ok", "not_built", "locked" */
+extern const char *ht_part_lock(int part, int pid);
+
+/* "ok", "not_locked", "not_allowed" */
+extern const char *ht_part_release(int part, int pid);
+
+/*
+ * Serialise updates and rebuilds of a partition: a transaction-scoped
+ * advisory lock.  Returns false when another transaction holds it.
+ */
+extern bool ht_part_try_update_lock(int part);
+
+/* bookkeeping after an update or a rebuild */
+extern void ht_part_record_update(int part, int64 segments, int64 nodes,
+								  double ms);
+extern void ht_part_record_build(int part, double ms);
+
+/* a foreign write reached the extension's tables: nothing is built */
+extern void ht_part_mark_all_unbuilt(void);
+
+/* start time of a live backend, false if no such backend */
+extern bool ht_backend_start(int pid, TimestampTz *start);
+
+/* pid if (pid, start) is a live backend, else 0 */
+extern int	ht_live_owner(int pid, TimestampTz start);
+
+/* create the rows of hashtree.partition (CREATE EXTENSION) */
+extern int	ht_part_create_all(int n);
+
+#endif							/* HT_PARTLOCK_H */

@@ -1,0 +1,622 @@
+/*-------------------------------------------------------------------------
+ *
+ * remote.c
+ *	  Peers and the libpq client that runs hashtree calls on them.
+ *
+ * The client never blocks in libpq: connections are made with
+ * PQconnectStartParams/PQconnectPoll and statements are sent with
+ * PQsendQueryParams on a non-blocking connection; every wait is a
+ * WaitLatchOrSocket on the process latch, so cancel requests, termination
+ * and postmaster death are served while waiting, and deadlines are
+ * enforced here (a peer that accepts connections but never answers cannot
+ * hang the caller).
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "libpq-fe.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "port/pg_bswap.h"
+#include "storage/latch.h"
+#include "utils/builtins.h"
+#include "utils/hsearch.h"
+#include "utils/memutils.h"
+#include "utils/timestamp.h"
+
+#include "hashtree.h"
+#include "remote.h"
+#include "sqlexec.h"
+
+struct HtPeer
+{
+	char		name[HT_MAX_PEER_NAME_LEN + 1]; /* hash key */
+	PGconn	   *conn;
+	char	   *conninfo;		/* in TopMemoryContext */
+	int			partitions;		/* the peer's partition count */
+	int64		round_trips;
+	int64		bytes;
+};
+
+static HTAB *peer_cache = NULL;
+
+bool
+ht_node_is_local(const char *node)
+{
+	return node == NULL || strcmp(node, ht_node_name()) == 0;
+}
+
+const char *
+ht_peer_name(HtPeer *peer)
+{
+	return peer->name;
+}
+
+int
+ht_peer_partitions(HtPeer *peer)
+{
+	return peer->partitions;
+}
+
+void
+ht_peer_counters(HtPeer *peer, int64 *round_trips, int64 *bytes)
+{
+	*round_trips = peer->round_trips;
+	*bytes = peer->bytes;
+}
+
+static void
+peer_disconnect(HtPeer *peer)
+{
+	if (peer->conn != NULL)
+		PQfinish(peer->conn);
+	peer->conn = NULL;
+}
+
+/* libpq's message without its trailing newline */
+static char *
+conn_message(PGconn *conn)
+{
+	char	   *msg = pstrdup(conn != NULL ? PQerrorMessage(conn) : "out of memory");
+	int			len = strlen(msg);
+
+	while (len > 0 && (msg[len - 1] == '\n' || msg[len - 1] == ' '))
+		msg[--len] = '\0';
+	return msg;
+}
+
+/*
+ * Wait until the connection's socket is ready for io_events, serving
+ * interrupts; deadline 0 means no limit.
+ */
+static void
+wait_for_socket(HtPeer *peer, int io_events, TimestampTz deadline,
+				bool connecting)
+{
+	for (;;)
+	{
+		int			events = WL_LATCH_SET | WL_EXIT_ON_PM_DEATH | io_events;
+		long		timeout = -1;
+		int			rc;
+
+		if (deadline != 0)
+		{
+			timeout = TimestampDifferenceMilliseconds(GetCurrentTimestamp(),
+													  deadline);
+			if (timeout <= 0)
+			{
+				if (connecting)
+					ereport(ERROR,
+							(errcode(ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION),
+							 errmsg("could not connect to peer \"%s\": timeout expired",
+									peer->name),
+							 errhint("The limit is hashtree.connect_timeout (%d ms).",
+									 ht_guc_connect_timeout)));
+				ereport(ERROR,
+						(errcode(ERRCODE_QUERY_CANCELED),
+						 errmsg("canceling statement on peer \"%s\" due to statement timeout",
+								peer->name),
+						 errhint("The limit is hashtree.statement_timeout (%d ms).",
+								 ht_guc_statement_timeout)));
+			}
+			events |= WL_TIMEOUT;
+		}
+		rc = WaitLatchOrSocket(MyLatch, events, PQsocket(peer->conn), timeout,
+							   PG_WAIT_EXTENSION);
+		if (rc & WL_LATCH_SET)
+		{
+			ResetLatch(MyLatch);
+			CHECK_FOR_INTERRUPTS();
+		}
+		if (rc & io_events)
+			return;
+	}
+}
+
+static void
+peer_connect(HtPeer *peer, const char *conninfo)
+{
+	PQconninfoOption *opts;
+	char	   *err = NULL;
+	const char **keys;
+	const char **vals;
+	int			n = 0;
+	int			nopts = 0;
+	StringInfoData options;
+	TimestampTz deadline;
+	PostgresPollingStatusType st = PGRES_POLLING_WRITING;
+
+	opts = PQconninfoParse(conninfo, &err);
+	if (opts == NULL)
+	{
+		char	   *msg = err ? pstrdup(err) : "out of memory";
+
+		if (err)
+			PQfreemem(err);
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid connection string of peer \"%s\": %s",
+						peer->name, msg)));
+	}
+
+	/* the peer's options, plus ours (later keywords win) */
+	initStringInfo(&options);
+	for (PQconninfoOption *o = opts; o->keyword != NULL; o++)
+		nopts++;
+	keys = palloc(sizeof(char *) * (nopts + 4));
+	vals = palloc(sizeof(char *) * (nopts + 4));
+	for (PQconninfoOption *o = opts; o->keyword != NULL; o++)
+	{
+		if (o->val == NULL || o->val[0] == '\0')
+			continue;
+		if (strcmp(o->keyword, "options") == 0)
+		{
+			appendStringInfoString(&options, o->val);
+			appendStringInfoChar(&options, ' ');
+			continue;
+		}
+		keys[n] = pstrdup(o->keyword);
+		vals[n] = pstrdup(o->val);
+		n++;
+	}
+	PQconninfoFree(opts);
+	/* the peer stops working for us soon after we close the connection */
+	appendStringInfoString(&options, "-c client_connection_check_interval=1000");
+	keys[n] = "options";
+	vals[n++] = options.data;
+	keys[n] = "fallback_application_name";
+	vals[n++] = "hashtree";
+	keys[n] = "client_encoding";
+	vals[n++] = GetDatabaseEncodingName();
+	keys[n] = NULL;
+	vals[n] = NULL;
+
+	peer->conn = PQconnectStartParams(keys, vals, false);
+	if (peer->conn == NULL || PQstatus(peer->conn) == CONNECTION_BAD)
+	{
+		char	   *msg = conn_message(peer->conn);
+
+		peer_disconnect(peer);
+		ereport(ERROR,
+				(errcode(ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION),
+				 errmsg("could not connect to peer \"%s\": %s", peer->name, msg)));
+	}
+
+	deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+										   ht_guc_connect_timeout);
+	PG_TRY();
+	{
+		while (st != PGRES_POLLING_OK)
+		{
+			if (st == PGRES_POLLING_FAILED)
+			{
+				char	   *msg = conn_message(peer->conn);
+
+				ereport(ERROR,
+						(errcode(ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION),
+						 errmsg("could not connect to peer \"%s\": %s",
+								peer->name, msg)));
+			}
+			wait_for_socket(peer, st == PGRES_POLLING_READING ?
+							WL_SOCKET_READABLE : WL_SOCKET_WRITEABLE,
+							deadline, true);
+			st = PQconnectPoll(peer->conn);
+		}
+		if (PQsetnonblocking(peer->conn, 1) != 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_CONNECTION_FAILURE),
+					 errmsg("could not set connection to peer \"%s\" non-blocking: %s",
+							peer->name, conn_message(peer->conn))));
+	}
+	PG_CATCH();
+	{
+		peer_disconnect(peer);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+}
+
+static void
+raise_remote_error(HtPeer *peer, PGresult *res)
+{
+	const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+	const char *primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+	const char *detail = PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL);
+	const char *hint = PQresultErrorField(res, PG_DIAG_MESSAGE_HINT);
+	int			code = ERRCODE_CONNECTION_FAILURE;
+	char	   *msg;
+	char	   *det = detail ? pstrdup(detail) : NULL;
+	char	   *hin = hint ? pstrdup(hint) : NULL;
+
+	if (state != NULL && strlen(state) == 5)
+		code = MAKE_SQLSTATE(state[0], state[1], state[2], state[3], state[4]);
+	msg = pstrdup(primary != NULL ? primary : PQresultErrorMessage(res));
+	PQclear(res);
+	ereport(ERROR,
+			(errcode(code),
+			 errmsg("%s", msg),
+			 det ? errdetail("%s", det) : 0,
+			 hin ? errhint("%s", hin) : 0,
+			 errcontext("on peer \"%s\"", peer->name)));
+}
+
+static void
+lost_connection(HtPeer *peer)
+{
+	char	   *msg = conn_message(peer->conn);
+
+	ereport(ERROR,
+			(errcode(ERRCODE_CONNECTION_FAILURE),
+			 errmsg("lost connection to peer \"%s\": %s", peer->name, msg)));
+}
+
+/* send a statement and wait for its result; caller PQclears it */
+static PGresult *
+exec_wait(HtPeer *peer, const char *sql, int nparams,
+		  const char *const *params, bool binary)
+{
+	PGconn	   *conn = peer->conn;
+	TimestampTz deadline = 0;
+	PGresult   *volatile last = NULL;
+	int			r;
+
+	if (ht_guc_statement_timeout > 0)
+		deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+											   ht_guc_statement_timeout);
+
+	PG_TRY();
+	{
+		if (!PQsendQueryParams(conn, sql, nparams, NULL, params, NULL, NULL,
+							   binary ? 1 : 0))
+			lost_connection(peer);
+		while ((r = PQflush(conn)) != 0)
+		{
+			if (r < 0)
+				lost_connection(peer);
+			wait_for_socket(peer, WL_SOCKET_WRITEABLE | WL_SOCKET_READABLE,
+							deadline, false);
+			if (!PQconsumeInput(conn))
+				lost_connection(peer);
+		}
+		for (;;)
+		{
+			PGresult   *res;
+
+			while (PQisBusy(conn))
+			{
+				wait_for_socket(peer, WL_SOCKET_READABLE, deadline, false);
+				if (!PQconsumeInput(conn))
+					lost_connection(peer);
+			}
+			res = PQgetResult(conn);
+			if (res == NULL)
+				break;
+			/* keep the last result, or the first error */
+			if (last != NULL && PQresultStatus(last) == PGRES_FATAL_ERROR)
+				PQclear(res);
+			else
+			{
+				if (last != NULL)
+					PQclear(last);
+				last = res;
+			}
+			if (PQstatus(conn) == CONNECTION_BAD)
+				break;
+		}
+		if (last == NULL)
+			lost_connection(peer);
+	}
+	PG_CATCH();
+	{
+		/* interrupted, timed out or broken: this connection is done */
+		if (last != NULL)
+			PQclear(last);
+		peer_disconnect(peer);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+
+	peer->round_trips++;
+	return last;
+}
+
+HtRemoteResult *
+ht_peer_query(HtPeer *peer, const char *sql, int nparams,
+			  const char *const *params, bool binary)
+{
+	PGresult   *res;
+	HtRemoteResult *out;
+	ExecStatusType st;
+
+	if (peer->conn == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONNECTION_DOES_NOT_EXIST),
+				 errmsg("no connection to peer \"%s\"", peer->name)));
+
+	res = exec_wait(peer, sql, nparams, params, binary);
+	st = PQresultStatus(res);
+	if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK)
+	{
+		if (PQstatus(peer->conn) == CONNECTION_BAD)
+		{
+			PQclear(res);
+			PG_TRY();
+			{
+				lost_connection(peer);
+			}
+			PG_FINALLY();
+			{
+				peer_disconnect(peer);
+			}
+			PG_END_TRY();
+		}
+		raise_remote_error(peer, res);
+	}
+
+	out = palloc(sizeof(HtRemoteResult));
+	out->nrows = PQntuples(res);
+	out->ncols = PQnfields(res);
+	out->val = palloc(sizeof(char *) * Max(out->nrows * out->ncols, 1));
+	out->len = palloc(sizeof(int) * Max(out->nrows * out->ncols, 1));
+	for (int r = 0; r < out->nrows; r++)
+		for (int c = 0; c < out->ncols; c++)
+		{
+			int			k = r * out->ncols + c;
+
+			if (PQgetisnull(res, r, c))
+			{
+				out->val[k] = NULL;
+				out->len[k] = 0;
+				continue;
+			}
+			out->len[k] = PQgetlength(res, r, c);
+			out->val[k] = palloc(out->len[k] + 1);
+			memcpy(out->val[k], PQgetvalue(res, r, c), out->len[k]);
+			out->val[k][out->len[k]] = '\0';
+			peer->bytes += out->len[k];
+		}
+	PQclear(res);
+	return out;
+}
+
+static char *
+remote_value(HtRemoteResult *res, int row, int col, int need)
+{
+	int			k = row * res->ncols + col;
+
+	if (res->val[k] == NULL)
+		return NULL;
+	if (need > 0 && res->len[k] != need)
+		elog(ERROR, "hashtree: unexpected binary value of %d bytes from peer",
+			 res->len[k]);
+	return res->val[k];
+}
+
+int32
+ht_remote_int4(HtRemoteResult *res, int row, int col)
+{
+	char	   *v = remote_value(res, row, col, 4);
+	uint32		x;
+
+	if (v == NULL)
+		elog(ERROR, "hashtree: unexpected null from peer");
+	memcpy(&x, v, 4);
+	return (int32) pg_ntoh32(x);
+}
+
+int64
+ht_remote_int8(HtRemoteResult *res, int row, int col)
+{
+	char	   *v = remote_value(res, row, col, 8);
+	uint64		x;
+
+	if (v == NULL)
+		elog(ERROR, "hashtree: unexpected null from peer");
+	memcpy(&x, v, 8);
+	return (int64) pg_ntoh64(x);
+}
+
+bytea *
+ht_remote_bytea(HtRemoteResult *res, int row, int col)
+{
+	char	   *v = remote_value(res, row, col, 0);
+	int			len = res->len[row * res->ncols + col];
+	bytea	   *b;
+
+	if (v == NULL)
+		return NULL;
+	b = palloc(VARHDRSZ + len);
+	SET_VARSIZE(b, VARHDRSZ + len);
+	memcpy(VARDATA(b), v, len);
+	return b;
+}
+
+char *
+ht_remote_text(HtRemoteResult *res, int row, int col)
+{
+	return remote_value(res, row, col, 0);
+}
+
+/* ---- the peers table and the connection cache ------------------------- */
+
+static HtQuery q_peer_conninfo = {
+	"SELECT conninfo FROM hashtree.peer WHERE name = $1",
+	1, {TEXTOID}
+};
+
+static void
+check_peer_name(const char *name)
+{
+	if (name[0] == '\0' || strlen(name) > HT_MAX_PEER_NAME_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid peer name \"%s\"", name),
+				 errdetail("A peer name has 1 to %d bytes.", HT_MAX_PEER_NAME_LEN)));
+}
+
+HtPeer *
+ht_peer_get(const char *name)
+{
+	Datum		v[1];
+	bool		isnull;
+	char	   *conninfo;
+	HtPeer	   *peer;
+	bool		found;
+
+	if (strlen(name) > HT_MAX_PEER_NAME_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("peer \"%s\" does not exist", name)));
+	v[0] = CStringGetTextDatum(name);
+	if (ht_exec(&q_peer_conninfo, v, NULL, 1) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("peer \"%s\" does not exist", name),
+				 errhint("Peers are added with hashtree.add_peer(name, conninfo); "
+						 "this node is \"%s\".", ht_node_name())));
+	conninfo = TextDatumGetCString(ht_col(0, 1, &isnull));
+
+	if (peer_cache == NULL)
+	{
+		HASHCTL		ctl;
+
+		ctl.keysize = HT_MAX_PEER_NAME_LEN + 1;
+		ctl.entrysize = sizeof(HtPeer);
+		peer_cache = hash_create("hashtree peers", 16, &ctl,
+								 HASH_ELEM | HASH_STRINGS);
+	}
+	peer = hash_search(peer_cache, name, HASH_ENTER, &found);
+	if (!found)
+	{
+		peer->conn = NULL;
+		peer->conninfo = NULL;
+		peer->partitions = 0;
+		peer->round_trips = 0;
+		peer->bytes = 0;
+	}
+
+	/* a changed conninfo, a broken or busy connection: start again */
+	if (peer->conn != NULL &&
+		(strcmp(peer->conninfo, conninfo) != 0 ||
+		 PQstatus(peer->conn) != CONNECTION_OK ||
+		 PQtransactionStatus(peer->conn) != PQTRANS_IDLE))
+		peer_disconnect(peer);
+
+	if (peer->conn == NULL)
+	{
+		HtRemoteResult *res;
+		char	   *version;
+
+		if (peer->conninfo != NULL)
+			pfree(peer->conninfo);
+		peer->conninfo = MemoryContextStrdup(TopMemoryContext, conninfo);
+		peer_connect(peer, conninfo);
+		/* a peer without the extension is no peer: do not keep it */
+		PG_TRY();
+		{
+			res = ht_peer_query(peer,
+								"SELECT version, partitions FROM hashtree._hello()",
+								0, NULL, false);
+		}
+		PG_CATCH();
+		{
+			peer_disconnect(peer);
+			PG_RE_THROW();
+		}
+		PG_END_TRY();
+		version = ht_remote_text(res, 0, 0);
+		peer->partitions = atoi(ht_remote_text(res, 0, 1));
+		if (version == NULL || strcmp(version, HT_EXTENSION_VERSION) != 0)
+			ereport(WARNING,
+					(errmsg("peer \"%s\" runs hashtree %s, this node %s",
+							name, version ? version : "?", HT_EXTENSION_VERSION)));
+	}
+	return peer;
+}
+
+static HtQuery q_peer_add = {
+	"INSERT INTO hashtree.peer (name, conninfo) VALUES ($1, $2)"
+	" ON CONFLICT (name) DO NOTHING",
+	2, {TEXTOID, TEXTOID}
+};
+
+void
+ht_peer_add(const char *name, const char *conninfo)
+{
+	PQconninfoOption *opts;
+	char	   *err = NULL;
+	Datum		v[2];
+
+	check_peer_name(name);
+	if (strcmp(name, ht_node_name()) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("peer name \"%s\" is the name of this node", name)));
+	opts = PQconninfoParse(conninfo, &err);
+	if (opts == NULL)
+	{
+		char	   *msg = err ? pstrdup(err) : "out of memory";
+
+		if (err)
+			PQfreemem(err);
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("invalid connection string: %s", msg)));
+	}
+	PQconninfoFree(opts);
+
+	v[0] = CStringGetTextDatum(name);
+	v[1] = CStringGetTextDatum(conninfo);
+	if (ht_exec(&q_peer_add, v, NULL, 0) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_OBJECT),
+				 errmsg("peer \"%s\" already exists", name),
+				 errhint("Use hashtree.drop_peer() first to change its connection string.")));
+}
+
+static HtQuery q_peer_drop = {
+	"DELETE FROM hashtree.peer WHERE name = $1",
+	1, {TEXTOID}
+};
+
+void
+ht_peer_drop(const char *name)
+{
+	Datum		v[1];
+
+	v[0] = CStringGetTextDatum(name);
+	if (ht_exec(&q_peer_drop, v, NULL, 0) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("peer \"%s\" does not exist", name)));
+	if (peer_cache != NULL && strlen(name) <= HT_MAX_PEER_NAME_LEN)
+	{
+		HtPeer	   *peer = hash_search(peer_cache, name, HASH_FIND, NULL);
+
+		if (peer != NULL)
+			peer_disconnect(peer);
+	}
+}

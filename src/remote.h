@@ -1,0 +1,62 @@
+/*-------------------------------------------------------------------------
+ *
+ * remote.h
+ *	  Peers and the libpq client that runs hashtree calls on them.
+ *
+ * A backend keeps one connection per peer for its lifetime, so a lock
+ * taken on a peer (owned by the peer backend serving the connection) lasts
+ * until it is released or this backend exits.  Every wait is on the
+ * process latch with the socket, so a cancel or a timeout
+ * (hashtree.connect_timeout, hashtree.statement_timeout) interrupts it; an
+ * interrupted connection is closed, and the peer stops its statement when
+ * it notices (client_connection_check_interval is set on the peer session).
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef HT_REMOTE_H
+#define HT_REMOTE_H
+
+#include "postgres.h"
+
+typedef struct HtPeer HtPeer;
+
+/* a result copied out of libpq into palloc'd memory */
+typedef struct HtRemoteResult
+{
+	int			nrows;
+	int			ncols;
+	char	  **val;			/* [row * ncols + col], NULL when null */
+	int		   *len;
+} HtRemoteResult;
+
+/* true when node is NULL or names this node */
+extern bool ht_node_is_local(const char *node);
+
+/* connected peer; ERROR if unknown or unreachable */
+extern HtPeer *ht_peer_get(const char *name);
+
+extern const char *ht_peer_name(HtPeer *peer);
+extern int	ht_peer_partitions(HtPeer *peer);
+
+/* traffic counters of the connection (round trips, bytes received) */
+extern void ht_peer_counters(HtPeer *peer, int64 *round_trips, int64 *bytes);
+
+/*
+ * Run one statement with text parameters; binary asks for binary results.
+ * A peer's error is raised here with the peer's SQLSTATE and message.
+ */
+extern HtRemoteResult *ht_peer_query(HtPeer *peer, const char *sql,
+									 int nparams, const char *const *params,
+									 bool binary);
+
+/* decoders of binary result values */
+extern int32 ht_remote_int4(HtRemoteResult *res, int row, int col);
+extern int64 ht_remote_int8(HtRemoteResult *res, int row, int col);
+extern bytea *ht_remote_bytea(HtRemoteResult *res, int row, int col);	/* NULL if null */
+extern char *ht_remote_text(HtRemoteResult *res, int row, int col);	/* NULL if null */
+
+/* peers table (needs SPI) */
+extern void ht_peer_add(const char *name, const char *conninfo);
+extern void ht_peer_drop(const char *name);
+
+#endif							/* HT_REMOTE_H */

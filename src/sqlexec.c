@@ -1,0 +1,126 @@
+/*-------------------------------------------------------------------------
+ *
+ * sqlexec.c
+ *	  Prepared statements on the extension's own tables, run through SPI.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "utils/lsyscache.h"
+
+#include "hashtree.h"
+#include "sqlexec.h"
+
+static SPIPlanPtr
+ht_plan(HtQuery *q)
+{
+	if (q->plan == NULL)
+	{
+		SPIPlanPtr	plan = SPI_prepare(q->sql, q->nargs, q->argtypes);
+
+		if (plan == NULL)
+			elog(ERROR, "hashtree: SPI_prepare failed (%s) for: %s",
+				 SPI_result_code_string(SPI_result), q->sql);
+		if (SPI_keepplan(plan) != 0)
+			elog(ERROR, "hashtree: SPI_keepplan failed");
+		q->plan = plan;
+	}
+	return q->plan;
+}
+
+static char *
+ht_nulls(const HtQuery *q, const bool *nulls, char *buf)
+{
+	if (nulls == NULL)
+		return NULL;
+	for (int i = 0; i < q->nargs; i++)
+		buf[i] = nulls[i] ? 'n' : ' ';
+	buf[q->nargs] = '\0';
+	return buf;
+}
+
+uint64
+ht_exec(HtQuery *q, Datum *values, const bool *nulls, long tcount)
+{
+	char		nbuf[HT_QUERY_MAX_ARGS + 1];
+	int			rc;
+
+	rc = SPI_execute_plan(ht_plan(q), values, ht_nulls(q, nulls, nbuf),
+						  false, tcount);
+	if (rc < 0)
+		elog(ERROR, "hashtree: SPI_execute_plan failed (%s) for: %s",
+			 SPI_result_code_string(rc), q->sql);
+	return SPI_processed;
+}
+
+Portal
+ht_cursor(HtQuery *q, Datum *values, const bool *nulls)
+{
+	char		nbuf[HT_QUERY_MAX_ARGS + 1];
+	Portal		portal;
+
+	portal = SPI_cursor_open(NULL, ht_plan(q), values,
+							 ht_nulls(q, nulls, nbuf), false);
+	if (portal == NULL)
+		elog(ERROR, "hashtree: SPI_cursor_open failed (%s) for: %s",
+			 SPI_result_code_string(SPI_result), q->sql);
+	return portal;
+}
+
+Datum
+ht_col(uint64 row, int col, bool *isnull)
+{
+	return SPI_getbinval(SPI_tuptable->vals[row], SPI_tuptable->tupdesc,
+						 col, isnull);
+}
+
+static ArrayType *
+ht_array(Datum *elems, int n, Oid type)
+{
+	int16		typlen;
+	bool		typbyval;
+	char		typalign;
+
+	get_typlenbyvalalign(type, &typlen, &typbyval, &typalign);
+	return construct_array(elems, n, type, typlen, typbyval, typalign);
+}
+
+ArrayType *
+ht_array_text(Datum *elems, int n)
+{
+	return ht_array(elems, n, TEXTOID);
+}
+
+ArrayType *
+ht_array_bytea(Datum *elems, int n)
+{
+	return ht_array(elems, n, BYTEAOID);
+}
+
+ArrayType *
+ht_array_int8(const int64 *elems, int n)
+{
+	Datum	   *d = palloc(sizeof(Datum) * Max(n, 1));
+	ArrayType  *a;
+
+	for (int i = 0; i < n; i++)
+		d[i] = Int64GetDatum(elems[i]);
+	a = ht_array(d, n, INT8OID);
+	pfree(d);
+	return a;
+}
+
+ArrayType *
+ht_array_int4(const int32 *elems, int n)
+{
+	Datum	   *d = palloc(sizeof(Datum) * Max(n, 1));
+	ArrayType  *a;
+
+	for (int i = 0; i < n; i++)
+		d[i] = Int32GetDatum(elems[i]);
+	a = ht_array(d, n, INT4OID);
+	pfree(d);
+	return a;
+}

@@ -1,0 +1,51 @@
+/*-------------------------------------------------------------------------
+ *
+ * sqlexec.h
+ *	  Prepared statements on the extension's own tables, run through SPI.
+ *
+ * Every module that reads or writes the extension's tables declares its
+ * statements as static HtQuery values; the plan is prepared on first use
+ * and kept for the life of the backend.  Callers must be connected to SPI.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef HT_SQLEXEC_H
+#define HT_SQLEXEC_H
+
+#include "postgres.h"
+
+#include "executor/spi.h"
+#include "utils/array.h"
+
+#define HT_QUERY_MAX_ARGS 10
+
+typedef struct HtQuery
+{
+	const char *sql;
+	int			nargs;
+	Oid			argtypes[HT_QUERY_MAX_ARGS];
+	SPIPlanPtr	plan;			/* prepared on first use */
+} HtQuery;
+
+/*
+ * Run a statement; nulls may be NULL (no null arguments).  Returns
+ * SPI_processed; the rows, if any, are in SPI_tuptable.  Statements run
+ * with a fresh snapshot that sees the changes made earlier in the same
+ * transaction (a lock taken, then an update, in one SELECT).
+ */
+extern uint64 ht_exec(HtQuery *q, Datum *values, const bool *nulls,
+					  long tcount);
+
+/* open a cursor on a statement (for results too large to hold at once) */
+extern Portal ht_cursor(HtQuery *q, Datum *values, const bool *nulls);
+
+/* column value of a row of SPI_tuptable */
+extern Datum ht_col(uint64 row, int col, bool *isnull);
+
+/* one-dimensional arrays for statement arguments */
+extern ArrayType *ht_array_text(Datum *elems, int n);
+extern ArrayType *ht_array_int8(const int64 *elems, int n);
+extern ArrayType *ht_array_int4(const int32 *elems, int n);
+extern ArrayType *ht_array_bytea(Datum *elems, int n);
+
+#endif							/* HT_SQLEXEC_H */

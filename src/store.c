@@ -1,0 +1,1065 @@
+/*-------------------------------------------------------------------------
+ *
+ * store.c
+ *	  Tree storage in the extension's tables.
+ *
+ * hashtree.entry	every entry of every tree (depth 2: the user's; depth 1
+ *					and 0: derived, a child tree's name -> its top hash)
+ * hashtree.dirty	append-only log of leaf segments changed since the last
+ *					update; writers only insert, update only deletes
+ * hashtree.node	per tree: level 3 rows (segment -> segment hash),
+ *					level 2 rows (bucket -> bucket hash), one level 1 row
+ *					(0 -> top hash); zero (empty) hashes are not stored
+ *
+ * A write touches one entry row and appends one dirty row, so writers of
+ * different keys never wait for each other, and an update (which reads
+ * entries and deletes only the dirty rows its snapshot sees) never blocks
+ * a writer.  The update recomputes each dirty segment from its entries and
+ * folds the change into the ancestors by adding and subtracting child
+ * digests (treemath.c), bottom-up through the leaf trees, the prefix trees
+ * and the root: its cost is O(dirty segments + their ancestors).  The
+ * rebuild computes the same rows with set-based SQL and the same digests,
+ * so both produce byte-identical trees.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "catalog/pg_type.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+
+#include "hashtree.h"
+#include "sqlexec.h"
+#include "store.h"
+#include "treemath.h"
+
+/* rows per statement when writing or reading nodes by arrays */
+#define HT_BATCH 10000
+
+/* ---- writes of leaf entries ----------------------------------------------- */
+
+static HtQuery q_put = {
+	"WITH e AS ("
+	" INSERT INTO hashtree.entry AS t (part, seg, depth, pa, pb, key, hash)"
+	" VALUES ($1, $2, 2, $3, $4, $5, $6)"
+	" ON CONFLICT (part, depth, pa, pb, seg, hashtree._kid(key))"
+	" DO UPDATE SET hash = EXCLUDED.hash WHERE t.hash <> EXCLUDED.hash"
+	" RETURNING 1)"
+	" INSERT INTO hashtree.dirty (part, seg, pa, pb) SELECT $1, $2, $3, $4 FROM e",
+	6, {INT4OID, INT4OID, TEXTOID, TEXTOID, BYTEAOID, BYTEAOID}
+};
+
+static HtQuery q_put_if_missing = {
+	"WITH e AS ("
+	" INSERT INTO hashtree.entry (part, seg, depth, pa, pb, key, hash)"
+	" VALUES ($1, $2, 2, $3, $4, $5, $6)"
+	" ON CONFLICT (part, depth, pa, pb, seg, hashtree._kid(key)) DO NOTHING"
+	" RETURNING 1)"
+	" INSERT INTO hashtree.dirty (part, seg, pa, pb) SELECT $1, $2, $3, $4 FROM e",
+	6, {INT4OID, INT4OID, TEXTOID, TEXTOID, BYTEAOID, BYTEAOID}
+};
+
+static HtQuery q_delete = {
+	"WITH e AS ("
+	" DELETE FROM hashtree.entry"
+	" WHERE part = $1 AND depth = 2 AND pa = $3 AND pb = $4 AND seg = $2"
+	"   AND hashtree._kid(key) = hashtree._kid($5) AND key = $5"
+	" RETURNING 1)"
+	" INSERT INTO hashtree.dirty (part, seg, pa, pb) SELECT $1, $2, $3, $4 FROM e",
+	5, {INT4OID, INT4OID, TEXTOID, TEXTOID, BYTEAOID}
+};
+
+void
+ht_store_put(int part, text *pa, text *pb, bytea *key, bytea *hash,
+			 bool if_missing)
+{
+	Datum		v[6];
+
+	v[0] = Int32GetDatum(part);
+	v[1] = Int32GetDatum(ht_segment_of(HT_DEPTH_LEAF, VARDATA_ANY(key),
+									   VARSIZE_ANY_EXHDR(key)));
+	v[2] = PointerGetDatum(pa);
+	v[3] = PointerGetDatum(pb);
+	v[4] = PointerGetDatum(key);
+	v[5] = PointerGetDatum(hash);
+	ht_exec(if_missing ? &q_put_if_missing : &q_put, v, NULL, 0);
+}
+
+void
+ht_store_delete(int part, text *pa, text *pb, bytea *key)
+{
+	Datum		v[5];
+
+	v[0] = Int32GetDatum(part);
+	v[1] = Int32GetDatum(ht_segment_of(HT_DEPTH_LEAF, VARDATA_ANY(key),
+									   VARSIZE_ANY_EXHDR(key)));
+	v[2] = PointerGetDatum(pa);
+	v[3] = PointerGetDatum(pb);
+	v[4] = PointerGetDatum(key);
+	ht_exec(&q_delete, v, NULL, 0);
+}
+
+/* ---- reads --------------------------------------------------------------- */
+
+static HtQuery q_top = {
+	"SELECT hash FROM hashtree.node WHERE part = $1 AND depth = $2"
+	" AND pa = $3 AND pb = $4 AND level = 1 AND child = 0",
+	4, {INT4OID, INT4OID, TEXTOID, TEXTOID}
+};
+
+bytea *
+ht_store_top(int part, int depth, text *pa, text *pb)
+{
+	Datum		v[4];
+	bool		isnull;
+	Datum		d;
+
+	v[0] = Int32GetDatum(part);
+	v[1] = Int32GetDatum(depth);
+	v[2] = PointerGetDatum(pa);
+	v[3] = PointerGetDatum(pb);
+	if (ht_exec(&q_top, v, NULL, 1) == 0)
+		return NULL;
+	d = ht_col(0, 1, &isnull);
+	return DatumGetByteaPCopy(d);
+}
+
+static HtQuery q_nodes = {
+	"SELECT u.i::int4, t.child, t.hash"
+	" FROM unnest($3::text[], $4::text[], $6::int8[]) WITH ORDINALITY AS u(pa, pb, b, i)"
+	" JOIN hashtree.node t ON t.part = $1 AND t.depth = $2 AND t.level = $5"
+	"  AND t.pa = u.pa AND t.pb = u.pb"
+	"  AND t.child >= u.b * $7 AND t.child < (u.b + 1) * $7"
+	" ORDER BY 1, 2",
+	7, {INT4OID, INT4OID, TEXTARRAYOID, TEXTARRAYOID, INT4OID, INT8ARRAYOID, INT8OID}
+};
+
+int
+ht_store_nodes(int part, int depth, int n, Datum *pa, Datum *pb, int level,
+			   const int64 *buckets, HtNodeRow **rows)
+{
+	Datum		v[7];
+	uint64		nrows;
+	HtNodeRow  *out;
+
+	v[0] = Int32GetDatum(part);
+	v[1] = Int32GetDatum(depth);
+	v[2] = PointerGetDatum(ht_array_text(pa, n));
+	v[3] = PointerGetDatum(ht_array_text(pb, n));
+	v[4] = Int32GetDatum(level);
+	v[5] = PointerGetDatum(ht_array_int8(buckets, n));
+	v[6] = Int64GetDatum(HT_WIDTH(depth));
+	nrows = ht_exec(&q_nodes, v, NULL, 0);
+
+	out = palloc(sizeof(HtNodeRow) * Max(nrows, 1));
+	for (uint64 r = 0; r < nrows; r++)
+	{
+		bool		isnull;
+
+		out[r].i = DatumGetInt32(ht_col(r, 1, &isnull));
+		out[r].child = DatumGetInt64(ht_col(r, 2, &isnull));
+		out[r].hash = DatumGetByteaPCopy(ht_col(r, 3, &isnull));
+	}
+	SPI_freetuptable(SPI_tuptable);
+	*rows = out;
+	return (int) nrows;
+}
+
+static HtQuery q_entries = {
+	"SELECT u.i::int4, t.key, t.hash"
+	" FROM unnest($3::text[], $4::text[], $5::int4[]) WITH ORDINALITY AS u(pa, pb, s, i)"
+	" JOIN hashtree.entry t ON t.part = $1 AND t.depth = $2"
+	"  AND t.pa = u.pa AND t.pb = u.pb AND t.seg = u.s"
+	" ORDER BY 1, 2",
+	5, {INT4OID, INT4OID, TEXTARRAYOID, TEXTARRAYOID, INT4ARRAYOID}
+};
+
+int
+ht_store_entries(int part, int depth, int n, Datum *pa, Datum *pb,
+				 const int32 *segs, HtEntryRow **rows)
+{
+	Datum		v[5];
+	uint64		nrows;
+	HtEntryRow *out;
+
+	v[0] = Int32GetDatum(part);
+	v[1] = Int32GetDatum(depth);
+	v[2] = PointerGetDatum(ht_array_text(pa, n));
+	v[3] = PointerGetDatum(ht_array_text(pb, n));
+	v[4] = PointerGetDatum(ht_array_int4(segs, n));
+	nrows = ht_exec(&q_entries, v, NULL, 0);
+
+	out = palloc(sizeof(HtEntryRow) * Max(nrows, 1));
+	for (uint64 r = 0; r < nrows; r++)
+	{
+		bool		isnull;
+
+		out[r].i = DatumGetInt32(ht_col(r, 1, &isnull));
+		out[r].key = DatumGetByteaPCopy(ht_col(r, 2, &isnull));
+		out[r].hash = DatumGetByteaPCopy(ht_col(r, 3, &isnull));
+	}
+	SPI_freetuptable(SPI_tuptable);
+	*rows = out;
+	return (int) nrows;
+}
+
+/* ---- incremental update -------------------------------------------------- */
+
+/* a segment whose hash changed */
+typedef struct SegChange
+{
+	int			tree;
+	int32		seg;
+	HtSum		old_sum;
+	HtSum		new_sum;
+	int64		old_n;
+	int64		new_n;
+} SegChange;
+
+/* accumulated change of a level-3 bucket (a level-2 child) */
+typedef struct BucketDelta
+{
+	int			tree;
+	int64		bucket;
+	HtSum		delta;
+	int64		dn;
+} BucketDelta;
+
+/* a tree whose top hash changed */
+typedef struct TopChange
+{
+	int			tree;
+	HtSum		old_top;
+	HtSum		new_top;
+	int64		new_n;
+} TopChange;
+
+/* one row to write into hashtree.node */
+typedef struct NodeWrite
+{
+	int			tree;
+	int64		child;
+	HtSum		sum;			/* zero: delete the row */
+	int64		n;
+} NodeWrite;
+
+/* the trees of one depth touched by an update, and their pending changes */
+typedef struct DepthWork
+{
+	int			depth;
+	int			ntrees;
+	int			trees_cap;
+	Datum	   *pa;				/* text datums */
+	Datum	   *pb;
+	int			nbuckets;
+	int			buckets_cap;
+	BucketDelta *buckets;
+	int			ntops;
+	int			tops_cap;
+	TopChange  *tops;
+} DepthWork;
+
+#define HT_GROW(arr, n, cap) \
+	do { \
+		if ((n) >= (cap)) \
+		{ \
+			(cap) = (cap) > 0 ? (cap) * 2 : 64; \
+			(arr) = (arr) != NULL ? repalloc((arr), sizeof(*(arr)) * (cap)) \
+				: palloc(sizeof(*(arr)) * (cap)); \
+		} \
+	} while (0)
+
+static int
+work_add_tree(DepthWork *w, Datum pa, Datum pb)
+{
+	if (w->ntrees >= w->trees_cap)
+	{
+		w->trees_cap = w->trees_cap > 0 ? w->trees_cap * 2 : 64;
+		w->pa = w->pa != NULL ? repalloc(w->pa, sizeof(Datum) * w->trees_cap)
+			: palloc(sizeof(Datum) * w->trees_cap);
+		w->pb = w->pb != NULL ? repalloc(w->pb, sizeof(Datum) * w->trees_cap)
+			: palloc(sizeof(Datum) * w->trees_cap);
+	}
+	w->pa[w->ntrees] = pa;
+	w->pb[w->ntrees] = pb;
+	return w->ntrees++;
+}
+
+static bool
+text_equal(Datum a, Datum b)
+{
+	text	   *x = DatumGetTextPP(a);
+	text	   *y = DatumGetTextPP(b);
+
+	return VARSIZE_ANY_EXHDR(x) == VARSIZE_ANY_EXHDR(y) &&
+		memcmp(VARDATA_ANY(x), VARDATA_ANY(y), VARSIZE_ANY_EXHDR(x)) == 0;
+}
+
+/* digest term of a child for its parent's sum; zero for an absent child */
+static void
+child_term(int64 child, const HtSum *h, HtSum *out)
+{
+	uint8		bytes[HT_DIGEST_LEN];
+
+	if (ht_sum_is_zero(h))
+	{
+		ht_sum_zero(out);
+		return;
+	}
+	ht_sum_to_bytes(h, bytes);
+	ht_child_digest(child, (const char *) bytes, HT_DIGEST_LEN, out);
+}
+
+/* delta of a parent when child goes from old to new */
+static void
+child_delta(int64 child, const HtSum *old, const HtSum *new, HtSum *delta)
+{
+	HtSum		t;
+
+	child_term(child, new, delta);
+	child_term(child, old, &t);
+	ht_sum_sub(delta, &t);
+}
+
+static HtQuery q_node_upsert = {
+	"INSERT INTO hashtree.node AS t (part, depth, level, pa, pb, child, hash, n)"
+	" SELECT $1, $2, $3, u.pa, u.pb, u.child, u.hash, u.n"
+	" FROM unnest($4::text[], $5::text[], $6::int8[], $7::bytea[], $8::int8[])"
+	"  AS u(pa, pb, child, hash, n)"
+	" ON CONFLICT (part, depth, pa, pb, level, child)"
+	" DO UPDATE SET hash = EXCLUDED.hash, n = EXCLUDED.n",
+	8, {INT4OID, INT2OID, INT2OID, TEXTARRAYOID, TEXTARRAYOID, INT8ARRAYOID,
+		BYTEAARRAYOID, INT8ARRAYOID}
+};
+
+static HtQuery q_node_delete = {
+	"DELETE FROM hashtree.node t"
+	" USING unnest($4::text[], $5::text[], $6::int8[]) AS u(pa, pb, child)"
+	" WHERE t.part = $1 AND t.depth = $2 AND t.level = $3"
+	"  AND t.pa = u.pa AND t.pb = u.pb AND t.child = u.child",
+	6, {INT4OID, INT2OID, INT2OID, TEXTARRAYOID, TEXTARRAYOID, INT8ARRAYOID}
+};
+
+/* write node rows of one level, in statements of at most HT_BATCH rows */
+static void
+write_nodes(int part, DepthWork *w, int level, NodeWrite *nw, int n,
+			HtUpdateStats *stats)
+{
+	Datum	   *pa = palloc(sizeof(Datum) * HT_BATCH);
+	Datum	   *pb = palloc(sizeof(Datum) * HT_BATCH);
+	int64	   *child = palloc(sizeof(int64) * HT_BATCH);
+	Datum	   *hash = palloc(sizeof(Datum) * HT_BATCH);
+	int64	   *cnt = palloc(sizeof(int64) * HT_BATCH);
+
+	for (int pass = 0; pass < 2; pass++)
+	{
+		bool		deleting = (pass == 1);
+		int			k = 0;
+
+		for (int i = 0; i <= n; i++)
+		{
+			if (i < n && ht_sum_is_zero(&nw[i].sum) == deleting)
+			{
+				pa[k] = w->pa[nw[i].tree];
+				pb[k] = w->pb[nw[i].tree];
+				child[k] = nw[i].child;
+				if (!deleting)
+				{
+					hash[k] = PointerGetDatum(ht_sum_to_bytea(&nw[i].sum));
+					cnt[k] = nw[i].n;
+				}
+				k++;
+			}
+			if (k > 0 && (k == HT_BATCH || i == n))
+			{
+				Datum		v[8];
+
+				v[0] = Int32GetDatum(part);
+				v[1] = Int16GetDatum(w->depth);
+				v[2] = Int16GetDatum(level);
+				v[3] = PointerGetDatum(ht_array_text(pa, k));
+				v[4] = PointerGetDatum(ht_array_text(pb, k));
+				v[5] = PointerGetDatum(ht_array_int8(child, k));
+				if (!deleting)
+				{
+					v[6] = PointerGetDatum(ht_array_bytea(hash, k));
+					v[7] = PointerGetDatum(ht_array_int8(cnt, k));
+					ht_exec(&q_node_upsert, v, NULL, 0);
+					for (int j = 0; j < k; j++)
+						pfree(DatumGetPointer(hash[j]));
+				}
+				else
+					ht_exec(&q_node_delete, v, NULL, 0);
+				stats->nodes += k;
+				k = 0;
+			}
+		}
+	}
+	pfree(pa);
+	pfree(pb);
+	pfree(child);
+	pfree(hash);
+	pfree(cnt);
+}
+
+static HtQuery q_node_fetch = {
+	"SELECT u.i::int4, t.hash, t.n"
+	" FROM unnest($4::text[], $5::text[], $6::int8[]) WITH ORDINALITY AS u(pa, pb, child, i)"
+	" JOIN hashtree.node t ON t.part = $1 AND t.depth = $2 AND t.level = $3"
+	"  AND t.pa = u.pa AND t.pb = u.pb AND t.child = u.child",
+	6, {INT4OID, INT2OID, INT2OID, TEXTARRAYOID, TEXTARRAYOID, INT8ARRAYOID}
+};
+
+/*
+ * Current (hash, n) of the nodes (tree[i], child[i]) of a level; absent
+ * nodes read as zero.
+ */
+static void
+fetch_nodes(int part, DepthWork *w, int level, int n, const int *tree,
+			const int64 *child, HtSum *sum, int64 *cnt)
+{
+	Datum	   *pa = palloc(sizeof(Datum) * Min(n, HT_BATCH));
+	Datum	   *pb = palloc(sizeof(Datum) * Min(n, HT_BATCH));
+
+	for (int i = 0; i < n; i++)
+	{
+		ht_sum_zero(&sum[i]);
+		cnt[i] = 0;
+	}
+	for (int base = 0; base < n; base += HT_BATCH)
+	{
+		int			k = Min(HT_BATCH, n - base);
+		Datum		v[6];
+		uint64		nrows;
+
+		for (int j = 0; j < k; j++)
+		{
+			pa[j] = w->pa[tree[base + j]];
+			pb[j] = w->pb[tree[base + j]];
+		}
+		v[0] = Int32GetDatum(part);
+		v[1] = Int16GetDatum(w->depth);
+		v[2] = Int16GetDatum(level);
+		v[3] = PointerGetDatum(ht_array_text(pa, k));
+		v[4] = PointerGetDatum(ht_array_text(pb, k));
+		v[5] = PointerGetDatum(ht_array_int8(child + base, k));
+		nrows = ht_exec(&q_node_fetch, v, NULL, 0);
+		for (uint64 r = 0; r < nrows; r++)
+		{
+			bool		isnull;
+			int			i = base + DatumGetInt32(ht_col(r, 1, &isnull)) - 1;
+
+			ht_sum_from_bytea(&sum[i], DatumGetByteaPP(ht_col(r, 2, &isnull)));
+			cnt[i] = DatumGetInt64(ht_col(r, 3, &isnull));
+		}
+		SPI_freetuptable(SPI_tuptable);
+	}
+	pfree(pa);
+	pfree(pb);
+}
+
+/*
+ * Level 3: write the changed segment hashes and accumulate the deltas of
+ * their buckets.  Changes arrive sorted by (tree, seg), so the changes of
+ * one bucket are adjacent.
+ */
+static void
+fold_segments(int part, DepthWork *w, SegChange *ch, int nch,
+			  HtUpdateStats *stats)
+{
+	NodeWrite  *nw = palloc(sizeof(NodeWrite) * Max(nch, 1));
+	int			nnw = 0;
+	int			wbits = ht_geometry[w->depth].width_bits;
+
+	for (int i = 0; i < nch; i++)
+	{
+		SegChange  *c = &ch[i];
+		int64		bucket = c->seg >> wbits;
+		HtSum		d;
+		BucketDelta *b;
+
+		nw[nnw].tree = c->tree;
+		nw[nnw].child = c->seg;
+		nw[nnw].sum = c->new_sum;
+		nw[nnw].n = c->new_n;
+		nnw++;
+
+		child_delta(c->seg, &c->old_sum, &c->new_sum, &d);
+		if (w->nbuckets == 0 ||
+			w->buckets[w->nbuckets - 1].tree != c->tree ||
+			w->buckets[w->nbuckets - 1].bucket != bucket)
+		{
+			HT_GROW(w->buckets, w->nbuckets, w->buckets_cap);
+			b = &w->buckets[w->nbuckets++];
+			b->tree = c->tree;
+			b->bucket = bucket;
+			ht_sum_zero(&b->delta);
+			b->dn = 0;
+		}
+		b = &w->buckets[w->nbuckets - 1];
+		ht_sum_add(&b->delta, &d);
+		b->dn += c->new_n - c->old_n;
+	}
+	write_nodes(part, w, 3, nw, nnw, stats);
+	pfree(nw);
+}
+
+/*
+ * Levels 2 and 1: apply the bucket deltas to the level-2 rows, then the
+ * resulting top deltas to the level-1 rows; record the trees whose top
+ * hash changed in w->tops.
+ */
+static void
+fold_upper_levels(int part, DepthWork *w, HtUpdateStats *stats)
+{
+	int			nb = w->nbuckets;
+	int		   *tree = palloc(sizeof(int) * Max(nb, 1));
+	int64	   *child = palloc(sizeof(int64) * Max(nb, 1));
+	HtSum	   *old = palloc(sizeof(HtSum) * Max(nb, 1));
+	int64	   *old_n = palloc(sizeof(int64) * Max(nb, 1));
+	NodeWrite  *nw = palloc(sizeof(NodeWrite) * Max(nb, 1));
+	int			nnw = 0;
+	/* per touched tree: delta of its top */
+	int			nt = 0;
+	int		   *t_tree = palloc(sizeof(int) * Max(nb, 1));
+	HtSum	   *t_delta = palloc(sizeof(HtSum) * Max(nb, 1));
+	int64	   *t_dn = palloc(sizeof(int64) * Max(nb, 1));
+	int64	   *zeros;
+	HtSum	   *t_old;
+	int64	   *t_old_n;
+
+	/* level 2 */
+	for (int i = 0; i < nb; i++)
+	{
+		tree[i] = w->buckets[i].tree;
+		child[i] = w->buckets[i].bucket;
+	}
+	fetch_nodes(part, w, 2, nb, tree, child, old, old_n);
+	for (int i = 0; i < nb; i++)
+	{
+		BucketDelta *b = &w->buckets[i];
+		HtSum		new = old[i];
+		HtSum		d;
+
+		if (ht_sum_is_zero(&b->delta) && b->dn == 0)
+			continue;
+		ht_sum_add(&new, &b->delta);
+		nw[nnw].tree = b->tree;
+		nw[nnw].child = b->bucket;
+		nw[nnw].sum = new;
+		nw[nnw].n = old_n[i] + b->dn;
+		nnw++;
+
+		child_delta(b->bucket, &old[i], &new, &d);
+		if (nt == 0 || t_tree[nt - 1] != b->tree)
+		{
+			t_tree[nt] = b->tree;
+			ht_sum_zero(&t_delta[nt]);
+			t_dn[nt] = 0;
+			nt++;
+		}
+		ht_sum_add(&t_delta[nt - 1], &d);
+		t_dn[nt - 1] += b->dn;
+	}
+	write_nodes(part, w, 2, nw, nnw, stats);
+
+	/* level 1 */
+	zeros = palloc0(sizeof(int64) * Max(nt, 1));
+	t_old = palloc(sizeof(HtSum) * Max(nt, 1));
+	t_old_n = palloc(sizeof(int64) * Max(nt, 1));
+	fetch_nodes(part, w, 1, nt, t_tree, zeros, t_old, t_old_n);
+	nnw = 0;
+	for (int i = 0; i < nt; i++)
+	{
+		HtSum		new = t_old[i];
+		TopChange  *tc;
+
+		if (ht_sum_is_zero(&t_delta[i]) && t_dn[i] == 0)
+			continue;
+		ht_sum_add(&new, &t_delta[i]);
+		nw[nnw].tree = t_tree[i];
+		nw[nnw].child = 0;
+		nw[nnw].sum = new;
+		nw[nnw].n = t_old_n[i] + t_dn[i];
+		nnw++;
+
+		HT_GROW(w->tops, w->ntops, w->tops_cap);
+		tc = &w->tops[w->ntops++];
+		tc->tree = t_tree[i];
+		tc->old_top = t_old[i];
+		tc->new_top = new;
+		tc->new_n = t_old_n[i] + t_dn[i];
+	}
+	write_nodes(part, w, 1, nw, nnw, stats);
+}
+
+/*
+ * Read one row of a segment recomputation: (seg, new sum, new count, old
+ * hash, old n) at columns c..c+4; false when the segment did not change.
+ */
+static bool
+read_seg_change(uint64 r, int c, SegChange *out)
+{
+	bool		isnull;
+	Datum		d;
+
+	out->seg = DatumGetInt32(ht_col(r, c, &isnull));
+	d = ht_col(r, c + 1, &isnull);
+	ht_sum_from_bytea(&out->new_sum, isnull ? NULL : DatumGetByteaPP(d));
+	out->new_n = DatumGetInt64(ht_col(r, c + 2, &isnull));
+	d = ht_col(r, c + 3, &isnull);
+	ht_sum_from_bytea(&out->old_sum, isnull ? NULL : DatumGetByteaPP(d));
+	d = ht_col(r, c + 4, &isnull);
+	out->old_n = isnull ? 0 : DatumGetInt64(d);
+	return memcmp(&out->old_sum, &out->new_sum, sizeof(HtSum)) != 0 ||
+		out->old_n != out->new_n;
+}
+
+/*
+ * The dirty leaf segments that this statement's snapshot sees are deleted
+ * from the log and recomputed from the entries the same snapshot sees; a
+ * change committed later keeps its dirty row for the next update.
+ */
+static HtQuery q_take_dirty = {
+	"WITH d AS (DELETE FROM hashtree.dirty WHERE part = $1 RETURNING pa, pb, seg),"
+	" u AS (SELECT DISTINCT pa, pb, seg FROM d)"
+	" SELECT u.pa, u.pb, u.seg, x.h, x.c, t.hash, t.n"
+	" FROM u"
+	" CROSS JOIN LATERAL (SELECT hashtree._entry_sum(e.key, e.hash) AS h, count(*) AS c"
+	"   FROM hashtree.entry e WHERE e.part = $1 AND e.depth = 2"
+	"    AND e.pa = u.pa AND e.pb = u.pb AND e.seg = u.seg) x"
+	" LEFT JOIN hashtree.node t ON t.part = $1 AND t.depth = 2 AND t.level = 3"
+	"  AND t.pa = u.pa AND t.pb = u.pb AND t.child = u.seg"
+	" ORDER BY u.pa, u.pb, u.seg",
+	1, {INT4OID}
+};
+
+static void
+update_leaf_depth(int part, DepthWork *w, HtUpdateStats *stats)
+{
+	Datum		v[1] = {Int32GetDatum(part)};
+	Portal		portal;
+	SegChange  *ch = palloc(sizeof(SegChange) * HT_BATCH);
+	text	   *last_pa = NULL;
+	text	   *last_pb = NULL;
+
+	portal = ht_cursor(&q_take_dirty, v, NULL);
+	for (;;)
+	{
+		int			nch = 0;
+
+		SPI_cursor_fetch(portal, true, HT_BATCH);
+		if (SPI_processed == 0)
+			break;
+		for (uint64 r = 0; r < SPI_processed; r++)
+		{
+			bool		isnull;
+			text	   *pa = DatumGetTextPP(ht_col(r, 1, &isnull));
+			text	   *pb = DatumGetTextPP(ht_col(r, 2, &isnull));
+
+			stats->segments++;
+			if (!read_seg_change(r, 3, &ch[nch]))
+				continue;
+			if (last_pa == NULL ||
+				!text_equal(PointerGetDatum(pa), PointerGetDatum(last_pa)) ||
+				!text_equal(PointerGetDatum(pb), PointerGetDatum(last_pb)))
+			{
+				last_pa = DatumGetTextPCopy(PointerGetDatum(pa));
+				last_pb = DatumGetTextPCopy(PointerGetDatum(pb));
+				work_add_tree(w, PointerGetDatum(last_pa), PointerGetDatum(last_pb));
+			}
+			ch[nch].tree = w->ntrees - 1;
+			nch++;
+		}
+		SPI_freetuptable(SPI_tuptable);
+		fold_segments(part, w, ch, nch, stats);
+		CHECK_FOR_INTERRUPTS();
+	}
+	SPI_cursor_close(portal);
+	pfree(ch);
+	fold_upper_levels(part, w, stats);
+}
+
+static HtQuery q_entries_upsert = {
+	"INSERT INTO hashtree.entry AS t (part, depth, pa, pb, seg, key, hash)"
+	" SELECT $1, $2, u.pa, '', u.seg, u.key, u.hash"
+	" FROM unnest($3::text[], $4::int4[], $5::bytea[], $6::bytea[]) AS u(pa, seg, key, hash)"
+	" ON CONFLICT (part, depth, pa, pb, seg, hashtree._kid(key))"
+	" DO UPDATE SET hash = EXCLUDED.hash",
+	6, {INT4OID, INT2OID, TEXTARRAYOID, INT4ARRAYOID, BYTEAARRAYOID, BYTEAARRAYOID}
+};
+
+static HtQuery q_entries_delete = {
+	"DELETE FROM hashtree.entry t"
+	" USING unnest($3::text[], $4::int4[], $5::bytea[]) AS u(pa, seg, key)"
+	" WHERE t.part = $1 AND t.depth = $2 AND t.pa = u.pa AND t.pb = ''"
+	"  AND t.seg = u.seg AND hashtree._kid(t.key) = hashtree._kid(u.key)",
+	5, {INT4OID, INT2OID, TEXTARRAYOID, INT4ARRAYOID, BYTEAARRAYOID}
+};
+
+static HtQuery q_recompute = {
+	"SELECT u.i::int4, u.seg, x.h, x.c, t.hash, t.n"
+	" FROM unnest($3::text[], $4::int4[]) WITH ORDINALITY AS u(pa, seg, i)"
+	" CROSS JOIN LATERAL (SELECT hashtree._entry_sum(e.key, e.hash) AS h, count(*) AS c"
+	"   FROM hashtree.entry e WHERE e.part = $1 AND e.depth = $2"
+	"    AND e.pa = u.pa AND e.pb = '' AND e.seg = u.seg) x"
+	" LEFT JOIN hashtree.node t ON t.part = $1 AND t.depth = $2 AND t.level = 3"
+	"  AND t.pa = u.pa AND t.pb = '' AND t.child = u.seg"
+	" ORDER BY u.i",
+	4, {INT4OID, INT2OID, TEXTARRAYOID, INT4ARRAYOID}
+};
+
+/* a derived entry to write into a parent tree */
+typedef struct ParentEntry
+{
+	int			tree;			/* in the parent's DepthWork */
+	int32		seg;
+	bytea	   *key;
+	bytea	   *hash;			/* NULL: delete */
+} ParentEntry;
+
+static int
+parent_entry_cmp(const void *a, const void *b)
+{
+	const ParentEntry *x = a;
+	const ParentEntry *y = b;
+
+	if (x->tree != y->tree)
+		return x->tree < y->tree ? -1 : 1;
+	if (x->seg != y->seg)
+		return x->seg < y->seg ? -1 : 1;
+	return 0;
+}
+
+static bytea *
+utf8_bytes(text *t)
+{
+	int			len = VARSIZE_ANY_EXHDR(t);
+	char	   *s = pg_server_to_any(VARDATA_ANY(t), len, PG_UTF8);
+	bytea	   *b;
+
+	if (s != VARDATA_ANY(t))
+		len = strlen(s);
+	b = palloc(VARHDRSZ + len);
+	SET_VARSIZE(b, VARHDRSZ + len);
+	memcpy(VARDATA(b), s, len);
+	return b;
+}
+
+/*
+ * Fold the top changes of the child depth into the entries of their parent
+ * trees (depth cw->depth - 1) and update those trees.
+ */
+static void
+update_parent_depth(int part, DepthWork *cw, DepthWork *w,
+					HtUpdateStats *stats)
+{
+	int			n = cw->ntops;
+	ParentEntry *pe = palloc(sizeof(ParentEntry) * Max(n, 1));
+	text	   *empty = cstring_to_text("");
+	Datum	   *pa = palloc(sizeof(Datum) * Max(n, 1));
+	int32	   *seg = palloc(sizeof(int32) * Max(n, 1));
+	Datum	   *key = palloc(sizeof(Datum) * Max(n, 1));
+	Datum	   *hash = palloc(sizeof(Datum) * Max(n, 1));
+	SegChange  *ch;
+	int			nseg;
+	int			nch = 0;
+
+	if (n == 0)
+		return;
+
+	/* the parent tree and the entry key of every changed child tree */
+	for (int i = 0; i < n; i++)
+	{
+		TopChange  *tc = &cw->tops[i];
+		text	   *cpa = DatumGetTextPP(cw->pa[tc->tree]);
+		text	   *cpb = DatumGetTextPP(cw->pb[tc->tree]);
+		Datum		ppa;
+		int			t;
+
+		if (w->depth == HT_DEPTH_PREFIX)
+		{
+			ppa = PointerGetDatum(cpa);
+			pe[i].key = utf8_bytes(cpb);
+		}
+		else
+		{
+			ppa = PointerGetDatum(empty);
+			pe[i].key = utf8_bytes(cpa);
+		}
+		/*
+		 * The parent tree: children arrive in (pa, pb) order, so it is
+		 * nearly always the last one added.
+		 */
+		t = w->ntrees - 1;
+		if (t < 0 || !text_equal(w->pa[t], ppa))
+		{
+			for (t = 0; t < w->ntrees; t++)
+				if (text_equal(w->pa[t], ppa))
+					break;
+		}
+		if (t == w->ntrees)
+			t = work_add_tree(w, ppa, PointerGetDatum(empty));
+		pe[i].tree = t;
+		pe[i].seg = ht_segment_of(w->depth, VARDATA(pe[i].key),
+								  VARSIZE(pe[i].key) - VARHDRSZ);
+		pe[i].hash = ht_sum_to_bytea(&tc->new_top);
+	}
+	qsort(pe, n, sizeof(ParentEntry), parent_entry_cmp);
+
+	/* write the derived entries: upserts, then deletes */
+	for (int pass = 0; pass < 2; pass++)
+	{
+		bool		deleting = (pass == 1);
+		int			k = 0;
+
+		for (int i = 0; i < n; i++)
+		{
+			if ((pe[i].hash == NULL) != deleting)
+				continue;
+			pa[k] = w->pa[pe[i].tree];
+			seg[k] = pe[i].seg;
+			key[k] = PointerGetDatum(pe[i].key);
+			hash[k] = PointerGetDatum(pe[i].hash);
+			k++;
+		}
+		if (k > 0)
+		{
+			Datum		v[6];
+
+			v[0] = Int32GetDatum(part);
+			v[1] = Int16GetDatum(w->depth);
+			v[2] = PointerGetDatum(ht_array_text(pa, k));
+			v[3] = PointerGetDatum(ht_array_int4(seg, k));
+			v[4] = PointerGetDatum(ht_array_bytea(key, k));
+			if (!deleting)
+			{
+				v[5] = PointerGetDatum(ht_array_bytea(hash, k));
+				ht_exec(&q_entries_upsert, v, NULL, 0);
+			}
+			else
+				ht_exec(&q_entries_delete, v, NULL, 0);
+			stats->nodes += k;
+		}
+	}
+
+	/* recompute the distinct (tree, seg) they fall in, in (tree, seg) order */
+	nseg = 0;
+	for (int i = 0; i < n; i++)
+	{
+		if (nseg > 0 && pe[nseg - 1].tree == pe[i].tree && pe[nseg - 1].seg == pe[i].seg)
+			continue;
+		pe[nseg++] = pe[i];
+	}
+	for (int i = 0; i < nseg; i++)
+	{
+		pa[i] = w->pa[pe[i].tree];
+		seg[i] = pe[i].seg;
+	}
+	{
+		Datum		v[4];
+		uint64		nrows;
+
+		v[0] = Int32GetDatum(part);
+		v[1] = Int16GetDatum(w->depth);
+		v[2] = PointerGetDatum(ht_array_text(pa, nseg));
+		v[3] = PointerGetDatum(ht_array_int4(seg, nseg));
+		nrows = ht_exec(&q_recompute, v, NULL, 0);
+		ch = palloc(sizeof(SegChange) * Max(nrows, 1));
+		for (uint64 r = 0; r < nrows; r++)
+		{
+			bool		isnull;
+			int			i = DatumGetInt32(ht_col(r, 1, &isnull)) - 1;
+
+			stats->segments++;
+			if (!read_seg_change(r, 2, &ch[nch]))
+				continue;
+			ch[nch].tree = pe[i].tree;
+			nch++;
+		}
+		SPI_freetuptable(SPI_tuptable);
+	}
+	fold_segments(part, w, ch, nch, stats);
+	fold_upper_levels(part, w, stats);
+}
+
+void
+ht_store_update(int part, HtUpdateStats *stats)
+{
+	MemoryContext ctx;
+	MemoryContext old;
+	DepthWork	w[HT_NDEPTHS];
+
+	stats->segments = 0;
+	stats->nodes = 0;
+	ctx = AllocSetContextCreate(CurrentMemoryContext, "hashtree update",
+								ALLOCSET_DEFAULT_SIZES);
+	old = MemoryContextSwitchTo(ctx);
+
+	memset(w, 0, sizeof(w));
+	for (int d = 0; d < HT_NDEPTHS; d++)
+		w[d].depth = d;
+
+	update_leaf_depth(part, &w[HT_DEPTH_LEAF], stats);
+	update_parent_depth(part, &w[HT_DEPTH_LEAF], &w[HT_DEPTH_PREFIX], stats);
+	update_parent_depth(part, &w[HT_DEPTH_PREFIX], &w[HT_DEPTH_ROOT], stats);
+
+	MemoryContextSwitchTo(old);
+	MemoryContextDelete(ctx);
+}
+
+/* ---- full rebuild -------------------------------------------------------- */
+
+static HtQuery q_rb_clear_dirty = {
+	"DELETE FROM hashtree.dirty WHERE part = $1", 1, {INT4OID}
+};
+static HtQuery q_rb_clear_nodes = {
+	"DELETE FROM hashtree.node WHERE part = $1", 1, {INT4OID}
+};
+static HtQuery q_rb_clear_derived = {
+	"DELETE FROM hashtree.entry WHERE part = $1 AND depth < 2", 1, {INT4OID}
+};
+
+/* derived entries of depth $2 from the tops of the trees of depth $2 + 1 */
+static HtQuery q_rb_derived = {
+	"INSERT INTO hashtree.entry (part, depth, pa, pb, seg, key, hash)"
+	" SELECT $1, $2, CASE WHEN $2 = 1 THEN t.pa ELSE '' END, '',"
+	"  hashtree.segment_of(k.key, $3), k.key, t.hash"
+	" FROM hashtree.node t"
+	" CROSS JOIN LATERAL (SELECT convert_to(CASE WHEN $2 = 1 THEN t.pb ELSE t.pa END,"
+	"   'UTF8') AS key) k"
+	" WHERE t.part = $1 AND t.depth = $2 + 1 AND t.level = 1",
+	3, {INT4OID, INT2OID, INT4OID}
+};
+
+/* level 3: segment hashes from the entries */
+static HtQuery q_rb_segments = {
+	"INSERT INTO hashtree.node (part, depth, level, pa, pb, child, hash, n)"
+	" SELECT $1, $2, 3, s.pa, s.pb, s.seg, s.h, s.c FROM ("
+	"  SELECT pa, pb, seg, hashtree._entry_sum(key, hash) AS h, count(*) AS c"
+	"  FROM hashtree.entry WHERE part = $1 AND depth = $2 GROUP BY pa, pb, seg) s"
+	" WHERE s.h IS NOT NULL",
+	2, {INT4OID, INT2OID}
+};
+
+/* level $3 from level $3 + 1 */
+static HtQuery q_rb_level = {
+	"INSERT INTO hashtree.node (part, depth, level, pa, pb, child, hash, n)"
+	" SELECT $1, $2, $3, s.pa, s.pb, s.b, s.h, s.c FROM ("
+	"  SELECT pa, pb, child >> $4 AS b, hashtree._child_sum(child, hash) AS h,"
+	"   sum(n)::int8 AS c"
+	"  FROM hashtree.node WHERE part = $1 AND depth = $2 AND level = $3 + 1"
+	"  GROUP BY pa, pb, child >> $4) s"
+	" WHERE s.h IS NOT NULL",
+	4, {INT4OID, INT2OID, INT2OID, INT4OID}
+};
+
+void
+ht_store_rebuild(int part)
+{
+	Datum		v[4];
+
+	v[0] = Int32GetDatum(part);
+
+	/* forget the dirty log first: changes committed after this are kept */
+	ht_exec(&q_rb_clear_dirty, v, NULL, 0);
+	ht_exec(&q_rb_clear_nodes, v, NULL, 0);
+	ht_exec(&q_rb_clear_derived, v, NULL, 0);
+
+	for (int d = HT_DEPTH_LEAF; d >= HT_DEPTH_ROOT; d--)
+	{
+		v[1] = Int16GetDatum(d);
+		if (d < HT_DEPTH_LEAF)
+		{
+			v[2] = Int32GetDatum((int32) HT_SEGMENTS(d));
+			ht_exec(&q_rb_derived, v, NULL, 0);
+		}
+		ht_exec(&q_rb_segments, v, NULL, 0);
+		for (int level = HT_LEVELS - 1; level >= 1; level--)
+		{
+			v[2] = Int16GetDatum(level);
+			v[3] = Int32GetDatum(ht_geometry[d].width_bits);
+			ht_exec(&q_rb_level, v, NULL, 0);
+		}
+		CHECK_FOR_INTERRUPTS();
+	}
+}
+
+/* ---- verification --------------------------------------------------------- */
+
+static HtQuery q_check = {
+	"WITH"
+	" s2 AS (SELECT pa, pb, seg::int8 AS child, hashtree._entry_sum(key, hash) AS h,"
+	"   count(*)::int8 AS c FROM hashtree.entry WHERE part = $1 AND depth = 2"
+	"   GROUP BY pa, pb, seg),"
+	" b2 AS (SELECT pa, pb, child >> 10 AS child, hashtree._child_sum(child, h) AS h,"
+	"   sum(c)::int8 AS c FROM s2 GROUP BY pa, pb, child >> 10),"
+	" t2 AS (SELECT pa, pb, 0::int8 AS child, hashtree._child_sum(child, h) AS h,"
+	"   sum(c)::int8 AS c FROM b2 GROUP BY pa, pb),"
+	" e1 AS (SELECT pa, ''::text COLLATE \"C\" AS pb,"
+	"   hashtree.segment_of(convert_to(pb, 'UTF8'), 262144) AS seg,"
+	"   convert_to(pb, 'UTF8') AS key, h AS hash FROM t2),"
+	" s1 AS (SELECT pa, pb, seg::int8 AS child, hashtree._entry_sum(key, hash) AS h,"
+	"   count(*)::int8 AS c FROM e1 GROUP BY pa, pb, seg),"
+	" b1 AS (SELECT pa, pb, child >> 9 AS child, hashtree._child_sum(child, h) AS h,"
+	"   sum(c)::int8 AS c FROM s1 GROUP BY pa, pb, child >> 9),"
+	" t1 AS (SELECT pa, pb, 0::int8 AS child, hashtree._child_sum(child, h) AS h,"
+	"   sum(c)::int8 AS c FROM b1 GROUP BY pa, pb),"
+	" e0 AS (SELECT ''::text COLLATE \"C\" AS pa, ''::text COLLATE \"C\" AS pb,"
+	"   hashtree.segment_of(convert_to(pa, 'UTF8'), 65536) AS seg,"
+	"   convert_to(pa, 'UTF8') AS key, h AS hash FROM t1),"
+	" s0 AS (SELECT pa, pb, seg::int8 AS child, hashtree._entry_sum(key, hash) AS h,"
+	"   count(*)::int8 AS c FROM e0 GROUP BY pa, pb, seg),"
+	" b0 AS (SELECT pa, pb, child >> 8 AS child, hashtree._child_sum(child, h) AS h,"
+	"   sum(c)::int8 AS c FROM s0 GROUP BY pa, pb, child >> 8),"
+	" t0 AS (SELECT pa, pb, 0::int8 AS child, hashtree._child_sum(child, h) AS h,"
+	"   sum(c)::int8 AS c FROM b0 GROUP BY pa, pb),"
+	" x AS ("
+	"  SELECT 2 AS depth, 3 AS level, * FROM s2 UNION ALL"
+	"  SELECT 2, 2, * FROM b2 UNION ALL SELECT 2, 1, * FROM t2 UNION ALL"
+	"  SELECT 1, 3, * FROM s1 UNION ALL SELECT 1, 2, * FROM b1 UNION ALL"
+	"  SELECT 1, 1, * FROM t1 UNION ALL SELECT 0, 3, * FROM s0 UNION ALL"
+	"  SELECT 0, 2, * FROM b0 UNION ALL SELECT 0, 1, * FROM t0),"
+	" n AS (SELECT * FROM hashtree.node WHERE part = $1),"
+	" xe AS (SELECT 1 AS depth, * FROM e1 UNION ALL SELECT 0, * FROM e0),"
+	" ne AS (SELECT * FROM hashtree.entry WHERE part = $1 AND depth < 2)"
+	" SELECT coalesce(x.depth, n.depth)::int4, coalesce(x.pa, n.pa), coalesce(x.pb, n.pb),"
+	"  coalesce(x.level, n.level)::int4, coalesce(x.child, n.child), n.hash, x.h"
+	" FROM x FULL JOIN n ON x.depth = n.depth AND x.level = n.level"
+	"  AND x.pa = n.pa AND x.pb = n.pb AND x.child = n.child"
+	" WHERE x.h IS DISTINCT FROM n.hash OR x.c IS DISTINCT FROM n.n"
+	" UNION ALL"
+	" SELECT coalesce(xe.depth, ne.depth)::int4, coalesce(xe.pa, ne.pa),"
+	"  convert_from(coalesce(xe.key, ne.key), 'UTF8'), NULL::int4,"
+	"  coalesce(xe.seg, ne.seg)::int8, ne.hash, xe.hash"
+	" FROM xe FULL JOIN ne ON xe.depth = ne.depth AND xe.pa = ne.pa"
+	"  AND xe.seg = ne.seg AND xe.key = ne.key"
+	" WHERE xe.hash IS DISTINCT FROM ne.hash"
+	" ORDER BY 1 DESC, 2, 3, 4 DESC, 5",
+	1, {INT4OID}
+};
+
+void
+ht_store_check(int part, ReturnSetInfo *rsinfo)
+{
+	Datum		v[1] = {Int32GetDatum(part)};
+	uint64		nrows;
+	MemoryContext old;
+
+	nrows = ht_exec(&q_check, v, NULL, 0);
+	old = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
+	for (uint64 r = 0; r < nrows; r++)
+	{
+		Datum		values[7];
+		bool		nulls[7];
+
+		for (int c = 0; c < 7; c++)
+			values[c] = ht_col(r, c + 1, &nulls[c]);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	MemoryContextSwitchTo(old);
+	SPI_freetuptable(SPI_tuptable);
+}

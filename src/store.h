@@ -1,0 +1,66 @@
+/*-------------------------------------------------------------------------
+ *
+ * store.h
+ *	  Tree storage: entries, the dirty-segment log and tree nodes in the
+ *	  extension's tables; incremental update and full rebuild.
+ *
+ * All functions need an SPI connection.  Trees are named by depth and the
+ * text datums pa, pb (root: '', ''; prefix tree: a, ''; leaf tree: a, b).
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef HT_STORE_H
+#define HT_STORE_H
+
+#include "postgres.h"
+
+#include "funcapi.h"
+#include "utils/tuplestore.h"
+
+typedef struct HtUpdateStats
+{
+	int64		segments;		/* segments recomputed */
+	int64		nodes;			/* node and derived-entry rows written */
+} HtUpdateStats;
+
+/* write or remove a leaf entry (depth 2) and log its segment as dirty */
+extern void ht_store_put(int part, text *pa, text *pb, bytea *key,
+						 bytea *hash, bool if_missing);
+extern void ht_store_delete(int part, text *pa, text *pb, bytea *key);
+
+/* fold the committed dirty segments of a partition into its trees */
+extern void ht_store_update(int part, HtUpdateStats *stats);
+
+/* drop a partition's trees and build them again from its entries */
+extern void ht_store_rebuild(int part);
+
+/* top hash of a tree, NULL when empty; palloc'd in CurrentMemoryContext */
+extern bytea *ht_store_top(int part, int depth, text *pa, text *pb);
+
+/* rows of a batched read, sorted by (i, child) or (i, key); i is 1-based */
+typedef struct HtNodeRow
+{
+	int32		i;
+	int64		child;
+	bytea	   *hash;
+} HtNodeRow;
+
+typedef struct HtEntryRow
+{
+	int32		i;
+	bytea	   *key;
+	bytea	   *hash;
+} HtEntryRow;
+
+/* children of bucket buckets[i] at level of tree (pa[i], pb[i]) */
+extern int	ht_store_nodes(int part, int depth, int n, Datum *pa, Datum *pb,
+						   int level, const int64 *buckets, HtNodeRow **rows);
+
+/* entries of segment segs[i] of tree (pa[i], pb[i]) */
+extern int	ht_store_entries(int part, int depth, int n, Datum *pa, Datum *pb,
+							 const int32 *segs, HtEntryRow **rows);
+
+/* stored nodes and derived entries that differ from a fresh rebuild */
+extern void ht_store_check(int part, ReturnSetInfo *rsinfo);
+
+#endif							/* HT_STORE_H */

@@ -1,0 +1,260 @@
+/*-------------------------------------------------------------------------
+ *
+ * treemath.c
+ *	  Geometry, canonical digests and 256-bit sums of the tree of trees.
+ *
+ * Node hashes are sums modulo 2^256 of SHA-256 digests of their children
+ * (an additive multiset hash, as in the "tictac" trees of Riak's newer
+ * anti-entropy): a child's change is folded into its parent by subtracting
+ * the digest of its old hash and adding the digest of its new one, without
+ * reading its siblings.  The sum of an empty set is zero, and a zero sum is
+ * never stored ("empty children are not stored").
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "common/cryptohash.h"
+#include "lib/stringinfo.h"
+#include "port/pg_bswap.h"
+#include "utils/resowner.h"
+
+#include "treemath.h"
+
+/* root 65,536 / 256, prefix trees 262,144 / 512, leaf trees 1,048,576 / 1024 */
+const HtGeometry ht_geometry[HT_NDEPTHS] = {
+	{16, 8},
+	{18, 9},
+	{20, 10},
+};
+
+int64
+ht_buckets_at_level(int depth, int level)
+{
+	if (level == HT_LEVELS)
+		return HT_SEGMENTS(depth) / HT_WIDTH(depth);
+	return 1;
+}
+
+void
+ht_sum_add(HtSum *acc, const HtSum *x)
+{
+	uint64		carry = 0;
+
+	for (int i = 0; i < 4; i++)
+	{
+		uint64		a = acc->limb[i];
+		uint64		s = a + x->limb[i];
+		uint64		c1 = (s < a);
+		uint64		t = s + carry;
+		uint64		c2 = (t < s);
+
+		acc->limb[i] = t;
+		carry = c1 | c2;
+	}
+}
+
+void
+ht_sum_sub(HtSum *acc, const HtSum *x)
+{
+	uint64		borrow = 0;
+
+	for (int i = 0; i < 4; i++)
+	{
+		uint64		a = acc->limb[i];
+		uint64		d = a - x->limb[i];
+		uint64		b1 = (a < x->limb[i]);
+		uint64		t = d - borrow;
+		uint64		b2 = (d < borrow);
+
+		acc->limb[i] = t;
+		borrow = b1 | b2;
+	}
+}
+
+void
+ht_sum_from_bytes(HtSum *s, const uint8 *bytes)
+{
+	for (int i = 0; i < 4; i++)
+	{
+		uint64		v;
+
+		memcpy(&v, bytes + 8 * (3 - i), 8);
+		s->limb[i] = pg_ntoh64(v);
+	}
+}
+
+void
+ht_sum_to_bytes(const HtSum *s, uint8 *bytes)
+{
+	for (int i = 0; i < 4; i++)
+	{
+		uint64		v = pg_hton64(s->limb[i]);
+
+		memcpy(bytes + 8 * (3 - i), &v, 8);
+	}
+}
+
+bytea *
+ht_sum_to_bytea(const HtSum *s)
+{
+	bytea	   *b;
+
+	if (ht_sum_is_zero(s))
+		return NULL;
+	b = (bytea *) palloc(VARHDRSZ + HT_DIGEST_LEN);
+	SET_VARSIZE(b, VARHDRSZ + HT_DIGEST_LEN);
+	ht_sum_to_bytes(s, (uint8 *) VARDATA(b));
+	return b;
+}
+
+void
+ht_sum_from_bytea(HtSum *s, const bytea *b)
+{
+	if (b == NULL)
+	{
+		ht_sum_zero(s);
+		return;
+	}
+	if (VARSIZE_ANY_EXHDR(b) != HT_DIGEST_LEN)
+		elog(ERROR, "hashtree: stored node hash has %d bytes, expected %d",
+			 (int) VARSIZE_ANY_EXHDR(b), HT_DIGEST_LEN);
+	ht_sum_from_bytes(s, (const uint8 *) VARDATA_ANY(b));
+}
+
+/*
+ * One SHA-256 context for the life of the backend.  pg_cryptohash_create()
+ * registers the context with CurrentResourceOwner, so it is created under a
+ * private resource owner that is never released; creating a context per
+ * digest would cost more than the digest itself.
+ */
+static pg_cryptohash_ctx *sha_ctx = NULL;
+
+static pg_cryptohash_ctx *
+sha_context(void)
+{
+	static ResourceOwner sha_owner = NULL;
+	ResourceOwner saved;
+
+	if (sha_ctx != NULL)
+		return sha_ctx;
+
+	if (sha_owner == NULL)
+		sha_owner = ResourceOwnerCreate(NULL, "hashtree digests");
+	saved = CurrentResourceOwner;
+	CurrentResourceOwner = sha_owner;
+	sha_ctx = pg_cryptohash_create(PG_SHA256);
+	CurrentResourceOwner = saved;
+	if (sha_ctx == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_OUT_OF_MEMORY),
+				 errmsg("out of memory")));
+	return sha_ctx;
+}
+
+void
+ht_sha256(const void *a, size_t alen, const void *b, size_t blen,
+		  const void *c, size_t clen, uint8 *out)
+{
+	pg_cryptohash_ctx *ctx = sha_context();
+
+	if (pg_cryptohash_init(ctx) < 0 ||
+		(alen > 0 && pg_cryptohash_update(ctx, a, alen) < 0) ||
+		(blen > 0 && pg_cryptohash_update(ctx, b, blen) < 0) ||
+		(clen > 0 && pg_cryptohash_update(ctx, c, clen) < 0) ||
+		pg_cryptohash_final(ctx, out, HT_DIGEST_LEN) < 0)
+		elog(ERROR, "hashtree: could not compute SHA-256 digest: %s",
+			 pg_cryptohash_error(ctx));
+}
+
+void
+ht_entry_digest(const char *key, int keylen, const char *hash, int hashlen,
+				HtSum *out)
+{
+	uint8		head[5];
+	uint32		len = pg_hton32((uint32) keylen);
+	uint8		d[HT_DIGEST_LEN];
+
+	head[0] = 0x01;
+	memcpy(head + 1, &len, 4);
+	ht_sha256(head, sizeof(head), key, keylen, hash, hashlen, d);
+	ht_sum_from_bytes(out, d);
+}
+
+void
+ht_child_digest(int64 child, const char *hash, int hashlen, HtSum *out)
+{
+	uint8		head[9];
+	uint64		c = pg_hton64((uint64) child);
+	uint8		d[HT_DIGEST_LEN];
+
+	head[0] = 0x03;
+	memcpy(head + 1, &c, 8);
+	ht_sha256(head, sizeof(head), hash, hashlen, NULL, 0, d);
+	ht_sum_from_bytes(out, d);
+}
+
+uint64
+ht_key_hash64(const char *key, int keylen)
+{
+	uint8		d[HT_DIGEST_LEN];
+	uint64		v;
+
+	ht_sha256(key, keylen, NULL, 0, NULL, 0, d);
+	memcpy(&v, d, 8);
+	return pg_ntoh64(v);
+}
+
+int32
+ht_segment_of(int depth, const char *key, int keylen)
+{
+	return (int32) (ht_key_hash64(key, keylen) & (uint64) (HT_SEGMENTS(depth) - 1));
+}
+
+int
+ht_partition_for(const char *pa, int palen, const char *pb, int pblen,
+				 const char *key, int keylen, int npartitions)
+{
+	StringInfoData buf;
+	uint8		d[HT_DIGEST_LEN];
+	uint32		len;
+	uint64		v;
+
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, 0x02);
+	len = pg_hton32((uint32) palen);
+	appendBinaryStringInfo(&buf, (char *) &len, 4);
+	appendBinaryStringInfo(&buf, pa, palen);
+	len = pg_hton32((uint32) pblen);
+	appendBinaryStringInfo(&buf, (char *) &len, 4);
+	appendBinaryStringInfo(&buf, pb, pblen);
+	ht_sha256(buf.data, buf.len, key, keylen, NULL, 0, d);
+	pfree(buf.data);
+	memcpy(&v, d, 8);
+	return (int) (pg_ntoh64(v) % (uint64) npartitions);
+}
+
+bytea *
+ht_key_identity(const char *key, int keylen)
+{
+	bytea	   *kid;
+
+	if (keylen <= HT_KID_INLINE_MAX)
+	{
+		kid = (bytea *) palloc(VARHDRSZ + keylen);
+		SET_VARSIZE(kid, VARHDRSZ + keylen);
+		memcpy(VARDATA(kid), key, keylen);
+	}
+	else
+	{
+		char	   *p;
+
+		kid = (bytea *) palloc(VARHDRSZ + 32 + HT_DIGEST_LEN + 1);
+		SET_VARSIZE(kid, VARHDRSZ + 32 + HT_DIGEST_LEN + 1);
+		p = VARDATA(kid);
+		memcpy(p, key, 32);
+		ht_sha256(key, keylen, NULL, 0, NULL, 0, (uint8 *) p + 32);
+		p[32 + HT_DIGEST_LEN] = 0;
+	}
+	return kid;
+}
