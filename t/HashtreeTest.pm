@@ -10,7 +10,7 @@ use Test::More;
 use Exporter 'import';
 
 our @EXPORT = qw(ht_node lock_update_all tree_dump tops entry_count
-  wait_for_value reset_all check_trees);
+  wait_for_value reset_all check_trees crash);
 
 # a started cluster with hashtree created in database "postgres"
 sub ht_node
@@ -59,6 +59,7 @@ sub check_trees
 sub tree_dump
 {
 	my ($node, $db) = @_;
+	$node->safe_psql($db // 'postgres', 'ANALYZE hashtree.node, hashtree.entry');
 	return $node->safe_psql($db // 'postgres', q{
 		WITH trees AS (
 			SELECT DISTINCT part, depth, pa, pb,
@@ -101,6 +102,20 @@ sub entry_count
 	my ($node, $db) = @_;
 	return $node->safe_psql($db // 'postgres',
 		q{SELECT count(*) FROM hashtree.entry WHERE depth = 2});
+}
+
+# kill -9 the postmaster and wait until it is gone
+sub crash
+{
+	my ($node) = @_;
+	my $pid = $node->{_pid};
+	$node->kill9;
+	foreach my $i (1 .. 600)
+	{
+		last unless kill(0, $pid);
+		select(undef, undef, undef, 0.05);
+	}
+	return;
 }
 
 # poll a query until it returns the expected value (or time out)
