@@ -30,6 +30,7 @@
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/memutils.h"
+#include "utils/timestamp.h"
 
 #include "hashtree.h"
 #include "sqlexec.h"
@@ -957,10 +958,28 @@ static HtQuery q_rb_level = {
 	4, {INT4OID, INT2OID, INT2OID, INT4OID}
 };
 
+/*
+ * A rebuild of a big partition takes seconds: once it has run for a
+ * second, say how far it got after each depth (cancel works at any time,
+ * and leaves the previous trees).
+ */
+static void
+rebuild_progress(int part, int depth, uint64 segments, TimestampTz start)
+{
+	static const char *const names[HT_NDEPTHS] = {"root", "prefix", "leaf"};
+	long		ms = TimestampDifferenceMilliseconds(start, GetCurrentTimestamp());
+
+	if (ms >= 1000)
+		ereport(NOTICE,
+				(errmsg("reset of partition %d: %s trees rebuilt, " UINT64_FORMAT
+						" segments, %.1f s", part, names[depth], segments, ms / 1000.0)));
+}
+
 void
 ht_store_rebuild(int part)
 {
 	Datum		v[4];
+	TimestampTz start = GetCurrentTimestamp();
 
 	v[0] = Int32GetDatum(part);
 
@@ -971,13 +990,15 @@ ht_store_rebuild(int part)
 
 	for (int d = HT_DEPTH_LEAF; d >= HT_DEPTH_ROOT; d--)
 	{
+		uint64		segments;
+
 		v[1] = Int16GetDatum(d);
 		if (d < HT_DEPTH_LEAF)
 		{
 			v[2] = Int32GetDatum((int32) HT_SEGMENTS(d));
 			ht_exec(&q_rb_derived, v, NULL, 0);
 		}
-		ht_exec(&q_rb_segments, v, NULL, 0);
+		segments = ht_exec(&q_rb_segments, v, NULL, 0);
 		for (int level = HT_LEVELS - 1; level >= 1; level--)
 		{
 			v[2] = Int16GetDatum(level);
@@ -985,6 +1006,7 @@ ht_store_rebuild(int part)
 			ht_exec(&q_rb_level, v, NULL, 0);
 		}
 		CHECK_FOR_INTERRUPTS();
+		rebuild_progress(part, d, segments, start);
 	}
 }
 

@@ -1,0 +1,45 @@
+# A reset of a big partition reports progress, and a cancel leaves the
+# previous trees exactly as they were (one transaction).
+use strict;
+use warnings;
+use FindBin;
+use lib $FindBin::RealBin;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use HashtreeTest;
+
+my $node = ht_node('n');
+$node->safe_psql('postgres', q{
+	SELECT count(*) FROM (SELECT hashtree.insert(0, 'big', 'p' || (i % 3), ('k' || i)::bytea, '\x01', false)
+							FROM generate_series(1, 300000) i) s});
+is(lock_update_all($node), 'ok/ok', 'built');
+my $state = q{SELECT builds || ' ' || last_build || ' ' || entries FROM hashtree.status WHERE partition = 0};
+my $before = $node->safe_psql('postgres', $state);
+my $tops = tops($node);
+
+# cancel in the middle
+my $s = $node->background_psql('postgres', on_error_stop => 0);
+my $pid = $s->query_safe('SELECT pg_backend_pid()');
+$s->query_until(qr/started/, q{\echo started
+SELECT hashtree.reset(0);
+});
+ok($node->poll_query_until('postgres',
+	"SELECT state = 'active' AND query LIKE '%reset%' FROM pg_stat_activity WHERE pid = $pid"),
+	'reset running');
+$node->safe_psql('postgres', "SELECT pg_cancel_backend($pid)");
+ok($node->poll_query_until('postgres', "SELECT state = 'idle' FROM pg_stat_activity WHERE pid = $pid"),
+	'reset canceled');
+$s->quit;
+like($s->{stderr}, qr/canceling statement due to user request/, 'the reset reports the cancel');
+is($node->safe_psql('postgres', $state), $before, 'no build recorded');
+is(tops($node), $tops, 'the previous trees are intact');
+is(check_trees($node), '0', 'and consistent');
+
+# a full reset says how far it got
+my ($ret, $out, $err) = $node->psql('postgres', 'SELECT hashtree.reset(0)');
+is($ret, 0, 'reset completes');
+like($err, qr/NOTICE:  reset of partition 0: leaf trees rebuilt, \d+ segments/, 'progress reported');
+is(tops($node), $tops, 'same trees after the reset');
+
+done_testing();
