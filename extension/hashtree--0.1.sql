@@ -73,7 +73,7 @@ CREATE TABLE @extschema@.entry (
 	hash			bytea NOT NULL
 ) WITH (fillfactor = 90);
 CREATE UNIQUE INDEX entry_key ON @extschema@.entry
-	(part, depth, pa, pb, seg, @extschema@._kid(key));
+	(part, depth, seg, pa, pb, @extschema@._kid(key));
 
 -- Tree nodes: level 3 rows hold segment hashes (child = segment), level 2
 -- rows hold level-3 bucket hashes (child = bucket), the level 1 row holds
