@@ -155,7 +155,7 @@ CREATE FUNCTION @extschema@.partition_of(prefix_a text, prefix_b text, key bytea
 	AS 'MODULE_PATHNAME', 'ht_partition_of'
 	LANGUAGE C STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 CREATE FUNCTION @extschema@.partition_of(prefix_a text, prefix_b text, key text) RETURNS int
-	AS 'MODULE_PATHNAME', 'ht_partition_of'
+	AS 'MODULE_PATHNAME', 'ht_partition_of_text'
 	LANGUAGE C STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
 ---------------------------------------------------------------------------
@@ -168,7 +168,7 @@ CREATE FUNCTION @extschema@.insert(prefix_a text, prefix_b text, key bytea, hash
 	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 CREATE FUNCTION @extschema@.insert(prefix_a text, prefix_b text, key text, hash bytea,
 								   if_missing boolean DEFAULT false) RETURNS void
-	AS 'MODULE_PATHNAME', 'ht_insert'
+	AS 'MODULE_PATHNAME', 'ht_insert_text'
 	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 CREATE FUNCTION @extschema@.insert("partition" int, prefix_a text, prefix_b text, key bytea,
 								   hash bytea, if_missing boolean) RETURNS void
@@ -176,20 +176,20 @@ CREATE FUNCTION @extschema@.insert("partition" int, prefix_a text, prefix_b text
 	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 CREATE FUNCTION @extschema@.insert("partition" int, prefix_a text, prefix_b text, key text,
 								   hash bytea, if_missing boolean) RETURNS void
-	AS 'MODULE_PATHNAME', 'ht_insert_partition'
+	AS 'MODULE_PATHNAME', 'ht_insert_partition_text'
 	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
 CREATE FUNCTION @extschema@.delete(prefix_a text, prefix_b text, key bytea) RETURNS void
 	AS 'MODULE_PATHNAME', 'ht_delete'
 	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 CREATE FUNCTION @extschema@.delete(prefix_a text, prefix_b text, key text) RETURNS void
-	AS 'MODULE_PATHNAME', 'ht_delete'
+	AS 'MODULE_PATHNAME', 'ht_delete_text'
 	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 CREATE FUNCTION @extschema@.delete("partition" int, prefix_a text, prefix_b text, key bytea) RETURNS void
 	AS 'MODULE_PATHNAME', 'ht_delete_partition'
 	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 CREATE FUNCTION @extschema@.delete("partition" int, prefix_a text, prefix_b text, key text) RETURNS void
-	AS 'MODULE_PATHNAME', 'ht_delete_partition'
+	AS 'MODULE_PATHNAME', 'ht_delete_partition_text'
 	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
 ---------------------------------------------------------------------------

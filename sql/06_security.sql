@@ -46,5 +46,14 @@ SELECT p.proname, p.prosecdef, p.proconfig
   JOIN pg_extension e ON e.oid = d.refobjid AND e.extname = 'hashtree'
  WHERE p.prosecdef AND NOT coalesce('search_path=pg_catalog, pg_temp' = ANY (p.proconfig), false);
 
+-- peers are configured by superusers only, even with EXECUTE granted: a
+-- peer connection runs with the server's own identity
+GRANT EXECUTE ON FUNCTION hashtree.add_peer(text, text), hashtree.drop_peer(text) TO regress_hashtree_user;
+SET ROLE regress_hashtree_user;
+SELECT hashtree.add_peer('p2', 'dbname=x');
+SELECT hashtree.drop_peer('p1');
+RESET ROLE;
+SELECT name FROM hashtree.peers;
+
 DROP OWNED BY regress_hashtree_user;
 DROP ROLE regress_hashtree_user;

@@ -56,13 +56,13 @@ prefix_arg(FunctionCallInfo fcinfo, int n, const char *what)
 
 /* a key given as bytea, or as text (converted to UTF-8) */
 static bytea *
-key_arg(FunctionCallInfo fcinfo, int n)
+key_arg(FunctionCallInfo fcinfo, int n, bool is_text)
 {
 	bytea	   *key;
 	int			len;
 
 	HT_ARG_NOT_NULL(n, "key");
-	if (get_fn_expr_argtype(fcinfo->flinfo, n) == TEXTOID)
+	if (is_text)
 	{
 		text	   *t = PG_GETARG_TEXT_PP(n);
 		char	   *s;
@@ -347,26 +347,44 @@ ht_node_name_sql(PG_FUNCTION_ARGS)
 	PG_RETURN_TEXT_P(cstring_to_text(ht_node_name()));
 }
 
-PG_FUNCTION_INFO_V1(ht_partition_of);
-Datum
-ht_partition_of(PG_FUNCTION_ARGS)
+/* the partition of a key: partition_of() */
+static int
+route(text *pa, text *pb, bytea *key)
 {
-	text	   *pa = prefix_arg(fcinfo, 0, "prefix_a");
-	text	   *pb = prefix_arg(fcinfo, 1, "prefix_b");
-	bytea	   *key = key_arg(fcinfo, 2);
-	char	   *a;
-	char	   *b;
+	char	   *a = pg_server_to_any(VARDATA_ANY(pa), VARSIZE_ANY_EXHDR(pa), PG_UTF8);
+	char	   *b = pg_server_to_any(VARDATA_ANY(pb), VARSIZE_ANY_EXHDR(pb), PG_UTF8);
 	int			n;
 
 	SPI_connect();
 	n = ht_num_partitions();
 	SPI_finish();
+	return ht_partition_for(a, a == VARDATA_ANY(pa) ? VARSIZE_ANY_EXHDR(pa) : strlen(a),
+							b, b == VARDATA_ANY(pb) ? VARSIZE_ANY_EXHDR(pb) : strlen(b),
+							VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key), n);
+}
 
-	a = pg_server_to_any(VARDATA_ANY(pa), VARSIZE_ANY_EXHDR(pa), PG_UTF8);
-	b = pg_server_to_any(VARDATA_ANY(pb), VARSIZE_ANY_EXHDR(pb), PG_UTF8);
-	PG_RETURN_INT32(ht_partition_for(a, a == VARDATA_ANY(pa) ? VARSIZE_ANY_EXHDR(pa) : strlen(a),
-									 b, b == VARDATA_ANY(pb) ? VARSIZE_ANY_EXHDR(pb) : strlen(b),
-									 VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key), n));
+static Datum
+partition_of_common(FunctionCallInfo fcinfo, bool key_is_text)
+{
+	text	   *pa = prefix_arg(fcinfo, 0, "prefix_a");
+	text	   *pb = prefix_arg(fcinfo, 1, "prefix_b");
+	bytea	   *key = key_arg(fcinfo, 2, key_is_text);
+
+	PG_RETURN_INT32(route(pa, pb, key));
+}
+
+PG_FUNCTION_INFO_V1(ht_partition_of);
+Datum
+ht_partition_of(PG_FUNCTION_ARGS)
+{
+	return partition_of_common(fcinfo, false);
+}
+
+PG_FUNCTION_INFO_V1(ht_partition_of_text);
+Datum
+ht_partition_of_text(PG_FUNCTION_ARGS)
+{
+	return partition_of_common(fcinfo, true);
 }
 
 PG_FUNCTION_INFO_V1(ht_hello);
@@ -454,50 +472,60 @@ do_put(int part, text *pa, text *pb, bytea *key, bytea *hash, bool if_missing)
 	SPI_finish();
 }
 
-static int
-route(text *pa, text *pb, bytea *key)
-{
-	char	   *a = pg_server_to_any(VARDATA_ANY(pa), VARSIZE_ANY_EXHDR(pa), PG_UTF8);
-	char	   *b = pg_server_to_any(VARDATA_ANY(pb), VARSIZE_ANY_EXHDR(pb), PG_UTF8);
-	int			n;
 
-	SPI_connect();
-	n = ht_num_partitions();
-	SPI_finish();
-	return ht_partition_for(a, a == VARDATA_ANY(pa) ? VARSIZE_ANY_EXHDR(pa) : strlen(a),
-							b, b == VARDATA_ANY(pb) ? VARSIZE_ANY_EXHDR(pb) : strlen(b),
-							VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key), n);
+static Datum
+insert_common(FunctionCallInfo fcinfo, bool key_is_text)
+{
+	text	   *pa = prefix_arg(fcinfo, 0, "prefix_a");
+	text	   *pb = prefix_arg(fcinfo, 1, "prefix_b");
+	bytea	   *key = key_arg(fcinfo, 2, key_is_text);
+	bytea	   *hash = hash_arg(fcinfo, 3);
+
+	HT_ARG_NOT_NULL(4, "if_missing");
+	do_put(route(pa, pb, key), pa, pb, key, hash, PG_GETARG_BOOL(4));
+	PG_RETURN_VOID();
+}
+
+static Datum
+insert_partition_common(FunctionCallInfo fcinfo, bool key_is_text)
+{
+	int			part = partition_arg(fcinfo, 0);
+	text	   *pa = prefix_arg(fcinfo, 1, "prefix_a");
+	text	   *pb = prefix_arg(fcinfo, 2, "prefix_b");
+	bytea	   *key = key_arg(fcinfo, 3, key_is_text);
+	bytea	   *hash = hash_arg(fcinfo, 4);
+
+	HT_ARG_NOT_NULL(5, "if_missing");
+	do_put(part, pa, pb, key, hash, PG_GETARG_BOOL(5));
+	PG_RETURN_VOID();
 }
 
 PG_FUNCTION_INFO_V1(ht_insert);
 Datum
 ht_insert(PG_FUNCTION_ARGS)
 {
-	text	   *pa = prefix_arg(fcinfo, 0, "prefix_a");
-	text	   *pb = prefix_arg(fcinfo, 1, "prefix_b");
-	bytea	   *key = key_arg(fcinfo, 2);
-	bytea	   *hash = hash_arg(fcinfo, 3);
-	bool		if_missing;
+	return insert_common(fcinfo, false);
+}
 
-	HT_ARG_NOT_NULL(4, "if_missing");
-	if_missing = PG_GETARG_BOOL(4);
-	do_put(route(pa, pb, key), pa, pb, key, hash, if_missing);
-	PG_RETURN_VOID();
+PG_FUNCTION_INFO_V1(ht_insert_text);
+Datum
+ht_insert_text(PG_FUNCTION_ARGS)
+{
+	return insert_common(fcinfo, true);
 }
 
 PG_FUNCTION_INFO_V1(ht_insert_partition);
 Datum
 ht_insert_partition(PG_FUNCTION_ARGS)
 {
-	int			part = partition_arg(fcinfo, 0);
-	text	   *pa = prefix_arg(fcinfo, 1, "prefix_a");
-	text	   *pb = prefix_arg(fcinfo, 2, "prefix_b");
-	bytea	   *key = key_arg(fcinfo, 3);
-	bytea	   *hash = hash_arg(fcinfo, 4);
+	return insert_partition_common(fcinfo, false);
+}
 
-	HT_ARG_NOT_NULL(5, "if_missing");
-	do_put(part, pa, pb, key, hash, PG_GETARG_BOOL(5));
-	PG_RETURN_VOID();
+PG_FUNCTION_INFO_V1(ht_insert_partition_text);
+Datum
+ht_insert_partition_text(PG_FUNCTION_ARGS)
+{
+	return insert_partition_common(fcinfo, true);
 }
 
 static void
@@ -511,29 +539,55 @@ do_delete(int part, text *pa, text *pb, bytea *key)
 	SPI_finish();
 }
 
+static Datum
+delete_common(FunctionCallInfo fcinfo, bool key_is_text)
+{
+	text	   *pa = prefix_arg(fcinfo, 0, "prefix_a");
+	text	   *pb = prefix_arg(fcinfo, 1, "prefix_b");
+	bytea	   *key = key_arg(fcinfo, 2, key_is_text);
+
+	do_delete(route(pa, pb, key), pa, pb, key);
+	PG_RETURN_VOID();
+}
+
+static Datum
+delete_partition_common(FunctionCallInfo fcinfo, bool key_is_text)
+{
+	int			part = partition_arg(fcinfo, 0);
+	text	   *pa = prefix_arg(fcinfo, 1, "prefix_a");
+	text	   *pb = prefix_arg(fcinfo, 2, "prefix_b");
+	bytea	   *key = key_arg(fcinfo, 3, key_is_text);
+
+	do_delete(part, pa, pb, key);
+	PG_RETURN_VOID();
+}
+
 PG_FUNCTION_INFO_V1(ht_delete);
 Datum
 ht_delete(PG_FUNCTION_ARGS)
 {
-	text	   *pa = prefix_arg(fcinfo, 0, "prefix_a");
-	text	   *pb = prefix_arg(fcinfo, 1, "prefix_b");
-	bytea	   *key = key_arg(fcinfo, 2);
+	return delete_common(fcinfo, false);
+}
 
-	do_delete(route(pa, pb, key), pa, pb, key);
-	PG_RETURN_VOID();
+PG_FUNCTION_INFO_V1(ht_delete_text);
+Datum
+ht_delete_text(PG_FUNCTION_ARGS)
+{
+	return delete_common(fcinfo, true);
 }
 
 PG_FUNCTION_INFO_V1(ht_delete_partition);
 Datum
 ht_delete_partition(PG_FUNCTION_ARGS)
 {
-	int			part = partition_arg(fcinfo, 0);
-	text	   *pa = prefix_arg(fcinfo, 1, "prefix_a");
-	text	   *pb = prefix_arg(fcinfo, 2, "prefix_b");
-	bytea	   *key = key_arg(fcinfo, 3);
+	return delete_partition_common(fcinfo, false);
+}
 
-	do_delete(part, pa, pb, key);
-	PG_RETURN_VOID();
+PG_FUNCTION_INFO_V1(ht_delete_partition_text);
+Datum
+ht_delete_partition_text(PG_FUNCTION_ARGS)
+{
+	return delete_partition_common(fcinfo, true);
 }
 
 /* ---- reading trees ------------------------------------------------------- */
@@ -672,7 +726,7 @@ ht_get_bucket(PG_FUNCTION_ARGS)
 						ht_peer_query(peer,
 									  "SELECT child, hash FROM hashtree.get_bucket(NULL,"
 									  " $1::int4, $2::text[], $3::int4, $4::int8)",
-									  4, params, true),
+									  4, params, true, 2),
 						true);
 	}
 	HT_API_END();
@@ -730,7 +784,7 @@ ht_key_hashes(PG_FUNCTION_ARGS)
 						ht_peer_query(peer,
 									  "SELECT key, hash FROM hashtree.key_hashes(NULL,"
 									  " $1::int4, $2::text[], $3::int8)",
-									  3, params, true),
+									  3, params, true, 2),
 						false);
 	}
 	HT_API_END();
@@ -892,16 +946,17 @@ remote_call(const char *node, const char *sql, int nparams,
 	HT_API_BEGIN();
 	{
 		HtPeer	   *peer = ht_peer_get(node);
-		HtRemoteResult *res = ht_peer_query(peer, sql, nparams, params, false);
-		char	   *v = res->nrows > 0 ? ht_remote_text(res, 0, 0) : NULL;
+		HtRemoteResult *res = ht_peer_query(peer, sql, nparams, params, false, 1);
+		char	   *v = res->nrows == 1 ? ht_remote_text(res, 0, 0) : NULL;
+		MemoryContext old;
 
-		if (v != NULL)
-		{
-			MemoryContext old = MemoryContextSwitchTo(outer);
-
-			result = cstring_to_text(v);
-			MemoryContextSwitchTo(old);
-		}
+		if (v == NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROTOCOL_VIOLATION),
+					 errmsg("unexpected answer from peer \"%s\": no result", node)));
+		old = MemoryContextSwitchTo(outer);
+		result = cstring_to_text(v);
+		MemoryContextSwitchTo(old);
 	}
 	HT_API_END();
 	SPI_finish();
@@ -1004,16 +1059,8 @@ local_update(int part)
 	SPI_connect();
 	HT_API_BEGIN();
 	{
-		HtPartState st;
-
-		ht_part_state(part, &st);
-		if (!st.built)
-			res = "not_built";
-		else if (!ht_part_try_update_lock(part))
-			res = "ongoing_update";
-		else if (!st.mine)
-			res = "not_locked";
-		else
+		res = ht_part_begin_update(part);
+		if (strcmp(res, "ok") == 0)
 		{
 			HtUpdateStats stats;
 			TimestampTz start = GetCurrentTimestamp();
@@ -1057,19 +1104,9 @@ local_reset(int part)
 	SPI_connect();
 	HT_API_BEGIN();
 	{
-		HtPartState st;
 		TimestampTz start = GetCurrentTimestamp();
 
-		ht_part_state(part, &st);
-		if (st.owner != 0 && !st.mine)
-			ereport(ERROR,
-					(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
-					 errmsg("partition %d is locked by process %d", part, st.owner),
-					 errhint("Reset it when the lock is released.")));
-		if (!ht_part_try_update_lock(part))
-			ereport(ERROR,
-					(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
-					 errmsg("partition %d is being updated", part)));
+		ht_part_begin_rebuild(part);
 		ht_store_rebuild(part);
 		ht_part_record_build(part,
 							 (double) TimestampDifferenceMilliseconds(start,
@@ -1168,6 +1205,23 @@ ht_check_tree(PG_FUNCTION_ARGS)
 
 /* ---- peers ----------------------------------------------------------------- */
 
+/*
+ * A peer connection is made by the server process, with the server's
+ * files and identity (.pgpass, client certificates, trust and peer
+ * authentication): like CREATE SUBSCRIPTION, configuring one is for
+ * superusers.  (These functions run as the extension owner: look at the
+ * role that called them.)
+ */
+static void
+check_peer_admin(void)
+{
+	if (!superuser_arg(GetOuterUserId()))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("only superusers can add or drop peers"),
+				 errdetail("Connections to peers are made with the server's own identity and files.")));
+}
+
 PG_FUNCTION_INFO_V1(ht_add_peer);
 Datum
 ht_add_peer(PG_FUNCTION_ARGS)
@@ -1177,6 +1231,7 @@ ht_add_peer(PG_FUNCTION_ARGS)
 
 	HT_ARG_NOT_NULL(0, "name");
 	HT_ARG_NOT_NULL(1, "conninfo");
+	check_peer_admin();
 	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	conninfo = text_to_cstring(PG_GETARG_TEXT_PP(1));
 	SPI_connect();
@@ -1194,6 +1249,7 @@ ht_drop_peer(PG_FUNCTION_ARGS)
 	char	   *name;
 
 	HT_ARG_NOT_NULL(0, "name");
+	check_peer_admin();
 	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	SPI_connect();
 	HT_API_BEGIN();

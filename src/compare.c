@@ -56,6 +56,47 @@ array_literal(ArrayType *a)
 	return OidOutputFunctionCall(F_ARRAY_OUT, PointerGetDatum(a));
 }
 
+static bool
+bytea_equal(const bytea *a, const bytea *b)
+{
+	return VARSIZE_ANY_EXHDR(a) == VARSIZE_ANY_EXHDR(b) &&
+		memcmp(VARDATA_ANY(a), VARDATA_ANY(b), VARSIZE_ANY_EXHDR(a)) == 0;
+}
+
+/* the order of ORDER BY on bytea: bytes, then length */
+static int
+bytea_order(const bytea *a, const bytea *b)
+{
+	int			la = VARSIZE_ANY_EXHDR(a);
+	int			lb = VARSIZE_ANY_EXHDR(b);
+	int			c = memcmp(VARDATA_ANY(a), VARDATA_ANY(b), Min(la, lb));
+
+	if (c != 0)
+		return c;
+	return (la > lb) - (la < lb);
+}
+
+/* a request index sent back by a peer must be one we asked for */
+static int32
+checked_request(HtPeer *peer, int32 i, int n)
+{
+	if (i < 1 || i > n)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROTOCOL_VIOLATION),
+				 errmsg("unexpected answer from peer \"%s\": request %d of %d",
+						ht_peer_name(peer), i, n)));
+	return i;
+}
+
+/* the merge needs the peer's rows sorted, without duplicates and nulls */
+static void
+misordered(HtPeer *peer)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_PROTOCOL_VIOLATION),
+			 errmsg("unexpected answer from peer \"%s\": rows out of order", ht_peer_name(peer))));
+}
+
 static int
 fetch_nodes(HtPeer *peer, int part, int depth, TreeSet *ts, int level,
 			const int64 *buckets, HtNodeRow **rows)
@@ -77,13 +118,17 @@ fetch_nodes(HtPeer *peer, int part, int depth, TreeSet *ts, int level,
 	res = ht_peer_query(peer,
 						"SELECT i, child, hash FROM hashtree._nodes($1::int4, $2::int4,"
 						" $3::text[], $4::text[], $5::int4, $6::int8[])",
-						6, params, true);
+						6, params, true, 3);
 	out = palloc(sizeof(HtNodeRow) * Max(res->nrows, 1));
 	for (int r = 0; r < res->nrows; r++)
 	{
-		out[r].i = ht_remote_int4(res, r, 0);
+		out[r].i = checked_request(peer, ht_remote_int4(res, r, 0), ts->n);
 		out[r].child = ht_remote_int8(res, r, 1);
 		out[r].hash = ht_remote_bytea(res, r, 2);
+		if (out[r].hash == NULL ||
+			(r > 0 && (out[r].i < out[r - 1].i ||
+					   (out[r].i == out[r - 1].i && out[r].child <= out[r - 1].child))))
+			misordered(peer);
 	}
 	*rows = out;
 	return res->nrows;
@@ -108,36 +153,20 @@ fetch_entries(HtPeer *peer, int part, int depth, TreeSet *ts,
 	res = ht_peer_query(peer,
 						"SELECT i, key, hash FROM hashtree._entries($1::int4, $2::int4,"
 						" $3::text[], $4::text[], $5::int4[])",
-						5, params, true);
+						5, params, true, 3);
 	out = palloc(sizeof(HtEntryRow) * Max(res->nrows, 1));
 	for (int r = 0; r < res->nrows; r++)
 	{
-		out[r].i = ht_remote_int4(res, r, 0);
+		out[r].i = checked_request(peer, ht_remote_int4(res, r, 0), ts->n);
 		out[r].key = ht_remote_bytea(res, r, 1);
 		out[r].hash = ht_remote_bytea(res, r, 2);
+		if (out[r].key == NULL || out[r].hash == NULL ||
+			(r > 0 && (out[r].i < out[r - 1].i ||
+					   (out[r].i == out[r - 1].i && bytea_order(out[r].key, out[r - 1].key) <= 0))))
+			misordered(peer);
 	}
 	*rows = out;
 	return res->nrows;
-}
-
-static bool
-bytea_equal(const bytea *a, const bytea *b)
-{
-	return VARSIZE_ANY_EXHDR(a) == VARSIZE_ANY_EXHDR(b) &&
-		memcmp(VARDATA_ANY(a), VARDATA_ANY(b), VARSIZE_ANY_EXHDR(a)) == 0;
-}
-
-/* the order of ORDER BY on bytea: bytes, then length */
-static int
-bytea_order(const bytea *a, const bytea *b)
-{
-	int			la = VARSIZE_ANY_EXHDR(a);
-	int			lb = VARSIZE_ANY_EXHDR(b);
-	int			c = memcmp(VARDATA_ANY(a), VARDATA_ANY(b), Min(la, lb));
-
-	if (c != 0)
-		return c;
-	return (la > lb) - (la < lb);
 }
 
 /* a (request, child) whose hash differs between the two sides */

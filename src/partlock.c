@@ -261,13 +261,79 @@ ht_part_release(int part, int pid)
 	return "ok";
 }
 
-bool
-ht_part_try_update_lock(int part)
+static bool
+try_update_lock(int part)
 {
 	LOCKTAG		tag;
 
 	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, HT_ADVISORY_KEY, (uint32) part, 2);
 	return LockAcquire(&tag, ExclusiveLock, false, true) != LOCKACQUIRE_NOT_AVAIL;
+}
+
+static void
+release_update_lock(int part)
+{
+	LOCKTAG		tag;
+
+	SET_LOCKTAG_ADVISORY(tag, MyDatabaseId, HT_ADVISORY_KEY, (uint32) part, 2);
+	LockRelease(&tag, ExclusiveLock, false);
+}
+
+/*
+ * Before an update: answers "not_built", "ongoing_update" or "not_locked",
+ * or "ok" with the advisory update lock and the partition row lock held
+ * until the end of the transaction.  The row lock makes the ownership
+ * checked here stay true until the update commits: lock() by others reads
+ * "locked" meanwhile, and release_lock() by others waits.
+ */
+const char *
+ht_part_begin_update(int part)
+{
+	HtPartState st;
+
+	ht_part_state(part, &st);
+	if (!st.built)
+		return "not_built";
+	if (!try_update_lock(part))
+		return "ongoing_update";
+	if (st.mine)
+		(void) read_state(&q_read_wait, part, &st);
+	if (!st.built || !st.mine)
+	{
+		/* do not hold up the owner's update until this transaction ends */
+		release_update_lock(part);
+		return st.built ? "not_locked" : "not_built";
+	}
+	return "ok";
+}
+
+/*
+ * Before a rebuild: ERROR if another backend owns the partition lock or an
+ * update runs; on return the advisory update lock and the partition row
+ * lock are held until the end of the transaction.  The row lock also
+ * orders the rebuild with the guard trigger: a foreign write that marks
+ * the partition not built either commits before (and the rebuild sees its
+ * rows) or waits for the rebuild to commit (and marks it not built after).
+ */
+void
+ht_part_begin_rebuild(int part)
+{
+	HtPartState st;
+
+	ht_part_state(part, &st);
+	if (st.owner == 0 || st.mine)
+	{
+		if (!try_update_lock(part))
+			ereport(ERROR,
+					(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+					 errmsg("partition %d is being updated", part)));
+		(void) read_state(&q_read_wait, part, &st);
+	}
+	if (st.owner != 0 && !st.mine)
+		ereport(ERROR,
+				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+				 errmsg("partition %d is locked by process %d", part, st.owner),
+				 errhint("Reset it when the lock is released.")));
 }
 
 static HtQuery q_record_update = {

@@ -32,10 +32,13 @@ extern const char *ht_part_lock(int part, int pid);
 extern const char *ht_part_release(int part, int pid);
 
 /*
- * Serialise updates and rebuilds of a partition: a transaction-scoped
- * advisory lock.  Returns false when another transaction holds it.
+ * Updates and rebuilds of a partition are serialised by a transaction-scoped
+ * advisory lock, and hold the partition's row lock while they run.
+ * begin_update answers "ok" (go ahead) or the refusal of update();
+ * begin_rebuild raises an ERROR when the partition is locked or updated.
  */
-extern bool ht_part_try_update_lock(int part);
+extern const char *ht_part_begin_update(int part);
+extern void ht_part_begin_rebuild(int part);
 
 /* bookkeeping after an update or a rebuild */
 extern void ht_part_record_update(int part, int64 segments, int64 nodes,

@@ -37,6 +37,7 @@ struct HtPeer
 	PGconn	   *conn;
 	char	   *conninfo;		/* in TopMemoryContext */
 	int			partitions;		/* the peer's partition count */
+	uint64		generation;		/* connections made so far */
 	int64		round_trips;
 	int64		bytes;
 };
@@ -61,11 +62,38 @@ ht_peer_partitions(HtPeer *peer)
 	return peer->partitions;
 }
 
+uint64
+ht_peer_generation(HtPeer *peer)
+{
+	return peer->generation;
+}
+
 void
 ht_peer_counters(HtPeer *peer, int64 *round_trips, int64 *bytes)
 {
 	*round_trips = peer->round_trips;
 	*bytes = peer->bytes;
+}
+
+static void
+protocol_violation(HtPeer *peer, const char *what)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_PROTOCOL_VIOLATION),
+			 errmsg("unexpected answer from peer \"%s\": %s", peer->name, what)));
+}
+
+/* a peer's NOTICE (say, the progress of a reset) reaches our client */
+static void
+forward_notice(void *arg, const PGresult *res)
+{
+	HtPeer	   *peer = (HtPeer *) arg;
+	const char *msg = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+
+	if (msg != NULL)
+		ereport(NOTICE,
+				(errmsg_internal("%s", msg),
+				 errcontext("on peer \"%s\"", peer->name)));
 }
 
 static void
@@ -230,6 +258,8 @@ peer_connect(HtPeer *peer, const char *conninfo)
 					(errcode(ERRCODE_CONNECTION_FAILURE),
 					 errmsg("could not set connection to peer \"%s\" non-blocking: %s",
 							peer->name, conn_message(peer->conn))));
+		PQsetNoticeReceiver(peer->conn, forward_notice, peer);
+		peer->generation++;
 	}
 	PG_CATCH();
 	{
@@ -345,7 +375,7 @@ exec_wait(HtPeer *peer, const char *sql, int nparams,
 
 HtRemoteResult *
 ht_peer_query(HtPeer *peer, const char *sql, int nparams,
-			  const char *const *params, bool binary)
+			  const char *const *params, bool binary, int ncols)
 {
 	PGresult   *res;
 	HtRemoteResult *out;
@@ -362,18 +392,25 @@ ht_peer_query(HtPeer *peer, const char *sql, int nparams,
 	{
 		if (PQstatus(peer->conn) == CONNECTION_BAD)
 		{
+			/* the peer's own reason (say, a shutdown) if it sent one */
+			char	   *msg = conn_message(peer->conn);
+
+			peer_disconnect(peer);
+			if (PQresultErrorField(res, PG_DIAG_SQLSTATE) != NULL)
+				raise_remote_error(peer, res);
 			PQclear(res);
-			PG_TRY();
-			{
-				lost_connection(peer);
-			}
-			PG_FINALLY();
-			{
-				peer_disconnect(peer);
-			}
-			PG_END_TRY();
+			ereport(ERROR,
+					(errcode(ERRCODE_CONNECTION_FAILURE),
+					 errmsg("lost connection to peer \"%s\": %s", peer->name, msg)));
 		}
 		raise_remote_error(peer, res);
+	}
+	if (PQnfields(res) != ncols)
+	{
+		int			nf = PQnfields(res);
+
+		PQclear(res);
+		protocol_violation(peer, psprintf("%d columns instead of %d", nf, ncols));
 	}
 
 	out = palloc(sizeof(HtRemoteResult));
@@ -407,12 +444,26 @@ remote_value(HtRemoteResult *res, int row, int col, int need)
 {
 	int			k = row * res->ncols + col;
 
+	if (row < 0 || row >= res->nrows || col < 0 || col >= res->ncols)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROTOCOL_VIOLATION),
+				 errmsg("unexpected answer from a peer: no row %d, column %d", row, col)));
 	if (res->val[k] == NULL)
 		return NULL;
 	if (need > 0 && res->len[k] != need)
-		elog(ERROR, "hashtree: unexpected binary value of %d bytes from peer",
-			 res->len[k]);
+		ereport(ERROR,
+				(errcode(ERRCODE_PROTOCOL_VIOLATION),
+				 errmsg("unexpected answer from a peer: a value of %d bytes instead of %d",
+						res->len[k], need)));
 	return res->val[k];
+}
+
+static void
+null_from_peer(void)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_PROTOCOL_VIOLATION),
+			 errmsg("unexpected answer from a peer: null value")));
 }
 
 int32
@@ -422,7 +473,7 @@ ht_remote_int4(HtRemoteResult *res, int row, int col)
 	uint32		x;
 
 	if (v == NULL)
-		elog(ERROR, "hashtree: unexpected null from peer");
+		null_from_peer();
 	memcpy(&x, v, 4);
 	return (int32) pg_ntoh32(x);
 }
@@ -434,7 +485,7 @@ ht_remote_int8(HtRemoteResult *res, int row, int col)
 	uint64		x;
 
 	if (v == NULL)
-		elog(ERROR, "hashtree: unexpected null from peer");
+		null_from_peer();
 	memcpy(&x, v, 8);
 	return (int64) pg_ntoh64(x);
 }
@@ -492,11 +543,20 @@ ht_peer_get(const char *name)
 				 errmsg("peer \"%s\" does not exist", name)));
 	v[0] = CStringGetTextDatum(name);
 	if (ht_exec(&q_peer_conninfo, v, NULL, 1) == 0)
+	{
+		/* dropped (maybe by another session): close what we kept of it */
+		if (peer_cache != NULL)
+		{
+			peer = hash_search(peer_cache, name, HASH_FIND, NULL);
+			if (peer != NULL)
+				peer_disconnect(peer);
+		}
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("peer \"%s\" does not exist", name),
 				 errhint("Peers are added with hashtree.add_peer(name, conninfo); "
 						 "this node is \"%s\".", ht_node_name())));
+	}
 	conninfo = TextDatumGetCString(ht_col(0, 1, &isnull));
 
 	if (peer_cache == NULL)
@@ -514,6 +574,7 @@ ht_peer_get(const char *name)
 		peer->conn = NULL;
 		peer->conninfo = NULL;
 		peer->partitions = 0;
+		peer->generation = 0;
 		peer->round_trips = 0;
 		peer->bytes = 0;
 	}
@@ -537,9 +598,18 @@ ht_peer_get(const char *name)
 		/* a peer without the extension is no peer: do not keep it */
 		PG_TRY();
 		{
+			char	   *parts;
+
 			res = ht_peer_query(peer,
 								"SELECT version, partitions FROM hashtree._hello()",
-								0, NULL, false);
+								0, NULL, false, 2);
+			if (res->nrows != 1)
+				protocol_violation(peer, "hashtree._hello() returned no row");
+			version = ht_remote_text(res, 0, 0);
+			parts = ht_remote_text(res, 0, 1);
+			if (parts == NULL || atoi(parts) < 1)
+				protocol_violation(peer, "no partition count");
+			peer->partitions = atoi(parts);
 		}
 		PG_CATCH();
 		{
@@ -547,8 +617,6 @@ ht_peer_get(const char *name)
 			PG_RE_THROW();
 		}
 		PG_END_TRY();
-		version = ht_remote_text(res, 0, 0);
-		peer->partitions = atoi(ht_remote_text(res, 0, 1));
 		if (version == NULL || strcmp(version, HT_EXTENSION_VERSION) != 0)
 			ereport(WARNING,
 					(errmsg("peer \"%s\" runs hashtree %s, this node %s",

@@ -38,16 +38,23 @@ extern HtPeer *ht_peer_get(const char *name);
 extern const char *ht_peer_name(HtPeer *peer);
 extern int	ht_peer_partitions(HtPeer *peer);
 
+/*
+ * Number of connections made to the peer by this backend: a remote lock
+ * taken under one generation is gone if the generation changed.
+ */
+extern uint64 ht_peer_generation(HtPeer *peer);
+
 /* traffic counters of the connection (round trips, bytes received) */
 extern void ht_peer_counters(HtPeer *peer, int64 *round_trips, int64 *bytes);
 
 /*
- * Run one statement with text parameters; binary asks for binary results.
- * A peer's error is raised here with the peer's SQLSTATE and message.
+ * Run one statement with text parameters; binary asks for binary results,
+ * which must have ncols columns.  A peer's error is raised here with the
+ * peer's SQLSTATE and message; a malformed answer is a protocol violation.
  */
 extern HtRemoteResult *ht_peer_query(HtPeer *peer, const char *sql,
 									 int nparams, const char *const *params,
-									 bool binary);
+									 bool binary, int ncols);
 
 /* decoders of binary result values */
 extern int32 ht_remote_int4(HtRemoteResult *res, int row, int col);

@@ -18,6 +18,7 @@ ht_plan(HtQuery *q)
 {
 	if (q->plan == NULL)
 	{
+		MemoryContext caller = CurrentMemoryContext;
 		SPIPlanPtr	plan = SPI_prepare(q->sql, q->nargs, q->argtypes);
 
 		if (plan == NULL)
@@ -26,6 +27,7 @@ ht_plan(HtQuery *q)
 		if (SPI_keepplan(plan) != 0)
 			elog(ERROR, "hashtree: SPI_keepplan failed");
 		q->plan = plan;
+		MemoryContextSwitchTo(caller);
 	}
 	return q->plan;
 }
@@ -45,10 +47,13 @@ uint64
 ht_exec(HtQuery *q, Datum *values, const bool *nulls, long tcount)
 {
 	char		nbuf[HT_QUERY_MAX_ARGS + 1];
+	MemoryContext caller = CurrentMemoryContext;
 	int			rc;
 
 	rc = SPI_execute_plan(ht_plan(q), values, ht_nulls(q, nulls, nbuf),
 						  false, tcount);
+	/* SPI returns in its procedure context: stay in the caller's */
+	MemoryContextSwitchTo(caller);
 	if (rc < 0)
 		elog(ERROR, "hashtree: SPI_execute_plan failed (%s) for: %s",
 			 SPI_result_code_string(rc), q->sql);
@@ -59,14 +64,26 @@ Portal
 ht_cursor(HtQuery *q, Datum *values, const bool *nulls)
 {
 	char		nbuf[HT_QUERY_MAX_ARGS + 1];
+	MemoryContext caller = CurrentMemoryContext;
 	Portal		portal;
 
 	portal = SPI_cursor_open(NULL, ht_plan(q), values,
 							 ht_nulls(q, nulls, nbuf), false);
+	MemoryContextSwitchTo(caller);
 	if (portal == NULL)
 		elog(ERROR, "hashtree: SPI_cursor_open failed (%s) for: %s",
 			 SPI_result_code_string(SPI_result), q->sql);
 	return portal;
+}
+
+uint64
+ht_fetch(Portal portal, long count)
+{
+	MemoryContext caller = CurrentMemoryContext;
+
+	SPI_cursor_fetch(portal, true, count);
+	MemoryContextSwitchTo(caller);
+	return SPI_processed;
 }
 
 Datum

@@ -31,13 +31,17 @@ typedef struct HtQuery
  * Run a statement; nulls may be NULL (no null arguments).  Returns
  * SPI_processed; the rows, if any, are in SPI_tuptable.  Statements run
  * with a fresh snapshot that sees the changes made earlier in the same
- * transaction (a lock taken, then an update, in one SELECT).
+ * transaction (a lock taken, then an update, in one SELECT).  The caller's
+ * memory context is current again on return.
  */
 extern uint64 ht_exec(HtQuery *q, Datum *values, const bool *nulls,
 					  long tcount);
 
 /* open a cursor on a statement (for results too large to hold at once) */
 extern Portal ht_cursor(HtQuery *q, Datum *values, const bool *nulls);
+
+/* fetch the next rows of a cursor into SPI_tuptable; returns their number */
+extern uint64 ht_fetch(Portal portal, long count);
 
 /* column value of a row of SPI_tuptable */
 extern Datum ht_col(uint64 row, int col, bool *isnull);

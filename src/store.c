@@ -394,6 +394,8 @@ write_nodes(int part, DepthWork *w, int level, NodeWrite *nw, int n,
 				}
 				else
 					ht_exec(&q_node_delete, v, NULL, 0);
+				for (int j = 3; j < (deleting ? 6 : 8); j++)
+					pfree(DatumGetPointer(v[j]));
 				stats->nodes += k;
 				k = 0;
 			}
@@ -448,6 +450,8 @@ fetch_nodes(int part, DepthWork *w, int level, int n, const int *tree,
 		v[4] = PointerGetDatum(ht_array_text(pb, k));
 		v[5] = PointerGetDatum(ht_array_int8(child + base, k));
 		nrows = ht_exec(&q_node_fetch, v, NULL, 0);
+		for (int j = 3; j < 6; j++)
+			pfree(DatumGetPointer(v[j]));
 		for (uint64 r = 0; r < nrows; r++)
 		{
 			bool		isnull;
@@ -652,8 +656,7 @@ update_leaf_depth(int part, DepthWork *w, HtUpdateStats *stats)
 	{
 		int			nch = 0;
 
-		SPI_cursor_fetch(portal, true, HT_BATCH);
-		if (SPI_processed == 0)
+		if (ht_fetch(portal, HT_BATCH) == 0)
 			break;
 		for (uint64 r = 0; r < SPI_processed; r++)
 		{
