@@ -237,37 +237,37 @@ CREATE FUNCTION @extschema@._hello(OUT version text, OUT partitions int, OUT nod
 ---------------------------------------------------------------------------
 
 CREATE FUNCTION @extschema@.lock("partition" int) RETURNS text
-	AS 'MODULE_PATHNAME', 'ht_lock1'
+	AS 'MODULE_PATHNAME', 'ht_lock'
 	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 CREATE FUNCTION @extschema@.lock(node text, "partition" int) RETURNS text
-	AS 'MODULE_PATHNAME', 'ht_lock2'
+	AS 'MODULE_PATHNAME', 'ht_lock'
 	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 CREATE FUNCTION @extschema@.lock(node text, "partition" int, pid int) RETURNS text
-	AS 'MODULE_PATHNAME', 'ht_lock3'
+	AS 'MODULE_PATHNAME', 'ht_lock'
 	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
 CREATE FUNCTION @extschema@.release_lock("partition" int) RETURNS text
-	AS 'MODULE_PATHNAME', 'ht_release_lock1'
+	AS 'MODULE_PATHNAME', 'ht_release_lock'
 	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 CREATE FUNCTION @extschema@.release_lock(node text, "partition" int) RETURNS text
-	AS 'MODULE_PATHNAME', 'ht_release_lock2'
+	AS 'MODULE_PATHNAME', 'ht_release_lock'
 	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 CREATE FUNCTION @extschema@.release_lock(node text, "partition" int, pid int) RETURNS text
-	AS 'MODULE_PATHNAME', 'ht_release_lock3'
+	AS 'MODULE_PATHNAME', 'ht_release_lock'
 	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
 CREATE FUNCTION @extschema@.update("partition" int) RETURNS text
-	AS 'MODULE_PATHNAME', 'ht_update1'
+	AS 'MODULE_PATHNAME', 'ht_update'
 	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 CREATE FUNCTION @extschema@.update(node text, "partition" int) RETURNS text
-	AS 'MODULE_PATHNAME', 'ht_update2'
+	AS 'MODULE_PATHNAME', 'ht_update'
 	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
 CREATE FUNCTION @extschema@.reset("partition" int) RETURNS void
-	AS 'MODULE_PATHNAME', 'ht_reset1'
+	AS 'MODULE_PATHNAME', 'ht_reset'
 	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 CREATE FUNCTION @extschema@.reset(node text, "partition" int) RETURNS void
-	AS 'MODULE_PATHNAME', 'ht_reset2'
+	AS 'MODULE_PATHNAME', 'ht_reset'
 	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
 CREATE FUNCTION @extschema@.compare("partition" int, node text)

@@ -976,9 +976,15 @@ local_lock(int part, int pid, bool release)
 	return cstring_to_text(res);
 }
 
+/*
+ * lock(partition), lock(node, partition), lock(node, partition, pid), and
+ * the same arities of release_lock: one C function each, by PG_NARGS().
+ */
 static Datum
-lock_common(FunctionCallInfo fcinfo, bool release, bool has_node, bool has_pid)
+lock_common(FunctionCallInfo fcinfo, bool release)
 {
+	bool		has_node = PG_NARGS() >= 2;
+	bool		has_pid = PG_NARGS() == 3;
 	char	   *node = has_node ? node_arg(fcinfo, 0) : NULL;
 	int			part = partition_arg(fcinfo, has_node ? 1 : 0);
 	int			pid = MyProcPid;
@@ -1008,46 +1014,18 @@ lock_common(FunctionCallInfo fcinfo, bool release, bool has_node, bool has_pid)
 	PG_RETURN_TEXT_P(res);
 }
 
-PG_FUNCTION_INFO_V1(ht_lock1);
+PG_FUNCTION_INFO_V1(ht_lock);
 Datum
-ht_lock1(PG_FUNCTION_ARGS)
+ht_lock(PG_FUNCTION_ARGS)
 {
-	return lock_common(fcinfo, false, false, false);
+	return lock_common(fcinfo, false);
 }
 
-PG_FUNCTION_INFO_V1(ht_lock2);
+PG_FUNCTION_INFO_V1(ht_release_lock);
 Datum
-ht_lock2(PG_FUNCTION_ARGS)
+ht_release_lock(PG_FUNCTION_ARGS)
 {
-	return lock_common(fcinfo, false, true, false);
-}
-
-PG_FUNCTION_INFO_V1(ht_lock3);
-Datum
-ht_lock3(PG_FUNCTION_ARGS)
-{
-	return lock_common(fcinfo, false, true, true);
-}
-
-PG_FUNCTION_INFO_V1(ht_release_lock1);
-Datum
-ht_release_lock1(PG_FUNCTION_ARGS)
-{
-	return lock_common(fcinfo, true, false, false);
-}
-
-PG_FUNCTION_INFO_V1(ht_release_lock2);
-Datum
-ht_release_lock2(PG_FUNCTION_ARGS)
-{
-	return lock_common(fcinfo, true, true, false);
-}
-
-PG_FUNCTION_INFO_V1(ht_release_lock3);
-Datum
-ht_release_lock3(PG_FUNCTION_ARGS)
-{
-	return lock_common(fcinfo, true, true, true);
+	return lock_common(fcinfo, true);
 }
 
 static const char *
@@ -1076,19 +1054,13 @@ local_update(int part)
 	return res;
 }
 
-PG_FUNCTION_INFO_V1(ht_update1);
+/* update(partition), update(node, partition) */
+PG_FUNCTION_INFO_V1(ht_update);
 Datum
-ht_update1(PG_FUNCTION_ARGS)
+ht_update(PG_FUNCTION_ARGS)
 {
-	PG_RETURN_TEXT_P(cstring_to_text(local_update(partition_arg(fcinfo, 0))));
-}
-
-PG_FUNCTION_INFO_V1(ht_update2);
-Datum
-ht_update2(PG_FUNCTION_ARGS)
-{
-	char	   *node = node_arg(fcinfo, 0);
-	int			part = partition_arg(fcinfo, 1);
+	char	   *node = PG_NARGS() == 2 ? node_arg(fcinfo, 0) : NULL;
+	int			part = partition_arg(fcinfo, PG_NARGS() - 1);
 	const char *params[1];
 
 	if (ht_node_is_local(node))
@@ -1116,20 +1088,13 @@ local_reset(int part)
 	SPI_finish();
 }
 
-PG_FUNCTION_INFO_V1(ht_reset1);
+/* reset(partition), reset(node, partition) */
+PG_FUNCTION_INFO_V1(ht_reset);
 Datum
-ht_reset1(PG_FUNCTION_ARGS)
+ht_reset(PG_FUNCTION_ARGS)
 {
-	local_reset(partition_arg(fcinfo, 0));
-	PG_RETURN_VOID();
-}
-
-PG_FUNCTION_INFO_V1(ht_reset2);
-Datum
-ht_reset2(PG_FUNCTION_ARGS)
-{
-	char	   *node = node_arg(fcinfo, 0);
-	int			part = partition_arg(fcinfo, 1);
+	char	   *node = PG_NARGS() == 2 ? node_arg(fcinfo, 0) : NULL;
+	int			part = partition_arg(fcinfo, PG_NARGS() - 1);
 	const char *params[1];
 
 	if (ht_node_is_local(node))
