@@ -347,20 +347,17 @@ ht_node_name_sql(PG_FUNCTION_ARGS)
 	PG_RETURN_TEXT_P(cstring_to_text(ht_node_name()));
 }
 
-/* the partition of a key: partition_of() */
+/* the partition of a key: partition_of() (needs SPI) */
 static int
 route(text *pa, text *pb, bytea *key)
 {
 	char	   *a = pg_server_to_any(VARDATA_ANY(pa), VARSIZE_ANY_EXHDR(pa), PG_UTF8);
 	char	   *b = pg_server_to_any(VARDATA_ANY(pb), VARSIZE_ANY_EXHDR(pb), PG_UTF8);
-	int			n;
 
-	SPI_connect();
-	n = ht_num_partitions();
-	SPI_finish();
 	return ht_partition_for(a, a == VARDATA_ANY(pa) ? VARSIZE_ANY_EXHDR(pa) : strlen(a),
 							b, b == VARDATA_ANY(pb) ? VARSIZE_ANY_EXHDR(pb) : strlen(b),
-							VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key), n);
+							VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key),
+							ht_num_partitions());
 }
 
 static Datum
@@ -369,8 +366,12 @@ partition_of_common(FunctionCallInfo fcinfo, bool key_is_text)
 	text	   *pa = prefix_arg(fcinfo, 0, "prefix_a");
 	text	   *pb = prefix_arg(fcinfo, 1, "prefix_b");
 	bytea	   *key = key_arg(fcinfo, 2, key_is_text);
+	int			part;
 
-	PG_RETURN_INT32(route(pa, pb, key));
+	SPI_connect();
+	part = route(pa, pb, key);
+	SPI_finish();
+	PG_RETURN_INT32(part);
 }
 
 PG_FUNCTION_INFO_V1(ht_partition_of);
@@ -461,17 +462,27 @@ ht_next_expiry(PG_FUNCTION_ARGS)
 
 /* ---- entries ------------------------------------------------------------- */
 
+/*
+ * Write (hash not NULL) or delete an entry in a partition, or (routed) in
+ * the one partition_of() gives.
+ */
 static void
-do_put(int part, text *pa, text *pb, bytea *key, bytea *hash, bool if_missing)
+write_entry(bool routed, int part, text *pa, text *pb, bytea *key,
+			bytea *hash, bool if_missing)
 {
 	SPI_connect();
 	HT_API_BEGIN();
-	ht_check_partition(part);
-	ht_store_put(part, pa, pb, key, hash, if_missing);
+	if (routed)
+		part = route(pa, pb, key);
+	else
+		ht_check_partition(part);
+	if (hash != NULL)
+		ht_store_put(part, pa, pb, key, hash, if_missing);
+	else
+		ht_store_delete(part, pa, pb, key);
 	HT_API_END();
 	SPI_finish();
 }
-
 
 static Datum
 insert_common(FunctionCallInfo fcinfo, bool key_is_text)
@@ -482,7 +493,7 @@ insert_common(FunctionCallInfo fcinfo, bool key_is_text)
 	bytea	   *hash = hash_arg(fcinfo, 3);
 
 	HT_ARG_NOT_NULL(4, "if_missing");
-	do_put(route(pa, pb, key), pa, pb, key, hash, PG_GETARG_BOOL(4));
+	write_entry(true, 0, pa, pb, key, hash, PG_GETARG_BOOL(4));
 	PG_RETURN_VOID();
 }
 
@@ -496,7 +507,7 @@ insert_partition_common(FunctionCallInfo fcinfo, bool key_is_text)
 	bytea	   *hash = hash_arg(fcinfo, 4);
 
 	HT_ARG_NOT_NULL(5, "if_missing");
-	do_put(part, pa, pb, key, hash, PG_GETARG_BOOL(5));
+	write_entry(false, part, pa, pb, key, hash, PG_GETARG_BOOL(5));
 	PG_RETURN_VOID();
 }
 
@@ -528,17 +539,6 @@ ht_insert_partition_text(PG_FUNCTION_ARGS)
 	return insert_partition_common(fcinfo, true);
 }
 
-static void
-do_delete(int part, text *pa, text *pb, bytea *key)
-{
-	SPI_connect();
-	HT_API_BEGIN();
-	ht_check_partition(part);
-	ht_store_delete(part, pa, pb, key);
-	HT_API_END();
-	SPI_finish();
-}
-
 static Datum
 delete_common(FunctionCallInfo fcinfo, bool key_is_text)
 {
@@ -546,7 +546,7 @@ delete_common(FunctionCallInfo fcinfo, bool key_is_text)
 	text	   *pb = prefix_arg(fcinfo, 1, "prefix_b");
 	bytea	   *key = key_arg(fcinfo, 2, key_is_text);
 
-	do_delete(route(pa, pb, key), pa, pb, key);
+	write_entry(true, 0, pa, pb, key, NULL, false);
 	PG_RETURN_VOID();
 }
 
@@ -558,7 +558,7 @@ delete_partition_common(FunctionCallInfo fcinfo, bool key_is_text)
 	text	   *pb = prefix_arg(fcinfo, 2, "prefix_b");
 	bytea	   *key = key_arg(fcinfo, 3, key_is_text);
 
-	do_delete(part, pa, pb, key);
+	write_entry(false, part, pa, pb, key, NULL, false);
 	PG_RETURN_VOID();
 }
 
