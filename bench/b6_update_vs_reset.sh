@@ -22,6 +22,7 @@ trap 'pg_stop "$WORK/server"; rm -rf "$WORK"' EXIT
 pg_start "$WORK/server" 54330 "shared_buffers = 1GB" "max_wal_size = 8GB" "fsync = on" \
 	"checkpoint_timeout = 30min"
 export PGHOST=$WORK/server PGPORT=54330 PGUSER=postgres PGDATABASE=postgres
+export PGOPTIONS="-c client_min_messages=warning"
 PSQL="$PG_BIN/psql -X -q -v ON_ERROR_STOP=1"
 
 # run SQL in one session with \timing; print the milliseconds of each statement
