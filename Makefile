@@ -9,6 +9,8 @@ OBJS = \
 	src/partlock.o \
 	src/remote.o \
 	src/compare.o \
+	src/rowenc.o \
+	src/track.o \
 	src/api.o
 
 DATA = $(wildcard extension/hashtree--*.sql)

@@ -73,7 +73,7 @@ CREATE TABLE @extschema@.entry (
 	hash			bytea NOT NULL
 ) WITH (fillfactor = 90);
 CREATE UNIQUE INDEX entry_key ON @extschema@.entry
-	(part, depth, seg, pa, pb, @extschema@._kid(key));
+	(part, depth, pa, pb, seg, @extschema@._kid(key));
 
 -- Tree nodes: level 3 rows hold segment hashes (child = segment), level 2
 -- rows hold level-3 bucket hashes (child = bucket), the level 1 row holds
@@ -108,13 +108,40 @@ CREATE TABLE @extschema@.peer (
 	added_at		timestamptz NOT NULL DEFAULT now()
 );
 
--- pg_dump keeps the configuration and the user's entries; trees are
--- derived and rebuilt after a restore.
+-- Tracked tables: the registry.  prefix_a = schema_name, prefix_b =
+-- table_name; signature = the key, columns (and partitions) last hashed.
+CREATE TABLE @extschema@.tracked_table (
+	schema_name		text NOT NULL,
+	table_name		text NOT NULL,
+	key_columns		text NOT NULL,
+	signature		text NOT NULL,
+	tracked_at		timestamptz NOT NULL DEFAULT now(),
+	PRIMARY KEY (schema_name, table_name)
+);
+
+-- Keys of tracked rows changed since the last update, appended by the row
+-- trigger (a plain heap insert: no index, nothing shared between writers).
+-- key NULL: hash the table's rows of this partition again (TRUNCATE).
+CREATE TABLE @extschema@.dirty_key (
+	part			int4 NOT NULL,
+	seg				int4 NOT NULL,
+	pa				text COLLATE "C" NOT NULL,
+	pb				text COLLATE "C" NOT NULL,
+	key				bytea
+);
+
+-- pg_dump keeps the configuration and the entries written through the API;
+-- trees, and the entries of tracked tables, are derived from data that is
+-- dumped anyway, and rebuilt after a restore (reset).
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.peer', '');
-SELECT pg_catalog.pg_extension_config_dump('@extschema@.entry', 'WHERE depth = 2');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.tracked_table', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.entry',
+	'WHERE depth = 2 AND NOT EXISTS (SELECT 1 FROM @extschema@.tracked_table t'
+	' WHERE t.schema_name = pa AND t.table_name = pb)');
 
 REVOKE ALL ON @extschema@.partition, @extschema@.entry, @extschema@.node,
-	@extschema@.dirty, @extschema@.peer FROM PUBLIC;
+	@extschema@.dirty, @extschema@.peer, @extschema@.tracked_table,
+	@extschema@.dirty_key FROM PUBLIC;
 
 -- create the partitions (reads hashtree.partitions)
 CREATE FUNCTION @extschema@._create_partitions() RETURNS int
@@ -134,6 +161,8 @@ CREATE TRIGGER guard AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
 	ON @extschema@.node FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._guard();
 CREATE TRIGGER guard AFTER DELETE OR UPDATE OR TRUNCATE
 	ON @extschema@.dirty FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._guard();
+CREATE TRIGGER guard AFTER DELETE OR UPDATE OR TRUNCATE
+	ON @extschema@.dirty_key FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._guard();
 
 ---------------------------------------------------------------------------
 -- Pure functions (no table access): callable by everyone.
@@ -284,6 +313,108 @@ CREATE FUNCTION @extschema@.check_tree("partition" int)
 	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
 ---------------------------------------------------------------------------
+-- Tracked tables
+---------------------------------------------------------------------------
+
+-- the row trigger and the TRUNCATE trigger put on tracked tables
+CREATE FUNCTION @extschema@._track_row() RETURNS trigger
+	AS 'MODULE_PATHNAME', 'ht_track_row'
+	LANGUAGE C;
+CREATE FUNCTION @extschema@._track_truncate() RETURNS trigger
+	AS 'MODULE_PATHNAME', 'ht_track_truncate'
+	LANGUAGE C;
+
+CREATE FUNCTION @extschema@.track(tbl regclass) RETURNS bigint
+	AS 'MODULE_PATHNAME', 'ht_track'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+CREATE FUNCTION @extschema@.untrack(tbl regclass) RETURNS void
+	AS 'MODULE_PATHNAME', 'ht_untrack'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+-- the canonical encodings, for anyone to check
+CREATE FUNCTION @extschema@.row_hash(tbl regclass, r record) RETURNS bytea
+	AS 'MODULE_PATHNAME', 'ht_row_hash_sql'
+	LANGUAGE C STABLE;
+CREATE FUNCTION @extschema@.row_key(tbl regclass, r record) RETURNS bytea
+	AS 'MODULE_PATHNAME', 'ht_row_key_sql'
+	LANGUAGE C STABLE;
+
+CREATE TYPE @extschema@._entry AS (part int, seg int, key bytea, hash bytea);
+CREATE FUNCTION @extschema@._entry_of(tbl oid, r record, part int) RETURNS @extschema@._entry
+	AS 'MODULE_PATHNAME', 'ht_entry_of'
+	LANGUAGE C STABLE;
+
+-- schema changes of tracked tables
+CREATE FUNCTION @extschema@._ddl_table(relid oid) RETURNS void
+	AS 'MODULE_PATHNAME', 'ht_ddl_table'
+	LANGUAGE C VOLATILE;
+CREATE FUNCTION @extschema@._ddl_dropped() RETURNS void
+	AS 'MODULE_PATHNAME', 'ht_ddl_dropped'
+	LANGUAGE C VOLATILE;
+
+CREATE FUNCTION @extschema@._on_ddl_end() RETURNS event_trigger
+	LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+	AS $$
+DECLARE
+	r record;
+BEGIN
+	IF NOT EXISTS (SELECT 1 FROM @extschema@.tracked_table) THEN
+		RETURN;
+	END IF;
+	FOR r IN SELECT DISTINCT c.objid FROM pg_event_trigger_ddl_commands() c
+			  WHERE c.classid = 'pg_catalog.pg_class'::regclass
+				AND c.object_type IN ('table', 'table column')
+	LOOP
+		PERFORM @extschema@._ddl_table(r.objid);
+	END LOOP;
+END
+$$;
+
+CREATE FUNCTION @extschema@._on_sql_drop() RETURNS event_trigger
+	LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+	AS $$
+BEGIN
+	IF EXISTS (SELECT 1 FROM @extschema@.tracked_table)
+	   AND EXISTS (SELECT 1 FROM pg_event_trigger_dropped_objects() d
+				   WHERE d.object_type IN ('table', 'index', 'trigger', 'schema',
+										   'table constraint'))
+	THEN
+		PERFORM @extschema@._ddl_dropped();
+	END IF;
+END
+$$;
+
+CREATE EVENT TRIGGER hashtree_ddl_end ON ddl_command_end
+	WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE')
+	EXECUTE FUNCTION @extschema@._on_ddl_end();
+CREATE EVENT TRIGGER hashtree_sql_drop ON sql_drop
+	EXECUTE FUNCTION @extschema@._on_sql_drop();
+
+-- rows: entries as of the last update; pending: keys logged since
+CREATE VIEW @extschema@.tracked AS
+	SELECT to_regclass(format('%I.%I', t.schema_name, t.table_name)) AS relation,
+		   t.schema_name,
+		   t.table_name,
+		   t.key_columns,
+		   t.tracked_at,
+		   (SELECT coalesce(sum(n.n), 0)::int8
+			  FROM @extschema@.partition p
+			  JOIN @extschema@.node n ON n.part = p.part AND n.depth = 2
+			   AND n.pa = t.schema_name AND n.pb = t.table_name
+			   AND n.level = 1 AND n.child = 0) AS rows,
+		   (SELECT count(*) FROM @extschema@.dirty_key k
+			 WHERE k.pa = t.schema_name AND k.pb = t.table_name) AS pending,
+		   CASE WHEN EXISTS (SELECT 1 FROM @extschema@.partition p WHERE NOT p.built)
+				THEN 'not built'
+				WHEN EXISTS (SELECT 1 FROM @extschema@.dirty_key k
+							  WHERE k.pa = t.schema_name AND k.pb = t.table_name)
+				THEN 'pending'
+				ELSE 'current' END AS state
+	  FROM @extschema@.tracked_table t;
+
+GRANT SELECT ON @extschema@.tracked TO PUBLIC;
+
+---------------------------------------------------------------------------
 -- Peers
 ---------------------------------------------------------------------------
 
@@ -358,5 +489,9 @@ GRANT EXECUTE ON FUNCTION
 	@extschema@._kid(bytea),
 	@extschema@._privileged(),
 	@extschema@._lock_owner(int, timestamptz),
-	@extschema@._next_expiry(timestamptz, float8)
+	@extschema@._next_expiry(timestamptz, float8),
+	@extschema@.row_hash(regclass, record),
+	@extschema@.row_key(regclass, record),
+	@extschema@._track_row(),
+	@extschema@._track_truncate()
 	TO PUBLIC;

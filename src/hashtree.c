@@ -15,10 +15,15 @@
 #include <limits.h>
 
 #include "access/xlog.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_namespace.h"
 #include "commands/dbcommands.h"
 #include "miscadmin.h"
 #include "postmaster/postmaster.h"
 #include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/syscache.h"
 
 #include "hashtree.h"
 
@@ -101,4 +106,34 @@ ht_node_name(void)
 				 dbname ? dbname : "?");
 	}
 	return derived;
+}
+
+Oid
+ht_schema_oid(void)
+{
+	return get_namespace_oid("hashtree", true);
+}
+
+void
+ht_as_owner_begin(Oid *save_user, int *save_sec)
+{
+	Oid			nsp = ht_schema_oid();
+	HeapTuple	tp;
+	Oid			owner;
+
+	tp = SearchSysCache1(NAMESPACEOID, ObjectIdGetDatum(nsp));
+	if (!HeapTupleIsValid(tp))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension \"hashtree\" is not installed in this database")));
+	owner = ((Form_pg_namespace) GETSTRUCT(tp))->nspowner;
+	ReleaseSysCache(tp);
+	GetUserIdAndSecContext(save_user, save_sec);
+	SetUserIdAndSecContext(owner, *save_sec | SECURITY_LOCAL_USERID_CHANGE);
+}
+
+void
+ht_as_owner_end(Oid save_user, int save_sec)
+{
+	SetUserIdAndSecContext(save_user, save_sec);
 }

@@ -35,8 +35,21 @@ extern int	ht_guc_tree_ttl;			/* s */
 /* this node's name: hashtree.node_name or the derived default */
 extern const char *ht_node_name(void);
 
-/* number of partitions recorded at CREATE EXTENSION (cached per backend) */
+/*
+ * number of partitions recorded at CREATE EXTENSION (cached per backend;
+ * callable from any context, reads the table as the extension owner)
+ */
 extern int	ht_num_partitions(void);
+
+/* the OID of the extension's schema, InvalidOid if not installed */
+extern Oid	ht_schema_oid(void);
+
+/*
+ * Run code as the extension's owner (the tracking trigger fires as the
+ * writing user, who has no rights on the extension's tables).
+ */
+extern void ht_as_owner_begin(Oid *save_user, int *save_sec);
+extern void ht_as_owner_end(Oid save_user, int save_sec);
 
 /* ERROR unless 0 <= part < ht_num_partitions() */
 extern void ht_check_partition(int part);

@@ -102,12 +102,25 @@ ht_num_partitions(void)
 	if (rel != cached_rel)
 	{
 		bool		isnull;
-		int			n;
-		int			maxp;
+		int			n = 0;
+		int			maxp = 0;
+		Oid			save_user;
+		int			save_sec;
 
-		ht_exec(&q_count, NULL, NULL, 1);
-		n = DatumGetInt32(ht_col(0, 1, &isnull));
-		maxp = DatumGetInt32(ht_col(0, 2, &isnull));
+		ht_as_owner_begin(&save_user, &save_sec);
+		PG_TRY();
+		{
+			SPI_connect();
+			ht_exec(&q_count, NULL, NULL, 1);
+			n = DatumGetInt32(ht_col(0, 1, &isnull));
+			maxp = DatumGetInt32(ht_col(0, 2, &isnull));
+			SPI_finish();
+		}
+		PG_FINALLY();
+		{
+			ht_as_owner_end(save_user, save_sec);
+		}
+		PG_END_TRY();
 		if (n < 1 || maxp != n - 1)
 			elog(ERROR, "hashtree: table hashtree.partition is damaged (%d rows, max %d)",
 				 n, maxp);

@@ -35,6 +35,7 @@
 #include "hashtree.h"
 #include "sqlexec.h"
 #include "store.h"
+#include "track.h"
 #include "treemath.h"
 
 /* rows per statement when writing or reading nodes by arrays */
@@ -642,6 +643,70 @@ static HtQuery q_take_dirty = {
 	1, {INT4OID}
 };
 
+/* a whole leaf tree rebuilt from its entries (after a re-hash) */
+static HtQuery q_tree_clear = {
+	"DELETE FROM hashtree.node WHERE part = $1 AND depth = 2 AND pa = $2 AND pb = $3",
+	3, {INT4OID, TEXTOID, TEXTOID}
+};
+static HtQuery q_tree_segments = {
+	"INSERT INTO hashtree.node (part, depth, level, pa, pb, child, hash, n)"
+	" SELECT $1, 2, 3, $2, $3, s.seg, s.h, s.c FROM ("
+	"  SELECT seg, hashtree._entry_sum(key, hash) AS h, count(*) AS c"
+	"  FROM hashtree.entry WHERE part = $1 AND depth = 2 AND pa = $2 AND pb = $3"
+	"  GROUP BY seg) s"
+	" WHERE s.h IS NOT NULL",
+	3, {INT4OID, TEXTOID, TEXTOID}
+};
+static HtQuery q_tree_level = {
+	"INSERT INTO hashtree.node (part, depth, level, pa, pb, child, hash, n)"
+	" SELECT $1, 2, $4, $2, $3, s.b, s.h, s.c FROM ("
+	"  SELECT child >> 10 AS b, hashtree._child_sum(child, hash) AS h, sum(n)::int8 AS c"
+	"  FROM hashtree.node WHERE part = $1 AND depth = 2 AND pa = $2 AND pb = $3"
+	"   AND level = $4 + 1 GROUP BY child >> 10) s"
+	" WHERE s.h IS NOT NULL",
+	4, {INT4OID, TEXTOID, TEXTOID, INT2OID}
+};
+
+static void
+rebuild_leaf_tree(int part, DepthWork *w, int tree, HtUpdateStats *stats)
+{
+	Datum		v[4];
+	int64		zero = 0;
+	HtSum		old_top;
+	HtSum		new_top;
+	int64		old_n;
+	int64		new_n;
+
+	fetch_nodes(part, w, 1, 1, &tree, &zero, &old_top, &old_n);
+	v[0] = Int32GetDatum(part);
+	v[1] = w->pa[tree];
+	v[2] = w->pb[tree];
+	ht_exec(&q_tree_clear, v, NULL, 0);
+	stats->segments += ht_exec(&q_tree_segments, v, NULL, 0);
+	for (int level = HT_LEVELS - 1; level >= 1; level--)
+	{
+		v[3] = Int16GetDatum(level);
+		stats->nodes += ht_exec(&q_tree_level, v, NULL, 0);
+	}
+	fetch_nodes(part, w, 1, 1, &tree, &zero, &new_top, &new_n);
+	if (memcmp(&old_top, &new_top, sizeof(HtSum)) != 0)
+	{
+		TopChange  *tc;
+
+		HT_GROW(w->tops, w->ntops, w->tops_cap);
+		tc = &w->tops[w->ntops++];
+		tc->tree = tree;
+		tc->old_top = old_top;
+		tc->new_top = new_top;
+		tc->new_n = new_n;
+	}
+}
+
+/*
+ * Dirty segments come sorted by (pa, pb, seg); a segment -1 is a marker
+ * "rebuild the whole tree" (written by a re-hash of a tracked table) and
+ * comes first: the tree's other segments are then covered by the rebuild.
+ */
 static void
 update_leaf_depth(int part, DepthWork *w, HtUpdateStats *stats)
 {
@@ -650,6 +715,10 @@ update_leaf_depth(int part, DepthWork *w, HtUpdateStats *stats)
 	SegChange  *ch = palloc(sizeof(SegChange) * HT_BATCH);
 	text	   *last_pa = NULL;
 	text	   *last_pb = NULL;
+	bool		last_rebuilt = false;
+	int		   *rebuild = NULL;
+	int			nrebuild = 0;
+	int			rebuild_cap = 0;
 
 	portal = ht_cursor(&q_take_dirty, v, NULL);
 	for (;;)
@@ -663,10 +732,8 @@ update_leaf_depth(int part, DepthWork *w, HtUpdateStats *stats)
 			bool		isnull;
 			text	   *pa = DatumGetTextPP(ht_col(r, 1, &isnull));
 			text	   *pb = DatumGetTextPP(ht_col(r, 2, &isnull));
+			bool		marker = DatumGetInt32(ht_col(r, 3, &isnull)) < 0;
 
-			stats->segments++;
-			if (!read_seg_change(r, 3, &ch[nch]))
-				continue;
 			if (last_pa == NULL ||
 				!text_equal(PointerGetDatum(pa), PointerGetDatum(last_pa)) ||
 				!text_equal(PointerGetDatum(pb), PointerGetDatum(last_pb)))
@@ -674,7 +741,18 @@ update_leaf_depth(int part, DepthWork *w, HtUpdateStats *stats)
 				last_pa = DatumGetTextPCopy(PointerGetDatum(pa));
 				last_pb = DatumGetTextPCopy(PointerGetDatum(pb));
 				work_add_tree(w, PointerGetDatum(last_pa), PointerGetDatum(last_pb));
+				last_rebuilt = marker;
+				if (marker)
+				{
+					HT_GROW(rebuild, nrebuild, rebuild_cap);
+					rebuild[nrebuild++] = w->ntrees - 1;
+				}
 			}
+			if (last_rebuilt)
+				continue;
+			stats->segments++;
+			if (!read_seg_change(r, 3, &ch[nch]))
+				continue;
 			ch[nch].tree = w->ntrees - 1;
 			nch++;
 		}
@@ -684,6 +762,8 @@ update_leaf_depth(int part, DepthWork *w, HtUpdateStats *stats)
 	}
 	SPI_cursor_close(portal);
 	pfree(ch);
+	for (int i = 0; i < nrebuild; i++)
+		rebuild_leaf_tree(part, w, rebuild[i], stats);
 	fold_upper_levels(part, w, stats);
 }
 
@@ -907,6 +987,8 @@ ht_store_update(int part, HtUpdateStats *stats)
 	for (int d = 0; d < HT_NDEPTHS; d++)
 		w[d].depth = d;
 
+	/* logged keys of tracked tables become entries (and dirty segments) */
+	ht_track_fold(part);
 	update_leaf_depth(part, &w[HT_DEPTH_LEAF], stats);
 	update_parent_depth(part, &w[HT_DEPTH_LEAF], &w[HT_DEPTH_PREFIX], stats);
 	update_parent_depth(part, &w[HT_DEPTH_PREFIX], &w[HT_DEPTH_ROOT], stats);
@@ -919,6 +1001,9 @@ ht_store_update(int part, HtUpdateStats *stats)
 
 static HtQuery q_rb_clear_dirty = {
 	"DELETE FROM hashtree.dirty WHERE part = $1", 1, {INT4OID}
+};
+static HtQuery q_rb_clear_keys = {
+	"DELETE FROM hashtree.dirty_key WHERE part = $1", 1, {INT4OID}
 };
 static HtQuery q_rb_clear_nodes = {
 	"DELETE FROM hashtree.node WHERE part = $1", 1, {INT4OID}
@@ -985,6 +1070,13 @@ ht_store_rebuild(int part)
 	TimestampTz start = GetCurrentTimestamp();
 
 	v[0] = Int32GetDatum(part);
+
+	/*
+	 * Tracked tables: forget their logged keys of this partition and hash
+	 * their rows again (changes committed after this keep their keys).
+	 */
+	ht_exec(&q_rb_clear_keys, v, NULL, 0);
+	ht_track_rehash_partition(part);
 
 	/* forget the dirty log first: changes committed after this are kept */
 	ht_exec(&q_rb_clear_dirty, v, NULL, 0);

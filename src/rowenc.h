@@ -1,0 +1,74 @@
+/*-------------------------------------------------------------------------
+ *
+ * rowenc.h
+ *	  Canonical encodings of a tracked table's rows: the entry key (the
+ *	  primary key or replica identity columns) and the row hash (every
+ *	  column, ordered by name).  Identical on every node and platform,
+ *	  whatever the column order, dropped columns, client encoding or TOAST
+ *	  state of the rows; see docs/DESIGN.md, "Tracked tables".
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef HT_ROWENC_H
+#define HT_ROWENC_H
+
+#include "postgres.h"
+
+#include "access/htup.h"
+#include "access/tupdesc.h"
+#include "fmgr.h"
+#include "lib/stringinfo.h"
+#include "utils/relcache.h"
+
+typedef struct HtTypeEnc HtTypeEnc;
+
+/* how a tracked table is encoded; built from the table's current shape */
+typedef struct HtRelEnc
+{
+	Oid			relid;
+	char	   *schema;			/* prefix_a (server encoding) */
+	char	   *name;			/* prefix_b */
+	/* key columns, in the order of the key index */
+	int			nkeys;
+	AttrNumber *keyatt;			/* attribute numbers in this relation */
+	HtTypeEnc **keyenc;
+	Oid		   *keytype;
+	int32	   *keytypmod;
+	char	  **keyname;
+	/* all live columns, sorted by their UTF-8 names */
+	int			ncols;
+	AttrNumber *colatt;
+	char	  **colname_utf8;
+	int		   *colname_len;
+	HtTypeEnc **colenc;
+	/* "name type, ..." of the key and of the columns: changes mean re-hash */
+	char	   *signature;
+	char	   *key_columns;	/* comma-separated key column names */
+} HtRelEnc;
+
+/*
+ * Describe a relation for tracking: ERROR (with a clear SQLSTATE) when it
+ * cannot be tracked (no primary key or replica identity index, a key
+ * column of a type without a canonical binary form, ...).  The key columns
+ * are those of the relation's own key index, or, for a partition of a
+ * tracked table, the tracked table's key columns given by name.
+ * Allocated in CurrentMemoryContext.
+ */
+extern HtRelEnc *ht_relenc_build(Relation rel, int nkeys, char **key_names);
+
+/* the key columns of a relation's primary key or replica identity index */
+extern char **ht_rel_key_names(Relation rel, int *nkeys);
+
+/* key encoding of a row (values of rel's tuple descriptor) */
+extern bytea *ht_row_key(HtRelEnc *re, TupleDesc tupdesc, HeapTuple tuple);
+
+/* key encoding from key column values, in key order */
+extern bytea *ht_key_from_values(HtRelEnc *re, Datum *values);
+
+/* row hash (32 bytes) */
+extern bytea *ht_row_hash(HtRelEnc *re, TupleDesc tupdesc, HeapTuple tuple);
+
+/* decode a key encoding into key column values (in key order) */
+extern void ht_key_decode(HtRelEnc *re, bytea *key, Datum *values);
+
+#endif							/* HT_ROWENC_H */

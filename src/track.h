@@ -1,0 +1,28 @@
+/*-------------------------------------------------------------------------
+ *
+ * track.h
+ *	  Tracked tables: the row trigger that logs changed keys, track(),
+ *	  untrack(), the fold of logged keys into entries at update time, the
+ *	  re-hash used by reset, and the handling of schema changes.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef HT_TRACK_H
+#define HT_TRACK_H
+
+#include "postgres.h"
+
+/*
+ * Fold the keys logged for a partition by the row triggers into its
+ * entries (reading the current rows of the tracked tables), before the
+ * dirty segments are folded into the trees.  Needs SPI.
+ */
+extern void ht_track_fold(int part);
+
+/*
+ * Re-hash every tracked table's rows of a partition (part >= 0) into its
+ * entries, marking the leaf trees for a rebuild; reset does this.  Needs SPI.
+ */
+extern void ht_track_rehash_partition(int part);
+
+#endif							/* HT_TRACK_H */
