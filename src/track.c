@@ -52,6 +52,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/relcache.h"
 #include "utils/timestamp.h"
 
 #include "hashtree.h"
@@ -1198,9 +1199,19 @@ trigger_enabled_always(Relation rel, Oid fn)
 static void
 recheck(Relation rel, Registered *reg)
 {
-	TrackRel   *tr = track_rel(rel);
-	char	   *sig = signature(tr, rel);
-	char	   *qname = quote_qualified_identifier(tr->schema, tr->name);
+	TrackRel   *tr;
+	char	   *sig;
+	char	   *qname;
+
+	if (!OidIsValid(RelationGetPrimaryKeyIndex(rel)) && !OidIsValid(RelationGetReplicaIndex(rel)))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("tracked table \"%s\" must keep a primary key or replica identity index",
+						RelationGetRelationName(rel)),
+				 errhint("Use hashtree.untrack() to stop tracking the table first.")));
+	tr = track_rel(rel);
+	sig = signature(tr, rel);
+	qname = quote_qualified_identifier(tr->schema, tr->name);
 
 	if (strcmp(sig, reg->signature) != 0 || strcmp(tr->enc->key_columns, reg->key_columns) != 0)
 	{
@@ -1248,6 +1259,9 @@ ht_ddl_table(PG_FUNCTION_ARGS)
 	Registered *r;
 	int			n;
 
+	/* DDL run by hashtree itself (track, untrack) is not a change to react to */
+	if (ht_api_depth > 0)
+		PG_RETURN_VOID();
 	SPI_connect();
 	HT_API_BEGIN();
 	rel = try_relation_open(relid, AccessShareLock);
@@ -1264,9 +1278,8 @@ ht_ddl_table(PG_FUNCTION_ARGS)
 			if (reg == NULL)
 				ereport(ERROR,
 						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-						 errmsg("cannot rename or move tracked table \"%s\"",
-								RelationGetRelationName(rel)),
-						 errdetail("A tracked table's schema and name are the prefix of its entries on every node."),
+						 errmsg("cannot rename a tracked table or move it to another schema"),
+						 errdetail("The schema and name of a tracked table are the prefix of its entries on every node."),
 						 errhint("Untrack it with hashtree.untrack(), then track it again.")));
 			if (!trigger_enabled_always(rel, fn))
 				ereport(ERROR,
@@ -1301,6 +1314,8 @@ ht_ddl_dropped(PG_FUNCTION_ARGS)
 	int			n;
 	Oid			fn;
 
+	if (ht_api_depth > 0)
+		PG_RETURN_VOID();
 	SPI_connect();
 	HT_API_BEGIN();
 	fn = track_fn_oid("_track_row");

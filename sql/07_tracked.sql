@@ -1,0 +1,244 @@
+--
+-- Tracked tables: every committed row change feeds the trees
+--
+SET client_min_messages = warning;
+DROP EXTENSION hashtree;
+CREATE EXTENSION hashtree;
+RESET client_min_messages;
+
+-- entries of a tracked table that differ from its rows (empty = in step),
+-- and the trees checked against a rebuild
+CREATE FUNCTION out_of_step(tbl regclass) RETURNS TABLE(problem text, key bytea)
+LANGUAGE plpgsql AS $$
+DECLARE
+	s text;
+	n text;
+BEGIN
+	SELECT nspname, relname INTO s, n FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace
+	 WHERE c.oid = tbl;
+	RETURN QUERY EXECUTE format($q$
+		WITH r AS (SELECT hashtree.row_key(%1$L, t) AS key, hashtree.row_hash(%1$L, t) AS hash FROM %1$s t),
+			 e AS (SELECT key, hash, part FROM hashtree.entry WHERE depth = 2 AND pa = %2$L AND pb = %3$L)
+		SELECT CASE WHEN e.key IS NULL THEN 'no entry' WHEN r.key IS NULL THEN 'no row'
+					WHEN e.hash <> r.hash THEN 'wrong hash' ELSE 'wrong partition' END, coalesce(r.key, e.key)
+		  FROM r FULL JOIN e ON e.key = r.key
+		 WHERE e.key IS NULL OR r.key IS NULL OR e.hash <> r.hash
+			OR e.part <> hashtree.partition_of(%2$L, %3$L, e.key)$q$, tbl, s, n);
+END $$;
+CREATE FUNCTION update_all() RETURNS text LANGUAGE sql AS $$
+	SELECT string_agg(DISTINCT hashtree.lock(p) || '/' || hashtree.update(p), ',')
+	  FROM generate_series(0, 7) p
+$$;
+CREATE FUNCTION trees_ok() RETURNS bigint LANGUAGE sql AS $$
+	SELECT count(*) FROM generate_series(0, 7) p, hashtree.check_tree(p)
+$$;
+
+-- the encodings
+CREATE TABLE enc (id int PRIMARY KEY, t text, n numeric, a int[], b bool);
+INSERT INTO enc VALUES (1, 'héllo', 1.50, '{1,NULL,3}', true), (2, NULL, NULL, NULL, NULL);
+SELECT id, hashtree.row_key('enc', enc), hashtree.row_hash('enc', enc) FROM enc ORDER BY id;
+-- the key is u32 length + the binary send form of each key column
+SELECT hashtree.row_key('enc', enc) = '\x00000004'::bytea || int4send(id) FROM enc;
+-- the row hash ignores the client encoding, the column order and dropped columns
+SET client_encoding = 'LATIN1';
+SELECT id, hashtree.row_hash('enc', enc) FROM enc ORDER BY id;
+RESET client_encoding;
+CREATE TABLE enc2 (junk int, b bool, a int[], n numeric, t text, id int PRIMARY KEY);
+ALTER TABLE enc2 DROP COLUMN junk;
+INSERT INTO enc2 (id, t, n, a, b) SELECT id, t, n, a, b FROM enc;
+SELECT e.id, hashtree.row_hash('enc', e) = hashtree.row_hash('enc2', e2) AS same
+  FROM enc e JOIN enc2 e2 USING (id) ORDER BY 1;
+-- but not a column's name
+CREATE TABLE enc3 (id int PRIMARY KEY, tt text, n numeric, a int[], b bool);
+INSERT INTO enc3 SELECT * FROM enc;
+SELECT e.id, hashtree.row_hash('enc', e) = hashtree.row_hash('enc3', e3) AS same
+  FROM enc e JOIN enc3 e3 USING (id) ORDER BY 1;
+SELECT hashtree.row_hash('enc', e2) FROM enc2 e2;	-- not a row of enc
+SELECT hashtree.row_hash(NULL, e) FROM enc e LIMIT 1;
+
+-- keys of any scalar type, and composite keys
+CREATE TABLE k_bigint (k bigint PRIMARY KEY, v text);
+CREATE TABLE k_text (k text PRIMARY KEY, v text);
+CREATE TABLE k_uuid (k uuid PRIMARY KEY, v text);
+CREATE TABLE k_numeric (k numeric PRIMARY KEY, v text);
+CREATE TABLE k_multi (a int, b text, c date, v text, PRIMARY KEY (b, a, c));
+CREATE TABLE k_replica (k int NOT NULL, v text);
+CREATE UNIQUE INDEX k_replica_k ON k_replica (k);
+ALTER TABLE k_replica REPLICA IDENTITY USING INDEX k_replica_k;
+INSERT INTO k_bigint SELECT i * 10000000000, 'v' || i FROM generate_series(1, 50) i;
+INSERT INTO k_text SELECT 'clé ' || i, 'v' || i FROM generate_series(1, 50) i;
+INSERT INTO k_uuid SELECT md5(i::text)::uuid, 'v' || i FROM generate_series(1, 50) i;
+INSERT INTO k_numeric SELECT i / 7.0, 'v' || i FROM generate_series(1, 50) i;
+INSERT INTO k_multi SELECT i, 'b' || (i % 3), date '2020-01-01' + i, 'v' FROM generate_series(1, 50) i;
+INSERT INTO k_replica SELECT i, 'v' FROM generate_series(1, 50) i;
+SELECT hashtree.track('k_bigint'), hashtree.track('k_text'), hashtree.track('k_uuid'),
+	   hashtree.track('k_numeric'), hashtree.track('k_multi'), hashtree.track('k_replica');
+SELECT relation, schema_name, table_name, key_columns, rows, pending, state
+  FROM hashtree.tracked ORDER BY 1::text;
+SELECT update_all();
+SELECT relation, rows, pending, state FROM hashtree.tracked ORDER BY 1::text;
+SELECT count(*) FROM out_of_step('k_bigint') UNION ALL SELECT count(*) FROM out_of_step('k_text')
+ UNION ALL SELECT count(*) FROM out_of_step('k_uuid') UNION ALL SELECT count(*) FROM out_of_step('k_numeric')
+ UNION ALL SELECT count(*) FROM out_of_step('k_multi') UNION ALL SELECT count(*) FROM out_of_step('k_replica');
+-- the prefix of a tracked table is (schema, table)
+SELECT hashtree.prefix_hash(p, 'public', 'k_text') IS NOT NULL AS has_tree
+  FROM generate_series(0, 7) p LIMIT 1;
+
+-- every kind of statement
+CREATE TABLE acct (id int PRIMARY KEY, owner text NOT NULL UNIQUE, balance numeric, note text);
+INSERT INTO acct SELECT i, 'o' || i, i * 10, repeat('n', i) FROM generate_series(1, 100) i;
+SELECT hashtree.track('acct');
+SELECT update_all();
+INSERT INTO acct VALUES (1001, 'new', 1, NULL);
+UPDATE acct SET balance = balance + 1 WHERE id <= 10;
+UPDATE acct SET id = id + 5000 WHERE id BETWEEN 11 AND 15;		-- key changes
+DELETE FROM acct WHERE id BETWEEN 16 AND 20;
+INSERT INTO acct VALUES (21, 'o21', 0, 'upsert') ON CONFLICT (id) DO UPDATE SET note = EXCLUDED.note;
+INSERT INTO acct VALUES (22, 'o22', 0, 'ignored') ON CONFLICT (id) DO NOTHING;
+INSERT INTO acct VALUES (2000, 'o23', 0, 'conflict on owner') ON CONFLICT (owner) DO UPDATE SET note = 'via owner';
+UPDATE acct SET note = repeat('toast', 10000) WHERE id = 30;	-- TOASTed value
+COPY acct FROM STDIN;
+3001	copied1	1	x
+3002	copied2	2	\N
+\.
+SELECT count(*) AS logged_keys FROM hashtree.dirty_key;
+SELECT update_all();
+SELECT count(*) AS out_of_step FROM out_of_step('acct');
+SELECT trees_ok() AS tree_mismatches;
+SELECT rows, pending, state FROM hashtree.tracked WHERE relation = 'acct'::regclass;
+
+-- aborted transactions and subtransactions leave no trace
+BEGIN;
+DELETE FROM acct;
+ROLLBACK;
+BEGIN;
+INSERT INTO acct VALUES (4001, 'sub', 0, NULL);
+SAVEPOINT s;
+UPDATE acct SET balance = -1;
+DELETE FROM acct WHERE id = 4001;
+ROLLBACK TO SAVEPOINT s;
+COMMIT;
+SELECT count(*) AS logged_keys FROM hashtree.dirty_key;
+SELECT update_all();
+SELECT count(*) AS out_of_step FROM out_of_step('acct');
+
+-- TRUNCATE, then rows in the same transaction
+BEGIN;
+TRUNCATE acct;
+INSERT INTO acct VALUES (1, 'again', 1, NULL);
+COMMIT;
+SELECT update_all();
+SELECT count(*) AS out_of_step FROM out_of_step('acct');
+SELECT rows FROM hashtree.tracked WHERE relation = 'acct'::regclass;
+SELECT trees_ok() AS tree_mismatches;
+
+-- a partitioned table: its prefix is the parent's name; rows moving
+-- between partitions change nothing
+CREATE TABLE ev (id int, region text, v text, PRIMARY KEY (id, region)) PARTITION BY LIST (region);
+CREATE TABLE ev_eu PARTITION OF ev FOR VALUES IN ('eu');
+CREATE TABLE ev_us PARTITION OF ev FOR VALUES IN ('us');
+INSERT INTO ev SELECT i, CASE WHEN i % 2 = 0 THEN 'eu' ELSE 'us' END, 'v' FROM generate_series(1, 60) i;
+SELECT hashtree.track('ev');
+SELECT update_all();
+SELECT string_agg(coalesce(encode(hashtree.prefix_hash(p, 'public', 'ev'), 'hex'), '-'), ',' ORDER BY p) AS before_move
+  FROM generate_series(0, 7) p \gset
+-- a row moved to another partition and back: same trees
+UPDATE ev SET region = 'eu' WHERE id = 3;
+UPDATE ev SET region = 'us' WHERE id = 3;
+SELECT update_all();
+SELECT string_agg(coalesce(encode(hashtree.prefix_hash(p, 'public', 'ev'), 'hex'), '-'), ',' ORDER BY p)
+	   = :'before_move' AS same_trees
+  FROM generate_series(0, 7) p;
+SELECT count(*) AS out_of_step FROM out_of_step('ev');
+-- a key change that moves the row to the other partition
+UPDATE ev SET region = 'eu' WHERE id = 5;
+INSERT INTO ev_us VALUES (100, 'us', 'direct');		-- straight into a partition
+SELECT update_all();
+SELECT count(*) AS out_of_step FROM out_of_step('ev');
+TRUNCATE ev_eu;										-- one partition only
+SELECT update_all();
+SELECT count(*) AS out_of_step FROM out_of_step('ev');
+CREATE TABLE ev_asia PARTITION OF ev FOR VALUES IN ('asia');
+SELECT tgname FROM pg_trigger WHERE tgrelid = 'ev_asia'::regclass ORDER BY 1;
+INSERT INTO ev VALUES (200, 'asia', 'x');
+CREATE TABLE ev_other (LIKE ev);
+INSERT INTO ev_other VALUES (300, 'other', 'attached');
+SET client_min_messages = warning;
+ALTER TABLE ev ATTACH PARTITION ev_other FOR VALUES IN ('other');
+ALTER TABLE ev DETACH PARTITION ev_asia;
+RESET client_min_messages;
+SELECT update_all();
+SELECT count(*) AS out_of_step FROM out_of_step('ev');
+SELECT trees_ok() AS tree_mismatches;
+
+-- schema changes: columns re-hash, renames are refused
+ALTER TABLE acct ADD COLUMN extra int DEFAULT 7;
+SELECT update_all();
+SELECT count(*) AS out_of_step FROM out_of_step('acct');
+ALTER TABLE acct DROP COLUMN note;
+ALTER TABLE acct RENAME COLUMN extra TO extra2;
+ALTER TABLE acct ALTER COLUMN balance TYPE float8;
+SELECT update_all();
+SELECT count(*) AS out_of_step FROM out_of_step('acct');
+ALTER TABLE acct RENAME TO acct2;
+CREATE SCHEMA other;
+ALTER TABLE acct SET SCHEMA other;
+ALTER TABLE acct DROP CONSTRAINT acct_pkey;
+ALTER TABLE acct DISABLE TRIGGER hashtree_track;
+DROP TRIGGER hashtree_track ON acct;
+SELECT relation, key_columns FROM hashtree.tracked WHERE relation = 'acct'::regclass;
+-- a dropped table is untracked
+DROP TABLE k_replica;
+SELECT count(*) FROM hashtree.tracked_table WHERE table_name = 'k_replica';
+SELECT update_all();
+SELECT count(*) FROM hashtree.entry WHERE pb = 'k_replica';
+SELECT trees_ok() AS tree_mismatches;
+
+-- untrack
+SELECT hashtree.untrack('k_uuid');
+SELECT tgname FROM pg_trigger WHERE tgrelid = 'k_uuid'::regclass;
+SELECT count(*) FROM hashtree.entry WHERE pb = 'k_uuid';
+SELECT update_all();
+SELECT count(*) FROM hashtree.node WHERE pb = 'k_uuid';
+SELECT hashtree.untrack('ev');
+-- (ev_asia, detached before, keeps a TRUNCATE trigger that does nothing now)
+SELECT tgrelid::regclass, tgname FROM pg_trigger
+ WHERE tgname LIKE 'hashtree%' AND tgrelid::regclass::text LIKE 'ev%' ORDER BY 1, 2;
+TRUNCATE ev_asia;
+
+-- reset hashes tracked tables again
+SELECT count(*) FROM (SELECT hashtree.reset(p) FROM generate_series(0, 7) p) s;
+SELECT count(*) AS out_of_step FROM out_of_step('acct');
+SELECT trees_ok() AS tree_mismatches;
+
+-- errors
+CREATE VIEW v AS SELECT 1 AS x;
+CREATE TEMP TABLE tmp (id int PRIMARY KEY);
+CREATE UNLOGGED TABLE unl (id int PRIMARY KEY);
+CREATE TABLE nokey (id int);
+CREATE TABLE fullid (id int NOT NULL, v text);
+ALTER TABLE fullid REPLICA IDENTITY FULL;
+CREATE TABLE arrkey (a int[] PRIMARY KEY);
+CREATE TABLE p2 (id int PRIMARY KEY) PARTITION BY RANGE (id);
+CREATE TABLE p2_1 PARTITION OF p2 FOR VALUES FROM (0) TO (100);
+SELECT hashtree.track('p2_1');
+SELECT hashtree.track('p2');
+SELECT hashtree.track(NULL);
+SELECT hashtree.track('v');
+SELECT hashtree.track('tmp');
+SELECT hashtree.track('unl');
+SELECT hashtree.track('nokey');
+SELECT hashtree.track('fullid');
+SELECT hashtree.track('arrkey');
+SELECT hashtree.track('acct');
+SELECT hashtree.track('pg_class');
+SELECT hashtree.track('hashtree.entry');
+SELECT hashtree.untrack('nokey');
+SELECT hashtree.untrack(NULL);
+CREATE ROLE regress_hashtree_other;
+GRANT EXECUTE ON FUNCTION hashtree.track(regclass) TO regress_hashtree_other;
+SET ROLE regress_hashtree_other;
+SELECT hashtree.track('nokey');
+RESET ROLE;
+DROP OWNED BY regress_hashtree_other;
+DROP ROLE regress_hashtree_other;
