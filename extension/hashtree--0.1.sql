@@ -339,11 +339,6 @@ CREATE FUNCTION @extschema@.row_key(tbl regclass, r record) RETURNS bytea
 	AS 'MODULE_PATHNAME', 'ht_row_key_sql'
 	LANGUAGE C STABLE;
 
-CREATE TYPE @extschema@._entry AS (part int, seg int, key bytea, hash bytea);
-CREATE FUNCTION @extschema@._entry_of(tbl oid, r record, part int) RETURNS @extschema@._entry
-	AS 'MODULE_PATHNAME', 'ht_entry_of'
-	LANGUAGE C STABLE;
-
 -- schema changes of tracked tables
 CREATE FUNCTION @extschema@._ddl_table(relid oid) RETURNS void
 	AS 'MODULE_PATHNAME', 'ht_ddl_table'

@@ -32,6 +32,7 @@
 #include "access/heapam.h"
 #include "access/htup_details.h"
 #include "access/relation.h"
+#include "access/tableam.h"
 #include "access/table.h"
 #include "catalog/catalog.h"
 #include "catalog/namespace.h"
@@ -52,6 +53,7 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/rel.h"
+#include "utils/snapmgr.h"
 #include "utils/relcache.h"
 #include "utils/timestamp.h"
 
@@ -426,40 +428,6 @@ ht_row_key_sql(PG_FUNCTION_ARGS)
 	PG_RETURN_BYTEA_P(k);
 }
 
-/*
- * _entry_of(tbl, row, part): the (part, seg, key, hash) of a row of a
- * tracked table, NULL when part >= 0 and the row is in another partition
- * (then only the key is computed).  Used by the set-based re-hash.
- */
-PG_FUNCTION_INFO_V1(ht_entry_of);
-Datum
-ht_entry_of(PG_FUNCTION_ARGS)
-{
-	Relation	rel;
-	HeapTupleData tuple;
-	RowEntry	e;
-	TupleDesc	rtd;
-	Datum		values[4];
-	bool		nulls[4] = {false, false, false, false};
-
-	if (PG_ARGISNULL(0) || PG_ARGISNULL(1) || PG_ARGISNULL(2))
-		PG_RETURN_NULL();
-	rel = relation_open(PG_GETARG_OID(0), AccessShareLock);
-	record_tuple(rel, PG_GETARG_HEAPTUPLEHEADER(1), &tuple);
-	row_entry(track_rel(rel), rel, &tuple, PG_GETARG_INT32(2), &e);
-	relation_close(rel, AccessShareLock);
-	progress_row();
-	if (e.hash == NULL)
-		PG_RETURN_NULL();
-	if (get_call_result_type(fcinfo, NULL, &rtd) != TYPEFUNC_COMPOSITE)
-		elog(ERROR, "hashtree: _entry_of must return a row type");
-	values[0] = Int32GetDatum(e.part);
-	values[1] = Int32GetDatum(e.seg);
-	values[2] = PointerGetDatum(e.key);
-	values[3] = PointerGetDatum(e.hash);
-	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(rtd), values, nulls)));
-}
-
 /* ---- re-hash and entry writes ---------------------------------------------------- */
 
 static HtQuery q_drop_entries = {
@@ -474,6 +442,106 @@ static HtQuery q_mark_tree = {
 	3, {INT4OID, TEXTOID, TEXTOID}
 };
 
+static HtQuery q_bulk_entries = {
+	"INSERT INTO hashtree.entry (part, seg, depth, pa, pb, key, hash)"
+	" SELECT u.part, u.seg, 2, $1, $2, u.key, u.hash"
+	" FROM unnest($3::int4[], $4::int4[], $5::bytea[], $6::bytea[]) AS u(part, seg, key, hash)",
+	6, {TEXTOID, TEXTOID, INT4ARRAYOID, INT4ARRAYOID, BYTEAARRAYOID, BYTEAARRAYOID}
+};
+
+/* rows hashed by a scan, written in index order, HT_BATCH at a time */
+#define HT_SCAN_BATCH 10000
+
+typedef struct ScanBatch
+{
+	int			n;
+	RowEntry	e[HT_SCAN_BATCH];
+} ScanBatch;
+
+static int
+entry_order(const void *a, const void *b)
+{
+	const RowEntry *x = a;
+	const RowEntry *y = b;
+
+	if (x->part != y->part)
+		return x->part < y->part ? -1 : 1;
+	if (x->seg != y->seg)
+		return x->seg < y->seg ? -1 : 1;
+	return 0;
+}
+
+static void
+flush_batch(TrackRel *tr, ScanBatch *b)
+{
+	int32		parts[HT_SCAN_BATCH];
+	int32		segs[HT_SCAN_BATCH];
+	Datum	   *keys = palloc(sizeof(Datum) * HT_SCAN_BATCH);
+	Datum	   *hashes = palloc(sizeof(Datum) * HT_SCAN_BATCH);
+	Datum		v[6];
+
+	if (b->n == 0)
+		return;
+	qsort(b->e, b->n, sizeof(RowEntry), entry_order);
+	for (int i = 0; i < b->n; i++)
+	{
+		parts[i] = b->e[i].part;
+		segs[i] = b->e[i].seg;
+		keys[i] = PointerGetDatum(b->e[i].key);
+		hashes[i] = PointerGetDatum(b->e[i].hash);
+	}
+	v[0] = PointerGetDatum(tr->pa);
+	v[1] = PointerGetDatum(tr->pb);
+	v[2] = PointerGetDatum(ht_array_int4(parts, b->n));
+	v[3] = PointerGetDatum(ht_array_int4(segs, b->n));
+	v[4] = PointerGetDatum(ht_array_bytea(keys, b->n));
+	v[5] = PointerGetDatum(ht_array_bytea(hashes, b->n));
+	ht_exec(&q_bulk_entries, v, NULL, 0);
+	b->n = 0;
+}
+
+/*
+ * Hash the rows of one table (a leaf: a plain table or a partition) into
+ * entries of the tracked table tr, keeping only partition part (< 0: all).
+ */
+static int64
+scan_rows(TrackRel *tr, Oid leaf, int part, ScanBatch *b, MemoryContext rowcxt)
+{
+	Relation	rel = table_open(leaf, AccessShareLock);
+	TrackRel   *ltr = track_rel(rel);
+	HtRelEnc   *enc = ltr->enc;
+	Snapshot	snap = RegisterSnapshot(GetLatestSnapshot());
+	TableScanDesc scan = table_beginscan(rel, snap, 0, NULL);
+	HeapTuple	tuple;
+	int64		rows = 0;
+
+	/* the leaf's own encoder (its attribute numbers), the root's prefix */
+	while ((tuple = heap_getnext(scan, ForwardScanDirection)) != NULL)
+	{
+		MemoryContext old = MemoryContextSwitchTo(rowcxt);
+		RowEntry   *e = &b->e[b->n];
+		TrackRel	tmp = *tr;
+
+		tmp.enc = enc;
+		row_entry(&tmp, rel, tuple, part, e);
+		MemoryContextSwitchTo(old);
+		progress_row();
+		if (e->hash == NULL)
+			continue;
+		rows++;
+		if (++b->n == HT_SCAN_BATCH)
+		{
+			flush_batch(tr, b);
+			MemoryContextReset(rowcxt);
+		}
+		CHECK_FOR_INTERRUPTS();
+	}
+	table_endscan(scan);
+	UnregisterSnapshot(snap);
+	table_close(rel, NoLock);
+	return rows;
+}
+
 /*
  * Replace the entries of a tracked table in one partition (part >= 0) or
  * in all of them (part < 0) by the hashes of its current rows, and mark its
@@ -483,10 +551,13 @@ static int64
 rehash(TrackRel *tr, int part)
 {
 	int			n = ht_num_partitions();
-	StringInfoData sql;
-	Datum		v[4];
-	int64		rows;
-	char	   *qname = quote_qualified_identifier(tr->schema, tr->name);
+	Datum		v[3];
+	int64		rows = 0;
+	List	   *leaves;
+	ListCell   *lc;
+	ScanBatch  *b = palloc(sizeof(ScanBatch));
+	MemoryContext rowcxt = AllocSetContextCreate(CurrentMemoryContext, "hashtree rehash rows",
+												 ALLOCSET_DEFAULT_SIZES);
 
 	v[1] = PointerGetDatum(tr->pa);
 	v[2] = PointerGetDatum(tr->pb);
@@ -499,26 +570,19 @@ rehash(TrackRel *tr, int part)
 		ht_exec(&q_mark_tree, v, NULL, 0);
 	}
 
-	initStringInfo(&sql);
-	appendStringInfo(&sql,
-					 "INSERT INTO hashtree.entry (part, seg, depth, pa, pb, key, hash)"
-					 " SELECT (s.e).part, (s.e).seg, 2, $2, $3, (s.e).key, (s.e).hash"
-					 " FROM (SELECT hashtree._entry_of($4, t, $1) AS e FROM %s t OFFSET 0) s"
-					 " WHERE s.e IS NOT NULL",
-					 qname);
+	b->n = 0;
+	if (get_rel_relkind(tr->root) == RELKIND_PARTITIONED_TABLE)
+		leaves = find_all_inheritors(tr->root, AccessShareLock, NULL);
+	else
+		leaves = list_make1_oid(tr->root);
+	foreach(lc, leaves)
 	{
-		Oid			types[4] = {INT4OID, TEXTOID, TEXTOID, OIDOID};
-		int			rc;
-
-		v[0] = Int32GetDatum(part);
-		v[3] = ObjectIdGetDatum(tr->root);
-		rc = SPI_execute_with_args(sql.data, 4, types, v, NULL, false, 0);
-		if (rc != SPI_OK_INSERT)
-			elog(ERROR, "hashtree: re-hash of %s failed: %s", qname,
-				 SPI_result_code_string(rc));
-		rows = SPI_processed;
+		if (get_rel_relkind(lfirst_oid(lc)) == RELKIND_RELATION)
+			rows += scan_rows(tr, lfirst_oid(lc), part, b, rowcxt);
 	}
-	pfree(sql.data);
+	flush_batch(tr, b);
+	MemoryContextDelete(rowcxt);
+	pfree(b);
 	return rows;
 }
 

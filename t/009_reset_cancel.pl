@@ -1,5 +1,5 @@
-# A reset of a big partition reports progress, and a cancel leaves the
-# previous trees exactly as they were (one transaction).
+# A reset of a big partition, and track() of a big table, report progress,
+# and a cancel leaves everything exactly as it was (one transaction).
 use strict;
 use warnings;
 use FindBin;
@@ -41,5 +41,31 @@ my ($ret, $out, $err) = $node->psql('postgres', 'SELECT hashtree.reset(0)');
 is($ret, 0, 'reset completes');
 like($err, qr/NOTICE:  reset of partition 0: leaf trees rebuilt, \d+ segments/, 'progress reported');
 is(tops($node), $tops, 'same trees after the reset');
+
+# track() of a big table: progress, and a cancel leaves nothing behind
+$node->safe_psql('postgres', q{
+	CREATE TABLE big (id int PRIMARY KEY, payload text);
+	INSERT INTO big SELECT i, repeat('x', 50) || i FROM generate_series(1, 400000) i});
+my $nothing = q{SELECT (SELECT count(*) FROM pg_trigger WHERE tgrelid = 'big'::regclass) || ' ' ||
+					   (SELECT count(*) FROM hashtree.tracked_table) || ' ' ||
+					   (SELECT count(*) FROM hashtree.entry WHERE pb = 'big')};
+$s = $node->background_psql('postgres', on_error_stop => 0);
+$pid = $s->query_safe('SELECT pg_backend_pid()');
+$s->query_until(qr/started/, q{\echo started
+SELECT hashtree.track('big');
+});
+ok($node->poll_query_until('postgres',
+	"SELECT state = 'active' AND query LIKE '%track%' FROM pg_stat_activity WHERE pid = $pid"),
+	'track running');
+$node->safe_psql('postgres', "SELECT pg_cancel_backend($pid)");
+ok($node->poll_query_until('postgres', "SELECT state = 'idle' FROM pg_stat_activity WHERE pid = $pid"),
+	'track canceled');
+$s->quit;
+like($s->{stderr}, qr/canceling statement due to user request/, 'track reports the cancel');
+is($node->safe_psql('postgres', $nothing), '0 0 0', 'no trigger, no registration, no entry left');
+
+($ret, $out, $err) = $node->psql('postgres', q{SELECT hashtree.track('big')});
+is($out, '400000', 'track completes');
+like($err, qr/NOTICE:  track\(public\.big\): \d+ rows hashed/, 'track reports progress');
 
 done_testing();

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# B1: single-row INSERT and UPDATE throughput on a tracked table vs the same
+#     table untracked (pgbench, 2 clients), with durable commits (fsync and
+#     synchronous_commit on) and CPU-bound (fsync off), measured side by side.
+# B2: track() of a 1M-row table vs a plain scan that hashes every row in SQL.
+# Usage (as root): bench/b1_b2_tracked.sh [seconds per pgbench run] [rows for B2]
+set -euo pipefail
+REPO=$(cd "$(dirname "$0")/.." && pwd)
+. "$REPO/scripts/common.sh"
+
+SECS=${1:-20}
+ROWS=${2:-1000000}
+require_root
+install_deps
+build_install
+
+WORK=$(mktemp -d /tmp/hashtree-bench.XXXXXX)
+chown postgres "$WORK"
+trap 'pg_stop "$WORK/server"; rm -rf "$WORK"' EXIT
+pg_start "$WORK/server" 54331 "shared_buffers = 1GB" "max_wal_size = 8GB" "fsync = on" \
+	"checkpoint_timeout = 30min" "shared_preload_libraries = 'hashtree'"
+export PGHOST=$WORK/server PGPORT=54331 PGUSER=postgres PGDATABASE=postgres
+export PGOPTIONS="-c client_min_messages=warning"
+PSQL="$PG_BIN/psql -X -q -v ON_ERROR_STOP=1"
+
+$PSQL -c 'CREATE EXTENSION hashtree'
+# two identical tables; one tracked
+for t in plain tracked; do
+	$PSQL -c "CREATE TABLE $t (id bigint PRIMARY KEY, customer text NOT NULL, amount numeric(12,2),
+	                           status text, created timestamptz DEFAULT now())"
+	$PSQL -c "INSERT INTO $t SELECT i, 'c' || (i % 1000), i * 0.5, 'new' FROM generate_series(1, 100000) i"
+done
+$PSQL -c "SELECT hashtree.track('tracked')" >/dev/null
+
+for t in plain tracked; do
+	cat >"$WORK/ins_$t.sql" <<SQL
+\set id random(1000000, 1000000000000)
+INSERT INTO $t (id, customer, amount, status) VALUES (:id, 'c' || :id % 1000, :id % 10000, 'new') ON CONFLICT (id) DO NOTHING;
+SQL
+	cat >"$WORK/upd_$t.sql" <<SQL
+\set id random(1, 100000)
+UPDATE $t SET amount = amount + 1, status = 'paid' WHERE id = :id;
+SQL
+done
+
+tps() { $PG_BIN/pgbench -n -M prepared -c 2 -j 2 -T "$SECS" -f "$1" 2>/dev/null | awk '/^tps/ { print int($3) }'; }
+# a tick of update() every 10 s, as the background worker would do
+ticker() {
+	while sleep 10; do
+		$PSQL -c "SELECT count(*) FROM (SELECT hashtree.lock(p), hashtree.update(p), hashtree.release_lock(p) FROM generate_series(0, 7) p) s" >/dev/null 2>&1 || true
+	done
+}
+
+run_b1() {
+	local mode=$1
+	for op in ins upd; do
+		# alternate the order to share out drift of the machine
+		p1=$(tps "$WORK/${op}_plain.sql"); t1=$(tps "$WORK/${op}_tracked.sql")
+		t2=$(tps "$WORK/${op}_tracked.sql"); p2=$(tps "$WORK/${op}_plain.sql")
+		p=$(( (p1 + p2) / 2 )); t=$(( (t1 + t2) / 2 ))
+		echo "B1 $mode, $( [ $op = ins ] && echo INSERT || echo UPDATE ), 2 clients: untracked $p tps, tracked $t tps: ratio $(echo "scale=3; $t / $p" | bc)"
+	done
+}
+
+ticker & TICK=$!
+run_b1 "durable (fsync on, synchronous_commit on)"
+$PSQL -c "ALTER SYSTEM SET fsync = off" -c "ALTER SYSTEM SET synchronous_commit = off" -c "SELECT pg_reload_conf()" >/dev/null
+run_b1 "CPU-bound (fsync off, synchronous_commit off)"
+kill $TICK 2>/dev/null || true
+$PSQL -c "ALTER SYSTEM RESET fsync" -c "ALTER SYSTEM RESET synchronous_commit" -c "SELECT pg_reload_conf()" >/dev/null
+
+echo "== B2: track() of a $ROWS-row table vs a plain scan hashing every row in SQL"
+$PSQL -c "CREATE TABLE big (id bigint PRIMARY KEY, customer text, amount numeric(12,2), status text, created timestamptz)"
+$PSQL -c "INSERT INTO big SELECT i, 'c' || (i % 1000), i * 0.5, 'new', '2024-01-01'::timestamptz + i * interval '1 s' FROM generate_series(1, $ROWS) i"
+$PSQL -c "VACUUM ANALYZE big"
+timed() { $PSQL -c '\timing on' "$@" | awk '/^Time:/ { print $2 }'; }
+scan=(); track=()
+for r in 1 2 3; do
+	scan+=("$(timed -c "SELECT count(sha256(b::text::bytea)) FROM big b" | tail -1)")
+	track+=("$(timed -c "SELECT hashtree.track('big')" | tail -1)")
+	$PSQL -c "SELECT hashtree.untrack('big')" -c "VACUUM hashtree.entry" >/dev/null
+done
+median() { sort -n | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
+ms=$(printf '%s\n' "${scan[@]}" | median); mt=$(printf '%s\n' "${track[@]}" | median)
+echo "B2: scan hashing every row ${ms} ms, track() ${mt} ms (medians of 3): track/scan = $(echo "scale=2; $mt / $ms" | bc)x (target <= 1.5x)"
