@@ -76,7 +76,11 @@ cat >"$WORK/plain.sql" <<'SQL'
 INSERT INTO plain VALUES ('ins', 'p', ('k' || :k)::bytea, '\x0102030405060708090a0b0c0d0e0f10')
 	ON CONFLICT (pa, pb, k) DO UPDATE SET h = EXCLUDED.h;
 SQL
-tps() { $PG_BIN/pgbench -n -M prepared -c "$1" -j "$1" -T 10 -f "$2" 2>/dev/null | awk '/^tps/ { print int($3) }'; }
+tps() {
+	local out
+	out=$($PG_BIN/pgbench -n -M prepared -c "$1" -j "$1" -T 10 -f "$2" 2>&1) || { echo "$out" >&2; die "pgbench failed"; }
+	echo "$out" | awk '/^tps/ { print int($3) }'
+}
 for c in 1 2; do
 	p=$(tps $c "$WORK/plain.sql"); h=$(tps $c "$WORK/ht.sql")
 	echo "insert, $c client(s), durable commits: hashtree.insert ${h} tps, plain INSERT ${p} tps: ratio $(echo "scale=2; $h / $p" | bc)"

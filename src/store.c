@@ -106,6 +106,15 @@ ht_store_delete(int part, text *pa, text *pb, bytea *key)
 
 /* ---- reads --------------------------------------------------------------- */
 
+/*
+ * A note on the statements below: lookups driven by a list (a CTE, an
+ * unnest) are written as LATERAL subqueries with LIMIT 1 or OFFSET 0, so
+ * that the planner cannot flatten them into a join; with the stale
+ * statistics of tables that just grew (after track(), a bulk load) it
+ * would otherwise pick a nested loop over a materialized scan, quadratic
+ * in the number of rows.  Each row of the list is then one index probe.
+ */
+
 static HtQuery q_top = {
 	"SELECT hash FROM hashtree.node WHERE part = $1 AND depth = $2"
 	" AND pa = $3 AND pb = $4 AND level = 1 AND child = 0",
@@ -130,11 +139,12 @@ ht_store_top(int part, int depth, text *pa, text *pb)
 }
 
 static HtQuery q_nodes = {
-	"SELECT u.i::int4, t.child, t.hash"
+	"SELECT u.i::int4, y.child, y.hash"
 	" FROM unnest($3::text[], $4::text[], $6::int8[]) WITH ORDINALITY AS u(pa, pb, b, i)"
-	" JOIN hashtree.node t ON t.part = $1 AND t.depth = $2 AND t.level = $5"
-	"  AND t.pa = u.pa AND t.pb = u.pb"
-	"  AND t.child >= u.b * $7 AND t.child < (u.b + 1) * $7"
+	" CROSS JOIN LATERAL (SELECT t.child, t.hash FROM hashtree.node t"
+	"   WHERE t.part = $1 AND t.depth = $2 AND t.level = $5"
+	"    AND t.pa = u.pa AND t.pb = u.pb"
+	"    AND t.child >= u.b * $7 AND t.child < (u.b + 1) * $7 OFFSET 0) y"
 	" ORDER BY 1, 2",
 	7, {INT4OID, INT4OID, TEXTARRAYOID, TEXTARRAYOID, INT4OID, INT8ARRAYOID, INT8OID}
 };
@@ -171,10 +181,11 @@ ht_store_nodes(int part, int depth, int n, Datum *pa, Datum *pb, int level,
 }
 
 static HtQuery q_entries = {
-	"SELECT u.i::int4, t.key, t.hash"
+	"SELECT u.i::int4, y.key, y.hash"
 	" FROM unnest($3::text[], $4::text[], $5::int4[]) WITH ORDINALITY AS u(pa, pb, s, i)"
-	" JOIN hashtree.entry t ON t.part = $1 AND t.depth = $2"
-	"  AND t.pa = u.pa AND t.pb = u.pb AND t.seg = u.s"
+	" CROSS JOIN LATERAL (SELECT t.key, t.hash FROM hashtree.entry t"
+	"   WHERE t.part = $1 AND t.depth = $2"
+	"    AND t.pa = u.pa AND t.pb = u.pb AND t.seg = u.s OFFSET 0) y"
 	" ORDER BY 1, 2",
 	5, {INT4OID, INT4OID, TEXTARRAYOID, TEXTARRAYOID, INT4ARRAYOID}
 };
@@ -410,10 +421,11 @@ write_nodes(int part, DepthWork *w, int level, NodeWrite *nw, int n,
 }
 
 static HtQuery q_node_fetch = {
-	"SELECT u.i::int4, t.hash, t.n"
+	"SELECT u.i::int4, y.hash, y.n"
 	" FROM unnest($4::text[], $5::text[], $6::int8[]) WITH ORDINALITY AS u(pa, pb, child, i)"
-	" JOIN hashtree.node t ON t.part = $1 AND t.depth = $2 AND t.level = $3"
-	"  AND t.pa = u.pa AND t.pb = u.pb AND t.child = u.child",
+	" CROSS JOIN LATERAL (SELECT t.hash, t.n FROM hashtree.node t"
+	"   WHERE t.part = $1 AND t.depth = $2 AND t.level = $3"
+	"    AND t.pa = u.pa AND t.pb = u.pb AND t.child = u.child LIMIT 1) y",
 	6, {INT4OID, INT2OID, INT2OID, TEXTARRAYOID, TEXTARRAYOID, INT8ARRAYOID}
 };
 
@@ -632,13 +644,14 @@ read_seg_change(uint64 r, int c, SegChange *out)
 static HtQuery q_take_dirty = {
 	"WITH d AS (DELETE FROM hashtree.dirty WHERE part = $1 RETURNING pa, pb, seg),"
 	" u AS (SELECT DISTINCT pa, pb, seg FROM d)"
-	" SELECT u.pa, u.pb, u.seg, x.h, x.c, t.hash, t.n"
+	" SELECT u.pa, u.pb, u.seg, x.h, x.c, y.hash, y.n"
 	" FROM u"
 	" CROSS JOIN LATERAL (SELECT hashtree._entry_sum(e.key, e.hash) AS h, count(*) AS c"
 	"   FROM hashtree.entry e WHERE e.part = $1 AND e.depth = 2"
 	"    AND e.pa = u.pa AND e.pb = u.pb AND e.seg = u.seg) x"
-	" LEFT JOIN hashtree.node t ON t.part = $1 AND t.depth = 2 AND t.level = 3"
-	"  AND t.pa = u.pa AND t.pb = u.pb AND t.child = u.seg"
+	" LEFT JOIN LATERAL (SELECT t.hash, t.n FROM hashtree.node t"
+	"   WHERE t.part = $1 AND t.depth = 2 AND t.level = 3"
+	"    AND t.pa = u.pa AND t.pb = u.pb AND t.child = u.seg LIMIT 1) y ON true"
 	" ORDER BY u.pa, u.pb, u.seg",
 	1, {INT4OID}
 };
@@ -785,13 +798,14 @@ static HtQuery q_entries_delete = {
 };
 
 static HtQuery q_recompute = {
-	"SELECT u.i::int4, u.seg, x.h, x.c, t.hash, t.n"
+	"SELECT u.i::int4, u.seg, x.h, x.c, y.hash, y.n"
 	" FROM unnest($3::text[], $4::int4[]) WITH ORDINALITY AS u(pa, seg, i)"
 	" CROSS JOIN LATERAL (SELECT hashtree._entry_sum(e.key, e.hash) AS h, count(*) AS c"
 	"   FROM hashtree.entry e WHERE e.part = $1 AND e.depth = $2"
 	"    AND e.pa = u.pa AND e.pb = '' AND e.seg = u.seg) x"
-	" LEFT JOIN hashtree.node t ON t.part = $1 AND t.depth = $2 AND t.level = 3"
-	"  AND t.pa = u.pa AND t.pb = '' AND t.child = u.seg"
+	" LEFT JOIN LATERAL (SELECT t.hash, t.n FROM hashtree.node t"
+	"   WHERE t.part = $1 AND t.depth = $2 AND t.level = 3"
+	"    AND t.pa = u.pa AND t.pb = '' AND t.child = u.seg LIMIT 1) y ON true"
 	" ORDER BY u.i",
 	4, {INT4OID, INT2OID, TEXTARRAYOID, INT4ARRAYOID}
 };

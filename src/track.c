@@ -181,11 +181,17 @@ track_rel(Relation rel)
 	tr = hash_search(track_cache, &relid, HASH_ENTER, &found);
 	if (found && tr->valid)
 		return tr;
+	/*
+	 * The entry is rebuilt in place; its old memory may still be referenced
+	 * by a caller further up (an invalidation can arrive in the middle of a
+	 * fold), so it is freed with the transaction, not now.
+	 */
 	if (found && tr->cxt != NULL)
-		MemoryContextDelete(tr->cxt);
+		MemoryContextSetParent(tr->cxt, TopTransactionContext);
 	tr->cxt = NULL;
 	tr->valid = false;
 
+	old = CurrentMemoryContext;
 	PG_TRY();
 	{
 		Oid			root;
@@ -195,7 +201,7 @@ track_rel(Relation rel)
 
 		tr->cxt = AllocSetContextCreate(CacheMemoryContext, "hashtree tracked relation",
 										ALLOCSET_SMALL_SIZES);
-		old = MemoryContextSwitchTo(tr->cxt);
+		MemoryContextSwitchTo(tr->cxt);
 		root = tracked_root(rel, track_fn_oid("_track_row"));
 		tr->tracked = OidIsValid(root);
 		tr->root = tr->tracked ? root : relid;
@@ -215,7 +221,12 @@ track_rel(Relation rel)
 	}
 	PG_CATCH();
 	{
+		MemoryContext failed = tr->cxt;
+
+		MemoryContextSwitchTo(old);
 		hash_search(track_cache, &relid, HASH_REMOVE, NULL);
+		if (failed != NULL)
+			MemoryContextDelete(failed);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
@@ -702,7 +713,11 @@ key_order(const void *a, const void *b)
 	return c != 0 ? c : (lx > ly) - (lx < ly);
 }
 
-/* SELECT t FROM tbl t WHERE (k1, ..., kn) IN (SELECT * FROM unnest($1, ..., $n)) */
+/*
+ * SELECT x.t FROM unnest($1, ..., $n) u(k1, ..., kn) CROSS JOIN LATERAL
+ *   (SELECT t FROM tbl t WHERE t.k1 = u.k1 AND ... OFFSET 0) x
+ * one key index probe per key, whatever the statistics say
+ */
 static SPIPlanPtr
 rows_by_key_plan(TrackRel *tr)
 {
@@ -713,9 +728,7 @@ rows_by_key_plan(TrackRel *tr)
 	MemoryContext caller = CurrentMemoryContext;
 
 	initStringInfo(&sql);
-	appendStringInfoString(&sql, "SELECT t FROM ");
-	appendStringInfoString(&sql, quote_qualified_identifier(tr->schema, tr->name));
-	appendStringInfoString(&sql, " t WHERE (");
+	appendStringInfoString(&sql, "SELECT x.t FROM unnest(");
 	for (int k = 0; k < re->nkeys; k++)
 	{
 		Oid			arr = get_array_type(re->keytype[k]);
@@ -726,12 +739,17 @@ rows_by_key_plan(TrackRel *tr)
 					 errmsg("key column \"%s\" has a type without an array type",
 							re->keyname[k])));
 		types[k] = arr;
-		appendStringInfo(&sql, "%st.%s", k ? ", " : "", quote_identifier(re->keyname[k]));
-	}
-	appendStringInfoString(&sql, ") IN (SELECT * FROM unnest(");
-	for (int k = 0; k < re->nkeys; k++)
 		appendStringInfo(&sql, "%s$%d", k ? ", " : "", k + 1);
-	appendStringInfoString(&sql, "))");
+	}
+	appendStringInfoString(&sql, ") AS u(");
+	for (int k = 0; k < re->nkeys; k++)
+		appendStringInfo(&sql, "%sk%d", k ? ", " : "", k + 1);
+	appendStringInfo(&sql, ") CROSS JOIN LATERAL (SELECT t FROM %s t WHERE ",
+					 quote_qualified_identifier(tr->schema, tr->name));
+	for (int k = 0; k < re->nkeys; k++)
+		appendStringInfo(&sql, "%st.%s = u.k%d", k ? " AND " : "",
+						 quote_identifier(re->keyname[k]), k + 1);
+	appendStringInfoString(&sql, " OFFSET 0) x");
 	plan = SPI_prepare(sql.data, re->nkeys, types);
 	MemoryContextSwitchTo(caller);
 	if (plan == NULL)
