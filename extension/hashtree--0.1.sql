@@ -163,6 +163,9 @@ CREATE TRIGGER guard AFTER DELETE OR UPDATE OR TRUNCATE
 	ON @extschema@.dirty FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._guard();
 CREATE TRIGGER guard AFTER DELETE OR UPDATE OR TRUNCATE
 	ON @extschema@.dirty_key FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._guard();
+-- (a restore loads the registry of tracked tables, whose entries are not dumped)
+CREATE TRIGGER guard AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+	ON @extschema@.tracked_table FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._guard();
 
 ---------------------------------------------------------------------------
 -- Pure functions (no table access): callable by everyone.

@@ -1,5 +1,6 @@
-# pg_dump / pg_restore keep the configuration (peers) and the entries;
-# the trees, derived data, are rebuilt after the restore and come back
+# pg_dump / pg_restore keep the configuration (peers, tracked tables) and
+# the entries written through the API; the trees and the entries of tracked
+# tables, derived data, are rebuilt after the restore and come back
 # identical.
 use strict;
 use warnings;
@@ -17,6 +18,9 @@ $node->safe_psql('postgres', q{
 	SELECT count(*) FROM (SELECT hashtree.insert('p' || (i % 4), 's' || (i % 3), ('k' || i)::bytea,
 												sha256(i::text::bytea))
 							FROM generate_series(1, 3000) i) s;
+	CREATE TABLE acct (id int PRIMARY KEY, owner text, balance numeric);
+	INSERT INTO acct SELECT i, 'o' || i, i FROM generate_series(1, 2000) i;
+	SELECT hashtree.track('acct');
 });
 is(lock_update_all($node), 'ok/ok', 'trees built');
 my $tops = tops($node);
@@ -31,7 +35,11 @@ $node->command_ok([ 'pg_restore', '-d', $node->connstr('restored'), $file ], 'pg
 
 is($node->safe_psql('restored', $peers), $peers_before, 'peers restored');
 is($node->safe_psql('restored', 'SELECT count(*) FROM hashtree.entry WHERE depth = 2'), '3000',
-	'entries restored');
+	'entries written through the API restored (those of tracked tables are derived)');
+is($node->safe_psql('restored', 'SELECT table_name, key_columns FROM hashtree.tracked'), 'acct|id',
+	'tracked table registered');
+is($node->safe_psql('restored', q{SELECT tgname FROM pg_trigger WHERE tgrelid = 'acct'::regclass ORDER BY 1}),
+	"hashtree_track\nhashtree_track_truncate", 'tracking triggers restored');
 is($node->safe_psql('restored', 'SELECT count(*) FROM hashtree.node'), '0', 'trees not restored');
 is($node->safe_psql('restored', 'SELECT count(*) FILTER (WHERE NOT built) FROM hashtree.status'), '8',
 	'every partition marked not built after the restore');
@@ -41,5 +49,10 @@ reset_all($node, 'restored');
 is(tops($node, 'restored'), $tops, 'same top hashes after rebuilding');
 ok(tree_dump($node, 'restored') eq $dump, 'identical trees after rebuilding');
 is(lock_update_all($node, 'restored'), 'ok/ok', 'the restored trees can be locked and updated');
+$node->safe_psql('restored', q{UPDATE acct SET balance = 0 WHERE id = 1});
+$node->safe_psql('postgres', q{UPDATE acct SET balance = 0 WHERE id = 1});
+lock_update_all($node, 'restored');
+lock_update_all($node);
+is(tops($node, 'restored'), tops($node), 'the restored tracked table is still tracked');
 
 done_testing();
