@@ -250,12 +250,12 @@ CREATE FUNCTION @extschema@.key_hashes(node text, "partition" int, prefixes text
 
 -- batched reads used by compare (one round trip per tree level)
 CREATE FUNCTION @extschema@._nodes("partition" int, depth int, pa text[], pb text[], level int,
-								   buckets bigint[])
+								   buckets bigint[], hash_bytes int DEFAULT 0)
 	RETURNS TABLE(i int, child bigint, hash bytea)
 	AS 'MODULE_PATHNAME', 'ht_nodes_sql'
 	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 CREATE FUNCTION @extschema@._entries("partition" int, depth int, pa text[], pb text[],
-									 segments int[])
+									 segments int[], hash_bytes int DEFAULT 0)
 	RETURNS TABLE(i int, key bytea, hash bytea)
 	AS 'MODULE_PATHNAME', 'ht_entries_sql'
 	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;

@@ -702,7 +702,7 @@ ht_get_bucket(PG_FUNCTION_ARGS)
 		int			n;
 
 		ht_check_partition(part);
-		n = ht_store_nodes(part, tn.depth, 1, &pa, &pb, level, &bucket, &rows);
+		n = ht_store_nodes(part, tn.depth, 1, &pa, &pb, level, &bucket, 0, &rows);
 		for (int r = 0; r < n; r++)
 		{
 			Datum		values[2];
@@ -761,7 +761,7 @@ ht_key_hashes(PG_FUNCTION_ARGS)
 		int			n;
 
 		ht_check_partition(part);
-		n = ht_store_entries(part, tn.depth, 1, &pa, &pb, &s, &rows);
+		n = ht_store_entries(part, tn.depth, 1, &pa, &pb, &s, 0, &rows);
 		for (int r = 0; r < n; r++)
 		{
 			Datum		values[2];
@@ -846,9 +846,12 @@ ht_nodes_sql(PG_FUNCTION_ARGS)
 	Datum	   *be;
 	int64	   *buckets;
 	int			n;
+	int			hash_bytes;
 
 	HT_ARG_NOT_NULL(1, "depth");
 	HT_ARG_NOT_NULL(4, "level");
+	HT_ARG_NOT_NULL(6, "hash_bytes");
+	hash_bytes = PG_GETARG_INT32(6);
 	depth = PG_GETARG_INT32(1);
 	level = PG_GETARG_INT32(4);
 	n = batch_arrays(fcinfo, depth, &pa, &pb, 5, INT8OID, &be);
@@ -867,7 +870,7 @@ ht_nodes_sql(PG_FUNCTION_ARGS)
 		int			nrows;
 
 		ht_check_partition(part);
-		nrows = ht_store_nodes(part, depth, n, pa, pb, level, buckets, &rows);
+		nrows = ht_store_nodes(part, depth, n, pa, pb, level, buckets, hash_bytes, &rows);
 		for (int r = 0; r < nrows; r++)
 		{
 			Datum		values[3];
@@ -896,8 +899,11 @@ ht_entries_sql(PG_FUNCTION_ARGS)
 	Datum	   *se;
 	int32	   *segs;
 	int			n;
+	int			hash_bytes;
 
 	HT_ARG_NOT_NULL(1, "depth");
+	HT_ARG_NOT_NULL(5, "hash_bytes");
+	hash_bytes = PG_GETARG_INT32(5);
 	depth = PG_GETARG_INT32(1);
 	n = batch_arrays(fcinfo, depth, &pa, &pb, 4, INT4OID, &se);
 	segs = palloc(sizeof(int32) * Max(n, 1));
@@ -915,7 +921,7 @@ ht_entries_sql(PG_FUNCTION_ARGS)
 		int			nrows;
 
 		ht_check_partition(part);
-		nrows = ht_store_entries(part, depth, n, pa, pb, segs, &rows);
+		nrows = ht_store_entries(part, depth, n, pa, pb, segs, hash_bytes, &rows);
 		for (int r = 0; r < nrows; r++)
 		{
 			Datum		values[3];
@@ -1109,6 +1115,23 @@ ht_reset(PG_FUNCTION_ARGS)
 
 /* ---- compare and check ------------------------------------------------------- */
 
+/* compare(): one row per difference */
+static void
+put_diff(void *arg, HtDiffKind kind, Datum pa, Datum pb, bytea *key)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) arg;
+	Datum		values[4];
+	bool		nulls[4] = {false, false, false, false};
+
+	values[0] = CStringGetTextDatum(ht_diff_kind_names[kind]);
+	values[1] = pa;
+	values[2] = pb;
+	nulls[2] = (pb == (Datum) 0);
+	values[3] = PointerGetDatum(key);
+	nulls[3] = (key == NULL);
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+}
+
 PG_FUNCTION_INFO_V1(ht_compare_sql);
 Datum
 ht_compare_sql(PG_FUNCTION_ARGS)
@@ -1144,7 +1167,7 @@ ht_compare_sql(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 					 errmsg("peer \"%s\" has %d partitions, this node has %d",
 							node, ht_peer_partitions(peer), ht_num_partitions())));
-		ht_compare(part, peer, rsinfo);
+		ht_compare(part, peer, put_diff, rsinfo);
 	}
 	HT_API_END();
 	SPI_finish();

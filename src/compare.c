@@ -23,9 +23,14 @@
 #include "utils/fmgroids.h"
 
 #include "compare.h"
+#include "hashtree.h"
 #include "sqlexec.h"
 #include "store.h"
 #include "treemath.h"
+
+const char *const ht_diff_kind_names[HT_NKINDS] = {
+	"missing", "remote_missing", "different", "missing_prefix", "remote_missing_prefix"
+};
 
 /* a set of trees of one depth, as text datums */
 typedef struct TreeSet
@@ -97,17 +102,24 @@ misordered(HtPeer *peer)
 			 errmsg("unexpected answer from peer \"%s\": rows out of order", ht_peer_name(peer))));
 }
 
+/*
+ * Hashes compared below the root are cut to this many bytes (of node sums,
+ * or of a digest of entry hashes): 2^-64 odds that a difference hides,
+ * a quarter of the bytes on the wire.
+ */
+#define HT_COMPARE_HASH_BYTES 8
+
 static int
 fetch_nodes(HtPeer *peer, int part, int depth, TreeSet *ts, int level,
 			const int64 *buckets, HtNodeRow **rows)
 {
-	const char *params[6];
+	const char *params[7];
 	HtRemoteResult *res;
 	HtNodeRow  *out;
 
 	if (peer == NULL)
 		return ht_store_nodes(part, depth, ts->n, ts->pa, ts->pb, level,
-							  buckets, rows);
+							  buckets, HT_COMPARE_HASH_BYTES, rows);
 
 	params[0] = psprintf("%d", part);
 	params[1] = psprintf("%d", depth);
@@ -115,10 +127,11 @@ fetch_nodes(HtPeer *peer, int part, int depth, TreeSet *ts, int level,
 	params[3] = array_literal(ht_array_text(ts->pb, ts->n));
 	params[4] = psprintf("%d", level);
 	params[5] = array_literal(ht_array_int8(buckets, ts->n));
+	params[6] = psprintf("%d", HT_COMPARE_HASH_BYTES);
 	res = ht_peer_query(peer,
 						"SELECT i, child, hash FROM hashtree._nodes($1::int4, $2::int4,"
-						" $3::text[], $4::text[], $5::int4, $6::int8[])",
-						6, params, true, 3);
+						" $3::text[], $4::text[], $5::int4, $6::int8[], $7::int4)",
+						7, params, true, 3);
 	out = palloc(sizeof(HtNodeRow) * Max(res->nrows, 1));
 	for (int r = 0; r < res->nrows; r++)
 	{
@@ -138,22 +151,24 @@ static int
 fetch_entries(HtPeer *peer, int part, int depth, TreeSet *ts,
 			  const int32 *segs, HtEntryRow **rows)
 {
-	const char *params[5];
+	const char *params[6];
 	HtRemoteResult *res;
 	HtEntryRow *out;
 
 	if (peer == NULL)
-		return ht_store_entries(part, depth, ts->n, ts->pa, ts->pb, segs, rows);
+		return ht_store_entries(part, depth, ts->n, ts->pa, ts->pb, segs,
+								HT_COMPARE_HASH_BYTES, rows);
 
 	params[0] = psprintf("%d", part);
 	params[1] = psprintf("%d", depth);
 	params[2] = array_literal(ht_array_text(ts->pa, ts->n));
 	params[3] = array_literal(ht_array_text(ts->pb, ts->n));
 	params[4] = array_literal(ht_array_int4(segs, ts->n));
+	params[5] = psprintf("%d", HT_COMPARE_HASH_BYTES);
 	res = ht_peer_query(peer,
 						"SELECT i, key, hash FROM hashtree._entries($1::int4, $2::int4,"
-						" $3::text[], $4::text[], $5::int4[])",
-						5, params, true, 3);
+						" $3::text[], $4::text[], $5::int4[], $6::int4)",
+						6, params, true, 3);
 	out = palloc(sizeof(HtEntryRow) * Max(res->nrows, 1));
 	for (int r = 0; r < res->nrows; r++)
 	{
@@ -231,22 +246,11 @@ diff_buckets(HtPeer *peer, int part, int depth, TreeSet *ts, int level,
 	return nd;
 }
 
-static void
-emit(ReturnSetInfo *rsinfo, const char *kind, Datum pa, Datum pb,
-	 bytea *key)
+typedef struct DiffSink
 {
-	Datum		values[4];
-	bool		nulls[4] = {false, false, false, false};
-
-	values[0] = CStringGetTextDatum(kind);
-	values[1] = pa;
-	nulls[1] = (pa == (Datum) 0);
-	values[2] = pb;
-	nulls[2] = (pb == (Datum) 0);
-	values[3] = PointerGetDatum(key);
-	nulls[3] = (key == NULL);
-	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-}
+	HtDiffCallback fn;
+	void	   *arg;
+} DiffSink;
 
 /* a child tree's name, stored as UTF-8 bytes in its parent's entry */
 static Datum
@@ -266,14 +270,15 @@ child_name(bytea *key)
  * child tree to descend into (added to next).
  */
 static void
-entry_diff(ReturnSetInfo *rsinfo, int depth, Datum pa, Datum pb,
+entry_diff(DiffSink *sink, int depth, Datum pa, Datum pb,
 		   bytea *key, int side, TreeSet *next, Datum empty)
 {
 	/* side: -1 only local, 1 only remote, 0 both with different hashes */
 	if (depth == HT_DEPTH_LEAF)
 	{
-		emit(rsinfo, side < 0 ? "remote_missing" : side > 0 ? "missing" : "different",
-			 pa, pb, key);
+		sink->fn(sink->arg,
+				 side < 0 ? HT_REMOTE_MISSING : side > 0 ? HT_MISSING : HT_DIFFERENT,
+				 pa, pb, key);
 		return;
 	}
 	if (depth == HT_DEPTH_PREFIX)
@@ -283,8 +288,8 @@ entry_diff(ReturnSetInfo *rsinfo, int depth, Datum pa, Datum pb,
 		if (side == 0)
 			treeset_add(next, pa, name);
 		else
-			emit(rsinfo, side < 0 ? "remote_missing_prefix" : "missing_prefix",
-				 pa, name, NULL);
+			sink->fn(sink->arg, side < 0 ? HT_REMOTE_MISSING_PREFIX : HT_MISSING_PREFIX,
+					 pa, name, NULL);
 		return;
 	}
 	/* root: the key is a prefix_a */
@@ -294,14 +299,15 @@ entry_diff(ReturnSetInfo *rsinfo, int depth, Datum pa, Datum pb,
 		if (side == 0)
 			treeset_add(next, name, empty);
 		else
-			emit(rsinfo, side < 0 ? "remote_missing_prefix" : "missing_prefix",
-				 name, (Datum) 0, NULL);
+			sink->fn(sink->arg, side < 0 ? HT_REMOTE_MISSING_PREFIX : HT_MISSING_PREFIX,
+					 name, (Datum) 0, NULL);
 	}
 }
 
 void
-ht_compare(int part, HtPeer *peer, ReturnSetInfo *rsinfo)
+ht_compare(int part, HtPeer *peer, HtDiffCallback fn, void *arg)
 {
+	DiffSink	sink = {fn, arg};
 	Datum		empty = PointerGetDatum(cstring_to_text(""));
 	TreeSet		trees = {0};
 	int64		zero = 0;
@@ -379,15 +385,15 @@ ht_compare(int part, HtPeer *peer, ReturnSetInfo *rsinfo)
 
 			i = tree_of3[(c <= 0 ? l[a].i : r[b].i) - 1];
 			if (c < 0)
-				entry_diff(rsinfo, depth, trees.pa[i], trees.pb[i], l[a++].key,
+				entry_diff(&sink, depth, trees.pa[i], trees.pb[i], l[a++].key,
 						   -1, &next, empty);
 			else if (c > 0)
-				entry_diff(rsinfo, depth, trees.pa[i], trees.pb[i], r[b++].key,
+				entry_diff(&sink, depth, trees.pa[i], trees.pb[i], r[b++].key,
 						   1, &next, empty);
 			else
 			{
 				if (!bytea_equal(l[a].hash, r[b].hash))
-					entry_diff(rsinfo, depth, trees.pa[i], trees.pb[i], l[a].key,
+					entry_diff(&sink, depth, trees.pa[i], trees.pb[i], l[a].key,
 							   0, &next, empty);
 				a++;
 				b++;

@@ -139,21 +139,21 @@ ht_store_top(int part, int depth, text *pa, text *pb)
 }
 
 static HtQuery q_nodes = {
-	"SELECT u.i::int4, y.child, y.hash"
+	"SELECT u.i::int4, y.child, CASE WHEN $8 > 0 THEN substr(y.hash, 1, $8) ELSE y.hash END"
 	" FROM unnest($3::text[], $4::text[], $6::int8[]) WITH ORDINALITY AS u(pa, pb, b, i)"
 	" CROSS JOIN LATERAL (SELECT t.child, t.hash FROM hashtree.node t"
 	"   WHERE t.part = $1 AND t.depth = $2 AND t.level = $5"
 	"    AND t.pa = u.pa AND t.pb = u.pb"
 	"    AND t.child >= u.b * $7 AND t.child < (u.b + 1) * $7 OFFSET 0) y"
 	" ORDER BY 1, 2",
-	7, {INT4OID, INT4OID, TEXTARRAYOID, TEXTARRAYOID, INT4OID, INT8ARRAYOID, INT8OID}
+	8, {INT4OID, INT4OID, TEXTARRAYOID, TEXTARRAYOID, INT4OID, INT8ARRAYOID, INT8OID, INT4OID}
 };
 
 int
 ht_store_nodes(int part, int depth, int n, Datum *pa, Datum *pb, int level,
-			   const int64 *buckets, HtNodeRow **rows)
+			   const int64 *buckets, int hash_bytes, HtNodeRow **rows)
 {
-	Datum		v[7];
+	Datum		v[8];
 	uint64		nrows;
 	HtNodeRow  *out;
 
@@ -164,6 +164,7 @@ ht_store_nodes(int part, int depth, int n, Datum *pa, Datum *pb, int level,
 	v[4] = Int32GetDatum(level);
 	v[5] = PointerGetDatum(ht_array_int8(buckets, n));
 	v[6] = Int64GetDatum(HT_WIDTH(depth));
+	v[7] = Int32GetDatum(hash_bytes);
 	nrows = ht_exec(&q_nodes, v, NULL, 0);
 
 	out = palloc(sizeof(HtNodeRow) * Max(nrows, 1));
@@ -181,20 +182,21 @@ ht_store_nodes(int part, int depth, int n, Datum *pa, Datum *pb, int level,
 }
 
 static HtQuery q_entries = {
-	"SELECT u.i::int4, y.key, y.hash"
+	"SELECT u.i::int4, y.key,"
+	"  CASE WHEN $6 > 0 THEN substr(sha256(y.hash), 1, $6) ELSE y.hash END"
 	" FROM unnest($3::text[], $4::text[], $5::int4[]) WITH ORDINALITY AS u(pa, pb, s, i)"
 	" CROSS JOIN LATERAL (SELECT t.key, t.hash FROM hashtree.entry t"
 	"   WHERE t.part = $1 AND t.depth = $2"
 	"    AND t.pa = u.pa AND t.pb = u.pb AND t.seg = u.s OFFSET 0) y"
 	" ORDER BY 1, 2",
-	5, {INT4OID, INT4OID, TEXTARRAYOID, TEXTARRAYOID, INT4ARRAYOID}
+	6, {INT4OID, INT4OID, TEXTARRAYOID, TEXTARRAYOID, INT4ARRAYOID, INT4OID}
 };
 
 int
 ht_store_entries(int part, int depth, int n, Datum *pa, Datum *pb,
-				 const int32 *segs, HtEntryRow **rows)
+				 const int32 *segs, int hash_bytes, HtEntryRow **rows)
 {
-	Datum		v[5];
+	Datum		v[6];
 	uint64		nrows;
 	HtEntryRow *out;
 
@@ -203,6 +205,7 @@ ht_store_entries(int part, int depth, int n, Datum *pa, Datum *pb,
 	v[2] = PointerGetDatum(ht_array_text(pa, n));
 	v[3] = PointerGetDatum(ht_array_text(pb, n));
 	v[4] = PointerGetDatum(ht_array_int4(segs, n));
+	v[5] = Int32GetDatum(hash_bytes);
 	nrows = ht_exec(&q_entries, v, NULL, 0);
 
 	out = palloc(sizeof(HtEntryRow) * Max(nrows, 1));

@@ -52,13 +52,22 @@ typedef struct HtEntryRow
 	bytea	   *hash;
 } HtEntryRow;
 
-/* children of bucket buckets[i] at level of tree (pa[i], pb[i]) */
+/*
+ * children of bucket buckets[i] at level of tree (pa[i], pb[i]); with
+ * hash_bytes > 0 only that many leading bytes of each hash (node hashes
+ * are uniform: a prefix tells them apart as well as a digest would)
+ */
 extern int	ht_store_nodes(int part, int depth, int n, Datum *pa, Datum *pb,
-						   int level, const int64 *buckets, HtNodeRow **rows);
+						   int level, const int64 *buckets, int hash_bytes,
+						   HtNodeRow **rows);
 
-/* entries of segment segs[i] of tree (pa[i], pb[i]) */
+/*
+ * entries of segment segs[i] of tree (pa[i], pb[i]); with hash_bytes > 0
+ * the leading bytes of SHA-256(hash) instead of the hash (user hashes need
+ * not be uniform)
+ */
 extern int	ht_store_entries(int part, int depth, int n, Datum *pa, Datum *pb,
-							 const int32 *segs, HtEntryRow **rows);
+							 const int32 *segs, int hash_bytes, HtEntryRow **rows);
 
 /* stored nodes and derived entries that differ from a fresh rebuild */
 extern void ht_store_check(int part, ReturnSetInfo *rsinfo);
