@@ -11,6 +11,9 @@ OBJS = \
 	src/compare.o \
 	src/rowenc.o \
 	src/track.o \
+	src/exchange.o \
+	src/repair.o \
+	src/worker.o \
 	src/api.o
 
 DATA = $(wildcard extension/hashtree--*.sql)

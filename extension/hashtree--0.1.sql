@@ -435,6 +435,102 @@ CREATE VIEW @extschema@.peers AS
 	  FROM @extschema@.peer p;
 
 ---------------------------------------------------------------------------
+-- Anti-entropy: exchange with a peer, its log, and the repair helpers
+---------------------------------------------------------------------------
+
+-- One row per exchange and partition, by exchange() and by the workers.
+-- outcome: ok (compared; the counts are the differences found), skipped_locked,
+-- not_built (one side could not take part), error (message says why; the
+-- counts are zero: a failed exchange never reports "no differences").
+CREATE TABLE @extschema@.exchange_log (
+	id				bigserial PRIMARY KEY,
+	peer			text NOT NULL,
+	"partition"		int4 NOT NULL,
+	repair			text NOT NULL CHECK (repair IN ('none', 'pull', 'push')),
+	worker			boolean NOT NULL DEFAULT false,
+	started			timestamptz NOT NULL,
+	finished		timestamptz NOT NULL,
+	outcome			text NOT NULL
+		CHECK (outcome IN ('ok', 'skipped_locked', 'not_built', 'error')),
+	message			text,
+	missing			int8 NOT NULL DEFAULT 0,
+	remote_missing	int8 NOT NULL DEFAULT 0,
+	different		int8 NOT NULL DEFAULT 0,
+	missing_prefix	int8 NOT NULL DEFAULT 0,
+	remote_missing_prefix int8 NOT NULL DEFAULT 0,
+	repaired		int8 NOT NULL DEFAULT 0,
+	bytes			int8 NOT NULL DEFAULT 0,
+	round_trips		int8 NOT NULL DEFAULT 0
+);
+CREATE INDEX exchange_log_started ON @extschema@.exchange_log (started);
+REVOKE ALL ON @extschema@.exchange_log FROM PUBLIC;
+REVOKE ALL ON SEQUENCE @extschema@.exchange_log_id_seq FROM PUBLIC;
+
+CREATE FUNCTION @extschema@.exchange(peer text, "partition" int DEFAULT NULL,
+									 repair text DEFAULT 'none')
+	RETURNS TABLE("partition" int, kind text, prefix_a text, prefix_b text, key bytea,
+				  repaired boolean)
+	AS 'MODULE_PATHNAME', 'ht_exchange'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+
+-- Repair helpers, called by the exchanging node on itself and on the peer.
+-- Plain entries:
+CREATE FUNCTION @extschema@._prefix_children("partition" int, prefix_a text)
+	RETURNS SETOF text
+	LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+	AS $$ SELECT n.pb FROM @extschema@.node n
+		   WHERE n.part = $1 AND n.depth = 2 AND n.pa = $2 AND n.level = 1
+		   ORDER BY n.pb $$;
+CREATE FUNCTION @extschema@._prefix_entries("partition" int, prefix_a text, prefix_b text)
+	RETURNS TABLE(key bytea, hash bytea)
+	LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+	AS $$ SELECT e.key, e.hash FROM @extschema@.entry e
+		   WHERE e.part = $1 AND e.depth = 2 AND e.pa = $2 AND e.pb = $3 $$;
+CREATE FUNCTION @extschema@._entries_by_key("partition" int, prefix_a text, prefix_b text,
+											keys bytea[])
+	RETURNS TABLE(key bytea, hash bytea)
+	LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+	AS $$ SELECT e.key, e.hash FROM unnest($4) u(k)
+		   CROSS JOIN LATERAL (SELECT x.key, x.hash FROM @extschema@.entry x
+								WHERE x.part = $1 AND x.depth = 2 AND x.pa = $2 AND x.pb = $3
+								  AND x.seg = @extschema@.segment_of(u.k)
+								  AND @extschema@._kid(x.key) = @extschema@._kid(u.k)
+								  AND x.key = u.k LIMIT 1) e $$;
+CREATE FUNCTION @extschema@._apply_entries("partition" int, prefix_a text, prefix_b text,
+										   keys bytea[], hashes bytea[])
+	RETURNS bigint
+	AS 'MODULE_PATHNAME', 'ht_apply_entries'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+CREATE FUNCTION @extschema@._drop_entries("partition" int, prefix_a text, prefix_b text)
+	RETURNS bigint
+	AS 'MODULE_PATHNAME', 'ht_drop_entries'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+-- Rows of tracked tables (as jsonb objects keyed by column name).  These
+-- run with the caller's privileges: repairing a table needs the rights to
+-- read and write it.
+CREATE FUNCTION @extschema@._row_partition(tbl oid, r record) RETURNS int
+	AS 'MODULE_PATHNAME', 'ht_row_partition'
+	LANGUAGE C STABLE;
+CREATE FUNCTION @extschema@._rows_by_key(schema_name text, table_name text, keys bytea[])
+	RETURNS TABLE(key bytea, r jsonb)
+	AS 'MODULE_PATHNAME', 'ht_rows_by_key'
+	LANGUAGE C VOLATILE;
+CREATE FUNCTION @extschema@._partition_rows(schema_name text, table_name text, "partition" int)
+	RETURNS SETOF jsonb
+	AS 'MODULE_PATHNAME', 'ht_partition_rows'
+	LANGUAGE C VOLATILE;
+CREATE FUNCTION @extschema@._apply_rows(schema_name text, table_name text, rows jsonb,
+										deletes bytea[])
+	RETURNS bigint
+	AS 'MODULE_PATHNAME', 'ht_apply_rows'
+	LANGUAGE C VOLATILE;
+CREATE FUNCTION @extschema@._delete_partition_rows(schema_name text, table_name text,
+												   "partition" int)
+	RETURNS bigint
+	AS 'MODULE_PATHNAME', 'ht_delete_partition_rows'
+	LANGUAGE C VOLATILE;
+
+---------------------------------------------------------------------------
 -- Status
 ---------------------------------------------------------------------------
 

@@ -54,6 +54,20 @@ prefix_arg(FunctionCallInfo fcinfo, int n, const char *what)
 	return t;
 }
 
+static bytea *
+check_key(bytea *key)
+{
+	int			len = VARSIZE_ANY_EXHDR(key);
+
+	if (len > HT_MAX_KEY_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("key is too long"),
+				 errdetail("A key has at most %d bytes; this one has %d.",
+						   HT_MAX_KEY_LEN, len)));
+	return key;
+}
+
 /* a key given as bytea, or as text (converted to UTF-8) */
 static bytea *
 key_arg(FunctionCallInfo fcinfo, int n, bool is_text)
@@ -77,31 +91,26 @@ key_arg(FunctionCallInfo fcinfo, int n, bool is_text)
 	}
 	else
 		key = PG_GETARG_BYTEA_PP(n);
-
-	len = VARSIZE_ANY_EXHDR(key);
-	if (len > HT_MAX_KEY_LEN)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("key is too long"),
-				 errdetail("A key has at most %d bytes; this one has %d.",
-						   HT_MAX_KEY_LEN, len)));
-	return key;
+	return check_key(key);
 }
 
 static bytea *
-hash_arg(FunctionCallInfo fcinfo, int n)
+check_hash(bytea *hash)
 {
-	bytea	   *hash;
-	int			len;
+	int			len = VARSIZE_ANY_EXHDR(hash);
 
-	HT_ARG_NOT_NULL(n, "hash");
-	hash = PG_GETARG_BYTEA_PP(n);
-	len = VARSIZE_ANY_EXHDR(hash);
 	if (len < 1 || len > HT_MAX_HASH_LEN)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("hash must have 1 to %d bytes, not %d", HT_MAX_HASH_LEN, len)));
 	return hash;
+}
+
+static bytea *
+hash_arg(FunctionCallInfo fcinfo, int n)
+{
+	HT_ARG_NOT_NULL(n, "hash");
+	return check_hash(PG_GETARG_BYTEA_PP(n));
 }
 
 static int
@@ -590,6 +599,101 @@ ht_delete_partition_text(PG_FUNCTION_ARGS)
 	return delete_partition_common(fcinfo, true);
 }
 
+/*
+ * _apply_entries(partition, prefix_a, prefix_b, keys, hashes): the repair
+ * of plain entries: write each key with its hash, delete it where the
+ * hash is NULL.  All or nothing (one statement).  Returns the count.
+ */
+PG_FUNCTION_INFO_V1(ht_apply_entries);
+Datum
+ht_apply_entries(PG_FUNCTION_ARGS)
+{
+	int			part = partition_arg(fcinfo, 0);
+	text	   *pa = prefix_arg(fcinfo, 1, "prefix_a");
+	text	   *pb = prefix_arg(fcinfo, 2, "prefix_b");
+	Datum	   *keys;
+	bool	   *knulls;
+	Datum	   *hashes;
+	bool	   *hnulls;
+	int			nkeys;
+	int			nhashes;
+
+	HT_ARG_NOT_NULL(3, "keys");
+	HT_ARG_NOT_NULL(4, "hashes");
+	deconstruct_array(PG_GETARG_ARRAYTYPE_P(3), BYTEAOID, -1, false, TYPALIGN_INT,
+					  &keys, &knulls, &nkeys);
+	deconstruct_array(PG_GETARG_ARRAYTYPE_P(4), BYTEAOID, -1, false, TYPALIGN_INT,
+					  &hashes, &hnulls, &nhashes);
+	if (nkeys != nhashes)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("keys and hashes must have the same length (%d and %d)",
+						nkeys, nhashes)));
+	for (int i = 0; i < nkeys; i++)
+	{
+		if (knulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("keys must not contain nulls")));
+		(void) check_key(DatumGetByteaPP(keys[i]));
+		if (!hnulls[i])
+			(void) check_hash(DatumGetByteaPP(hashes[i]));
+	}
+
+	SPI_connect();
+	HT_API_BEGIN();
+	ht_check_partition(part);
+	for (int i = 0; i < nkeys; i++)
+	{
+		if (hnulls[i])
+			ht_store_delete(part, pa, pb, DatumGetByteaPP(keys[i]));
+		else
+			ht_store_put(part, pa, pb, DatumGetByteaPP(keys[i]),
+						 DatumGetByteaPP(hashes[i]), false);
+	}
+	HT_API_END();
+	SPI_finish();
+	PG_RETURN_INT64(nkeys);
+}
+
+static HtQuery q_prefix_keys = {
+	"SELECT key FROM hashtree.entry WHERE part = $1 AND depth = 2 AND pa = $2 AND pb = $3",
+	3, {INT4OID, TEXTOID, TEXTOID}
+};
+
+/* _drop_entries(partition, prefix_a, prefix_b): delete a prefix's entries */
+PG_FUNCTION_INFO_V1(ht_drop_entries);
+Datum
+ht_drop_entries(PG_FUNCTION_ARGS)
+{
+	int			part = partition_arg(fcinfo, 0);
+	text	   *pa = prefix_arg(fcinfo, 1, "prefix_a");
+	text	   *pb = prefix_arg(fcinfo, 2, "prefix_b");
+	Datum		v[3];
+	uint64		n;
+	bytea	  **keys;
+
+	SPI_connect();
+	HT_API_BEGIN();
+	ht_check_partition(part);
+	v[0] = Int32GetDatum(part);
+	v[1] = PointerGetDatum(pa);
+	v[2] = PointerGetDatum(pb);
+	n = ht_exec(&q_prefix_keys, v, NULL, 0);
+	keys = palloc(sizeof(bytea *) * Max(n, 1));
+	for (uint64 i = 0; i < n; i++)
+	{
+		bool		isnull;
+
+		keys[i] = DatumGetByteaPCopy(ht_col(i, 1, &isnull));
+	}
+	for (uint64 i = 0; i < n; i++)
+		ht_store_delete(part, pa, pb, keys[i]);
+	HT_API_END();
+	SPI_finish();
+	PG_RETURN_INT64((int64) n);
+}
+
 /* ---- reading trees ------------------------------------------------------- */
 
 static bytea *
@@ -1034,8 +1138,8 @@ ht_release_lock(PG_FUNCTION_ARGS)
 	return lock_common(fcinfo, true);
 }
 
-static const char *
-local_update(int part)
+const char *
+ht_update_partition(int part)
 {
 	const char *res = "ok";
 
@@ -1070,13 +1174,13 @@ ht_update(PG_FUNCTION_ARGS)
 	const char *params[1];
 
 	if (ht_node_is_local(node))
-		PG_RETURN_TEXT_P(cstring_to_text(local_update(part)));
+		PG_RETURN_TEXT_P(cstring_to_text(ht_update_partition(part)));
 	params[0] = psprintf("%d", part);
 	PG_RETURN_TEXT_P(remote_call(node, "SELECT hashtree.update($1::int4)", 1, params));
 }
 
-static void
-local_reset(int part)
+void
+ht_reset_partition(int part)
 {
 	check_read_committed("hashtree.reset()");
 	SPI_connect();
@@ -1104,7 +1208,7 @@ ht_reset(PG_FUNCTION_ARGS)
 	const char *params[1];
 
 	if (ht_node_is_local(node))
-		local_reset(part);
+		ht_reset_partition(part);
 	else
 	{
 		params[0] = psprintf("%d", part);

@@ -5,8 +5,8 @@
  *	  extension.
  *
  * The library works with and without shared_preload_libraries: every SQL
- * function loads it on first use, which defines the GUCs below.  Background
- * workers (later) need preloading.
+ * function loads it on first use, which defines the GUCs below.  The
+ * background workers (worker.c) need preloading.
  *
  *-------------------------------------------------------------------------
  */
@@ -26,6 +26,7 @@
 #include "utils/syscache.h"
 
 #include "hashtree.h"
+#include "worker.h"
 
 PG_MODULE_MAGIC;
 
@@ -85,6 +86,7 @@ _PG_init(void)
 							PGC_SIGHUP, GUC_UNIT_S,
 							NULL, NULL, NULL);
 
+	ht_worker_init();
 	MarkGUCPrefixReserved("hashtree");
 }
 

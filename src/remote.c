@@ -439,6 +439,53 @@ ht_peer_query(HtPeer *peer, const char *sql, int nparams,
 	return out;
 }
 
+HtRemoteResult *
+ht_node_query(HtPeer *peer, const char *sql, int nparams,
+			  const char *const *params, int ncols)
+{
+	Oid		   *types;
+	Datum	   *values;
+	char	   *nulls;
+	HtRemoteResult *out;
+	int			rc;
+
+	if (peer != NULL)
+		return ht_peer_query(peer, sql, nparams, params, false, ncols);
+
+	types = palloc(sizeof(Oid) * Max(nparams, 1));
+	values = palloc(sizeof(Datum) * Max(nparams, 1));
+	nulls = palloc(Max(nparams, 1) + 1);
+	for (int i = 0; i < nparams; i++)
+	{
+		types[i] = TEXTOID;
+		values[i] = params[i] ? CStringGetTextDatum(params[i]) : (Datum) 0;
+		nulls[i] = params[i] ? ' ' : 'n';
+	}
+	nulls[nparams] = '\0';
+	rc = SPI_execute_with_args(sql, nparams, types, values, nulls, false, 0);
+	if (rc < 0)
+		elog(ERROR, "hashtree: SPI_execute_with_args failed (%s) for: %s",
+			 SPI_result_code_string(rc), sql);
+	out = palloc(sizeof(HtRemoteResult));
+	out->nrows = (int) SPI_processed;
+	out->ncols = SPI_tuptable ? SPI_tuptable->tupdesc->natts : 0;
+	if (out->nrows > 0 && out->ncols != ncols)
+		elog(ERROR, "hashtree: %d columns instead of %d for: %s", out->ncols, ncols, sql);
+	out->val = palloc(sizeof(char *) * Max(out->nrows * out->ncols, 1));
+	out->len = palloc(sizeof(int) * Max(out->nrows * out->ncols, 1));
+	for (int r = 0; r < out->nrows; r++)
+		for (int c = 0; c < out->ncols; c++)
+		{
+			int			k = r * out->ncols + c;
+
+			out->val[k] = SPI_getvalue(SPI_tuptable->vals[r], SPI_tuptable->tupdesc, c + 1);
+			out->len[k] = out->val[k] ? strlen(out->val[k]) : 0;
+		}
+	if (SPI_tuptable)
+		SPI_freetuptable(SPI_tuptable);
+	return out;
+}
+
 static char *
 remote_value(HtRemoteResult *res, int row, int col, int need)
 {
@@ -528,14 +575,12 @@ check_peer_name(const char *name)
 				 errdetail("A peer name has 1 to %d bytes.", HT_MAX_PEER_NAME_LEN)));
 }
 
-HtPeer *
-ht_peer_get(const char *name)
+/* the conninfo of a peer; ERROR if there is no such peer */
+static char *
+peer_conninfo(const char *name)
 {
 	Datum		v[1];
 	bool		isnull;
-	char	   *conninfo;
-	HtPeer	   *peer;
-	bool		found;
 
 	if (strlen(name) > HT_MAX_PEER_NAME_LEN)
 		ereport(ERROR,
@@ -545,19 +590,30 @@ ht_peer_get(const char *name)
 	if (ht_exec(&q_peer_conninfo, v, NULL, 1) == 0)
 	{
 		/* dropped (maybe by another session): close what we kept of it */
-		if (peer_cache != NULL)
-		{
-			peer = hash_search(peer_cache, name, HASH_FIND, NULL);
-			if (peer != NULL)
-				peer_disconnect(peer);
-		}
+		ht_peer_disconnect(name);
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("peer \"%s\" does not exist", name),
 				 errhint("Peers are added with hashtree.add_peer(name, conninfo); "
 						 "this node is \"%s\".", ht_node_name())));
 	}
-	conninfo = TextDatumGetCString(ht_col(0, 1, &isnull));
+	return TextDatumGetCString(ht_col(0, 1, &isnull));
+}
+
+void
+ht_peer_check(const char *name)
+{
+	(void) peer_conninfo(name);
+}
+
+HtPeer *
+ht_peer_get(const char *name)
+{
+	char	   *conninfo;
+	HtPeer	   *peer;
+	bool		found;
+
+	conninfo = peer_conninfo(name);
 
 	if (peer_cache == NULL)
 	{
@@ -623,6 +679,18 @@ ht_peer_get(const char *name)
 							name, version ? version : "?", HT_EXTENSION_VERSION)));
 	}
 	return peer;
+}
+
+void
+ht_peer_disconnect(const char *name)
+{
+	HtPeer	   *peer;
+
+	if (peer_cache == NULL || strlen(name) > HT_MAX_PEER_NAME_LEN)
+		return;
+	peer = hash_search(peer_cache, name, HASH_FIND, NULL);
+	if (peer != NULL)
+		peer_disconnect(peer);
 }
 
 static HtQuery q_peer_add = {

@@ -32,10 +32,16 @@ typedef struct HtRemoteResult
 /* true when node is NULL or names this node */
 extern bool ht_node_is_local(const char *node);
 
+/* ERROR if there is no such peer (does not connect) */
+extern void ht_peer_check(const char *name);
+
 /* connected peer; ERROR if unknown or unreachable */
 extern HtPeer *ht_peer_get(const char *name);
 
 extern const char *ht_peer_name(HtPeer *peer);
+
+/* close this backend's connection to a peer, if any (its locks go with it) */
+extern void ht_peer_disconnect(const char *name);
 extern int	ht_peer_partitions(HtPeer *peer);
 
 /*
@@ -55,6 +61,14 @@ extern void ht_peer_counters(HtPeer *peer, int64 *round_trips, int64 *bytes);
 extern HtRemoteResult *ht_peer_query(HtPeer *peer, const char *sql,
 									 int nparams, const char *const *params,
 									 bool binary, int ncols);
+
+/*
+ * The same statement on this node (peer NULL, through SPI) or on a peer,
+ * with text parameters and text results: the form the repair code uses
+ * to move entries and rows either way.
+ */
+extern HtRemoteResult *ht_node_query(HtPeer *peer, const char *sql, int nparams,
+									 const char *const *params, int ncols);
 
 /* decoders of binary result values */
 extern int32 ht_remote_int4(HtRemoteResult *res, int row, int col);

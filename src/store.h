@@ -31,6 +31,15 @@ extern void ht_store_delete(int part, text *pa, text *pb, bytea *key);
 /* fold the committed dirty segments of a partition into its trees */
 extern void ht_store_update(int part, HtUpdateStats *stats);
 
+/*
+ * update() of a local partition: "ok" after folding, or "not_built",
+ * "ongoing_update", "not_locked" (the caller is not the lock owner)
+ */
+extern const char *ht_update_partition(int part);
+
+/* reset() of a local partition (ERROR when it is locked or being updated) */
+extern void ht_reset_partition(int part);
+
 /* drop a partition's trees and build them again from its entries */
 extern void ht_store_rebuild(int part);
 

@@ -39,6 +39,7 @@
 #include "catalog/partition.h"
 #include "catalog/pg_inherits.h"
 #include "catalog/pg_type.h"
+#include "utils/array.h"
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "funcapi.h"
@@ -713,22 +714,35 @@ key_order(const void *a, const void *b)
 	return c != 0 ? c : (lx > ly) - (lx < ly);
 }
 
+/* what a statement driven by a list of keys does with the rows */
+typedef enum KeyPlanKind
+{
+	KEYS_ROWS,					/* the rows, as records of the table */
+	KEYS_JSON,					/* the rows, as jsonb (by column name) */
+	KEYS_DELETE					/* delete them */
+} KeyPlanKind;
+
 /*
  * SELECT x.t FROM unnest($1, ..., $n) u(k1, ..., kn) CROSS JOIN LATERAL
  *   (SELECT t FROM tbl t WHERE t.k1 = u.k1 AND ... OFFSET 0) x
- * one key index probe per key, whatever the statistics say
+ * one key index probe per key, whatever the statistics say; or the same
+ * as DELETE ... USING unnest(...)
  */
 static SPIPlanPtr
-rows_by_key_plan(TrackRel *tr)
+keys_plan(TrackRel *tr, KeyPlanKind kind)
 {
 	HtRelEnc   *re = tr->enc;
 	StringInfoData sql;
+	StringInfoData unnest;
+	StringInfoData match;
 	Oid		   *types = palloc(sizeof(Oid) * re->nkeys);
 	SPIPlanPtr	plan;
 	MemoryContext caller = CurrentMemoryContext;
+	char	   *qname = quote_qualified_identifier(tr->schema, tr->name);
 
-	initStringInfo(&sql);
-	appendStringInfoString(&sql, "SELECT x.t FROM unnest(");
+	initStringInfo(&unnest);
+	initStringInfo(&match);
+	appendStringInfoString(&unnest, "unnest(");
 	for (int k = 0; k < re->nkeys; k++)
 	{
 		Oid			arr = get_array_type(re->keytype[k]);
@@ -739,17 +753,23 @@ rows_by_key_plan(TrackRel *tr)
 					 errmsg("key column \"%s\" has a type without an array type",
 							re->keyname[k])));
 		types[k] = arr;
-		appendStringInfo(&sql, "%s$%d", k ? ", " : "", k + 1);
-	}
-	appendStringInfoString(&sql, ") AS u(");
-	for (int k = 0; k < re->nkeys; k++)
-		appendStringInfo(&sql, "%sk%d", k ? ", " : "", k + 1);
-	appendStringInfo(&sql, ") CROSS JOIN LATERAL (SELECT t FROM %s t WHERE ",
-					 quote_qualified_identifier(tr->schema, tr->name));
-	for (int k = 0; k < re->nkeys; k++)
-		appendStringInfo(&sql, "%st.%s = u.k%d", k ? " AND " : "",
+		appendStringInfo(&unnest, "%s$%d", k ? ", " : "", k + 1);
+		appendStringInfo(&match, "%st.%s = u.k%d", k ? " AND " : "",
 						 quote_identifier(re->keyname[k]), k + 1);
-	appendStringInfoString(&sql, " OFFSET 0) x");
+	}
+	appendStringInfoString(&unnest, ") AS u(");
+	for (int k = 0; k < re->nkeys; k++)
+		appendStringInfo(&unnest, "%sk%d", k ? ", " : "", k + 1);
+	appendStringInfoChar(&unnest, ')');
+
+	initStringInfo(&sql);
+	if (kind == KEYS_DELETE)
+		appendStringInfo(&sql, "DELETE FROM %s t USING %s WHERE %s", qname, unnest.data, match.data);
+	else
+		appendStringInfo(&sql, "SELECT %s FROM %s CROSS JOIN LATERAL"
+						 " (SELECT t FROM %s t WHERE %s OFFSET 0) x",
+						 kind == KEYS_JSON ? "x.t, pg_catalog.to_jsonb(x.t)" : "x.t",
+						 unnest.data, qname, match.data);
 	plan = SPI_prepare(sql.data, re->nkeys, types);
 	MemoryContextSwitchTo(caller);
 	if (plan == NULL)
@@ -758,12 +778,39 @@ rows_by_key_plan(TrackRel *tr)
 	return plan;
 }
 
+/* the key values of n keys, as one array per key column */
+static void
+key_params(HtRelEnc *re, bytea **keys, int n, Datum *params)
+{
+	Datum	   *cols[INDEX_MAX_KEYS];
+
+	for (int k = 0; k < re->nkeys; k++)
+		cols[k] = palloc(sizeof(Datum) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+	{
+		Datum		v[INDEX_MAX_KEYS];
+
+		ht_key_decode(re, keys[i], v);
+		for (int k = 0; k < re->nkeys; k++)
+			cols[k][i] = v[k];
+	}
+	for (int k = 0; k < re->nkeys; k++)
+	{
+		int16		typlen;
+		bool		typbyval;
+		char		typalign;
+
+		get_typlenbyvalalign(re->keytype[k], &typlen, &typbyval, &typalign);
+		params[k] = PointerGetDatum(construct_array(cols[k], n, re->keytype[k],
+													typlen, typbyval, typalign));
+	}
+}
+
 /* read the rows of the waiting keys and write their entries */
 static void
 fold_keys(int part, FoldTable *ft)
 {
 	HtRelEnc   *re;
-	Datum	   *cols[INDEX_MAX_KEYS];
 	Datum		params[INDEX_MAX_KEYS];
 	uint64		nrows;
 	int32	   *put_seg;
@@ -786,30 +833,11 @@ fold_keys(int part, FoldTable *ft)
 	}
 	caller = MemoryContextSwitchTo(ft->batch);
 	re = ft->tr->enc;
-	for (int k = 0; k < re->nkeys; k++)
-		cols[k] = palloc(sizeof(Datum) * ft->nkeys);
-	for (int i = 0; i < ft->nkeys; i++)
-	{
-		Datum		v[INDEX_MAX_KEYS];
-
-		ht_key_decode(re, ft->keys[i], v);
-		for (int k = 0; k < re->nkeys; k++)
-			cols[k][i] = v[k];
-	}
-	for (int k = 0; k < re->nkeys; k++)
-	{
-		int16		typlen;
-		bool		typbyval;
-		char		typalign;
-
-		get_typlenbyvalalign(re->keytype[k], &typlen, &typbyval, &typalign);
-		params[k] = PointerGetDatum(construct_array(cols[k], ft->nkeys, re->keytype[k],
-													typlen, typbyval, typalign));
-	}
+	key_params(re, ft->keys, ft->nkeys, params);
 	if (ft->plan == NULL)
 	{
 		MemoryContextSwitchTo(caller);
-		ft->plan = rows_by_key_plan(ft->tr);
+		ft->plan = keys_plan(ft->tr, KEYS_ROWS);
 		MemoryContextSwitchTo(ft->batch);
 	}
 	if (SPI_execute_plan(ft->plan, params, NULL, false, 0) != SPI_OK_SELECT)
@@ -1428,4 +1456,273 @@ ht_ddl_dropped(PG_FUNCTION_ARGS)
 	HT_API_END();
 	SPI_finish();
 	PG_RETURN_VOID();
+}
+
+/* ---- rows for repairs (exchange with repair = pull or push) ----------------- */
+
+/*
+ * Rows travel between nodes as jsonb objects keyed by column name, so the
+ * column order of the two tables does not matter; they are applied with
+ * jsonb_populate_recordset, which converts each value with the column
+ * type's input function.
+ */
+
+/* the tracked table named (schema, name) on this node, ERROR if none */
+static TrackRel *
+tracked_by_name(text *schema, text *name, Relation *relp)
+{
+	char	   *s = text_to_cstring(schema);
+	char	   *n = text_to_cstring(name);
+	Oid			relid = registered_relid(s, n);
+	Relation	rel;
+	TrackRel   *tr;
+
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation \"%s\" does not exist", quote_qualified_identifier(s, n))));
+	rel = table_open(relid, RowExclusiveLock);
+	tr = track_rel(rel);
+	if (!tr->tracked || tr->root != relid)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table %s is not tracked", quote_qualified_identifier(s, n))));
+	*relp = rel;
+	return tr;
+}
+
+static bytea **
+key_array(ArrayType *a, int *n)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	bytea	  **keys;
+
+	deconstruct_array(a, BYTEAOID, -1, false, TYPALIGN_INT, &elems, &nulls, n);
+	keys = palloc(sizeof(bytea *) * Max(*n, 1));
+	for (int i = 0; i < *n; i++)
+	{
+		if (nulls[i])
+			ereport(ERROR,
+					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+					 errmsg("keys must not contain nulls")));
+		keys[i] = DatumGetByteaPP(elems[i]);
+	}
+	return keys;
+}
+
+/* _rows_by_key(schema, name, keys): (key, row as jsonb) of those that exist */
+PG_FUNCTION_INFO_V1(ht_rows_by_key);
+Datum
+ht_rows_by_key(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	Relation	rel;
+	TrackRel   *tr;
+	bytea	  **keys;
+	int			n;
+	Datum		params[INDEX_MAX_KEYS];
+	SPIPlanPtr	plan;
+
+	HT_ARG_NOT_NULL(0, "schema");
+	HT_ARG_NOT_NULL(1, "name");
+	HT_ARG_NOT_NULL(2, "keys");
+	InitMaterializedSRF(fcinfo, 0);
+	SPI_connect();
+	HT_API_BEGIN();
+	tr = tracked_by_name(PG_GETARG_TEXT_PP(0), PG_GETARG_TEXT_PP(1), &rel);
+	keys = key_array(PG_GETARG_ARRAYTYPE_P(2), &n);
+	if (n > 0)
+	{
+		key_params(tr->enc, keys, n, params);
+		plan = keys_plan(tr, KEYS_JSON);
+		if (SPI_execute_plan(plan, params, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "hashtree: reading rows of %s failed", tr->name);
+		for (uint64 r = 0; r < SPI_processed; r++)
+		{
+			bool		isnull;
+			HeapTupleData tuple;
+			Datum		out[2];
+			bool		nulls[2] = {false, false};
+
+			record_tuple(rel, DatumGetHeapTupleHeader(ht_col(r, 1, &isnull)), &tuple);
+			out[0] = PointerGetDatum(ht_row_key(tr->enc, RelationGetDescr(rel), &tuple));
+			out[1] = ht_col(r, 2, &isnull);
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, out, nulls);
+		}
+	}
+	table_close(rel, NoLock);
+	HT_API_END();
+	SPI_finish();
+	return (Datum) 0;
+}
+
+/* _row_partition(tbl, row): the partition of a tracked row's key */
+PG_FUNCTION_INFO_V1(ht_row_partition);
+Datum
+ht_row_partition(PG_FUNCTION_ARGS)
+{
+	Relation	rel;
+	HeapTupleData tuple;
+	RowEntry	e;
+
+	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
+		PG_RETURN_NULL();
+	rel = relation_open(PG_GETARG_OID(0), AccessShareLock);
+	record_tuple(rel, PG_GETARG_HEAPTUPLEHEADER(1), &tuple);
+	row_entry(track_rel(rel), rel, &tuple, INT_MAX, &e);
+	relation_close(rel, AccessShareLock);
+	PG_RETURN_INT32(e.part);
+}
+
+/*
+ * _apply_rows(schema, name, rows jsonb, deletes bytea[]): upsert the rows
+ * (a JSON array of objects) and delete the keys.  Returns rows changed.
+ */
+PG_FUNCTION_INFO_V1(ht_apply_rows);
+Datum
+ht_apply_rows(PG_FUNCTION_ARGS)
+{
+	Relation	rel;
+	TrackRel   *tr;
+	int64		changed = 0;
+
+	HT_ARG_NOT_NULL(0, "schema");
+	HT_ARG_NOT_NULL(1, "name");
+	SPI_connect();
+	HT_API_BEGIN();
+	tr = tracked_by_name(PG_GETARG_TEXT_PP(0), PG_GETARG_TEXT_PP(1), &rel);
+	if (!PG_ARGISNULL(2))
+	{
+		TupleDesc	td = RelationGetDescr(rel);
+		char	   *qname = quote_qualified_identifier(tr->schema, tr->name);
+		StringInfoData cols;
+		StringInfoData vals;
+		StringInfoData keys;
+		StringInfoData sets;
+		StringInfoData sql;
+		Oid			types[1] = {JSONBOID};
+		Datum		v[1];
+
+		initStringInfo(&cols);
+		initStringInfo(&vals);
+		initStringInfo(&keys);
+		initStringInfo(&sets);
+		for (int i = 0; i < td->natts; i++)
+		{
+			Form_pg_attribute a = TupleDescAttr(td, i);
+			const char *c = quote_identifier(NameStr(a->attname));
+			bool		is_key = false;
+
+			if (a->attisdropped || a->attgenerated)
+				continue;
+			appendStringInfo(&cols, "%s%s", cols.len ? ", " : "", c);
+			appendStringInfo(&vals, "%sr.%s", vals.len ? ", " : "", c);
+			for (int k = 0; k < tr->enc->nkeys; k++)
+				if (strcmp(tr->enc->keyname[k], NameStr(a->attname)) == 0)
+					is_key = true;
+			if (!is_key)
+				appendStringInfo(&sets, "%s%s = EXCLUDED.%s", sets.len ? ", " : "", c, c);
+		}
+		for (int k = 0; k < tr->enc->nkeys; k++)
+			appendStringInfo(&keys, "%s%s", k ? ", " : "", quote_identifier(tr->enc->keyname[k]));
+		initStringInfo(&sql);
+		appendStringInfo(&sql,
+						 "INSERT INTO %s AS t (%s) OVERRIDING SYSTEM VALUE"
+						 " SELECT %s FROM pg_catalog.jsonb_populate_recordset(NULL::%s, $1) r"
+						 " ON CONFLICT (%s) DO %s%s",
+						 qname, cols.data, vals.data, qname, keys.data,
+						 sets.len ? "UPDATE SET " : "NOTHING", sets.data);
+		v[0] = PG_GETARG_DATUM(2);
+		if (SPI_execute_with_args(sql.data, 1, types, v, NULL, false, 0) != SPI_OK_INSERT)
+			elog(ERROR, "hashtree: applying rows to %s failed", qname);
+		changed += SPI_processed;
+	}
+	if (!PG_ARGISNULL(3))
+	{
+		bytea	  **keys;
+		int			n;
+		Datum		params[INDEX_MAX_KEYS];
+
+		keys = key_array(PG_GETARG_ARRAYTYPE_P(3), &n);
+		if (n > 0)
+		{
+			key_params(tr->enc, keys, n, params);
+			if (SPI_execute_plan(keys_plan(tr, KEYS_DELETE), params, NULL, false, 0) != SPI_OK_DELETE)
+				elog(ERROR, "hashtree: deleting rows of %s failed", tr->name);
+			changed += SPI_processed;
+		}
+	}
+	table_close(rel, NoLock);
+	HT_API_END();
+	SPI_finish();
+	PG_RETURN_INT64(changed);
+}
+
+/* _partition_rows(schema, name, part): every row of a partition, as jsonb */
+PG_FUNCTION_INFO_V1(ht_partition_rows);
+Datum
+ht_partition_rows(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	Relation	rel;
+	TrackRel   *tr;
+	Datum		v[2];
+	Oid			types[2] = {OIDOID, INT4OID};
+
+	HT_ARG_NOT_NULL(0, "schema");
+	HT_ARG_NOT_NULL(1, "name");
+	HT_ARG_NOT_NULL(2, "partition");
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+	SPI_connect();
+	HT_API_BEGIN();
+	tr = tracked_by_name(PG_GETARG_TEXT_PP(0), PG_GETARG_TEXT_PP(1), &rel);
+	v[0] = ObjectIdGetDatum(tr->root);
+	v[1] = Int32GetDatum(PG_GETARG_INT32(2));
+	if (SPI_execute_with_args(psprintf("SELECT pg_catalog.to_jsonb(t) FROM %s t"
+									   " WHERE hashtree._row_partition($1, t) = $2",
+									   quote_qualified_identifier(tr->schema, tr->name)),
+							  2, types, v, NULL, true, 0) != SPI_OK_SELECT)
+		elog(ERROR, "hashtree: reading rows of %s failed", tr->name);
+	for (uint64 r = 0; r < SPI_processed; r++)
+	{
+		bool		isnull;
+		Datum		d = ht_col(r, 1, &isnull);
+
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, &d, &isnull);
+	}
+	table_close(rel, NoLock);
+	HT_API_END();
+	SPI_finish();
+	return (Datum) 0;
+}
+
+/* _delete_partition_rows(schema, name, part): delete a partition's rows */
+PG_FUNCTION_INFO_V1(ht_delete_partition_rows);
+Datum
+ht_delete_partition_rows(PG_FUNCTION_ARGS)
+{
+	Relation	rel;
+	TrackRel   *tr;
+	Datum		v[2];
+	Oid			types[2] = {OIDOID, INT4OID};
+	int64		n;
+
+	HT_ARG_NOT_NULL(0, "schema");
+	HT_ARG_NOT_NULL(1, "name");
+	HT_ARG_NOT_NULL(2, "partition");
+	SPI_connect();
+	HT_API_BEGIN();
+	tr = tracked_by_name(PG_GETARG_TEXT_PP(0), PG_GETARG_TEXT_PP(1), &rel);
+	v[0] = ObjectIdGetDatum(tr->root);
+	v[1] = Int32GetDatum(PG_GETARG_INT32(2));
+	if (SPI_execute_with_args(psprintf("DELETE FROM %s t WHERE hashtree._row_partition($1, t) = $2",
+									   quote_qualified_identifier(tr->schema, tr->name)),
+							  2, types, v, NULL, false, 0) != SPI_OK_DELETE)
+		elog(ERROR, "hashtree: deleting rows of %s failed", tr->name);
+	n = SPI_processed;
+	table_close(rel, NoLock);
+	HT_API_END();
+	SPI_finish();
+	PG_RETURN_INT64(n);
 }

@@ -1,0 +1,390 @@
+/*-------------------------------------------------------------------------
+ *
+ * exchange.c
+ *	  Anti-entropy exchange of one partition with a peer, and the SQL
+ *	  function exchange().
+ *
+ * Per partition: lock here, lock on the peer (the lock is owned by the
+ * peer backend serving our connection), update both trees, compare them,
+ * repair if asked, release both locks.  The locks never outlive the
+ * partition (plum_db's B7): on success they are released explicitly; on
+ * any error the local lock goes with the (sub)transaction abort and the
+ * peer's with the connection, which is closed.  A partition whose
+ * exchange failed is reported as failed, never as "no differences".
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/memutils.h"
+#include "utils/resowner.h"
+#include "utils/timestamp.h"
+
+#include "compare.h"
+#include "exchange.h"
+#include "hashtree.h"
+#include "partlock.h"
+#include "remote.h"
+#include "sqlexec.h"
+#include "store.h"
+
+HtRepairMode
+ht_repair_mode(const char *name)
+{
+	if (strcmp(name, "none") == 0)
+		return HT_REPAIR_NONE;
+	if (strcmp(name, "pull") == 0)
+		return HT_REPAIR_PULL;
+	if (strcmp(name, "push") == 0)
+		return HT_REPAIR_PUSH;
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("repair must be none, pull or push, not \"%s\"", name)));
+	return HT_REPAIR_NONE;		/* keep compiler quiet */
+}
+
+const char *
+ht_repair_mode_name(HtRepairMode mode)
+{
+	return mode == HT_REPAIR_PULL ? "pull" : mode == HT_REPAIR_PUSH ? "push" : "none";
+}
+
+/* compare callback: keep the difference */
+static void
+collect(void *arg, HtDiffKind kind, Datum pa, Datum pb, bytea *key)
+{
+	HtExchangeResult *r = (HtExchangeResult *) arg;
+	HtDiff	   *d;
+
+	if (r->ndiffs >= r->diffs_cap)
+	{
+		r->diffs_cap = r->diffs_cap ? r->diffs_cap * 2 : 64;
+		r->diffs = r->diffs ? repalloc(r->diffs, sizeof(HtDiff) * r->diffs_cap)
+			: palloc(sizeof(HtDiff) * r->diffs_cap);
+	}
+	d = &r->diffs[r->ndiffs++];
+	d->kind = kind;
+	d->pa = TextDatumGetCString(pa);
+	d->pb = pb ? TextDatumGetCString(pb) : NULL;
+	d->key = key ? DatumGetByteaPCopy(PointerGetDatum(key)) : NULL;
+	d->repaired = false;
+	r->counts[kind]++;
+}
+
+/* "SELECT hashtree.<fn>($1::int4)" on the peer: its one-word answer */
+static char *
+peer_word(HtPeer *peer, const char *fn, int part)
+{
+	const char *params[1] = {psprintf("%d", part)};
+	HtRemoteResult *res = ht_peer_query(peer, psprintf("SELECT hashtree.%s($1::int4)", fn),
+										1, params, false, 1);
+
+	if (res->nrows != 1 || ht_remote_text(res, 0, 0) == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROTOCOL_VIOLATION),
+				 errmsg("unexpected answer from peer \"%s\" to %s()", ht_peer_name(peer), fn)));
+	return ht_remote_text(res, 0, 0);
+}
+
+void
+ht_exchange_partition(const char *peer_name, int part, HtRepairMode mode,
+					  HtExchangeResult *r)
+{
+	HtPeer	   *peer;
+	int64		rt0;
+	int64		bytes0;
+	int64		rt1;
+	int64		bytes1;
+	uint64		generation;
+	const char *res;
+	char	   *word;
+	HtPartState st;
+	bool		held;
+
+	peer = ht_peer_get(peer_name);
+	if (ht_peer_partitions(peer) != ht_num_partitions())
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("peer \"%s\" has %d partitions, this node has %d",
+						peer_name, ht_peer_partitions(peer), ht_num_partitions())));
+	ht_peer_counters(peer, &rt0, &bytes0);
+	generation = ht_peer_generation(peer);
+
+	/*
+	 * Lock here, then there.  A lock this backend already held (taken with
+	 * lock()) stays held after the exchange.
+	 */
+	ht_part_state(part, &st);
+	held = st.mine;
+	res = ht_part_lock(part, MyProcPid);
+	if (strcmp(res, "ok") != 0)
+	{
+		r->outcome = strcmp(res, "not_built") == 0 ? "not_built" : "skipped_locked";
+		r->message = psprintf("partition %d is %s on this node", part,
+							  strcmp(res, "not_built") == 0 ? "not built" : "locked");
+		return;
+	}
+	word = peer_word(peer, "lock", part);
+	if (strcmp(word, "ok") != 0)
+	{
+		if (!held)
+			(void) ht_part_release(part, MyProcPid);
+		r->outcome = strcmp(word, "not_built") == 0 ? "not_built" : "skipped_locked";
+		r->message = psprintf("partition %d is %s on peer \"%s\"", part,
+							  strcmp(word, "not_built") == 0 ? "not built" : "locked",
+							  peer_name);
+		return;
+	}
+
+	/* both trees up to date with every change committed before now */
+	res = ht_update_partition(part);
+	if (strcmp(res, "ok") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("update of partition %d on this node answered %s", part, res)));
+	word = peer_word(peer, "update", part);
+	if (strcmp(word, "ok") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("update of partition %d on peer \"%s\" answered %s", part, peer_name, word)));
+
+	ht_compare(part, peer, collect, r);
+
+	if (mode != HT_REPAIR_NONE && r->ndiffs > 0)
+		ht_repair(peer, part, mode, r);
+
+	/* a reconnection since the lock would mean the peer's lock was lost */
+	if (ht_peer_generation(peer) != generation)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONNECTION_FAILURE),
+				 errmsg("the connection to peer \"%s\" was replaced during the exchange", peer_name)));
+	word = peer_word(peer, "release_lock", part);
+	if (strcmp(word, "ok") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("release of partition %d on peer \"%s\" answered %s", part, peer_name, word)));
+	if (!held)
+		(void) ht_part_release(part, MyProcPid);
+
+	ht_peer_counters(peer, &rt1, &bytes1);
+	r->round_trips = rt1 - rt0;
+	r->bytes = bytes1 - bytes0;
+	r->outcome = "ok";
+}
+
+/* did the peer (not this backend) raise it? remote.c marks peer errors */
+static bool
+from_peer(ErrorData *edata)
+{
+	return (edata->message && strstr(edata->message, "on peer \"") != NULL) ||
+		(edata->context && strstr(edata->context, "on peer \"") != NULL);
+}
+
+bool
+ht_exchange_peer_lost(int sqlstate, const char *message)
+{
+	/* unreachable, broken, or mute past hashtree.statement_timeout */
+	return ERRCODE_TO_CATEGORY(sqlstate) == ERRCODE_CONNECTION_EXCEPTION ||
+		(sqlstate == ERRCODE_QUERY_CANCELED && message != NULL &&
+		 strncmp(message, "canceling statement on peer", 27) == 0);
+}
+
+void
+ht_exchange_failed(const char *peer_name, ErrorData *edata, HtExchangeResult *r)
+{
+	/*
+	 * A cancel or a shutdown of this backend stops everything (a statement
+	 * timeout on the peer is only this partition's failure).
+	 */
+	if ((edata->sqlerrcode == ERRCODE_QUERY_CANCELED && !from_peer(edata)) ||
+		edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
+	{
+		ht_peer_disconnect(peer_name);
+		ReThrowError(edata);
+	}
+
+	/* the peer's lock goes with the connection */
+	ht_peer_disconnect(peer_name);
+	r->outcome = "error";
+	r->sqlstate = edata->sqlerrcode;
+	r->message = edata->message ? pstrdup(edata->message) : pstrdup("unknown error");
+	r->ndiffs = 0;
+	memset(r->counts, 0, sizeof(r->counts));
+	r->repaired = 0;
+}
+
+static HtQuery q_log = {
+	"INSERT INTO hashtree.exchange_log (peer, \"partition\", repair, worker, started, finished,"
+	" outcome, message, missing, remote_missing, different, missing_prefix,"
+	" remote_missing_prefix, repaired, bytes, round_trips)"
+	" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+	16, {TEXTOID, INT4OID, TEXTOID, BOOLOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID, TEXTOID,
+		INT8OID, INT8OID, INT8OID, INT8OID, INT8OID, INT8OID, INT8OID, INT8OID}
+};
+
+void
+ht_exchange_log(const char *peer_name, HtRepairMode mode, bool worker, HtExchangeResult *r)
+{
+	Datum		v[16];
+	bool		n[16];
+
+	memset(n, 0, sizeof(n));
+	v[0] = CStringGetTextDatum(peer_name);
+	v[1] = Int32GetDatum(r->part);
+	v[2] = CStringGetTextDatum(ht_repair_mode_name(mode));
+	v[3] = BoolGetDatum(worker);
+	v[4] = TimestampTzGetDatum(r->started);
+	v[5] = TimestampTzGetDatum(r->finished);
+	v[6] = CStringGetTextDatum(r->outcome);
+	v[7] = r->message ? CStringGetTextDatum(r->message) : (Datum) 0;
+	n[7] = (r->message == NULL);
+	for (int k = 0; k < HT_NKINDS; k++)
+		v[8 + k] = Int64GetDatum(r->counts[k]);
+	v[13] = Int64GetDatum(r->repaired);
+	v[14] = Int64GetDatum(r->bytes);
+	v[15] = Int64GetDatum(r->round_trips);
+	ht_exec(&q_log, v, n, 0);
+}
+
+bool		ht_exchange_quiet = false;
+
+void
+ht_exchange_one(const char *peer_name, int part, HtRepairMode mode, bool worker,
+				char **unreachable, HtExchangeResult *r)
+{
+	memset(r, 0, sizeof(*r));
+	r->part = part;
+	r->started = GetCurrentTimestamp();
+	if (*unreachable != NULL)
+	{
+		/* the peer went away: the remaining partitions were not compared */
+		r->outcome = "error";
+		r->message = *unreachable;
+	}
+	else
+	{
+		MemoryContext cxt = CurrentMemoryContext;
+		ResourceOwner owner = CurrentResourceOwner;
+
+		BeginInternalSubTransaction(NULL);
+		MemoryContextSwitchTo(cxt);
+		PG_TRY();
+		{
+			ht_exchange_partition(peer_name, part, mode, r);
+			ReleaseCurrentSubTransaction();
+			MemoryContextSwitchTo(cxt);
+			CurrentResourceOwner = owner;
+		}
+		PG_CATCH();
+		{
+			ErrorData  *edata;
+
+			MemoryContextSwitchTo(cxt);
+			edata = CopyErrorData();
+			FlushErrorState();
+			RollbackAndReleaseCurrentSubTransaction();
+			MemoryContextSwitchTo(cxt);
+			CurrentResourceOwner = owner;
+			ht_exchange_failed(peer_name, edata, r);
+			/* an unreachable peer: do not try the next partitions */
+			if (ht_exchange_peer_lost(r->sqlstate, r->message))
+				*unreachable = psprintf("not attempted: the peer was lost at partition %d",
+										part);
+			if (!ht_exchange_quiet)
+				ereport(WARNING,
+						(errmsg("hashtree: exchange of partition %d with peer \"%s\" failed: %s",
+								part, peer_name, r->message)));
+		}
+		PG_END_TRY();
+	}
+	r->finished = GetCurrentTimestamp();
+	ht_exchange_log(peer_name, mode, worker, r);
+}
+
+/* ---- exchange(peer, partition, repair) -------------------------------------- */
+
+static void
+put_row(ReturnSetInfo *rsinfo, int part, const char *kind, const char *pa,
+		const char *pb, bytea *key, bool repaired)
+{
+	Datum		values[6];
+	bool		nulls[6] = {false, false, false, false, false, false};
+
+	values[0] = Int32GetDatum(part);
+	values[1] = CStringGetTextDatum(kind);
+	values[2] = pa ? CStringGetTextDatum(pa) : (Datum) 0;
+	nulls[2] = (pa == NULL);
+	values[3] = pb ? CStringGetTextDatum(pb) : (Datum) 0;
+	nulls[3] = (pb == NULL);
+	values[4] = PointerGetDatum(key);
+	nulls[4] = (key == NULL);
+	values[5] = BoolGetDatum(repaired);
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+}
+
+PG_FUNCTION_INFO_V1(ht_exchange);
+Datum
+ht_exchange(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	char	   *peer_name;
+	HtRepairMode mode;
+	int			first;
+	int			last;
+	char	   *unreachable = NULL;	/* set when the peer is lost */
+
+	HT_ARG_NOT_NULL(0, "peer");
+	HT_ARG_NOT_NULL(2, "repair");
+	peer_name = text_to_cstring(PG_GETARG_TEXT_PP(0));
+	mode = ht_repair_mode(text_to_cstring(PG_GETARG_TEXT_PP(2)));
+	if (ht_node_is_local(peer_name))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("\"%s\" is this node; an exchange needs a peer", peer_name)));
+	if (IsolationUsesXactSnapshot())
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("hashtree.exchange() must run at isolation level READ COMMITTED")));
+
+	InitMaterializedSRF(fcinfo, 0);
+	SPI_connect();
+	HT_API_BEGIN();
+	ht_peer_check(peer_name);	/* an unknown peer is an error at once */
+	if (PG_ARGISNULL(1))
+	{
+		first = 0;
+		last = ht_num_partitions() - 1;
+	}
+	else
+	{
+		first = last = PG_GETARG_INT32(1);
+		ht_check_partition(first);
+	}
+
+	for (int part = first; part <= last; part++)
+	{
+		HtExchangeResult r;
+
+		ht_exchange_one(peer_name, part, mode, false, &unreachable, &r);
+		if (strcmp(r.outcome, "ok") == 0)
+		{
+			for (int i = 0; i < r.ndiffs; i++)
+				put_row(rsinfo, part, ht_diff_kind_names[r.diffs[i].kind], r.diffs[i].pa,
+						r.diffs[i].pb, r.diffs[i].key, r.diffs[i].repaired);
+		}
+		else
+		{
+			/* never a clean result for a partition that was not compared */
+			put_row(rsinfo, part, r.outcome, NULL, NULL, NULL, false);
+		}
+	}
+	HT_API_END();
+	SPI_finish();
+	return (Datum) 0;
+}

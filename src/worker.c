@@ -1,0 +1,810 @@
+/*-------------------------------------------------------------------------
+ *
+ * worker.c
+ *	  Background workers: the launcher (tick, rebuild and exchange
+ *	  scheduling) and the jobs it starts (one rebuild or one exchange).
+ *
+ * The launcher never waits on a peer: everything that talks to a peer or
+ * may take long runs in a job, a dynamic worker with
+ * BGW_NEVER_RESTART whose end the postmaster reports to the launcher
+ * (bgw_notify_pid).  Each step runs in its own transaction, so a lock is
+ * never held across steps and an error ends one step only.
+ *
+ * Logging: one LOG line per exchange and per rebuild; an error the
+ * launcher meets is logged when it differs from the last one (a broken
+ * partition does not write a line every tick); a peer whose exchange
+ * failed is backed off (interval * 2^failures, at most 32 intervals), so
+ * an unreachable peer costs one line now and then, never a flood.  The
+ * peer client's connect and statement timeouts (remote.c) bound every
+ * wait on a peer; SIGTERM interrupts any of them.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/xact.h"
+#include "catalog/pg_type.h"
+#include "commands/extension.h"
+#include "common/pg_prng.h"
+#include "executor/spi.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "postmaster/interrupt.h"
+#include "storage/ipc.h"
+#include "storage/latch.h"
+#include "tcop/tcopprot.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/memutils.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "exchange.h"
+#include "hashtree.h"
+#include "partlock.h"
+#include "remote.h"
+#include "sqlexec.h"
+#include "store.h"
+#include "worker.h"
+
+char	   *ht_guc_database = NULL;
+int			ht_guc_tick_interval = 10;
+int			ht_guc_exchange_interval = 60;
+int			ht_guc_max_exchanges = 2;
+int			ht_guc_repair = HT_REPAIR_NONE;
+
+static const struct config_enum_entry repair_options[] = {
+	{"none", HT_REPAIR_NONE, false},
+	{"pull", HT_REPAIR_PULL, false},
+	{"push", HT_REPAIR_PUSH, false},
+	{NULL, 0, false}
+};
+
+/* what a job does: passed in bgw_extra */
+typedef enum JobKind
+{
+	JOB_EXCHANGE = 1,
+	JOB_REBUILD = 2
+} JobKind;
+
+typedef struct Job
+{
+	Oid			dboid;
+	int			kind;
+	int			part;			/* rebuild */
+	int			mode;			/* exchange: HtRepairMode */
+	char		peer[HT_MAX_PEER_NAME_LEN + 1]; /* exchange */
+} Job;
+
+StaticAssertDecl(sizeof(Job) <= BGW_EXTRALEN, "a job must fit in bgw_extra");
+
+#define MAX_BACKOFF_SHIFT	5	/* at most 32 exchange intervals */
+#define REBUILD_RETRY_MS	60000	/* a failed rebuild is tried again after */
+
+void
+ht_worker_init(void)
+{
+	BackgroundWorker w;
+
+	DefineCustomStringVariable("hashtree.database",
+							   "Database in which the hashtree background workers run.",
+							   "Empty: no workers.  Needs shared_preload_libraries = 'hashtree'.",
+							   &ht_guc_database,
+							   "",
+							   PGC_POSTMASTER, 0,
+							   NULL, NULL, NULL);
+	DefineCustomIntVariable("hashtree.tick_interval",
+							"Time between two updates of every partition by the workers.",
+							NULL,
+							&ht_guc_tick_interval,
+							10, 1, INT_MAX / 1000,
+							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("hashtree.exchange_interval",
+							"Time between two exchanges started by the workers (0 disables).",
+							NULL,
+							&ht_guc_exchange_interval,
+							60, 0, INT_MAX / 1000,
+							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("hashtree.max_exchanges",
+							"Maximum number of exchanges the workers run at once.",
+							"Each takes a background worker slot (max_worker_processes).",
+							&ht_guc_max_exchanges,
+							2, 0, 64,
+							PGC_SIGHUP, 0,
+							NULL, NULL, NULL);
+	DefineCustomEnumVariable("hashtree.repair",
+							 "Repair mode of the exchanges started by the workers.",
+							 "none reports, pull makes this node equal to the peer, "
+							 "push makes the peer equal to this node.",
+							 &ht_guc_repair,
+							 HT_REPAIR_NONE, repair_options,
+							 PGC_SIGHUP, 0,
+							 NULL, NULL, NULL);
+
+	if (!process_shared_preload_libraries_in_progress ||
+		ht_guc_database == NULL || ht_guc_database[0] == '\0')
+		return;
+
+	memset(&w, 0, sizeof(w));
+	w.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	w.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	w.bgw_restart_time = 10;
+	snprintf(w.bgw_library_name, BGW_MAXLEN, "hashtree");
+	snprintf(w.bgw_function_name, BGW_MAXLEN, "ht_launcher_main");
+	snprintf(w.bgw_name, BGW_MAXLEN, "hashtree launcher");
+	snprintf(w.bgw_type, BGW_MAXLEN, "hashtree launcher");
+	RegisterBackgroundWorker(&w);
+}
+
+/* ---- transactions and errors -------------------------------------------- */
+
+static void
+xact_begin(const char *activity)
+{
+	SetCurrentStatementStartTimestamp();
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	pgstat_report_activity(STATE_RUNNING, activity);
+}
+
+static void
+xact_end(void)
+{
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+	pgstat_report_stat(false);
+	pgstat_report_activity(STATE_IDLE, NULL);
+}
+
+typedef void (*StepFn) (void *arg);
+
+/*
+ * Run fn in a transaction of its own.  An ERROR aborts that transaction
+ * only; it is logged unless it repeats *last (the previous error of the
+ * same step), which keeps a persistent failure from writing a line every
+ * tick.  Returns false on error.
+ */
+static bool
+run_step(const char *activity, StepFn fn, void *arg, char **last)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	bool		ok = true;
+
+	PG_TRY();
+	{
+		xact_begin(activity);
+		HT_API_BEGIN();
+		fn(arg);
+		HT_API_END();
+		xact_end();
+		MemoryContextSwitchTo(cxt);
+		if (last != NULL && *last != NULL)
+		{
+			pfree(*last);
+			*last = NULL;
+		}
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		MemoryContextSwitchTo(cxt);
+		pgstat_report_activity(STATE_IDLE, NULL);
+		if (last == NULL || *last == NULL || strcmp(*last, edata->message) != 0)
+		{
+			ereport(LOG,
+					(errcode(edata->sqlerrcode),
+					 errmsg("hashtree: %s failed: %s", activity, edata->message)));
+			if (last != NULL)
+			{
+				if (*last != NULL)
+					pfree(*last);
+				*last = MemoryContextStrdup(TopMemoryContext, edata->message);
+			}
+		}
+		FreeErrorData(edata);
+		ok = false;
+	}
+	PG_END_TRY();
+	return ok;
+}
+
+/* ---- the launcher ---------------------------------------------------------- */
+
+typedef struct Running
+{
+	bool		used;
+	Job			job;
+	BackgroundWorkerHandle *handle;
+	int64		log_id;			/* exchange_log id before the job started */
+} Running;
+
+#define MAX_RUNNING 72
+
+static Running running[MAX_RUNNING];
+
+typedef struct Backoff
+{
+	char		peer[HT_MAX_PEER_NAME_LEN + 1];
+	int			failures;
+	TimestampTz not_before;
+} Backoff;
+
+static Backoff *backoffs = NULL;
+static int	nbackoffs = 0;
+
+static TimestampTz *rebuild_not_before = NULL;	/* per partition */
+static int	nparts = 0;
+static char **tick_errors = NULL;	/* last error per partition */
+static bool extension_present = false;
+static bool warned_absent = false;
+static bool warned_no_slot = false;
+
+static Backoff *
+backoff_of(const char *peer)
+{
+	for (int i = 0; i < nbackoffs; i++)
+		if (strcmp(backoffs[i].peer, peer) == 0)
+			return &backoffs[i];
+	backoffs = backoffs
+		? repalloc(backoffs, sizeof(Backoff) * (nbackoffs + 1))
+		: MemoryContextAlloc(TopMemoryContext, sizeof(Backoff));
+	memset(&backoffs[nbackoffs], 0, sizeof(Backoff));
+	strlcpy(backoffs[nbackoffs].peer, peer, sizeof(backoffs[nbackoffs].peer));
+	return &backoffs[nbackoffs++];
+}
+
+static int
+count_running(int kind)
+{
+	int			n = 0;
+
+	for (int i = 0; i < MAX_RUNNING; i++)
+		if (running[i].used && running[i].job.kind == kind)
+			n++;
+	return n;
+}
+
+static bool
+start_job(Job *job, int64 log_id)
+{
+	BackgroundWorker w;
+	int			slot = -1;
+	MemoryContext old;
+	bool		registered;
+
+	for (int i = 0; i < MAX_RUNNING && slot < 0; i++)
+		if (!running[i].used)
+			slot = i;
+	if (slot < 0)
+		return false;
+
+	memset(&w, 0, sizeof(w));
+	w.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	w.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	w.bgw_restart_time = BGW_NEVER_RESTART;
+	w.bgw_notify_pid = MyProcPid;
+	snprintf(w.bgw_library_name, BGW_MAXLEN, "hashtree");
+	snprintf(w.bgw_function_name, BGW_MAXLEN, "ht_job_main");
+	if (job->kind == JOB_EXCHANGE)
+	{
+		snprintf(w.bgw_name, BGW_MAXLEN, "hashtree exchange with %s", job->peer);
+		snprintf(w.bgw_type, BGW_MAXLEN, "hashtree exchange");
+	}
+	else
+	{
+		snprintf(w.bgw_name, BGW_MAXLEN, "hashtree rebuild of partition %d", job->part);
+		snprintf(w.bgw_type, BGW_MAXLEN, "hashtree rebuild");
+	}
+	memcpy(w.bgw_extra, job, sizeof(Job));
+	old = MemoryContextSwitchTo(TopMemoryContext);	/* the handle outlives the loop */
+	registered = RegisterDynamicBackgroundWorker(&w, &running[slot].handle);
+	MemoryContextSwitchTo(old);
+	if (!registered)
+	{
+		if (!warned_no_slot)
+			ereport(LOG,
+					(errmsg("hashtree: no free background worker slot for a job"),
+					 errhint("Raise max_worker_processes (each exchange and rebuild takes one).")));
+		warned_no_slot = true;
+		return false;
+	}
+	warned_no_slot = false;
+	running[slot].used = true;
+	running[slot].job = *job;
+	running[slot].log_id = log_id;
+	return true;
+}
+
+/* the outcome of a finished exchange job, for the backoff */
+typedef struct ExchangeEnd
+{
+	Running    *r;
+	bool		failed;
+} ExchangeEnd;
+
+static HtQuery q_job_outcome = {
+	"SELECT count(*) FILTER (WHERE outcome = 'error'), count(*) FROM hashtree.exchange_log"
+	" WHERE id > $1 AND peer = $2 AND worker",
+	2, {INT8OID, TEXTOID}
+};
+
+static void
+exchange_end_step(void *arg)
+{
+	ExchangeEnd *e = (ExchangeEnd *) arg;
+	Datum		v[2];
+	bool		isnull;
+
+	v[0] = Int64GetDatum(e->r->log_id);
+	v[1] = CStringGetTextDatum(e->r->job.peer);
+	ht_exec(&q_job_outcome, v, NULL, 0);
+	/* a job that logged nothing died before its first partition */
+	e->failed = DatumGetInt64(ht_col(0, 1, &isnull)) > 0 ||
+		DatumGetInt64(ht_col(0, 2, &isnull)) == 0;
+}
+
+static void
+reap_jobs(void)
+{
+	for (int i = 0; i < MAX_RUNNING; i++)
+	{
+		pid_t		pid;
+		Running    *r = &running[i];
+
+		if (!r->used || GetBackgroundWorkerPid(r->handle, &pid) != BGWH_STOPPED)
+			continue;
+		if (r->job.kind == JOB_EXCHANGE)
+		{
+			ExchangeEnd e = {r, true};
+			Backoff    *b = backoff_of(r->job.peer);
+
+			(void) run_step("reading the outcome of an exchange", exchange_end_step, &e, NULL);
+			if (e.failed)
+			{
+				int64		ms = (int64) ht_guc_exchange_interval * 1000 *
+					(INT64CONST(1) << Min(b->failures, MAX_BACKOFF_SHIFT));
+
+				b->failures++;
+				b->not_before = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ms);
+				ereport(DEBUG1,
+						(errmsg("hashtree: peer \"%s\" backed off for " INT64_FORMAT " ms",
+								r->job.peer, ms)));
+			}
+			else
+				b->failures = 0;
+		}
+		else if (r->job.part < nparts)
+			rebuild_not_before[r->job.part] =
+				TimestampTzPlusMilliseconds(GetCurrentTimestamp(), REBUILD_RETRY_MS);
+		pfree(r->handle);
+		r->used = false;
+	}
+}
+
+static void
+presence_step(void *arg)
+{
+	bool		present = OidIsValid(get_extension_oid("hashtree", true));
+
+	if (present)
+	{
+		int			n = ht_num_partitions();
+
+		if (n != nparts)
+		{
+			rebuild_not_before = rebuild_not_before
+				? repalloc(rebuild_not_before, sizeof(TimestampTz) * n)
+				: MemoryContextAlloc(TopMemoryContext, sizeof(TimestampTz) * n);
+			tick_errors = tick_errors
+				? repalloc(tick_errors, sizeof(char *) * n)
+				: MemoryContextAlloc(TopMemoryContext, sizeof(char *) * n);
+			for (int i = nparts; i < n; i++)
+			{
+				rebuild_not_before[i] = 0;
+				tick_errors[i] = NULL;
+			}
+			nparts = n;
+		}
+	}
+	*(bool *) arg = present;
+}
+
+/* is the extension installed (it may be created or dropped at any time)? */
+static bool
+check_extension(void)
+{
+	bool		present = false;
+
+	if (!run_step("looking for the extension", presence_step, &present, NULL))
+		present = false;
+	if (!present && !warned_absent)
+		ereport(LOG,
+				(errmsg("hashtree: extension \"hashtree\" is not installed in database \"%s\";"
+						" the workers wait for it", ht_guc_database)));
+	warned_absent = !present;
+	extension_present = present;
+	return present;
+}
+
+/* tick: update one partition if it is built and nobody holds it */
+static void
+tick_step(void *arg)
+{
+	int			part = *(int *) arg;
+	HtPartState st;
+	const char *res;
+
+	ht_part_state(part, &st);
+	if (!st.built || st.owner != 0)
+		return;
+	if (strcmp(ht_part_lock(part, MyProcPid), "ok") != 0)
+		return;
+	res = ht_update_partition(part);
+	(void) ht_part_release(part, MyProcPid);
+	if (strcmp(res, "ok") != 0 && strcmp(res, "ongoing_update") != 0)
+		elog(DEBUG1, "hashtree: tick of partition %d: update answered %s", part, res);
+}
+
+/* the partition most in need of a rebuild (not built first, then expired) */
+static HtQuery q_rebuild_candidates = {
+	"SELECT part FROM hashtree.partition"
+	" WHERE NOT built OR hashtree._next_expiry(built_at, jitter) <= now()"
+	" ORDER BY built, hashtree._next_expiry(built_at, jitter), part",
+	0, {InvalidOid}
+};
+
+static void
+rebuild_pick_step(void *arg)
+{
+	int		   *pick = (int *) arg;
+	uint64		n = ht_exec(&q_rebuild_candidates, NULL, NULL, 0);
+	TimestampTz now = GetCurrentTimestamp();
+
+	*pick = -1;
+	for (uint64 i = 0; i < n && *pick < 0; i++)
+	{
+		bool		isnull;
+		int			part = DatumGetInt32(ht_col(i, 1, &isnull));
+
+		if (part >= 0 && part < nparts && rebuild_not_before[part] <= now)
+			*pick = part;
+	}
+}
+
+static void
+tick(void)
+{
+	int			pick = -1;
+
+	if (!check_extension())
+		return;
+	for (int part = 0; part < nparts; part++)
+	{
+		char		what[64];
+
+		CHECK_FOR_INTERRUPTS();
+		snprintf(what, sizeof(what), "tick of partition %d", part);
+		(void) run_step(what, tick_step, &part, &tick_errors[part]);
+	}
+
+	/* one rebuild at a time: never a storm */
+	if (count_running(JOB_REBUILD) == 0 &&
+		run_step("looking for expired trees", rebuild_pick_step, &pick, NULL) &&
+		pick >= 0)
+	{
+		Job			job;
+
+		memset(&job, 0, sizeof(job));
+		job.dboid = MyDatabaseId;
+		job.kind = JOB_REBUILD;
+		job.part = pick;
+		if (!start_job(&job, 0))
+			rebuild_not_before[pick] =
+				TimestampTzPlusMilliseconds(GetCurrentTimestamp(), REBUILD_RETRY_MS);
+	}
+}
+
+/* choose a peer for the next exchange */
+typedef struct PeerPick
+{
+	char	   *peer;
+	int64		log_id;
+} PeerPick;
+
+static HtQuery q_peers = {
+	"SELECT name, (SELECT coalesce(max(id), 0) FROM hashtree.exchange_log)"
+	" FROM hashtree.peer ORDER BY name",
+	0, {InvalidOid}
+};
+
+static void
+peer_pick_step(void *arg)
+{
+	PeerPick   *pick = (PeerPick *) arg;
+	uint64		n = ht_exec(&q_peers, NULL, NULL, 0);
+	TimestampTz now = GetCurrentTimestamp();
+	char	  **eligible = palloc(sizeof(char *) * Max(n, 1));
+	int			neligible = 0;
+
+	for (uint64 i = 0; i < n; i++)
+	{
+		bool		isnull;
+		char	   *name = TextDatumGetCString(ht_col(i, 1, &isnull));
+		bool		busy = false;
+
+		pick->log_id = DatumGetInt64(ht_col(i, 2, &isnull));
+		for (int j = 0; j < MAX_RUNNING; j++)
+			if (running[j].used && running[j].job.kind == JOB_EXCHANGE &&
+				strcmp(running[j].job.peer, name) == 0)
+				busy = true;
+		if (busy || strlen(name) > HT_MAX_PEER_NAME_LEN || backoff_of(name)->not_before > now)
+			continue;
+		eligible[neligible++] = name;
+	}
+	pick->peer = NULL;
+	if (neligible > 0)
+		pick->peer = MemoryContextStrdup(TopMemoryContext,
+										 eligible[pg_prng_uint64_range(&pg_global_prng_state,
+																	   0, neligible - 1)]);
+}
+
+static void
+start_exchange(void)
+{
+	PeerPick	pick = {NULL, 0};
+	Job			job;
+
+	if (!extension_present || count_running(JOB_EXCHANGE) >= ht_guc_max_exchanges)
+		return;
+	if (!run_step("choosing a peer", peer_pick_step, &pick, NULL) || pick.peer == NULL)
+		return;
+	memset(&job, 0, sizeof(job));
+	job.dboid = MyDatabaseId;
+	job.kind = JOB_EXCHANGE;
+	job.mode = ht_guc_repair;
+	strlcpy(job.peer, pick.peer, sizeof(job.peer));
+	pfree(pick.peer);
+	(void) start_job(&job, pick.log_id);
+}
+
+void
+ht_launcher_main(Datum arg)
+{
+	MemoryContext loop_cxt;
+	TimestampTz next_tick;
+	TimestampTz next_exchange;
+	int			tick_s = ht_guc_tick_interval;
+	int			exchange_s = ht_guc_exchange_interval;
+
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnection(ht_guc_database, NULL, 0);
+	pgstat_report_appname("hashtree launcher");
+	ereport(LOG,
+			(errmsg("hashtree launcher started in database \"%s\"", ht_guc_database)));
+
+	loop_cxt = AllocSetContextCreate(TopMemoryContext, "hashtree launcher",
+									 ALLOCSET_DEFAULT_SIZES);
+	next_tick = GetCurrentTimestamp();
+	next_exchange = TimestampTzPlusMilliseconds(next_tick, (int64) exchange_s * 1000);
+
+	for (;;)
+	{
+		TimestampTz now;
+		long		wait_ms;
+
+		if (ProcDiePending)
+		{
+			/* idle: nothing to abort, so leave without the FATAL of die() */
+			ProcDiePending = false;
+			ereport(LOG, (errmsg("hashtree launcher shutting down")));
+			proc_exit(0);
+		}
+		CHECK_FOR_INTERRUPTS();
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+			/* a shorter interval applies at once */
+			if (ht_guc_tick_interval != tick_s)
+				next_tick = Min(next_tick, TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+																	   (int64) ht_guc_tick_interval * 1000));
+			if (ht_guc_exchange_interval != exchange_s)
+				next_exchange = Min(next_exchange,
+									TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+																(int64) ht_guc_exchange_interval * 1000));
+			tick_s = ht_guc_tick_interval;
+			exchange_s = ht_guc_exchange_interval;
+		}
+
+		MemoryContextSwitchTo(loop_cxt);
+		reap_jobs();
+		now = GetCurrentTimestamp();
+		if (now >= next_tick)
+		{
+			tick();
+			next_tick = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													(int64) tick_s * 1000);
+		}
+		now = GetCurrentTimestamp();
+		if (exchange_s > 0 && now >= next_exchange)
+		{
+			start_exchange();
+			next_exchange = TimestampTzPlusMilliseconds(now, (int64) exchange_s * 1000);
+		}
+		MemoryContextSwitchTo(TopMemoryContext);
+		MemoryContextReset(loop_cxt);
+
+		now = GetCurrentTimestamp();
+		wait_ms = TimestampDifferenceMilliseconds(now, next_tick);
+		if (exchange_s > 0)
+			wait_ms = Min(wait_ms, TimestampDifferenceMilliseconds(now, next_exchange));
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 Max(wait_ms, 1), PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+	}
+}
+
+/* ---- jobs -------------------------------------------------------------------- */
+
+typedef struct ExchangeRun
+{
+	Job		   *job;
+	int			part;
+	char	   *unreachable;
+	HtExchangeResult r;
+} ExchangeRun;
+
+static void
+exchange_step(void *arg)
+{
+	ExchangeRun *x = (ExchangeRun *) arg;
+	char	   *unreachable = x->unreachable;
+
+	ht_exchange_one(x->job->peer, x->part, (HtRepairMode) x->job->mode, true,
+					&unreachable, &x->r);
+	/* what is used after the transaction: the counts, and these */
+	if (unreachable != x->unreachable)
+		x->unreachable = MemoryContextStrdup(TopMemoryContext, unreachable);
+	if (x->r.message != NULL)
+		x->r.message = MemoryContextStrdup(TopMemoryContext, x->r.message);
+	x->r.diffs = NULL;
+	x->r.ndiffs = 0;
+}
+
+static void
+partitions_step(void *arg)
+{
+	*(int *) arg = ht_num_partitions();
+}
+
+static void
+run_exchange(Job *job)
+{
+	ExchangeRun x;
+	int			n = 0;
+	int			ok = 0;
+	int			skipped = 0;
+	int			failed = 0;
+	int64		diffs = 0;
+	int64		repaired = 0;
+	int64		bytes = 0;
+	int64		round_trips = 0;
+	char	   *first_error = NULL;
+	char	   *first_note = NULL;
+	TimestampTz start = GetCurrentTimestamp();
+
+	if (!run_step("counting partitions", partitions_step, &n, NULL))
+		return;
+	memset(&x, 0, sizeof(x));
+	x.job = job;
+	for (int part = 0; part < n; part++)
+	{
+		char		what[64];
+
+		CHECK_FOR_INTERRUPTS();
+		x.part = part;
+		snprintf(what, sizeof(what), "exchange of partition %d", part);
+		if (!run_step(what, exchange_step, &x, NULL))
+		{
+			failed++;
+			continue;
+		}
+		if (strcmp(x.r.outcome, "ok") == 0)
+		{
+			ok++;
+			/* a repair that failed (the exchange itself completed) */
+			if (first_note == NULL && x.r.message != NULL)
+				first_note = x.r.message;
+		}
+		else if (strcmp(x.r.outcome, "error") == 0)
+		{
+			failed++;
+			if (first_error == NULL)
+				first_error = x.r.message;
+		}
+		else
+			skipped++;
+		for (int k = 0; k < HT_NKINDS; k++)
+			diffs += x.r.counts[k];
+		repaired += x.r.repaired;
+		bytes += x.r.bytes;
+		round_trips += x.r.round_trips;
+	}
+	ereport(LOG,
+			(errmsg("hashtree: exchange with peer \"%s\" (repair %s): %d of %d partitions compared,"
+					" %d skipped, %d failed; " INT64_FORMAT " differences, " INT64_FORMAT
+					" repaired; " INT64_FORMAT " round trips, " INT64_FORMAT " bytes; %.3f s%s%s",
+					job->peer, ht_repair_mode_name((HtRepairMode) job->mode), ok, n, skipped,
+					failed, diffs, repaired, round_trips, bytes,
+					TimestampDifferenceMilliseconds(start, GetCurrentTimestamp()) / 1000.0,
+					first_error ? "; first error: " : first_note ? "; not repaired: " : "",
+					first_error ? first_error : first_note ? first_note : "")));
+}
+
+typedef struct RebuildRun
+{
+	int			part;
+	bool		done;
+	bool		was_built;
+} RebuildRun;
+
+static void
+rebuild_step(void *arg)
+{
+	RebuildRun *rb = (RebuildRun *) arg;
+	HtPartState st;
+
+	ht_part_state(rb->part, &st);
+	rb->was_built = st.built;
+	if (st.owner != 0)
+		return;					/* held (an exchange): next time */
+	ht_reset_partition(rb->part);
+	rb->done = true;
+}
+
+static void
+run_rebuild(Job *job)
+{
+	RebuildRun rb = {job->part, false, false};
+	TimestampTz start = GetCurrentTimestamp();
+	char		what[64];
+
+	snprintf(what, sizeof(what), "rebuild of partition %d", job->part);
+	if (run_step(what, rebuild_step, &rb, NULL) && rb.done)
+		ereport(LOG,
+				(errmsg("hashtree: rebuilt partition %d (%s) in %.3f s", job->part,
+						rb.was_built ? "trees expired" : "not built",
+						TimestampDifferenceMilliseconds(start, GetCurrentTimestamp()) / 1000.0)));
+}
+
+void
+ht_job_main(Datum arg)
+{
+	Job			job;
+
+	memcpy(&job, MyBgworkerEntry->bgw_extra, sizeof(Job));
+	pqsignal(SIGHUP, SignalHandlerForConfigReload);
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(job.dboid, InvalidOid, 0);
+	pgstat_report_appname(job.kind == JOB_EXCHANGE ? "hashtree exchange" : "hashtree rebuild");
+	ht_exchange_quiet = true;
+
+	if (job.kind == JOB_EXCHANGE)
+		run_exchange(&job);
+	else
+		run_rebuild(&job);
+	proc_exit(0);
+}
