@@ -13,7 +13,7 @@
  * Logging: one LOG line per exchange and per rebuild; an error the
  * launcher meets is logged when it differs from the last one (a broken
  * partition does not write a line every tick); a peer whose exchange
- * failed is backed off (interval * 2^failures, at most 32 intervals), so
+ * failed is backed off (2, 4, ... at most 32 intervals), so
  * an unreachable peer costs one line now and then, never a flood.  The
  * peer client's connect and statement timeouts (remote.c) bound every
  * wait on a peer; SIGTERM interrupts any of them.
@@ -87,12 +87,19 @@ ht_worker_init(void)
 {
 	BackgroundWorker w;
 
+	/*
+	 * Read at server start.  A library loaded after startup (not preloaded:
+	 * no workers anyway) may not define a postmaster GUC.
+	 */
+	GucContext	database_context = process_shared_preload_libraries_in_progress
+		? PGC_POSTMASTER : PGC_SIGHUP;
+
 	DefineCustomStringVariable("hashtree.database",
 							   "Database in which the hashtree background workers run.",
 							   "Empty: no workers.  Needs shared_preload_libraries = 'hashtree'.",
 							   &ht_guc_database,
 							   "",
-							   PGC_POSTMASTER, 0,
+							   database_context, 0,
 							   NULL, NULL, NULL);
 	DefineCustomIntVariable("hashtree.tick_interval",
 							"Time between two updates of every partition by the workers.",
@@ -164,6 +171,29 @@ xact_end(void)
 typedef void (*StepFn) (void *arg);
 
 /*
+ * The launcher's SIGTERM: when idle it leaves at the top of its loop; in
+ * the middle of a step the step is canceled first (an ERROR that
+ * run_step catches), so the launcher always exits cleanly.  Jobs use
+ * die(): a job stopped in the middle of an exchange is aborted.
+ */
+static volatile sig_atomic_t in_step = false;
+
+static void
+launcher_sigterm(SIGNAL_ARGS)
+{
+	int			save_errno = errno;
+
+	ShutdownRequestPending = true;
+	if (in_step)
+	{
+		InterruptPending = true;
+		QueryCancelPending = true;
+	}
+	SetLatch(MyLatch);
+	errno = save_errno;
+}
+
+/*
  * Run fn in a transaction of its own.  An ERROR aborts that transaction
  * only; it is logged unless it repeats *last (the previous error of the
  * same step), which keeps a persistent failure from writing a line every
@@ -175,6 +205,7 @@ run_step(const char *activity, StepFn fn, void *arg, char **last)
 	MemoryContext cxt = CurrentMemoryContext;
 	bool		ok = true;
 
+	in_step = true;
 	PG_TRY();
 	{
 		xact_begin(activity);
@@ -199,7 +230,9 @@ run_step(const char *activity, StepFn fn, void *arg, char **last)
 		AbortCurrentTransaction();
 		MemoryContextSwitchTo(cxt);
 		pgstat_report_activity(STATE_IDLE, NULL);
-		if (last == NULL || *last == NULL || strcmp(*last, edata->message) != 0)
+		if (ShutdownRequestPending)
+			;					/* canceled by the shutdown: nothing to say */
+		else if (last == NULL || *last == NULL || strcmp(*last, edata->message) != 0)
 		{
 			ereport(LOG,
 					(errcode(edata->sqlerrcode),
@@ -215,6 +248,7 @@ run_step(const char *activity, StepFn fn, void *arg, char **last)
 		ok = false;
 	}
 	PG_END_TRY();
+	in_step = false;
 	return ok;
 }
 
@@ -225,7 +259,8 @@ typedef struct Running
 	bool		used;
 	Job			job;
 	BackgroundWorkerHandle *handle;
-	int64		log_id;			/* exchange_log id before the job started */
+	int64		mark;			/* exchange: last exchange_log id before the job;
+								 * rebuild: the partition's builds count */
 } Running;
 
 #define MAX_RUNNING 72
@@ -275,7 +310,7 @@ count_running(int kind)
 }
 
 static bool
-start_job(Job *job, int64 log_id)
+start_job(Job *job, int64 mark)
 {
 	BackgroundWorker w;
 	int			slot = -1;
@@ -321,7 +356,7 @@ start_job(Job *job, int64 log_id)
 	warned_no_slot = false;
 	running[slot].used = true;
 	running[slot].job = *job;
-	running[slot].log_id = log_id;
+	running[slot].mark = mark;
 	return true;
 }
 
@@ -345,12 +380,34 @@ exchange_end_step(void *arg)
 	Datum		v[2];
 	bool		isnull;
 
-	v[0] = Int64GetDatum(e->r->log_id);
+	v[0] = Int64GetDatum(e->r->mark);
 	v[1] = CStringGetTextDatum(e->r->job.peer);
 	ht_exec(&q_job_outcome, v, NULL, 0);
 	/* a job that logged nothing died before its first partition */
 	e->failed = DatumGetInt64(ht_col(0, 1, &isnull)) > 0 ||
 		DatumGetInt64(ht_col(0, 2, &isnull)) == 0;
+}
+
+typedef struct RebuildEnd
+{
+	Running    *r;
+	int64		builds;
+} RebuildEnd;
+
+static HtQuery q_builds = {
+	"SELECT builds FROM hashtree.partition WHERE part = $1",
+	1, {INT4OID}
+};
+
+static void
+rebuild_end_step(void *arg)
+{
+	RebuildEnd *e = (RebuildEnd *) arg;
+	Datum		v[1] = {Int32GetDatum(e->r->job.part)};
+	bool		isnull;
+
+	if (ht_exec(&q_builds, v, NULL, 0) == 1)
+		e->builds = DatumGetInt64(ht_col(0, 1, &isnull));
 }
 
 static void
@@ -371,10 +428,11 @@ reap_jobs(void)
 			(void) run_step("reading the outcome of an exchange", exchange_end_step, &e, NULL);
 			if (e.failed)
 			{
-				int64		ms = (int64) ht_guc_exchange_interval * 1000 *
-					(INT64CONST(1) << Min(b->failures, MAX_BACKOFF_SHIFT));
+				int64		ms;
 
 				b->failures++;
+				ms = (int64) ht_guc_exchange_interval * 1000 *
+					(INT64CONST(1) << Min(b->failures, MAX_BACKOFF_SHIFT));
 				b->not_before = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ms);
 				ereport(DEBUG1,
 						(errmsg("hashtree: peer \"%s\" backed off for " INT64_FORMAT " ms",
@@ -384,8 +442,15 @@ reap_jobs(void)
 				b->failures = 0;
 		}
 		else if (r->job.part < nparts)
-			rebuild_not_before[r->job.part] =
-				TimestampTzPlusMilliseconds(GetCurrentTimestamp(), REBUILD_RETRY_MS);
+		{
+			/* a rebuild that did not happen (failed, partition held) waits */
+			RebuildEnd e = {r, 0};
+
+			if (!run_step("reading the outcome of a rebuild", rebuild_end_step, &e, NULL) ||
+				e.builds <= r->mark)
+				rebuild_not_before[r->job.part] =
+					TimestampTzPlusMilliseconds(GetCurrentTimestamp(), REBUILD_RETRY_MS);
+		}
 		pfree(r->handle);
 		r->used = false;
 	}
@@ -457,34 +522,43 @@ tick_step(void *arg)
 
 /* the partition most in need of a rebuild (not built first, then expired) */
 static HtQuery q_rebuild_candidates = {
-	"SELECT part FROM hashtree.partition"
+	"SELECT part, builds FROM hashtree.partition"
 	" WHERE NOT built OR hashtree._next_expiry(built_at, jitter) <= now()"
 	" ORDER BY built, hashtree._next_expiry(built_at, jitter), part",
 	0, {InvalidOid}
 };
 
+typedef struct RebuildPick
+{
+	int			part;			/* -1: none */
+	int64		builds;
+} RebuildPick;
+
 static void
 rebuild_pick_step(void *arg)
 {
-	int		   *pick = (int *) arg;
+	RebuildPick *pick = (RebuildPick *) arg;
 	uint64		n = ht_exec(&q_rebuild_candidates, NULL, NULL, 0);
 	TimestampTz now = GetCurrentTimestamp();
 
-	*pick = -1;
-	for (uint64 i = 0; i < n && *pick < 0; i++)
+	pick->part = -1;
+	for (uint64 i = 0; i < n && pick->part < 0; i++)
 	{
 		bool		isnull;
 		int			part = DatumGetInt32(ht_col(i, 1, &isnull));
 
 		if (part >= 0 && part < nparts && rebuild_not_before[part] <= now)
-			*pick = part;
+		{
+			pick->part = part;
+			pick->builds = DatumGetInt64(ht_col(i, 2, &isnull));
+		}
 	}
 }
 
 static void
 tick(void)
 {
-	int			pick = -1;
+	RebuildPick pick = {-1, 0};
 
 	if (!check_extension())
 		return;
@@ -500,16 +574,16 @@ tick(void)
 	/* one rebuild at a time: never a storm */
 	if (count_running(JOB_REBUILD) == 0 &&
 		run_step("looking for expired trees", rebuild_pick_step, &pick, NULL) &&
-		pick >= 0)
+		pick.part >= 0)
 	{
 		Job			job;
 
 		memset(&job, 0, sizeof(job));
 		job.dboid = MyDatabaseId;
 		job.kind = JOB_REBUILD;
-		job.part = pick;
-		if (!start_job(&job, 0))
-			rebuild_not_before[pick] =
+		job.part = pick.part;
+		if (!start_job(&job, pick.builds))
+			rebuild_not_before[pick.part] =
 				TimestampTzPlusMilliseconds(GetCurrentTimestamp(), REBUILD_RETRY_MS);
 	}
 }
@@ -518,7 +592,7 @@ tick(void)
 typedef struct PeerPick
 {
 	char	   *peer;
-	int64		log_id;
+	int64		log_id;			/* the last exchange_log id */
 } PeerPick;
 
 static HtQuery q_peers = {
@@ -587,7 +661,7 @@ ht_launcher_main(Datum arg)
 	int			exchange_s = ht_guc_exchange_interval;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, die);
+	pqsignal(SIGTERM, launcher_sigterm);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnection(ht_guc_database, NULL, 0);
 	pgstat_report_appname("hashtree launcher");
@@ -604,10 +678,9 @@ ht_launcher_main(Datum arg)
 		TimestampTz now;
 		long		wait_ms;
 
-		if (ProcDiePending)
+		if (ShutdownRequestPending)
 		{
-			/* idle: nothing to abort, so leave without the FATAL of die() */
-			ProcDiePending = false;
+			QueryCancelPending = false;
 			ereport(LOG, (errmsg("hashtree launcher shutting down")));
 			proc_exit(0);
 		}
