@@ -19,6 +19,7 @@
 #include "commands/trigger.h"
 #include "executor/spi.h"
 #include "funcapi.h"
+#include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
@@ -966,24 +967,48 @@ ht_nodes_sql(PG_FUNCTION_ARGS)
 		check_level_bucket(depth, level, buckets[i]);
 	}
 
+	if (hash_bytes < 1 || hash_bytes > HT_DIGEST_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("hash_bytes must be between 1 and %d", HT_DIGEST_LEN)));
+
 	InitMaterializedSRF(fcinfo, 0);
 	SPI_connect();
 	HT_API_BEGIN();
 	{
 		HtNodeRow  *rows;
 		int			nrows;
+		int64		width = HT_WIDTH(depth);
+		StringInfoData buf;
 
 		ht_check_partition(part);
 		nrows = ht_store_nodes(part, depth, n, pa, pb, level, buckets, hash_bytes, &rows);
+		initStringInfo(&buf);
 		for (int r = 0; r < nrows; r++)
 		{
-			Datum		values[3];
-			bool		nulls[3] = {false, false, false};
+			int64		base = buckets[rows[r].i - 1] * width;
+			int64		gap;
 
-			values[0] = Int32GetDatum(rows[r].i);
-			values[1] = Int64GetDatum(rows[r].child);
-			values[2] = PointerGetDatum(rows[r].hash);
-			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+			if (r == 0 || rows[r].i != rows[r - 1].i)
+			{
+				resetStringInfo(&buf);
+				gap = rows[r].child - base;
+			}
+			else
+				gap = rows[r].child - rows[r - 1].child - 1;
+			ht_put_varint(&buf, (uint64) gap);
+			appendBinaryStringInfo(&buf, VARDATA_ANY(rows[r].hash),
+								   Min(hash_bytes, VARSIZE_ANY_EXHDR(rows[r].hash)));
+			/* one value per request, after its last child */
+			if (r == nrows - 1 || rows[r + 1].i != rows[r].i)
+			{
+				Datum		values[2];
+				bool		nulls[2] = {false, false};
+
+				values[0] = Int32GetDatum(rows[r].i);
+				values[1] = PointerGetDatum(cstring_to_text_with_len(buf.data, buf.len));
+				tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+			}
 		}
 	}
 	HT_API_END();

@@ -11,7 +11,9 @@
  * every differing segment in one: at most 1 + 3 * 3 round trips for a
  * partition, whatever the number of differences.  Both sides answer the
  * same SQL functions (hashtree._nodes, hashtree._entries), with rows in
- * the same order, so the walk is a merge of sorted lists.
+ * the same order, so the walk is a merge of sorted lists.  Each request is
+ * sent to the peer before this node reads its own side, so the two read
+ * at the same time.
  *
  *-------------------------------------------------------------------------
  */
@@ -109,17 +111,12 @@ misordered(HtPeer *peer)
  */
 #define HT_COMPARE_HASH_BYTES 8
 
-static int
-fetch_nodes(HtPeer *peer, int part, int depth, TreeSet *ts, int level,
-			const int64 *buckets, HtNodeRow **rows)
+/* ask the peer for the children of the requested buckets */
+static void
+send_nodes(HtPeer *peer, int part, int depth, TreeSet *ts, int level,
+		   const int64 *buckets)
 {
 	const char *params[7];
-	HtRemoteResult *res;
-	HtNodeRow  *out;
-
-	if (peer == NULL)
-		return ht_store_nodes(part, depth, ts->n, ts->pa, ts->pb, level,
-							  buckets, HT_COMPARE_HASH_BYTES, rows);
 
 	params[0] = psprintf("%d", part);
 	params[1] = psprintf("%d", depth);
@@ -128,36 +125,73 @@ fetch_nodes(HtPeer *peer, int part, int depth, TreeSet *ts, int level,
 	params[4] = psprintf("%d", level);
 	params[5] = array_literal(ht_array_int8(buckets, ts->n));
 	params[6] = psprintf("%d", HT_COMPARE_HASH_BYTES);
-	res = ht_peer_query(peer,
-						"SELECT i, child, hash FROM hashtree._nodes($1::int4, $2::int4,"
-						" $3::text[], $4::text[], $5::int4, $6::int8[], $7::int4)",
-						7, params, true, 3);
-	out = palloc(sizeof(HtNodeRow) * Max(res->nrows, 1));
-	for (int r = 0; r < res->nrows; r++)
-	{
-		out[r].i = checked_request(peer, ht_remote_int4(res, r, 0), ts->n);
-		out[r].child = ht_remote_int8(res, r, 1);
-		out[r].hash = ht_remote_bytea(res, r, 2);
-		if (out[r].hash == NULL ||
-			(r > 0 && (out[r].i < out[r - 1].i ||
-					   (out[r].i == out[r - 1].i && out[r].child <= out[r - 1].child))))
-			misordered(peer);
-	}
-	*rows = out;
-	return res->nrows;
+	ht_peer_send(peer,
+				 "SELECT i, children FROM hashtree._nodes($1::int4, $2::int4,"
+				 " $3::text[], $4::text[], $5::int4, $6::int8[], $7::int4)",
+				 7, params, true);
 }
 
+/* the peer's answer: per request, (gap to the previous child, hash) pairs */
 static int
-fetch_entries(HtPeer *peer, int part, int depth, TreeSet *ts,
-			  const int32 *segs, HtEntryRow **rows)
+receive_nodes(HtPeer *peer, int depth, TreeSet *ts, int level,
+			  const int64 *buckets, HtNodeRow **rows)
+{
+	HtRemoteResult *res = ht_peer_receive(peer, 2);
+	int			cap = 64;
+	int			n = 0;
+	int64		width = HT_WIDTH(depth);
+	HtNodeRow  *out = palloc(sizeof(HtNodeRow) * cap);
+
+	for (int r = 0; r < res->nrows; r++)
+	{
+		int32		i = checked_request(peer, ht_remote_int4(res, r, 0), ts->n);
+		bytea	   *packed = ht_remote_bytea(res, r, 1);
+		const uint8 *p;
+		const uint8 *end;
+		int64		base = buckets[i - 1] * width;
+		int64		next = base;	/* the smallest child that may come */
+
+		if (packed == NULL || VARSIZE_ANY_EXHDR(packed) == 0 ||
+			(r > 0 && i <= out[n - 1].i))
+			misordered(peer);
+		p = (const uint8 *) VARDATA_ANY(packed);
+		end = p + VARSIZE_ANY_EXHDR(packed);
+		while (p < end)
+		{
+			uint64		gap;
+			bytea	   *h;
+
+			if (!ht_get_varint(&p, end, &gap) || end - p < HT_COMPARE_HASH_BYTES ||
+				gap >= (uint64) (base + width - next))
+				ereport(ERROR,
+						(errcode(ERRCODE_PROTOCOL_VIOLATION),
+						 errmsg("unexpected answer from peer \"%s\": malformed children",
+								ht_peer_name(peer))));
+			if (n >= cap)
+			{
+				cap *= 2;
+				out = repalloc(out, sizeof(HtNodeRow) * cap);
+			}
+			h = palloc(VARHDRSZ + HT_COMPARE_HASH_BYTES);
+			SET_VARSIZE(h, VARHDRSZ + HT_COMPARE_HASH_BYTES);
+			memcpy(VARDATA(h), p, HT_COMPARE_HASH_BYTES);
+			p += HT_COMPARE_HASH_BYTES;
+			out[n].i = i;
+			out[n].child = next + (int64) gap;
+			out[n].hash = h;
+			next = out[n].child + 1;
+			n++;
+		}
+	}
+	*rows = out;
+	return n;
+}
+
+/* ask the peer for the entries of the requested segments */
+static void
+send_entries(HtPeer *peer, int part, int depth, TreeSet *ts, const int32 *segs)
 {
 	const char *params[6];
-	HtRemoteResult *res;
-	HtEntryRow *out;
-
-	if (peer == NULL)
-		return ht_store_entries(part, depth, ts->n, ts->pa, ts->pb, segs,
-								HT_COMPARE_HASH_BYTES, rows);
 
 	params[0] = psprintf("%d", part);
 	params[1] = psprintf("%d", depth);
@@ -165,11 +199,18 @@ fetch_entries(HtPeer *peer, int part, int depth, TreeSet *ts,
 	params[3] = array_literal(ht_array_text(ts->pb, ts->n));
 	params[4] = array_literal(ht_array_int4(segs, ts->n));
 	params[5] = psprintf("%d", HT_COMPARE_HASH_BYTES);
-	res = ht_peer_query(peer,
-						"SELECT i, key, hash FROM hashtree._entries($1::int4, $2::int4,"
-						" $3::text[], $4::text[], $5::int4[], $6::int4)",
-						6, params, true, 3);
-	out = palloc(sizeof(HtEntryRow) * Max(res->nrows, 1));
+	ht_peer_send(peer,
+				 "SELECT i, key, hash FROM hashtree._entries($1::int4, $2::int4,"
+				 " $3::text[], $4::text[], $5::int4[], $6::int4)",
+				 6, params, true);
+}
+
+static int
+receive_entries(HtPeer *peer, TreeSet *ts, HtEntryRow **rows)
+{
+	HtRemoteResult *res = ht_peer_receive(peer, 3);
+	HtEntryRow *out = palloc(sizeof(HtEntryRow) * Max(res->nrows, 1));
+
 	for (int r = 0; r < res->nrows; r++)
 	{
 		out[r].i = checked_request(peer, ht_remote_int4(res, r, 0), ts->n);
@@ -201,12 +242,19 @@ diff_buckets(HtPeer *peer, int part, int depth, TreeSet *ts, int level,
 {
 	HtNodeRow  *l;
 	HtNodeRow  *r;
-	int			nl = fetch_nodes(NULL, part, depth, ts, level, buckets, &l);
-	int			nr = fetch_nodes(peer, part, depth, ts, level, buckets, &r);
-	NodeDiff   *d = palloc(sizeof(NodeDiff) * Max(nl + nr, 1));
+	int			nl;
+	int			nr;
+	NodeDiff   *d;
 	int			nd = 0;
 	int			a = 0;
 	int			b = 0;
+
+	/* the peer reads its buckets while this node reads its own */
+	send_nodes(peer, part, depth, ts, level, buckets);
+	nl = ht_store_nodes(part, depth, ts->n, ts->pa, ts->pb, level, buckets,
+						HT_COMPARE_HASH_BYTES, &l);
+	nr = receive_nodes(peer, depth, ts, level, buckets, &r);
+	d = palloc(sizeof(NodeDiff) * Max(nl + nr, 1));
 
 	while (a < nl || b < nr)
 	{
@@ -366,8 +414,10 @@ ht_compare(int part, HtPeer *peer, HtDiffCallback fn, void *arg)
 			treeset_add(&req3, trees.pa[tree_of3[k]], trees.pb[tree_of3[k]]);
 			segs[k] = (int32) d3[k].child;
 		}
-		nl = fetch_entries(NULL, part, depth, &req3, segs, &l);
-		nr = fetch_entries(peer, part, depth, &req3, segs, &r);
+		send_entries(peer, part, depth, &req3, segs);
+		nl = ht_store_entries(part, depth, req3.n, req3.pa, req3.pb, segs,
+							  HT_COMPARE_HASH_BYTES, &l);
+		nr = receive_entries(peer, &req3, &r);
 
 		while (a < nl || b < nr)
 		{

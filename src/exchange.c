@@ -77,19 +77,33 @@ collect(void *arg, HtDiffKind kind, Datum pa, Datum pb, bytea *key)
 	r->counts[kind]++;
 }
 
-/* "SELECT hashtree.<fn>($1::int4)" on the peer: its one-word answer */
-static char *
-peer_word(HtPeer *peer, const char *fn, int part)
+/* send "SELECT hashtree.<fn>($1::int4)" to the peer */
+static void
+peer_word_send(HtPeer *peer, const char *fn, int part)
 {
 	const char *params[1] = {psprintf("%d", part)};
-	HtRemoteResult *res = ht_peer_query(peer, psprintf("SELECT hashtree.%s($1::int4)", fn),
-										1, params, false, 1);
+
+	ht_peer_send(peer, psprintf("SELECT hashtree.%s($1::int4)", fn), 1, params, false);
+}
+
+/* its one-word answer */
+static char *
+peer_word_receive(HtPeer *peer, const char *fn)
+{
+	HtRemoteResult *res = ht_peer_receive(peer, 1);
 
 	if (res->nrows != 1 || ht_remote_text(res, 0, 0) == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROTOCOL_VIOLATION),
 				 errmsg("unexpected answer from peer \"%s\" to %s()", ht_peer_name(peer), fn)));
 	return ht_remote_text(res, 0, 0);
+}
+
+static char *
+peer_word(HtPeer *peer, const char *fn, int part)
+{
+	peer_word_send(peer, fn, part);
+	return peer_word_receive(peer, fn);
 }
 
 void
@@ -142,13 +156,17 @@ ht_exchange_partition(const char *peer_name, int part, HtRepairMode mode,
 		return;
 	}
 
-	/* both trees up to date with every change committed before now */
+	/*
+	 * Both trees up to date with every change committed before now; the
+	 * peer folds its changes while this node folds its own.
+	 */
+	peer_word_send(peer, "update", part);
 	res = ht_update_partition(part);
 	if (strcmp(res, "ok") != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("update of partition %d on this node answered %s", part, res)));
-	word = peer_word(peer, "update", part);
+	word = peer_word_receive(peer, "update");
 	if (strcmp(word, "ok") != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),

@@ -40,6 +40,7 @@ struct HtPeer
 	uint64		generation;		/* connections made so far */
 	int64		round_trips;
 	int64		bytes;
+	TimestampTz deadline;		/* of the statement sent, 0: none */
 };
 
 static HTAB *peer_cache = NULL;
@@ -303,20 +304,22 @@ lost_connection(HtPeer *peer)
 			 errmsg("lost connection to peer \"%s\": %s", peer->name, msg)));
 }
 
-/* send a statement and wait for its result; caller PQclears it */
-static PGresult *
-exec_wait(HtPeer *peer, const char *sql, int nparams,
+/* send a statement (the peer starts on it at once) */
+void
+ht_peer_send(HtPeer *peer, const char *sql, int nparams,
 		  const char *const *params, bool binary)
 {
 	PGconn	   *conn = peer->conn;
-	TimestampTz deadline = 0;
-	PGresult   *volatile last = NULL;
 	int			r;
 
+	if (conn == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONNECTION_DOES_NOT_EXIST),
+				 errmsg("no connection to peer \"%s\"", peer->name)));
+	peer->deadline = 0;
 	if (ht_guc_statement_timeout > 0)
-		deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-											   ht_guc_statement_timeout);
-
+		peer->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													 ht_guc_statement_timeout);
 	PG_TRY();
 	{
 		if (!PQsendQueryParams(conn, sql, nparams, NULL, params, NULL, NULL,
@@ -327,17 +330,40 @@ exec_wait(HtPeer *peer, const char *sql, int nparams,
 			if (r < 0)
 				lost_connection(peer);
 			wait_for_socket(peer, WL_SOCKET_WRITEABLE | WL_SOCKET_READABLE,
-							deadline, false);
+							peer->deadline, false);
 			if (!PQconsumeInput(conn))
 				lost_connection(peer);
 		}
+	}
+	PG_CATCH();
+	{
+		/* interrupted, timed out or broken: this connection is done */
+		peer_disconnect(peer);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+}
+
+/* wait for the result of the statement sent; caller PQclears it */
+static PGresult *
+exec_result(HtPeer *peer)
+{
+	PGconn	   *conn = peer->conn;
+	PGresult   *volatile last = NULL;
+
+	if (conn == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONNECTION_DOES_NOT_EXIST),
+				 errmsg("no connection to peer \"%s\"", peer->name)));
+	PG_TRY();
+	{
 		for (;;)
 		{
 			PGresult   *res;
 
 			while (PQisBusy(conn))
 			{
-				wait_for_socket(peer, WL_SOCKET_READABLE, deadline, false);
+				wait_for_socket(peer, WL_SOCKET_READABLE, peer->deadline, false);
 				if (!PQconsumeInput(conn))
 					lost_connection(peer);
 			}
@@ -374,19 +400,13 @@ exec_wait(HtPeer *peer, const char *sql, int nparams,
 }
 
 HtRemoteResult *
-ht_peer_query(HtPeer *peer, const char *sql, int nparams,
-			  const char *const *params, bool binary, int ncols)
+ht_peer_receive(HtPeer *peer, int ncols)
 {
 	PGresult   *res;
 	HtRemoteResult *out;
 	ExecStatusType st;
 
-	if (peer->conn == NULL)
-		ereport(ERROR,
-				(errcode(ERRCODE_CONNECTION_DOES_NOT_EXIST),
-				 errmsg("no connection to peer \"%s\"", peer->name)));
-
-	res = exec_wait(peer, sql, nparams, params, binary);
+	res = exec_result(peer);
 	st = PQresultStatus(res);
 	if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK)
 	{
@@ -437,6 +457,14 @@ ht_peer_query(HtPeer *peer, const char *sql, int nparams,
 		}
 	PQclear(res);
 	return out;
+}
+
+HtRemoteResult *
+ht_peer_query(HtPeer *peer, const char *sql, int nparams,
+			  const char *const *params, bool binary, int ncols)
+{
+	ht_peer_send(peer, sql, nparams, params, binary);
+	return ht_peer_receive(peer, ncols);
 }
 
 HtRemoteResult *

@@ -63,6 +63,16 @@ extern HtRemoteResult *ht_peer_query(HtPeer *peer, const char *sql,
 									 bool binary, int ncols);
 
 /*
+ * The two halves of ht_peer_query: send a statement, do something else
+ * while the peer works on it, then wait for its result.  Nothing else may
+ * be sent to the peer in between; an ERROR in between leaves the
+ * connection busy, and it is replaced at the next ht_peer_get.
+ */
+extern void ht_peer_send(HtPeer *peer, const char *sql, int nparams,
+						 const char *const *params, bool binary);
+extern HtRemoteResult *ht_peer_receive(HtPeer *peer, int ncols);
+
+/*
  * The same statement on this node (peer NULL, through SPI) or on a peer,
  * with text parameters and text results: the form the repair code uses
  * to move entries and rows either way.

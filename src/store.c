@@ -25,11 +25,19 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/stratnum.h"
+#include "access/table.h"
 #include "catalog/pg_type.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "hashtree.h"
@@ -113,6 +121,11 @@ ht_store_delete(int part, text *pa, text *pb, bytea *key)
  * statistics of tables that just grew (after track(), a bulk load) it
  * would otherwise pick a nested loop over a materialized scan, quadratic
  * in the number of rows.  Each row of the list is then one index probe.
+ * Deletes driven by a list find their rows that way and delete them by
+ * ctid (a TID scan): DELETE ... USING unnest(...) may otherwise scan the
+ * whole table.  Node rows and derived entries are written only by the
+ * update or rebuild that holds the partition's update lock, so the ctids
+ * found cannot go stale before the DELETE.
  */
 
 static HtQuery q_top = {
@@ -138,47 +151,96 @@ ht_store_top(int part, int depth, text *pa, text *pb)
 	return DatumGetByteaPCopy(d);
 }
 
-static HtQuery q_nodes = {
-	"SELECT u.i::int4, y.child, CASE WHEN $8 > 0 THEN substr(y.hash, 1, $8) ELSE y.hash END"
-	" FROM unnest($3::text[], $4::text[], $6::int8[]) WITH ORDINALITY AS u(pa, pb, b, i)"
-	" CROSS JOIN LATERAL (SELECT t.child, t.hash FROM hashtree.node t"
-	"   WHERE t.part = $1 AND t.depth = $2 AND t.level = $5"
-	"    AND t.pa = u.pa AND t.pb = u.pb"
-	"    AND t.child >= u.b * $7 AND t.child < (u.b + 1) * $7 OFFSET 0) y"
-	" ORDER BY 1, 2",
-	8, {INT4OID, INT4OID, TEXTARRAYOID, TEXTARRAYOID, INT4OID, INT8ARRAYOID, INT8OID, INT4OID}
-};
-
+/*
+ * The children of the requested buckets, read by an ordered scan of the
+ * node table's primary key (part, depth, pa, pb, level, child) with the
+ * latest snapshot (this transaction's own update included): no executor,
+ * no sort, no copy of whole tuples.  A compare reads tens of thousands of
+ * level-3 rows per partition with many differences; this is its hot path.
+ */
 int
 ht_store_nodes(int part, int depth, int n, Datum *pa, Datum *pb, int level,
 			   const int64 *buckets, int hash_bytes, HtNodeRow **rows)
 {
-	Datum		v[8];
-	uint64		nrows;
-	HtNodeRow  *out;
+	Oid			nsp = ht_schema_oid();
+	Oid			relid = get_relname_relid("node", nsp);
+	Oid			idxid = get_relname_relid("node_pkey", nsp);
+	Relation	rel;
+	Relation	idx;
+	TupleDesc	desc;
+	Snapshot	snap;
+	AttrNumber	att[5];
+	AttrNumber	att_child;
+	AttrNumber	att_hash;
+	int64		width = HT_WIDTH(depth);
+	int			cap = 64;
+	int			nrows = 0;
+	HtNodeRow  *out = palloc(sizeof(HtNodeRow) * cap);
 
-	v[0] = Int32GetDatum(part);
-	v[1] = Int32GetDatum(depth);
-	v[2] = PointerGetDatum(ht_array_text(pa, n));
-	v[3] = PointerGetDatum(ht_array_text(pb, n));
-	v[4] = Int32GetDatum(level);
-	v[5] = PointerGetDatum(ht_array_int8(buckets, n));
-	v[6] = Int64GetDatum(HT_WIDTH(depth));
-	v[7] = Int32GetDatum(hash_bytes);
-	nrows = ht_exec(&q_nodes, v, NULL, 0);
+	if (!OidIsValid(relid) || !OidIsValid(idxid))
+		elog(ERROR, "hashtree: table hashtree.node or its primary key is missing");
+	rel = table_open(relid, AccessShareLock);
+	idx = index_open(idxid, AccessShareLock);
+	desc = RelationGetDescr(rel);
+	att[0] = get_attnum(relid, "part");
+	att[1] = get_attnum(relid, "depth");
+	att[2] = get_attnum(relid, "pa");
+	att[3] = get_attnum(relid, "pb");
+	att[4] = get_attnum(relid, "level");
+	att_child = get_attnum(relid, "child");
+	att_hash = get_attnum(relid, "hash");
+	snap = RegisterSnapshot(GetLatestSnapshot());
 
-	out = palloc(sizeof(HtNodeRow) * Max(nrows, 1));
-	for (uint64 r = 0; r < nrows; r++)
+	for (int k = 0; k < n; k++)
 	{
-		bool		isnull;
+		ScanKeyData key[6];
+		SysScanDesc scan;
+		HeapTuple	tup;
+		int64		lo = buckets[k] * width;
 
-		out[r].i = DatumGetInt32(ht_col(r, 1, &isnull));
-		out[r].child = DatumGetInt64(ht_col(r, 2, &isnull));
-		out[r].hash = DatumGetByteaPCopy(ht_col(r, 3, &isnull));
+		/* table columns; ScanKeyInit compares text in the "C" collation */
+		ScanKeyInit(&key[0], att[0], BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(part));
+		ScanKeyInit(&key[1], att[1], BTEqualStrategyNumber, F_INT2EQ, Int16GetDatum(depth));
+		ScanKeyInit(&key[2], att[2], BTEqualStrategyNumber, F_TEXTEQ, pa[k]);
+		ScanKeyInit(&key[3], att[3], BTEqualStrategyNumber, F_TEXTEQ, pb[k]);
+		ScanKeyInit(&key[4], att[4], BTEqualStrategyNumber, F_INT2EQ, Int16GetDatum(level));
+		ScanKeyInit(&key[5], att_child, BTGreaterEqualStrategyNumber, F_INT8GE,
+					Int64GetDatum(lo));
+		/* (the end of the bucket is checked below: one key less per tuple) */
+		scan = systable_beginscan_ordered(rel, idx, snap, 6, key);
+		while ((tup = systable_getnext_ordered(scan, ForwardScanDirection)) != NULL)
+		{
+			bool		isnull;
+			bytea	   *h;
+			int			len;
+			int64		child = DatumGetInt64(heap_getattr(tup, att_child, desc, &isnull));
+
+			if (child >= lo + width)
+				break;
+			if (nrows >= cap)
+			{
+				cap *= 2;
+				out = repalloc(out, sizeof(HtNodeRow) * cap);
+			}
+			out[nrows].i = k + 1;
+			out[nrows].child = child;
+			h = DatumGetByteaPP(heap_getattr(tup, att_hash, desc, &isnull));
+			len = VARSIZE_ANY_EXHDR(h);
+			if (hash_bytes > 0)
+				len = Min(len, hash_bytes);
+			out[nrows].hash = palloc(VARHDRSZ + len);
+			SET_VARSIZE(out[nrows].hash, VARHDRSZ + len);
+			memcpy(VARDATA(out[nrows].hash), VARDATA_ANY(h), len);
+			nrows++;
+		}
+		systable_endscan_ordered(scan);
 	}
-	SPI_freetuptable(SPI_tuptable);
+
+	UnregisterSnapshot(snap);
+	index_close(idx, AccessShareLock);
+	table_close(rel, AccessShareLock);
 	*rows = out;
-	return (int) nrows;
+	return nrows;
 }
 
 static HtQuery q_entries = {
@@ -352,10 +414,11 @@ static HtQuery q_node_upsert = {
 };
 
 static HtQuery q_node_delete = {
-	"DELETE FROM hashtree.node t"
-	" USING unnest($4::text[], $5::text[], $6::int8[]) AS u(pa, pb, child)"
-	" WHERE t.part = $1 AND t.depth = $2 AND t.level = $3"
-	"  AND t.pa = u.pa AND t.pb = u.pb AND t.child = u.child",
+	"DELETE FROM hashtree.node WHERE ctid = ANY (ARRAY("
+	" SELECT x.ctid FROM unnest($4::text[], $5::text[], $6::int8[]) AS u(pa, pb, child)"
+	" CROSS JOIN LATERAL (SELECT t.ctid FROM hashtree.node t"
+	"  WHERE t.part = $1 AND t.depth = $2 AND t.level = $3"
+	"   AND t.pa = u.pa AND t.pb = u.pb AND t.child = u.child LIMIT 1) x))",
 	6, {INT4OID, INT2OID, INT2OID, TEXTARRAYOID, TEXTARRAYOID, INT8ARRAYOID}
 };
 
@@ -793,10 +856,11 @@ static HtQuery q_entries_upsert = {
 };
 
 static HtQuery q_entries_delete = {
-	"DELETE FROM hashtree.entry t"
-	" USING unnest($3::text[], $4::int4[], $5::bytea[]) AS u(pa, seg, key)"
-	" WHERE t.part = $1 AND t.depth = $2 AND t.pa = u.pa AND t.pb = ''"
-	"  AND t.seg = u.seg AND hashtree._kid(t.key) = hashtree._kid(u.key)",
+	"DELETE FROM hashtree.entry WHERE ctid = ANY (ARRAY("
+	" SELECT x.ctid FROM unnest($3::text[], $4::int4[], $5::bytea[]) AS u(pa, seg, key)"
+	" CROSS JOIN LATERAL (SELECT t.ctid FROM hashtree.entry t"
+	"  WHERE t.part = $1 AND t.depth = $2 AND t.pa = u.pa AND t.pb = ''"
+	"   AND t.seg = u.seg AND hashtree._kid(t.key) = hashtree._kid(u.key) LIMIT 1) x))",
 	5, {INT4OID, INT2OID, TEXTARRAYOID, INT4ARRAYOID, BYTEAARRAYOID}
 };
 

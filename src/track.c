@@ -681,11 +681,12 @@ static HtQuery q_put_entries = {
 
 static HtQuery q_del_entries = {
 	"WITH e AS ("
-	" DELETE FROM hashtree.entry t"
-	" USING unnest($4::int4[], $5::bytea[]) AS u(seg, key)"
-	" WHERE t.part = $1 AND t.depth = 2 AND t.pa = $2 AND t.pb = $3"
-	"  AND t.seg = u.seg AND hashtree._kid(t.key) = hashtree._kid(u.key)"
-	" RETURNING t.seg)"
+	" DELETE FROM hashtree.entry WHERE ctid = ANY (ARRAY("
+	"  SELECT x.ctid FROM unnest($4::int4[], $5::bytea[]) AS u(seg, key)"
+	"  CROSS JOIN LATERAL (SELECT t.ctid FROM hashtree.entry t"
+	"   WHERE t.part = $1 AND t.depth = 2 AND t.pa = $2 AND t.pb = $3"
+	"    AND t.seg = u.seg AND hashtree._kid(t.key) = hashtree._kid(u.key) LIMIT 1) x))"
+	" RETURNING seg)"
 	" INSERT INTO hashtree.dirty (part, seg, pa, pb) SELECT DISTINCT $1, seg, $2, $3 FROM e",
 	5, {INT4OID, TEXTOID, TEXTOID, INT4ARRAYOID, BYTEAARRAYOID}
 };

@@ -258,3 +258,35 @@ ht_key_identity(const char *key, int keylen)
 	}
 	return kid;
 }
+
+/* ---- varints ------------------------------------------------------------- */
+
+void
+ht_put_varint(StringInfo buf, uint64 v)
+{
+	while (v >= 0x80)
+	{
+		appendStringInfoChar(buf, (char) ((v & 0x7f) | 0x80));
+		v >>= 7;
+	}
+	appendStringInfoChar(buf, (char) v);
+}
+
+bool
+ht_get_varint(const uint8 **p, const uint8 *end, uint64 *v)
+{
+	uint64		r = 0;
+
+	for (int shift = 0; shift < 64 && *p < end; shift += 7)
+	{
+		uint8		b = *(*p)++;
+
+		r |= (uint64) (b & 0x7f) << shift;
+		if ((b & 0x80) == 0)
+		{
+			*v = r;
+			return true;
+		}
+	}
+	return false;
+}

@@ -16,6 +16,8 @@
 
 #include "postgres.h"
 
+#include "lib/stringinfo.h"
+
 /* depth of a tree in the tree of trees */
 #define HT_DEPTH_ROOT	0		/* entries: prefix_a -> top of tree {a} */
 #define HT_DEPTH_PREFIX 1		/* entries: prefix_b -> top of tree {a,b} */
@@ -106,5 +108,14 @@ extern int	ht_partition_for(const char *pa, int palen, const char *pb, int pblen
  */
 #define HT_KID_INLINE_MAX	64
 extern bytea *ht_key_identity(const char *key, int keylen);
+
+/*
+ * Unsigned integers in 7-bit groups, low group first, the high bit of each
+ * byte set when another follows (the compact form of the gaps between
+ * children in hashtree._nodes).  ht_get_varint returns false on a
+ * truncated or overlong value.
+ */
+extern void ht_put_varint(StringInfo buf, uint64 v);
+extern bool ht_get_varint(const uint8 **p, const uint8 *end, uint64 *v);
 
 #endif							/* HT_TREEMATH_H */
