@@ -70,19 +70,6 @@ bytea_equal(const bytea *a, const bytea *b)
 		memcmp(VARDATA_ANY(a), VARDATA_ANY(b), VARSIZE_ANY_EXHDR(a)) == 0;
 }
 
-/* the order of ORDER BY on bytea: bytes, then length */
-static int
-bytea_order(const bytea *a, const bytea *b)
-{
-	int			la = VARSIZE_ANY_EXHDR(a);
-	int			lb = VARSIZE_ANY_EXHDR(b);
-	int			c = memcmp(VARDATA_ANY(a), VARDATA_ANY(b), Min(la, lb));
-
-	if (c != 0)
-		return c;
-	return (la > lb) - (la < lb);
-}
-
 /* a request index sent back by a peer must be one we asked for */
 static int32
 checked_request(HtPeer *peer, int32 i, int n)
@@ -218,7 +205,7 @@ receive_entries(HtPeer *peer, TreeSet *ts, HtEntryRow **rows)
 		out[r].hash = ht_remote_bytea(res, r, 2);
 		if (out[r].key == NULL || out[r].hash == NULL ||
 			(r > 0 && (out[r].i < out[r - 1].i ||
-					   (out[r].i == out[r - 1].i && bytea_order(out[r].key, out[r - 1].key) <= 0))))
+					   (out[r].i == out[r - 1].i && ht_bytea_cmp(out[r].key, out[r - 1].key) <= 0))))
 			misordered(peer);
 	}
 	*rows = out;
@@ -431,7 +418,7 @@ ht_compare(int part, HtPeer *peer, HtDiffCallback fn, void *arg)
 			else if (l[a].i != r[b].i)
 				c = l[a].i < r[b].i ? -1 : 1;
 			else
-				c = bytea_order(l[a].key, r[b].key);
+				c = ht_bytea_cmp(l[a].key, r[b].key);
 
 			i = tree_of3[(c <= 0 ? l[a].i : r[b].i) - 1];
 			if (c < 0)

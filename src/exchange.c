@@ -16,14 +16,11 @@
  */
 #include "postgres.h"
 
-#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
-#include "utils/memutils.h"
-#include "utils/resowner.h"
 #include "utils/timestamp.h"
 
 #include "compare.h"
@@ -272,6 +269,22 @@ ht_exchange_log(const char *peer_name, HtRepairMode mode, bool worker, HtExchang
 
 bool		ht_exchange_quiet = false;
 
+typedef struct PartitionRun
+{
+	const char *peer_name;
+	int			part;
+	HtRepairMode mode;
+	HtExchangeResult *r;
+} PartitionRun;
+
+static void
+exchange_partition_fn(void *arg)
+{
+	PartitionRun *run = (PartitionRun *) arg;
+
+	ht_exchange_partition(run->peer_name, run->part, run->mode, run->r);
+}
+
 void
 ht_exchange_one(const char *peer_name, int part, HtRepairMode mode, bool worker,
 				char **unreachable, HtExchangeResult *r)
@@ -287,28 +300,11 @@ ht_exchange_one(const char *peer_name, int part, HtRepairMode mode, bool worker,
 	}
 	else
 	{
-		MemoryContext cxt = CurrentMemoryContext;
-		ResourceOwner owner = CurrentResourceOwner;
+		PartitionRun run = {peer_name, part, mode, r};
+		ErrorData  *edata = ht_subxact(exchange_partition_fn, &run);
 
-		BeginInternalSubTransaction(NULL);
-		MemoryContextSwitchTo(cxt);
-		PG_TRY();
+		if (edata != NULL)
 		{
-			ht_exchange_partition(peer_name, part, mode, r);
-			ReleaseCurrentSubTransaction();
-			MemoryContextSwitchTo(cxt);
-			CurrentResourceOwner = owner;
-		}
-		PG_CATCH();
-		{
-			ErrorData  *edata;
-
-			MemoryContextSwitchTo(cxt);
-			edata = CopyErrorData();
-			FlushErrorState();
-			RollbackAndReleaseCurrentSubTransaction();
-			MemoryContextSwitchTo(cxt);
-			CurrentResourceOwner = owner;
 			ht_exchange_failed(peer_name, edata, r);
 			/* an unreachable peer: do not try the next partitions */
 			if (ht_exchange_peer_lost(r->sqlstate, r->message))
@@ -319,7 +315,6 @@ ht_exchange_one(const char *peer_name, int part, HtRepairMode mode, bool worker,
 						(errmsg("hashtree: exchange of partition %d with peer \"%s\" failed: %s",
 								part, peer_name, r->message)));
 		}
-		PG_END_TRY();
 	}
 	r->finished = GetCurrentTimestamp();
 	ht_exchange_log(peer_name, mode, worker, r);

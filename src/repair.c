@@ -24,19 +24,17 @@
  */
 #include "postgres.h"
 
-#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
-#include "utils/memutils.h"
-#include "utils/resowner.h"
 
 #include "exchange.h"
 #include "hashtree.h"
 #include "remote.h"
 #include "sqlexec.h"
+#include "treemath.h"
 
 #define HT_REPAIR_BATCH 1000
 
@@ -90,18 +88,6 @@ result_bytea(HtRemoteResult *res, int row, int col)
 	char	   *v = ht_remote_text(res, row, col);
 
 	return v ? DatumGetByteaPP(DirectFunctionCall1(byteain, CStringGetDatum(v))) : NULL;
-}
-
-static int
-key_cmp(const void *a, const void *b)
-{
-	bytea	   *x = *(bytea * const *) a;
-	bytea	   *y = *(bytea * const *) b;
-	int			lx = VARSIZE_ANY_EXHDR(x);
-	int			ly = VARSIZE_ANY_EXHDR(y);
-	int			c = memcmp(VARDATA_ANY(x), VARDATA_ANY(y), Min(lx, ly));
-
-	return c != 0 ? c : (lx > ly) - (lx < ly);
 }
 
 /* what to do to one prefix, from source to target */
@@ -190,7 +176,7 @@ repair_entries(Work *w)
 		int			j = 0;
 
 		/* what the source has of these keys; a key it lost meanwhile goes */
-		qsort(keys, k, sizeof(bytea *), key_cmp);
+		qsort(keys, k, sizeof(bytea *), ht_bytea_ptr_cmp);
 		p[3] = bytea_array_text(keys, k);
 		res = ht_node_query(w->src,
 							"SELECT key, hash FROM hashtree._entries_by_key($1::int4, $2, $3, $4::bytea[])"
@@ -199,9 +185,9 @@ repair_entries(Work *w)
 		{
 			bytea	   *key = result_bytea(res, r, 0);
 
-			while (j < k && key_cmp(&keys[j], &key) < 0)
+			while (j < k && ht_bytea_cmp(keys[j], key) < 0)
 				j++;
-			if (j < k && key_cmp(&keys[j], &key) == 0)
+			if (j < k && ht_bytea_cmp(keys[j], key) == 0)
 				hashes[j] = result_bytea(res, r, 1);
 		}
 		apply_entries(w, keys, hashes, k);
@@ -272,7 +258,7 @@ repair_rows(Work *w)
 		StringInfoData json;
 		int			j = 0;
 
-		qsort(keys, k, sizeof(bytea *), key_cmp);
+		qsort(keys, k, sizeof(bytea *), ht_bytea_ptr_cmp);
 		p[2] = bytea_array_text(keys, k);
 		res = ht_node_query(w->src,
 							"SELECT key, r FROM hashtree._rows_by_key($1, $2, $3::bytea[]) ORDER BY key",
@@ -284,9 +270,9 @@ repair_rows(Work *w)
 			bytea	   *key = result_bytea(res, r, 0);
 
 			/* keys the source no longer has are deleted on the target */
-			while (j < k && key_cmp(&keys[j], &key) < 0)
+			while (j < k && ht_bytea_cmp(keys[j], key) < 0)
 				gone[ngone++] = keys[j++];
-			if (j < k && key_cmp(&keys[j], &key) == 0)
+			if (j < k && ht_bytea_cmp(keys[j], key) == 0)
 				j++;
 			if (r > 0)
 				appendStringInfoChar(&json, ',');
@@ -326,49 +312,35 @@ children_of(HtPeer *peer, int part, const char *pa)
 						 2, p, 1);
 }
 
+static void
+repair_fn(void *arg)
+{
+	Work	   *w = (Work *) arg;
+
+	if (w->tracked)
+		repair_rows(w);
+	else
+		repair_entries(w);
+}
+
 /* run one prefix's repair in a subtransaction; false if it failed */
 static bool
 repair_prefix(Work *w, char **message)
 {
-	MemoryContext cxt = CurrentMemoryContext;
-	ResourceOwner owner = CurrentResourceOwner;
-	bool		ok = true;
+	ErrorData  *edata = ht_subxact(repair_fn, w);
 
-	BeginInternalSubTransaction(NULL);
-	MemoryContextSwitchTo(cxt);
-	PG_TRY();
-	{
-		if (w->tracked)
-			repair_rows(w);
-		else
-			repair_entries(w);
-		ReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
-	}
-	PG_CATCH();
-	{
-		ErrorData  *edata;
-
-		MemoryContextSwitchTo(cxt);
-		edata = CopyErrorData();
-		/* a lost peer or a cancel ends the exchange, not just this prefix */
-		if (ht_exchange_peer_lost(edata->sqlerrcode, edata->message) ||
-			edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
-			edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN ||
-			edata->sqlerrcode == ERRCODE_PROTOCOL_VIOLATION)
-			PG_RE_THROW();
-		FlushErrorState();
-		RollbackAndReleaseCurrentSubTransaction();
-		MemoryContextSwitchTo(cxt);
-		CurrentResourceOwner = owner;
-		if (*message == NULL)
-			*message = psprintf("repair of %s: %s", quote_qualified_identifier(w->pa, w->pb),
-								edata->message);
-		ok = false;
-	}
-	PG_END_TRY();
-	return ok;
+	if (edata == NULL)
+		return true;
+	/* a lost peer or a cancel ends the exchange, not just this prefix */
+	if (ht_exchange_peer_lost(edata->sqlerrcode, edata->message) ||
+		edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
+		edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN ||
+		edata->sqlerrcode == ERRCODE_PROTOCOL_VIOLATION)
+		ReThrowError(edata);
+	if (*message == NULL)
+		*message = psprintf("repair of %s: %s", quote_qualified_identifier(w->pa, w->pb),
+							edata->message);
+	return false;
 }
 
 void

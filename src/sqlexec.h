@@ -52,4 +52,11 @@ extern ArrayType *ht_array_int8(const int64 *elems, int n);
 extern ArrayType *ht_array_int4(const int32 *elems, int n);
 extern ArrayType *ht_array_bytea(Datum *elems, int n);
 
+/*
+ * Run fn(arg) in a subtransaction: NULL when it succeeded, else its error
+ * (the subtransaction rolled back, the error copied into the caller's
+ * memory context).  Memory fn allocates in the caller's context stays.
+ */
+extern ErrorData *ht_subxact(void (*fn) (void *arg), void *arg);
+
 #endif							/* HT_SQLEXEC_H */

@@ -703,18 +703,6 @@ typedef struct FoldTable
 	bytea	   *keys[HT_KEY_BATCH];
 } FoldTable;
 
-static int
-key_order(const void *a, const void *b)
-{
-	bytea	   *x = *(bytea * const *) a;
-	bytea	   *y = *(bytea * const *) b;
-	int			lx = VARSIZE_ANY_EXHDR(x);
-	int			ly = VARSIZE_ANY_EXHDR(y);
-	int			c = memcmp(VARDATA_ANY(x), VARDATA_ANY(y), Min(lx, ly));
-
-	return c != 0 ? c : (lx > ly) - (lx < ly);
-}
-
 /* what a statement driven by a list of keys does with the rows */
 typedef enum KeyPlanKind
 {
@@ -872,11 +860,11 @@ fold_keys(int part, FoldTable *ft)
 	/* the keys whose row is gone lose their entries */
 	del_seg = palloc(sizeof(int32) * ft->nkeys);
 	del_key = palloc(sizeof(Datum) * ft->nkeys);
-	qsort(ft->keys, ft->nkeys, sizeof(bytea *), key_order);
-	qsort(found, nfound, sizeof(bytea *), key_order);
+	qsort(ft->keys, ft->nkeys, sizeof(bytea *), ht_bytea_ptr_cmp);
+	qsort(found, nfound, sizeof(bytea *), ht_bytea_ptr_cmp);
 	while (a < ft->nkeys)
 	{
-		int			c = (b < nfound) ? key_order(&ft->keys[a], &found[b]) : -1;
+		int			c = (b < nfound) ? ht_bytea_cmp(ft->keys[a], found[b]) : -1;
 
 		if (c < 0)
 		{

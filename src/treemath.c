@@ -290,3 +290,21 @@ ht_get_varint(const uint8 **p, const uint8 *end, uint64 *v)
 	}
 	return false;
 }
+
+/* ---- key order ------------------------------------------------------------ */
+
+int
+ht_bytea_cmp(const bytea *a, const bytea *b)
+{
+	int			la = VARSIZE_ANY_EXHDR(a);
+	int			lb = VARSIZE_ANY_EXHDR(b);
+	int			c = memcmp(VARDATA_ANY(a), VARDATA_ANY(b), Min(la, lb));
+
+	return c != 0 ? c : (la > lb) - (la < lb);
+}
+
+int
+ht_bytea_ptr_cmp(const void *a, const void *b)
+{
+	return ht_bytea_cmp(*(bytea *const *) a, *(bytea *const *) b);
+}

@@ -109,6 +109,12 @@ extern int	ht_partition_for(const char *pa, int palen, const char *pb, int pblen
 #define HT_KID_INLINE_MAX	64
 extern bytea *ht_key_identity(const char *key, int keylen);
 
+/* the order of ORDER BY on bytea: bytes, then length */
+extern int	ht_bytea_cmp(const bytea *a, const bytea *b);
+
+/* the same for qsort over an array of bytea pointers */
+extern int	ht_bytea_ptr_cmp(const void *a, const void *b);
+
 /*
  * Unsigned integers in 7-bit groups, low group first, the high bit of each
  * byte set when another follows (the compact form of the gaps between
