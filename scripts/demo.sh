@@ -15,8 +15,10 @@ build_install
 WORK=$(mktemp -d /tmp/hashtree-demo.XXXXXX)
 chown postgres "$WORK"
 trap 'pg_stop "$WORK/east"; pg_stop "$WORK/west"; rm -rf "$WORK"' EXIT
-pg_start "$WORK/east" 54401 "shared_preload_libraries = 'hashtree'" "hashtree.node_name = 'east'"
-pg_start "$WORK/west" 54402 "shared_preload_libraries = 'hashtree'" "hashtree.node_name = 'west'"
+# background workers in database postgres, idle until the last part of the demo
+workers=("hashtree.database = 'postgres'" "hashtree.tick_interval = '1h'" "hashtree.exchange_interval = 0")
+pg_start "$WORK/east" 54401 "shared_preload_libraries = 'hashtree'" "hashtree.node_name = 'east'" "${workers[@]}"
+pg_start "$WORK/west" 54402 "shared_preload_libraries = 'hashtree'" "hashtree.node_name = 'west'" "${workers[@]}"
 
 east() { $PG_BIN/psql -X -h "$WORK/east" -p 54401 -U postgres -v ON_ERROR_STOP=1 "$@"; }
 west() { $PG_BIN/psql -X -h "$WORK/west" -p 54402 -U postgres -v ON_ERROR_STOP=1 "$@"; }
@@ -72,5 +74,47 @@ part=$(east -At -c "SELECT hashtree.partition_of('shop', 'orders', 'obj-3'::byte
 east -c "SELECT 'east' AS node, convert_from(key, 'UTF8') AS key, encode(hash, 'hex') AS hash FROM hashtree.key_hashes(NULL, $part, '{shop,orders}', $seg)
          UNION ALL
          SELECT 'west', convert_from(key, 'UTF8'), encode(hash, 'hex') FROM hashtree.key_hashes('west', $part, '{shop,orders}', $seg)"
+
+say "tracked tables: both nodes track 'accounts' (columns in another order on west); west drifts"
+east -q -c "CREATE TABLE accounts (id int PRIMARY KEY, owner text NOT NULL, balance numeric(12,2))"
+west -q -c "CREATE TABLE accounts (balance numeric(12,2), owner text NOT NULL, id int PRIMARY KEY)"
+for n in east west; do
+	$n -q -c "INSERT INTO accounts (id, owner, balance) SELECT i, 'owner ' || i, i * 1.25 FROM generate_series(1, 10000) i" \
+		-c "SELECT hashtree.track('accounts')" >/dev/null
+done
+west -q <<'SQL'
+UPDATE accounts SET balance = balance + 100 WHERE id IN (7, 8, 9);
+DELETE FROM accounts WHERE id IN (10, 11);
+INSERT INTO accounts (id, owner, balance) VALUES (-5, 'only on west', 20001), (-6, 'only on west', 20002);
+SQL
+
+say "east: exchange('west', repair => 'pull') — report every difference and make east equal to west"
+east -c "SELECT kind, prefix_a || '.' || coalesce(prefix_b, '*') AS prefix, count(*) AS keys, bool_and(repaired) AS repaired
+         FROM hashtree.exchange('west', repair => 'pull') GROUP BY 1, 2 ORDER BY 2, 1"
+east -c "SELECT partition, outcome, missing, remote_missing, different, missing_prefix AS miss_pfx,
+                remote_missing_prefix AS rmiss_pfx, repaired, round_trips, bytes, finished - started AS took
+         FROM hashtree.exchange_log ORDER BY id DESC LIMIT 8"
+east -c "SELECT id, owner, balance FROM accounts WHERE id IN (-6, -5, 7, 8, 9, 10, 11) ORDER BY id"
+say "a second exchange finds the nodes equal"
+east -c "SELECT count(*) AS differences FROM hashtree.exchange('west')"
+
+say "background workers (a reload turns them on): east is the reference and pushes to west every second"
+east -q -c "ALTER SYSTEM SET hashtree.tick_interval = '1s'" -c "ALTER SYSTEM SET hashtree.exchange_interval = '1s'" \
+	-c "ALTER SYSTEM SET hashtree.repair = 'push'" -c "SELECT pg_reload_conf()" >/dev/null
+west -q -c "ALTER SYSTEM SET hashtree.tick_interval = '1s'" -c "SELECT pg_reload_conf()" >/dev/null
+echo "east renames accounts 100-104; on west, someone deletes accounts 200-202"
+east -q -c "UPDATE accounts SET owner = 'renamed on east' WHERE id BETWEEN 100 AND 104"
+west -q -c "DELETE FROM accounts WHERE id BETWEEN 200 AND 202"
+for i in $(seq 1 60); do
+	same=$(east -At -c "SELECT count(*) = 0 FROM hashtree.exchange('west')" 2>/dev/null || true)
+	[ "$same" = t ] && break
+	sleep 1
+done
+echo "converged after about ${i} s: west is equal to east again"
+for n in east west; do
+	echo "$n: $($n -At -c "SELECT count(*) || ' rows; 100-104 owned by ' || string_agg(DISTINCT owner, ', ') FILTER (WHERE id BETWEEN 100 AND 104) || '; 200-202 present: ' || count(*) FILTER (WHERE id BETWEEN 200 AND 202) FROM accounts")"
+done
+echo "east's worker log:"
+grep -h "hashtree: exchange with peer" "$WORK/east/log" | sed 's/^.*LOG: */  /' | head -3
 
 say "done: the servers are removed"
