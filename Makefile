@@ -14,6 +14,9 @@ OBJS = \
 	src/exchange.o \
 	src/repair.o \
 	src/worker.o \
+	src/linhash.o \
+	src/frag.o \
+	src/fragops.o \
 	src/api.o
 
 DATA = $(wildcard extension/hashtree--*.sql)

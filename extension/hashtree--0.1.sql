@@ -535,6 +535,93 @@ CREATE FUNCTION @extschema@._delete_partition_rows(schema_name text, table_name 
 	LANGUAGE C VOLATILE;
 
 ---------------------------------------------------------------------------
+-- Fragmented tables: hash partitions that follow linear hashing (mnesia's
+-- mnesia_frag_hash).  Fragment k of a table with state (N, P, L) is the
+-- partition (MODULUS 2^(L+1), REMAINDER k-1) when k < P or k > 2^L, else
+-- (MODULUS 2^L, REMAINDER k-1).
+---------------------------------------------------------------------------
+
+-- The registry: one row per fragmented table.  op*: an online add_frag or
+-- del_frag under way (its capture triggers are on op_sources, its new tables
+-- are op_helpers); an interrupted one is rolled back by the next operation.
+CREATE TABLE @extschema@.frag_table (
+	parent			regclass PRIMARY KEY,
+	n_fragments		int4 NOT NULL,
+	next_n_to_split	int4 NOT NULL,
+	n_doubles		int4 NOT NULL,
+	op				text CHECK (op IN ('add_frag', 'del_frag')),
+	op_phase		text CHECK (op_phase IN ('preparing', 'prepared')),
+	op_sources		oid[],
+	op_helpers		oid[],
+	op_error		text,
+	op_moved		int8,
+	CHECK (n_doubles BETWEEN 0 AND 30 AND next_n_to_split BETWEEN 1 AND (1 << n_doubles)
+		   AND n_fragments = (1 << n_doubles) + next_n_to_split - 1)
+);
+REVOKE ALL ON @extschema@.frag_table FROM PUBLIC;
+GRANT SELECT ON @extschema@.frag_table TO PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.frag_table', '');
+
+CREATE TYPE @extschema@.frag_state AS (n_fragments int, next_n_to_split int, n_doubles int);
+
+-- The functions below run with the caller's rights: changing a table's
+-- fragments needs its ownership, as ALTER TABLE does.
+CREATE FUNCTION @extschema@.frag_number(n_fragments int, hash numeric) RETURNS int
+	AS 'MODULE_PATHNAME', 'ht_frag_number'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+CREATE FUNCTION @extschema@.frag_init(tbl regclass, n_fragments int DEFAULT 1)
+	RETURNS @extschema@.frag_state
+	AS 'MODULE_PATHNAME', 'ht_frag_init'
+	LANGUAGE C VOLATILE;
+CREATE FUNCTION @extschema@.frag_state(tbl regclass) RETURNS @extschema@.frag_state
+	AS 'MODULE_PATHNAME', 'ht_frag_state'
+	LANGUAGE C STABLE;
+CREATE FUNCTION @extschema@.frag_names(tbl regclass) RETURNS SETOF regclass
+	AS 'MODULE_PATHNAME', 'ht_frag_names'
+	LANGUAGE C STABLE;
+CREATE FUNCTION @extschema@.frag_size(tbl regclass, exact boolean DEFAULT false)
+	RETURNS TABLE(fragment int, relation regclass, rows bigint)
+	AS 'MODULE_PATHNAME', 'ht_frag_size'
+	LANGUAGE C STABLE;
+CREATE FUNCTION @extschema@.key_to_frag_number(tbl regclass, VARIADIC key "any") RETURNS int
+	AS 'MODULE_PATHNAME', 'ht_key_to_frag_number'
+	LANGUAGE C STABLE;
+CREATE FUNCTION @extschema@.match_spec_to_frag_numbers(tbl regclass, predicate text) RETURNS int[]
+	AS 'MODULE_PATHNAME', 'ht_match_spec_to_frag_numbers'
+	LANGUAGE C STABLE;
+
+CREATE FUNCTION @extschema@.add_frag(tbl regclass, mode text DEFAULT 'online')
+	RETURNS TABLE(n_fragments int, next_n_to_split int, n_doubles int, iter_frags int[],
+				  additional_lock_frags int[], moved_rows bigint)
+	AS 'MODULE_PATHNAME', 'ht_add_frag'
+	LANGUAGE C VOLATILE;
+CREATE FUNCTION @extschema@.del_frag(tbl regclass, mode text DEFAULT 'online')
+	RETURNS TABLE(n_fragments int, next_n_to_split int, n_doubles int, iter_frags int[],
+				  additional_lock_frags int[], moved_rows bigint)
+	AS 'MODULE_PATHNAME', 'ht_del_frag'
+	LANGUAGE C VOLATILE;
+-- logs the keys written to the fragments an online operation is copying
+CREATE FUNCTION @extschema@._frag_capture() RETURNS trigger
+	AS 'MODULE_PATHNAME', 'ht_frag_capture'
+	LANGUAGE C;
+
+CREATE VIEW @extschema@.fragments AS
+	SELECT f.parent AS "table",
+		   b.remainder + 1 AS fragment,
+		   c.oid::regclass AS relation,
+		   b.modulus,
+		   b.remainder,
+		   CASE WHEN c.reltuples >= 0 THEN c.reltuples::int8 END AS row_estimate
+	  FROM @extschema@.frag_table f
+	  JOIN pg_catalog.pg_inherits i ON i.inhparent = f.parent
+	  JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+	 CROSS JOIN LATERAL (
+		SELECT substring(pg_catalog.pg_get_expr(c.relpartbound, c.oid) FROM 'modulus (\d+)')::int AS modulus,
+			   substring(pg_catalog.pg_get_expr(c.relpartbound, c.oid) FROM 'remainder (\d+)')::int AS remainder) b
+	 ORDER BY f.parent::text, b.remainder;
+GRANT SELECT ON @extschema@.fragments TO PUBLIC;
+
+---------------------------------------------------------------------------
 -- Status
 ---------------------------------------------------------------------------
 
@@ -591,5 +678,15 @@ GRANT EXECUTE ON FUNCTION
 	@extschema@.row_hash(regclass, record),
 	@extschema@.row_key(regclass, record),
 	@extschema@._track_row(),
-	@extschema@._track_truncate()
+	@extschema@._track_truncate(),
+	@extschema@.frag_number(int, numeric),
+	@extschema@.frag_init(regclass, int),
+	@extschema@.frag_state(regclass),
+	@extschema@.frag_names(regclass),
+	@extschema@.frag_size(regclass, boolean),
+	@extschema@.key_to_frag_number(regclass, "any"),
+	@extschema@.match_spec_to_frag_numbers(regclass, text),
+	@extschema@.add_frag(regclass, text),
+	@extschema@.del_frag(regclass, text),
+	@extschema@._frag_capture()
 	TO PUBLIC;

@@ -174,3 +174,31 @@ ht_subxact(void (*fn) (void *arg), void *arg)
 	PG_END_TRY();
 	return edata;
 }
+
+/* ---- dynamic statements ---------------------------------------------------- */
+
+uint64
+ht_sql(const char *fmt,...)
+{
+	StringInfoData buf;
+	va_list		args;
+	int			rc;
+
+	initStringInfo(&buf);
+	for (;;)
+	{
+		int			needed;
+
+		va_start(args, fmt);
+		needed = appendStringInfoVA(&buf, fmt, args);
+		va_end(args);
+		if (needed == 0)
+			break;
+		enlargeStringInfo(&buf, needed);
+	}
+	rc = SPI_execute(buf.data, false, 0);
+	if (rc < 0)
+		elog(ERROR, "hashtree: SPI_execute failed (%s) for: %s", SPI_result_code_string(rc), buf.data);
+	pfree(buf.data);
+	return SPI_processed;
+}

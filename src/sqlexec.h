@@ -53,6 +53,12 @@ extern ArrayType *ht_array_int4(const int32 *elems, int n);
 extern ArrayType *ht_array_bytea(Datum *elems, int n);
 
 /*
+ * Run a statement built with printf-style arguments (identifiers must be
+ * quoted by the caller) through SPI; returns the rows processed.
+ */
+extern uint64 ht_sql(const char *fmt,...) pg_attribute_printf(1, 2);
+
+/*
  * Run fn(arg) in a subtransaction: NULL when it succeeded, else its error
  * (the subtransaction rolled back, the error copied into the caller's
  * memory context).  Memory fn allocates in the caller's context stays.

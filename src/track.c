@@ -1404,6 +1404,55 @@ ht_ddl_table(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
+/*
+ * The partitions of a table were changed by hashtree itself (a fragmented
+ * table's frag_init, add_frag, del_frag), its rows staying the same: if
+ * the table is tracked, give the new partitions their TRUNCATE trigger and
+ * record the partitions in the registry, without a re-hash (the rows
+ * moved, none changed; entries do not depend on the partition holding a
+ * row).  Needs SPI.
+ */
+void
+ht_track_partitions_changed(Oid relid)
+{
+	Relation	rel = relation_open(relid, AccessShareLock);
+	Oid			fn = track_fn_oid("_track_row");
+	ListCell   *lc;
+	TrackRel   *tr;
+	Datum		v[4];
+	Oid			save_user;
+	int			save_sec;
+
+	if (!OidIsValid(fn) || !has_track_trigger(rel, fn, false))
+	{
+		relation_close(rel, AccessShareLock);
+		return;
+	}
+	foreach(lc, find_all_inheritors(relid, AccessShareLock, NULL))
+	{
+		Oid			part = lfirst_oid(lc);
+		Relation	prel;
+		bool		has;
+
+		if (part == relid)
+			continue;
+		prel = relation_open(part, AccessShareLock);
+		has = has_trigger_named(prel, "hashtree_track_truncate");
+		relation_close(prel, AccessShareLock);
+		if (!has)
+			create_truncate_trigger(part);
+	}
+	tr = track_rel(rel);
+	v[0] = PointerGetDatum(tr->pa);
+	v[1] = PointerGetDatum(tr->pb);
+	v[2] = CStringGetTextDatum(tr->enc->key_columns);
+	v[3] = CStringGetTextDatum(signature(tr, rel));
+	ht_as_owner_begin(&save_user, &save_sec);
+	ht_exec(&q_reregister, v, NULL, 0);
+	ht_as_owner_end(save_user, save_sec);
+	relation_close(rel, AccessShareLock);
+}
+
 /* _ddl_dropped(): after a DROP; a dropped tracked table is untracked */
 PG_FUNCTION_INFO_V1(ht_ddl_dropped);
 Datum

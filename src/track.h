@@ -25,4 +25,7 @@ extern void ht_track_fold(int part);
  */
 extern void ht_track_rehash_partition(int part);
 
+/* partitions changed by hashtree itself, rows unchanged (needs SPI) */
+extern void ht_track_partitions_changed(Oid relid);
+
 #endif							/* HT_TRACK_H */

@@ -41,6 +41,7 @@
 #include "utils/timestamp.h"
 
 #include "exchange.h"
+#include "frag.h"
 #include "hashtree.h"
 #include "partlock.h"
 #include "remote.h"
@@ -65,7 +66,8 @@ static const struct config_enum_entry repair_options[] = {
 typedef enum JobKind
 {
 	JOB_EXCHANGE = 1,
-	JOB_REBUILD = 2
+	JOB_REBUILD = 2,
+	JOB_FRAG = 3				/* prepare an online add_frag or del_frag */
 } JobKind;
 
 typedef struct Job
@@ -73,8 +75,10 @@ typedef struct Job
 	Oid			dboid;
 	int			kind;
 	int			part;			/* rebuild */
-	int			mode;			/* exchange: HtRepairMode */
+	int			mode;			/* exchange: HtRepairMode; frag: 1 add, 0 del */
 	char		peer[HT_MAX_PEER_NAME_LEN + 1]; /* exchange */
+	Oid			userid;			/* frag: runs as this role */
+	Oid			relid;			/* frag: the table */
 } Job;
 
 StaticAssertDecl(sizeof(Job) <= BGW_EXTRALEN, "a job must fit in bgw_extra");
@@ -555,6 +559,14 @@ rebuild_pick_step(void *arg)
 	}
 }
 
+static char *frag_error = NULL;
+
+static void
+frag_recover_step(void *arg)
+{
+	ht_frag_recover_all();
+}
+
 static void
 tick(void)
 {
@@ -570,6 +582,10 @@ tick(void)
 		snprintf(what, sizeof(what), "tick of partition %d", part);
 		(void) run_step(what, tick_step, &part, &tick_errors[part]);
 	}
+
+	/* online fragment operations that were interrupted (crash, cancel) */
+	(void) run_step("rolling back unfinished fragment operations", frag_recover_step, NULL,
+					&frag_error);
 
 	/* one rebuild at a time: never a storm */
 	if (count_running(JOB_REBUILD) == 0 &&
@@ -871,13 +887,44 @@ ht_job_main(Datum arg)
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
-	BackgroundWorkerInitializeConnectionByOid(job.dboid, InvalidOid, 0);
-	pgstat_report_appname(job.kind == JOB_EXCHANGE ? "hashtree exchange" : "hashtree rebuild");
+	BackgroundWorkerInitializeConnectionByOid(job.dboid,
+											  job.kind == JOB_FRAG ? job.userid : InvalidOid, 0);
+	pgstat_report_appname(job.kind == JOB_EXCHANGE ? "hashtree exchange" :
+						  job.kind == JOB_REBUILD ? "hashtree rebuild" : "hashtree fragment copy");
 	ht_exchange_quiet = true;
 
 	if (job.kind == JOB_EXCHANGE)
 		run_exchange(&job);
-	else
+	else if (job.kind == JOB_REBUILD)
 		run_rebuild(&job);
+	else
+		ht_frag_prepare_job(job.relid, job.mode == 1);
 	proc_exit(0);
+}
+
+bool
+ht_frag_start_job(Oid relid, bool add, BackgroundWorkerHandle **handle)
+{
+	BackgroundWorker w;
+	Job			job;
+
+	memset(&job, 0, sizeof(job));
+	job.dboid = MyDatabaseId;
+	job.kind = JOB_FRAG;
+	job.mode = add ? 1 : 0;
+	job.userid = GetUserId();
+	job.relid = relid;
+
+	memset(&w, 0, sizeof(w));
+	w.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	w.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	w.bgw_restart_time = BGW_NEVER_RESTART;
+	w.bgw_notify_pid = MyProcPid;
+	snprintf(w.bgw_library_name, BGW_MAXLEN, "hashtree");
+	snprintf(w.bgw_function_name, BGW_MAXLEN, "ht_job_main");
+	snprintf(w.bgw_name, BGW_MAXLEN, "hashtree %s copy of table %u", add ? "add_frag" : "del_frag",
+			 relid);
+	snprintf(w.bgw_type, BGW_MAXLEN, "hashtree fragment copy");
+	memcpy(w.bgw_extra, &job, sizeof(Job));
+	return RegisterDynamicBackgroundWorker(&w, handle);
 }

@@ -1,0 +1,70 @@
+/*-------------------------------------------------------------------------
+ *
+ * frag.h
+ *	  Fragmented tables: hash-partitioned tables whose partitions follow
+ *	  linear hashing (linhash.h), registered in hashtree.frag_table.
+ *
+ * frag.c holds the registry, the layout check, the lookups
+ * (key_to_frag_number, match_spec_to_frag_numbers) and frag_init /
+ * frag_activate; fragops.c moves rows (add_frag, del_frag).
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef HT_FRAG_H
+#define HT_FRAG_H
+
+#include "postgres.h"
+
+#include "utils/relcache.h"
+
+#include "linhash.h"
+
+/* a row of hashtree.frag_table */
+typedef struct HtFragTable
+{
+	Oid			relid;
+	HtLinState	s;
+	char	   *op;				/* an online add_frag/del_frag under way, or NULL */
+	char	   *op_phase;		/* preparing, prepared */
+	char	   *op_error;		/* why the last preparation failed, or NULL */
+	int64		op_moved;		/* rows that changed fragment, counted by the copy */
+	int			nsources;		/* fragments carrying capture triggers */
+	Oid		   *sources;
+	int			nhelpers;		/* tables created for the operation */
+	Oid		   *helpers;
+} HtFragTable;
+
+/* the registry row of a table (needs SPI); false if it is not registered */
+extern bool ht_frag_lookup(Oid relid, HtFragTable *ft);
+
+/* write the state of a registered table, clearing any operation (needs SPI) */
+extern void ht_frag_store_state(Oid relid, const HtLinState *s);
+
+/*
+ * ERROR unless rel is a table partitioned by hash on plain columns that
+ * the current user owns
+ */
+extern void ht_frag_check_table(Relation rel);
+
+/*
+ * The relations of fragments 1..N (palloc'd array, [k - 1] = fragment k);
+ * ERROR when the partitions are not exactly those of state s.
+ */
+extern Oid *ht_frag_layout(Relation parent, const HtLinState *s);
+
+/* the name of fragment k of a table: <table>_frag<k>, cut to fit */
+extern char *ht_frag_name(Relation parent, int32 k);
+
+/* the parent's name and a fragment's, quoted and qualified */
+extern char *ht_rel_qname(Oid relid);
+
+/* roll back an interrupted online operation on a table, if any (needs SPI) */
+extern void ht_frag_recover(Oid relid);
+
+/* roll back the unfinished operations nobody is running (needs SPI) */
+extern void ht_frag_recover_all(void);
+
+/* the background job of an online operation (worker.c starts it) */
+extern void ht_frag_prepare_job(Oid relid, bool add);
+
+#endif							/* HT_FRAG_H */

@@ -1,0 +1,1054 @@
+/*-------------------------------------------------------------------------
+ *
+ * fragops.c
+ *	  add_frag and del_frag: moving rows between the fragments of a
+ *	  fragmented table.
+ *
+ * Both operations replace one or two fragments (the sources) by one or two
+ * new tables (the targets) with the bounds of the next state: add_frag
+ * replaces fragment P by P and N+1, del_frag replaces N and its buddy by
+ * the buddy.  A target is created standalone (LIKE the parent, in the
+ * source's tablespace, with its owner, grants, reloptions, foreign keys
+ * and own triggers), filled with the sources' rows that belong to it, and
+ * given a CHECK identical to its partition constraint, so that ATTACH
+ * needs no scan.  The swap then, under the parent's ACCESS EXCLUSIVE lock
+ * taken first (a fragment lock held while waiting for the parent's would
+ * deadlock with writers, who lock the parent first): DETACH the sources,
+ * ATTACH the targets, DROP the sources, rename, record the state.  PG 15
+ * has no default partition for hash tables: the swap happens in one
+ * transaction, so every remainder stays covered at every instant.
+ *
+ * mode block_writes: everything in the caller's transaction, the parent
+ * held in SHARE mode meanwhile (writers wait, readers go on).
+ * mode online: a background worker prepares the targets in transactions
+ * of its own while writes go on, capture triggers on the sources logging
+ * the keys written meanwhile; the caller's swap re-copies the rows of
+ * those keys: writers wait only for the swap, whose cost depends on the
+ * writes during the copy, not on the table.  The registry row records the
+ * operation (hashtree.frag_table.op*); one that did not finish (error,
+ * cancel, crash) is rolled back by the next operation on the table, or by
+ * the background launcher.
+ *
+ * Lock waits in the swap use lock_timeout and are retried after a pause,
+ * holding nothing: a client is never deadlocked by us, it waits at most
+ * one lock_timeout.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/htup_details.h"
+#include "access/table.h"
+#include "catalog/namespace.h"
+#include "catalog/pg_class.h"
+#include "catalog/pg_type.h"
+#include "commands/tablespace.h"
+#include "commands/trigger.h"
+#include "common/pg_prng.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "mb/pg_wchar.h"
+#include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "storage/latch.h"
+#include "utils/array.h"
+#include "utils/builtins.h"
+#include "utils/guc.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/partcache.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+#include "utils/timestamp.h"
+
+#include "frag.h"
+#include "hashtree.h"
+#include "linhash.h"
+#include "partlock.h"
+#include "sqlexec.h"
+#include "track.h"
+#include "worker.h"
+
+/* pg_try_advisory_xact_lock(HT_FRAG_LOCK_KEY, relid): one operation per table */
+#define HT_FRAG_LOCK_KEY 1213464577
+
+#define SWAP_LOCK_TIMEOUT_MS	200
+#define SWAP_GIVE_UP_MS			120000
+
+/* what an add_frag or del_frag does */
+typedef struct FragOp
+{
+	Oid			relid;
+	bool		add;
+	char	   *nsp;			/* the parent's schema */
+	char	   *qparent;
+	int			nkeys;
+	char	  **keys;			/* quoted key columns */
+	char	   *keylist;		/* "k1, k2" */
+	char	   *cols;			/* the columns a copy writes */
+	bool		overriding;		/* identity columns GENERATED ALWAYS */
+	HtLinState	before;
+	HtLinState	after;
+	int32		iter;
+	int32		lock;
+	int			nsrc;
+	int32		src_frag[2];
+	Oid			src[2];
+	int			ntgt;
+	int32		tgt_frag[2];
+	int32		tgt_mod[2];
+	int32		tgt_rem[2];
+	char	   *tgt_name[2];	/* working names, in nsp */
+	char	   *tgt_final[2];	/* names once attached */
+	char	   *log;			/* online: capture log table, in nsp */
+} FragOp;
+
+static char *
+tgt_q(FragOp *op, int t)
+{
+	return quote_qualified_identifier(op->nsp, op->tgt_name[t]);
+}
+
+/* the partition constraint of target t, as ATTACH generates it */
+static char *
+bound_check(FragOp *op, int m, int r)
+{
+	return psprintf("pg_catalog.satisfies_hash_partition('%u'::pg_catalog.oid, %d, %d, %s)",
+					op->relid, m, r, op->keylist);
+}
+
+/* plan an operation from the registry and the partitions (needs SPI) */
+static void
+plan_op(Relation rel, HtFragTable *ft, bool add, FragOp *op)
+{
+	PartitionKey key = RelationGetPartitionKey(rel);
+	TupleDesc	td = RelationGetDescr(rel);
+	Oid		   *frags = ht_frag_layout(rel, &ft->s);
+	StringInfoData cols;
+	StringInfoData keylist;
+
+	memset(op, 0, sizeof(*op));
+	op->relid = RelationGetRelid(rel);
+	op->add = add;
+	op->nsp = get_namespace_name(RelationGetNamespace(rel));
+	op->qparent = quote_qualified_identifier(op->nsp, RelationGetRelationName(rel));
+	op->before = ft->s;
+
+	initStringInfo(&keylist);
+	op->nkeys = key->partnatts;
+	op->keys = palloc(sizeof(char *) * op->nkeys);
+	for (int i = 0; i < op->nkeys; i++)
+	{
+		op->keys[i] = pstrdup(quote_identifier(NameStr(TupleDescAttr(td, key->partattrs[i] - 1)->attname)));
+		appendStringInfo(&keylist, "%s%s", i ? ", " : "", op->keys[i]);
+	}
+	op->keylist = keylist.data;
+	initStringInfo(&cols);
+	for (int i = 0; i < td->natts; i++)
+	{
+		Form_pg_attribute a = TupleDescAttr(td, i);
+
+		if (a->attisdropped || a->attgenerated)
+			continue;
+		appendStringInfo(&cols, "%s%s", cols.len ? ", " : "", quote_identifier(NameStr(a->attname)));
+		if (a->attidentity == ATTRIBUTE_IDENTITY_ALWAYS)
+			op->overriding = true;
+	}
+	op->cols = cols.data;
+
+	if (add)
+	{
+		if (ft->s.n >= HT_MAX_FRAGMENTS)
+			ereport(ERROR,
+					(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+					 errmsg("a fragmented table has at most %d fragments", HT_MAX_FRAGMENTS)));
+		op->after = ht_lin_add(&ft->s, &op->iter, &op->lock);
+		op->nsrc = 1;
+		op->src_frag[0] = op->iter;
+		op->ntgt = 2;
+		op->tgt_frag[0] = op->iter;
+		op->tgt_frag[1] = op->lock;
+	}
+	else
+	{
+		if (ft->s.n <= 1)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("table \"%s\" has a single fragment", RelationGetRelationName(rel)),
+					 errhint("del_frag merges the last fragment into another; there must be two.")));
+		op->after = ht_lin_del(&ft->s, &op->iter, &op->lock);
+		op->nsrc = 2;
+		op->src_frag[0] = op->lock;	/* the buddy first: the target keeps its name */
+		op->src_frag[1] = op->iter;
+		op->ntgt = 1;
+		op->tgt_frag[0] = op->lock;
+	}
+	for (int i = 0; i < op->nsrc; i++)
+		op->src[i] = frags[op->src_frag[i] - 1];
+	for (int t = 0; t < op->ntgt; t++)
+	{
+		ht_lin_bound(&op->after, op->tgt_frag[t], &op->tgt_mod[t], &op->tgt_rem[t]);
+		op->tgt_name[t] = psprintf("hashtree_frag_%u_%d", op->relid, op->tgt_frag[t]);
+		/* fragment P keeps the name of the fragment it replaces; N+1 gets its own */
+		op->tgt_final[t] = (op->tgt_frag[t] == op->src_frag[0])
+			? get_rel_name(op->src[0]) : ht_frag_name(rel, op->tgt_frag[t]);
+	}
+	op->log = psprintf("hashtree_frag_%u_log", op->relid);
+}
+
+/* refuse what would break: foreign keys that reference the table */
+static void
+check_references(FragOp *op)
+{
+	bool		isnull;
+
+	ht_sql("SELECT c.conname, c.conrelid::pg_catalog.regclass::text FROM pg_catalog.pg_constraint c"
+		   " WHERE c.contype = 'f' AND c.confrelid IN (SELECT p.relid"
+		   " FROM pg_catalog.pg_partition_tree('%u'::pg_catalog.regclass) p) LIMIT 1", op->relid);
+	if (SPI_processed > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("table %s is referenced by foreign key \"%s\" of %s", op->qparent,
+						TextDatumGetCString(ht_col(0, 1, &isnull)),
+						TextDatumGetCString(ht_col(0, 2, &isnull))),
+				 errdetail("A fragment that is referenced cannot be detached."),
+				 errhint("Drop the foreign key, change the fragments, and add it back.")));
+}
+
+/* ---- targets ----------------------------------------------------------------- */
+
+/* create target t, standalone, dressed like the fragment it replaces */
+static void
+create_target(FragOp *op, int t)
+{
+	Oid			like = op->src[0];
+	char	   *q = tgt_q(op, t);
+	bool		isnull;
+	Datum		d;
+
+	ht_sql("CREATE %sTABLE %s (LIKE %s INCLUDING ALL)%s",
+		   get_rel_persistence(like) == RELPERSISTENCE_UNLOGGED ? "UNLOGGED " : "",
+		   q, op->qparent,
+		   OidIsValid(get_rel_tablespace(like))
+		   ? psprintf(" TABLESPACE %s", quote_identifier(get_tablespace_name(get_rel_tablespace(like))))
+		   : "");
+	/* owner, reloptions and grants of the fragment it replaces */
+	ht_sql("SELECT pg_catalog.quote_ident(r.rolname), c.reloptions IS NOT NULL,"
+		   " pg_catalog.array_to_string(c.reloptions, ', ')"
+		   " FROM pg_catalog.pg_class c JOIN pg_catalog.pg_roles r ON r.oid = c.relowner"
+		   " WHERE c.oid = '%u'", like);
+	d = ht_col(0, 1, &isnull);
+	{
+		char	   *owner = TextDatumGetCString(d);
+		bool		has_opts = DatumGetBool(ht_col(0, 2, &isnull));
+		char	   *opts = has_opts ? TextDatumGetCString(ht_col(0, 3, &isnull)) : NULL;
+
+		if (opts != NULL)
+			ht_sql("ALTER TABLE %s SET (%s)", q, opts);
+		ht_sql("ALTER TABLE %s OWNER TO %s", q, owner);
+	}
+	ht_sql("SELECT pg_catalog.format('GRANT %%s ON %%s TO %%s%%s', a.privilege_type, '%s',"
+		   " CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(r.rolname) END,"
+		   " CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)"
+		   " FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a"
+		   " LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee"
+		   " WHERE c.oid = '%u' AND a.grantee <> c.relowner", q, like);
+	{
+		uint64		n = SPI_processed;
+		char	  **grants = palloc(sizeof(char *) * Max(n, 1));
+
+		for (uint64 i = 0; i < n; i++)
+			grants[i] = TextDatumGetCString(ht_col(i, 1, &isnull));
+		for (uint64 i = 0; i < n; i++)
+			ht_sql("%s", grants[i]);
+	}
+	/* the parent's foreign keys, validated now (ATTACH then only links them) */
+	ht_sql("SELECT pg_catalog.quote_ident(conname), pg_catalog.pg_get_constraintdef(oid)"
+		   " FROM pg_catalog.pg_constraint WHERE conrelid = '%u' AND contype = 'f'", op->relid);
+	{
+		uint64		n = SPI_processed;
+		char	  **fks = palloc(sizeof(char *) * Max(n, 1));
+
+		for (uint64 i = 0; i < n; i++)
+			fks[i] = psprintf("ALTER TABLE %s ADD CONSTRAINT %s %s", q,
+							  TextDatumGetCString(ht_col(i, 1, &isnull)),
+							  TextDatumGetCString(ht_col(i, 2, &isnull)));
+		for (uint64 i = 0; i < n; i++)
+			ht_sql("%s", fks[i]);
+	}
+}
+
+/* the sources' own triggers (not cloned from the parent, not ours), on target t */
+static void
+copy_triggers(FragOp *op, int t)
+{
+	for (int i = 0; i < op->nsrc; i++)
+	{
+		char	   *qsrc = ht_rel_qname(op->src[i]);
+		uint64		n;
+		char	  **defs;
+		bool		isnull;
+
+		if (op->ntgt == 1 && i > 0)
+			break;				/* a merge keeps the buddy's triggers */
+		n = ht_sql("SELECT pg_catalog.pg_get_triggerdef(oid) FROM pg_catalog.pg_trigger"
+				   " WHERE tgrelid = '%u' AND NOT tgisinternal AND tgparentid = 0"
+				   " AND tgname NOT LIKE 'hashtree\\_%%'", op->src[i]);
+		defs = palloc(sizeof(char *) * Max(n, 1));
+		for (uint64 k = 0; k < n; k++)
+			defs[k] = TextDatumGetCString(ht_col(k, 1, &isnull));
+		for (uint64 k = 0; k < n; k++)
+		{
+			/* "... ON <source> ..." becomes "... ON <target> ..." */
+			char	   *on = psprintf(" ON %s ", qsrc);
+			char	   *at = strstr(defs[k], on);
+
+			if (at == NULL)
+				ereport(ERROR,
+						(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+						 errmsg("cannot copy trigger definition: %s", defs[k])));
+			ht_sql("%.*s ON %s %s", (int) (at - defs[k]), defs[k], tgt_q(op, t),
+				   at + strlen(on));
+		}
+	}
+}
+
+/* SQL over a target's rows: did this row change fragment? */
+static char *
+moving_pred(FragOp *op, int t)
+{
+	int32		m;
+	int32		r;
+
+	if (op->add)
+		return t == 1 ? "true" : "false";
+	/* a merge: the rows that satisfied fragment N's bound */
+	ht_lin_bound(&op->before, op->iter, &m, &r);
+	return bound_check(op, m, r);
+}
+
+/* copy the sources' rows that belong to each target; returns rows moved */
+static int64
+copy_rows(FragOp *op, const char *extra)
+{
+	int64		moved = 0;
+
+	for (int t = 0; t < op->ntgt; t++)
+		for (int i = 0; i < op->nsrc; i++)
+		{
+			uint64		n;
+
+			n = ht_sql("INSERT INTO %s (%s)%s SELECT %s FROM ONLY %s WHERE %s%s",
+					   tgt_q(op, t), op->cols, op->overriding ? " OVERRIDING SYSTEM VALUE" : "",
+					   op->cols, ht_rel_qname(op->src[i]),
+					   bound_check(op, op->tgt_mod[t], op->tgt_rem[t]), extra ? extra : "");
+			/* rows that change fragment: into N + 1 (add), out of N (del) */
+			if ((op->add && t == 1) || (!op->add && i == 1))
+				moved += n;
+		}
+	return moved;
+}
+
+static void
+add_bound_checks(FragOp *op)
+{
+	for (int t = 0; t < op->ntgt; t++)
+		ht_sql("ALTER TABLE %s ADD CONSTRAINT hashtree_frag_bound CHECK (%s)", tgt_q(op, t),
+			   bound_check(op, op->tgt_mod[t], op->tgt_rem[t]));
+}
+
+/* ---- capture (online mode) ------------------------------------------------------ */
+
+static void
+create_capture(FragOp *op)
+{
+	char	   *qlog = quote_qualified_identifier(op->nsp, op->log);
+	StringInfoData args;
+
+	ht_sql("CREATE UNLOGGED TABLE %s AS SELECT %s FROM %s WITH NO DATA", qlog, op->keylist, op->qparent);
+	ht_sql("ALTER TABLE %s ADD COLUMN hashtree_truncated boolean NOT NULL DEFAULT false", qlog);
+	/* the capture runs as whoever writes the table */
+	ht_sql("GRANT INSERT ON %s TO PUBLIC", qlog);
+	/* trigger arguments: the log, then the key columns */
+	initStringInfo(&args);
+	appendStringInfo(&args, "'%s'", qlog);
+	for (int i = 0; i < op->nkeys; i++)
+		appendStringInfo(&args, ", %s", quote_literal_cstr(op->keys[i]));
+	for (int i = 0; i < op->nsrc; i++)
+	{
+		char	   *qsrc = ht_rel_qname(op->src[i]);
+
+		ht_sql("CREATE TRIGGER hashtree_frag_capture AFTER INSERT OR UPDATE OR DELETE ON %s"
+			   " FOR EACH ROW EXECUTE FUNCTION hashtree._frag_capture(%s)", qsrc, args.data);
+		ht_sql("CREATE TRIGGER hashtree_frag_capture_truncate AFTER TRUNCATE ON %s"
+			   " FOR EACH STATEMENT EXECUTE FUNCTION hashtree._frag_capture(%s)", qsrc, args.data);
+		ht_sql("ALTER TABLE %s ENABLE ALWAYS TRIGGER hashtree_frag_capture", qsrc);
+		ht_sql("ALTER TABLE %s ENABLE ALWAYS TRIGGER hashtree_frag_capture_truncate", qsrc);
+	}
+}
+
+/*
+ * _frag_capture(log, key columns...): log the key of each row written to a
+ * source fragment during an online operation (old and new), or a
+ * TRUNCATE marker.  One prepared INSERT per log table and backend.
+ */
+typedef struct CapturePlan
+{
+	char		log[2 * NAMEDATALEN + 8];
+	SPIPlanPtr	plan;
+	SPIPlanPtr	marker;
+	int			nkeys;
+} CapturePlan;
+
+static CapturePlan capture_plan;
+
+PG_FUNCTION_INFO_V1(ht_frag_capture);
+Datum
+ht_frag_capture(PG_FUNCTION_ARGS)
+{
+	TriggerData *td = (TriggerData *) fcinfo->context;
+	Trigger    *tg;
+	int			nkeys;
+	TupleDesc	desc;
+	HeapTuple	rows[2];
+	int			nrows = 0;
+
+	if (!CALLED_AS_TRIGGER(fcinfo))
+		elog(ERROR, "hashtree: _frag_capture() must be a trigger");
+	tg = td->tg_trigger;
+	if (tg->tgnargs < 2 || tg->tgnargs - 1 > PARTITION_MAX_KEYS)
+		elog(ERROR, "hashtree: _frag_capture() needs the log table and the key columns");
+	nkeys = tg->tgnargs - 1;
+	desc = RelationGetDescr(td->tg_relation);
+
+	SPI_connect();
+	if (strcmp(capture_plan.log, tg->tgargs[0]) != 0 || capture_plan.plan == NULL)
+	{
+		StringInfoData sql;
+		Oid			types[PARTITION_MAX_KEYS];
+
+		if (capture_plan.plan)
+			SPI_freeplan(capture_plan.plan);
+		if (capture_plan.marker)
+			SPI_freeplan(capture_plan.marker);
+		capture_plan.plan = capture_plan.marker = NULL;
+		initStringInfo(&sql);
+		appendStringInfo(&sql, "INSERT INTO %s VALUES (", tg->tgargs[0]);
+		for (int i = 0; i < nkeys; i++)
+		{
+			int			att = SPI_fnumber(desc, tg->tgargs[i + 1]);
+
+			if (att <= 0)
+				elog(ERROR, "hashtree: column \"%s\" not found", tg->tgargs[i + 1]);
+			types[i] = TupleDescAttr(desc, att - 1)->atttypid;
+			appendStringInfo(&sql, "%s$%d", i ? ", " : "", i + 1);
+		}
+		appendStringInfoString(&sql, ", false)");
+		capture_plan.plan = SPI_prepare(sql.data, nkeys, types);
+		if (capture_plan.plan == NULL || SPI_keepplan(capture_plan.plan) != 0)
+			elog(ERROR, "hashtree: cannot prepare the capture of %s", tg->tgargs[0]);
+		capture_plan.marker = SPI_prepare(psprintf("INSERT INTO %s (hashtree_truncated) VALUES (true)",
+												   tg->tgargs[0]), 0, NULL);
+		if (capture_plan.marker == NULL || SPI_keepplan(capture_plan.marker) != 0)
+			elog(ERROR, "hashtree: cannot prepare the capture of %s", tg->tgargs[0]);
+		strlcpy(capture_plan.log, tg->tgargs[0], sizeof(capture_plan.log));
+		capture_plan.nkeys = nkeys;
+	}
+
+	if (TRIGGER_FIRED_BY_TRUNCATE(td->tg_event))
+		SPI_execute_plan(capture_plan.marker, NULL, NULL, false, 0);
+	else
+	{
+		if (TRIGGER_FIRED_BY_UPDATE(td->tg_event) || TRIGGER_FIRED_BY_DELETE(td->tg_event))
+			rows[nrows++] = td->tg_trigtuple;
+		if (TRIGGER_FIRED_BY_UPDATE(td->tg_event))
+			rows[nrows++] = td->tg_newtuple;
+		else if (TRIGGER_FIRED_BY_INSERT(td->tg_event))
+			rows[nrows++] = td->tg_trigtuple;
+		for (int r = 0; r < nrows; r++)
+		{
+			Datum		v[PARTITION_MAX_KEYS];
+			char		n[PARTITION_MAX_KEYS + 1];
+
+			for (int i = 0; i < nkeys; i++)
+			{
+				bool		isnull;
+
+				v[i] = SPI_getbinval(rows[r], desc, SPI_fnumber(desc, tg->tgargs[i + 1]), &isnull);
+				n[i] = isnull ? 'n' : ' ';
+			}
+			n[nkeys] = '\0';
+			SPI_execute_plan(capture_plan.plan, v, n, false, 0);
+		}
+	}
+	SPI_finish();
+	return PointerGetDatum(NULL);
+}
+
+/* delete the rows of target t matching cond; returns how many had moved */
+static int64
+delete_counting(FragOp *op, int t, const char *cond)
+{
+	bool		isnull;
+
+	ht_sql("WITH d AS (DELETE FROM %s x WHERE %s RETURNING %s AS m)"
+		   " SELECT count(*) FILTER (WHERE m) FROM d", tgt_q(op, t), cond, moving_pred(op, t));
+	return DatumGetInt64(ht_col(0, 1, &isnull));
+}
+
+/*
+ * Re-copy the rows of the keys written since the copy (under the swap's
+ * locks): delete them from the targets, copy them again from the sources.
+ * A TRUNCATE during the copy: copy everything again.  moved: rows that
+ * changed fragment, as counted by the copy; returns it corrected.
+ */
+static int64
+replay(FragOp *op, int64 moved)
+{
+	char	   *qlog = quote_qualified_identifier(op->nsp, op->log);
+	bool		isnull;
+	StringInfoData match;
+	StringInfoData anynull;
+
+	ht_sql("SELECT count(*) FILTER (WHERE hashtree_truncated) > 0, count(*) FROM %s", qlog);
+	if (DatumGetBool(ht_col(0, 1, &isnull)))
+	{
+		for (int t = 0; t < op->ntgt; t++)
+			ht_sql("DELETE FROM %s", tgt_q(op, t));
+		return copy_rows(op, NULL);
+	}
+	if (DatumGetInt64(ht_col(0, 2, &isnull)) == 0)
+		return moved;
+
+	ht_sql("ANALYZE %s", qlog);
+	initStringInfo(&match);
+	initStringInfo(&anynull);
+	appendStringInfoChar(&match, '(');
+	for (int i = 0; i < op->nkeys; i++)
+	{
+		appendStringInfo(&match, "%sx.%s", i ? ", " : "", op->keys[i]);
+		appendStringInfo(&anynull, "%s%s IS NULL", i ? " OR " : "", op->keys[i]);
+	}
+	appendStringInfo(&match, ") IN (SELECT %s FROM %s)", op->keylist, qlog);
+
+	for (int t = 0; t < op->ntgt; t++)
+		moved -= delete_counting(op, t, match.data);
+	moved += copy_rows(op, psprintf(" AND (%s) IN (SELECT %s FROM %s)", op->keylist, op->keylist, qlog));
+
+	/* keys with a null column never match IN: their rows are copied again whole */
+	ht_sql("SELECT 1 FROM %s WHERE %s LIMIT 1", qlog, anynull.data);
+	if (SPI_processed > 0)
+	{
+		for (int t = 0; t < op->ntgt; t++)
+			moved -= delete_counting(op, t, anynull.data);
+		moved += copy_rows(op, psprintf(" AND (%s)", anynull.data));
+	}
+	return moved;
+}
+
+/* ---- the swap ----------------------------------------------------------------- */
+
+/*
+ * The indexes LIKE created are named after the working name: name them
+ * after the final one (the dropped source's names are free again).
+ */
+static void
+rename_indexes(FragOp *op, int t)
+{
+	int			plen = strlen(op->tgt_name[t]);
+	uint64		n;
+	char	  **names;
+	bool		isnull;
+
+	n = ht_sql("SELECT c.relname FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid"
+			   " WHERE i.indrelid = '%s'::pg_catalog.regclass", tgt_q(op, t));
+	names = palloc(sizeof(char *) * Max(n, 1));
+	for (uint64 i = 0; i < n; i++)
+		names[i] = TextDatumGetCString(ht_col(i, 1, &isnull));
+	for (uint64 i = 0; i < n; i++)
+	{
+		char	   *rest;
+		char	   *to;
+		int			flen = strlen(op->tgt_final[t]);
+
+		if (strncmp(names[i], op->tgt_name[t], plen) != 0)
+			continue;
+		rest = names[i] + plen;
+		if (flen + strlen(rest) > NAMEDATALEN - 1)
+			flen = pg_mbcliplen(op->tgt_final[t], flen, NAMEDATALEN - 1 - strlen(rest));
+		to = psprintf("%.*s%s", flen, op->tgt_final[t], rest);
+		if (OidIsValid(get_relname_relid(to, get_namespace_oid(op->nsp, false))))
+			continue;
+		ht_sql("ALTER INDEX %s RENAME TO %s", quote_qualified_identifier(op->nsp, names[i]),
+			   quote_identifier(to));
+	}
+}
+
+static int64
+swap(FragOp *op, bool online, int64 moved)
+{
+	/* the parent first, then the fragments: the order writers use */
+	ht_sql("LOCK TABLE ONLY %s IN ACCESS EXCLUSIVE MODE", op->qparent);
+	for (int i = 0; i < op->nsrc; i++)
+		ht_sql("LOCK TABLE %s IN ACCESS EXCLUSIVE MODE", ht_rel_qname(op->src[i]));
+	if (online)
+		moved = replay(op, moved);
+	for (int i = 0; i < op->nsrc; i++)
+		ht_sql("ALTER TABLE %s DETACH PARTITION %s", op->qparent, ht_rel_qname(op->src[i]));
+	for (int t = 0; t < op->ntgt; t++)
+		ht_sql("ALTER TABLE %s ATTACH PARTITION %s FOR VALUES WITH (MODULUS %d, REMAINDER %d)",
+			   op->qparent, tgt_q(op, t), op->tgt_mod[t], op->tgt_rem[t]);
+	for (int i = 0; i < op->nsrc; i++)
+		ht_sql("DROP TABLE %s", ht_rel_qname(op->src[i]));
+	if (online)
+		ht_sql("DROP TABLE %s", quote_qualified_identifier(op->nsp, op->log));
+	for (int t = 0; t < op->ntgt; t++)
+	{
+		ht_sql("ALTER TABLE %s DROP CONSTRAINT hashtree_frag_bound", tgt_q(op, t));
+		rename_indexes(op, t);
+		ht_sql("ALTER TABLE %s RENAME TO %s", tgt_q(op, t), quote_identifier(op->tgt_final[t]));
+	}
+	ht_frag_store_state(op->relid, &op->after);
+	ht_track_partitions_changed(op->relid);
+	return moved;
+}
+
+/*
+ * Run fn with lock_timeout in a subtransaction until it gets its locks:
+ * on a lock timeout everything it did is rolled back (its locks released,
+ * so whoever waited on us goes on) and it is tried again after a pause.
+ */
+static void
+with_lock_retry(void (*fn) (void *), void *arg, const char *what)
+{
+	TimestampTz start = GetCurrentTimestamp();
+	int			pause_ms = 10;
+
+	for (;;)
+	{
+		int			nest = NewGUCNestLevel();
+		ErrorData  *edata;
+
+		(void) set_config_option("lock_timeout", CppAsString2(SWAP_LOCK_TIMEOUT_MS),
+								 PGC_USERSET, PGC_S_SESSION, GUC_ACTION_SAVE, true, 0, false);
+		edata = ht_subxact(fn, arg);
+		AtEOXact_GUC(true, nest);
+		if (edata == NULL)
+			return;
+		if (edata->sqlerrcode != ERRCODE_LOCK_NOT_AVAILABLE ||
+			TimestampDifferenceExceeds(start, GetCurrentTimestamp(), SWAP_GIVE_UP_MS))
+			ReThrowError(edata);
+		FreeErrorData(edata);
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 pause_ms + (long) pg_prng_uint64_range(&pg_global_prng_state, 0, pause_ms),
+						 PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		pause_ms = Min(pause_ms * 2, 500);
+		elog(DEBUG1, "hashtree: %s: lock not available, trying again", what);
+	}
+}
+
+/* ---- block_writes: one transaction ------------------------------------------------- */
+
+typedef struct BlockRun
+{
+	FragOp	   *op;
+	int64		moved;
+} BlockRun;
+
+static void
+block_writes_fn(void *arg)
+{
+	BlockRun   *b = (BlockRun *) arg;
+	FragOp	   *op = b->op;
+
+	/* writers wait (through the parent, and directly on the sources); readers go on */
+	ht_sql("LOCK TABLE ONLY %s IN SHARE MODE", op->qparent);
+	for (int i = 0; i < op->nsrc; i++)
+		ht_sql("LOCK TABLE %s IN SHARE MODE", ht_rel_qname(op->src[i]));
+	for (int t = 0; t < op->ntgt; t++)
+	{
+		create_target(op, t);
+		copy_triggers(op, t);
+	}
+	b->moved = copy_rows(op, NULL);
+	add_bound_checks(op);
+	(void) swap(op, false, b->moved);
+}
+
+/* ---- online: the preparation runs in a background worker ----------------------------- */
+
+static HtQuery q_op_begin = {
+	"UPDATE hashtree.frag_table SET op = $2, op_phase = 'preparing', op_sources = $3,"
+	" op_helpers = $4, op_error = NULL WHERE parent = $1",
+	4, {OIDOID, TEXTOID, OIDARRAYOID, OIDARRAYOID}
+};
+static HtQuery q_op_prepared = {
+	"UPDATE hashtree.frag_table SET op_phase = 'prepared', op_moved = $2 WHERE parent = $1",
+	2, {OIDOID, INT8OID}
+};
+static HtQuery q_op_fail = {
+	"UPDATE hashtree.frag_table SET op = NULL, op_phase = NULL, op_sources = NULL,"
+	" op_helpers = NULL, op_error = $2 WHERE parent = $1",
+	2, {OIDOID, TEXTOID}
+};
+
+static void
+registry_exec(HtQuery *q, Datum *v, bool *n)
+{
+	Oid			save_user;
+	int			save_sec;
+
+	ht_as_owner_begin(&save_user, &save_sec);
+	ht_exec(q, v, n, 0);
+	ht_as_owner_end(save_user, save_sec);
+}
+
+static ArrayType *
+oid_array_of(Oid *oids, int n)
+{
+	Datum	   *d = palloc(sizeof(Datum) * Max(n, 1));
+
+	for (int i = 0; i < n; i++)
+		d[i] = ObjectIdGetDatum(oids[i]);
+	return construct_array(d, n, OIDOID, sizeof(Oid), true, TYPALIGN_INT);
+}
+
+/* plan the operation again in the worker, from the same registry row */
+static void
+plan_in_worker(Oid relid, bool add, FragOp *op)
+{
+	HtFragTable ft;
+	Relation	rel = table_open(relid, AccessShareLock);
+
+	if (!ht_frag_lookup(relid, &ft))
+		elog(ERROR, "hashtree: table %u is not a fragmented table", relid);
+	plan_op(rel, &ft, add, op);
+	table_close(rel, NoLock);
+}
+
+/* worker, first transaction: targets, log and capture triggers; recorded */
+static void
+prepare_begin(FragOp *op)
+{
+	Oid			helpers[3];
+	Datum		v[4];
+
+	for (int t = 0; t < op->ntgt; t++)
+		create_target(op, t);
+	create_capture(op);
+	for (int t = 0; t < op->ntgt; t++)
+		helpers[t] = get_relname_relid(op->tgt_name[t], get_namespace_oid(op->nsp, false));
+	helpers[op->ntgt] = get_relname_relid(op->log, get_namespace_oid(op->nsp, false));
+	v[0] = ObjectIdGetDatum(op->relid);
+	v[1] = CStringGetTextDatum(op->add ? "add_frag" : "del_frag");
+	v[2] = PointerGetDatum(oid_array_of(op->src, op->nsrc));
+	v[3] = PointerGetDatum(oid_array_of(helpers, op->ntgt + 1));
+	registry_exec(&q_op_begin, v, NULL);
+}
+
+/* worker, second transaction: the copy (a snapshot after the triggers exist) */
+static void
+prepare_copy(FragOp *op)
+{
+	Datum		v[2];
+	int64		moved;
+
+	for (int t = 0; t < op->ntgt; t++)
+		copy_triggers(op, t);
+	moved = copy_rows(op, NULL);
+	add_bound_checks(op);
+	for (int t = 0; t < op->ntgt; t++)
+		ht_sql("ANALYZE %s", tgt_q(op, t));
+	v[0] = ObjectIdGetDatum(op->relid);
+	v[1] = Int64GetDatum(moved);
+	registry_exec(&q_op_prepared, v, NULL);
+}
+
+/* drop what an unfinished operation left (needs SPI; its own transaction) */
+static void
+rollback_op(HtFragTable *ft, const char *error)
+{
+	Datum		v[2];
+	bool		n[2] = {false, error == NULL};
+
+	for (int i = 0; i < ft->nsources; i++)
+	{
+		char	   *name = get_rel_name(ft->sources[i]);
+
+		if (name == NULL)
+			continue;
+		ht_sql("DROP TRIGGER IF EXISTS hashtree_frag_capture ON %s", ht_rel_qname(ft->sources[i]));
+		ht_sql("DROP TRIGGER IF EXISTS hashtree_frag_capture_truncate ON %s",
+			   ht_rel_qname(ft->sources[i]));
+	}
+	for (int i = 0; i < ft->nhelpers; i++)
+		if (get_rel_name(ft->helpers[i]) != NULL && !get_rel_relispartition(ft->helpers[i]))
+			ht_sql("DROP TABLE %s", ht_rel_qname(ft->helpers[i]));
+	v[0] = ObjectIdGetDatum(ft->relid);
+	v[1] = error ? CStringGetTextDatum(error) : (Datum) 0;
+	registry_exec(&q_op_fail, v, n);
+}
+
+/* the job: prepare an online operation (worker.c runs it as the caller) */
+void
+ht_frag_prepare_job(Oid relid, bool add)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ErrorData  *edata = NULL;
+	FragOp		op;
+
+	/* two transactions: begin (recorded, so a crash is rolled back later), copy */
+	for (int step = 0; step < 2 && edata == NULL; step++)
+	{
+		PG_TRY();
+		{
+			SetCurrentStatementStartTimestamp();
+			StartTransactionCommand();
+			SPI_connect();
+			PushActiveSnapshot(GetTransactionSnapshot());
+			HT_API_BEGIN();
+			plan_in_worker(relid, add, &op);
+			if (step == 0)
+				prepare_begin(&op);
+			else
+				prepare_copy(&op);
+			HT_API_END();
+			SPI_finish();
+			PopActiveSnapshot();
+			CommitTransactionCommand();
+			MemoryContextSwitchTo(cxt);
+		}
+		PG_CATCH();
+		{
+			MemoryContextSwitchTo(cxt);
+			edata = CopyErrorData();
+			FlushErrorState();
+			AbortCurrentTransaction();
+			MemoryContextSwitchTo(cxt);
+		}
+		PG_END_TRY();
+	}
+	if (edata == NULL)
+		return;
+
+	/* undo, and leave the reason for the caller */
+	StartTransactionCommand();
+	SPI_connect();
+	PushActiveSnapshot(GetTransactionSnapshot());
+	HT_API_BEGIN();
+	{
+		HtFragTable ft;
+
+		if (ht_frag_lookup(relid, &ft))
+		{
+			if (ft.op == NULL)
+			{
+				/* the first transaction failed: nothing was recorded */
+				ft.nsources = ft.nhelpers = 0;
+			}
+			rollback_op(&ft, edata->message);
+		}
+	}
+	HT_API_END();
+	SPI_finish();
+	PopActiveSnapshot();
+	CommitTransactionCommand();
+}
+
+/* start the preparation in a background worker and wait for it; rows moved */
+static int64
+prepare_online(FragOp *op)
+{
+	BackgroundWorkerHandle *handle;
+	pid_t		pid;
+	HtFragTable ft;
+
+	if (!ht_frag_start_job(op->relid, op->add, &handle))
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("no background worker slot for an online %s",
+						op->add ? "add_frag" : "del_frag"),
+				 errhint("Raise max_worker_processes, or use mode => 'block_writes'.")));
+	PG_TRY();
+	{
+		if (WaitForBackgroundWorkerStartup(handle, &pid) == BGWH_STARTED)
+			(void) WaitForBackgroundWorkerShutdown(handle);
+	}
+	PG_CATCH();
+	{
+		/* canceled: stop the copy too (its leftovers are rolled back later) */
+		TerminateBackgroundWorker(handle);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+
+	if (!ht_frag_lookup(op->relid, &ft) || ft.op == NULL ||
+		ft.op_phase == NULL || strcmp(ft.op_phase, "prepared") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the preparation of %s on %s failed: %s",
+						op->add ? "add_frag" : "del_frag", op->qparent,
+						ft.op_error ? ft.op_error : "the worker ended without a result")));
+	return ft.op_moved;
+}
+
+typedef struct SwapRun
+{
+	FragOp	   *op;
+	int64		moved;			/* by the copy; then corrected by the swap */
+} SwapRun;
+
+static void
+online_swap_fn(void *arg)
+{
+	SwapRun    *sr = (SwapRun *) arg;
+
+	sr->moved = swap(sr->op, true, sr->moved);
+}
+
+/* ---- recovery ------------------------------------------------------------------------- */
+
+/* is the operation on this table ours to touch (no other one under way)? */
+static bool
+try_op_lock(Oid relid)
+{
+	bool		isnull;
+
+	ht_sql("SELECT pg_catalog.pg_try_advisory_xact_lock(%d, %d)", HT_FRAG_LOCK_KEY, (int32) relid);
+	return DatumGetBool(ht_col(0, 1, &isnull));
+}
+
+void
+ht_frag_recover(Oid relid)
+{
+	HtFragTable ft;
+
+	if (!ht_frag_lookup(relid, &ft) || ft.op == NULL)
+		return;
+	ereport(NOTICE,
+			(errmsg("rolling back an unfinished %s on %s", ft.op, ht_rel_qname(relid))));
+	rollback_op(&ft, NULL);
+}
+
+void
+ht_frag_recover_all(void)
+{
+	uint64		n = ht_sql("SELECT parent::pg_catalog.oid FROM hashtree.frag_table WHERE op IS NOT NULL");
+	Oid		   *rels = palloc(sizeof(Oid) * Max(n, 1));
+	bool		isnull;
+
+	for (uint64 i = 0; i < n; i++)
+		rels[i] = DatumGetObjectId(ht_col(i, 1, &isnull));
+	for (uint64 i = 0; i < n; i++)
+		if (get_rel_name(rels[i]) != NULL && try_op_lock(rels[i]))
+			ht_frag_recover(rels[i]);
+}
+
+/* ---- add_frag, del_frag ------------------------------------------------------------------ */
+
+static Datum
+frag_change(FunctionCallInfo fcinfo, bool add)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	Oid			relid;
+	char	   *mode;
+	bool		online;
+	Relation	rel;
+	HtFragTable ft;
+	FragOp		op;
+	int64		moved = 0;
+
+	HT_ARG_NOT_NULL(0, "tbl");
+	HT_ARG_NOT_NULL(1, "mode");
+	relid = PG_GETARG_OID(0);
+	mode = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	if (strcmp(mode, "online") == 0)
+		online = true;
+	else if (strcmp(mode, "block_writes") == 0)
+		online = false;
+	else
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("mode must be online or block_writes, not \"%s\"", mode)));
+	if (IsolationUsesXactSnapshot())
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("%s must run at isolation level READ COMMITTED",
+						add ? "add_frag()" : "del_frag()")));
+	InitMaterializedSRF(fcinfo, 0);
+
+	SPI_connect();
+	HT_API_BEGIN();
+	rel = table_open(relid, AccessShareLock);
+	ht_frag_check_table(rel);
+	if (!try_op_lock(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+				 errmsg("another fragment operation is under way on table \"%s\"",
+						RelationGetRelationName(rel))));
+	if (!ht_frag_lookup(relid, &ft))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table \"%s\" is not a fragmented table", RelationGetRelationName(rel)),
+				 errhint("Make it one with hashtree.frag_init() or hashtree.frag_activate().")));
+	if (ft.op != NULL)
+	{
+		ht_frag_recover(relid);
+		(void) ht_frag_lookup(relid, &ft);
+	}
+	plan_op(rel, &ft, add, &op);
+	/* (DDL on the table refuses while this backend holds it open) */
+	table_close(rel, NoLock);
+	check_references(&op);
+
+	if (online)
+	{
+		SwapRun		sr = {&op, 0};
+
+		sr.moved = prepare_online(&op);
+		with_lock_retry(online_swap_fn, &sr, add ? "add_frag" : "del_frag");
+		moved = sr.moved;
+	}
+	else
+	{
+		BlockRun	b = {&op, 0};
+
+		with_lock_retry(block_writes_fn, &b, add ? "add_frag" : "del_frag");
+		moved = b.moved;
+	}
+	HT_API_END();
+	SPI_finish();
+
+	{
+		Datum		v[6];
+		bool		n[6] = {false, false, false, false, false, false};
+		Datum		iter = Int32GetDatum(op.iter);
+		Datum		lock = Int32GetDatum(op.lock);
+
+		v[0] = Int32GetDatum(op.after.n);
+		v[1] = Int32GetDatum(op.after.p);
+		v[2] = Int32GetDatum(op.after.l);
+		v[3] = PointerGetDatum(construct_array(&iter, 1, INT4OID, sizeof(int32), true, TYPALIGN_INT));
+		v[4] = PointerGetDatum(construct_array(&lock, 1, INT4OID, sizeof(int32), true, TYPALIGN_INT));
+		v[5] = Int64GetDatum(moved);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, n);
+	}
+	return (Datum) 0;
+}
+
+PG_FUNCTION_INFO_V1(ht_add_frag);
+Datum
+ht_add_frag(PG_FUNCTION_ARGS)
+{
+	return frag_change(fcinfo, true);
+}
+
+PG_FUNCTION_INFO_V1(ht_del_frag);
+Datum
+ht_del_frag(PG_FUNCTION_ARGS)
+{
+	return frag_change(fcinfo, false);
+}
