@@ -165,6 +165,23 @@ frag_register(Oid relid, const HtLinState *s)
 	ht_as_owner_end(save_user, save_sec);
 }
 
+static HtQuery q_frag_forget = {
+	"DELETE FROM hashtree.frag_table f WHERE NOT EXISTS"
+	" (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = f.parent)",
+	0, {InvalidOid}
+};
+
+void
+ht_frag_forget_dropped(void)
+{
+	Oid			save_user;
+	int			save_sec;
+
+	ht_as_owner_begin(&save_user, &save_sec);
+	ht_exec(&q_frag_forget, NULL, NULL, 0);
+	ht_as_owner_end(save_user, save_sec);
+}
+
 /* ---- tables, names, layout ------------------------------------------------------- */
 
 char *

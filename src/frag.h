@@ -37,6 +37,9 @@ typedef struct HtFragTable
 /* the registry row of a table (needs SPI); false if it is not registered */
 extern bool ht_frag_lookup(Oid relid, HtFragTable *ft);
 
+/* forget the tables that were dropped (needs SPI) */
+extern void ht_frag_forget_dropped(void);
+
 /* write the state of a registered table, clearing any operation (needs SPI) */
 extern void ht_frag_store_state(Oid relid, const HtLinState *s);
 

@@ -38,6 +38,7 @@
 #include "postgres.h"
 
 #include "access/htup_details.h"
+#include "access/relation.h"
 #include "access/table.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_class.h"
@@ -52,6 +53,7 @@
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "storage/latch.h"
+#include "storage/lmgr.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -203,9 +205,10 @@ check_references(FragOp *op)
 {
 	bool		isnull;
 
-	ht_sql("SELECT c.conname, c.conrelid::pg_catalog.regclass::text FROM pg_catalog.pg_constraint c"
+	ht_sql("SELECT c.conname::text, c.conrelid::pg_catalog.regclass::text FROM pg_catalog.pg_constraint c"
 		   " WHERE c.contype = 'f' AND c.confrelid IN (SELECT p.relid"
-		   " FROM pg_catalog.pg_partition_tree('%u'::pg_catalog.regclass) p) LIMIT 1", op->relid);
+		   " FROM pg_catalog.pg_partition_tree('%u'::pg_catalog.regclass) p)"
+		   " AND c.conparentid = 0 ORDER BY 1 LIMIT 1", op->relid);
 	if (SPI_processed > 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
@@ -561,7 +564,7 @@ rename_indexes(FragOp *op, int t)
 	char	  **names;
 	bool		isnull;
 
-	n = ht_sql("SELECT c.relname FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid"
+	n = ht_sql("SELECT c.relname::text FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid"
 			   " WHERE i.indrelid = '%s'::pg_catalog.regclass", tgt_q(op, t));
 	names = palloc(sizeof(char *) * Max(n, 1));
 	for (uint64 i = 0; i < n; i++)
@@ -1007,6 +1010,25 @@ frag_change(FunctionCallInfo fcinfo, bool add)
 	if (online)
 	{
 		SwapRun		sr = {&op, 0};
+
+		/*
+		 * The copy runs in another backend: if this transaction already
+		 * wrote the table or changed its fragments, it would wait for our
+		 * locks while we wait for it.
+		 */
+		for (int i = -1; i < op.nsrc; i++)
+		{
+			Relation	r = relation_open(i < 0 ? relid : op.src[i], AccessShareLock);
+			bool		held = CheckRelationLockedByMe(r, RowExclusiveLock, true);
+
+			relation_close(r, AccessShareLock);
+			if (held)
+				ereport(ERROR,
+						(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+						 errmsg("an online %s cannot run in a transaction that has written to table \"%s\"",
+								add ? "add_frag" : "del_frag", get_rel_name(relid)),
+						 errhint("Commit first, or use mode => 'block_writes'.")));
+		}
 
 		sr.moved = prepare_online(&op);
 		with_lock_retry(online_swap_fn, &sr, add ? "add_frag" : "del_frag");

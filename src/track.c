@@ -58,6 +58,7 @@
 #include "utils/relcache.h"
 #include "utils/timestamp.h"
 
+#include "frag.h"
 #include "hashtree.h"
 #include "rowenc.h"
 #include "sqlexec.h"
@@ -1466,6 +1467,8 @@ ht_ddl_dropped(PG_FUNCTION_ARGS)
 		PG_RETURN_VOID();
 	SPI_connect();
 	HT_API_BEGIN();
+	/* a dropped fragmented table is forgotten */
+	ht_frag_forget_dropped();
 	fn = track_fn_oid("_track_row");
 	n = registry(&r);
 	for (int i = 0; i < n; i++)
