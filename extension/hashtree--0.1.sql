@@ -376,7 +376,7 @@ CREATE FUNCTION @extschema@._on_sql_drop() RETURNS event_trigger
 	LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 	AS $$
 BEGIN
-	IF EXISTS (SELECT 1 FROM @extschema@.tracked_table)
+	IF (EXISTS (SELECT 1 FROM @extschema@.tracked_table) OR EXISTS (SELECT 1 FROM @extschema@.frag_table))
 	   AND EXISTS (SELECT 1 FROM pg_event_trigger_dropped_objects() d
 				   WHERE d.object_type IN ('table', 'index', 'trigger', 'schema',
 										   'table constraint'))
@@ -573,6 +573,9 @@ CREATE FUNCTION @extschema@.frag_init(tbl regclass, n_fragments int DEFAULT 1)
 	RETURNS @extschema@.frag_state
 	AS 'MODULE_PATHNAME', 'ht_frag_init'
 	LANGUAGE C VOLATILE;
+CREATE FUNCTION @extschema@.frag_activate(tbl regclass) RETURNS @extschema@.frag_state
+	AS 'MODULE_PATHNAME', 'ht_frag_activate'
+	LANGUAGE C VOLATILE;
 CREATE FUNCTION @extschema@.frag_state(tbl regclass) RETURNS @extschema@.frag_state
 	AS 'MODULE_PATHNAME', 'ht_frag_state'
 	LANGUAGE C STABLE;
@@ -681,6 +684,7 @@ GRANT EXECUTE ON FUNCTION
 	@extschema@._track_truncate(),
 	@extschema@.frag_number(int, numeric),
 	@extschema@.frag_init(regclass, int),
+	@extschema@.frag_activate(regclass),
 	@extschema@.frag_state(regclass),
 	@extschema@.frag_names(regclass),
 	@extschema@.frag_size(regclass, boolean),

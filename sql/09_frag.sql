@@ -158,6 +158,28 @@ SELECT count(*) AS fragments_without_truncate_trigger FROM hashtree.fragments f
    AND NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = f.relation AND t.tgname = 'hashtree_track_truncate');
 SELECT count(*) FROM (SELECT hashtree.release_lock(p) FROM generate_series(0, 7) p) s;
 
+-- frag_activate: a plain table becomes fragment 1 of a hash parent with its
+-- name, its rows untouched (same relation), sequences going on
+CREATE TABLE acts (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, s serial, note text);
+INSERT INTO acts (note) SELECT 'n' || g FROM generate_series(1, 500) g;
+SELECT 'acts'::regclass::oid AS old_oid \gset
+GRANT SELECT ON acts TO ht_frag_reader;
+SELECT * FROM hashtree.frag_activate('acts');
+SELECT relkind, (SELECT oid FROM pg_class WHERE relname = 'acts_frag1') = :old_oid AS same_relation_is_fragment_1
+  FROM pg_class WHERE relname = 'acts';
+SELECT * FROM hashtree.fragments WHERE "table" = 'acts'::regclass;
+SELECT relname FROM pg_class WHERE relname LIKE 'acts%pkey' ORDER BY 1;
+INSERT INTO acts (note) VALUES ('after') RETURNING id, s;
+SELECT n_fragments, moved_rows > 0 AS moved FROM hashtree.add_frag('acts', 'block_writes');
+INSERT INTO acts (note) VALUES ('after a split') RETURNING id, s;
+SELECT count(*), count(DISTINCT id), has_table_privilege('ht_frag_reader', 'acts', 'SELECT') AS reader
+  FROM acts;
+SELECT * FROM hashtree.frag_activate('acts');
+CREATE TABLE nopk (id int);
+SELECT * FROM hashtree.frag_activate('nopk');
+DROP TABLE acts, nopk;
+SELECT count(*) AS registered FROM hashtree.frag_table WHERE parent::text LIKE 'acts%';
+
 -- bad input: clear errors, nothing changed
 SELECT * FROM hashtree.frag_init('lt');
 CREATE TABLE plain (id int PRIMARY KEY);

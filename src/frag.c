@@ -22,6 +22,7 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "catalog/namespace.h"
@@ -302,6 +303,40 @@ ht_frag_name(Relation parent, int32 k)
 	return psprintf("%.*s%s", blen, base, suffix);
 }
 
+void
+ht_frag_rename_indexes(const char *nsp, const char *from, const char *to)
+{
+	int			plen = strlen(from);
+	Oid			nspid = get_namespace_oid(nsp, false);
+	uint64		n;
+	char	  **names;
+	bool		isnull;
+
+	n = ht_sql("SELECT c.relname::text FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c"
+			   " ON c.oid = i.indexrelid WHERE i.indrelid = '%s'::pg_catalog.regclass",
+			   quote_qualified_identifier(nsp, from));
+	names = palloc(sizeof(char *) * Max(n, 1));
+	for (uint64 i = 0; i < n; i++)
+		names[i] = TextDatumGetCString(ht_col(i, 1, &isnull));
+	for (uint64 i = 0; i < n; i++)
+	{
+		const char *rest;
+		char	   *name;
+		int			tlen = strlen(to);
+
+		if (strncmp(names[i], from, plen) != 0)
+			continue;
+		rest = names[i] + plen;
+		if (tlen + strlen(rest) > NAMEDATALEN - 1)
+			tlen = pg_mbcliplen(to, tlen, NAMEDATALEN - 1 - strlen(rest));
+		name = psprintf("%.*s%s", tlen, to, rest);
+		if (OidIsValid(get_relname_relid(name, nspid)))
+			continue;			/* taken: keep the generated name */
+		ht_sql("ALTER INDEX %s RENAME TO %s", quote_qualified_identifier(nsp, names[i]),
+			   quote_identifier(name));
+	}
+}
+
 /* open a registered fragmented table and check its layout */
 static Relation
 open_registered(Oid relid, LOCKMODE mode, HtFragTable *ft, Oid **frags)
@@ -491,6 +526,171 @@ ht_frag_size(PG_FUNCTION_ARGS)
 	table_close(rel, NoLock);
 	SPI_finish();
 	return (Datum) 0;
+}
+
+/*
+ * frag_activate(tbl): a plain table becomes fragment 1 of a new hash
+ * parent that takes its name, partitioned by its primary key; no rewrite:
+ * the new partition carries a CHECK identical to the partition constraint
+ * (validated while reads and writes go on), so ATTACH does not scan it.
+ */
+PG_FUNCTION_INFO_V1(ht_frag_activate);
+Datum
+ht_frag_activate(PG_FUNCTION_ARGS)
+{
+	Oid			relid;
+	Relation	rel;
+	Oid			pk;
+	char	   *nsp;
+	char	   *name;
+	char	   *qname;
+	char	   *frag1;
+	char	   *tmp;
+	char	   *qtmp;
+	StringInfoData keys;
+	Oid			parent;
+	HtLinState	s = ht_lin_state(1);
+	bool		isnull;
+	uint64		n;
+
+	HT_ARG_NOT_NULL(0, "tbl");
+	relid = PG_GETARG_OID(0);
+	rel = table_open(relid, ShareUpdateExclusiveLock);
+	if (!pg_class_ownercheck(relid, GetUserId()))
+		aclcheck_error(ACLCHECK_NOT_OWNER, OBJECT_TABLE, RelationGetRelationName(rel));
+	if (rel->rd_rel->relkind != RELKIND_RELATION || rel->rd_rel->relispartition)
+		ereport(ERROR,
+				(errcode(ERRCODE_WRONG_OBJECT_TYPE),
+				 errmsg("\"%s\" is not a plain table", RelationGetRelationName(rel)),
+				 errhint("frag_activate() converts a plain table; a table PARTITION BY HASH "
+						 "without partitions is made fragmented with frag_init().")));
+	if (rel->rd_rel->relrowsecurity)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("table \"%s\" has row level security", RelationGetRelationName(rel)),
+				 errdetail("Its policies would stay on the fragment, and reads through the new "
+						   "parent would not apply them.")));
+	pk = RelationGetPrimaryKeyIndex(rel);
+	if (!OidIsValid(pk))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table \"%s\" has no primary key", RelationGetRelationName(rel)),
+				 errdetail("The columns of the primary key become the partition key.")));
+	nsp = get_namespace_name(RelationGetNamespace(rel));
+	name = pstrdup(RelationGetRelationName(rel));
+	qname = quote_qualified_identifier(nsp, name);
+	frag1 = ht_frag_name(rel, 1);
+	tmp = psprintf("hashtree_frag_%u_parent", relid);
+	qtmp = quote_qualified_identifier(nsp, tmp);
+	{
+		Relation	idx = index_open(pk, AccessShareLock);
+
+		initStringInfo(&keys);
+		for (int i = 0; i < idx->rd_index->indnkeyatts; i++)
+			appendStringInfo(&keys, "%s%s", i ? ", " : "",
+							 quote_identifier(NameStr(TupleDescAttr(RelationGetDescr(rel),
+																	idx->rd_index->indkey.values[i] - 1)->attname)));
+		index_close(idx, AccessShareLock);
+	}
+	table_close(rel, NoLock);
+
+	SPI_connect();
+	HT_API_BEGIN();
+	{
+		HtFragTable ft;
+
+		if (ht_frag_lookup(relid, &ft))
+			ereport(ERROR,
+					(errcode(ERRCODE_DUPLICATE_OBJECT),
+					 errmsg("table \"%s\" is already a fragmented table", name)));
+	}
+	ht_sql("SELECT 1 FROM hashtree.tracked_table WHERE schema_name = %s AND table_name = %s",
+		   quote_literal_cstr(nsp), quote_literal_cstr(name));
+	if (SPI_processed > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table %s is tracked", qname),
+				 errhint("Untrack it, activate it, and track the new parent.")));
+	if (OidIsValid(get_relname_relid(frag1, RelationGetNamespace(rel))))
+		ereport(ERROR,
+				(errcode(ERRCODE_DUPLICATE_TABLE),
+				 errmsg("relation \"%s\" already exists", frag1)));
+
+	/* the new parent, its owner and grants those of the table */
+	ht_sql("CREATE TABLE %s (LIKE %s INCLUDING ALL) PARTITION BY HASH (%s)", qtmp, qname, keys.data);
+	parent = get_relname_relid(tmp, RelationGetNamespace(rel));
+	ht_sql("SELECT pg_catalog.quote_ident(r.rolname) FROM pg_catalog.pg_class c"
+		   " JOIN pg_catalog.pg_roles r ON r.oid = c.relowner WHERE c.oid = '%u'", relid);
+	ht_sql("ALTER TABLE %s OWNER TO %s", qtmp, TextDatumGetCString(ht_col(0, 1, &isnull)));
+	n = ht_sql("SELECT pg_catalog.format('GRANT %%s ON %%s TO %%s%%s', a.privilege_type, '%s',"
+			   " CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(r.rolname) END,"
+			   " CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)"
+			   " FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a"
+			   " LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee"
+			   " WHERE c.oid = '%u' AND a.grantee <> c.relowner", qtmp, relid);
+	{
+		char	  **grants = palloc(sizeof(char *) * Max(n, 1));
+
+		for (uint64 i = 0; i < n; i++)
+			grants[i] = TextDatumGetCString(ht_col(i, 1, &isnull));
+		for (uint64 i = 0; i < n; i++)
+			ht_sql("%s", grants[i]);
+	}
+
+	/* the bound, validated while reads and writes go on */
+	ht_sql("ALTER TABLE %s ADD CONSTRAINT hashtree_frag_bound CHECK"
+		   " (pg_catalog.satisfies_hash_partition('%u'::pg_catalog.oid, 1, 0, %s)) NOT VALID",
+		   qname, parent, keys.data);
+	ht_sql("ALTER TABLE %s VALIDATE CONSTRAINT hashtree_frag_bound", qname);
+
+	/* the swap: names, then ATTACH without a scan */
+	ht_sql("LOCK TABLE %s IN ACCESS EXCLUSIVE MODE", qname);
+	ht_frag_rename_indexes(nsp, name, frag1);
+	ht_sql("ALTER TABLE %s RENAME TO %s", qname, quote_identifier(frag1));
+	ht_frag_rename_indexes(nsp, tmp, name);
+	ht_sql("ALTER TABLE %s RENAME TO %s", qtmp, quote_identifier(name));
+	ht_sql("ALTER TABLE %s ATTACH PARTITION %s FOR VALUES WITH (MODULUS 1, REMAINDER 0)",
+		   qname, quote_qualified_identifier(nsp, frag1));
+	ht_sql("ALTER TABLE %s DROP CONSTRAINT hashtree_frag_bound", quote_qualified_identifier(nsp, frag1));
+
+	/* sequences: owned by the parent now; identity values go on from where they were */
+	n = ht_sql("SELECT pg_catalog.quote_ident(a.attname), a.attidentity <> '',"
+			   " pg_catalog.pg_get_serial_sequence('%s', a.attname),"
+			   " pg_catalog.pg_get_serial_sequence('%s', a.attname)"
+			   " FROM pg_catalog.pg_attribute a WHERE a.attrelid = '%u' AND a.attnum > 0"
+			   " AND NOT a.attisdropped AND pg_catalog.pg_get_serial_sequence('%s', a.attname) IS NOT NULL",
+			   quote_qualified_identifier(nsp, frag1), qname, relid, quote_qualified_identifier(nsp, frag1));
+	{
+		char	  **col = palloc(sizeof(char *) * Max(n, 1));
+		bool	   *identity = palloc(sizeof(bool) * Max(n, 1));
+		char	  **oldseq = palloc(sizeof(char *) * Max(n, 1));
+		char	  **newseq = palloc(sizeof(char *) * Max(n, 1));
+
+		for (uint64 i = 0; i < n; i++)
+		{
+			col[i] = TextDatumGetCString(ht_col(i, 1, &isnull));
+			identity[i] = DatumGetBool(ht_col(i, 2, &isnull));
+			oldseq[i] = TextDatumGetCString(ht_col(i, 3, &isnull));
+			{
+				Datum		d = ht_col(i, 4, &isnull);
+
+				newseq[i] = isnull ? NULL : TextDatumGetCString(d);
+			}
+		}
+		for (uint64 i = 0; i < n; i++)
+		{
+			if (identity[i] && newseq[i] != NULL)
+				ht_sql("SELECT pg_catalog.setval('%s', s.last_value, s.is_called) FROM %s s",
+					   newseq[i], oldseq[i]);
+			else if (!identity[i])
+				ht_sql("ALTER SEQUENCE %s OWNED BY %s.%s", oldseq[i], qname, col[i]);
+		}
+	}
+
+	frag_register(parent, &s);
+	HT_API_END();
+	SPI_finish();
+	return state_datum(fcinfo, &s);
 }
 
 /* ---- frag_number, key_to_frag_number ----------------------------------------------- */

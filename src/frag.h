@@ -58,6 +58,12 @@ extern Oid *ht_frag_layout(Relation parent, const HtLinState *s);
 /* the name of fragment k of a table: <table>_frag<k>, cut to fit */
 extern char *ht_frag_name(Relation parent, int32 k);
 
+/*
+ * Rename the indexes of table nsp.from whose names start with "from" to
+ * start with "to" instead (names taken are left alone).  Needs SPI.
+ */
+extern void ht_frag_rename_indexes(const char *nsp, const char *from, const char *to);
+
 /* the parent's name and a fragment's, quoted and qualified */
 extern char *ht_rel_qname(Oid relid);
 

@@ -552,42 +552,6 @@ replay(FragOp *op, int64 moved)
 
 /* ---- the swap ----------------------------------------------------------------- */
 
-/*
- * The indexes LIKE created are named after the working name: name them
- * after the final one (the dropped source's names are free again).
- */
-static void
-rename_indexes(FragOp *op, int t)
-{
-	int			plen = strlen(op->tgt_name[t]);
-	uint64		n;
-	char	  **names;
-	bool		isnull;
-
-	n = ht_sql("SELECT c.relname::text FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid"
-			   " WHERE i.indrelid = '%s'::pg_catalog.regclass", tgt_q(op, t));
-	names = palloc(sizeof(char *) * Max(n, 1));
-	for (uint64 i = 0; i < n; i++)
-		names[i] = TextDatumGetCString(ht_col(i, 1, &isnull));
-	for (uint64 i = 0; i < n; i++)
-	{
-		char	   *rest;
-		char	   *to;
-		int			flen = strlen(op->tgt_final[t]);
-
-		if (strncmp(names[i], op->tgt_name[t], plen) != 0)
-			continue;
-		rest = names[i] + plen;
-		if (flen + strlen(rest) > NAMEDATALEN - 1)
-			flen = pg_mbcliplen(op->tgt_final[t], flen, NAMEDATALEN - 1 - strlen(rest));
-		to = psprintf("%.*s%s", flen, op->tgt_final[t], rest);
-		if (OidIsValid(get_relname_relid(to, get_namespace_oid(op->nsp, false))))
-			continue;
-		ht_sql("ALTER INDEX %s RENAME TO %s", quote_qualified_identifier(op->nsp, names[i]),
-			   quote_identifier(to));
-	}
-}
-
 static int64
 swap(FragOp *op, bool online, int64 moved)
 {
@@ -609,7 +573,8 @@ swap(FragOp *op, bool online, int64 moved)
 	for (int t = 0; t < op->ntgt; t++)
 	{
 		ht_sql("ALTER TABLE %s DROP CONSTRAINT hashtree_frag_bound", tgt_q(op, t));
-		rename_indexes(op, t);
+		/* the indexes LIKE created are named after the working name */
+		ht_frag_rename_indexes(op->nsp, op->tgt_name[t], op->tgt_final[t]);
 		ht_sql("ALTER TABLE %s RENAME TO %s", tgt_q(op, t), quote_identifier(op->tgt_final[t]));
 	}
 	ht_frag_store_state(op->relid, &op->after);
