@@ -87,6 +87,7 @@ typedef struct FragOp
 	char	   *qparent;
 	int			nkeys;
 	char	  **keys;			/* quoted key columns */
+	char	  **rawkeys;		/* the same, unquoted */
 	char	   *keylist;		/* "k1, k2" */
 	char	   *cols;			/* the columns a copy writes */
 	bool		overriding;		/* identity columns GENERATED ALWAYS */
@@ -140,9 +141,11 @@ plan_op(Relation rel, HtFragTable *ft, bool add, FragOp *op)
 	initStringInfo(&keylist);
 	op->nkeys = key->partnatts;
 	op->keys = palloc(sizeof(char *) * op->nkeys);
+	op->rawkeys = palloc(sizeof(char *) * op->nkeys);
 	for (int i = 0; i < op->nkeys; i++)
 	{
-		op->keys[i] = pstrdup(quote_identifier(NameStr(TupleDescAttr(td, key->partattrs[i] - 1)->attname)));
+		op->rawkeys[i] = pstrdup(NameStr(TupleDescAttr(td, key->partattrs[i] - 1)->attname));
+		op->keys[i] = pstrdup(quote_identifier(op->rawkeys[i]));
 		appendStringInfo(&keylist, "%s%s", i ? ", " : "", op->keys[i]);
 	}
 	op->keylist = keylist.data;
@@ -363,6 +366,12 @@ add_bound_checks(FragOp *op)
 
 /* ---- capture (online mode) ------------------------------------------------------ */
 
+static void with_lock_retry(void (*fn) (void *), void *arg, const char *what);
+static void create_capture_triggers(void *arg);
+
+/* the capture trigger's arguments: the log table, then the key columns */
+static char *capture_args;
+
 static void
 create_capture(FragOp *op)
 {
@@ -375,17 +384,37 @@ create_capture(FragOp *op)
 	ht_sql("GRANT INSERT ON %s TO PUBLIC", qlog);
 	/* trigger arguments: the log, then the key columns */
 	initStringInfo(&args);
-	appendStringInfo(&args, "'%s'", qlog);
+	appendStringInfoString(&args, quote_literal_cstr(qlog));
 	for (int i = 0; i < op->nkeys; i++)
-		appendStringInfo(&args, ", %s", quote_literal_cstr(op->keys[i]));
+		appendStringInfo(&args, ", %s", quote_literal_cstr(op->rawkeys[i]));
+	capture_args = args.data;
+	with_lock_retry(create_capture_triggers, op, "capture triggers");
+}
+
+/*
+ * The capture triggers, on every source at once: all the sources' locks
+ * are taken in one LOCK (retried on lock_timeout), so that we never hold
+ * one fragment while waiting for another that a client holds while it
+ * waits for ours.
+ */
+static void
+create_capture_triggers(void *arg)
+{
+	FragOp	   *op = (FragOp *) arg;
+	StringInfoData list;
+
+	initStringInfo(&list);
+	for (int i = 0; i < op->nsrc; i++)
+		appendStringInfo(&list, "%s%s", i ? ", " : "", ht_rel_qname(op->src[i]));
+	ht_sql("LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE", list.data);
 	for (int i = 0; i < op->nsrc; i++)
 	{
 		char	   *qsrc = ht_rel_qname(op->src[i]);
 
 		ht_sql("CREATE TRIGGER hashtree_frag_capture AFTER INSERT OR UPDATE OR DELETE ON %s"
-			   " FOR EACH ROW EXECUTE FUNCTION hashtree._frag_capture(%s)", qsrc, args.data);
+			   " FOR EACH ROW EXECUTE FUNCTION hashtree._frag_capture(%s)", qsrc, capture_args);
 		ht_sql("CREATE TRIGGER hashtree_frag_capture_truncate AFTER TRUNCATE ON %s"
-			   " FOR EACH STATEMENT EXECUTE FUNCTION hashtree._frag_capture(%s)", qsrc, args.data);
+			   " FOR EACH STATEMENT EXECUTE FUNCTION hashtree._frag_capture(%s)", qsrc, capture_args);
 		ht_sql("ALTER TABLE %s ENABLE ALWAYS TRIGGER hashtree_frag_capture", qsrc);
 		ht_sql("ALTER TABLE %s ENABLE ALWAYS TRIGGER hashtree_frag_capture_truncate", qsrc);
 	}
@@ -624,6 +653,7 @@ typedef struct BlockRun
 {
 	FragOp	   *op;
 	int64		moved;
+	bool		recover;		/* an unfinished online operation to roll back */
 } BlockRun;
 
 static void
@@ -636,6 +666,9 @@ block_writes_fn(void *arg)
 	ht_sql("LOCK TABLE ONLY %s IN SHARE MODE", op->qparent);
 	for (int i = 0; i < op->nsrc; i++)
 		ht_sql("LOCK TABLE %s IN SHARE MODE", ht_rel_qname(op->src[i]));
+	/* (after the parent's lock: dropping the leftovers locks fragments) */
+	if (b->recover)
+		ht_frag_recover(op->relid);
 	for (int t = 0; t < op->ntgt; t++)
 	{
 		create_target(op, t);
@@ -768,8 +801,12 @@ ht_frag_prepare_job(Oid relid, bool add)
 	ErrorData  *edata = NULL;
 	FragOp		op;
 
-	/* two transactions: begin (recorded, so a crash is rolled back later), copy */
-	for (int step = 0; step < 2 && edata == NULL; step++)
+	/*
+	 * Three transactions: roll back what an earlier operation left (not in
+	 * the caller's: it would hold the locks we need), begin (recorded, so a
+	 * crash is rolled back later), copy.
+	 */
+	for (int step = 0; step < 3 && edata == NULL; step++)
 	{
 		PG_TRY();
 		{
@@ -778,11 +815,16 @@ ht_frag_prepare_job(Oid relid, bool add)
 			SPI_connect();
 			PushActiveSnapshot(GetTransactionSnapshot());
 			HT_API_BEGIN();
-			plan_in_worker(relid, add, &op);
 			if (step == 0)
-				prepare_begin(&op);
+				ht_frag_recover(relid);
 			else
-				prepare_copy(&op);
+			{
+				plan_in_worker(relid, add, &op);
+				if (step == 1)
+					prepare_begin(&op);
+				else
+					prepare_copy(&op);
+			}
 			HT_API_END();
 			SPI_finish();
 			PopActiveSnapshot();
@@ -962,12 +1004,29 @@ frag_change(FunctionCallInfo fcinfo, bool add)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("table \"%s\" is not a fragmented table", RelationGetRelationName(rel)),
 				 errhint("Make it one with hashtree.frag_init() or hashtree.frag_activate().")));
-	if (ft.op != NULL)
-	{
-		ht_frag_recover(relid);
-		(void) ht_frag_lookup(relid, &ft);
-	}
 	plan_op(rel, &ft, add, &op);
+	if (online)
+	{
+		/*
+		 * The copy runs in another backend: if this transaction already
+		 * wrote the table or changed its fragments, it would wait for our
+		 * locks while we wait for it.
+		 */
+		for (int i = -1; i < op.nsrc; i++)
+		{
+			Relation	r = i < 0 ? rel : relation_open(op.src[i], AccessShareLock);
+			bool		held = CheckRelationLockedByMe(r, RowExclusiveLock, true);
+
+			if (i >= 0)
+				relation_close(r, AccessShareLock);
+			if (held)
+				ereport(ERROR,
+						(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+						 errmsg("an online %s cannot run in a transaction that has written to table \"%s\"",
+								add ? "add_frag" : "del_frag", RelationGetRelationName(rel)),
+						 errhint("Commit first, or use mode => 'block_writes'.")));
+		}
+	}
 	/* (DDL on the table refuses while this backend holds it open) */
 	table_close(rel, NoLock);
 	check_references(&op);
@@ -976,32 +1035,13 @@ frag_change(FunctionCallInfo fcinfo, bool add)
 	{
 		SwapRun		sr = {&op, 0};
 
-		/*
-		 * The copy runs in another backend: if this transaction already
-		 * wrote the table or changed its fragments, it would wait for our
-		 * locks while we wait for it.
-		 */
-		for (int i = -1; i < op.nsrc; i++)
-		{
-			Relation	r = relation_open(i < 0 ? relid : op.src[i], AccessShareLock);
-			bool		held = CheckRelationLockedByMe(r, RowExclusiveLock, true);
-
-			relation_close(r, AccessShareLock);
-			if (held)
-				ereport(ERROR,
-						(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
-						 errmsg("an online %s cannot run in a transaction that has written to table \"%s\"",
-								add ? "add_frag" : "del_frag", get_rel_name(relid)),
-						 errhint("Commit first, or use mode => 'block_writes'.")));
-		}
-
 		sr.moved = prepare_online(&op);
 		with_lock_retry(online_swap_fn, &sr, add ? "add_frag" : "del_frag");
 		moved = sr.moved;
 	}
 	else
 	{
-		BlockRun	b = {&op, 0};
+		BlockRun	b = {&op, 0, ft.op != NULL};
 
 		with_lock_retry(block_writes_fn, &b, add ? "add_frag" : "del_frag");
 		moved = b.moved;
