@@ -128,8 +128,9 @@ static HtQuery q_frag_store = {
 	4, {OIDOID, INT4OID, INT4OID, INT4OID}
 };
 
-void
-ht_frag_store_state(Oid relid, const HtLinState *s)
+/* write a state into the registry, as the extension's owner */
+static void
+registry_write(HtQuery *q, Oid relid, const HtLinState *s)
 {
 	Datum		v[4];
 	Oid			save_user;
@@ -140,8 +141,14 @@ ht_frag_store_state(Oid relid, const HtLinState *s)
 	v[2] = Int32GetDatum(s->p);
 	v[3] = Int32GetDatum(s->l);
 	ht_as_owner_begin(&save_user, &save_sec);
-	ht_exec(&q_frag_store, v, NULL, 0);
+	ht_exec(q, v, NULL, 0);
 	ht_as_owner_end(save_user, save_sec);
+}
+
+void
+ht_frag_store_state(Oid relid, const HtLinState *s)
+{
+	registry_write(&q_frag_store, relid, s);
 }
 
 static HtQuery q_frag_register = {
@@ -153,17 +160,7 @@ static HtQuery q_frag_register = {
 static void
 frag_register(Oid relid, const HtLinState *s)
 {
-	Datum		v[4];
-	Oid			save_user;
-	int			save_sec;
-
-	v[0] = ObjectIdGetDatum(relid);
-	v[1] = Int32GetDatum(s->n);
-	v[2] = Int32GetDatum(s->p);
-	v[3] = Int32GetDatum(s->l);
-	ht_as_owner_begin(&save_user, &save_sec);
-	ht_exec(&q_frag_register, v, NULL, 0);
-	ht_as_owner_end(save_user, save_sec);
+	registry_write(&q_frag_register, relid, s);
 }
 
 static HtQuery q_frag_forget = {
@@ -335,6 +332,26 @@ ht_frag_rename_indexes(const char *nsp, const char *from, const char *to)
 		ht_sql("ALTER INDEX %s RENAME TO %s", quote_qualified_identifier(nsp, names[i]),
 			   quote_identifier(name));
 	}
+}
+
+void
+ht_copy_grants(Oid from, const char *qto)
+{
+	uint64		n;
+	char	  **grants;
+	bool		isnull;
+
+	n = ht_sql("SELECT pg_catalog.format('GRANT %%s ON %%s TO %%s%%s', a.privilege_type, %s,"
+			   " CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(r.rolname) END,"
+			   " CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)"
+			   " FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a"
+			   " LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee"
+			   " WHERE c.oid = '%u' AND a.grantee <> c.relowner", quote_literal_cstr(qto), from);
+	grants = palloc(sizeof(char *) * Max(n, 1));
+	for (uint64 i = 0; i < n; i++)
+		grants[i] = TextDatumGetCString(ht_col(i, 1, &isnull));
+	for (uint64 i = 0; i < n; i++)
+		ht_sql("%s", grants[i]);
 }
 
 /* open a registered fragmented table and check its layout */
@@ -622,20 +639,7 @@ ht_frag_activate(PG_FUNCTION_ARGS)
 	ht_sql("SELECT pg_catalog.quote_ident(r.rolname) FROM pg_catalog.pg_class c"
 		   " JOIN pg_catalog.pg_roles r ON r.oid = c.relowner WHERE c.oid = '%u'", relid);
 	ht_sql("ALTER TABLE %s OWNER TO %s", qtmp, TextDatumGetCString(ht_col(0, 1, &isnull)));
-	n = ht_sql("SELECT pg_catalog.format('GRANT %%s ON %%s TO %%s%%s', a.privilege_type, '%s',"
-			   " CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(r.rolname) END,"
-			   " CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)"
-			   " FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a"
-			   " LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee"
-			   " WHERE c.oid = '%u' AND a.grantee <> c.relowner", qtmp, relid);
-	{
-		char	  **grants = palloc(sizeof(char *) * Max(n, 1));
-
-		for (uint64 i = 0; i < n; i++)
-			grants[i] = TextDatumGetCString(ht_col(i, 1, &isnull));
-		for (uint64 i = 0; i < n; i++)
-			ht_sql("%s", grants[i]);
-	}
+	ht_copy_grants(relid, qtmp);
 
 	/* the bound, validated while reads and writes go on */
 	ht_sql("ALTER TABLE %s ADD CONSTRAINT hashtree_frag_bound CHECK"

@@ -64,6 +64,9 @@ extern char *ht_frag_name(Relation parent, int32 k);
  */
 extern void ht_frag_rename_indexes(const char *nsp, const char *from, const char *to);
 
+/* GRANT on table qto what table from grants to roles other than its owner (SPI) */
+extern void ht_copy_grants(Oid from, const char *qto);
+
 /* the parent's name and a fragment's, quoted and qualified */
 extern char *ht_rel_qname(Oid relid);
 

@@ -254,21 +254,7 @@ create_target(FragOp *op, int t)
 			ht_sql("ALTER TABLE %s SET (%s)", q, opts);
 		ht_sql("ALTER TABLE %s OWNER TO %s", q, owner);
 	}
-	ht_sql("SELECT pg_catalog.format('GRANT %%s ON %%s TO %%s%%s', a.privilege_type, '%s',"
-		   " CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(r.rolname) END,"
-		   " CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)"
-		   " FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a"
-		   " LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee"
-		   " WHERE c.oid = '%u' AND a.grantee <> c.relowner", q, like);
-	{
-		uint64		n = SPI_processed;
-		char	  **grants = palloc(sizeof(char *) * Max(n, 1));
-
-		for (uint64 i = 0; i < n; i++)
-			grants[i] = TextDatumGetCString(ht_col(i, 1, &isnull));
-		for (uint64 i = 0; i < n; i++)
-			ht_sql("%s", grants[i]);
-	}
+	ht_copy_grants(like, q);
 	/* the parent's foreign keys, validated now (ATTACH then only links them) */
 	ht_sql("SELECT pg_catalog.quote_ident(conname), pg_catalog.pg_get_constraintdef(oid)"
 		   " FROM pg_catalog.pg_constraint WHERE conrelid = '%u' AND contype = 'f'", op->relid);

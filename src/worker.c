@@ -313,6 +313,20 @@ count_running(int kind)
 	return n;
 }
 
+/* a dynamic worker running job, reporting to this backend */
+static void
+job_worker(BackgroundWorker *w, Job *job)
+{
+	memset(w, 0, sizeof(*w));
+	w->bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	w->bgw_start_time = BgWorkerStart_RecoveryFinished;
+	w->bgw_restart_time = BGW_NEVER_RESTART;
+	w->bgw_notify_pid = MyProcPid;
+	snprintf(w->bgw_library_name, BGW_MAXLEN, "hashtree");
+	snprintf(w->bgw_function_name, BGW_MAXLEN, "ht_job_main");
+	memcpy(w->bgw_extra, job, sizeof(Job));
+}
+
 static bool
 start_job(Job *job, int64 mark)
 {
@@ -327,13 +341,7 @@ start_job(Job *job, int64 mark)
 	if (slot < 0)
 		return false;
 
-	memset(&w, 0, sizeof(w));
-	w.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	w.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	w.bgw_restart_time = BGW_NEVER_RESTART;
-	w.bgw_notify_pid = MyProcPid;
-	snprintf(w.bgw_library_name, BGW_MAXLEN, "hashtree");
-	snprintf(w.bgw_function_name, BGW_MAXLEN, "ht_job_main");
+	job_worker(&w, job);
 	if (job->kind == JOB_EXCHANGE)
 	{
 		snprintf(w.bgw_name, BGW_MAXLEN, "hashtree exchange with %s", job->peer);
@@ -344,7 +352,6 @@ start_job(Job *job, int64 mark)
 		snprintf(w.bgw_name, BGW_MAXLEN, "hashtree rebuild of partition %d", job->part);
 		snprintf(w.bgw_type, BGW_MAXLEN, "hashtree rebuild");
 	}
-	memcpy(w.bgw_extra, job, sizeof(Job));
 	old = MemoryContextSwitchTo(TopMemoryContext);	/* the handle outlives the loop */
 	registered = RegisterDynamicBackgroundWorker(&w, &running[slot].handle);
 	MemoryContextSwitchTo(old);
@@ -915,16 +922,9 @@ ht_frag_start_job(Oid relid, bool add, BackgroundWorkerHandle **handle)
 	job.userid = GetUserId();
 	job.relid = relid;
 
-	memset(&w, 0, sizeof(w));
-	w.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	w.bgw_start_time = BgWorkerStart_RecoveryFinished;
-	w.bgw_restart_time = BGW_NEVER_RESTART;
-	w.bgw_notify_pid = MyProcPid;
-	snprintf(w.bgw_library_name, BGW_MAXLEN, "hashtree");
-	snprintf(w.bgw_function_name, BGW_MAXLEN, "ht_job_main");
+	job_worker(&w, &job);
 	snprintf(w.bgw_name, BGW_MAXLEN, "hashtree %s copy of table %u", add ? "add_frag" : "del_frag",
 			 relid);
 	snprintf(w.bgw_type, BGW_MAXLEN, "hashtree fragment copy");
-	memcpy(w.bgw_extra, &job, sizeof(Job));
 	return RegisterDynamicBackgroundWorker(&w, handle);
 }
