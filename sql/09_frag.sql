@@ -85,10 +85,19 @@ SELECT m.op, format('(%s,%s,%s)', m.b_n, m.b_p, m.b_l) AS before,
  ORDER BY s.i;
 SELECT * FROM hashtree.frag_state('lt');
 
--- online mode, both ways; fragment names, indexes, owner and grants kept
+-- online mode, both ways; fragment names, indexes, owner, grants, constraints
+-- and the fragments' own triggers kept
 CREATE ROLE ht_frag_reader;
 GRANT SELECT ON lt, lt_frag1 TO ht_frag_reader;
+ALTER TABLE lt ADD CONSTRAINT v_not_empty CHECK (v <> '');
+CREATE FUNCTION lt_note() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+CREATE TRIGGER lt_frag1_note BEFORE UPDATE ON lt_frag1 FOR EACH ROW EXECUTE FUNCTION lt_note();
 SELECT * FROM hashtree.add_frag('lt', 'online');
+SELECT c.relname, t.tgname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+ WHERE t.tgname = 'lt_frag1_note' ORDER BY 1;
+SELECT c.relname, k.conname FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
+ WHERE k.conname = 'v_not_empty' ORDER BY 1;
+INSERT INTO lt VALUES (-1, '');
 SELECT relname, has_table_privilege('ht_frag_reader', oid, 'SELECT') AS reader_may_select,
 	   pg_get_userbyid(relowner) = current_user AS same_owner
   FROM pg_class WHERE relname IN ('lt_frag1', 'lt_frag2') ORDER BY 1;
@@ -236,4 +245,5 @@ SELECT count(*) FROM lt;
 
 SELECT hashtree.untrack('lt');
 DROP TABLE lt, ct, plain, ranged, expr, hashed, one;
+DROP FUNCTION lt_note();
 DROP ROLE ht_frag_reader;

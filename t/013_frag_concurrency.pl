@@ -125,6 +125,8 @@ SELECT * FROM hashtree.add_frag('acct', 'online');
 });
 ok($node->poll_query_until('postgres', q{SELECT op_phase = 'preparing' FROM hashtree.frag_table}),
 	'cancel: the copy is under way');
+my ($ret, $out, $err) = $node->psql('postgres', q{SELECT * FROM hashtree.del_frag('acct', 'block_writes')});
+like($err, qr/another fragment operation is under way on table "acct"/, 'one operation at a time');
 $node->safe_psql('postgres', "SELECT pg_cancel_backend($pid)");
 $s->quit;
 like($s->{stderr}, qr/canceling statement due to user request/, 'cancel: the split was canceled');
