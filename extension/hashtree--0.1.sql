@@ -248,13 +248,14 @@ CREATE FUNCTION @extschema@.key_hashes(node text, "partition" int, prefixes text
 	AS 'MODULE_PATHNAME', 'ht_key_hashes'
 	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
--- batched reads used by compare (one round trip per tree level); _nodes packs
--- the children of each requested bucket into one value: per child, the gap
--- since the previous child (from the bucket's first child number; a varint:
--- 7-bit groups, low first, high bit = more) and the first hash_bytes bytes of
--- its hash
+-- batched reads used by compare (one round trip per tree level); _nodes reads
+-- children firsts[i] .. firsts[i] + span - 1 of a level (1 to 3, or 4: the
+-- sub-buckets of 32 segments) and packs each request's into one value: per
+-- child, the gap since the previous one (from firsts[i]; a varint: 7-bit
+-- groups, low first, high bit = more) and the first hash_bytes bytes of its
+-- hash
 CREATE FUNCTION @extschema@._nodes("partition" int, depth int, pa text[], pb text[], level int,
-								   buckets bigint[], hash_bytes int DEFAULT 8)
+								   firsts bigint[], span bigint, hash_bytes int DEFAULT 8)
 	RETURNS TABLE(i int, children bytea)
 	AS 'MODULE_PATHNAME', 'ht_nodes_sql'
 	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;

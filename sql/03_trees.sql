@@ -61,7 +61,8 @@ SELECT count(*) AS found
  WHERE child = hashtree.segment_of('o42');
 
 -- incremental: one changed key recomputes 3 segments (leaf, prefix, root tree)
--- and writes only their ancestors, whatever the number of entries
+-- and writes only their ancestors (segment, sub-bucket, bucket, top per tree, and
+-- the derived entries), whatever the number of entries
 SELECT hashtree.insert('shop', 'orders', 'o42'::bytea, '\x42');
 SELECT hashtree.update(hashtree.partition_of('shop', 'orders', 'o42'::bytea));
 SELECT last_update_segments, last_update_nodes FROM hashtree.status

@@ -806,8 +806,11 @@ ht_get_bucket(PG_FUNCTION_ARGS)
 		HtNodeRow  *rows;
 		int			n;
 
+		int64		first = bucket * HT_WIDTH(tn.depth);
+
 		ht_check_partition(part);
-		n = ht_store_nodes(part, tn.depth, 1, &pa, &pb, level, &bucket, 0, &rows);
+		n = ht_store_nodes(part, tn.depth, 1, &pa, &pb, level, &first, HT_WIDTH(tn.depth), 0,
+						   &rows);
 		for (int r = 0; r < n; r++)
 		{
 			Datum		values[2];
@@ -948,23 +951,39 @@ ht_nodes_sql(PG_FUNCTION_ARGS)
 	int			level;
 	Datum	   *pa;
 	Datum	   *pb;
-	Datum	   *be;
-	int64	   *buckets;
+	Datum	   *fe;
+	int64	   *firsts;
+	int64		span;
 	int			n;
 	int			hash_bytes;
 
 	HT_ARG_NOT_NULL(1, "depth");
 	HT_ARG_NOT_NULL(4, "level");
-	HT_ARG_NOT_NULL(6, "hash_bytes");
-	hash_bytes = PG_GETARG_INT32(6);
+	HT_ARG_NOT_NULL(6, "span");
+	HT_ARG_NOT_NULL(7, "hash_bytes");
 	depth = PG_GETARG_INT32(1);
 	level = PG_GETARG_INT32(4);
-	n = batch_arrays(fcinfo, depth, &pa, &pb, 5, INT8OID, &be);
-	buckets = palloc(sizeof(int64) * Max(n, 1));
+	span = PG_GETARG_INT64(6);
+	hash_bytes = PG_GETARG_INT32(7);
+	n = batch_arrays(fcinfo, depth, &pa, &pb, 5, INT8OID, &fe);
+	if ((level < 1 || level > HT_LEVELS) && level != HT_LEVEL_SUB)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("level must be between 1 and %d, or %d (sub-buckets), not %d",
+						HT_LEVELS, HT_LEVEL_SUB, level)));
+	if (span < 1 || span > HT_WIDTH(depth))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("span must be between 1 and " INT64_FORMAT, HT_WIDTH(depth))));
+	firsts = palloc(sizeof(int64) * Max(n, 1));
 	for (int i = 0; i < n; i++)
 	{
-		buckets[i] = DatumGetInt64(be[i]);
-		check_level_bucket(depth, level, buckets[i]);
+		firsts[i] = DatumGetInt64(fe[i]);
+		if (firsts[i] < 0 || firsts[i] + span > HT_SEGMENTS(depth))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("children " INT64_FORMAT " to " INT64_FORMAT " do not exist",
+							firsts[i], firsts[i] + span - 1)));
 	}
 
 	if (hash_bytes < 1 || hash_bytes > HT_DIGEST_LEN)
@@ -978,15 +997,14 @@ ht_nodes_sql(PG_FUNCTION_ARGS)
 	{
 		HtNodeRow  *rows;
 		int			nrows;
-		int64		width = HT_WIDTH(depth);
 		StringInfoData buf;
 
 		ht_check_partition(part);
-		nrows = ht_store_nodes(part, depth, n, pa, pb, level, buckets, hash_bytes, &rows);
+		nrows = ht_store_nodes(part, depth, n, pa, pb, level, firsts, span, hash_bytes, &rows);
 		initStringInfo(&buf);
 		for (int r = 0; r < nrows; r++)
 		{
-			int64		base = buckets[rows[r].i - 1] * width;
+			int64		base = firsts[rows[r].i - 1];
 			int64		gap;
 
 			if (r == 0 || rows[r].i != rows[r - 1].i)

@@ -6,10 +6,11 @@
  * plum_db walks the trees depth-first, one remote call per bucket and per
  * segment.  Here the walk is breadth-first and batched: for each depth of
  * the tree of trees (root, prefix trees, leaf trees) the level-2 buckets
- * of every differing tree are fetched in one round trip, then the level-3
- * buckets under every differing level-2 child in one, then the entries of
- * every differing segment in one: at most 1 + 3 * 3 round trips for a
- * partition, whatever the number of differences.  Both sides answer the
+ * of every differing tree are fetched in one round trip, then the
+ * sub-buckets (32 segments each) under every differing level-2 child in
+ * one, then the level-3 rows under every differing sub-bucket in one, then
+ * the entries of every differing segment in one: at most 1 + 3 * 4 round
+ * trips for a partition, whatever the number of differences.  Both sides answer the
  * same SQL functions (hashtree._nodes, hashtree._entries), with rows in
  * the same order, so the walk is a merge of sorted lists.  Each request is
  * sent to the peer before this node reads its own side, so the two read
@@ -98,35 +99,34 @@ misordered(HtPeer *peer)
  */
 #define HT_COMPARE_HASH_BYTES 8
 
-/* ask the peer for the children of the requested buckets */
+/* ask the peer for children firsts[i] .. firsts[i] + span - 1 of a level */
 static void
 send_nodes(HtPeer *peer, int part, int depth, TreeSet *ts, int level,
-		   const int64 *buckets)
+		   const int64 *firsts, int64 span)
 {
-	const char *params[7];
+	const char *params[8];
 
 	params[0] = psprintf("%d", part);
 	params[1] = psprintf("%d", depth);
 	params[2] = array_literal(ht_array_text(ts->pa, ts->n));
 	params[3] = array_literal(ht_array_text(ts->pb, ts->n));
 	params[4] = psprintf("%d", level);
-	params[5] = array_literal(ht_array_int8(buckets, ts->n));
-	params[6] = psprintf("%d", HT_COMPARE_HASH_BYTES);
+	params[5] = array_literal(ht_array_int8(firsts, ts->n));
+	params[6] = psprintf(INT64_FORMAT, span);
+	params[7] = psprintf("%d", HT_COMPARE_HASH_BYTES);
 	ht_peer_send(peer,
 				 "SELECT i, children FROM hashtree._nodes($1::int4, $2::int4,"
-				 " $3::text[], $4::text[], $5::int4, $6::int8[], $7::int4)",
-				 7, params, true);
+				 " $3::text[], $4::text[], $5::int4, $6::int8[], $7::int8, $8::int4)",
+				 8, params, true);
 }
 
 /* the peer's answer: per request, (gap to the previous child, hash) pairs */
 static int
-receive_nodes(HtPeer *peer, int depth, TreeSet *ts, int level,
-			  const int64 *buckets, HtNodeRow **rows)
+receive_nodes(HtPeer *peer, TreeSet *ts, const int64 *firsts, int64 span, HtNodeRow **rows)
 {
 	HtRemoteResult *res = ht_peer_receive(peer, 2);
 	int			cap = 64;
 	int			n = 0;
-	int64		width = HT_WIDTH(depth);
 	HtNodeRow  *out = palloc(sizeof(HtNodeRow) * cap);
 
 	for (int r = 0; r < res->nrows; r++)
@@ -135,8 +135,8 @@ receive_nodes(HtPeer *peer, int depth, TreeSet *ts, int level,
 		bytea	   *packed = ht_remote_bytea(res, r, 1);
 		const uint8 *p;
 		const uint8 *end;
-		int64		base = buckets[i - 1] * width;
-		int64		next = base;	/* the smallest child that may come */
+		int64		next = firsts[i - 1];	/* the smallest child that may come */
+		int64		stop = firsts[i - 1] + span;
 
 		if (packed == NULL || VARSIZE_ANY_EXHDR(packed) == 0 ||
 			(r > 0 && i <= out[n - 1].i))
@@ -149,7 +149,7 @@ receive_nodes(HtPeer *peer, int depth, TreeSet *ts, int level,
 			bytea	   *h;
 
 			if (!ht_get_varint(&p, end, &gap) || end - p < HT_COMPARE_HASH_BYTES ||
-				gap >= (uint64) (base + width - next))
+				gap >= (uint64) (stop - next))
 				ereport(ERROR,
 						(errcode(ERRCODE_PROTOCOL_VIOLATION),
 						 errmsg("unexpected answer from peer \"%s\": malformed children",
@@ -225,7 +225,7 @@ typedef struct NodeDiff
  */
 static int
 diff_buckets(HtPeer *peer, int part, int depth, TreeSet *ts, int level,
-			 const int64 *buckets, NodeDiff **out)
+			 const int64 *firsts, int64 span, NodeDiff **out)
 {
 	HtNodeRow  *l;
 	HtNodeRow  *r;
@@ -237,10 +237,10 @@ diff_buckets(HtPeer *peer, int part, int depth, TreeSet *ts, int level,
 	int			b = 0;
 
 	/* the peer reads its buckets while this node reads its own */
-	send_nodes(peer, part, depth, ts, level, buckets);
-	nl = ht_store_nodes(part, depth, ts->n, ts->pa, ts->pb, level, buckets,
+	send_nodes(peer, part, depth, ts, level, firsts, span);
+	nl = ht_store_nodes(part, depth, ts->n, ts->pa, ts->pb, level, firsts, span,
 						HT_COMPARE_HASH_BYTES, &l);
-	nr = receive_nodes(peer, depth, ts, level, buckets, &r);
+	nr = receive_nodes(peer, ts, firsts, span, &r);
 	d = palloc(sizeof(NodeDiff) * Max(nl + nr, 1));
 
 	while (a < nl || b < nr)
@@ -350,21 +350,28 @@ ht_compare(int part, HtPeer *peer, HtDiffCallback fn, void *arg)
 
 	/* the root's top hash */
 	treeset_add(&trees, empty, empty);
-	if (diff_buckets(peer, part, HT_DEPTH_ROOT, &trees, 1, &zero, &top) == 0)
+	if (diff_buckets(peer, part, HT_DEPTH_ROOT, &trees, 1, &zero, 1, &top) == 0)
 		return;
 
 	for (int depth = HT_DEPTH_ROOT; depth <= HT_DEPTH_LEAF && trees.n > 0; depth++)
 	{
-		int64	   *buckets = palloc0(sizeof(int64) * trees.n);
+		int64	   *zeros = palloc0(sizeof(int64) * trees.n);
+		int64		width = HT_WIDTH(depth);
+		int64		subs = width >> HT_SUB_BITS;	/* sub-buckets per bucket */
 		NodeDiff   *d2;
+		NodeDiff   *d4;
 		NodeDiff   *d3;
 		int			n2;
+		int			n4;
 		int			n3;
 		TreeSet		req2 = {0};
+		TreeSet		req4 = {0};
 		TreeSet		req3 = {0};
-		int64	   *b3;
+		int64	   *f4;
+		int64	   *f3;
 		int32	   *segs;
 		int		   *tree_of2;
+		int		   *tree_of4;
 		int		   *tree_of3;
 		HtEntryRow *l;
 		HtEntryRow *r;
@@ -375,20 +382,33 @@ ht_compare(int part, HtPeer *peer, HtDiffCallback fn, void *arg)
 		TreeSet		next = {0};
 
 		/* level 2 of every tree: which level-3 buckets differ */
-		n2 = diff_buckets(peer, part, depth, &trees, 2, buckets, &d2);
+		n2 = diff_buckets(peer, part, depth, &trees, 2, zeros, width, &d2);
 		if (n2 == 0)
 			break;
 
-		/* level 3: which segments differ */
-		b3 = palloc(sizeof(int64) * n2);
+		/* their sub-buckets: which groups of 32 segments differ */
+		f4 = palloc(sizeof(int64) * n2);
 		tree_of2 = palloc(sizeof(int) * n2);
 		for (int k = 0; k < n2; k++)
 		{
 			tree_of2[k] = d2[k].i - 1;
 			treeset_add(&req2, trees.pa[tree_of2[k]], trees.pb[tree_of2[k]]);
-			b3[k] = d2[k].child;
+			f4[k] = d2[k].child * subs;
 		}
-		n3 = diff_buckets(peer, part, depth, &req2, 3, b3, &d3);
+		n4 = diff_buckets(peer, part, depth, &req2, HT_LEVEL_SUB, f4, subs, &d4);
+		if (n4 == 0)
+			break;
+
+		/* level 3 of those: which segments differ */
+		f3 = palloc(sizeof(int64) * n4);
+		tree_of4 = palloc(sizeof(int) * n4);
+		for (int k = 0; k < n4; k++)
+		{
+			tree_of4[k] = tree_of2[d4[k].i - 1];
+			treeset_add(&req4, trees.pa[tree_of4[k]], trees.pb[tree_of4[k]]);
+			f3[k] = d4[k].child << HT_SUB_BITS;
+		}
+		n3 = diff_buckets(peer, part, depth, &req4, 3, f3, INT64CONST(1) << HT_SUB_BITS, &d3);
 		if (n3 == 0)
 			break;
 
@@ -397,7 +417,7 @@ ht_compare(int part, HtPeer *peer, HtDiffCallback fn, void *arg)
 		tree_of3 = palloc(sizeof(int) * n3);
 		for (int k = 0; k < n3; k++)
 		{
-			tree_of3[k] = tree_of2[d3[k].i - 1];
+			tree_of3[k] = tree_of4[d3[k].i - 1];
 			treeset_add(&req3, trees.pa[tree_of3[k]], trees.pb[tree_of3[k]]);
 			segs[k] = (int32) d3[k].child;
 		}

@@ -152,7 +152,8 @@ ht_store_top(int part, int depth, text *pa, text *pb)
 }
 
 /*
- * The children of the requested buckets, read by an ordered scan of the
+ * The children firsts[i] .. firsts[i] + span - 1 of level `level` of tree
+ * (pa[i], pb[i]), read by an ordered scan of the
  * node table's primary key (part, depth, pa, pb, level, child) with the
  * latest snapshot (this transaction's own update included): no executor,
  * no sort, no copy of whole tuples.  A compare reads tens of thousands of
@@ -160,7 +161,7 @@ ht_store_top(int part, int depth, text *pa, text *pb)
  */
 int
 ht_store_nodes(int part, int depth, int n, Datum *pa, Datum *pb, int level,
-			   const int64 *buckets, int hash_bytes, HtNodeRow **rows)
+			   const int64 *firsts, int64 span, int hash_bytes, HtNodeRow **rows)
 {
 	Oid			nsp = ht_schema_oid();
 	Oid			relid = get_relname_relid("node", nsp);
@@ -172,7 +173,6 @@ ht_store_nodes(int part, int depth, int n, Datum *pa, Datum *pb, int level,
 	AttrNumber	att[5];
 	AttrNumber	att_child;
 	AttrNumber	att_hash;
-	int64		width = HT_WIDTH(depth);
 	int			cap = 64;
 	int			nrows = 0;
 	HtNodeRow  *out = palloc(sizeof(HtNodeRow) * cap);
@@ -193,10 +193,10 @@ ht_store_nodes(int part, int depth, int n, Datum *pa, Datum *pb, int level,
 
 	for (int k = 0; k < n; k++)
 	{
-		ScanKeyData key[6];
+		ScanKeyData key[7];
 		SysScanDesc scan;
 		HeapTuple	tup;
-		int64		lo = buckets[k] * width;
+		int64		lo = firsts[k];
 
 		/* table columns; ScanKeyInit compares text in the "C" collation */
 		ScanKeyInit(&key[0], att[0], BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(part));
@@ -206,8 +206,10 @@ ht_store_nodes(int part, int depth, int n, Datum *pa, Datum *pb, int level,
 		ScanKeyInit(&key[4], att[4], BTEqualStrategyNumber, F_INT2EQ, Int16GetDatum(level));
 		ScanKeyInit(&key[5], att_child, BTGreaterEqualStrategyNumber, F_INT8GE,
 					Int64GetDatum(lo));
-		/* (the end of the bucket is checked below: one key less per tuple) */
-		scan = systable_beginscan_ordered(rel, idx, snap, 6, key);
+		/* (the end key also stops the reading of the leaf page at the range's end) */
+		ScanKeyInit(&key[6], att_child, BTLessStrategyNumber, F_INT8LT,
+					Int64GetDatum(lo + span));
+		scan = systable_beginscan_ordered(rel, idx, snap, 7, key);
 		while ((tup = systable_getnext_ordered(scan, ForwardScanDirection)) != NULL)
 		{
 			bool		isnull;
@@ -215,7 +217,7 @@ ht_store_nodes(int part, int depth, int n, Datum *pa, Datum *pb, int level,
 			int			len;
 			int64		child = DatumGetInt64(heap_getattr(tup, att_child, desc, &isnull));
 
-			if (child >= lo + width)
+			if (child >= lo + span)
 				break;
 			if (nrows >= cap)
 			{
@@ -243,45 +245,107 @@ ht_store_nodes(int part, int depth, int n, Datum *pa, Datum *pb, int level,
 	return nrows;
 }
 
-static HtQuery q_entries = {
-	"SELECT u.i::int4, y.key,"
-	"  CASE WHEN $6 > 0 THEN substr(sha256(y.hash), 1, $6) ELSE y.hash END"
-	" FROM unnest($3::text[], $4::text[], $5::int4[]) WITH ORDINALITY AS u(pa, pb, s, i)"
-	" CROSS JOIN LATERAL (SELECT t.key, t.hash FROM hashtree.entry t"
-	"   WHERE t.part = $1 AND t.depth = $2"
-	"    AND t.pa = u.pa AND t.pb = u.pb AND t.seg = u.s OFFSET 0) y"
-	" ORDER BY 1, 2",
-	6, {INT4OID, INT4OID, TEXTARRAYOID, TEXTARRAYOID, INT4ARRAYOID, INT4OID}
-};
+/* a row of ht_store_entries, for sorting one request's rows by key */
+static int
+entry_row_cmp(const void *a, const void *b)
+{
+	return ht_bytea_cmp(((const HtEntryRow *) a)->key, ((const HtEntryRow *) b)->key);
+}
 
+/*
+ * The entries of the requested segments, read like ht_store_nodes by an
+ * ordered scan of the entry index (part, depth, pa, pb, seg, ...); the index
+ * orders a segment's entries by key identity, so each request's rows are
+ * sorted by key here (a segment holds a few entries).
+ */
 int
 ht_store_entries(int part, int depth, int n, Datum *pa, Datum *pb,
 				 const int32 *segs, int hash_bytes, HtEntryRow **rows)
 {
-	Datum		v[6];
-	uint64		nrows;
-	HtEntryRow *out;
+	Oid			nsp = ht_schema_oid();
+	Oid			relid = get_relname_relid("entry", nsp);
+	Oid			idxid = get_relname_relid("entry_key", nsp);
+	Relation	rel;
+	Relation	idx;
+	TupleDesc	desc;
+	Snapshot	snap;
+	AttrNumber	att[5];
+	AttrNumber	att_key;
+	AttrNumber	att_hash;
+	int			cap = 64;
+	int			nrows = 0;
+	HtEntryRow *out = palloc(sizeof(HtEntryRow) * cap);
 
-	v[0] = Int32GetDatum(part);
-	v[1] = Int32GetDatum(depth);
-	v[2] = PointerGetDatum(ht_array_text(pa, n));
-	v[3] = PointerGetDatum(ht_array_text(pb, n));
-	v[4] = PointerGetDatum(ht_array_int4(segs, n));
-	v[5] = Int32GetDatum(hash_bytes);
-	nrows = ht_exec(&q_entries, v, NULL, 0);
+	if (!OidIsValid(relid) || !OidIsValid(idxid))
+		elog(ERROR, "hashtree: table hashtree.entry or its index is missing");
+	rel = table_open(relid, AccessShareLock);
+	idx = index_open(idxid, AccessShareLock);
+	desc = RelationGetDescr(rel);
+	att[0] = get_attnum(relid, "part");
+	att[1] = get_attnum(relid, "depth");
+	att[2] = get_attnum(relid, "pa");
+	att[3] = get_attnum(relid, "pb");
+	att[4] = get_attnum(relid, "seg");
+	att_key = get_attnum(relid, "key");
+	att_hash = get_attnum(relid, "hash");
+	snap = RegisterSnapshot(GetLatestSnapshot());
 
-	out = palloc(sizeof(HtEntryRow) * Max(nrows, 1));
-	for (uint64 r = 0; r < nrows; r++)
+	for (int k = 0; k < n; k++)
 	{
-		bool		isnull;
+		ScanKeyData key[5];
+		SysScanDesc scan;
+		HeapTuple	tup;
+		int			first = nrows;
 
-		out[r].i = DatumGetInt32(ht_col(r, 1, &isnull));
-		out[r].key = DatumGetByteaPCopy(ht_col(r, 2, &isnull));
-		out[r].hash = DatumGetByteaPCopy(ht_col(r, 3, &isnull));
+		ScanKeyInit(&key[0], att[0], BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(part));
+		ScanKeyInit(&key[1], att[1], BTEqualStrategyNumber, F_INT2EQ, Int16GetDatum(depth));
+		ScanKeyInit(&key[2], att[2], BTEqualStrategyNumber, F_TEXTEQ, pa[k]);
+		ScanKeyInit(&key[3], att[3], BTEqualStrategyNumber, F_TEXTEQ, pb[k]);
+		ScanKeyInit(&key[4], att[4], BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(segs[k]));
+		scan = systable_beginscan_ordered(rel, idx, snap, 5, key);
+		while ((tup = systable_getnext_ordered(scan, ForwardScanDirection)) != NULL)
+		{
+			bool		isnull;
+			bytea	   *h;
+			int			len;
+
+			if (nrows >= cap)
+			{
+				cap *= 2;
+				out = repalloc(out, sizeof(HtEntryRow) * cap);
+			}
+			out[nrows].i = k + 1;
+			out[nrows].key = DatumGetByteaPCopy(heap_getattr(tup, att_key, desc, &isnull));
+			h = DatumGetByteaPP(heap_getattr(tup, att_hash, desc, &isnull));
+			if (hash_bytes > 0)
+			{
+				/* user hashes need not be uniform: a digest of them, cut */
+				uint8		digest[HT_DIGEST_LEN];
+
+				ht_sha256(VARDATA_ANY(h), VARSIZE_ANY_EXHDR(h), NULL, 0, NULL, 0, digest);
+				len = Min(hash_bytes, HT_DIGEST_LEN);
+				out[nrows].hash = palloc(VARHDRSZ + len);
+				memcpy(VARDATA(out[nrows].hash), digest, len);
+			}
+			else
+			{
+				len = VARSIZE_ANY_EXHDR(h);
+				out[nrows].hash = palloc(VARHDRSZ + len);
+				memcpy(VARDATA(out[nrows].hash), VARDATA_ANY(h), len);
+			}
+			SET_VARSIZE(out[nrows].hash, VARHDRSZ + len);
+			nrows++;
+		}
+		systable_endscan_ordered(scan);
+		if (nrows - first > 1)
+			qsort(out + first, nrows - first, sizeof(HtEntryRow), entry_row_cmp);
 	}
-	SPI_freetuptable(SPI_tuptable);
+
+	UnregisterSnapshot(snap);
+	index_close(idx, AccessShareLock);
+	table_close(rel, AccessShareLock);
 	*rows = out;
-	return (int) nrows;
+	return nrows;
 }
 
 /* ---- incremental update -------------------------------------------------- */
@@ -335,6 +399,9 @@ typedef struct DepthWork
 	int			nbuckets;
 	int			buckets_cap;
 	BucketDelta *buckets;
+	int			nsubs;			/* the same per sub-bucket */
+	int			subs_cap;
+	BucketDelta *subs;
 	int			ntops;
 	int			tops_cap;
 	TopChange  *tops;
@@ -586,6 +653,21 @@ fold_segments(int part, DepthWork *w, SegChange *ch, int nch,
 		b = &w->buckets[w->nbuckets - 1];
 		ht_sum_add(&b->delta, &d);
 		b->dn += c->new_n - c->old_n;
+
+		if (w->nsubs == 0 ||
+			w->subs[w->nsubs - 1].tree != c->tree ||
+			w->subs[w->nsubs - 1].bucket != (c->seg >> HT_SUB_BITS))
+		{
+			HT_GROW(w->subs, w->nsubs, w->subs_cap);
+			b = &w->subs[w->nsubs++];
+			b->tree = c->tree;
+			b->bucket = c->seg >> HT_SUB_BITS;
+			ht_sum_zero(&b->delta);
+			b->dn = 0;
+		}
+		b = &w->subs[w->nsubs - 1];
+		ht_sum_add(&b->delta, &d);
+		b->dn += c->new_n - c->old_n;
 	}
 	write_nodes(part, w, 3, nw, nnw, stats);
 	pfree(nw);
@@ -596,6 +678,38 @@ fold_segments(int part, DepthWork *w, SegChange *ch, int nch,
  * resulting top deltas to the level-1 rows; record the trees whose top
  * hash changed in w->tops.
  */
+/* apply accumulated deltas to the rows (tree, child) of a level */
+static void
+apply_deltas(int part, DepthWork *w, int level, BucketDelta *deltas, int nd,
+			 HtUpdateStats *stats)
+{
+	int		   *tree = palloc(sizeof(int) * Max(nd, 1));
+	int64	   *child = palloc(sizeof(int64) * Max(nd, 1));
+	HtSum	   *old = palloc(sizeof(HtSum) * Max(nd, 1));
+	int64	   *old_n = palloc(sizeof(int64) * Max(nd, 1));
+	NodeWrite  *nw = palloc(sizeof(NodeWrite) * Max(nd, 1));
+	int			nnw = 0;
+
+	for (int i = 0; i < nd; i++)
+	{
+		tree[i] = deltas[i].tree;
+		child[i] = deltas[i].bucket;
+	}
+	fetch_nodes(part, w, level, nd, tree, child, old, old_n);
+	for (int i = 0; i < nd; i++)
+	{
+		if (ht_sum_is_zero(&deltas[i].delta) && deltas[i].dn == 0)
+			continue;
+		nw[nnw].tree = deltas[i].tree;
+		nw[nnw].child = deltas[i].bucket;
+		nw[nnw].sum = old[i];
+		ht_sum_add(&nw[nnw].sum, &deltas[i].delta);
+		nw[nnw].n = old_n[i] + deltas[i].dn;
+		nnw++;
+	}
+	write_nodes(part, w, level, nw, nnw, stats);
+}
+
 static void
 fold_upper_levels(int part, DepthWork *w, HtUpdateStats *stats)
 {
@@ -614,6 +728,9 @@ fold_upper_levels(int part, DepthWork *w, HtUpdateStats *stats)
 	int64	   *zeros;
 	HtSum	   *t_old;
 	int64	   *t_old_n;
+
+	/* sub-buckets: the same digests, summed over 32 segments */
+	apply_deltas(part, w, HT_LEVEL_SUB, w->subs, w->nsubs, stats);
 
 	/* level 2 */
 	for (int i = 0; i < nb; i++)
@@ -745,6 +862,16 @@ static HtQuery q_tree_level = {
 	" WHERE s.h IS NOT NULL",
 	4, {INT4OID, TEXTOID, TEXTOID, INT2OID}
 };
+static HtQuery q_tree_subs = {
+	"INSERT INTO hashtree.node (part, depth, level, pa, pb, child, hash, n)"
+	" SELECT $1, 2, " CppAsString2(HT_LEVEL_SUB) ", $2, $3, s.b, s.h, s.c FROM ("
+	"  SELECT child >> " CppAsString2(HT_SUB_BITS) " AS b, hashtree._child_sum(child, hash) AS h,"
+	"   sum(n)::int8 AS c"
+	"  FROM hashtree.node WHERE part = $1 AND depth = 2 AND pa = $2 AND pb = $3"
+	"   AND level = 3 GROUP BY child >> " CppAsString2(HT_SUB_BITS) ") s"
+	" WHERE s.h IS NOT NULL",
+	3, {INT4OID, TEXTOID, TEXTOID}
+};
 
 static void
 rebuild_leaf_tree(int part, DepthWork *w, int tree, HtUpdateStats *stats)
@@ -762,6 +889,7 @@ rebuild_leaf_tree(int part, DepthWork *w, int tree, HtUpdateStats *stats)
 	v[2] = w->pb[tree];
 	ht_exec(&q_tree_clear, v, NULL, 0);
 	stats->segments += ht_exec(&q_tree_segments, v, NULL, 0);
+	stats->nodes += ht_exec(&q_tree_subs, v, NULL, 0);
 	for (int level = HT_LEVELS - 1; level >= 1; level--)
 	{
 		v[3] = Int16GetDatum(level);
@@ -1127,6 +1255,18 @@ static HtQuery q_rb_level = {
 	4, {INT4OID, INT2OID, INT2OID, INT4OID}
 };
 
+/* sub-buckets from level 3 */
+static HtQuery q_rb_subs = {
+	"INSERT INTO hashtree.node (part, depth, level, pa, pb, child, hash, n)"
+	" SELECT $1, $2, " CppAsString2(HT_LEVEL_SUB) ", s.pa, s.pb, s.b, s.h, s.c FROM ("
+	"  SELECT pa, pb, child >> " CppAsString2(HT_SUB_BITS) " AS b,"
+	"   hashtree._child_sum(child, hash) AS h, sum(n)::int8 AS c"
+	"  FROM hashtree.node WHERE part = $1 AND depth = $2 AND level = 3"
+	"  GROUP BY pa, pb, child >> " CppAsString2(HT_SUB_BITS) ") s"
+	" WHERE s.h IS NOT NULL",
+	2, {INT4OID, INT2OID}
+};
+
 /*
  * A rebuild of a big partition takes seconds: once it has run for a
  * second, say how far it got after each depth (cancel works at any time,
@@ -1175,6 +1315,7 @@ ht_store_rebuild(int part)
 			ht_exec(&q_rb_derived, v, NULL, 0);
 		}
 		segments = ht_exec(&q_rb_segments, v, NULL, 0);
+		ht_exec(&q_rb_subs, v, NULL, 0);
 		for (int level = HT_LEVELS - 1; level >= 1; level--)
 		{
 			v[2] = Int16GetDatum(level);
@@ -1197,6 +1338,8 @@ static HtQuery q_check = {
 	"   sum(c)::int8 AS c FROM s2 GROUP BY pa, pb, child >> 10),"
 	" t2 AS (SELECT pa, pb, 0::int8 AS child, hashtree._child_sum(child, h) AS h,"
 	"   sum(c)::int8 AS c FROM b2 GROUP BY pa, pb),"
+	" u2 AS (SELECT pa, pb, child >> 5 AS child, hashtree._child_sum(child, h) AS h,"
+	"   sum(c)::int8 AS c FROM s2 GROUP BY pa, pb, child >> 5),"
 	" e1 AS (SELECT pa, ''::text COLLATE \"C\" AS pb,"
 	"   hashtree.segment_of(convert_to(pb, 'UTF8'), 262144) AS seg,"
 	"   convert_to(pb, 'UTF8') AS key, h AS hash FROM t2),"
@@ -1206,6 +1349,8 @@ static HtQuery q_check = {
 	"   sum(c)::int8 AS c FROM s1 GROUP BY pa, pb, child >> 9),"
 	" t1 AS (SELECT pa, pb, 0::int8 AS child, hashtree._child_sum(child, h) AS h,"
 	"   sum(c)::int8 AS c FROM b1 GROUP BY pa, pb),"
+	" u1 AS (SELECT pa, pb, child >> 5 AS child, hashtree._child_sum(child, h) AS h,"
+	"   sum(c)::int8 AS c FROM s1 GROUP BY pa, pb, child >> 5),"
 	" e0 AS (SELECT ''::text COLLATE \"C\" AS pa, ''::text COLLATE \"C\" AS pb,"
 	"   hashtree.segment_of(convert_to(pa, 'UTF8'), 65536) AS seg,"
 	"   convert_to(pa, 'UTF8') AS key, h AS hash FROM t1),"
@@ -1215,12 +1360,16 @@ static HtQuery q_check = {
 	"   sum(c)::int8 AS c FROM s0 GROUP BY pa, pb, child >> 8),"
 	" t0 AS (SELECT pa, pb, 0::int8 AS child, hashtree._child_sum(child, h) AS h,"
 	"   sum(c)::int8 AS c FROM b0 GROUP BY pa, pb),"
+	" u0 AS (SELECT pa, pb, child >> 5 AS child, hashtree._child_sum(child, h) AS h,"
+	"   sum(c)::int8 AS c FROM s0 GROUP BY pa, pb, child >> 5),"
 	" x AS ("
 	"  SELECT 2 AS depth, 3 AS level, * FROM s2 UNION ALL"
 	"  SELECT 2, 2, * FROM b2 UNION ALL SELECT 2, 1, * FROM t2 UNION ALL"
 	"  SELECT 1, 3, * FROM s1 UNION ALL SELECT 1, 2, * FROM b1 UNION ALL"
 	"  SELECT 1, 1, * FROM t1 UNION ALL SELECT 0, 3, * FROM s0 UNION ALL"
-	"  SELECT 0, 2, * FROM b0 UNION ALL SELECT 0, 1, * FROM t0),"
+	"  SELECT 0, 2, * FROM b0 UNION ALL SELECT 0, 1, * FROM t0 UNION ALL"
+	"  SELECT 2, 4, * FROM u2 UNION ALL SELECT 1, 4, * FROM u1 UNION ALL"
+	"  SELECT 0, 4, * FROM u0),"
 	" n AS (SELECT * FROM hashtree.node WHERE part = $1),"
 	" xe AS (SELECT 1 AS depth, * FROM e1 UNION ALL SELECT 0, * FROM e0),"
 	" ne AS (SELECT * FROM hashtree.entry WHERE part = $1 AND depth < 2)"

@@ -62,12 +62,13 @@ typedef struct HtEntryRow
 } HtEntryRow;
 
 /*
- * children of bucket buckets[i] at level of tree (pa[i], pb[i]); with
- * hash_bytes > 0 only that many leading bytes of each hash (node hashes
- * are uniform: a prefix tells them apart as well as a digest would)
+ * children firsts[i] .. firsts[i] + span - 1 of a level (1..3, or
+ * HT_LEVEL_SUB) of tree (pa[i], pb[i]); with hash_bytes > 0 only that
+ * many leading bytes of each hash (node hashes are uniform: a prefix tells
+ * them apart as well as a digest would)
  */
 extern int	ht_store_nodes(int part, int depth, int n, Datum *pa, Datum *pb,
-						   int level, const int64 *buckets, int hash_bytes,
+						   int level, const int64 *firsts, int64 span, int hash_bytes,
 						   HtNodeRow **rows);
 
 /*

@@ -27,6 +27,16 @@
 /* every tree has 3 levels: 1 (top), 2, 3 (children are segments) */
 #define HT_LEVELS		3
 
+/*
+ * Sub-buckets: stored between levels 2 and 3 (as node level 4), the sums
+ * of the same child digests as a level-2 row, over 32 segments instead of
+ * a whole bucket.  Not part of plum_db's trees (get_bucket does not show
+ * them); they let a compare read 32 segments of a differing bucket instead
+ * of all of them.
+ */
+#define HT_LEVEL_SUB	4
+#define HT_SUB_BITS		5
+
 #define HT_DIGEST_LEN	32		/* SHA-256 */
 
 /* plum_db's geometry, per depth: segments = 2^seg_bits, width = 2^width_bits */
