@@ -152,95 +152,122 @@ ht_store_top(int part, int depth, text *pa, text *pb)
 }
 
 /*
+ * Ordered index scans of our own tables, in C: the compare's hot path
+ * reads tens of thousands of rows per partition with many differences.
+ * Latest snapshot: this transaction's own update is seen.
+ */
+typedef struct TreeScan
+{
+	Relation	rel;
+	Relation	idx;
+	TupleDesc	desc;
+	Snapshot	snap;
+	AttrNumber	att[5];			/* part, depth, pa, pb, and the fifth key column */
+} TreeScan;
+
+static void
+tree_scan_open(TreeScan *ts, const char *table, const char *index, const char *fifth)
+{
+	Oid			nsp = ht_schema_oid();
+	Oid			relid = get_relname_relid(table, nsp);
+	Oid			idxid = get_relname_relid(index, nsp);
+
+	if (!OidIsValid(relid) || !OidIsValid(idxid))
+		elog(ERROR, "hashtree: table hashtree.%s or its index %s is missing", table, index);
+	ts->rel = table_open(relid, AccessShareLock);
+	ts->idx = index_open(idxid, AccessShareLock);
+	ts->desc = RelationGetDescr(ts->rel);
+	ts->att[0] = get_attnum(relid, "part");
+	ts->att[1] = get_attnum(relid, "depth");
+	ts->att[2] = get_attnum(relid, "pa");
+	ts->att[3] = get_attnum(relid, "pb");
+	ts->att[4] = get_attnum(relid, fifth);
+	ts->snap = RegisterSnapshot(GetLatestSnapshot());
+}
+
+/* the four keys of a tree; ScanKeyInit compares text in the "C" collation */
+static void
+tree_scan_keys(TreeScan *ts, ScanKeyData *key, int part, int depth, Datum pa, Datum pb)
+{
+	ScanKeyInit(&key[0], ts->att[0], BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(part));
+	ScanKeyInit(&key[1], ts->att[1], BTEqualStrategyNumber, F_INT2EQ, Int16GetDatum(depth));
+	ScanKeyInit(&key[2], ts->att[2], BTEqualStrategyNumber, F_TEXTEQ, pa);
+	ScanKeyInit(&key[3], ts->att[3], BTEqualStrategyNumber, F_TEXTEQ, pb);
+}
+
+static void
+tree_scan_close(TreeScan *ts)
+{
+	UnregisterSnapshot(ts->snap);
+	index_close(ts->idx, AccessShareLock);
+	table_close(ts->rel, AccessShareLock);
+}
+
+/* a copy of a bytea, cut to len bytes when len > 0 */
+static bytea *
+bytea_prefix(const bytea *b, int len)
+{
+	int			n = VARSIZE_ANY_EXHDR(b);
+	bytea	   *out;
+
+	if (len > 0)
+		n = Min(n, len);
+	out = palloc(VARHDRSZ + n);
+	SET_VARSIZE(out, VARHDRSZ + n);
+	memcpy(VARDATA(out), VARDATA_ANY(b), n);
+	return out;
+}
+
+/*
  * The children firsts[i] .. firsts[i] + span - 1 of level `level` of tree
- * (pa[i], pb[i]), read by an ordered scan of the
- * node table's primary key (part, depth, pa, pb, level, child) with the
- * latest snapshot (this transaction's own update included): no executor,
- * no sort, no copy of whole tuples.  A compare reads tens of thousands of
- * level-3 rows per partition with many differences; this is its hot path.
+ * (pa[i], pb[i]), by the primary key (part, depth, pa, pb, level, child).
  */
 int
 ht_store_nodes(int part, int depth, int n, Datum *pa, Datum *pb, int level,
 			   const int64 *firsts, int64 span, int hash_bytes, HtNodeRow **rows)
 {
-	Oid			nsp = ht_schema_oid();
-	Oid			relid = get_relname_relid("node", nsp);
-	Oid			idxid = get_relname_relid("node_pkey", nsp);
-	Relation	rel;
-	Relation	idx;
-	TupleDesc	desc;
-	Snapshot	snap;
-	AttrNumber	att[5];
+	TreeScan	ts;
 	AttrNumber	att_child;
 	AttrNumber	att_hash;
 	int			cap = 64;
 	int			nrows = 0;
 	HtNodeRow  *out = palloc(sizeof(HtNodeRow) * cap);
 
-	if (!OidIsValid(relid) || !OidIsValid(idxid))
-		elog(ERROR, "hashtree: table hashtree.node or its primary key is missing");
-	rel = table_open(relid, AccessShareLock);
-	idx = index_open(idxid, AccessShareLock);
-	desc = RelationGetDescr(rel);
-	att[0] = get_attnum(relid, "part");
-	att[1] = get_attnum(relid, "depth");
-	att[2] = get_attnum(relid, "pa");
-	att[3] = get_attnum(relid, "pb");
-	att[4] = get_attnum(relid, "level");
-	att_child = get_attnum(relid, "child");
-	att_hash = get_attnum(relid, "hash");
-	snap = RegisterSnapshot(GetLatestSnapshot());
-
+	tree_scan_open(&ts, "node", "node_pkey", "level");
+	att_child = get_attnum(RelationGetRelid(ts.rel), "child");
+	att_hash = get_attnum(RelationGetRelid(ts.rel), "hash");
 	for (int k = 0; k < n; k++)
 	{
 		ScanKeyData key[7];
 		SysScanDesc scan;
 		HeapTuple	tup;
-		int64		lo = firsts[k];
 
-		/* table columns; ScanKeyInit compares text in the "C" collation */
-		ScanKeyInit(&key[0], att[0], BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(part));
-		ScanKeyInit(&key[1], att[1], BTEqualStrategyNumber, F_INT2EQ, Int16GetDatum(depth));
-		ScanKeyInit(&key[2], att[2], BTEqualStrategyNumber, F_TEXTEQ, pa[k]);
-		ScanKeyInit(&key[3], att[3], BTEqualStrategyNumber, F_TEXTEQ, pb[k]);
-		ScanKeyInit(&key[4], att[4], BTEqualStrategyNumber, F_INT2EQ, Int16GetDatum(level));
+		tree_scan_keys(&ts, key, part, depth, pa[k], pb[k]);
+		ScanKeyInit(&key[4], ts.att[4], BTEqualStrategyNumber, F_INT2EQ, Int16GetDatum(level));
 		ScanKeyInit(&key[5], att_child, BTGreaterEqualStrategyNumber, F_INT8GE,
-					Int64GetDatum(lo));
-		/* (the end key also stops the reading of the leaf page at the range's end) */
+					Int64GetDatum(firsts[k]));
+		/* (the end key also stops the reading of a leaf page at the range's end) */
 		ScanKeyInit(&key[6], att_child, BTLessStrategyNumber, F_INT8LT,
-					Int64GetDatum(lo + span));
-		scan = systable_beginscan_ordered(rel, idx, snap, 7, key);
+					Int64GetDatum(firsts[k] + span));
+		scan = systable_beginscan_ordered(ts.rel, ts.idx, ts.snap, 7, key);
 		while ((tup = systable_getnext_ordered(scan, ForwardScanDirection)) != NULL)
 		{
 			bool		isnull;
-			bytea	   *h;
-			int			len;
-			int64		child = DatumGetInt64(heap_getattr(tup, att_child, desc, &isnull));
 
-			if (child >= lo + span)
-				break;
 			if (nrows >= cap)
 			{
 				cap *= 2;
 				out = repalloc(out, sizeof(HtNodeRow) * cap);
 			}
 			out[nrows].i = k + 1;
-			out[nrows].child = child;
-			h = DatumGetByteaPP(heap_getattr(tup, att_hash, desc, &isnull));
-			len = VARSIZE_ANY_EXHDR(h);
-			if (hash_bytes > 0)
-				len = Min(len, hash_bytes);
-			out[nrows].hash = palloc(VARHDRSZ + len);
-			SET_VARSIZE(out[nrows].hash, VARHDRSZ + len);
-			memcpy(VARDATA(out[nrows].hash), VARDATA_ANY(h), len);
+			out[nrows].child = DatumGetInt64(heap_getattr(tup, att_child, ts.desc, &isnull));
+			out[nrows].hash = bytea_prefix(DatumGetByteaPP(heap_getattr(tup, att_hash, ts.desc,
+																	   &isnull)), hash_bytes);
 			nrows++;
 		}
 		systable_endscan_ordered(scan);
 	}
-
-	UnregisterSnapshot(snap);
-	index_close(idx, AccessShareLock);
-	table_close(rel, AccessShareLock);
+	tree_scan_close(&ts);
 	*rows = out;
 	return nrows;
 }
@@ -253,43 +280,25 @@ entry_row_cmp(const void *a, const void *b)
 }
 
 /*
- * The entries of the requested segments, read like ht_store_nodes by an
- * ordered scan of the entry index (part, depth, pa, pb, seg, ...); the index
- * orders a segment's entries by key identity, so each request's rows are
- * sorted by key here (a segment holds a few entries).
+ * The entries of the requested segments, by the entry index (part, depth,
+ * pa, pb, seg, _kid(key)); the index orders a segment's entries by key
+ * identity, so each request's rows are sorted by key here (a segment holds
+ * a few entries).
  */
 int
 ht_store_entries(int part, int depth, int n, Datum *pa, Datum *pb,
 				 const int32 *segs, int hash_bytes, HtEntryRow **rows)
 {
-	Oid			nsp = ht_schema_oid();
-	Oid			relid = get_relname_relid("entry", nsp);
-	Oid			idxid = get_relname_relid("entry_key", nsp);
-	Relation	rel;
-	Relation	idx;
-	TupleDesc	desc;
-	Snapshot	snap;
-	AttrNumber	att[5];
+	TreeScan	ts;
 	AttrNumber	att_key;
 	AttrNumber	att_hash;
 	int			cap = 64;
 	int			nrows = 0;
 	HtEntryRow *out = palloc(sizeof(HtEntryRow) * cap);
 
-	if (!OidIsValid(relid) || !OidIsValid(idxid))
-		elog(ERROR, "hashtree: table hashtree.entry or its index is missing");
-	rel = table_open(relid, AccessShareLock);
-	idx = index_open(idxid, AccessShareLock);
-	desc = RelationGetDescr(rel);
-	att[0] = get_attnum(relid, "part");
-	att[1] = get_attnum(relid, "depth");
-	att[2] = get_attnum(relid, "pa");
-	att[3] = get_attnum(relid, "pb");
-	att[4] = get_attnum(relid, "seg");
-	att_key = get_attnum(relid, "key");
-	att_hash = get_attnum(relid, "hash");
-	snap = RegisterSnapshot(GetLatestSnapshot());
-
+	tree_scan_open(&ts, "entry", "entry_key", "seg");
+	att_key = get_attnum(RelationGetRelid(ts.rel), "key");
+	att_hash = get_attnum(RelationGetRelid(ts.rel), "hash");
 	for (int k = 0; k < n; k++)
 	{
 		ScanKeyData key[5];
@@ -297,17 +306,13 @@ ht_store_entries(int part, int depth, int n, Datum *pa, Datum *pb,
 		HeapTuple	tup;
 		int			first = nrows;
 
-		ScanKeyInit(&key[0], att[0], BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(part));
-		ScanKeyInit(&key[1], att[1], BTEqualStrategyNumber, F_INT2EQ, Int16GetDatum(depth));
-		ScanKeyInit(&key[2], att[2], BTEqualStrategyNumber, F_TEXTEQ, pa[k]);
-		ScanKeyInit(&key[3], att[3], BTEqualStrategyNumber, F_TEXTEQ, pb[k]);
-		ScanKeyInit(&key[4], att[4], BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(segs[k]));
-		scan = systable_beginscan_ordered(rel, idx, snap, 5, key);
+		tree_scan_keys(&ts, key, part, depth, pa[k], pb[k]);
+		ScanKeyInit(&key[4], ts.att[4], BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(segs[k]));
+		scan = systable_beginscan_ordered(ts.rel, ts.idx, ts.snap, 5, key);
 		while ((tup = systable_getnext_ordered(scan, ForwardScanDirection)) != NULL)
 		{
 			bool		isnull;
 			bytea	   *h;
-			int			len;
 
 			if (nrows >= cap)
 			{
@@ -315,35 +320,28 @@ ht_store_entries(int part, int depth, int n, Datum *pa, Datum *pb,
 				out = repalloc(out, sizeof(HtEntryRow) * cap);
 			}
 			out[nrows].i = k + 1;
-			out[nrows].key = DatumGetByteaPCopy(heap_getattr(tup, att_key, desc, &isnull));
-			h = DatumGetByteaPP(heap_getattr(tup, att_hash, desc, &isnull));
+			out[nrows].key = DatumGetByteaPCopy(heap_getattr(tup, att_key, ts.desc, &isnull));
+			h = DatumGetByteaPP(heap_getattr(tup, att_hash, ts.desc, &isnull));
 			if (hash_bytes > 0)
 			{
 				/* user hashes need not be uniform: a digest of them, cut */
 				uint8		digest[HT_DIGEST_LEN];
+				int			len = Min(hash_bytes, HT_DIGEST_LEN);
 
 				ht_sha256(VARDATA_ANY(h), VARSIZE_ANY_EXHDR(h), NULL, 0, NULL, 0, digest);
-				len = Min(hash_bytes, HT_DIGEST_LEN);
 				out[nrows].hash = palloc(VARHDRSZ + len);
+				SET_VARSIZE(out[nrows].hash, VARHDRSZ + len);
 				memcpy(VARDATA(out[nrows].hash), digest, len);
 			}
 			else
-			{
-				len = VARSIZE_ANY_EXHDR(h);
-				out[nrows].hash = palloc(VARHDRSZ + len);
-				memcpy(VARDATA(out[nrows].hash), VARDATA_ANY(h), len);
-			}
-			SET_VARSIZE(out[nrows].hash, VARHDRSZ + len);
+				out[nrows].hash = bytea_prefix(h, 0);
 			nrows++;
 		}
 		systable_endscan_ordered(scan);
 		if (nrows - first > 1)
 			qsort(out + first, nrows - first, sizeof(HtEntryRow), entry_row_cmp);
 	}
-
-	UnregisterSnapshot(snap);
-	index_close(idx, AccessShareLock);
-	table_close(rel, AccessShareLock);
+	tree_scan_close(&ts);
 	*rows = out;
 	return nrows;
 }
