@@ -6,6 +6,7 @@ OBJS = \
 	src/sqlexec.o \
 	src/treemath.o \
 	src/store.o \
+	src/pack.o \
 	src/partlock.o \
 	src/remote.o \
 	src/compare.o \
@@ -25,6 +26,10 @@ PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
 
 PG_CPPFLAGS = -I$(libpq_srcdir) -I$(srcdir)/src
 SHLIB_LINK_INTERNAL = $(libpq)
+# SHA-256 straight from libcrypto when the server is built with OpenSSL
+ifneq (,$(findstring -lcrypto,$(shell $(PG_CONFIG) --libs)))
+SHLIB_LINK += -lcrypto
+endif
 
 # pg_regress: sql/*.sql against expected/*.out
 REGRESS = $(patsubst sql/%.sql,%,$(sort $(wildcard sql/*.sql)))

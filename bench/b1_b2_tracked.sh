@@ -99,7 +99,7 @@ scan=(); track=()
 for r in 1 2 3; do
 	scan+=("$(timed -c "SELECT count(sha256(b::text::bytea)) FROM big b" | tail -1)")
 	track+=("$(timed -c "SELECT hashtree.track('big')" | tail -1)")
-	$PSQL -c "SELECT hashtree.untrack('big')" -c "VACUUM hashtree.entry" >/dev/null
+	$PSQL -c "SELECT hashtree.untrack('big')" -c "VACUUM hashtree.entry, hashtree.entry_pack" >/dev/null
 done
 median() { sort -n | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 ms=$(printf '%s\n' "${scan[@]}" | median); mt=$(printf '%s\n' "${track[@]}" | median)

@@ -130,6 +130,25 @@ CREATE TABLE @extschema@.dirty_key (
 	key				bytea
 );
 
+-- Entries of tracked tables, packed: one row holds the entries of `span`
+-- consecutive segments [lo, lo + span) of one leaf tree in one partition,
+-- sorted by (segment, key).  Written only by the re-hash of a table (which
+-- builds them all, one span per tree and partition) and by the fold of its
+-- logged keys (which rewrites the packs it changes); an entry of a segment
+-- no pack covers is a row of hashtree.entry.  See docs/DESIGN.md.
+CREATE TABLE @extschema@.entry_pack (
+	part			int4 NOT NULL,
+	lo				int4 NOT NULL,
+	span			int4 NOT NULL CHECK (span > 0),
+	n				int4 NOT NULL,
+	pa				text COLLATE "C" NOT NULL,
+	pb				text COLLATE "C" NOT NULL,
+	data			bytea NOT NULL,
+	PRIMARY KEY (part, pa, pb, lo)
+) WITH (toast_tuple_target = 8160);
+-- (packs are incompressible: kept in line up to a page, never compressed)
+ALTER TABLE @extschema@.entry_pack ALTER COLUMN data SET STORAGE EXTERNAL;
+
 -- pg_dump keeps the configuration and the entries written through the API;
 -- trees, and the entries of tracked tables, are derived from data that is
 -- dumped anyway, and rebuilt after a restore (reset).
@@ -139,7 +158,33 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.entry',
 	'WHERE depth = 2 AND NOT EXISTS (SELECT 1 FROM @extschema@.tracked_table t'
 	' WHERE t.schema_name = pa AND t.table_name = pb)');
 
+-- the entries of one pack: (segment, key, hash), by segment and key
+CREATE FUNCTION @extschema@._unpack(lo int4, data bytea)
+	RETURNS TABLE(seg int4, key bytea, hash bytea)
+	AS 'MODULE_PATHNAME', 'ht_unpack'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
+-- the packed entries of one segment
+CREATE FUNCTION @extschema@._pack_seg("partition" int, prefix_a text, prefix_b text, seg int4)
+	RETURNS TABLE(key bytea, hash bytea)
+	LANGUAGE sql STABLE
+	AS $$ SELECT u.key, u.hash
+			FROM (SELECT p.lo, p.span, p.data FROM @extschema@.entry_pack p
+				   WHERE p.part = $1 AND p.pa = $2 AND p.pb = $3 AND p.lo <= $4
+				   ORDER BY p.lo DESC LIMIT 1) p
+		   CROSS JOIN LATERAL @extschema@._unpack(p.lo, p.data) u
+		   WHERE $4 < p.lo + p.span AND u.seg = $4 $$;
+
+-- every leaf (depth 2) entry: the plain rows and the packed ones
+CREATE VIEW @extschema@.leaf_entry AS
+	SELECT e.part, e.pa, e.pb, e.seg, e.key, e.hash
+	  FROM @extschema@.entry e WHERE e.depth = 2
+	UNION ALL
+	SELECT p.part, p.pa, p.pb, u.seg, u.key, u.hash
+	  FROM @extschema@.entry_pack p CROSS JOIN LATERAL @extschema@._unpack(p.lo, p.data) u;
+
 REVOKE ALL ON @extschema@.partition, @extschema@.entry, @extschema@.node,
+	@extschema@.entry_pack, @extschema@.leaf_entry,
 	@extschema@.dirty, @extschema@.peer, @extschema@.tracked_table,
 	@extschema@.dirty_key FROM PUBLIC;
 
@@ -159,6 +204,8 @@ CREATE TRIGGER guard AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
 	ON @extschema@.entry FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._guard();
 CREATE TRIGGER guard AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
 	ON @extschema@.node FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._guard();
+CREATE TRIGGER guard AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
+	ON @extschema@.entry_pack FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._guard();
 CREATE TRIGGER guard AFTER DELETE OR UPDATE OR TRUNCATE
 	ON @extschema@.dirty FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._guard();
 CREATE TRIGGER guard AFTER DELETE OR UPDATE OR TRUNCATE
@@ -489,8 +536,8 @@ CREATE FUNCTION @extschema@._prefix_children("partition" int, prefix_a text)
 CREATE FUNCTION @extschema@._prefix_entries("partition" int, prefix_a text, prefix_b text)
 	RETURNS TABLE(key bytea, hash bytea)
 	LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-	AS $$ SELECT e.key, e.hash FROM @extschema@.entry e
-		   WHERE e.part = $1 AND e.depth = 2 AND e.pa = $2 AND e.pb = $3 $$;
+	AS $$ SELECT e.key, e.hash FROM @extschema@.leaf_entry e
+		   WHERE e.part = $1 AND e.pa = $2 AND e.pb = $3 $$;
 CREATE FUNCTION @extschema@._entries_by_key("partition" int, prefix_a text, prefix_b text,
 											keys bytea[])
 	RETURNS TABLE(key bytea, hash bytea)
@@ -500,7 +547,12 @@ CREATE FUNCTION @extschema@._entries_by_key("partition" int, prefix_a text, pref
 								WHERE x.part = $1 AND x.depth = 2 AND x.pa = $2 AND x.pb = $3
 								  AND x.seg = @extschema@.segment_of(u.k)
 								  AND @extschema@._kid(x.key) = @extschema@._kid(u.k)
-								  AND x.key = u.k LIMIT 1) e $$;
+								  AND x.key = u.k
+								UNION ALL
+								SELECT y.key, y.hash
+								  FROM @extschema@._pack_seg($1, $2, $3,
+															 @extschema@.segment_of(u.k)) y
+								 WHERE y.key = u.k LIMIT 1) e $$;
 CREATE FUNCTION @extschema@._apply_entries("partition" int, prefix_a text, prefix_b text,
 										   keys bytea[], hashes bytea[])
 	RETURNS bigint

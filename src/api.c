@@ -35,6 +35,7 @@
 #include "remote.h"
 #include "sqlexec.h"
 #include "store.h"
+#include "track.h"
 #include "treemath.h"
 
 /* ---- argument checks ----------------------------------------------------- */
@@ -486,6 +487,7 @@ write_entry(bool routed, int part, text *pa, text *pb, bytea *key,
 		part = route(pa, pb, key);
 	else
 		ht_check_partition(part);
+	ht_track_refuse_prefix(pa, pb);
 	if (hash != NULL)
 		ht_store_put(part, pa, pb, key, hash, if_missing);
 	else
@@ -630,6 +632,7 @@ ht_apply_entries(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
 				 errmsg("keys and hashes must have the same length (%d and %d)",
 						nkeys, nhashes)));
+	ht_track_refuse_prefix(pa, pb);
 	for (int i = 0; i < nkeys; i++)
 	{
 		if (knulls[i])
@@ -658,7 +661,7 @@ ht_apply_entries(PG_FUNCTION_ARGS)
 }
 
 static HtQuery q_prefix_keys = {
-	"SELECT key FROM hashtree.entry WHERE part = $1 AND depth = 2 AND pa = $2 AND pb = $3",
+	"SELECT key FROM hashtree.leaf_entry WHERE part = $1 AND pa = $2 AND pb = $3",
 	3, {INT4OID, TEXTOID, TEXTOID}
 };
 
@@ -677,6 +680,7 @@ ht_drop_entries(PG_FUNCTION_ARGS)
 	SPI_connect();
 	HT_API_BEGIN();
 	ht_check_partition(part);
+	ht_track_refuse_prefix(pa, pb);
 	v[0] = Int32GetDatum(part);
 	v[1] = PointerGetDatum(pa);
 	v[2] = PointerGetDatum(pb);

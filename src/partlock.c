@@ -26,6 +26,7 @@
 #include "miscadmin.h"
 #include "storage/lock.h"
 #include "utils/backend_status.h"
+#include "utils/inval.h"
 #include "utils/lsyscache.h"
 #include "utils/timestamp.h"
 
@@ -84,14 +85,35 @@ static HtQuery q_count = {
 	0, {0}
 };
 
+static Oid	cached_rel = InvalidOid;
+static int	cached_n = 0;
+
+/* a drop of hashtree.partition (of the extension) forgets the count */
+static void
+count_inval(Datum arg, Oid relid)
+{
+	if (!OidIsValid(relid) || relid == cached_rel)
+		cached_rel = InvalidOid;
+}
+
+/*
+ * The number of partitions: read once per backend (and again after the
+ * extension was dropped), since the row trigger and a re-hash ask per row.
+ */
 int
 ht_num_partitions(void)
 {
-	static Oid	cached_rel = InvalidOid;
-	static int	cached_n = 0;
+	static bool registered = false;
 	Oid			nsp;
 	Oid			rel;
 
+	if (OidIsValid(cached_rel))
+		return cached_n;
+	if (!registered)
+	{
+		CacheRegisterRelcacheCallback(count_inval, (Datum) 0);
+		registered = true;
+	}
 	nsp = get_namespace_oid("hashtree", true);
 	rel = OidIsValid(nsp) ? get_relname_relid("partition", nsp) : InvalidOid;
 	if (!OidIsValid(rel))

@@ -39,6 +39,7 @@
 #include "utils/rel.h"
 #include "utils/syscache.h"
 #include "utils/typcache.h"
+#include "utils/uuid.h"
 
 #include "rowenc.h"
 #include "treemath.h"
@@ -54,6 +55,7 @@ struct HtTypeEnc
 	Oid			typid;			/* hash key */
 	bool		valid;
 	char		kind;			/* 's' scalar, 'a' array, 'r' composite */
+	char		fast;			/* scalar: the send form written here (below) */
 	FmgrInfo	send;			/* scalar */
 	FmgrInfo	recv;			/* scalar; fn_oid invalid if none */
 	Oid			ioparam;		/* scalar */
@@ -79,6 +81,48 @@ type_cache_inval(Datum arg, int cacheid, uint32 hashvalue)
 		te->valid = false;
 }
 
+/*
+ * Built-in types whose send form is written here without a function call
+ * (a re-hash encodes every column of every row): exactly the bytes their
+ * send functions produce.  '8', '4', '2': the value as a big-endian
+ * integer of that size (the bits, for floats); '1': bool as 0/1; 'v': the
+ * bytes of a varlena (text types, when no encoding conversion applies:
+ * their send form is in the client encoding, UTF-8 while encoding); 'u':
+ * uuid's 16 bytes.  0: call the send function.
+ */
+static char
+fast_form(Oid base)
+{
+	switch (base)
+	{
+		case INT8OID:
+		case FLOAT8OID:
+		case TIMESTAMPOID:
+		case TIMESTAMPTZOID:
+		case TIMEOID:
+			return '8';
+		case INT4OID:
+		case FLOAT4OID:
+		case DATEOID:
+		case OIDOID:
+			return '4';
+		case INT2OID:
+			return '2';
+		case BOOLOID:
+			return '1';
+		case BYTEAOID:
+			return 'v';
+		case TEXTOID:
+		case VARCHAROID:
+		case BPCHAROID:
+			return GetDatabaseEncoding() == PG_UTF8 ? 'v' : 0;
+		case UUIDOID:
+			return 'u';
+		default:
+			return 0;
+	}
+}
+
 static void
 type_enc_fill(HtTypeEnc *te, Oid typid)
 {
@@ -87,6 +131,7 @@ type_enc_fill(HtTypeEnc *te, Oid typid)
 
 	te->elemenc = NULL;
 	te->recv.fn_oid = InvalidOid;
+	te->fast = fast_form(base);
 	if (typtype == TYPTYPE_COMPOSITE || base == RECORDOID)
 		te->kind = 'r';
 	else if (type_is_array(base))
@@ -245,6 +290,52 @@ encode_record(Datum d, StringInfo buf)
 }
 
 static void
+encode_fast(char form, Datum d, StringInfo buf)
+{
+	switch (form)
+	{
+		case '8':
+			{
+				uint64		v = pg_hton64((uint64) DatumGetInt64(d));
+
+				appendBinaryStringInfo(buf, (char *) &v, 8);
+				break;
+			}
+		case '4':
+			{
+				uint32		v = pg_hton32(DatumGetUInt32(d));
+
+				appendBinaryStringInfo(buf, (char *) &v, 4);
+				break;
+			}
+		case '2':
+			{
+				uint16		v = pg_hton16((uint16) DatumGetInt16(d));
+
+				appendBinaryStringInfo(buf, (char *) &v, 2);
+				break;
+			}
+		case '1':
+			appendStringInfoChar(buf, DatumGetBool(d) ? 1 : 0);
+			break;
+		case 'u':
+			appendBinaryStringInfo(buf, (char *) DatumGetUUIDP(d)->data, UUID_LEN);
+			break;
+		case 'v':
+			{
+				struct varlena *v = PG_DETOAST_DATUM_PACKED(d);
+
+				appendBinaryStringInfo(buf, VARDATA_ANY(v), VARSIZE_ANY_EXHDR(v));
+				if ((Pointer) v != DatumGetPointer(d))
+					pfree(v);
+				break;
+			}
+		default:
+			elog(ERROR, "hashtree: unknown value form %c", form);
+	}
+}
+
+static void
 encode_value(HtTypeEnc *te, Datum d, StringInfo buf)
 {
 	CHECK_FOR_INTERRUPTS();
@@ -257,6 +348,11 @@ encode_value(HtTypeEnc *te, Datum d, StringInfo buf)
 			encode_record(d, buf);
 			break;
 		default:
+			if (te->fast != 0)
+			{
+				encode_fast(te->fast, d, buf);
+				break;
+			}
 			{
 				bytea	   *b = SendFunctionCall(&te->send, d);
 

@@ -41,6 +41,7 @@
 #include "utils/timestamp.h"
 
 #include "hashtree.h"
+#include "pack.h"
 #include "sqlexec.h"
 #include "store.h"
 #include "track.h"
@@ -285,6 +286,27 @@ entry_row_cmp(const void *a, const void *b)
  * identity, so each request's rows are sorted by key here (a segment holds
  * a few entries).
  */
+/* a row of ht_store_entries: the hash itself, or a digest of it cut */
+static void
+entry_row_set(HtEntryRow *row, int i, bytea *key, bytea *h, int hash_bytes)
+{
+	row->i = i;
+	row->key = key;
+	if (hash_bytes > 0)
+	{
+		/* user hashes need not be uniform: a digest of them, cut */
+		uint8		digest[HT_DIGEST_LEN];
+		int			len = Min(hash_bytes, HT_DIGEST_LEN);
+
+		ht_sha256(VARDATA_ANY(h), VARSIZE_ANY_EXHDR(h), NULL, 0, NULL, 0, digest);
+		row->hash = palloc(VARHDRSZ + len);
+		SET_VARSIZE(row->hash, VARHDRSZ + len);
+		memcpy(VARDATA(row->hash), digest, len);
+	}
+	else
+		row->hash = bytea_prefix(h, 0);
+}
+
 int
 ht_store_entries(int part, int depth, int n, Datum *pa, Datum *pb,
 				 const int32 *segs, int hash_bytes, HtEntryRow **rows)
@@ -295,6 +317,15 @@ ht_store_entries(int part, int depth, int n, Datum *pa, Datum *pb,
 	int			cap = 64;
 	int			nrows = 0;
 	HtEntryRow *out = palloc(sizeof(HtEntryRow) * cap);
+	HtPackEntry *packed = NULL;
+	int		   *owner = NULL;
+	int			npacked = 0;
+	int			pcap = 0;
+	int			p = 0;
+
+	/* leaf entries of tracked tables are packed (pack.c), the others rows */
+	if (depth == HT_DEPTH_LEAF)
+		ht_pack_segments(part, n, pa, pb, segs, &packed, &owner, &npacked, &pcap);
 
 	tree_scan_open(&ts, "entry", "entry_key", "seg");
 	att_key = get_attnum(RelationGetRelid(ts.rel), "key");
@@ -309,33 +340,30 @@ ht_store_entries(int part, int depth, int n, Datum *pa, Datum *pb,
 		tree_scan_keys(&ts, key, part, depth, pa[k], pb[k]);
 		ScanKeyInit(&key[4], ts.att[4], BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(segs[k]));
 		scan = systable_beginscan_ordered(ts.rel, ts.idx, ts.snap, 5, key);
-		while ((tup = systable_getnext_ordered(scan, ForwardScanDirection)) != NULL)
+		for (;;)
 		{
 			bool		isnull;
+			bytea	   *ekey;
 			bytea	   *h;
 
+			if ((tup = systable_getnext_ordered(scan, ForwardScanDirection)) != NULL)
+			{
+				ekey = DatumGetByteaPCopy(heap_getattr(tup, att_key, ts.desc, &isnull));
+				h = DatumGetByteaPP(heap_getattr(tup, att_hash, ts.desc, &isnull));
+			}
+			else if (p < npacked && owner[p] == k + 1)
+			{
+				ekey = packed[p].key;
+				h = packed[p++].hash;
+			}
+			else
+				break;
 			if (nrows >= cap)
 			{
 				cap *= 2;
 				out = repalloc(out, sizeof(HtEntryRow) * cap);
 			}
-			out[nrows].i = k + 1;
-			out[nrows].key = DatumGetByteaPCopy(heap_getattr(tup, att_key, ts.desc, &isnull));
-			h = DatumGetByteaPP(heap_getattr(tup, att_hash, ts.desc, &isnull));
-			if (hash_bytes > 0)
-			{
-				/* user hashes need not be uniform: a digest of them, cut */
-				uint8		digest[HT_DIGEST_LEN];
-				int			len = Min(hash_bytes, HT_DIGEST_LEN);
-
-				ht_sha256(VARDATA_ANY(h), VARSIZE_ANY_EXHDR(h), NULL, 0, NULL, 0, digest);
-				out[nrows].hash = palloc(VARHDRSZ + len);
-				SET_VARSIZE(out[nrows].hash, VARHDRSZ + len);
-				memcpy(VARDATA(out[nrows].hash), digest, len);
-			}
-			else
-				out[nrows].hash = bytea_prefix(h, 0);
-			nrows++;
+			entry_row_set(&out[nrows++], k + 1, ekey, h, hash_bytes);
 		}
 		systable_endscan_ordered(scan);
 		if (nrows - first > 1)
@@ -828,8 +856,9 @@ static HtQuery q_take_dirty = {
 	" SELECT u.pa, u.pb, u.seg, x.h, x.c, y.hash, y.n"
 	" FROM u"
 	" CROSS JOIN LATERAL (SELECT hashtree._entry_sum(e.key, e.hash) AS h, count(*) AS c"
-	"   FROM hashtree.entry e WHERE e.part = $1 AND e.depth = 2"
-	"    AND e.pa = u.pa AND e.pb = u.pb AND e.seg = u.seg) x"
+	"   FROM (SELECT e.key, e.hash FROM hashtree.entry e WHERE e.part = $1 AND e.depth = 2"
+	"          AND e.pa = u.pa AND e.pb = u.pb AND e.seg = u.seg"
+	"         UNION ALL SELECT k.key, k.hash FROM hashtree._pack_seg($1, u.pa, u.pb, u.seg) k) e) x"
 	" LEFT JOIN LATERAL (SELECT t.hash, t.n FROM hashtree.node t"
 	"   WHERE t.part = $1 AND t.depth = 2 AND t.level = 3"
 	"    AND t.pa = u.pa AND t.pb = u.pb AND t.child = u.seg LIMIT 1) y ON true"
@@ -846,7 +875,7 @@ static HtQuery q_tree_segments = {
 	"INSERT INTO hashtree.node (part, depth, level, pa, pb, child, hash, n)"
 	" SELECT $1, 2, 3, $2, $3, s.seg, s.h, s.c FROM ("
 	"  SELECT seg, hashtree._entry_sum(key, hash) AS h, count(*) AS c"
-	"  FROM hashtree.entry WHERE part = $1 AND depth = 2 AND pa = $2 AND pb = $3"
+	"  FROM hashtree.leaf_entry WHERE part = $1 AND pa = $2 AND pb = $3"
 	"  GROUP BY seg) s"
 	" WHERE s.h IS NOT NULL",
 	3, {INT4OID, TEXTOID, TEXTOID}
@@ -1236,7 +1265,10 @@ static HtQuery q_rb_segments = {
 	"INSERT INTO hashtree.node (part, depth, level, pa, pb, child, hash, n)"
 	" SELECT $1, $2, 3, s.pa, s.pb, s.seg, s.h, s.c FROM ("
 	"  SELECT pa, pb, seg, hashtree._entry_sum(key, hash) AS h, count(*) AS c"
-	"  FROM hashtree.entry WHERE part = $1 AND depth = $2 GROUP BY pa, pb, seg) s"
+	"  FROM (SELECT pa, pb, seg, key, hash FROM hashtree.entry WHERE part = $1 AND depth = $2"
+	"        UNION ALL SELECT p.pa, p.pb, u.seg, u.key, u.hash FROM hashtree.entry_pack p"
+	"         CROSS JOIN LATERAL hashtree._unpack(p.lo, p.data) u"
+	"         WHERE p.part = $1 AND $2 = 2) e GROUP BY pa, pb, seg) s"
 	" WHERE s.h IS NOT NULL",
 	2, {INT4OID, INT2OID}
 };
@@ -1330,7 +1362,7 @@ ht_store_rebuild(int part)
 static HtQuery q_check = {
 	"WITH"
 	" s2 AS (SELECT pa, pb, seg::int8 AS child, hashtree._entry_sum(key, hash) AS h,"
-	"   count(*)::int8 AS c FROM hashtree.entry WHERE part = $1 AND depth = 2"
+	"   count(*)::int8 AS c FROM hashtree.leaf_entry WHERE part = $1"
 	"   GROUP BY pa, pb, seg),"
 	" b2 AS (SELECT pa, pb, child >> 10 AS child, hashtree._child_sum(child, h) AS h,"
 	"   sum(c)::int8 AS c FROM s2 GROUP BY pa, pb, child >> 10),"

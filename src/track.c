@@ -29,9 +29,11 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
 #include "access/heapam.h"
 #include "access/htup_details.h"
 #include "access/relation.h"
+#include "access/stratnum.h"
 #include "access/tableam.h"
 #include "access/table.h"
 #include "catalog/catalog.h"
@@ -41,6 +43,7 @@
 #include "catalog/pg_type.h"
 #include "utils/array.h"
 #include "commands/trigger.h"
+#include "storage/bufmgr.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "mb/pg_wchar.h"
@@ -49,6 +52,7 @@
 #include "parser/parse_func.h"
 #include "utils/acl.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/hsearch.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
@@ -60,6 +64,7 @@
 
 #include "frag.h"
 #include "hashtree.h"
+#include "pack.h"
 #include "rowenc.h"
 #include "sqlexec.h"
 #include "track.h"
@@ -455,99 +460,54 @@ static HtQuery q_mark_tree = {
 	3, {INT4OID, TEXTOID, TEXTOID}
 };
 
-static HtQuery q_bulk_entries = {
-	"INSERT INTO hashtree.entry (part, seg, depth, pa, pb, key, hash)"
-	" SELECT u.part, u.seg, 2, $1, $2, u.key, u.hash"
-	" FROM unnest($3::int4[], $4::int4[], $5::bytea[], $6::bytea[]) AS u(part, seg, key, hash)",
-	6, {TEXTOID, TEXTOID, INT4ARRAYOID, INT4ARRAYOID, BYTEAARRAYOID, BYTEAARRAYOID}
+static HtQuery q_drop_packs = {
+	"DELETE FROM hashtree.entry_pack WHERE part = $1 AND pa = $2 AND pb = $3",
+	3, {INT4OID, TEXTOID, TEXTOID}
 };
 
-/* rows hashed by a scan, written in index order, HT_BATCH at a time */
+/* rows hashed between two checks for interrupts */
 #define HT_SCAN_BATCH 10000
-
-typedef struct ScanBatch
-{
-	int			n;
-	RowEntry	e[HT_SCAN_BATCH];
-} ScanBatch;
-
-static int
-entry_order(const void *a, const void *b)
-{
-	const RowEntry *x = a;
-	const RowEntry *y = b;
-
-	if (x->part != y->part)
-		return x->part < y->part ? -1 : 1;
-	if (x->seg != y->seg)
-		return x->seg < y->seg ? -1 : 1;
-	return 0;
-}
-
-static void
-flush_batch(TrackRel *tr, ScanBatch *b)
-{
-	int32		parts[HT_SCAN_BATCH];
-	int32		segs[HT_SCAN_BATCH];
-	Datum	   *keys = palloc(sizeof(Datum) * HT_SCAN_BATCH);
-	Datum	   *hashes = palloc(sizeof(Datum) * HT_SCAN_BATCH);
-	Datum		v[6];
-
-	if (b->n == 0)
-		return;
-	qsort(b->e, b->n, sizeof(RowEntry), entry_order);
-	for (int i = 0; i < b->n; i++)
-	{
-		parts[i] = b->e[i].part;
-		segs[i] = b->e[i].seg;
-		keys[i] = PointerGetDatum(b->e[i].key);
-		hashes[i] = PointerGetDatum(b->e[i].hash);
-	}
-	v[0] = PointerGetDatum(tr->pa);
-	v[1] = PointerGetDatum(tr->pb);
-	v[2] = PointerGetDatum(ht_array_int4(parts, b->n));
-	v[3] = PointerGetDatum(ht_array_int4(segs, b->n));
-	v[4] = PointerGetDatum(ht_array_bytea(keys, b->n));
-	v[5] = PointerGetDatum(ht_array_bytea(hashes, b->n));
-	ht_exec(&q_bulk_entries, v, NULL, 0);
-	b->n = 0;
-}
 
 /*
  * Hash the rows of one table (a leaf: a plain table or a partition) into
  * entries of the tracked table tr, keeping only partition part (< 0: all).
  */
 static int64
-scan_rows(TrackRel *tr, Oid leaf, int part, ScanBatch *b, MemoryContext rowcxt)
+scan_rows(TrackRel *tr, Oid leaf, int part, HtPackBuild *pb, MemoryContext rowcxt)
 {
 	Relation	rel = table_open(leaf, AccessShareLock);
 	TrackRel   *ltr = track_rel(rel);
-	HtRelEnc   *enc = ltr->enc;
+	TrackRel	tmp = *tr;
 	Snapshot	snap = RegisterSnapshot(GetLatestSnapshot());
 	TableScanDesc scan = table_beginscan(rel, snap, 0, NULL);
 	HeapTuple	tuple;
 	int64		rows = 0;
+	int			inbatch = 0;
 
 	/* the leaf's own encoder (its attribute numbers), the root's prefix */
+	tmp.enc = ltr->enc;
 	while ((tuple = heap_getnext(scan, ForwardScanDirection)) != NULL)
 	{
 		MemoryContext old = MemoryContextSwitchTo(rowcxt);
-		RowEntry   *e = &b->e[b->n];
-		TrackRel	tmp = *tr;
+		RowEntry	e;
 
-		tmp.enc = enc;
-		row_entry(&tmp, rel, tuple, part, e);
+		row_entry(&tmp, rel, tuple, part, &e);
 		MemoryContextSwitchTo(old);
 		progress_row();
-		if (e->hash == NULL)
-			continue;
-		rows++;
-		if (++b->n == HT_SCAN_BATCH)
+		if (e.hash != NULL)
 		{
-			flush_batch(tr, b);
-			MemoryContextReset(rowcxt);
+			ht_pack_build_add(pb, e.part, e.seg,
+							  VARDATA_ANY(e.key), VARSIZE_ANY_EXHDR(e.key),
+							  VARDATA_ANY(e.hash), VARSIZE_ANY_EXHDR(e.hash));
+			rows++;
 		}
-		CHECK_FOR_INTERRUPTS();
+		/* (a reset that keeps only the first block costs next to nothing) */
+		MemoryContextReset(rowcxt);
+		if (++inbatch == HT_SCAN_BATCH)
+		{
+			inbatch = 0;
+			CHECK_FOR_INTERRUPTS();
+		}
 	}
 	table_endscan(scan);
 	UnregisterSnapshot(snap);
@@ -555,10 +515,24 @@ scan_rows(TrackRel *tr, Oid leaf, int part, ScanBatch *b, MemoryContext rowcxt)
 	return rows;
 }
 
+/* rows of a table about to be scanned, as the planner would guess them */
+static double
+estimated_rows(Oid relid)
+{
+	Relation	rel = table_open(relid, AccessShareLock);
+	double		rows = rel->rd_rel->reltuples;
+
+	if (rows < 0)				/* never vacuumed or analyzed: guess from its size */
+		rows = (double) RelationGetNumberOfBlocks(rel) * 50;
+	table_close(rel, NoLock);
+	return rows;
+}
+
 /*
  * Replace the entries of a tracked table in one partition (part >= 0) or
- * in all of them (part < 0) by the hashes of its current rows, and mark its
- * leaf trees for a rebuild.  Returns the number of rows hashed.
+ * in all of them (part < 0) by the hashes of its current rows, written as
+ * packs (pack.c), and mark its leaf trees for a rebuild.  Returns the
+ * number of rows hashed.
  */
 static int64
 rehash(TrackRel *tr, int part)
@@ -566,9 +540,10 @@ rehash(TrackRel *tr, int part)
 	int			n = ht_num_partitions();
 	Datum		v[3];
 	int64		rows = 0;
+	double		est = 0;
 	List	   *leaves;
 	ListCell   *lc;
-	ScanBatch  *b = palloc(sizeof(ScanBatch));
+	HtPackBuild *pb;
 	MemoryContext rowcxt = AllocSetContextCreate(CurrentMemoryContext, "hashtree rehash rows",
 												 ALLOCSET_DEFAULT_SIZES);
 
@@ -580,10 +555,10 @@ rehash(TrackRel *tr, int part)
 			continue;
 		v[0] = Int32GetDatum(p);
 		ht_exec(&q_drop_entries, v, NULL, 0);
+		ht_exec(&q_drop_packs, v, NULL, 0);
 		ht_exec(&q_mark_tree, v, NULL, 0);
 	}
 
-	b->n = 0;
 	if (get_rel_relkind(tr->root) == RELKIND_PARTITIONED_TABLE)
 		leaves = find_all_inheritors(tr->root, AccessShareLock, NULL);
 	else
@@ -591,11 +566,16 @@ rehash(TrackRel *tr, int part)
 	foreach(lc, leaves)
 	{
 		if (get_rel_relkind(lfirst_oid(lc)) == RELKIND_RELATION)
-			rows += scan_rows(tr, lfirst_oid(lc), part, b, rowcxt);
+			est += estimated_rows(lfirst_oid(lc));
 	}
-	flush_batch(tr, b);
+	pb = ht_pack_build_begin(tr->pa, tr->pb, part, est);
+	foreach(lc, leaves)
+	{
+		if (get_rel_relkind(lfirst_oid(lc)) == RELKIND_RELATION)
+			rows += scan_rows(tr, lfirst_oid(lc), part, pb, rowcxt);
+	}
+	ht_pack_build_end(pb);
 	MemoryContextDelete(rowcxt);
-	pfree(b);
 	return rows;
 }
 
@@ -658,6 +638,38 @@ ht_track_rehash_partition(int part)
 		if (tr->tracked && tr->root == relid)
 			(void) rehash(tr, part);
 	}
+}
+
+void
+ht_track_refuse_prefix(text *pa, text *pb)
+{
+	Oid			nsp = ht_schema_oid();
+	Oid			relid = get_relname_relid("tracked_table", nsp);
+	Oid			idxid = get_relname_relid("tracked_table_pkey", nsp);
+	Relation	rel;
+	ScanKeyData key[2];
+	SysScanDesc scan;
+	bool		found;
+
+	if (!OidIsValid(relid) || !OidIsValid(idxid))
+		elog(ERROR, "hashtree: table hashtree.tracked_table or its primary key is missing");
+	rel = table_open(relid, AccessShareLock);
+	ScanKeyInit(&key[0], get_attnum(relid, "schema_name"), BTEqualStrategyNumber, F_TEXTEQ,
+				PointerGetDatum(pa));
+	ScanKeyInit(&key[1], get_attnum(relid, "table_name"), BTEqualStrategyNumber, F_TEXTEQ,
+				PointerGetDatum(pb));
+	scan = systable_beginscan(rel, idxid, true, NULL, 2, key);
+	found = HeapTupleIsValid(systable_getnext(scan));
+	systable_endscan(scan);
+	table_close(rel, AccessShareLock);
+	if (found)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("prefix (%s, %s) is tracked table %s",
+						text_to_cstring(pa), text_to_cstring(pb),
+						quote_qualified_identifier(text_to_cstring(pa), text_to_cstring(pb))),
+				 errdetail("The entries of a tracked table are written by its trigger."),
+				 errhint("Write the table's rows, or call hashtree.untrack() first.")));
 }
 
 /* ---- fold of the logged keys at update time --------------------------------------- */
@@ -883,6 +895,42 @@ fold_keys(int part, FoldTable *ft)
 		}
 	}
 
+	/* entries of segments a pack covers are written there, the rest as rows */
+	{
+		HtPackEntry *ch = palloc(sizeof(HtPackEntry) * Max(nput + ndel, 1));
+		HtPackEntry *rest = palloc(sizeof(HtPackEntry) * Max(nput + ndel, 1));
+		int			nch = 0;
+		int			nrest;
+
+		for (int i = 0; i < nput; i++)
+		{
+			ch[nch].seg = put_seg[i];
+			ch[nch].key = DatumGetByteaPP(put_key[i]);
+			ch[nch++].hash = DatumGetByteaPP(put_hash[i]);
+		}
+		for (int i = 0; i < ndel; i++)
+		{
+			ch[nch].seg = del_seg[i];
+			ch[nch].key = DatumGetByteaPP(del_key[i]);
+			ch[nch++].hash = NULL;
+		}
+		nrest = ht_pack_apply(part, ft->tr->pa, ft->tr->pb, ch, nch, rest);
+		nput = ndel = 0;
+		for (int i = 0; i < nrest; i++)
+		{
+			if (rest[i].hash != NULL)
+			{
+				put_seg[nput] = rest[i].seg;
+				put_key[nput] = PointerGetDatum(rest[i].key);
+				put_hash[nput++] = PointerGetDatum(rest[i].hash);
+			}
+			else
+			{
+				del_seg[ndel] = rest[i].seg;
+				del_key[ndel++] = PointerGetDatum(rest[i].key);
+			}
+		}
+	}
 	if (nput > 0)
 	{
 		Datum		v[6];
@@ -919,7 +967,7 @@ fold_table_end(FoldTable *ft)
 	if (ft->plan != NULL)
 		SPI_freeplan(ft->plan);
 	if (ft->rel != NULL)
-		relation_close(ft->rel, AccessShareLock);
+		relation_close(ft->rel, NoLock);
 	memset(ft, 0, sizeof(FoldTable));
 	ft->batch = batch;
 }
@@ -964,7 +1012,12 @@ ht_track_fold(int part)
 				relid = registered_relid(pa, pb);
 				if (OidIsValid(relid))
 				{
-					ft->rel = relation_open(relid, AccessShareLock);
+					/*
+					 * ROW EXCLUSIVE, kept to the end of the update: a re-hash
+					 * of the table (track, a schema change), which rewrites
+					 * its packs, waits for this fold or this fold for it
+					 */
+					ft->rel = relation_open(relid, RowExclusiveLock);
 					ft->tr = track_rel(ft->rel);
 					if (!ft->tr->tracked || ft->tr->root != relid)
 						ft->tr = NULL;	/* untracked since: ignore its keys */
@@ -1220,6 +1273,7 @@ forget(const char *schema, const char *name)
 	{
 		v[0] = Int32GetDatum(p);
 		ht_exec(&q_drop_entries, v, NULL, 0);
+		ht_exec(&q_drop_packs, v, NULL, 0);
 		ht_exec(&q_mark_tree, v, NULL, 0);
 	}
 }

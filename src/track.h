@@ -20,6 +20,12 @@
 extern void ht_track_fold(int part);
 
 /*
+ * ERROR if (pa, pb) names a tracked table: its entries are kept by its
+ * trigger (and packed), never written through the entry API.
+ */
+extern void ht_track_refuse_prefix(text *pa, text *pb);
+
+/*
  * Re-hash every tracked table's rows of a partition (part >= 0) into its
  * entries, marking the leaf trees for a rebuild; reset does this.  Needs SPI.
  */

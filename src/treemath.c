@@ -122,6 +122,32 @@ ht_sum_from_bytea(HtSum *s, const bytea *b)
 	ht_sum_from_bytes(s, (const uint8 *) VARDATA_ANY(b));
 }
 
+#ifdef USE_OPENSSL
+/*
+ * With OpenSSL (Debian's server is built with it): its SHA-256 functions
+ * directly.  Through pg_cryptohash (EVP) every digest would also pay for
+ * an implicit algorithm fetch, with a lock, in OpenSSL 3: more than the
+ * hashing of a short input itself; a track() computes three per row.
+ */
+#define OPENSSL_SUPPRESS_DEPRECATED 1
+#include <openssl/sha.h>
+
+void
+ht_sha256(const void *a, size_t alen, const void *b, size_t blen,
+		  const void *c, size_t clen, uint8 *out)
+{
+	SHA256_CTX	ctx;
+
+	if (SHA256_Init(&ctx) != 1 ||
+		(alen > 0 && SHA256_Update(&ctx, a, alen) != 1) ||
+		(blen > 0 && SHA256_Update(&ctx, b, blen) != 1) ||
+		(clen > 0 && SHA256_Update(&ctx, c, clen) != 1) ||
+		SHA256_Final(out, &ctx) != 1)
+		elog(ERROR, "hashtree: could not compute a SHA-256 digest");
+}
+
+#else							/* !USE_OPENSSL */
+
 /*
  * One SHA-256 context for the life of the backend.  pg_cryptohash_create()
  * registers the context with CurrentResourceOwner, so it is created under a
@@ -166,6 +192,7 @@ ht_sha256(const void *a, size_t alen, const void *b, size_t blen,
 		elog(ERROR, "hashtree: could not compute SHA-256 digest: %s",
 			 pg_cryptohash_error(ctx));
 }
+#endif							/* USE_OPENSSL */
 
 void
 ht_entry_digest(const char *key, int keylen, const char *hash, int hashlen,

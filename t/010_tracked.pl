@@ -132,7 +132,7 @@ cmp_ok($a->safe_psql('postgres', q{SELECT count(*) FROM orders WHERE customer IN
 is(lock_update_all($a), 'ok/ok', 'updated after the crash');
 is(check_trees($a), '0', 'trees equal a rebuild of the entries');
 is($a->safe_psql('postgres', q{
-	SELECT count(*) FROM orders o FULL JOIN (SELECT key, hash FROM hashtree.entry WHERE pb = 'orders' AND depth = 2) e
+	SELECT count(*) FROM orders o FULL JOIN (SELECT key, hash FROM hashtree.leaf_entry WHERE pb = 'orders') e
 	    ON e.key = hashtree.row_key('orders', o)
 	 WHERE e.key IS NULL OR o.id IS NULL OR e.hash <> hashtree.row_hash('orders', o)}), '0',
 	'entries equal the rows after the crash');

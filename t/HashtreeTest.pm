@@ -101,7 +101,7 @@ sub entry_count
 {
 	my ($node, $db) = @_;
 	return $node->safe_psql($db // 'postgres',
-		q{SELECT count(*) FROM hashtree.entry WHERE depth = 2});
+		q{SELECT count(*) FROM hashtree.leaf_entry});
 }
 
 # kill -9 the postmaster and wait until it is gone

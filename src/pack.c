@@ -1,0 +1,809 @@
+/*-------------------------------------------------------------------------
+ *
+ * pack.c
+ *	  Packed leaf entries of tracked tables (hashtree.entry_pack).
+ *
+ * Why: hashing the rows of a large table is cheap; writing one indexed row
+ * per entry is not (a million B-tree insertions cost five times the scan).
+ * A re-hash therefore writes the entries of a tracked table as packs, each
+ * holding the entries of `span` consecutive segments of one leaf tree in
+ * one partition (span chosen so that a pack holds about HT_PACK_TARGET
+ * entries, between 32 and 1024 segments), sorted by (segment, key).
+ *
+ * Invariants (docs/DESIGN.md section 4):
+ *	- every pack of a tree in a partition has the same span, lo = a
+ *	  multiple of it, and n > 0 entries;
+ *	- packs are created only by a re-hash, which first removes the tree's
+ *	  entries and packs in that partition; the fold rewrites or deletes
+ *	  the packs it changes and writes the entries of segments no pack
+ *	  covers as rows of hashtree.entry: each leaf entry is in exactly one
+ *	  place, and readers take the union (view hashtree.leaf_entry).
+ *
+ * Record format in `data`: u16 segment - lo (big-endian), varint key
+ * length, key, u8 hash length, hash.
+ *
+ *-------------------------------------------------------------------------
+ */
+#include "postgres.h"
+
+#include "access/genam.h"
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/stratnum.h"
+#include "access/table.h"
+#include "access/xact.h"
+#include "catalog/index.h"
+#include "catalog/pg_type.h"
+#include "funcapi.h"
+#include "miscadmin.h"
+#include "utils/builtins.h"
+#include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
+#include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
+
+#include "hashtree.h"
+#include "pack.h"
+#include "sqlexec.h"
+#include "treemath.h"
+
+#define HT_PACK_TARGET		64	/* entries per pack aimed at */
+#define HT_PACK_MIN_SPAN	32
+#define HT_PACK_MAX_SPAN	1024
+#define HT_PACK_WRITE_BYTES (4 * 1024 * 1024)	/* pack bytes per statement */
+
+/* a decoded record: pointers into a pack or into a change */
+typedef struct PackRec
+{
+	int32		seg;
+	int			keylen;
+	int			hashlen;
+	const char *key;
+	const char *hash;			/* NULL: a deletion (changes only) */
+} PackRec;
+
+static int
+rec_cmp(const void *a, const void *b)
+{
+	const PackRec *x = a;
+	const PackRec *y = b;
+	int			c;
+
+	if (x->seg != y->seg)
+		return x->seg < y->seg ? -1 : 1;
+	c = memcmp(x->key, y->key, Min(x->keylen, y->keylen));
+	return c != 0 ? c : (x->keylen > y->keylen) - (x->keylen < y->keylen);
+}
+
+static void
+rec_put(StringInfo buf, int32 lo, const PackRec *r)
+{
+	uint16		off = pg_hton16((uint16) (r->seg - lo));
+	uint8		hl = (uint8) r->hashlen;
+
+	appendBinaryStringInfo(buf, (char *) &off, 2);
+	ht_put_varint(buf, (uint64) r->keylen);
+	appendBinaryStringInfo(buf, r->key, r->keylen);
+	appendBinaryStringInfo(buf, (char *) &hl, 1);
+	appendBinaryStringInfo(buf, r->hash, r->hashlen);
+}
+
+/* parse the record at p (not beyond end) into r; the next record, or NULL */
+static const uint8 *
+rec_parse(const uint8 *p, const uint8 *end, int32 lo, PackRec *r)
+{
+	uint16		off;
+	uint64		kl;
+
+	if (end - p < 2)
+		return NULL;
+	memcpy(&off, p, 2);
+	p += 2;
+	if (!ht_get_varint(&p, end, &kl) || kl > (uint64) (end - p))
+		return NULL;
+	r->seg = lo + pg_ntoh16(off);
+	r->keylen = (int) kl;
+	r->key = (const char *) p;
+	p += kl;
+	if (p >= end || *p > (end - p - 1))
+		return NULL;
+	r->hashlen = *p++;
+	r->hash = (const char *) p;
+	return p + r->hashlen;
+}
+
+static void
+pack_corrupted(int32 lo)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_DATA_CORRUPTED),
+			 errmsg("hashtree: corrupted entry pack at segment %d", lo)));
+}
+
+/* the records of a pack's data, in their order */
+static int
+pack_decode(const char *data, int len, int32 lo, PackRec **out)
+{
+	const uint8 *p = (const uint8 *) data;
+	const uint8 *end = p + len;
+	int			cap = 16;
+	int			n = 0;
+	PackRec    *recs = palloc(sizeof(PackRec) * cap);
+
+	while (p < end)
+	{
+		if (n >= cap)
+		{
+			cap *= 2;
+			recs = repalloc(recs, sizeof(PackRec) * cap);
+		}
+		if ((p = rec_parse(p, end, lo, &recs[n++])) == NULL)
+			pack_corrupted(lo);
+	}
+	*out = recs;
+	return n;
+}
+
+static bytea *
+rec_bytea(const char *p, int len)
+{
+	bytea	   *b = palloc(VARHDRSZ + len);
+
+	SET_VARSIZE(b, VARHDRSZ + len);
+	memcpy(VARDATA(b), p, len);
+	return b;
+}
+
+/* ---- writing packs ------------------------------------------------------ */
+
+static HtQuery q_pack_delete = {
+	"DELETE FROM hashtree.entry_pack WHERE ctid = ANY ($1::tid[])",
+	1, {TIDARRAYOID}
+};
+
+static HtQuery q_pack_span = {
+	"SELECT span FROM hashtree.entry_pack WHERE part = $1 AND pa = $2 AND pb = $3 LIMIT 1",
+	3, {INT4OID, TEXTOID, TEXTOID}
+};
+
+static HtQuery q_pack_fetch = {
+	"SELECT lo, data, ctid FROM hashtree.entry_pack"
+	" WHERE part = $1 AND pa = $2 AND pb = $3 AND lo = ANY ($4::int4[]) ORDER BY lo",
+	4, {INT4OID, TEXTOID, TEXTOID, INT4ARRAYOID}
+};
+
+static HtQuery q_pack_dirty = {
+	"INSERT INTO hashtree.dirty (part, seg, pa, pb)"
+	" SELECT $1, s, $2, $3 FROM unnest($4::int4[]) AS s",
+	4, {INT4OID, TEXTOID, TEXTOID, INT4ARRAYOID}
+};
+
+/* packs waiting to be inserted, for one tree and partition */
+typedef struct PackWrites
+{
+	int			part;
+	int			span;
+	int			n;
+	int			cap;
+	Size		bytes;
+	int32	   *lo;
+	int32	   *count;
+	Datum	   *data;
+} PackWrites;
+
+/*
+ * Insert the waiting packs: heap and primary key directly (a re-hash
+ * writes thousands; the statement-level guard trigger is for writes that
+ * do not come from the extension), then make them visible to the
+ * statements that follow.
+ */
+static void
+writes_flush(PackWrites *w, text *pa, text *pb)
+{
+	Oid			nsp = ht_schema_oid();
+	Oid			relid = get_relname_relid("entry_pack", nsp);
+	Oid			idxid = get_relname_relid("entry_pack_pkey", nsp);
+	Relation	rel;
+	Relation	idx;
+	IndexInfo  *ii;
+	TupleDesc	desc;
+	Datum	   *values;
+	bool	   *nulls;
+	AttrNumber	att[7];
+	static const char *const names[7] = {"part", "lo", "span", "n", "pa", "pb", "data"};
+
+	if (w->n == 0)
+		return;
+	if (!OidIsValid(relid) || !OidIsValid(idxid))
+		elog(ERROR, "hashtree: table hashtree.entry_pack or its primary key is missing");
+	rel = table_open(relid, RowExclusiveLock);
+	idx = index_open(idxid, RowExclusiveLock);
+	ii = BuildIndexInfo(idx);
+	desc = RelationGetDescr(rel);
+	values = palloc0(sizeof(Datum) * desc->natts);
+	nulls = palloc0(sizeof(bool) * desc->natts);
+	for (int a = 0; a < 7; a++)
+		att[a] = get_attnum(relid, names[a]);
+	values[att[0] - 1] = Int32GetDatum(w->part);
+	values[att[2] - 1] = Int32GetDatum(w->span);
+	values[att[4] - 1] = PointerGetDatum(pa);
+	values[att[5] - 1] = PointerGetDatum(pb);
+	for (int i = 0; i < w->n; i++)
+	{
+		HeapTuple	tup;
+		Datum		iv[INDEX_MAX_KEYS];
+		bool		in[INDEX_MAX_KEYS];
+
+		values[att[1] - 1] = Int32GetDatum(w->lo[i]);
+		values[att[3] - 1] = Int32GetDatum(w->count[i]);
+		values[att[6] - 1] = w->data[i];
+		tup = heap_form_tuple(desc, values, nulls);
+		simple_heap_insert(rel, tup);
+		for (int k = 0; k < ii->ii_NumIndexAttrs; k++)
+		{
+			iv[k] = values[ii->ii_IndexAttrNumbers[k] - 1];
+			in[k] = false;
+		}
+		index_insert(idx, iv, in, &tup->t_self, rel, UNIQUE_CHECK_YES, false, ii);
+		heap_freetuple(tup);
+		pfree(DatumGetPointer(w->data[i]));
+	}
+	index_close(idx, NoLock);
+	table_close(rel, NoLock);
+	CommandCounterIncrement();
+	w->n = 0;
+	w->bytes = 0;
+}
+
+static void
+writes_add(PackWrites *w, text *pa, text *pb, int32 lo, int count, StringInfo buf)
+{
+	if (w->n == w->cap)
+	{
+		w->cap = Max(64, w->cap * 2);
+		w->lo = w->lo ? repalloc(w->lo, sizeof(int32) * w->cap) : palloc(sizeof(int32) * w->cap);
+		w->count = w->count ? repalloc(w->count, sizeof(int32) * w->cap) :
+			palloc(sizeof(int32) * w->cap);
+		w->data = w->data ? repalloc(w->data, sizeof(Datum) * w->cap) :
+			palloc(sizeof(Datum) * w->cap);
+	}
+	w->lo[w->n] = lo;
+	w->count[w->n] = count;
+	w->data[w->n] = PointerGetDatum(rec_bytea(buf->data, buf->len));
+	w->bytes += buf->len;
+	w->n++;
+	if (w->bytes >= HT_PACK_WRITE_BYTES)
+		writes_flush(w, pa, pb);
+}
+
+/*
+ * Merge sorted changes into the sorted records of a pack: the new pack in
+ * out (empty when nothing is left), the segments whose entries changed
+ * appended to dirty (room for nch).  Returns the new number of entries.
+ */
+static int
+pack_merge(int32 lo, PackRec *old, int nold, PackRec *ch, int nch, StringInfo out,
+		   int32 *dirty, int *ndirty)
+{
+	int			i = 0;
+	int			j = 0;
+	int			n = 0;
+	int32		last_dirty = -1;
+
+#define MARK_DIRTY(s) \
+	do { if ((s) != last_dirty) { dirty[(*ndirty)++] = (s); last_dirty = (s); } } while (0)
+
+	while (i < nold || j < nch)
+	{
+		int			c = (i >= nold) ? 1 : (j >= nch) ? -1 : rec_cmp(&old[i], &ch[j]);
+
+		if (c < 0)
+		{
+			rec_put(out, lo, &old[i++]);
+			n++;
+			continue;
+		}
+		/* a change: skip earlier changes of the same key (the last wins) */
+		while (j + 1 < nch && rec_cmp(&ch[j], &ch[j + 1]) == 0)
+			j++;
+		if (ch[j].hash != NULL)
+		{
+			if (c == 0 && old[i].hashlen == ch[j].hashlen &&
+				memcmp(old[i].hash, ch[j].hash, ch[j].hashlen) == 0)
+				rec_put(out, lo, &old[i]);
+			else
+			{
+				rec_put(out, lo, &ch[j]);
+				MARK_DIRTY(ch[j].seg);
+			}
+			n++;
+		}
+		else if (c == 0)
+			MARK_DIRTY(ch[j].seg);
+		if (c == 0)
+			i++;
+		j++;
+	}
+#undef MARK_DIRTY
+	return n;
+}
+
+/* changes as records, sorted */
+static PackRec *
+changes_recs(HtPackEntry *changes, int n)
+{
+	PackRec    *recs = palloc(sizeof(PackRec) * Max(n, 1));
+
+	for (int i = 0; i < n; i++)
+	{
+		recs[i].seg = changes[i].seg;
+		recs[i].key = VARDATA_ANY(changes[i].key);
+		recs[i].keylen = VARSIZE_ANY_EXHDR(changes[i].key);
+		recs[i].hash = changes[i].hash ? VARDATA_ANY(changes[i].hash) : NULL;
+		recs[i].hashlen = changes[i].hash ? VARSIZE_ANY_EXHDR(changes[i].hash) : 0;
+	}
+	qsort(recs, n, sizeof(PackRec), rec_cmp);
+	return recs;
+}
+
+static int
+apply_recs(int part, text *pa, text *pb, PackRec *ch, int n, bool log_dirty,
+		   PackRec *rest)
+{
+	Datum		v[4];
+	int			span;
+	int32	   *los;
+	int			nlos = 0;
+	int			nrest = 0;
+	int32	   *dirty;
+	int			ndirty = 0;
+	Datum	   *dead;
+	int			ndead = 0;
+	PackWrites	w = {0};
+	int			i;
+	uint64		nfound;
+	SPITupleTable *found;
+
+	if (n == 0)
+		return 0;
+	v[0] = Int32GetDatum(part);
+	v[1] = PointerGetDatum(pa);
+	v[2] = PointerGetDatum(pb);
+	if (ht_exec(&q_pack_span, v, NULL, 1) == 0)
+	{
+		/* no packs: everything goes to hashtree.entry */
+		memcpy(rest, ch, sizeof(PackRec) * n);
+		return n;
+	}
+	{
+		bool		isnull;
+
+		span = DatumGetInt32(ht_col(0, 1, &isnull));
+	}
+
+	/* the packs the changes fall in */
+	los = palloc(sizeof(int32) * n);
+	for (i = 0; i < n; i++)
+	{
+		int32		lo = ch[i].seg - ch[i].seg % span;
+
+		if (nlos == 0 || los[nlos - 1] != lo)
+			los[nlos++] = lo;
+	}
+	v[3] = PointerGetDatum(ht_array_int4(los, nlos));
+	nfound = ht_exec(&q_pack_fetch, v, NULL, 0);
+	found = SPI_tuptable;
+	SPI_tuptable = NULL;		/* kept until the writes below are done */
+
+	dirty = palloc(sizeof(int32) * n);
+	dead = palloc(sizeof(Datum) * Max(nfound, 1));
+	w.part = part;
+	w.span = span;
+	i = 0;
+	for (uint64 r = 0; r <= nfound && i < n; r++)
+	{
+		bool		isnull;
+		int32		lo = INT32_MAX;
+		bytea	   *data = NULL;
+		PackRec    *old;
+		int			nold;
+		int			j;
+		int			cnt;
+		StringInfoData buf;
+
+		if (r < nfound)
+		{
+			lo = DatumGetInt32(SPI_getbinval(found->vals[r], found->tupdesc, 1, &isnull));
+			data = DatumGetByteaPP(SPI_getbinval(found->vals[r], found->tupdesc, 2, &isnull));
+		}
+		/* changes below this pack: no pack covers them */
+		while (i < n && ch[i].seg < lo)
+			rest[nrest++] = ch[i++];
+		if (r == nfound)
+			break;
+		for (j = i; j < n && ch[j].seg < lo + span; j++)
+			;
+		nold = pack_decode(VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data), lo, &old);
+		initStringInfo(&buf);
+		cnt = pack_merge(lo, old, nold, ch + i, j - i, &buf, dirty, &ndirty);
+		dead[ndead++] = SPI_getbinval(found->vals[r], found->tupdesc, 3, &isnull);
+		if (cnt > 0)
+			writes_add(&w, pa, pb, lo, cnt, &buf);
+		pfree(buf.data);
+		pfree(old);
+		i = j;
+	}
+	while (i < n)
+		rest[nrest++] = ch[i++];
+
+	/* replace the changed packs (delete by ctid, insert the new versions) */
+	if (ndead > 0)
+	{
+		Datum		d[1];
+
+		d[0] = PointerGetDatum(construct_array(dead, ndead, TIDOID,
+											   sizeof(ItemPointerData), false,
+											   TYPALIGN_SHORT));
+		ht_exec(&q_pack_delete, d, NULL, 0);
+	}
+	writes_flush(&w, pa, pb);
+	if (log_dirty && ndirty > 0)
+	{
+		v[3] = PointerGetDatum(ht_array_int4(dirty, ndirty));
+		ht_exec(&q_pack_dirty, v, NULL, 0);
+	}
+	SPI_freetuptable(found);
+	return nrest;
+}
+
+int
+ht_pack_apply(int part, text *pa, text *pb, HtPackEntry *changes, int n, HtPackEntry *rest)
+{
+	PackRec    *ch = changes_recs(changes, n);
+	PackRec    *left = palloc(sizeof(PackRec) * Max(n, 1));
+	int			nleft = apply_recs(part, pa, pb, ch, n, true, left);
+
+	/* the changes left, as given (found again by segment and key) */
+	for (int i = 0; i < nleft; i++)
+	{
+		rest[i].seg = left[i].seg;
+		rest[i].key = rec_bytea(left[i].key, left[i].keylen);
+		rest[i].hash = left[i].hash ? rec_bytea(left[i].hash, left[i].hashlen) : NULL;
+	}
+	return nleft;
+}
+
+/* ---- building the packs of a re-hash --------------------------------------- */
+
+/*
+ * The records of a re-hash are appended, tagged with their pack, to
+ * chunks of memory in scan order (sequential writes); a flush sorts them
+ * into packs with a counting sort on the pack, then each pack by
+ * (segment, key).
+ */
+#define HT_CHUNK_SIZE (1024 * 1024)
+
+struct HtPackBuild
+{
+	text	   *pa;
+	text	   *pb;
+	int			part;			/* < 0: all */
+	int			nparts;
+	int			span;
+	int			npacks;			/* per partition */
+	int			nslots;			/* packs in all: (part < 0 ? nparts : 1) * npacks */
+	int64	   *counts;			/* records per slot */
+	int64		nrecs;
+	char	  **chunks;
+	Size	   *lens;			/* bytes used in each chunk */
+	int			nchunks;
+	int			maxchunks;
+	Size		used;			/* bytes used in the last chunk */
+	Size		mem;			/* bytes of records buffered */
+	Size		limit;
+	bool		flushed;		/* packs were written already: merge */
+	MemoryContext cxt;
+};
+
+HtPackBuild *
+ht_pack_build_begin(text *pa, text *pb, int part, double est_rows)
+{
+	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext, "hashtree packs",
+											  ALLOCSET_DEFAULT_SIZES);
+	MemoryContext old = MemoryContextSwitchTo(cxt);
+	HtPackBuild *b = palloc0(sizeof(HtPackBuild));
+	double		per_tree;
+	int64		segs = HT_SEGMENTS(HT_DEPTH_LEAF);
+
+	b->cxt = cxt;
+	b->pa = pa;
+	b->pb = pb;
+	b->part = part;
+	b->nparts = ht_num_partitions();
+	/* about HT_PACK_TARGET entries per pack: span = segments * target / rows */
+	per_tree = Max(est_rows / b->nparts, 1.0);
+	b->span = HT_PACK_MAX_SPAN;
+	while (b->span > HT_PACK_MIN_SPAN && (double) segs * HT_PACK_TARGET / b->span < per_tree)
+		b->span /= 2;
+	b->npacks = (int) (segs / b->span);
+	b->nslots = b->npacks * (part < 0 ? b->nparts : 1);
+	b->counts = palloc0(sizeof(int64) * b->nslots);
+	b->maxchunks = 64;
+	b->chunks = palloc(sizeof(char *) * b->maxchunks);
+	b->lens = palloc(sizeof(Size) * b->maxchunks);
+	b->used = 0;
+	b->limit = (Size) maintenance_work_mem * 1024;
+	MemoryContextSwitchTo(old);
+	return b;
+}
+
+/* write the buffered packs (merged into those written before, if any) */
+static void
+build_flush(HtPackBuild *b)
+{
+	MemoryContext old = MemoryContextSwitchTo(b->cxt);
+	int64	   *pos = palloc(sizeof(int64) * (b->nslots + 1));
+	const uint8 **recp = MemoryContextAllocHuge(b->cxt, sizeof(uint8 *) * Max(b->nrecs, 1));
+	PackRec    *recs = NULL;
+	int64		maxcount = 0;
+	StringInfoData out;
+	PackWrites	w = {0};
+	int			cur_part = -1;
+
+	/* counting sort of the records by slot */
+	pos[0] = 0;
+	for (int s = 0; s < b->nslots; s++)
+	{
+		pos[s + 1] = pos[s] + b->counts[s];
+		maxcount = Max(maxcount, b->counts[s]);
+	}
+	for (int c = 0; c < b->nchunks; c++)
+	{
+		const uint8 *p = (const uint8 *) b->chunks[c];
+		const uint8 *end = p + (c == b->nchunks - 1 ? b->used : b->lens[c]);
+
+		while (p < end)
+		{
+			uint32		slot;
+			PackRec		r;
+			const uint8 *next;
+
+			if (end - p < 4)
+				elog(ERROR, "hashtree: pack builder buffer damaged");
+			memcpy(&slot, p, 4);
+			next = rec_parse(p + 4, end, 0, &r);
+			if (next == NULL || slot >= (uint32) b->nslots)
+				elog(ERROR, "hashtree: pack builder buffer damaged");
+			recp[pos[slot]++] = p + 4;
+			p = next;
+		}
+	}
+
+	/* each pack: its records sorted by (segment, key), then written */
+	recs = palloc(sizeof(PackRec) * Max(maxcount, 1));
+	initStringInfo(&out);
+	for (int s = 0; s < b->nslots; s++)
+	{
+		int			part = b->part < 0 ? s / b->npacks : b->part;
+		int32		lo = (s % b->npacks) * b->span;
+		int64		first = pos[s] - b->counts[s];
+		int			n = (int) b->counts[s];
+
+		if (part != cur_part)
+		{
+			writes_flush(&w, b->pa, b->pb);
+			w.part = cur_part = part;
+			w.span = b->span;
+			CHECK_FOR_INTERRUPTS();
+		}
+		if (n == 0)
+			continue;
+		for (int i = 0; i < n; i++)
+		{
+			/* (checked by the pass above: a record cannot run past its end) */
+			(void) rec_parse(recp[first + i], recp[first + i] + 2 + 10 + HT_MAX_KEY_LEN + 1 +
+							 HT_MAX_HASH_LEN, lo, &recs[i]);
+		}
+		qsort(recs, n, sizeof(PackRec), rec_cmp);
+		if (b->flushed)
+		{
+			/* a pack written by an earlier flush takes these in */
+			PackRec    *rest = palloc(sizeof(PackRec) * n);
+
+			n = apply_recs(part, b->pa, b->pb, recs, n, false, rest);
+			memcpy(recs, rest, sizeof(PackRec) * n);
+			pfree(rest);
+		}
+		if (n == 0)
+			continue;
+		resetStringInfo(&out);
+		for (int i = 0; i < n; i++)
+			rec_put(&out, lo, &recs[i]);
+		writes_add(&w, b->pa, b->pb, lo, n, &out);
+	}
+	writes_flush(&w, b->pa, b->pb);
+
+	/* start again empty */
+	for (int c = 0; c < b->nchunks; c++)
+		pfree(b->chunks[c]);
+	b->nchunks = 0;
+	b->used = 0;
+	memset(b->counts, 0, sizeof(int64) * b->nslots);
+	b->nrecs = 0;
+	b->mem = 0;
+	b->flushed = true;
+	pfree(out.data);
+	pfree(recs);
+	pfree(recp);
+	pfree(pos);
+	MemoryContextSwitchTo(old);
+}
+
+void
+ht_pack_build_add(HtPackBuild *b, int part, int32 seg, const char *key, int keylen,
+				  const char *hash, int hashlen)
+{
+	uint32		slot = (uint32) ((b->part < 0 ? part : 0) * b->npacks + seg / b->span);
+	Size		need = 4 + 2 + 10 + keylen + 1 + hashlen;
+	uint8	   *p;
+	uint16		off = pg_hton16((uint16) (seg % b->span));
+	uint64		v = (uint64) keylen;
+
+	Assert(b->part < 0 || part == b->part);
+	if (b->nchunks == 0 || b->used + need > b->lens[b->nchunks - 1])
+	{
+		if (b->nchunks > 0)
+			b->lens[b->nchunks - 1] = b->used;
+		if (b->nchunks == b->maxchunks)
+		{
+			b->maxchunks *= 2;
+			b->chunks = repalloc(b->chunks, sizeof(char *) * b->maxchunks);
+			b->lens = repalloc(b->lens, sizeof(Size) * b->maxchunks);
+		}
+		b->lens[b->nchunks] = Max(HT_CHUNK_SIZE, need);
+		b->chunks[b->nchunks++] = MemoryContextAlloc(b->cxt, Max(HT_CHUNK_SIZE, need));
+		b->used = 0;
+	}
+	p = (uint8 *) b->chunks[b->nchunks - 1] + b->used;
+	memcpy(p, &slot, 4);
+	p += 4;
+	memcpy(p, &off, 2);
+	p += 2;
+	do
+	{
+		*p++ = (uint8) ((v & 0x7f) | (v > 0x7f ? 0x80 : 0));
+		v >>= 7;
+	} while (v != 0);
+	memcpy(p, key, keylen);
+	p += keylen;
+	*p++ = (uint8) hashlen;
+	memcpy(p, hash, hashlen);
+	p += hashlen;
+	b->mem += (Size) (p - ((uint8 *) b->chunks[b->nchunks - 1] + b->used));
+	b->used = p - (uint8 *) b->chunks[b->nchunks - 1];
+	b->counts[slot]++;
+	b->nrecs++;
+	if (b->mem > b->limit)
+		build_flush(b);
+}
+
+void
+ht_pack_build_end(HtPackBuild *b)
+{
+	build_flush(b);
+	MemoryContextDelete(b->cxt);
+}
+
+/* ---- reading packs ------------------------------------------------------- */
+
+void
+ht_pack_segments(int part, int n, Datum *pa, Datum *pb, const int32 *segs,
+				 HtPackEntry **out, int **owner, int *nout, int *cap)
+{
+	Oid			nsp = ht_schema_oid();
+	Oid			relid = get_relname_relid("entry_pack", nsp);
+	Oid			idxid = get_relname_relid("entry_pack_pkey", nsp);
+	Relation	rel;
+	Relation	idx;
+	TupleDesc	desc;
+	Snapshot	snap;
+	AttrNumber	att_part,
+				att_pa,
+				att_pb,
+				att_lo,
+				att_span,
+				att_data;
+
+	if (!OidIsValid(relid) || !OidIsValid(idxid))
+		elog(ERROR, "hashtree: table hashtree.entry_pack or its primary key is missing");
+	rel = table_open(relid, AccessShareLock);
+	idx = index_open(idxid, AccessShareLock);
+	desc = RelationGetDescr(rel);
+	snap = RegisterSnapshot(GetLatestSnapshot());
+	att_part = get_attnum(relid, "part");
+	att_pa = get_attnum(relid, "pa");
+	att_pb = get_attnum(relid, "pb");
+	att_lo = get_attnum(relid, "lo");
+	att_span = get_attnum(relid, "span");
+	att_data = get_attnum(relid, "data");
+
+	for (int k = 0; k < n; k++)
+	{
+		ScanKeyData key[4];
+		SysScanDesc scan;
+		HeapTuple	tup;
+
+		/* the pack with the greatest lo <= the segment */
+		ScanKeyInit(&key[0], att_part, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(part));
+		ScanKeyInit(&key[1], att_pa, BTEqualStrategyNumber, F_TEXTEQ, pa[k]);
+		ScanKeyInit(&key[2], att_pb, BTEqualStrategyNumber, F_TEXTEQ, pb[k]);
+		ScanKeyInit(&key[3], att_lo, BTLessEqualStrategyNumber, F_INT4LE, Int32GetDatum(segs[k]));
+		scan = systable_beginscan_ordered(rel, idx, snap, 4, key);
+		tup = systable_getnext_ordered(scan, BackwardScanDirection);
+		if (tup != NULL)
+		{
+			bool		isnull;
+			int32		lo = DatumGetInt32(heap_getattr(tup, att_lo, desc, &isnull));
+			int32		span = DatumGetInt32(heap_getattr(tup, att_span, desc, &isnull));
+
+			if (segs[k] < lo + span)
+			{
+				bytea	   *data = DatumGetByteaPP(heap_getattr(tup, att_data, desc, &isnull));
+				PackRec    *recs;
+				int			nrec = pack_decode(VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data),
+											   lo, &recs);
+
+				for (int i = 0; i < nrec; i++)
+				{
+					if (recs[i].seg != segs[k])
+						continue;
+					if (*nout >= *cap)
+					{
+						*cap = Max(64, *cap * 2);
+						*out = *out ? repalloc(*out, sizeof(HtPackEntry) * *cap) :
+							palloc(sizeof(HtPackEntry) * *cap);
+						*owner = *owner ? repalloc(*owner, sizeof(int) * *cap) :
+							palloc(sizeof(int) * *cap);
+					}
+					(*out)[*nout].seg = recs[i].seg;
+					(*out)[*nout].key = rec_bytea(recs[i].key, recs[i].keylen);
+					(*out)[*nout].hash = rec_bytea(recs[i].hash, recs[i].hashlen);
+					(*owner)[*nout] = k + 1;
+					(*nout)++;
+				}
+				pfree(recs);
+			}
+		}
+		systable_endscan_ordered(scan);
+	}
+	UnregisterSnapshot(snap);
+	index_close(idx, AccessShareLock);
+	table_close(rel, AccessShareLock);
+}
+
+/* _unpack(lo, data): the entries of one pack */
+PG_FUNCTION_INFO_V1(ht_unpack);
+Datum
+ht_unpack(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int32		lo = PG_GETARG_INT32(0);
+	bytea	   *data = PG_GETARG_BYTEA_PP(1);
+	PackRec    *recs;
+	int			n;
+
+	InitMaterializedSRF(fcinfo, 0);
+	n = pack_decode(VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data), lo, &recs);
+	for (int i = 0; i < n; i++)
+	{
+		Datum		v[3];
+		bool		nulls[3] = {false, false, false};
+
+		v[0] = Int32GetDatum(recs[i].seg);
+		v[1] = PointerGetDatum(rec_bytea(recs[i].key, recs[i].keylen));
+		v[2] = PointerGetDatum(rec_bytea(recs[i].hash, recs[i].hashlen));
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, nulls);
+	}
+	return (Datum) 0;
+}
