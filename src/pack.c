@@ -538,6 +538,14 @@ ht_pack_build_begin(text *pa, text *pb, int part, double est_rows)
 	return b;
 }
 
+/* a buffered record: its parsed form first (rec_cmp sorts these), its bytes */
+typedef struct BuildRec
+{
+	PackRec		r;
+	const uint8 *raw;
+	uint32		rawlen;
+} BuildRec;
+
 /* write the buffered packs (merged into those written before, if any) */
 static void
 build_flush(HtPackBuild *b)
@@ -545,13 +553,14 @@ build_flush(HtPackBuild *b)
 	MemoryContext old = MemoryContextSwitchTo(b->cxt);
 	int64	   *pos = palloc(sizeof(int64) * (b->nslots + 1));
 	const uint8 **recp = MemoryContextAllocHuge(b->cxt, sizeof(uint8 *) * Max(b->nrecs, 1));
-	PackRec    *recs = NULL;
+	BuildRec   *recs = NULL;
+	PackRec    *merge = NULL;
 	int64		maxcount = 0;
 	StringInfoData out;
 	PackWrites	w = {0};
 	int			cur_part = -1;
 
-	/* counting sort of the records by slot */
+	/* counting sort of the records by slot (u32 slot, u32 length, record) */
 	pos[0] = 0;
 	for (int s = 0; s < b->nslots; s++)
 	{
@@ -566,22 +575,21 @@ build_flush(HtPackBuild *b)
 		while (p < end)
 		{
 			uint32		slot;
-			PackRec		r;
-			const uint8 *next;
+			uint32		len;
 
-			if (end - p < 4)
-				elog(ERROR, "hashtree: pack builder buffer damaged");
 			memcpy(&slot, p, 4);
-			next = rec_parse(p + 4, end, 0, &r);
-			if (next == NULL || slot >= (uint32) b->nslots)
+			memcpy(&len, p + 4, 4);
+			if (slot >= (uint32) b->nslots || len > (uint32) (end - p - 8))
 				elog(ERROR, "hashtree: pack builder buffer damaged");
-			recp[pos[slot]++] = p + 4;
-			p = next;
+			recp[pos[slot]++] = p + 8;
+			p += 8 + len;
 		}
 	}
 
 	/* each pack: its records sorted by (segment, key), then written */
-	recs = palloc(sizeof(PackRec) * Max(maxcount, 1));
+	recs = palloc(sizeof(BuildRec) * Max(maxcount, 1));
+	if (b->flushed)
+		merge = palloc(sizeof(PackRec) * Max(maxcount, 1));
 	initStringInfo(&out);
 	for (int s = 0; s < b->nslots; s++)
 	{
@@ -601,25 +609,37 @@ build_flush(HtPackBuild *b)
 			continue;
 		for (int i = 0; i < n; i++)
 		{
-			/* (checked by the pass above: a record cannot run past its end) */
-			(void) rec_parse(recp[first + i], recp[first + i] + 2 + 10 + HT_MAX_KEY_LEN + 1 +
-							 HT_MAX_HASH_LEN, lo, &recs[i]);
+			const uint8 *raw = recp[first + i];
+			uint32		len;
+
+			memcpy(&len, raw - 4, 4);
+			if (rec_parse(raw, raw + len, lo, &recs[i].r) != raw + len)
+				elog(ERROR, "hashtree: pack builder buffer damaged");
+			recs[i].raw = raw;
+			recs[i].rawlen = len;
 		}
-		qsort(recs, n, sizeof(PackRec), rec_cmp);
+		qsort(recs, n, sizeof(BuildRec), rec_cmp);
+		resetStringInfo(&out);
 		if (b->flushed)
 		{
 			/* a pack written by an earlier flush takes these in */
 			PackRec    *rest = palloc(sizeof(PackRec) * n);
 
-			n = apply_recs(part, b->pa, b->pb, recs, n, false, rest);
-			memcpy(recs, rest, sizeof(PackRec) * n);
+			for (int i = 0; i < n; i++)
+				merge[i] = recs[i].r;
+			n = apply_recs(part, b->pa, b->pb, merge, n, false, rest);
+			for (int i = 0; i < n; i++)
+				rec_put(&out, lo, &rest[i]);
 			pfree(rest);
+		}
+		else
+		{
+			/* the buffered bytes are the pack's records already */
+			for (int i = 0; i < n; i++)
+				appendBinaryStringInfo(&out, (const char *) recs[i].raw, recs[i].rawlen);
 		}
 		if (n == 0)
 			continue;
-		resetStringInfo(&out);
-		for (int i = 0; i < n; i++)
-			rec_put(&out, lo, &recs[i]);
 		writes_add(&w, b->pa, b->pb, lo, n, &out);
 	}
 	writes_flush(&w, b->pa, b->pb);
@@ -635,6 +655,8 @@ build_flush(HtPackBuild *b)
 	b->flushed = true;
 	pfree(out.data);
 	pfree(recs);
+	if (merge)
+		pfree(merge);
 	pfree(recp);
 	pfree(pos);
 	MemoryContextSwitchTo(old);
@@ -645,10 +667,12 @@ ht_pack_build_add(HtPackBuild *b, int part, int32 seg, const char *key, int keyl
 				  const char *hash, int hashlen)
 {
 	uint32		slot = (uint32) ((b->part < 0 ? part : 0) * b->npacks + seg / b->span);
-	Size		need = 4 + 2 + 10 + keylen + 1 + hashlen;
+	Size		need = 8 + 2 + 10 + keylen + 1 + hashlen;
+	uint8	   *start;
 	uint8	   *p;
 	uint16		off = pg_hton16((uint16) (seg % b->span));
 	uint64		v = (uint64) keylen;
+	uint32		len;
 
 	Assert(b->part < 0 || part == b->part);
 	if (b->nchunks == 0 || b->used + need > b->lens[b->nchunks - 1])
@@ -665,9 +689,10 @@ ht_pack_build_add(HtPackBuild *b, int part, int32 seg, const char *key, int keyl
 		b->chunks[b->nchunks++] = MemoryContextAlloc(b->cxt, Max(HT_CHUNK_SIZE, need));
 		b->used = 0;
 	}
-	p = (uint8 *) b->chunks[b->nchunks - 1] + b->used;
-	memcpy(p, &slot, 4);
-	p += 4;
+	/* u32 slot, u32 length, then the record as a pack holds it (rec_put) */
+	start = (uint8 *) b->chunks[b->nchunks - 1] + b->used;
+	memcpy(start, &slot, 4);
+	p = start + 8;
 	memcpy(p, &off, 2);
 	p += 2;
 	do
@@ -680,8 +705,10 @@ ht_pack_build_add(HtPackBuild *b, int part, int32 seg, const char *key, int keyl
 	*p++ = (uint8) hashlen;
 	memcpy(p, hash, hashlen);
 	p += hashlen;
-	b->mem += (Size) (p - ((uint8 *) b->chunks[b->nchunks - 1] + b->used));
-	b->used = p - (uint8 *) b->chunks[b->nchunks - 1];
+	len = (uint32) (p - start - 8);
+	memcpy(start + 4, &len, 4);
+	b->mem += (Size) (p - start);
+	b->used += (Size) (p - start);
 	b->counts[slot]++;
 	b->nrecs++;
 	if (b->mem > b->limit)

@@ -201,12 +201,35 @@ type_enc(Oid typid)
 	return te;
 }
 
-static void
+/*
+ * appendBinaryStringInfo() and appendStringInfoChar(), inlined: a re-hash
+ * appends a dozen short pieces per row.
+ */
+static inline void
+put_bytes(StringInfo buf, const void *p, int n)
+{
+	if (buf->len + n >= buf->maxlen)
+		enlargeStringInfo(buf, n);
+	memcpy(buf->data + buf->len, p, n);
+	buf->len += n;
+	buf->data[buf->len] = '\0';
+}
+
+static inline void
+put_byte(StringInfo buf, uint8 c)
+{
+	if (buf->len + 1 >= buf->maxlen)
+		enlargeStringInfo(buf, 1);
+	buf->data[buf->len++] = (char) c;
+	buf->data[buf->len] = '\0';
+}
+
+static inline void
 put_u32(StringInfo buf, uint32 v)
 {
 	uint32		n = pg_hton32(v);
 
-	appendBinaryStringInfo(buf, (char *) &n, 4);
+	put_bytes(buf, &n, 4);
 }
 
 static void encode_value(HtTypeEnc *te, Datum d, StringInfo buf);
@@ -218,7 +241,7 @@ encode_item(HtTypeEnc *te, Datum d, StringInfo buf)
 	int			at;
 	uint32		len;
 
-	appendStringInfoChar(buf, 0x01);
+	put_byte(buf, 0x01);
 	at = buf->len;
 	put_u32(buf, 0);
 	encode_value(te, d, buf);
@@ -248,7 +271,7 @@ encode_array(HtTypeEnc *te, Datum d, StringInfo buf)
 	for (int i = 0; i < n; i++)
 	{
 		if (nulls[i])
-			appendStringInfoChar(buf, 0x00);
+			put_byte(buf, 0x00);
 		else
 			encode_item(te->elemenc, elems[i], buf);
 	}
@@ -282,7 +305,7 @@ encode_record(Datum d, StringInfo buf)
 			continue;
 		v = heap_getattr(&tuple, i + 1, td, &isnull);
 		if (isnull)
-			appendStringInfoChar(buf, 0x00);
+			put_byte(buf, 0x00);
 		else
 			encode_item(type_enc(att->atttypid), v, buf);
 	}
@@ -298,34 +321,34 @@ encode_fast(char form, Datum d, StringInfo buf)
 			{
 				uint64		v = pg_hton64((uint64) DatumGetInt64(d));
 
-				appendBinaryStringInfo(buf, (char *) &v, 8);
+				put_bytes(buf, &v, 8);
 				break;
 			}
 		case '4':
 			{
 				uint32		v = pg_hton32(DatumGetUInt32(d));
 
-				appendBinaryStringInfo(buf, (char *) &v, 4);
+				put_bytes(buf, &v, 4);
 				break;
 			}
 		case '2':
 			{
 				uint16		v = pg_hton16((uint16) DatumGetInt16(d));
 
-				appendBinaryStringInfo(buf, (char *) &v, 2);
+				put_bytes(buf, &v, 2);
 				break;
 			}
 		case '1':
-			appendStringInfoChar(buf, DatumGetBool(d) ? 1 : 0);
+			put_byte(buf, DatumGetBool(d) ? 1 : 0);
 			break;
 		case 'u':
-			appendBinaryStringInfo(buf, (char *) DatumGetUUIDP(d)->data, UUID_LEN);
+			put_bytes(buf, DatumGetUUIDP(d)->data, UUID_LEN);
 			break;
 		case 'v':
 			{
 				struct varlena *v = PG_DETOAST_DATUM_PACKED(d);
 
-				appendBinaryStringInfo(buf, VARDATA_ANY(v), VARSIZE_ANY_EXHDR(v));
+				put_bytes(buf, VARDATA_ANY(v), VARSIZE_ANY_EXHDR(v));
 				if ((Pointer) v != DatumGetPointer(d))
 					pfree(v);
 				break;
@@ -356,7 +379,7 @@ encode_value(HtTypeEnc *te, Datum d, StringInfo buf)
 			{
 				bytea	   *b = SendFunctionCall(&te->send, d);
 
-				appendBinaryStringInfo(buf, VARDATA(b), VARSIZE(b) - VARHDRSZ);
+				put_bytes(buf, VARDATA(b), VARSIZE(b) - VARHDRSZ);
 				pfree(b);
 			}
 			break;
@@ -370,18 +393,23 @@ encode_value(HtTypeEnc *te, Datum d, StringInfo buf)
 #define WITH_UTF8_CLIENT(code) \
 	do { \
 		int			saved_enc_ = pg_get_client_encoding(); \
-		if (saved_enc_ != PG_UTF8) \
-			force_utf8_client(); \
-		PG_TRY(); \
+		if (saved_enc_ == PG_UTF8) \
 		{ \
 			code; \
 		} \
-		PG_FINALLY(); \
+		else \
 		{ \
-			if (saved_enc_ != PG_UTF8) \
+			force_utf8_client(); \
+			PG_TRY(); \
+			{ \
+				code; \
+			} \
+			PG_FINALLY(); \
+			{ \
 				SetClientEncoding(saved_enc_); \
+			} \
+			PG_END_TRY(); \
 		} \
-		PG_END_TRY(); \
 	} while (0)
 
 static void
@@ -531,23 +559,30 @@ ht_relenc_build(Relation rel, int nkeys, char **key_names)
 
 /* ---- encoding rows ------------------------------------------------------ */
 
-static bytea *
-buf_to_bytea(StringInfo buf)
+/*
+ * Encodings are built in a StringInfo whose first VARHDRSZ bytes are left
+ * for the varlena header, so the buffer becomes the result without a copy.
+ */
+static void
+init_varlena_buf(StringInfo buf)
 {
-	bytea	   *b = palloc(VARHDRSZ + buf->len);
+	initStringInfo(buf);
+	buf->len = VARHDRSZ;
+}
 
-	SET_VARSIZE(b, VARHDRSZ + buf->len);
-	memcpy(VARDATA(b), buf->data, buf->len);
-	return b;
+static bytea *
+varlena_buf_result(StringInfo buf)
+{
+	SET_VARSIZE(buf->data, buf->len);
+	return (bytea *) buf->data;
 }
 
 bytea *
 ht_key_from_values(HtRelEnc *re, Datum *values)
 {
 	StringInfoData buf;
-	bytea	   *result;
 
-	initStringInfo(&buf);
+	init_varlena_buf(&buf);
 	WITH_UTF8_CLIENT(
 					 for (int k = 0; k < re->nkeys; k++)
 					 {
@@ -560,9 +595,7 @@ ht_key_from_values(HtRelEnc *re, Datum *values)
 						 memcpy(buf.data + at, &len, 4);
 					 }
 	);
-	result = buf_to_bytea(&buf);
-	pfree(buf.data);
-	return result;
+	return varlena_buf_result(&buf);
 }
 
 bytea *
@@ -583,30 +616,47 @@ ht_row_key(HtRelEnc *re, TupleDesc tupdesc, HeapTuple tuple)
 	return ht_key_from_values(re, values);
 }
 
+#define HT_DEFORM_STACK 64		/* columns deformed without a palloc */
+
 bytea *
 ht_row_hash(HtRelEnc *re, TupleDesc tupdesc, HeapTuple tuple)
 {
 	StringInfoData buf;
 	bytea	   *h = palloc(VARHDRSZ + HT_DIGEST_LEN);
+	Datum		vstack[HT_DEFORM_STACK];
+	bool		nstack[HT_DEFORM_STACK];
+	Datum	   *values = vstack;
+	bool	   *isnull = nstack;
 
+	/* one pass over the tuple, not one per column (columns are read by name) */
+	if (tupdesc->natts > HT_DEFORM_STACK)
+	{
+		values = palloc(sizeof(Datum) * tupdesc->natts);
+		isnull = palloc(sizeof(bool) * tupdesc->natts);
+	}
+	heap_deform_tuple(tuple, tupdesc, values, isnull);
 	initStringInfo(&buf);
 	WITH_UTF8_CLIENT(
 					 for (int j = 0; j < re->ncols; j++)
 					 {
-						 bool isnull;
-						 Datum v = heap_getattr(tuple, re->colatt[j], tupdesc, &isnull);
+						 int a = re->colatt[j] - 1;
 
 						 put_u32(&buf, (uint32) re->colname_len[j]);
-						 appendBinaryStringInfo(&buf, re->colname_utf8[j], re->colname_len[j]);
-						 if (isnull)
-							 appendStringInfoChar(&buf, 0x00);
+						 put_bytes(&buf, re->colname_utf8[j], re->colname_len[j]);
+						 if (isnull[a])
+							 put_byte(&buf, 0x00);
 						 else
-							 encode_item(re->colenc[j], v, &buf);
+							 encode_item(re->colenc[j], values[a], &buf);
 					 }
 	);
 	ht_sha256(buf.data, buf.len, NULL, 0, NULL, 0, (uint8 *) VARDATA(h));
 	SET_VARSIZE(h, VARHDRSZ + HT_DIGEST_LEN);
 	pfree(buf.data);
+	if (values != vstack)
+	{
+		pfree(values);
+		pfree(isnull);
+	}
 	return h;
 }
 

@@ -242,21 +242,26 @@ int
 ht_partition_for(const char *pa, int palen, const char *pb, int pblen,
 				 const char *key, int keylen, int npartitions)
 {
-	StringInfoData buf;
+	char		stackbuf[256];
+	char	   *head = stackbuf;
+	int			headlen = 1 + 4 + palen + 4 + pblen;
 	uint8		d[HT_DIGEST_LEN];
 	uint32		len;
 	uint64		v;
 
-	initStringInfo(&buf);
-	appendStringInfoChar(&buf, 0x02);
+	/* 0x02 u32 len prefix_a u32 len prefix_b, then the key */
+	if (headlen > (int) sizeof(stackbuf))
+		head = palloc(headlen);
+	head[0] = 0x02;
 	len = pg_hton32((uint32) palen);
-	appendBinaryStringInfo(&buf, (char *) &len, 4);
-	appendBinaryStringInfo(&buf, pa, palen);
+	memcpy(head + 1, &len, 4);
+	memcpy(head + 5, pa, palen);
 	len = pg_hton32((uint32) pblen);
-	appendBinaryStringInfo(&buf, (char *) &len, 4);
-	appendBinaryStringInfo(&buf, pb, pblen);
-	ht_sha256(buf.data, buf.len, key, keylen, NULL, 0, d);
-	pfree(buf.data);
+	memcpy(head + 5 + palen, &len, 4);
+	memcpy(head + 9 + palen, pb, pblen);
+	ht_sha256(head, headlen, key, keylen, NULL, 0, d);
+	if (head != stackbuf)
+		pfree(head);
 	memcpy(&v, d, 8);
 	return (int) (pg_ntoh64(v) % (uint64) npartitions);
 }
