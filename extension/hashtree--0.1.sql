@@ -164,6 +164,12 @@ CREATE FUNCTION @extschema@._unpack(lo int4, data bytea)
 	AS 'MODULE_PATHNAME', 'ht_unpack'
 	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 
+-- of the segments segs, those with entries in this pack: (segment, sum, count)
+CREATE FUNCTION @extschema@._pack_sums(lo int4, data bytea, segs int4[])
+	RETURNS TABLE(seg int4, h bytea, c int8)
+	AS 'MODULE_PATHNAME', 'ht_pack_sums'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
 -- the packed entries of one segment
 CREATE FUNCTION @extschema@._pack_seg("partition" int, prefix_a text, prefix_b text, seg int4)
 	RETURNS TABLE(key bytea, hash bytea)

@@ -36,6 +36,7 @@
 #include "catalog/pg_type.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
@@ -51,7 +52,7 @@
 #define HT_PACK_TARGET		64	/* entries per pack aimed at */
 #define HT_PACK_MIN_SPAN	32
 #define HT_PACK_MAX_SPAN	1024
-#define HT_PACK_WRITE_BYTES (4 * 1024 * 1024)	/* pack bytes per statement */
+#define HT_PACK_WRITE_BYTES (256 * 1024)	/* pack bytes written at a time */
 
 /* a decoded record: pointers into a pack or into a change */
 typedef struct PackRec
@@ -358,8 +359,6 @@ apply_recs(int part, text *pa, text *pb, PackRec *ch, int n, bool log_dirty,
 	int			nrest = 0;
 	int32	   *dirty;
 	int			ndirty = 0;
-	Datum	   *dead;
-	int			ndead = 0;
 	PackWrites	w = {0};
 	int			i;
 	uint64		nfound;
@@ -396,8 +395,27 @@ apply_recs(int part, text *pa, text *pb, PackRec *ch, int n, bool log_dirty,
 	found = SPI_tuptable;
 	SPI_tuptable = NULL;		/* kept until the writes below are done */
 
+	/*
+	 * Every pack fetched is replaced (or goes, when emptied): delete them
+	 * all (by ctid) before the first new version is inserted, which may
+	 * happen in the loop (writes_add flushes every few MB).
+	 */
+	if (nfound > 0)
+	{
+		Datum	   *dead = palloc(sizeof(Datum) * nfound);
+		Datum		d[1];
+		bool		isnull;
+
+		for (uint64 r = 0; r < nfound; r++)
+			dead[r] = SPI_getbinval(found->vals[r], found->tupdesc, 3, &isnull);
+		d[0] = PointerGetDatum(construct_array(dead, (int) nfound, TIDOID,
+											   sizeof(ItemPointerData), false,
+											   TYPALIGN_SHORT));
+		ht_exec(&q_pack_delete, d, NULL, 0);
+		pfree(dead);
+	}
+
 	dirty = palloc(sizeof(int32) * n);
-	dead = palloc(sizeof(Datum) * Max(nfound, 1));
 	w.part = part;
 	w.span = span;
 	i = 0;
@@ -427,7 +445,6 @@ apply_recs(int part, text *pa, text *pb, PackRec *ch, int n, bool log_dirty,
 		nold = pack_decode(VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data), lo, &old);
 		initStringInfo(&buf);
 		cnt = pack_merge(lo, old, nold, ch + i, j - i, &buf, dirty, &ndirty);
-		dead[ndead++] = SPI_getbinval(found->vals[r], found->tupdesc, 3, &isnull);
 		if (cnt > 0)
 			writes_add(&w, pa, pb, lo, cnt, &buf);
 		pfree(buf.data);
@@ -437,16 +454,6 @@ apply_recs(int part, text *pa, text *pb, PackRec *ch, int n, bool log_dirty,
 	while (i < n)
 		rest[nrest++] = ch[i++];
 
-	/* replace the changed packs (delete by ctid, insert the new versions) */
-	if (ndead > 0)
-	{
-		Datum		d[1];
-
-		d[0] = PointerGetDatum(construct_array(dead, ndead, TIDOID,
-											   sizeof(ItemPointerData), false,
-											   TYPALIGN_SHORT));
-		ht_exec(&q_pack_delete, d, NULL, 0);
-	}
 	writes_flush(&w, pa, pb);
 	if (log_dirty && ndirty > 0)
 	{
@@ -864,5 +871,82 @@ ht_unpack(PG_FUNCTION_ARGS)
 		v[2] = PointerGetDatum(rec_bytea(recs[i].hash, recs[i].hashlen));
 		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, nulls);
 	}
+	return (Datum) 0;
+}
+
+static int
+int32_cmp(const void *a, const void *b)
+{
+	int32		x = *(const int32 *) a;
+	int32		y = *(const int32 *) b;
+
+	return (x > y) - (x < y);
+}
+
+/*
+ * _pack_sums(lo, data, segs): for each of the segments segs (sorted or
+ * not) that has entries in this pack, (segment, sum of its entry digests,
+ * entry count); the leaf sums an update() needs, one decode per pack
+ * however many of its segments changed.
+ */
+PG_FUNCTION_INFO_V1(ht_pack_sums);
+Datum
+ht_pack_sums(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int32		lo = PG_GETARG_INT32(0);
+	bytea	   *data = PG_GETARG_BYTEA_PP(1);
+	ArrayType  *arr = PG_GETARG_ARRAYTYPE_P(2);
+	int32	   *segs;
+	int			nsegs;
+	PackRec    *recs;
+	int			n;
+	int			i = 0;
+
+	InitMaterializedSRF(fcinfo, 0);
+	if (ARR_NDIM(arr) > 1 || ARR_HASNULL(arr) || ARR_ELEMTYPE(arr) != INT4OID)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("segments must be a one-dimensional int4 array without nulls")));
+	nsegs = ArrayGetNItems(ARR_NDIM(arr), ARR_DIMS(arr));
+	segs = palloc(sizeof(int32) * Max(nsegs, 1));
+	memcpy(segs, ARR_DATA_PTR(arr), sizeof(int32) * nsegs);
+	qsort(segs, nsegs, sizeof(int32), int32_cmp);
+
+	/* records are sorted by segment: walk both lists */
+	n = pack_decode(VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data), lo, &recs);
+	for (int s = 0; s < nsegs; s++)
+	{
+		HtSum		sum;
+		int64		count = 0;
+
+		if (s > 0 && segs[s] == segs[s - 1])
+			continue;
+		while (i < n && recs[i].seg < segs[s])
+			i++;
+		ht_sum_zero(&sum);
+		for (; i < n && recs[i].seg == segs[s]; i++)
+		{
+			HtSum		d;
+
+			ht_entry_digest(recs[i].key, recs[i].keylen, recs[i].hash, recs[i].hashlen, &d);
+			ht_sum_add(&sum, &d);
+			count++;
+		}
+		if (count > 0)
+		{
+			Datum		v[3];
+			bool		nulls[3] = {false, false, false};
+			bytea	   *h = ht_sum_to_bytea(&sum);
+
+			v[0] = Int32GetDatum(segs[s]);
+			v[1] = PointerGetDatum(h);
+			nulls[1] = (h == NULL);
+			v[2] = Int64GetDatum(count);
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, nulls);
+		}
+	}
+	pfree(recs);
+	pfree(segs);
 	return (Datum) 0;
 }

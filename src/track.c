@@ -70,8 +70,12 @@
 #include "track.h"
 #include "treemath.h"
 
-/* keys read back from a table per statement when folding */
-#define HT_KEY_BATCH 1000
+/*
+ * keys read back from a table per statement when folding: large, as each
+ * batch rewrites every pack its keys fall in (about one per key while the
+ * batch is smaller than the partition's packs)
+ */
+#define HT_KEY_BATCH 16384
 
 /* ---- per-relation tracking information (backend cache) ----------------- */
 
@@ -713,7 +717,7 @@ typedef struct FoldTable
 	MemoryContext batch;		/* the waiting keys and their statement */
 	bool		rehashed;
 	int			nkeys;
-	bytea	   *keys[HT_KEY_BATCH];
+	bytea	  **keys;			/* HT_KEY_BATCH of them */
 } FoldTable;
 
 /* what a statement driven by a list of keys does with the rows */
@@ -963,6 +967,7 @@ static void
 fold_table_end(FoldTable *ft)
 {
 	MemoryContext batch = ft->batch;
+	bytea	  **keys = ft->keys;
 
 	if (ft->plan != NULL)
 		SPI_freeplan(ft->plan);
@@ -970,6 +975,7 @@ fold_table_end(FoldTable *ft)
 		relation_close(ft->rel, NoLock);
 	memset(ft, 0, sizeof(FoldTable));
 	ft->batch = batch;
+	ft->keys = keys;
 }
 
 void
@@ -985,6 +991,7 @@ ht_track_fold(int part)
 	char	   *cur_pb = NULL;
 
 	ft->batch = AllocSetContextCreate(cxt, "hashtree fold batch", ALLOCSET_DEFAULT_SIZES);
+	ft->keys = palloc(sizeof(bytea *) * HT_KEY_BATCH);
 
 	for (;;)
 	{
