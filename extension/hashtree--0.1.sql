@@ -170,16 +170,20 @@ CREATE FUNCTION @extschema@._pack_sums(lo int4, data bytea, segs int4[])
 	AS 'MODULE_PATHNAME', 'ht_pack_sums'
 	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 
--- the packed entries of one segment
+-- the packed entries of one segment: its pack is the one at lo = seg - seg %
+-- span for the tree's span, one of 32..1024 (src/pack.c); each candidate is
+-- an equality probe of the primary key
 CREATE FUNCTION @extschema@._pack_seg("partition" int, prefix_a text, prefix_b text, seg int4)
 	RETURNS TABLE(key bytea, hash bytea)
 	LANGUAGE sql STABLE
 	AS $$ SELECT u.key, u.hash
-			FROM (SELECT p.lo, p.span, p.data FROM @extschema@.entry_pack p
-				   WHERE p.part = $1 AND p.pa = $2 AND p.pb = $3 AND p.lo <= $4
-				   ORDER BY p.lo DESC LIMIT 1) p
+			FROM generate_series(5, 10) AS b(bits)
+		   CROSS JOIN LATERAL (SELECT p.lo, p.data FROM @extschema@.entry_pack p
+								WHERE p.part = $1 AND p.pa = $2 AND p.pb = $3
+								  AND p.lo = $4 - $4 % (1 << b.bits) AND p.span = 1 << b.bits
+								LIMIT 1) p
 		   CROSS JOIN LATERAL @extschema@._unpack(p.lo, p.data) u
-		   WHERE $4 < p.lo + p.span AND u.seg = $4 $$;
+		   WHERE u.seg = $4 $$;
 
 -- every leaf (depth 2) entry: the plain rows and the packed ones
 CREATE VIEW @extschema@.leaf_entry AS

@@ -38,6 +38,7 @@
 #include "miscadmin.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
+#include "utils/datum.h"
 #include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
@@ -50,7 +51,7 @@
 #include "treemath.h"
 
 #define HT_PACK_TARGET		64	/* entries per pack aimed at */
-#define HT_PACK_MIN_SPAN	32
+#define HT_PACK_MIN_SPAN	32		/* (_pack_seg() in the install script probes 32..1024) */
 #define HT_PACK_MAX_SPAN	1024
 #define HT_PACK_WRITE_BYTES (256 * 1024)	/* pack bytes written at a time */
 
@@ -780,6 +781,7 @@ ht_pack_segments(int part, int n, Datum *pa, Datum *pb, const int32 *segs,
 				att_lo,
 				att_span,
 				att_data;
+	int32		span = 0;
 
 	if (!OidIsValid(relid) || !OidIsValid(idxid))
 		elog(ERROR, "hashtree: table hashtree.entry_pack or its primary key is missing");
@@ -799,47 +801,67 @@ ht_pack_segments(int part, int n, Datum *pa, Datum *pb, const int32 *segs,
 		ScanKeyData key[4];
 		SysScanDesc scan;
 		HeapTuple	tup;
+		int32		lo;
 
-		/* the pack with the greatest lo <= the segment */
+		/*
+		 * The span of this tree's packs (all the same), looked up once per
+		 * tree; then the pack of each segment by its exact lo.  (A range
+		 * condition on lo would make the B-tree check every entry of the
+		 * leaf page it lands on; an equality stops at the next entry.)
+		 */
+		if (k == 0 || !datumIsEqual(pa[k], pa[k - 1], false, -1) ||
+			!datumIsEqual(pb[k], pb[k - 1], false, -1))
+		{
+			ScanKeyInit(&key[0], att_part, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(part));
+			ScanKeyInit(&key[1], att_pa, BTEqualStrategyNumber, F_TEXTEQ, pa[k]);
+			ScanKeyInit(&key[2], att_pb, BTEqualStrategyNumber, F_TEXTEQ, pb[k]);
+			scan = systable_beginscan_ordered(rel, idx, snap, 3, key);
+			tup = systable_getnext_ordered(scan, ForwardScanDirection);
+			span = 0;
+			if (tup != NULL)
+			{
+				bool		isnull;
+
+				span = DatumGetInt32(heap_getattr(tup, att_span, desc, &isnull));
+			}
+			systable_endscan_ordered(scan);
+		}
+		if (span <= 0)
+			continue;			/* no packs: the entries are rows */
+		lo = segs[k] - segs[k] % span;
 		ScanKeyInit(&key[0], att_part, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(part));
 		ScanKeyInit(&key[1], att_pa, BTEqualStrategyNumber, F_TEXTEQ, pa[k]);
 		ScanKeyInit(&key[2], att_pb, BTEqualStrategyNumber, F_TEXTEQ, pb[k]);
-		ScanKeyInit(&key[3], att_lo, BTLessEqualStrategyNumber, F_INT4LE, Int32GetDatum(segs[k]));
+		ScanKeyInit(&key[3], att_lo, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(lo));
 		scan = systable_beginscan_ordered(rel, idx, snap, 4, key);
-		tup = systable_getnext_ordered(scan, BackwardScanDirection);
+		tup = systable_getnext_ordered(scan, ForwardScanDirection);
 		if (tup != NULL)
 		{
 			bool		isnull;
-			int32		lo = DatumGetInt32(heap_getattr(tup, att_lo, desc, &isnull));
-			int32		span = DatumGetInt32(heap_getattr(tup, att_span, desc, &isnull));
+			bytea	   *data = DatumGetByteaPP(heap_getattr(tup, att_data, desc, &isnull));
+			PackRec    *recs;
+			int			nrec = pack_decode(VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data),
+										   lo, &recs);
 
-			if (segs[k] < lo + span)
+			for (int i = 0; i < nrec; i++)
 			{
-				bytea	   *data = DatumGetByteaPP(heap_getattr(tup, att_data, desc, &isnull));
-				PackRec    *recs;
-				int			nrec = pack_decode(VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data),
-											   lo, &recs);
-
-				for (int i = 0; i < nrec; i++)
+				if (recs[i].seg != segs[k])
+					continue;
+				if (*nout >= *cap)
 				{
-					if (recs[i].seg != segs[k])
-						continue;
-					if (*nout >= *cap)
-					{
-						*cap = Max(64, *cap * 2);
-						*out = *out ? repalloc(*out, sizeof(HtPackEntry) * *cap) :
-							palloc(sizeof(HtPackEntry) * *cap);
-						*owner = *owner ? repalloc(*owner, sizeof(int) * *cap) :
-							palloc(sizeof(int) * *cap);
-					}
-					(*out)[*nout].seg = recs[i].seg;
-					(*out)[*nout].key = rec_bytea(recs[i].key, recs[i].keylen);
-					(*out)[*nout].hash = rec_bytea(recs[i].hash, recs[i].hashlen);
-					(*owner)[*nout] = k + 1;
-					(*nout)++;
+					*cap = Max(64, *cap * 2);
+					*out = *out ? repalloc(*out, sizeof(HtPackEntry) * *cap) :
+						palloc(sizeof(HtPackEntry) * *cap);
+					*owner = *owner ? repalloc(*owner, sizeof(int) * *cap) :
+						palloc(sizeof(int) * *cap);
 				}
-				pfree(recs);
+				(*out)[*nout].seg = recs[i].seg;
+				(*out)[*nout].key = rec_bytea(recs[i].key, recs[i].keylen);
+				(*out)[*nout].hash = rec_bytea(recs[i].hash, recs[i].hashlen);
+				(*owner)[*nout] = k + 1;
+				(*nout)++;
 			}
+			pfree(recs);
 		}
 		systable_endscan_ordered(scan);
 	}

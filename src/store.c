@@ -853,12 +853,14 @@ read_seg_change(uint64 r, int c, SegChange *out)
 static HtQuery q_take_dirty = {
 	"WITH d AS (DELETE FROM hashtree.dirty WHERE part = $1 RETURNING pa, pb, seg),"
 	" u AS (SELECT DISTINCT pa, pb, seg FROM d),"
-	/* the packs holding dirty segments, each with its dirty segments */
-	" k AS (SELECT u.pa, u.pb, p.lo, array_agg(u.seg) AS segs FROM u"
-	"   CROSS JOIN LATERAL (SELECT p.lo, p.span FROM hashtree.entry_pack p"
-	"    WHERE p.part = $1 AND p.pa = u.pa AND p.pb = u.pb AND p.lo <= u.seg"
-	"    ORDER BY p.lo DESC LIMIT 1) p"
-	"   WHERE u.seg < p.lo + p.span GROUP BY u.pa, u.pb, p.lo),"
+	/* the span of each tree's packs (one for all of them), if it has any */
+	" t AS MATERIALIZED (SELECT g.pa, g.pb, (SELECT p.span FROM hashtree.entry_pack p"
+	"    WHERE p.part = $1 AND p.pa = g.pa AND p.pb = g.pb LIMIT 1) AS span"
+	"   FROM (SELECT DISTINCT pa, pb FROM u) g),"
+	/* the packs that may hold dirty segments, each with its dirty segments */
+	" k AS (SELECT u.pa, u.pb, u.seg - u.seg % t.span AS lo, array_agg(u.seg) AS segs"
+	"   FROM u JOIN t ON t.pa = u.pa AND t.pb = u.pb WHERE t.span IS NOT NULL"
+	"   GROUP BY 1, 2, 3),"
 	" s AS (SELECT k.pa, k.pb, x.seg, x.h, x.c FROM k"
 	"   JOIN hashtree.entry_pack p ON p.part = $1 AND p.pa = k.pa AND p.pb = k.pb AND p.lo = k.lo"
 	"   CROSS JOIN LATERAL hashtree._pack_sums(p.lo, p.data, k.segs) x)"
