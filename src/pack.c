@@ -399,7 +399,7 @@ apply_recs(int part, text *pa, text *pb, PackRec *ch, int n, bool log_dirty,
 	/*
 	 * Every pack fetched is replaced (or goes, when emptied): delete them
 	 * all (by ctid) before the first new version is inserted, which may
-	 * happen in the loop (writes_add flushes every few MB).
+	 * happen in the loop (writes_add() writes every HT_PACK_WRITE_BYTES).
 	 */
 	if (nfound > 0)
 	{
@@ -546,7 +546,7 @@ ht_pack_build_begin(text *pa, text *pb, int part, double est_rows)
 	return b;
 }
 
-/* a buffered record: its parsed form first (rec_cmp sorts these), its bytes */
+/* a buffered record: its parsed form (the sort key) and its bytes */
 typedef struct BuildRec
 {
 	PackRec		r;
