@@ -251,6 +251,21 @@ SELECT count(*) AS out_of_step FROM out_of_step('longkey');
 SELECT trees_ok() AS tree_mismatches;
 SELECT hashtree.untrack('longkey');
 DROP TABLE longkey;
+-- more records than maintenance_work_mem holds: track() writes the packs of
+-- what it has buffered, and merges the later records into them
+CREATE TABLE many (id bigint PRIMARY KEY, v text);
+INSERT INTO many SELECT i, 'v' || i FROM generate_series(1, 25000) i;
+SET maintenance_work_mem = '1MB';
+SELECT hashtree.track('many');
+RESET maintenance_work_mem;
+SELECT sum(n) AS entries, count(*) = count(DISTINCT (part, lo)) AS one_pack_per_lo
+  FROM hashtree.entry_pack WHERE pb = 'many';
+SELECT count(*) AS plain_rows FROM hashtree.entry WHERE depth = 2 AND pb = 'many';
+SELECT update_all();
+SELECT count(*) AS out_of_step FROM out_of_step('many');
+SELECT trees_ok() AS tree_mismatches;
+SELECT hashtree.untrack('many');
+DROP TABLE many;
 
 -- errors
 -- the entries of a tracked table are not written through the entry API
