@@ -416,38 +416,36 @@ row_entry(TrackRel *tr, Relation rel, HeapTuple tuple, int want_part, RowEntry *
 	e->hash = (want_part < 0 || want_part == e->part) ? ht_row_hash(tr->enc, desc, tuple) : NULL;
 }
 
-PG_FUNCTION_INFO_V1(ht_row_hash_sql);
-Datum
-ht_row_hash_sql(PG_FUNCTION_ARGS)
+/* row_hash(tbl, r) and row_key(tbl, r): one encoding of a row of tbl */
+static Datum
+row_encoding_sql(FunctionCallInfo fcinfo, bool hash)
 {
 	Relation	rel;
 	HeapTupleData tuple;
-	bytea	   *h;
+	bytea	   *out;
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		PG_RETURN_NULL();
 	rel = relation_open(PG_GETARG_OID(0), AccessShareLock);
 	record_tuple(rel, PG_GETARG_HEAPTUPLEHEADER(1), &tuple);
-	h = ht_row_hash(track_rel(rel)->enc, RelationGetDescr(rel), &tuple);
+	out = hash ? ht_row_hash(track_rel(rel)->enc, RelationGetDescr(rel), &tuple) :
+		ht_row_key(track_rel(rel)->enc, RelationGetDescr(rel), &tuple);
 	relation_close(rel, AccessShareLock);
-	PG_RETURN_BYTEA_P(h);
+	PG_RETURN_BYTEA_P(out);
+}
+
+PG_FUNCTION_INFO_V1(ht_row_hash_sql);
+Datum
+ht_row_hash_sql(PG_FUNCTION_ARGS)
+{
+	return row_encoding_sql(fcinfo, true);
 }
 
 PG_FUNCTION_INFO_V1(ht_row_key_sql);
 Datum
 ht_row_key_sql(PG_FUNCTION_ARGS)
 {
-	Relation	rel;
-	HeapTupleData tuple;
-	bytea	   *k;
-
-	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
-		PG_RETURN_NULL();
-	rel = relation_open(PG_GETARG_OID(0), AccessShareLock);
-	record_tuple(rel, PG_GETARG_HEAPTUPLEHEADER(1), &tuple);
-	k = ht_row_key(track_rel(rel)->enc, RelationGetDescr(rel), &tuple);
-	relation_close(rel, AccessShareLock);
-	PG_RETURN_BYTEA_P(k);
+	return row_encoding_sql(fcinfo, false);
 }
 
 /* ---- re-hash and entry writes ---------------------------------------------------- */
