@@ -4,7 +4,9 @@
 # the extension, and runs throwaway servers owned by "postgres".
 # Run as root.
 
-PG_BIN=/usr/lib/postgresql/15/bin
+# HASHTREE_PG_BIN: another (relocated) copy of the server, so that several
+# builds can be installed and tested side by side on one machine
+PG_BIN=${HASHTREE_PG_BIN:-/usr/lib/postgresql/15/bin}
 PG_CONFIG=$PG_BIN/pg_config
 export PG_CONFIG
 
