@@ -423,21 +423,11 @@ PG_FUNCTION_INFO_V1(ht_privileged);
 Datum
 ht_privileged(PG_FUNCTION_ARGS)
 {
-	Oid			owner = InvalidOid;
-	Oid			extoid = get_extension_oid("hashtree", true);
+	Oid			owner;
 
 	if (superuser())
 		PG_RETURN_BOOL(true);
-	if (OidIsValid(extoid))
-	{
-		bool		isnull;
-
-		SPI_connect();
-		if (SPI_execute(psprintf("SELECT extowner FROM pg_catalog.pg_extension WHERE oid = %u",
-								 extoid), true, 1) == SPI_OK_SELECT && SPI_processed == 1)
-			owner = DatumGetObjectId(ht_col(0, 1, &isnull));
-		SPI_finish();
-	}
+	owner = ht_extension_owner();
 	PG_RETURN_BOOL(OidIsValid(owner) && has_privs_of_role(GetUserId(), owner));
 }
 

@@ -51,6 +51,37 @@ extern Oid	ht_schema_oid(void);
 extern void ht_as_owner_begin(Oid *save_user, int *save_sec);
 extern void ht_as_owner_end(Oid save_user, int save_sec);
 
+/*
+ * search_path for every statement the extension runs: "pg_catalog, pg_temp"
+ * (pg_temp is never searched for functions or operators).  ht_pin_begin()
+ * opens a GUC nest level with that path and returns it; ht_pin_end() rolls
+ * the nest level back.  An error in between is unwound by the
+ * (sub)transaction abort.
+ */
+#define HT_SAFE_SEARCH_PATH		"pg_catalog, pg_temp"
+extern int	ht_pin_begin(void);
+extern void ht_pin_end(int nestlevel);
+
+/*
+ * Run a table owner's code (triggers, defaults, generated columns, index
+ * expressions, constraints, input functions of its types): as that owner,
+ * inside a security-restricted operation, with the pinned search_path, as
+ * PostgreSQL's maintenance commands do.  Never as the extension owner or
+ * a superuser worker.
+ */
+typedef struct HtUserContext
+{
+	Oid			save_user;
+	int			save_sec;
+	int			nestlevel;
+} HtUserContext;
+
+extern void ht_as_table_owner_begin(Oid relid, HtUserContext *ctx);
+extern void ht_as_table_owner_end(HtUserContext *ctx);
+
+/* the extension owner's role (pg_extension.extowner), InvalidOid if none */
+extern Oid	ht_extension_owner(void);
+
 /* ERROR unless 0 <= part < ht_num_partitions() */
 extern void ht_check_partition(int part);
 

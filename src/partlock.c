@@ -21,6 +21,9 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/htup_details.h"
+#include "access/table.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_type.h"
 #include "miscadmin.h"
@@ -28,6 +31,7 @@
 #include "utils/backend_status.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
+#include "utils/rel.h"
 #include "utils/timestamp.h"
 
 #include "hashtree.h"
@@ -80,11 +84,6 @@ ht_live_owner(int pid, TimestampTz start)
 
 /* ---- partition count ---------------------------------------------------- */
 
-static HtQuery q_count = {
-	"SELECT count(*)::int4, coalesce(max(part), -1)::int4 FROM hashtree.partition",
-	0, {0}
-};
-
 static Oid	cached_rel = InvalidOid;
 static int	cached_n = 0;
 
@@ -123,26 +122,29 @@ ht_num_partitions(void)
 
 	if (rel != cached_rel)
 	{
-		bool		isnull;
 		int			n = 0;
-		int			maxp = 0;
-		Oid			save_user;
-		int			save_sec;
+		int			maxp = -1;
+		Relation	prel;
+		SysScanDesc scan;
+		HeapTuple	tup;
 
-		ht_as_owner_begin(&save_user, &save_sec);
-		PG_TRY();
+		/*
+		 * Read the rows directly, not through SQL: this runs from the row
+		 * trigger under the writer's identity and search_path.
+		 */
+		prel = table_open(rel, AccessShareLock);
+		scan = systable_beginscan(prel, InvalidOid, false, NULL, 0, NULL);
+		while (HeapTupleIsValid(tup = systable_getnext(scan)))
 		{
-			SPI_connect();
-			ht_exec(&q_count, NULL, NULL, 1);
-			n = DatumGetInt32(ht_col(0, 1, &isnull));
-			maxp = DatumGetInt32(ht_col(0, 2, &isnull));
-			SPI_finish();
+			bool		isnull;
+			Datum		d = heap_getattr(tup, 1, RelationGetDescr(prel), &isnull);
+
+			n++;
+			if (!isnull)
+				maxp = Max(maxp, DatumGetInt32(d));
 		}
-		PG_FINALLY();
-		{
-			ht_as_owner_end(save_user, save_sec);
-		}
-		PG_END_TRY();
+		systable_endscan(scan);
+		table_close(prel, AccessShareLock);
 		if (n < 1 || maxp != n - 1)
 			elog(ERROR, "hashtree: table hashtree.partition is damaged (%d rows, max %d)",
 				 n, maxp);

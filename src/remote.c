@@ -476,6 +476,7 @@ ht_node_query(HtPeer *peer, const char *sql, int nparams,
 	char	   *nulls;
 	HtRemoteResult *out;
 	int			rc;
+	int			pin;
 
 	if (peer != NULL)
 		return ht_peer_query(peer, sql, nparams, params, false, ncols);
@@ -490,7 +491,9 @@ ht_node_query(HtPeer *peer, const char *sql, int nparams,
 		nulls[i] = params[i] ? ' ' : 'n';
 	}
 	nulls[nparams] = '\0';
+	pin = ht_pin_begin();
 	rc = SPI_execute_with_args(sql, nparams, types, values, nulls, false, 0);
+	ht_pin_end(pin);
 	if (rc < 0)
 		elog(ERROR, "hashtree: SPI_execute_with_args failed (%s) for: %s",
 			 SPI_result_code_string(rc), sql);

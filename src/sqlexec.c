@@ -15,6 +15,11 @@
 #include "hashtree.h"
 #include "sqlexec.h"
 
+/*
+ * Every statement runs with search_path pinned (hashtree.h): the plan is
+ * analysed, re-validated and executed under "pg_catalog, pg_temp", whoever
+ * calls and whatever the caller's path.
+ */
 static SPIPlanPtr
 ht_plan(HtQuery *q)
 {
@@ -52,8 +57,11 @@ ht_exec(HtQuery *q, Datum *values, const bool *nulls, long tcount)
 	MemoryContext caller = CurrentMemoryContext;
 	int			rc;
 
+	int			pin = ht_pin_begin();
+
 	rc = SPI_execute_plan(ht_plan(q), values, ht_nulls(q, nulls, nbuf),
 						  false, tcount);
+	ht_pin_end(pin);
 	/* SPI returns in its procedure context: stay in the caller's */
 	MemoryContextSwitchTo(caller);
 	if (rc < 0)
@@ -68,9 +76,11 @@ ht_cursor(HtQuery *q, Datum *values, const bool *nulls)
 	char		nbuf[HT_QUERY_MAX_ARGS + 1];
 	MemoryContext caller = CurrentMemoryContext;
 	Portal		portal;
+	int			pin = ht_pin_begin();
 
 	portal = SPI_cursor_open(NULL, ht_plan(q), values,
 							 ht_nulls(q, nulls, nbuf), false);
+	ht_pin_end(pin);
 	MemoryContextSwitchTo(caller);
 	if (portal == NULL)
 		elog(ERROR, "hashtree: SPI_cursor_open failed (%s) for: %s",
@@ -82,8 +92,10 @@ uint64
 ht_fetch(Portal portal, long count)
 {
 	MemoryContext caller = CurrentMemoryContext;
+	int			pin = ht_pin_begin();
 
 	SPI_cursor_fetch(portal, true, count);
+	ht_pin_end(pin);
 	MemoryContextSwitchTo(caller);
 	return SPI_processed;
 }
@@ -183,6 +195,7 @@ ht_sql(const char *fmt,...)
 	StringInfoData buf;
 	va_list		args;
 	int			rc;
+	int			pin;
 
 	initStringInfo(&buf);
 	for (;;)
@@ -196,7 +209,9 @@ ht_sql(const char *fmt,...)
 			break;
 		enlargeStringInfo(&buf, needed);
 	}
+	pin = ht_pin_begin();
 	rc = SPI_execute(buf.data, false, 0);
+	ht_pin_end(pin);
 	if (rc < 0)
 		elog(ERROR, "hashtree: SPI_execute failed (%s) for: %s", SPI_result_code_string(rc), buf.data);
 	pfree(buf.data);
