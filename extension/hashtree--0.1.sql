@@ -381,7 +381,9 @@ CREATE FUNCTION @extschema@.check_tree("partition" int)
 -- Tracked tables
 ---------------------------------------------------------------------------
 
--- the row trigger and the TRUNCATE trigger put on tracked tables
+-- the row trigger and the TRUNCATE trigger put on tracked tables (by track(),
+-- as the extension owner: EXECUTE is not granted to PUBLIC, so nobody else
+-- puts them on a table; they refuse to work on any other table anyway)
 CREATE FUNCTION @extschema@._track_row() RETURNS trigger
 	AS 'MODULE_PATHNAME', 'ht_track_row'
 	LANGUAGE C;
@@ -411,6 +413,9 @@ CREATE FUNCTION @extschema@._ddl_table(relid oid) RETURNS void
 CREATE FUNCTION @extschema@._ddl_dropped() RETURNS void
 	AS 'MODULE_PATHNAME', 'ht_ddl_dropped'
 	LANGUAGE C VOLATILE;
+CREATE FUNCTION @extschema@._ddl_check_all() RETURNS void
+	AS 'MODULE_PATHNAME', 'ht_ddl_check_all'
+	LANGUAGE C VOLATILE;
 
 CREATE FUNCTION @extschema@._on_ddl_end() RETURNS event_trigger
 	LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -419,6 +424,12 @@ DECLARE
 	r record;
 BEGIN
 	IF NOT EXISTS (SELECT 1 FROM @extschema@.tracked_table) THEN
+		RETURN;
+	END IF;
+	-- a renamed schema or trigger: every tracked table must be as registered
+	IF TG_TAG OPERATOR(pg_catalog.=) 'ALTER TRIGGER'::text
+	   OR TG_TAG OPERATOR(pg_catalog.=) 'ALTER SCHEMA'::text THEN
+		PERFORM @extschema@._ddl_check_all();
 		RETURN;
 	END IF;
 	FOR r IN SELECT DISTINCT c.objid FROM pg_event_trigger_ddl_commands() c
@@ -445,7 +456,7 @@ END
 $$;
 
 CREATE EVENT TRIGGER hashtree_ddl_end ON ddl_command_end
-	WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE')
+	WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE', 'ALTER TRIGGER', 'ALTER SCHEMA')
 	EXECUTE FUNCTION @extschema@._on_ddl_end();
 CREATE EVENT TRIGGER hashtree_sql_drop ON sql_drop
 	EXECUTE FUNCTION @extschema@._on_sql_drop();
@@ -743,8 +754,6 @@ GRANT EXECUTE ON FUNCTION
 	@extschema@._next_expiry(timestamptz, float8),
 	@extschema@.row_hash(regclass, record),
 	@extschema@.row_key(regclass, record),
-	@extschema@._track_row(),
-	@extschema@._track_truncate(),
 	@extschema@.frag_number(int, numeric),
 	@extschema@.frag_init(regclass, int),
 	@extschema@.frag_activate(regclass),

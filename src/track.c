@@ -85,7 +85,8 @@ typedef struct TrackRel
 	bool		valid;
 	MemoryContext cxt;
 	Oid			root;			/* the tracked table, or relid if untracked */
-	bool		tracked;
+	bool		tracked;		/* root carries the tracking row trigger */
+	bool		registered;		/* ... and is in hashtree.tracked_table */
 	HtRelEnc   *enc;			/* this relation, with the root's key columns */
 	char	   *schema;			/* the root's schema and name: the prefix */
 	char	   *name;
@@ -157,6 +158,8 @@ tracked_root(Relation rel, Oid fn)
 	return root;
 }
 
+static bool is_registered(text *pa, text *pb);
+
 static char *
 to_utf8(const char *s, int *len)
 {
@@ -227,6 +230,7 @@ track_rel(Relation rel)
 		tr->pb = cstring_to_text(tr->name);
 		tr->pa8 = to_utf8(tr->schema, &tr->pa8len);
 		tr->pb8 = to_utf8(tr->name, &tr->pb8len);
+		tr->registered = tr->tracked && is_registered(tr->pa, tr->pb);
 		MemoryContextSwitchTo(old);
 		tr->valid = true;
 	}
@@ -297,6 +301,29 @@ bytea_eq(bytea *a, bytea *b)
 		memcmp(VARDATA_ANY(a), VARDATA_ANY(b), VARSIZE_ANY_EXHDR(a)) == 0;
 }
 
+/*
+ * The tracking trigger functions act only as the triggers hashtree puts on
+ * a registered tracked table (and its partitions): fired by any other
+ * trigger, on any other table, they refuse, so that nobody writes entries
+ * of a prefix through them.
+ */
+static void
+check_own_trigger(TriggerData *td, TrackRel *tr, const char *tgname)
+{
+	if (!tr->registered || strcmp(td->tg_trigger->tgname, tgname) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("trigger \"%s\" on \"%s\" is not a tracking trigger of hashtree",
+						td->tg_trigger->tgname, RelationGetRelationName(td->tg_relation)),
+				 errdetail("hashtree's trigger functions work only as the triggers that hashtree.track() creates on a tracked table.")));
+}
+
+/*
+ * _track_row() RETURNS trigger: AFTER INSERT OR UPDATE OR DELETE row
+ * trigger "hashtree_track" of a tracked table.  Logs the key of each
+ * changed row (both keys when an UPDATE changes it) in hashtree.dirty_key
+ * with a heap insert; takes RowExclusiveLock on that table.
+ */
 PG_FUNCTION_INFO_V1(ht_track_row);
 Datum
 ht_track_row(PG_FUNCTION_ARGS)
@@ -309,6 +336,7 @@ ht_track_row(PG_FUNCTION_ARGS)
 		!TRIGGER_FIRED_FOR_ROW(td->tg_event))
 		elog(ERROR, "hashtree: _track_row() must be an AFTER ROW trigger");
 	tr = track_rel(td->tg_relation);
+	check_own_trigger(td, tr, "hashtree_track");
 	desc = RelationGetDescr(td->tg_relation);
 
 	if (TRIGGER_FIRED_BY_UPDATE(td->tg_event))
@@ -325,6 +353,13 @@ ht_track_row(PG_FUNCTION_ARGS)
 	return PointerGetDatum(NULL);
 }
 
+/*
+ * _track_truncate() RETURNS trigger: AFTER TRUNCATE statement trigger
+ * "hashtree_track_truncate" of a tracked table and of each of its
+ * partitions; logs a re-hash marker for every partition.  On a table that
+ * is no longer part of a tracked table (a detached partition keeps it) it
+ * does nothing.
+ */
 PG_FUNCTION_INFO_V1(ht_track_truncate);
 Datum
 ht_track_truncate(PG_FUNCTION_ARGS)
@@ -336,8 +371,10 @@ ht_track_truncate(PG_FUNCTION_ARGS)
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BY_TRUNCATE(td->tg_event))
 		elog(ERROR, "hashtree: _track_truncate() must be a TRUNCATE trigger");
 	tr = track_rel(td->tg_relation);
+	/* left on a partition detached from a tracked table: nothing to do */
 	if (!tr->tracked)
 		return PointerGetDatum(NULL);
+	check_own_trigger(td, tr, "hashtree_track_truncate");
 	n = ht_num_partitions();
 	for (int p = 0; p < n; p++)
 		log_key(tr, p, NULL);
@@ -642,28 +679,44 @@ ht_track_rehash_partition(int part)
 	}
 }
 
-void
-ht_track_refuse_prefix(text *pa, text *pb)
+/*
+ * Is (pa, pb) a registered tracked table?  Read directly (no SQL: this runs
+ * from the row trigger as the writing user), with the latest snapshot so
+ * that a registration earlier in this transaction is seen.
+ */
+static bool
+is_registered(text *pa, text *pb)
 {
 	Oid			nsp = ht_schema_oid();
-	Oid			relid = get_relname_relid("tracked_table", nsp);
-	Oid			idxid = get_relname_relid("tracked_table_pkey", nsp);
+	Oid			relid = OidIsValid(nsp) ? get_relname_relid("tracked_table", nsp) : InvalidOid;
+	Oid			idxid = OidIsValid(nsp) ? get_relname_relid("tracked_table_pkey", nsp) : InvalidOid;
 	Relation	rel;
 	ScanKeyData key[2];
 	SysScanDesc scan;
+	Snapshot	snap;
 	bool		found;
 
 	if (!OidIsValid(relid) || !OidIsValid(idxid))
-		elog(ERROR, "hashtree: table hashtree.tracked_table or its primary key is missing");
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("extension \"hashtree\" is not installed in this database")));
 	rel = table_open(relid, AccessShareLock);
-	ScanKeyInit(&key[0], get_attnum(relid, "schema_name"), BTEqualStrategyNumber, F_TEXTEQ,
-				PointerGetDatum(pa));
-	ScanKeyInit(&key[1], get_attnum(relid, "table_name"), BTEqualStrategyNumber, F_TEXTEQ,
-				PointerGetDatum(pb));
-	scan = systable_beginscan(rel, idxid, true, NULL, 2, key);
+	ScanKeyInit(&key[0], 1, BTEqualStrategyNumber, F_TEXTEQ, PointerGetDatum(pa));
+	ScanKeyInit(&key[1], 2, BTEqualStrategyNumber, F_TEXTEQ, PointerGetDatum(pb));
+	snap = RegisterSnapshot(GetLatestSnapshot());
+	scan = systable_beginscan(rel, idxid, true, snap, 2, key);
 	found = HeapTupleIsValid(systable_getnext(scan));
 	systable_endscan(scan);
+	UnregisterSnapshot(snap);
 	table_close(rel, AccessShareLock);
+	return found;
+}
+
+void
+ht_track_refuse_prefix(text *pa, text *pb)
+{
+	bool		found = is_registered(pa, pb);
+
 	if (found)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -1244,6 +1297,8 @@ ht_track(PG_FUNCTION_ARGS)
 	v[2] = CStringGetTextDatum(tr->enc->key_columns);
 	v[3] = CStringGetTextDatum(signature(tr, rel));
 	ht_exec(&q_register, v, NULL, 0);
+	/* the trigger functions now find the table registered */
+	CacheInvalidateRelcacheByRelid(relid);
 	ht_exec(&q_drop_keys, v, NULL, 0);
 	progress_begin(psprintf("track(%s)", qname));
 	PG_TRY();
@@ -1340,15 +1395,65 @@ ht_untrack(PG_FUNCTION_ARGS)
 
 /* ---- schema changes (event triggers) -------------------------------------------- */
 
-static bool
-trigger_enabled_always(Relation rel, Oid fn)
+/* the trigger named name on rel, NULL if none */
+static Trigger *
+trigger_named(Relation rel, const char *name)
 {
 	TriggerDesc *td = rel->trigdesc;
 
 	for (int i = 0; td != NULL && i < td->numtriggers; i++)
-		if (td->triggers[i].tgfoid == fn && !td->triggers[i].tgisclone)
-			return td->triggers[i].tgenabled == TRIGGER_FIRES_ALWAYS;
-	return false;
+		if (strcmp(td->triggers[i].tgname, name) == 0)
+			return &td->triggers[i];
+	return NULL;
+}
+
+static void
+refuse_trigger_change(Relation rel, const char *tgname)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("cannot drop, disable or rename the tracking trigger \"%s\" of \"%s\"",
+					tgname, RelationGetRelationName(rel)),
+			 errdetail("Without it the trees of the tracked table would silently stop following its rows."),
+			 errhint("Use hashtree.untrack() to stop tracking the table.")));
+}
+
+/*
+ * Tracking cannot be switched off behind hashtree's back: the tracked table
+ * and each of its partitions must carry the row trigger "hashtree_track"
+ * (the table's own, cloned on the partitions) and the TRUNCATE trigger
+ * "hashtree_track_truncate", with hashtree's functions, ENABLE ALWAYS.
+ * A partition that lacks its TRUNCATE trigger gets it when create_missing
+ * (a partition created or attached); anything else is refused.
+ */
+static void
+verify_triggers(Oid rootid, bool create_missing)
+{
+	Oid			rowfn = track_fn_oid("_track_row");
+	Oid			truncfn = track_fn_oid("_track_truncate");
+	ListCell   *lc;
+
+	foreach(lc, find_all_inheritors(rootid, AccessShareLock, NULL))
+	{
+		Oid			relid = lfirst_oid(lc);
+		Relation	rel = relation_open(relid, AccessShareLock);
+		Trigger    *row = trigger_named(rel, "hashtree_track");
+		Trigger    *trunc = trigger_named(rel, "hashtree_track_truncate");
+		bool		create = false;
+
+		if (row == NULL || row->tgfoid != rowfn ||
+			row->tgenabled != TRIGGER_FIRES_ALWAYS ||
+			row->tgisclone != (relid != rootid))
+			refuse_trigger_change(rel, "hashtree_track");
+		if (trunc == NULL && relid != rootid && create_missing)
+			create = true;
+		else if (trunc == NULL || trunc->tgfoid != truncfn ||
+				 trunc->tgenabled != TRIGGER_FIRES_ALWAYS)
+			refuse_trigger_change(rel, "hashtree_track_truncate");
+		relation_close(rel, AccessShareLock);
+		if (create)
+			create_truncate_trigger(relid);
+	}
 }
 
 /*
@@ -1440,25 +1545,62 @@ ht_ddl_table(PG_FUNCTION_ARGS)
 						 errmsg("cannot rename a tracked table or move it to another schema"),
 						 errdetail("The schema and name of a tracked table are the prefix of its entries on every node."),
 						 errhint("Untrack it with hashtree.untrack(), then track it again.")));
-			if (!trigger_enabled_always(rel, fn))
-				ereport(ERROR,
-						(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-						 errmsg("the tracking trigger of \"%s\" must stay enabled",
-								RelationGetRelationName(rel)),
-						 errhint("Use hashtree.untrack() to stop tracking the table.")));
+			verify_triggers(relid, true);
 			recheck(rel, reg);
 		}
-		else if (rel->rd_rel->relispartition && OidIsValid(tracked_root(rel, fn)) &&
-				 !has_trigger_named(rel, "hashtree_track_truncate"))
+		else if (rel->rd_rel->relispartition)
 		{
-			/* a new partition of a tracked table: TRUNCATE on it is seen too */
+			Oid			root = tracked_root(rel, fn);
+
+			/*
+			 * A partition of a tracked table: created or attached (it gets
+			 * its TRUNCATE trigger), or altered (its triggers must stay).
+			 */
 			relation_close(rel, AccessShareLock);
 			rel = NULL;
-			create_truncate_trigger(relid);
+			if (OidIsValid(root))
+				verify_triggers(root, true);
 		}
 	}
 	if (rel != NULL)
 		relation_close(rel, AccessShareLock);
+	HT_API_END();
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+/*
+ * _ddl_check_all() RETURNS void: after ALTER TRIGGER or ALTER SCHEMA.
+ * Every registered table must still exist under its registered schema and
+ * name (a schema rename would change the prefix of its entries on one node
+ * only) and keep its triggers.  Called by the event trigger as the
+ * extension owner; takes AccessShareLock on the tracked tables.
+ */
+PG_FUNCTION_INFO_V1(ht_ddl_check_all);
+Datum
+ht_ddl_check_all(PG_FUNCTION_ARGS)
+{
+	Registered *r;
+	int			n;
+
+	if (ht_api_depth > 0)
+		PG_RETURN_VOID();
+	SPI_connect();
+	HT_API_BEGIN();
+	n = registry(&r);
+	for (int i = 0; i < n; i++)
+	{
+		Oid			relid = registered_relid(r[i].schema, r[i].name);
+
+		if (!OidIsValid(relid))
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("cannot rename the schema of tracked table %s",
+							quote_qualified_identifier(r[i].schema, r[i].name)),
+					 errdetail("The schema and name of a tracked table are the prefix of its entries on every node."),
+					 errhint("Untrack the schema's tracked tables with hashtree.untrack(), then track them again.")));
+		verify_triggers(relid, false);
+	}
 	HT_API_END();
 	SPI_finish();
 	PG_RETURN_VOID();
@@ -1545,10 +1687,8 @@ ht_ddl_dropped(PG_FUNCTION_ARGS)
 		}
 		rel = relation_open(relid, AccessShareLock);
 		if (!has_track_trigger(rel, fn, false))
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("cannot drop the tracking trigger of \"%s\"", r[i].name),
-					 errhint("Use hashtree.untrack() to stop tracking the table.")));
+			refuse_trigger_change(rel, "hashtree_track");
+		verify_triggers(relid, false);
 		/* a dropped partition, a dropped key index */
 		recheck(rel, &r[i]);
 		relation_close(rel, AccessShareLock);
