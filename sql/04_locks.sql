@@ -18,8 +18,9 @@ SELECT lock_owner FROM hashtree.status WHERE partition = 0;
 SELECT hashtree.lock(NULL, 1), hashtree.lock(hashtree.node_name(), 1);
 SELECT hashtree.release_lock(hashtree.node_name(), 1), hashtree.release_lock(NULL, 1);
 
--- locking on behalf of another process (here the checkpointer, which
--- outlives this test); only the owner may update or release
+-- locking on behalf of another client backend (here the one serving a
+-- peer connection to this same database, which outlives the statements
+-- below); only the owner may update or release
 CREATE FUNCTION sqlstate_of(q text) RETURNS text LANGUAGE plpgsql AS $$
 BEGIN
 	EXECUTE q;
@@ -27,7 +28,14 @@ BEGIN
 EXCEPTION WHEN OTHERS THEN
 	RETURN SQLSTATE || ': ' || regexp_replace(SQLERRM, '[0-9]+', 'N', 'g');
 END $$;
-SELECT pid AS other FROM pg_stat_activity WHERE backend_type = 'checkpointer' \gset
+-- (not an auxiliary process: its lock would never vanish)
+SELECT pid AS ckpt FROM pg_stat_activity WHERE backend_type = 'checkpointer' \gset
+SELECT sqlstate_of(format('SELECT hashtree.lock(NULL, 2, %s)', :ckpt));
+SELECT hashtree.add_peer('loop', format('host=%s port=%s dbname=%s',
+	current_setting('unix_socket_directories'), current_setting('port'), current_database()));
+SELECT hashtree.lock('loop', 6);
+SELECT lock_owner AS other FROM hashtree.status WHERE partition = 6 \gset
+SELECT hashtree.release_lock('loop', 6);
 SELECT hashtree.lock(NULL, 2, :other);
 SELECT lock_owner = :other AS owned_by_other FROM hashtree.status WHERE partition = 2;
 SELECT hashtree.lock(2);
@@ -37,6 +45,7 @@ SELECT hashtree.release_lock(NULL, 2, pg_backend_pid());
 SELECT * FROM hashtree.compare(2, 'nobody');
 SELECT sqlstate_of('SELECT hashtree.reset(2)');
 SELECT hashtree.release_lock(NULL, 2, :other);
+SELECT hashtree.drop_peer('loop');
 SELECT hashtree.lock(2), hashtree.update(2), hashtree.release_lock(2);
 
 -- a lock taken in a transaction that rolls back was never taken

@@ -15,6 +15,7 @@
 #include <limits.h>
 
 #include "access/genam.h"
+#include "access/relation.h"
 #include "access/htup_details.h"
 #include "access/table.h"
 #include "access/xlog.h"
@@ -215,4 +216,16 @@ ht_extension_owner(void)
 	systable_endscan(scan);
 	table_close(rel, AccessShareLock);
 	return owner;
+}
+
+Relation
+ht_open_relation_arg(Oid relid, LOCKMODE lockmode)
+{
+	Relation	rel = OidIsValid(relid) ? try_relation_open(relid, lockmode) : NULL;
+
+	if (rel == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_TABLE),
+				 errmsg("relation with OID %u does not exist", relid)));
+	return rel;
 }

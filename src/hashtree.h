@@ -15,6 +15,8 @@
 #include "postgres.h"
 
 #include "fmgr.h"
+#include "storage/lockdefs.h"
+#include "utils/relcache.h"
 
 #define HT_EXTENSION_VERSION	"0.1"
 
@@ -78,6 +80,12 @@ typedef struct HtUserContext
 
 extern void ht_as_table_owner_begin(Oid relid, HtUserContext *ctx);
 extern void ht_as_table_owner_end(HtUserContext *ctx);
+
+/*
+ * Open a relation named by a regclass argument: a clear ERROR (42P01) for
+ * an OID that names no relation (regclass 0, a dropped table), never XX000.
+ */
+extern Relation ht_open_relation_arg(Oid relid, LOCKMODE lockmode);
 
 /* the extension owner's role (pg_extension.extowner), InvalidOid if none */
 extern Oid	ht_extension_owner(void);

@@ -70,6 +70,26 @@ ht_backend_start(int pid, TimestampTz *start)
 	return false;
 }
 
+/* is pid a client backend (not an auxiliary process or a background worker)? */
+static bool
+is_client_backend(int pid)
+{
+	int			n;
+
+	if (pid == MyProcPid)
+		return true;
+	pgstat_clear_backend_activity_snapshot();
+	n = pgstat_fetch_stat_numbackends();
+	for (int i = 1; i <= n; i++)
+	{
+		LocalPgBackendStatus *l = pgstat_fetch_stat_local_beentry(i);
+
+		if (l != NULL && l->backendStatus.st_procpid == pid)
+			return l->backendStatus.st_backendType == B_BACKEND;
+	}
+	return false;
+}
+
 int
 ht_live_owner(int pid, TimestampTz start)
 {
@@ -261,6 +281,12 @@ ht_part_lock(int part, int pid)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("PID %d is not a PostgreSQL server process", pid)));
+	/* a lock lives as long as its owner: an auxiliary process never exits */
+	if (!is_client_backend(pid))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("PID %d is not a client backend", pid),
+				 errdetail("A partition lock belongs to a client backend and vanishes when it exits.")));
 
 	/* a row locked by another transaction is a lock being changed: busy */
 	if (!read_state(&q_read_skip, part, &st))

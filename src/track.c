@@ -453,7 +453,12 @@ row_entry(TrackRel *tr, Relation rel, HeapTuple tuple, int want_part, RowEntry *
 	e->hash = (want_part < 0 || want_part == e->part) ? ht_row_hash(tr->enc, desc, tuple) : NULL;
 }
 
-/* row_hash(tbl, r) and row_key(tbl, r): one encoding of a row of tbl */
+/*
+ * row_hash(tbl regclass, r record) RETURNS bytea, row_key(tbl regclass,
+ * r record) RETURNS bytea: the row hash and entry key hashtree computes for
+ * row r of tbl (a tracked table or not).  Needs SELECT on every column of
+ * tbl.  AccessShareLock on tbl.
+ */
 static Datum
 row_encoding_sql(FunctionCallInfo fcinfo, bool hash)
 {
@@ -463,7 +468,21 @@ row_encoding_sql(FunctionCallInfo fcinfo, bool hash)
 
 	if (PG_ARGISNULL(0) || PG_ARGISNULL(1))
 		PG_RETURN_NULL();
-	rel = relation_open(PG_GETARG_OID(0), AccessShareLock);
+	rel = ht_open_relation_arg(PG_GETARG_OID(0), AccessShareLock);
+
+	/*
+	 * Only for a caller who may read the whole row: the hash of a guessed
+	 * row compared with a stored hash would otherwise reveal columns the
+	 * caller cannot read.
+	 */
+	if (pg_attribute_aclcheck_all(RelationGetRelid(rel), GetUserId(), ACL_SELECT,
+								  ACLMASK_ALL) != ACLCHECK_OK &&
+		pg_class_aclcheck(RelationGetRelid(rel), GetUserId(), ACL_SELECT) != ACLCHECK_OK)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for table %s", RelationGetRelationName(rel)),
+				 errdetail("%s needs SELECT on every column of the table.",
+						   hash ? "row_hash()" : "row_key()")));
 	record_tuple(rel, PG_GETARG_HEAPTUPLEHEADER(1), &tuple);
 	out = hash ? ht_row_hash(track_rel(rel)->enc, RelationGetDescr(rel), &tuple) :
 		ht_row_key(track_rel(rel)->enc, RelationGetDescr(rel), &tuple);
@@ -1262,7 +1281,7 @@ ht_track(PG_FUNCTION_ARGS)
 	SPI_connect();
 	HT_API_BEGIN();
 	/* writers wait from here until the end of the transaction (see README) */
-	rel = table_open(relid, ShareRowExclusiveLock);
+	rel = ht_open_relation_arg(relid, ShareRowExclusiveLock);
 	fn = track_fn_oid("_track_row");
 	check_trackable(rel, fn);
 	partitioned = (rel->rd_rel->relkind == RELKIND_PARTITIONED_TABLE);
@@ -1353,7 +1372,7 @@ ht_untrack(PG_FUNCTION_ARGS)
 	relid = PG_GETARG_OID(0);
 	SPI_connect();
 	HT_API_BEGIN();
-	rel = table_open(relid, ShareRowExclusiveLock);
+	rel = ht_open_relation_arg(relid, ShareRowExclusiveLock);
 	if (!has_track_trigger(rel, track_fn_oid("_track_row"), false))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
