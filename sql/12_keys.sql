@@ -3,7 +3,7 @@
 -- the key index considers equal are one key, whatever their bytes
 --
 SET client_min_messages = warning;
-DROP EXTENSION IF EXISTS hashtree;
+DROP EXTENSION IF EXISTS hashtree CASCADE;
 CREATE EXTENSION hashtree;
 DROP EXTENSION IF EXISTS citext;
 CREATE EXTENSION citext;
@@ -220,7 +220,7 @@ SELECT current_database() AS regress_db \gset
 -- not valid UTF-8 is refused when written; other columns are hashed as
 -- stored (valid UTF-8 hashes as in a UTF-8 database), so no fold fails
 SET client_min_messages = warning;
-DROP DATABASE IF EXISTS regress_hashtree_ascii;
+DROP DATABASE IF EXISTS regress_hashtree_ascii WITH (FORCE);
 RESET client_min_messages;
 CREATE DATABASE regress_hashtree_ascii ENCODING 'SQL_ASCII' LC_COLLATE 'C' LC_CTYPE 'C' TEMPLATE template0;
 \c regress_hashtree_ascii
@@ -256,8 +256,9 @@ CREATE TABLE asc_bad (k text PRIMARY KEY);
 INSERT INTO asc_bad VALUES (latin('é'));
 SELECT hashtree.track('asc_bad');
 \c :regress_db
-DROP DATABASE regress_hashtree_ascii;
+DROP DATABASE regress_hashtree_ascii WITH (FORCE);
 
 -- clean up
 SELECT hashtree.untrack(c) FROM unnest(ARRAY['fk', 'f4k', 'nk', 'nk2', 'ik', 'ik2', 'bk', 'cnk', 'ek', 'pk', 'tk']::regclass[]) c;
-SELECT count(*) AS leftover FROM hashtree.tracked_table;
+SELECT count(*) AS leftover FROM hashtree.tracked_table
+ WHERE table_name IN ('fk', 'f4k', 'nk', 'nk2', 'ik', 'ik2', 'bk', 'cnk', 'ek', 'pk', 'tk');
