@@ -875,22 +875,22 @@ ht_key_from_values(HtRelEnc *re, Datum *values)
 
 	init_varlena_buf(&buf);
 	errcb.callback = key_error_context;
-	errcb.previous = error_context_stack;
-	error_context_stack = &errcb;
 	WITH_UTF8_CLIENT(
 					 for (int k = 0; k < re->nkeys; k++)
 					 {
 						 int at = buf.len;
 						 uint32 len;
 
-						 errcb.arg = re->keyname[k];
 						 put_u32(&buf, 0);
+						 errcb.arg = re->keyname[k];
+						 errcb.previous = error_context_stack;
+						 error_context_stack = &errcb;
 						 encode_key_value(re, k, values[k], &buf);
+						 error_context_stack = errcb.previous;
 						 len = pg_hton32((uint32) (buf.len - at - 4));
 						 memcpy(buf.data + at, &len, 4);
 					 }
 	);
-	error_context_stack = errcb.previous;
 	return varlena_buf_result(&buf);
 }
 
