@@ -11,7 +11,12 @@
  *            attribute; an element or attribute is 0x00 (null) or
  *            0x01 u32 len value.  (Unlike array_send and record_send, no
  *            type OIDs: they differ between databases.)
- * key:       for each key column in key order: u32 len value.
+ * key:       for each key column in key order: u32 len value, where the
+ *            value is canonical under the key index's equality: the send
+ *            form when the operator class declares equality bitwise
+ *            (BTEQUALIMAGE_PROC), else the send form of one chosen value
+ *            of those equal to it (floats, numeric, interval, unbounded
+ *            bpchar; below); other keys are refused.
  * row hash:  SHA-256 over, for each live column sorted by UTF-8 name:
  *            u32 len name, then 0x00 (null) or 0x01 u32 len value.
  *
@@ -22,11 +27,18 @@
  */
 #include "postgres.h"
 
+#include <math.h>
+
 #include "access/htup_details.h"
+#include "access/nbtree.h"
 #include "access/relation.h"
 #include "catalog/index.h"
+#include "catalog/pg_am.h"
 #include "catalog/pg_index.h"
+#include "catalog/pg_opclass.h"
 #include "catalog/pg_type.h"
+#include "common/int.h"
+#include "datatype/timestamp.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "port/pg_bswap.h"
@@ -38,6 +50,7 @@
 #include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/syscache.h"
+#include "utils/timestamp.h"
 #include "utils/typcache.h"
 #include "utils/uuid.h"
 
@@ -388,21 +401,24 @@ encode_value(HtTypeEnc *te, Datum d, StringInfo buf)
 
 /*
  * The send and receive forms of text types are in the client encoding:
- * encode and decode with the client encoding set to UTF-8.
+ * encode and decode with the client encoding set to UTF-8 (keys; values in
+ * any database but SQL_ASCII) or to SQL_ASCII (values in a SQL_ASCII
+ * database: the bytes as stored, see hash_client_encoding()).
  */
-#define WITH_UTF8_CLIENT(code) \
+#define WITH_CLIENT(enc, ...) \
 	do { \
 		int			saved_enc_ = pg_get_client_encoding(); \
-		if (saved_enc_ == PG_UTF8) \
+		int			want_enc_ = (enc); \
+		if (saved_enc_ == want_enc_) \
 		{ \
-			code; \
+			__VA_ARGS__; \
 		} \
 		else \
 		{ \
-			force_utf8_client(); \
+			force_client(want_enc_); \
 			PG_TRY(); \
 			{ \
-				code; \
+				__VA_ARGS__; \
 			} \
 			PG_FINALLY(); \
 			{ \
@@ -412,17 +428,35 @@ encode_value(HtTypeEnc *te, Datum d, StringInfo buf)
 		} \
 	} while (0)
 
+#define WITH_UTF8_CLIENT(...) WITH_CLIENT(PG_UTF8, __VA_ARGS__)
+
 static void
-force_utf8_client(void)
+force_client(int enc)
 {
-	if (SetClientEncoding(PG_UTF8) < 0)
+	if (SetClientEncoding(enc) < 0)
 	{
 		/* the conversion to UTF-8 is not prepared yet (non-UTF-8 server) */
-		if (PrepareClientEncoding(PG_UTF8) < 0 || SetClientEncoding(PG_UTF8) < 0)
+		if (PrepareClientEncoding(enc) < 0 || SetClientEncoding(enc) < 0)
 			ereport(ERROR,
 					(errcode(ERRCODE_CHARACTER_NOT_IN_REPERTOIRE),
-					 errmsg("cannot convert from the database encoding to UTF-8")));
+					 errmsg("cannot convert from the database encoding to %s",
+							pg_encoding_to_char(enc))));
 	}
+}
+
+/*
+ * The client encoding the row hash encodes values in.  UTF-8, except in a
+ * SQL_ASCII database: there text has no declared encoding and is not
+ * checked on input, and the conversion to UTF-8 only validates it, so a
+ * value that is not valid UTF-8 would fail every later fold of its row;
+ * it is hashed as stored instead (the same bytes as UTF-8 for valid
+ * UTF-8, so such rows hash as on a UTF-8 node).  Keys are always UTF-8:
+ * a key that is not valid UTF-8 is refused when it is written.
+ */
+static inline int
+hash_client_encoding(void)
+{
+	return GetDatabaseEncoding() == PG_SQL_ASCII ? PG_SQL_ASCII : PG_UTF8;
 }
 
 /* ---- describing a relation -------------------------------------------- */
@@ -437,13 +471,17 @@ name_order(const void *a, const void *b, void *arg)
 	return strcmp(names[x], names[y]);
 }
 
-char	  **
-ht_rel_key_names(Relation rel, int *nkeys)
+HtKeyCols *
+ht_rel_key_cols(Relation rel)
 {
 	Oid			indexoid = RelationGetPrimaryKeyIndex(rel);
 	HeapTuple	tp;
 	Form_pg_index idx;
-	char	  **names;
+	HtKeyCols  *kc = palloc(sizeof(HtKeyCols));
+	Datum		d;
+	bool		isnull;
+	oidvector  *opclass;
+	oidvector  *collation;
 
 	if (!OidIsValid(indexoid))
 		indexoid = RelationGetReplicaIndex(rel);
@@ -458,23 +496,138 @@ ht_rel_key_names(Relation rel, int *nkeys)
 	if (!HeapTupleIsValid(tp))
 		elog(ERROR, "cache lookup failed for index %u", indexoid);
 	idx = (Form_pg_index) GETSTRUCT(tp);
-	*nkeys = idx->indnkeyatts;
-	names = palloc(sizeof(char *) * *nkeys);
-	for (int i = 0; i < *nkeys; i++)
+	d = SysCacheGetAttr(INDEXRELID, tp, Anum_pg_index_indclass, &isnull);
+	if (isnull)
+		elog(ERROR, "hashtree: index %u has no operator classes", indexoid);
+	opclass = (oidvector *) DatumGetPointer(d);
+	d = SysCacheGetAttr(INDEXRELID, tp, Anum_pg_index_indcollation, &isnull);
+	if (isnull)
+		elog(ERROR, "hashtree: index %u has no collations", indexoid);
+	collation = (oidvector *) DatumGetPointer(d);
+
+	kc->nkeys = idx->indnkeyatts;
+	kc->names = palloc(sizeof(char *) * kc->nkeys);
+	kc->opclass = palloc(sizeof(Oid) * kc->nkeys);
+	kc->collation = palloc(sizeof(Oid) * kc->nkeys);
+	for (int i = 0; i < kc->nkeys; i++)
 	{
 		AttrNumber	att = idx->indkey.values[i];
 
 		if (att <= 0)
 			elog(ERROR, "hashtree: key index %u has an expression column", indexoid);
-		names[i] = pstrdup(NameStr(TupleDescAttr(RelationGetDescr(rel), att - 1)->attname));
+		kc->names[i] = pstrdup(NameStr(TupleDescAttr(RelationGetDescr(rel), att - 1)->attname));
+		kc->opclass[i] = opclass->values[i];
+		kc->collation[i] = collation->values[i];
 	}
 	ReleaseSysCache(tp);
-	return names;
+	return kc;
+}
+
+char	  **
+ht_rel_key_names(Relation rel, int *nkeys)
+{
+	HtKeyCols  *kc = ht_rel_key_cols(rel);
+
+	*nkeys = kc->nkeys;
+	return kc->names;
+}
+
+/*
+ * How a key column is encoded: its send form when the key index's equality
+ * is bitwise (the operator class's BTEQUALIMAGE_PROC says so for the
+ * index column's collation, as B-tree deduplication asks), else one of the
+ * canonical forms below for the built-in types whose equality is not
+ * bitwise; any other key is refused.  *eqop: the equality operator of the
+ * key index's operator family, which must be the type's default equality
+ * (rows are looked up by key with "=").
+ */
+static char
+key_form(const char *colname, Form_pg_attribute a, Oid opclass, Oid collation, Oid *eqop)
+{
+	HeapTuple	tp;
+	Form_pg_opclass opc;
+	Oid			opfamily;
+	Oid			opcintype;
+	Oid			method;
+	char	   *opcname;
+	int32		typmod = a->atttypmod;
+	Oid			base = getBaseTypeAndTypmod(a->atttypid, &typmod);
+	TypeCacheEntry *tc;
+	Oid			proc;
+	bool		image = false;
+
+	tp = SearchSysCache1(CLAOID, ObjectIdGetDatum(opclass));
+	if (!HeapTupleIsValid(tp))
+		elog(ERROR, "cache lookup failed for operator class %u", opclass);
+	opc = (Form_pg_opclass) GETSTRUCT(tp);
+	opfamily = opc->opcfamily;
+	opcintype = opc->opcintype;
+	method = opc->opcmethod;
+	opcname = pstrdup(NameStr(opc->opcname));
+	ReleaseSysCache(tp);
+
+	if (method != BTREE_AM_OID)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("key column \"%s\" is not indexed with a B-tree operator class", colname)));
+	*eqop = get_opfamily_member(opfamily, opcintype, opcintype, BTEqualStrategyNumber);
+	tc = lookup_type_cache(a->atttypid, TYPECACHE_EQ_OPR);
+	if (!OidIsValid(*eqop) || *eqop != tc->eq_opr)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("key column \"%s\" of type %s is indexed with operator class %s, whose equality is not the type's default equality",
+						colname, format_type_be(a->atttypid), opcname),
+				 errhint("Use a key index with the type's default operator class.")));
+
+	/* a nondeterministic collation makes values of different bytes equal */
+	if ((OidIsValid(collation) && !get_collation_isdeterministic(collation)) ||
+		(OidIsValid(a->attcollation) && !get_collation_isdeterministic(a->attcollation)))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("key column \"%s\" of type %s has a nondeterministic collation",
+						colname, format_type_be(a->atttypid)),
+				 errdetail("Values of the key that differ in their bytes would be equal, so the same row could have several keys."),
+				 errhint("Use a key column whose equality is bitwise, e.g. text under a deterministic collation.")));
+
+	/*
+	 * bpchar without a length: 'a' = 'a ', trailing spaces do not count
+	 * (with a length, every value is padded to it: bitwise)
+	 */
+	if (base == BPCHAROID && typmod < 0)
+		return 'b';
+
+	proc = get_opfamily_proc(opfamily, opcintype, opcintype, BTEQUALIMAGE_PROC);
+	if (OidIsValid(proc))
+		image = DatumGetBool(OidFunctionCall1Coll(proc, collation, ObjectIdGetDatum(opcintype)));
+	if (image)
+		return 0;
+	switch (base)
+	{
+		case FLOAT4OID:
+			return 'f';
+		case FLOAT8OID:
+			return 'F';
+		case NUMERICOID:
+			return 'n';
+		case INTERVALOID:
+			return 'i';
+		default:
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("key column \"%s\" of type %s is not supported", colname,
+							format_type_be(a->atttypid)),
+					 errdetail("Its equality (operator class %s) is not bitwise: values of the key that differ in their bytes can be equal, so the same row could have several keys.",
+							   opcname),
+					 errhint("Use a key column whose equality is bitwise (integers, text under a deterministic collation, uuid, timestamps, ...).")));
+	}
+	return 0;					/* keep the compiler quiet */
 }
 
 HtRelEnc *
-ht_relenc_build(Relation rel, int nkeys, char **key_names)
+ht_relenc_build(Relation rel, HtKeyCols *kc)
 {
+	int			nkeys = kc->nkeys;
+	char	  **key_names = kc->names;
 	TupleDesc	td = RelationGetDescr(rel);
 	HtRelEnc   *re = palloc0(sizeof(HtRelEnc));
 	int		   *order;
@@ -490,6 +643,8 @@ ht_relenc_build(Relation rel, int nkeys, char **key_names)
 	re->keytype = palloc(sizeof(Oid) * nkeys);
 	re->keytypmod = palloc(sizeof(int32) * nkeys);
 	re->keyname = palloc(sizeof(char *) * nkeys);
+	re->keyform = palloc(sizeof(char) * nkeys);
+	re->keyeqop = palloc(sizeof(Oid) * nkeys);
 
 	initStringInfo(&sig);
 	initStringInfo(&keys);
@@ -516,8 +671,12 @@ ht_relenc_build(Relation rel, int nkeys, char **key_names)
 					 errmsg("key column \"%s\" of type %s is not supported",
 							key_names[k], format_type_be(a->atttypid)),
 					 errdetail("Key columns must be of a scalar type with binary send and receive functions.")));
-		appendStringInfo(&sig, " %s %s", quote_identifier(key_names[k]),
-						 format_type_with_typemod(a->atttypid, a->atttypmod));
+		re->keyform[k] = key_form(key_names[k], a, kc->opclass[k], kc->collation[k],
+								  &re->keyeqop[k]);
+		/* (a canonical form is part of the signature: a change re-hashes) */
+		appendStringInfo(&sig, " %s %s%s", quote_identifier(key_names[k]),
+						 format_type_with_typemod(a->atttypid, a->atttypmod),
+						 re->keyform[k] ? " canonical" : "");
 		appendStringInfo(&keys, "%s%s", k ? "," : "", key_names[k]);
 	}
 
@@ -577,12 +736,144 @@ varlena_buf_result(StringInfo buf)
 	return (bytea *) buf->data;
 }
 
+/*
+ * interval: equal when months * 30 days + days + time are (interval_cmp).
+ * The canonical value of that span has as many whole 30-day months as
+ * fit in the month field, then as many whole days as fit in the day
+ * field, the rest in time; all three of the span's sign ('-1 hour' stays
+ * 0 months 0 days -01:00, '24 hours' becomes 1 day, '30 days' 1 month).
+ */
+static Interval
+canonical_interval(const Interval *v)
+{
+	Interval	c;
+	int64		days = (int64) v->month * DAYS_PER_MONTH + v->day;
+	int64		t = v->time;
+	int64		m;
+	int64		d;
+	int64		rest;
+
+	/* the span as days and time in [0, 1 day) ... */
+	days += t / USECS_PER_DAY;
+	t %= USECS_PER_DAY;
+	if (t < 0)
+	{
+		t += USECS_PER_DAY;
+		days--;
+	}
+	/* ... or, for a negative span, in (-1 day, 0] */
+	if (days < 0 && t > 0)
+	{
+		days++;
+		t -= USECS_PER_DAY;
+	}
+	m = days / DAYS_PER_MONTH;
+	m = Max(Min(m, PG_INT32_MAX), PG_INT32_MIN);
+	d = days - m * DAYS_PER_MONTH;
+	rest = d - Max(Min(d, PG_INT32_MAX), PG_INT32_MIN);
+	d -= rest;
+	/* rest is nonzero only for the largest intervals, and t stays in range */
+	if (pg_mul_s64_overflow(rest, USECS_PER_DAY, &rest) || pg_add_s64_overflow(t, rest, &t))
+		ereport(ERROR,
+				(errcode(ERRCODE_DATETIME_VALUE_OUT_OF_RANGE),
+				 errmsg("interval out of range")));
+	c.month = (int32) m;
+	c.day = (int32) d;
+	c.time = t;
+	return c;
+}
+
+/* the canonical form of a key value (key_form()), written as a send form */
+static void
+encode_key_value(HtRelEnc *re, int k, Datum d, StringInfo buf)
+{
+	switch (re->keyform[k])
+	{
+		case 0:
+			encode_value(re->keyenc[k], d, buf);
+			break;
+		case 'f':
+			{
+				/* -0 is 0, every NaN one NaN (float4eq) */
+				float4		f = DatumGetFloat4(d);
+				uint32		bits;
+
+				if (isnan(f))
+					bits = (uint32) 0x7FC00000;
+				else
+				{
+					if (f == 0)
+						f = 0.0f;
+					memcpy(&bits, &f, sizeof(bits));
+				}
+				put_u32(buf, bits);
+				break;
+			}
+		case 'F':
+			{
+				float8		f = DatumGetFloat8(d);
+				uint64		bits;
+
+				if (isnan(f))
+					bits = UINT64CONST(0x7FF8000000000000);
+				else
+				{
+					if (f == 0)
+						f = 0.0;
+					memcpy(&bits, &f, sizeof(bits));
+				}
+				bits = pg_hton64(bits);
+				put_bytes(buf, &bits, sizeof(bits));
+				break;
+			}
+		case 'n':
+			{
+				/* 1.0 = 1.00 = 1: the display scale goes */
+				Datum		t = DirectFunctionCall1(numeric_trim_scale, d);
+
+				encode_value(re->keyenc[k], t, buf);
+				break;
+			}
+		case 'i':
+			{
+				Interval	c = canonical_interval(DatumGetIntervalP(d));
+
+				encode_value(re->keyenc[k], IntervalPGetDatum(&c), buf);
+				break;
+			}
+		case 'b':
+			{
+				/* trailing spaces do not count (bpchareq) */
+				text	   *t = DatumGetTextPP(d);
+				const char *p = VARDATA_ANY(t);
+				int			len = VARSIZE_ANY_EXHDR(t);
+
+				while (len > 0 && p[len - 1] == ' ')
+					len--;
+				encode_value(re->keyenc[k], PointerGetDatum(cstring_to_text_with_len(p, len)),
+							 buf);
+				break;
+			}
+		default:
+			elog(ERROR, "hashtree: unknown key form %c", re->keyform[k]);
+	}
+}
+
+/* errors while encoding a key name the key column */
+static void
+key_error_context(void *arg)
+{
+	errcontext("hashtree key column \"%s\"", (const char *) arg);
+}
+
 bytea *
 ht_key_from_values(HtRelEnc *re, Datum *values)
 {
 	StringInfoData buf;
+	ErrorContextCallback errcb;
 
 	init_varlena_buf(&buf);
+	errcb.callback = key_error_context;
 	WITH_UTF8_CLIENT(
 					 for (int k = 0; k < re->nkeys; k++)
 					 {
@@ -590,7 +881,11 @@ ht_key_from_values(HtRelEnc *re, Datum *values)
 						 uint32 len;
 
 						 put_u32(&buf, 0);
-						 encode_value(re->keyenc[k], values[k], &buf);
+						 errcb.arg = re->keyname[k];
+						 errcb.previous = error_context_stack;
+						 error_context_stack = &errcb;
+						 encode_key_value(re, k, values[k], &buf);
+						 error_context_stack = errcb.previous;
 						 len = pg_hton32((uint32) (buf.len - at - 4));
 						 memcpy(buf.data + at, &len, 4);
 					 }
@@ -636,18 +931,18 @@ ht_row_hash(HtRelEnc *re, TupleDesc tupdesc, HeapTuple tuple)
 	}
 	heap_deform_tuple(tuple, tupdesc, values, isnull);
 	initStringInfo(&buf);
-	WITH_UTF8_CLIENT(
-					 for (int j = 0; j < re->ncols; j++)
-					 {
-						 int a = re->colatt[j] - 1;
+	WITH_CLIENT(hash_client_encoding(),
+				for (int j = 0; j < re->ncols; j++)
+				{
+					int a = re->colatt[j] - 1;
 
-						 put_u32(&buf, (uint32) re->colname_len[j]);
-						 put_bytes(&buf, re->colname_utf8[j], re->colname_len[j]);
-						 if (isnull[a])
-							 put_byte(&buf, 0x00);
-						 else
-							 encode_item(re->colenc[j], values[a], &buf);
-					 }
+					put_u32(&buf, (uint32) re->colname_len[j]);
+					put_bytes(&buf, re->colname_utf8[j], re->colname_len[j]);
+					if (isnull[a])
+						put_byte(&buf, 0x00);
+					else
+						encode_item(re->colenc[j], values[a], &buf);
+				}
 	);
 	ht_sha256(buf.data, buf.len, NULL, 0, NULL, 0, (uint8 *) VARDATA(h));
 	SET_VARSIZE(h, VARHDRSZ + HT_DIGEST_LEN);
@@ -685,9 +980,10 @@ ht_key_decode(HtRelEnc *re, bytea *key, Datum *values)
 									  errmsg("malformed hashtree key")));
 						 initStringInfo(&buf);
 						 appendBinaryStringInfo(&buf, p, len);
+						 /* (a canonical value as it is: no typmod applied) */
 						 values[k] = ReceiveFunctionCall(&re->keyenc[k]->recv, &buf,
 														 re->keyenc[k]->ioparam,
-														 re->keytypmod[k]);
+														 re->keyform[k] ? -1 : re->keytypmod[k]);
 						 pfree(buf.data);
 						 p += len;
 					 }

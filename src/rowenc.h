@@ -35,6 +35,8 @@ typedef struct HtRelEnc
 	Oid		   *keytype;
 	int32	   *keytypmod;
 	char	  **keyname;
+	char	   *keyform;		/* 0: the send form, else a canonical form */
+	Oid		   *keyeqop;		/* the key index's equality operator */
 	/* all live columns, sorted by their UTF-8 names */
 	int			ncols;
 	AttrNumber *colatt;
@@ -47,17 +49,34 @@ typedef struct HtRelEnc
 } HtRelEnc;
 
 /*
+ * The key columns of a relation's primary key or replica identity index,
+ * with what decides their equality there: the index column's B-tree
+ * operator class and collation.
+ */
+typedef struct HtKeyCols
+{
+	int			nkeys;
+	char	  **names;
+	Oid		   *opclass;
+	Oid		   *collation;
+} HtKeyCols;
+
+extern HtKeyCols *ht_rel_key_cols(Relation rel);
+
+/* the names alone */
+extern char **ht_rel_key_names(Relation rel, int *nkeys);
+
+/*
  * Describe a relation for tracking: ERROR (with a clear SQLSTATE) when it
  * cannot be tracked (no primary key or replica identity index, a key
- * column of a type without a canonical binary form, ...).  The key columns
- * are those of the relation's own key index, or, for a partition of a
- * tracked table, the tracked table's key columns given by name.
- * Allocated in CurrentMemoryContext.
+ * column of a type without a canonical binary form, or whose equality is
+ * not bitwise and has no canonical form here, ...).  The key columns are
+ * those of the relation's own key index, or, for a partition of a tracked
+ * table, the tracked table's key columns (by name, with the tracked
+ * table's operator classes and collations).  Allocated in
+ * CurrentMemoryContext.
  */
-extern HtRelEnc *ht_relenc_build(Relation rel, int nkeys, char **key_names);
-
-/* the key columns of a relation's primary key or replica identity index */
-extern char **ht_rel_key_names(Relation rel, int *nkeys);
+extern HtRelEnc *ht_relenc_build(Relation rel, HtKeyCols *keys);
 
 /* key encoding of a row (values of rel's tuple descriptor) */
 extern bytea *ht_row_key(HtRelEnc *re, TupleDesc tupdesc, HeapTuple tuple);

@@ -210,8 +210,6 @@ track_rel(Relation rel)
 	{
 		Oid			root;
 		Relation	rootrel;
-		char	  **keys;
-		int			nkeys;
 
 		tr->cxt = AllocSetContextCreate(CacheMemoryContext, "hashtree tracked relation",
 										ALLOCSET_SMALL_SIZES);
@@ -220,8 +218,8 @@ track_rel(Relation rel)
 		tr->tracked = OidIsValid(root);
 		tr->root = tr->tracked ? root : relid;
 		rootrel = (tr->root == relid) ? rel : relation_open(tr->root, AccessShareLock);
-		keys = ht_rel_key_names(rootrel, &nkeys);
-		tr->enc = ht_relenc_build(rel, nkeys, keys);
+		/* the key columns, their operator classes and collations: the root's */
+		tr->enc = ht_relenc_build(rel, ht_rel_key_cols(rootrel));
 		tr->schema = get_namespace_name(RelationGetNamespace(rootrel));
 		tr->name = pstrdup(RelationGetRelationName(rootrel));
 		if (rootrel != rel)
