@@ -369,34 +369,49 @@ ht_exchange(PG_FUNCTION_ARGS)
 	SPI_connect();
 	HT_API_BEGIN();
 	ht_peer_check(peer_name);	/* an unknown peer is an error at once */
-	if (PG_ARGISNULL(1))
-	{
-		first = 0;
-		last = ht_num_partitions() - 1;
-	}
-	else
-	{
-		first = last = PG_GETARG_INT32(1);
-		ht_check_partition(first);
-	}
 
-	for (int part = first; part <= last; part++)
+	/*
+	 * exchange() is SECURITY DEFINER: the repair helpers check the rights
+	 * of the role that called it (the session's current role), not the
+	 * extension owner's.
+	 */
+	ht_repair_role = GetOuterUserId();
+	PG_TRY();
 	{
-		HtExchangeResult r;
-
-		ht_exchange_one(peer_name, part, mode, false, &unreachable, &r);
-		if (strcmp(r.outcome, "ok") == 0)
+		if (PG_ARGISNULL(1))
 		{
-			for (int i = 0; i < r.ndiffs; i++)
-				put_row(rsinfo, part, ht_diff_kind_names[r.diffs[i].kind], r.diffs[i].pa,
-						r.diffs[i].pb, r.diffs[i].key, r.diffs[i].repaired);
+			first = 0;
+			last = ht_num_partitions() - 1;
 		}
 		else
 		{
-			/* never a clean result for a partition that was not compared */
-			put_row(rsinfo, part, r.outcome, NULL, NULL, NULL, false);
+			first = last = PG_GETARG_INT32(1);
+			ht_check_partition(first);
+		}
+
+		for (int part = first; part <= last; part++)
+		{
+			HtExchangeResult r;
+
+			ht_exchange_one(peer_name, part, mode, false, &unreachable, &r);
+			if (strcmp(r.outcome, "ok") == 0)
+			{
+				for (int i = 0; i < r.ndiffs; i++)
+					put_row(rsinfo, part, ht_diff_kind_names[r.diffs[i].kind], r.diffs[i].pa,
+							r.diffs[i].pb, r.diffs[i].key, r.diffs[i].repaired);
+			}
+			else
+			{
+				/* never a clean result for a partition that was not compared */
+				put_row(rsinfo, part, r.outcome, NULL, NULL, NULL, false);
+			}
 		}
 	}
+	PG_FINALLY();
+	{
+		ht_repair_role = InvalidOid;
+	}
+	PG_END_TRY();
 	HT_API_END();
 	SPI_finish();
 	return (Datum) 0;
