@@ -733,6 +733,20 @@ typedef enum KeyPlanKind
 } KeyPlanKind;
 
 /*
+ * An alias for the table in generated SQL that no column of it has (a
+ * bare alias that is also a column name means the column, not the row).
+ */
+static char *
+row_alias(Oid relid)
+{
+	char	   *alias = pstrdup("ht_row");
+
+	for (int i = 1; get_attnum(relid, alias) != InvalidAttrNumber; i++)
+		alias = psprintf("ht_row%d", i);
+	return alias;
+}
+
+/*
  * The equality operator of each key column: the one of the key index's
  * operator family (so that the match is the index's own, e.g. citext's
  * case-insensitive one), else the type's default equality.
@@ -779,11 +793,12 @@ key_eq_ops(TrackRel *tr, Oid *ops)
 }
 
 /*
- * SELECT x.t FROM pg_catalog.unnest($1, ..., $n) u(k1, ..., kn) CROSS JOIN
- *   LATERAL (SELECT t FROM tbl t WHERE t.k1 OPERATOR(s.=) u.k1 AND ...
- *   OFFSET 0) x
+ * SELECT x.r FROM ROWS FROM (pg_catalog.unnest($1), ...) u(k1, ..., kn)
+ *   CROSS JOIN LATERAL (SELECT a AS r FROM tbl a WHERE a.k1 OPERATOR(s.=)
+ *   u.k1 AND ... OFFSET 0) x
+ * (a: an alias no column has)
  * one key index probe per key, whatever the statistics say; or the same
- * as DELETE ... USING pg_catalog.unnest(...).  The key match uses the key
+ * as DELETE ... USING ROWS FROM (...).  The key match uses the key
  * index's equality operators, schema-qualified with exact casts, so it
  * resolves to the same operators whatever the search_path.
  */
@@ -799,11 +814,12 @@ keys_plan(TrackRel *tr, KeyPlanKind kind)
 	SPIPlanPtr	plan;
 	MemoryContext caller = CurrentMemoryContext;
 	char	   *qname = quote_qualified_identifier(tr->schema, tr->name);
+	char	   *alias = row_alias(tr->root);
 
 	key_eq_ops(tr, ops);
 	initStringInfo(&unnest);
 	initStringInfo(&match);
-	appendStringInfoString(&unnest, "pg_catalog.unnest(");
+	appendStringInfoString(&unnest, "ROWS FROM (");
 	for (int k = 0; k < re->nkeys; k++)
 	{
 		Oid			arr = get_array_type(re->keytype[k]);
@@ -814,11 +830,11 @@ keys_plan(TrackRel *tr, KeyPlanKind kind)
 					 errmsg("key column \"%s\" has a type without an array type",
 							re->keyname[k])));
 		types[k] = arr;
-		appendStringInfo(&unnest, "%s$%d", k ? ", " : "", k + 1);
+		appendStringInfo(&unnest, "%spg_catalog.unnest($%d)", k ? ", " : "", k + 1);
 		if (k > 0)
 			appendStringInfoString(&match, " AND ");
 		generate_operator_clause(&match,
-								 psprintf("t.%s", quote_identifier(re->keyname[k])),
+								 psprintf("%s.%s", alias, quote_identifier(re->keyname[k])),
 								 re->keytype[k], ops[k],
 								 psprintf("u.k%d", k + 1), re->keytype[k]);
 	}
@@ -829,11 +845,12 @@ keys_plan(TrackRel *tr, KeyPlanKind kind)
 
 	initStringInfo(&sql);
 	if (kind == KEYS_DELETE)
-		appendStringInfo(&sql, "DELETE FROM %s t USING %s WHERE %s", qname, unnest.data, match.data);
+		appendStringInfo(&sql, "DELETE FROM %s %s USING %s WHERE %s",
+						 qname, alias, unnest.data, match.data);
 	else
-		appendStringInfo(&sql, "SELECT x.t FROM %s CROSS JOIN LATERAL"
-						 " (SELECT t FROM %s t WHERE %s OFFSET 0) x",
-						 unnest.data, qname, match.data);
+		appendStringInfo(&sql, "SELECT x.r FROM %s CROSS JOIN LATERAL"
+						 " (SELECT %s AS r FROM %s %s WHERE %s OFFSET 0) x",
+						 unnest.data, alias, qname, alias, match.data);
 	plan = SPI_prepare(sql.data, re->nkeys, types);
 	MemoryContextSwitchTo(caller);
 	if (plan == NULL)
@@ -889,6 +906,7 @@ fold_keys(int part, FoldTable *ft)
 	int			a = 0;
 	int			b = 0;
 	MemoryContext caller;
+	HtUserContext uc;
 
 	if (ft->nkeys == 0 || ft->tr == NULL || ft->rehashed)
 	{
@@ -897,40 +915,56 @@ fold_keys(int part, FoldTable *ft)
 	}
 	caller = MemoryContextSwitchTo(ft->batch);
 	re = ft->tr->enc;
-	key_params(re, ft->keys, ft->nkeys, params);
-	if (ft->plan == NULL)
+
+	/*
+	 * The rows are read (planned, which may evaluate the table's index
+	 * expressions, and hashed, which runs its types' send functions) as the
+	 * table's owner in a security-restricted operation, never with the
+	 * rights of the extension owner or a worker.
+	 */
+	ht_as_table_owner_begin(ft->tr->root, &uc);
+	PG_TRY();
 	{
-		MemoryContextSwitchTo(caller);
-		ft->plan = keys_plan(ft->tr, KEYS_ROWS);
+		key_params(re, ft->keys, ft->nkeys, params);
+		if (ft->plan == NULL)
+		{
+			MemoryContextSwitchTo(caller);
+			ft->plan = keys_plan(ft->tr, KEYS_ROWS);
+			MemoryContextSwitchTo(ft->batch);
+		}
+		if (SPI_execute_plan(ft->plan, params, NULL, false, 0) != SPI_OK_SELECT)
+			elog(ERROR, "hashtree: reading rows of %s failed", ft->tr->name);
 		MemoryContextSwitchTo(ft->batch);
-	}
-	if (SPI_execute_plan(ft->plan, params, NULL, false, 0) != SPI_OK_SELECT)
-		elog(ERROR, "hashtree: reading rows of %s failed", ft->tr->name);
-	MemoryContextSwitchTo(ft->batch);
-	nrows = SPI_processed;
+		nrows = SPI_processed;
 
-	put_seg = palloc(sizeof(int32) * Max(nrows, 1));
-	put_key = palloc(sizeof(Datum) * Max(nrows, 1));
-	put_hash = palloc(sizeof(Datum) * Max(nrows, 1));
-	found = palloc(sizeof(bytea *) * Max(nrows, 1));
-	for (uint64 r = 0; r < nrows; r++)
+		put_seg = palloc(sizeof(int32) * Max(nrows, 1));
+		put_key = palloc(sizeof(Datum) * Max(nrows, 1));
+		put_hash = palloc(sizeof(Datum) * Max(nrows, 1));
+		found = palloc(sizeof(bytea *) * Max(nrows, 1));
+		for (uint64 r = 0; r < nrows; r++)
+		{
+			bool		isnull;
+			Datum		d = ht_col(r, 1, &isnull);
+			HeapTupleData tuple;
+			RowEntry	e;
+
+			record_tuple(ft->rel, DatumGetHeapTupleHeader(d), &tuple);
+			row_entry(ft->tr, ft->rel, &tuple, part, &e);
+			if (e.part != part || e.hash == NULL)
+				continue;		/* cannot happen: the key was logged for part */
+			put_seg[nput] = e.seg;
+			put_key[nput] = PointerGetDatum(e.key);
+			put_hash[nput] = PointerGetDatum(e.hash);
+			found[nfound++] = e.key;
+			nput++;
+		}
+		SPI_freetuptable(SPI_tuptable);
+	}
+	PG_FINALLY();
 	{
-		bool		isnull;
-		Datum		d = ht_col(r, 1, &isnull);
-		HeapTupleData tuple;
-		RowEntry	e;
-
-		record_tuple(ft->rel, DatumGetHeapTupleHeader(d), &tuple);
-		row_entry(ft->tr, ft->rel, &tuple, part, &e);
-		if (e.part != part || e.hash == NULL)
-			continue;			/* cannot happen: the key was logged for part */
-		put_seg[nput] = e.seg;
-		put_key[nput] = PointerGetDatum(e.key);
-		put_hash[nput] = PointerGetDatum(e.hash);
-		found[nfound++] = e.key;
-		nput++;
+		ht_as_table_owner_end(&uc);
 	}
-	SPI_freetuptable(SPI_tuptable);
+	PG_END_TRY();
 
 	/* the keys whose row is gone lose their entries */
 	del_seg = palloc(sizeof(int32) * ft->nkeys);
@@ -1726,8 +1760,8 @@ set_guc(const char *name, const char *value)
 /*
  * Become the table's owner (security-restricted operation, search_path
  * pinned), pin the I/O settings and set the client encoding to UTF-8.
- * An error on the way is cleaned up by the (sub)transaction abort, except
- * the client encoding: callers restore it with row_io_end in PG_FINALLY.
+ * Callers undo it with row_io_end in PG_FINALLY, so that no error caught
+ * further up can leave this backend as the owner.
  */
 static void
 row_io_begin(Oid relid, RowIO *io)
@@ -2109,10 +2143,9 @@ ht_rows_by_key(PG_FUNCTION_ARGS)
 		}
 		PG_FINALLY();
 		{
-			row_io_restore_encoding(&io);
+			row_io_end(&io);
 		}
 		PG_END_TRY();
-		row_io_end(&io);
 	}
 	table_close(rel, NoLock);
 	HT_API_END();
@@ -2148,9 +2181,11 @@ partition_scan(TrackRel *tr, Relation rel, int part,
 {
 	SPIPlanPtr	plan;
 	Portal		portal;
+	char	   *alias = row_alias(tr->root);
 
-	plan = SPI_prepare(psprintf("SELECT t FROM %s t",
-								quote_qualified_identifier(tr->schema, tr->name)), 0, NULL);
+	plan = SPI_prepare(psprintf("SELECT %s FROM %s %s", alias,
+								quote_qualified_identifier(tr->schema, tr->name), alias),
+					   0, NULL);
 	if (plan == NULL)
 		elog(ERROR, "hashtree: SPI_prepare failed (%s)", SPI_result_code_string(SPI_result));
 	portal = SPI_cursor_open(NULL, plan, NULL, NULL, true);
@@ -2224,10 +2259,9 @@ ht_partition_rows(PG_FUNCTION_ARGS)
 	}
 	PG_FINALLY();
 	{
-		row_io_restore_encoding(&io);
+		row_io_end(&io);
 	}
 	PG_END_TRY();
-	row_io_end(&io);
 	table_close(rel, NoLock);
 	HT_API_END();
 	SPI_finish();
@@ -2266,6 +2300,7 @@ apply_plan(TrackRel *tr, Relation rel)
 	Oid		   *types = palloc(sizeof(Oid) * Max(td->natts, 1));
 	int			n = 0;
 	SPIPlanPtr	plan;
+	char	   *alias = row_alias(tr->root);
 
 	initStringInfo(&cols);
 	initStringInfo(&vals);
@@ -2292,10 +2327,10 @@ apply_plan(TrackRel *tr, Relation rel)
 		appendStringInfo(&keys, "%s%s", k ? ", " : "", quote_identifier(tr->enc->keyname[k]));
 	initStringInfo(&sql);
 	appendStringInfo(&sql,
-					 "INSERT INTO %s AS t (%s) OVERRIDING SYSTEM VALUE VALUES (%s)"
-					 " ON CONFLICT (%s) DO %s%s RETURNING t",
-					 qname, cols.data, vals.data, keys.data,
-					 sets.len ? "UPDATE SET " : "NOTHING", sets.data);
+					 "INSERT INTO %s AS %s (%s) OVERRIDING SYSTEM VALUE VALUES (%s)"
+					 " ON CONFLICT (%s) DO %s%s RETURNING %s",
+					 qname, alias, cols.data, vals.data, keys.data,
+					 sets.len ? "UPDATE SET " : "NOTHING", sets.data, alias);
 	plan = SPI_prepare(sql.data, n, types);
 	if (plan == NULL)
 		elog(ERROR, "hashtree: SPI_prepare failed (%s): %s",
@@ -2488,10 +2523,9 @@ ht_apply_rows(PG_FUNCTION_ARGS)
 		}
 		PG_FINALLY();
 		{
-			row_io_restore_encoding(&io);
+			row_io_end(&io);
 		}
 		PG_END_TRY();
-		row_io_end(&io);
 	}
 	table_close(rel, NoLock);
 	HT_API_END();
@@ -2552,10 +2586,9 @@ ht_delete_partition_rows(PG_FUNCTION_ARGS)
 	}
 	PG_FINALLY();
 	{
-		row_io_restore_encoding(&io);
+		row_io_end(&io);
 	}
 	PG_END_TRY();
-	row_io_end(&io);
 	table_close(rel, NoLock);
 	HT_API_END();
 	SPI_finish();
