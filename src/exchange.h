@@ -67,7 +67,8 @@ extern void ht_exchange_partition(const char *peer_name, int part, HtRepairMode 
 /*
  * The error of a failed partition (copied, its subtransaction or
  * transaction rolled back): recorded in r, the peer connection closed; a
- * cancel or shutdown of this backend is thrown again.
+ * cancel or shutdown of this backend is thrown again (within exchange(),
+ * a cancel is recorded as the partition's error "canceled").
  */
 extern void ht_exchange_failed(const char *peer_name, ErrorData *edata,
 							   HtExchangeResult *r);
@@ -75,8 +76,9 @@ extern void ht_exchange_failed(const char *peer_name, ErrorData *edata,
 /*
  * Exchange one partition in a subtransaction, record the outcome in r and
  * in hashtree.exchange_log.  *unreachable (NULL at first) is set when the
- * peer is lost, and the later partitions are then logged as not attempted.
- * A cancel or shutdown of this backend is thrown.  Needs SPI.
+ * peer is lost or (within exchange()) the exchange was canceled, and the
+ * later partitions are then logged as not attempted.  A cancel (outside
+ * exchange()) or shutdown of this backend is thrown.  Needs SPI.
  */
 extern void ht_exchange_one(const char *peer_name, int part, HtRepairMode mode,
 							bool worker, char **unreachable, HtExchangeResult *r);

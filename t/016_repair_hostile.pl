@@ -286,4 +286,36 @@ is($a->safe_psql('postgres', "SELECT j IS NOT NULL AND j = 'null'::jsonb, js::te
 is(exchange($a, 'b', 'none'), '0/0', 'the next exchange finds no differences');
 is(exchange($b, 'a', 'none'), '0/0', 'nor from the other side');
 
+# ---- a canceled push keeps its exchange_log rows ---------------------------
+
+$_->safe_psql('postgres', q{CREATE TABLE slow (id int PRIMARY KEY); SELECT hashtree.track('slow')})
+  for ($a, $b);
+$b->safe_psql('postgres', q{
+	CREATE FUNCTION slow_down() RETURNS trigger LANGUAGE plpgsql AS $$
+	BEGIN PERFORM pg_sleep(0.05); RETURN NEW; END $$;
+	CREATE TRIGGER slow BEFORE INSERT ON slow FOR EACH ROW EXECUTE FUNCTION slow_down()});
+$a->safe_psql('postgres', 'INSERT INTO slow SELECT generate_series(1, 400)');
+my $last_id = $a->safe_psql('postgres', 'SELECT coalesce(max(id), 0) FROM hashtree.exchange_log');
+my $s = $a->background_psql('postgres', on_error_stop => 0);
+my $pid = $s->query_safe('SELECT pg_backend_pid()');
+$s->query_until(qr/started/, q{\echo started
+SELECT count(*) FROM hashtree.exchange('b', NULL, 'push');
+});
+ok($a->poll_query_until('postgres',
+	"SELECT wait_event = 'Extension' FROM pg_stat_activity WHERE pid = $pid"),
+	'the push waits on the peer');
+sleep(1);
+$a->safe_psql('postgres', "SELECT pg_cancel_backend($pid)");
+ok($a->poll_query_until('postgres', "SELECT state = 'idle' FROM pg_stat_activity WHERE pid = $pid"),
+	'the cancel ends the push');
+$s->quit;
+is($a->safe_psql('postgres', qq{
+	SELECT count(*) = (SELECT count(*) FROM hashtree.status),
+		   count(*) FILTER (WHERE outcome = 'error'
+							  AND message = 'canceled: canceling statement due to user request'),
+		   count(*) FILTER (WHERE outcome = 'error' AND message LIKE 'not attempted: the exchange was canceled%')
+		 + count(*) FILTER (WHERE outcome = 'ok') = (SELECT count(*) - 1 FROM hashtree.status)
+	  FROM hashtree.exchange_log WHERE id > $last_id AND repair = 'push'}),
+	't|1|t', 'the canceled push left one exchange_log row per partition, the one in progress "canceled"');
+
 done_testing();
