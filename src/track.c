@@ -2063,6 +2063,7 @@ key_text(HtRelEnc *re, bytea *key)
 	return psprintf("(%s)=(%s)", names.data, vals.data);
 }
 
+/* the elements of a bytea[] argument (keys, rows, hashes); no NULLs */
 static bytea **
 key_array(ArrayType *a, int *n)
 {
@@ -2077,7 +2078,7 @@ key_array(ArrayType *a, int *n)
 		if (nulls[i])
 			ereport(ERROR,
 					(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-					 errmsg("keys must not contain nulls")));
+					 errmsg("keys, rows and hashes must not contain nulls")));
 		keys[i] = DatumGetByteaPP(elems[i]);
 	}
 	return keys;
@@ -2479,8 +2480,9 @@ ht_apply_rows(PG_FUNCTION_ARGS)
 	if (!PG_ARGISNULL(2))
 	{
 		rows = key_array(PG_GETARG_ARRAYTYPE_P(2), &nrows);
-		if (PG_ARGISNULL(3) ||
-			(hashes = key_array(PG_GETARG_ARRAYTYPE_P(3), &nhashes), nhashes != nrows))
+		if (!PG_ARGISNULL(3))
+			hashes = key_array(PG_GETARG_ARRAYTYPE_P(3), &nhashes);
+		if (hashes == NULL || nhashes != nrows)
 			ereport(ERROR,
 					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 					 errmsg("rows and hashes must have the same number of elements")));
