@@ -2321,7 +2321,12 @@ apply_plan(TrackRel *tr, Relation rel)
 		for (int k = 0; k < tr->enc->nkeys; k++)
 			if (strcmp(tr->enc->keyname[k], NameStr(a->attname)) == 0)
 				is_key = true;
-		if (!is_key)
+		/*
+		 * An identity column GENERATED ALWAYS can only be updated to DEFAULT:
+		 * it is left as it is in an existing row (if it differs, the row
+		 * hash check reports the row).
+		 */
+		if (!is_key && a->attidentity != ATTRIBUTE_IDENTITY_ALWAYS)
 			appendStringInfo(&sets, "%s%s = EXCLUDED.%s", sets.len ? ", " : "", c, c);
 	}
 	for (int k = 0; k < tr->enc->nkeys; k++)
