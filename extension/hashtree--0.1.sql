@@ -583,22 +583,25 @@ CREATE FUNCTION @extschema@._drop_entries("partition" int, prefix_a text, prefix
 	RETURNS bigint
 	AS 'MODULE_PATHNAME', 'ht_drop_entries'
 	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
--- Rows of tracked tables (as jsonb objects keyed by column name).  These
--- run with the caller's privileges: repairing a table needs the rights to
--- read and write it.
+-- Rows of tracked tables, in a transport form (per-column values by name:
+-- the binary send form of built-in types, else text under pinned output
+-- settings) with their row hashes.  They check the rights of the calling
+-- role (exchange(): its caller; on a peer: the connection's role) and read
+-- and write the rows as the table's owner in a security-restricted
+-- operation.
 CREATE FUNCTION @extschema@._row_partition(tbl oid, r record) RETURNS int
 	AS 'MODULE_PATHNAME', 'ht_row_partition'
 	LANGUAGE C STABLE;
 CREATE FUNCTION @extschema@._rows_by_key(schema_name text, table_name text, keys bytea[])
-	RETURNS TABLE(key bytea, r jsonb)
+	RETURNS TABLE(key bytea, hash bytea, r bytea)
 	AS 'MODULE_PATHNAME', 'ht_rows_by_key'
 	LANGUAGE C VOLATILE;
 CREATE FUNCTION @extschema@._partition_rows(schema_name text, table_name text, "partition" int)
-	RETURNS SETOF jsonb
+	RETURNS TABLE(key bytea, hash bytea, r bytea)
 	AS 'MODULE_PATHNAME', 'ht_partition_rows'
 	LANGUAGE C VOLATILE;
-CREATE FUNCTION @extschema@._apply_rows(schema_name text, table_name text, rows jsonb,
-										deletes bytea[])
+CREATE FUNCTION @extschema@._apply_rows(schema_name text, table_name text, rows bytea[],
+										hashes bytea[], deletes bytea[])
 	RETURNS bigint
 	AS 'MODULE_PATHNAME', 'ht_apply_rows'
 	LANGUAGE C VOLATILE;

@@ -210,6 +210,16 @@ ht_exchange_peer_lost(int sqlstate, const char *message)
 		 strncmp(message, "canceling statement on peer", 27) == 0);
 }
 
+/*
+ * exchange() keeps a cancel of this backend (the user's, or its statement
+ * timeout) instead of throwing it again: the partition in progress is
+ * logged as an error "canceled", the others as not attempted, and the
+ * function returns those rows, so that the log of a canceled exchange
+ * (say a push that had changed part of the peer's rows) is kept.
+ */
+static bool keep_cancel = false;
+static bool canceled = false;
+
 void
 ht_exchange_failed(const char *peer_name, ErrorData *edata, HtExchangeResult *r)
 {
@@ -221,7 +231,16 @@ ht_exchange_failed(const char *peer_name, ErrorData *edata, HtExchangeResult *r)
 		edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
 	{
 		ht_peer_disconnect(peer_name);
-		ReThrowError(edata);
+		if (!keep_cancel || edata->sqlerrcode != ERRCODE_QUERY_CANCELED)
+			ReThrowError(edata);
+		canceled = true;
+		r->outcome = "error";
+		r->sqlstate = edata->sqlerrcode;
+		r->message = psprintf("canceled: %s", edata->message ? edata->message : "");
+		r->ndiffs = 0;
+		memset(r->counts, 0, sizeof(r->counts));
+		r->repaired = 0;
+		return;
 	}
 
 	/* the peer's lock goes with the connection */
@@ -305,9 +324,13 @@ ht_exchange_one(const char *peer_name, int part, HtRepairMode mode, bool worker,
 
 		if (edata != NULL)
 		{
+			canceled = false;
 			ht_exchange_failed(peer_name, edata, r);
 			/* an unreachable peer: do not try the next partitions */
-			if (ht_exchange_peer_lost(r->sqlstate, r->message))
+			if (canceled)
+				*unreachable = psprintf("not attempted: the exchange was canceled at partition %d",
+										part);
+			else if (ht_exchange_peer_lost(r->sqlstate, r->message))
 				*unreachable = psprintf("not attempted: the peer was lost at partition %d",
 										part);
 			if (!ht_exchange_quiet)
@@ -369,34 +392,51 @@ ht_exchange(PG_FUNCTION_ARGS)
 	SPI_connect();
 	HT_API_BEGIN();
 	ht_peer_check(peer_name);	/* an unknown peer is an error at once */
-	if (PG_ARGISNULL(1))
-	{
-		first = 0;
-		last = ht_num_partitions() - 1;
-	}
-	else
-	{
-		first = last = PG_GETARG_INT32(1);
-		ht_check_partition(first);
-	}
 
-	for (int part = first; part <= last; part++)
+	/*
+	 * exchange() is SECURITY DEFINER: the repair helpers check the rights
+	 * of the role that called it (the session's current role), not the
+	 * extension owner's.
+	 */
+	ht_repair_role = GetOuterUserId();
+	keep_cancel = true;
+	PG_TRY();
 	{
-		HtExchangeResult r;
-
-		ht_exchange_one(peer_name, part, mode, false, &unreachable, &r);
-		if (strcmp(r.outcome, "ok") == 0)
+		if (PG_ARGISNULL(1))
 		{
-			for (int i = 0; i < r.ndiffs; i++)
-				put_row(rsinfo, part, ht_diff_kind_names[r.diffs[i].kind], r.diffs[i].pa,
-						r.diffs[i].pb, r.diffs[i].key, r.diffs[i].repaired);
+			first = 0;
+			last = ht_num_partitions() - 1;
 		}
 		else
 		{
-			/* never a clean result for a partition that was not compared */
-			put_row(rsinfo, part, r.outcome, NULL, NULL, NULL, false);
+			first = last = PG_GETARG_INT32(1);
+			ht_check_partition(first);
+		}
+
+		for (int part = first; part <= last; part++)
+		{
+			HtExchangeResult r;
+
+			ht_exchange_one(peer_name, part, mode, false, &unreachable, &r);
+			if (strcmp(r.outcome, "ok") == 0)
+			{
+				for (int i = 0; i < r.ndiffs; i++)
+					put_row(rsinfo, part, ht_diff_kind_names[r.diffs[i].kind], r.diffs[i].pa,
+							r.diffs[i].pb, r.diffs[i].key, r.diffs[i].repaired);
+			}
+			else
+			{
+				/* never a clean result for a partition that was not compared */
+				put_row(rsinfo, part, r.outcome, NULL, NULL, NULL, false);
+			}
 		}
 	}
+	PG_FINALLY();
+	{
+		ht_repair_role = InvalidOid;
+		keep_cancel = false;
+	}
+	PG_END_TRY();
 	HT_API_END();
 	SPI_finish();
 	return (Datum) 0;

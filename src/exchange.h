@@ -67,7 +67,8 @@ extern void ht_exchange_partition(const char *peer_name, int part, HtRepairMode 
 /*
  * The error of a failed partition (copied, its subtransaction or
  * transaction rolled back): recorded in r, the peer connection closed; a
- * cancel or shutdown of this backend is thrown again.
+ * cancel or shutdown of this backend is thrown again (within exchange(),
+ * a cancel is recorded as the partition's error "canceled").
  */
 extern void ht_exchange_failed(const char *peer_name, ErrorData *edata,
 							   HtExchangeResult *r);
@@ -75,8 +76,9 @@ extern void ht_exchange_failed(const char *peer_name, ErrorData *edata,
 /*
  * Exchange one partition in a subtransaction, record the outcome in r and
  * in hashtree.exchange_log.  *unreachable (NULL at first) is set when the
- * peer is lost, and the later partitions are then logged as not attempted.
- * A cancel or shutdown of this backend is thrown.  Needs SPI.
+ * peer is lost or (within exchange()) the exchange was canceled, and the
+ * later partitions are then logged as not attempted.  A cancel (outside
+ * exchange()) or shutdown of this backend is thrown.  Needs SPI.
  */
 extern void ht_exchange_one(const char *peer_name, int part, HtRepairMode mode,
 							bool worker, char **unreachable, HtExchangeResult *r);
@@ -90,6 +92,14 @@ extern bool ht_exchange_peer_lost(int sqlstate, const char *message);
 /* append r to hashtree.exchange_log (needs SPI) */
 extern void ht_exchange_log(const char *peer_name, HtRepairMode mode, bool worker,
 							HtExchangeResult *r);
+
+/*
+ * The role whose rights the repair helpers (_rows_by_key, _apply_rows, ...)
+ * check on this node: set by exchange() to the role calling it (a SECURITY
+ * DEFINER function's caller); InvalidOid (workers, peers): the current
+ * user.
+ */
+extern Oid	ht_repair_role;
 
 /* repair the differences of a partition (needs SPI) */
 extern void ht_repair(HtPeer *peer, int part, HtRepairMode mode, HtExchangeResult *r);

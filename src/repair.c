@@ -10,12 +10,18 @@
  * prefix only the source has is copied whole (its keys of the partition),
  * a prefix only the target has is deleted whole.
  *
- * For a tracked table (tracked on either side) the rows are copied,
- * as jsonb objects keyed by column name (column order does not matter),
- * with hashtree._rows_by_key / _partition_rows on the source and
+ * For a tracked table (tracked on both sides) the rows are copied as
+ * per-column values matched by column name (binary for built-in types,
+ * else text under pinned settings; see track.c), with their row hashes,
+ * by hashtree._rows_by_key / _partition_rows on the source and
  * hashtree._apply_rows / _delete_partition_rows on the target, 1,000
- * keys per statement; the target's tracking trigger then logs the
- * changes, and the next exchange sees the trees equal.  For entries
+ * keys per statement.  Those helpers read and write the rows as the
+ * table's owner in a security-restricted operation, after checking that
+ * the repairing role (the caller of exchange(), or the peer connection's
+ * role) may read the source and write the target; the target checks
+ * that each row written hashes equal to its source.  The target's
+ * tracking trigger then logs the changes, and the next exchange sees the
+ * trees equal.  For entries
  * written with insert(), the entries are copied.  Each prefix is repaired
  * in its own subtransaction: a prefix that cannot be repaired (a table
  * missing on the target) is reported as not repaired, the others go on.
@@ -202,17 +208,45 @@ repair_entries(Work *w)
 
 /* ---- rows of tracked tables ------------------------------------------------ */
 
+/*
+ * Rows travel in the transport form of _rows_by_key (per-column values by
+ * name, binary or text; see track.c) with the source's row hash, which the
+ * target checks after writing each row.
+ */
 static void
-apply_rows(Work *w, const char *rows_json, bytea **deletes, int ndel)
+apply_rows(Work *w, HtRemoteResult *res, int keycol, int from, int to,
+		   bytea **deletes, int ndel)
 {
-	const char *p[4];
+	const char *p[5];
 
 	p[0] = w->pa;
 	p[1] = w->pb;
-	p[2] = rows_json;
-	p[3] = ndel > 0 ? bytea_array_text(deletes, ndel) : NULL;
-	(void) ht_node_query(w->dst, "SELECT hashtree._apply_rows($1, $2, $3::jsonb, $4::bytea[])",
-						 4, p, 1);
+	p[2] = NULL;
+	p[3] = NULL;
+	if (to > from)
+	{
+		int			n = to - from;
+		bytea	  **rows = palloc(sizeof(bytea *) * n);
+		bytea	  **hashes = palloc(sizeof(bytea *) * n);
+
+		for (int i = 0; i < n; i++)
+		{
+			rows[i] = result_bytea(res, from + i, keycol + 2);
+			hashes[i] = result_bytea(res, from + i, keycol + 1);
+			if (rows[i] == NULL || hashes[i] == NULL)
+				ereport(ERROR,
+						(errcode(ERRCODE_PROTOCOL_VIOLATION),
+						 errmsg("unexpected row from the source of a repair")));
+		}
+		p[2] = bytea_array_text(rows, n);
+		p[3] = bytea_array_text(hashes, n);
+	}
+	p[4] = ndel > 0 ? bytea_array_text(deletes, ndel) : NULL;
+	if (p[2] == NULL && p[4] == NULL)
+		return;
+	(void) ht_node_query(w->dst, "SELECT hashtree._apply_rows($1, $2, $3::pg_catalog.bytea[],"
+						 " $4::pg_catalog.bytea[], $5::pg_catalog.bytea[])",
+						 5, p, 1);
 }
 
 static void
@@ -229,24 +263,11 @@ repair_rows(Work *w)
 	if (w->copy_prefix)
 	{
 		HtRemoteResult *res = ht_node_query(w->src,
-											"SELECT r FROM hashtree._partition_rows($1, $2, $3::int4) r",
-											3, p, 1);
+											"SELECT key, hash, r FROM hashtree._partition_rows($1, $2, $3::int4)",
+											3, p, 3);
 
 		for (int base = 0; base < res->nrows; base += HT_REPAIR_BATCH)
-		{
-			StringInfoData json;
-
-			initStringInfo(&json);
-			appendStringInfoChar(&json, '[');
-			for (int i = base; i < Min(base + HT_REPAIR_BATCH, res->nrows); i++)
-			{
-				if (i > base)
-					appendStringInfoChar(&json, ',');
-				appendStringInfoString(&json, ht_remote_text(res, i, 0));
-			}
-			appendStringInfoChar(&json, ']');
-			apply_rows(w, json.data, NULL, 0);
-		}
+			apply_rows(w, res, 0, base, Min(base + HT_REPAIR_BATCH, res->nrows), NULL, 0);
 	}
 	for (int base = 0; base < w->ncopy; base += HT_REPAIR_BATCH)
 	{
@@ -255,16 +276,13 @@ repair_rows(Work *w)
 		bytea	  **gone = palloc(sizeof(bytea *) * k);
 		int			ngone = 0;
 		HtRemoteResult *res;
-		StringInfoData json;
 		int			j = 0;
 
 		qsort(keys, k, sizeof(bytea *), ht_bytea_ptr_cmp);
 		p[2] = bytea_array_text(keys, k);
 		res = ht_node_query(w->src,
-							"SELECT key, r FROM hashtree._rows_by_key($1, $2, $3::bytea[]) ORDER BY key",
-							3, p, 2);
-		initStringInfo(&json);
-		appendStringInfoChar(&json, '[');
+							"SELECT key, hash, r FROM hashtree._rows_by_key($1, $2, $3::pg_catalog.bytea[])"
+							" ORDER BY key", 3, p, 3);
 		for (int r = 0; r < res->nrows; r++)
 		{
 			bytea	   *key = result_bytea(res, r, 0);
@@ -274,18 +292,13 @@ repair_rows(Work *w)
 				gone[ngone++] = keys[j++];
 			if (j < k && ht_bytea_cmp(keys[j], key) == 0)
 				j++;
-			if (r > 0)
-				appendStringInfoChar(&json, ',');
-			appendStringInfoString(&json, ht_remote_text(res, r, 1));
 		}
 		while (j < k)
 			gone[ngone++] = keys[j++];
-		appendStringInfoChar(&json, ']');
-		apply_rows(w, json.data, gone, ngone);
-		p[2] = psprintf("%d", w->part);
+		apply_rows(w, res, 0, 0, res->nrows, gone, ngone);
 	}
 	for (int base = 0; base < w->ndel; base += HT_REPAIR_BATCH)
-		apply_rows(w, NULL, w->del + base, Min(HT_REPAIR_BATCH, w->ndel - base));
+		apply_rows(w, NULL, 0, 0, 0, w->del + base, Min(HT_REPAIR_BATCH, w->ndel - base));
 }
 
 /* ---- driver ---------------------------------------------------------------- */
