@@ -410,6 +410,11 @@ rel_reltuples(Oid relid)
 	return t;
 }
 
+/*
+ * hashtree.frag_init(tbl regclass, n_fragments int DEFAULT 1) RETURNS frag_state
+ * Creates the n fragments of a hash-partitioned table without partitions
+ * (owned by the table's owner) and registers it.  ACCESS EXCLUSIVE on tbl.
+ */
 PG_FUNCTION_INFO_V1(ht_frag_init);
 Datum
 ht_frag_init(PG_FUNCTION_ARGS)
@@ -476,6 +481,10 @@ ht_frag_init(PG_FUNCTION_ARGS)
 	return state_datum(fcinfo, &s);
 }
 
+/*
+ * hashtree.frag_state(tbl regclass) RETURNS frag_state
+ * The recorded state of a fragmented table.  ACCESS SHARE on tbl.
+ */
 PG_FUNCTION_INFO_V1(ht_frag_state);
 Datum
 ht_frag_state(PG_FUNCTION_ARGS)
@@ -491,6 +500,11 @@ ht_frag_state(PG_FUNCTION_ARGS)
 	return state_datum(fcinfo, &ft.s);
 }
 
+/*
+ * hashtree.frag_names(tbl regclass) RETURNS SETOF regclass
+ * The fragments 1..N, after checking them against the state.  ACCESS SHARE
+ * on tbl.
+ */
 PG_FUNCTION_INFO_V1(ht_frag_names);
 Datum
 ht_frag_names(PG_FUNCTION_ARGS)
@@ -516,6 +530,12 @@ ht_frag_names(PG_FUNCTION_ARGS)
 	return (Datum) 0;
 }
 
+/*
+ * hashtree.frag_size(tbl regclass, exact boolean DEFAULT false)
+ *   RETURNS TABLE(fragment int, relation regclass, rows bigint)
+ * Rows per fragment: counted (exact) or the planner's estimate.  ACCESS
+ * SHARE on tbl (and on the fragments when counting).
+ */
 PG_FUNCTION_INFO_V1(ht_frag_size);
 Datum
 ht_frag_size(PG_FUNCTION_ARGS)
@@ -562,7 +582,8 @@ ht_frag_size(PG_FUNCTION_ARGS)
 }
 
 /*
- * frag_activate(tbl): a plain table becomes fragment 1 of a new hash
+ * hashtree.frag_activate(tbl regclass) RETURNS frag_state
+ * A plain table becomes fragment 1 of a new hash
  * parent that takes its name, partitioned by its primary key; no rewrite:
  * the new partition carries a CHECK identical to the partition constraint
  * (validated while reads and writes go on), so ATTACH does not scan it.
@@ -733,6 +754,10 @@ ht_frag_activate(PG_FUNCTION_ARGS)
 
 /* ---- frag_number, key_to_frag_number ----------------------------------------------- */
 
+/*
+ * hashtree.frag_number(n_fragments int, hash numeric) RETURNS int
+ * The linear-hashing rule on a 64-bit hash.  No locks.
+ */
 PG_FUNCTION_INFO_V1(ht_frag_number);
 Datum
 ht_frag_number(PG_FUNCTION_ARGS)
@@ -891,6 +916,11 @@ convert_key(KeyCache *kc, int i, Datum v)
 	return v;
 }
 
+/*
+ * hashtree.key_to_frag_number(tbl regclass, VARIADIC key "any") RETURNS int
+ * The fragment PostgreSQL routes the key to.  Needs SELECT on tbl; ACCESS
+ * SHARE on tbl.
+ */
 PG_FUNCTION_INFO_V1(ht_key_to_frag_number);
 Datum
 ht_key_to_frag_number(PG_FUNCTION_ARGS)
@@ -1110,6 +1140,12 @@ find_user_code(Node *node, void *context)
 	return expression_tree_walker(node, find_user_code, context);
 }
 
+/*
+ * hashtree.match_spec_to_frag_numbers(tbl regclass, predicate text) RETURNS int[]
+ * The fragments a scan of tbl with this WHERE clause reads after plan-time
+ * pruning; the predicate is planned, never run, and may use only built-in
+ * code.  ACCESS SHARE on tbl.
+ */
 PG_FUNCTION_INFO_V1(ht_match_spec_to_frag_numbers);
 Datum
 ht_match_spec_to_frag_numbers(PG_FUNCTION_ARGS)

@@ -8,10 +8,12 @@
  * new tables (the targets) with the bounds of the next state: add_frag
  * replaces fragment P by P and N+1, del_frag replaces N and its buddy by
  * the buddy.  A target is created standalone (LIKE the parent, in the
- * source's tablespace, with its owner, grants, reloptions, foreign keys
- * and own triggers), filled with the sources' rows that belong to it, and
- * given a CHECK identical to its partition constraint, so that ATTACH
- * needs no scan.  The swap then, under the parent's ACCESS EXCLUSIVE lock
+ * source's tablespace, owned by the parent's owner, with the source's
+ * grants and reloptions and the parent's foreign keys), filled with the
+ * sources' rows that belong to it as the table's owner in a
+ * security-restricted operation, and given a CHECK identical to its
+ * partition constraint, so that ATTACH needs no scan; the source's own
+ * triggers are added in the swap, after the last row moved.  The swap then, under the parent's ACCESS EXCLUSIVE lock
  * taken first (a fragment lock held while waiting for the parent's would
  * deadlock with writers, who lock the parent first): DETACH the sources,
  * ATTACH the targets, DROP the sources, rename, record the state.  PG 15
@@ -1343,6 +1345,15 @@ frag_change(FunctionCallInfo fcinfo, bool add)
 	return (Datum) 0;
 }
 
+/*
+ * hashtree.add_frag(tbl regclass, mode text DEFAULT 'online')
+ *   RETURNS TABLE(n_fragments, next_n_to_split, n_doubles, iter_frags,
+ *                 additional_lock_frags, moved_rows)
+ * Splits fragment P into P and N+1.  Locks: SHARE on tbl and the source
+ * (block_writes) or SHARE ROW EXCLUSIVE on the source for the capture
+ * triggers (online), then ACCESS EXCLUSIVE on tbl and the source for the
+ * swap; an advisory transaction lock per table.
+ */
 PG_FUNCTION_INFO_V1(ht_add_frag);
 Datum
 ht_add_frag(PG_FUNCTION_ARGS)
@@ -1350,6 +1361,10 @@ ht_add_frag(PG_FUNCTION_ARGS)
 	return frag_change(fcinfo, true);
 }
 
+/*
+ * hashtree.del_frag(tbl regclass, mode text DEFAULT 'online') RETURNS as add_frag
+ * Merges fragment N into its buddy; locks as add_frag, on both sources.
+ */
 PG_FUNCTION_INFO_V1(ht_del_frag);
 Datum
 ht_del_frag(PG_FUNCTION_ARGS)
