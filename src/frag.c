@@ -43,6 +43,7 @@
 #include "parser/parsetree.h"
 #include "partitioning/partbounds.h"
 #include "partitioning/partdesc.h"
+#include "storage/lmgr.h"
 #include "tcop/tcopprot.h"
 #include "utils/acl.h"
 #include "utils/array.h"
@@ -817,17 +818,27 @@ key_cache(FunctionCallInfo fcinfo, Oid relid)
 	HtFragTable ft;
 	AclResult	acl;
 
-	rel = table_open(relid, AccessShareLock);
-	if (kc != NULL && kc->relid == relid && kc->userid == GetUserId() &&
-		rel->rd_rel->relkind == RELKIND_PARTITIONED_TABLE)
+	/* the usual case: the lock taken at the first call is still ours */
+	if (kc != NULL && kc->relid == relid && kc->userid == GetUserId())
 	{
-		pd = RelationGetPartitionDesc(rel, true);
-		if (pd->nparts == kc->n && memcmp(pd->oids, kc->parts, sizeof(Oid) * kc->n) == 0)
+		bool		same = false;
+
+		rel = RelationIdGetRelation(relid);
+		if (RelationIsValid(rel))
 		{
-			table_close(rel, NoLock);
-			return kc;
+			if (CheckRelationLockedByMe(rel, AccessShareLock, true) &&
+				rel->rd_rel->relkind == RELKIND_PARTITIONED_TABLE)
+			{
+				pd = RelationGetPartitionDesc(rel, true);
+				same = pd->nparts == kc->n &&
+					memcmp(pd->oids, kc->parts, sizeof(Oid) * kc->n) == 0;
+			}
+			RelationClose(rel);
 		}
+		if (same)
+			return kc;
 	}
+	rel = table_open(relid, AccessShareLock);
 	acl = pg_class_aclcheck(relid, GetUserId(), ACL_SELECT);
 	if (acl != ACLCHECK_OK)
 		aclcheck_error(acl, OBJECT_TABLE, RelationGetRelationName(rel));
