@@ -219,6 +219,28 @@ DROP TRIGGER spy ON evil.hp_frag1;
 DROP TRIGGER hashtree_frag_capture ON evil.hp_frag2;
 DROP TRIGGER hashtree_frag_capture_truncate ON evil.hp_frag3;
 
+-- deferrable foreign keys: NOT DEFERRABLE while rows move (a security-restricted
+-- operation may not queue deferred triggers), their deferral back afterwards
+CREATE TABLE fk_parent (id int PRIMARY KEY);
+INSERT INTO fk_parent SELECT generate_series(1, 100);
+CREATE TABLE fk_child (id int PRIMARY KEY, d int REFERENCES fk_parent DEFERRABLE INITIALLY DEFERRED,
+					   i int REFERENCES fk_parent DEFERRABLE, n int REFERENCES fk_parent) PARTITION BY HASH (id);
+SELECT n_fragments FROM hashtree.frag_init('fk_child', 1);
+INSERT INTO fk_child SELECT g, g, g, g FROM generate_series(1, 100) g;
+SELECT n_fragments FROM hashtree.add_frag('fk_child', 'block_writes');
+SELECT n_fragments FROM hashtree.add_frag('fk_child', 'online');
+SELECT n_fragments FROM hashtree.del_frag('fk_child', 'online');
+SELECT c.conname, c.condeferrable, c.condeferred, count(*) AS fragments, bool_and(c.conparentid <> 0) AS linked
+  FROM pg_constraint c JOIN hashtree.fragments f ON f.relation = c.conrelid
+ WHERE f."table" = 'fk_child'::regclass AND c.contype = 'f' GROUP BY 1, 2, 3 ORDER BY 1;
+BEGIN;
+INSERT INTO fk_child VALUES (1000, 1000, 1, 1);
+INSERT INTO fk_parent VALUES (1000);
+COMMIT;
+INSERT INTO fk_child VALUES (1001, 1, 1001, 1);
+SELECT count(*) FROM fk_child;
+DROP TABLE fk_child, fk_parent;
+
 -- names with quotes, spaces, upper case and unicode: frag_activate (serial and
 -- identity sequences), add_frag and del_frag in both modes, the lookups
 CREATE SCHEMA "Sch'ema ü";

@@ -13,8 +13,10 @@
  * sources' rows that belong to it as the table's owner in a
  * security-restricted operation, and given a CHECK identical to its
  * partition constraint, so that ATTACH needs no scan; the source's own
- * triggers are added in the swap, after the last row moved.  The swap then, under the parent's ACCESS EXCLUSIVE lock
- * taken first (a fragment lock held while waiting for the parent's would
+ * triggers are added in the swap, after the last row moved, and deferrable
+ * foreign keys (NOT DEFERRABLE while rows move: a security-restricted
+ * operation may not queue deferred triggers) get their deferral back.
+ * The swap then, under the parent's ACCESS EXCLUSIVE lock taken first (a fragment lock held while waiting for the parent's would
  * deadlock with writers, who lock the parent first): DETACH the sources,
  * ATTACH the targets, DROP the sources, rename, record the state.  PG 15
  * has no default partition for hash tables: the swap happens in one
@@ -219,7 +221,12 @@ plan_op(Relation rel, HtFragTable *ft, bool add, FragOp *op)
 	op->log = psprintf("hashtree_frag_%u_log", op->relid);
 }
 
-/* refuse what would break: foreign keys that reference the table */
+/*
+ * refuse what would break: foreign keys that reference the table or a
+ * fragment (read from pg_inherits: pg_partition_tree() would lock every
+ * fragment until commit, and an online worker that fails must drop its
+ * triggers from the sources while we wait for it)
+ */
 static void
 check_references(FragOp *op)
 {
@@ -228,9 +235,11 @@ check_references(FragOp *op)
 	ht_sql("SELECT c.conname::pg_catalog.text, c.conrelid::pg_catalog.regclass::pg_catalog.text"
 		   " FROM pg_catalog.pg_constraint c"
 		   " WHERE c.contype OPERATOR(pg_catalog.=) 'f'::pg_catalog.\"char\""
-		   " AND c.confrelid OPERATOR(pg_catalog.=) ANY (SELECT p.relid::pg_catalog.oid"
-		   " FROM pg_catalog.pg_partition_tree('%u'::pg_catalog.oid::pg_catalog.regclass) p)"
-		   " AND c.conparentid OPERATOR(pg_catalog.=) 0::pg_catalog.oid ORDER BY 1 LIMIT 1", op->relid);
+		   " AND c.confrelid OPERATOR(pg_catalog.=) ANY (pg_catalog.array_prepend('%u'::pg_catalog.oid,"
+		   " ARRAY(SELECT i.inhrelid FROM pg_catalog.pg_inherits i"
+		   " WHERE i.inhparent OPERATOR(pg_catalog.=) '%u'::pg_catalog.oid)))"
+		   " AND c.conparentid OPERATOR(pg_catalog.=) 0::pg_catalog.oid ORDER BY 1 LIMIT 1",
+		   op->relid, op->relid);
 	if (SPI_processed > 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
@@ -280,21 +289,54 @@ create_target(FragOp *op, int t)
 		ht_sql("ALTER TABLE %s OWNER TO %s", q, owner);
 	}
 	ht_copy_grants(like, q);
-	/* the parent's foreign keys, validated now (ATTACH then only links them) */
-	ht_sql("SELECT pg_catalog.quote_ident(conname), pg_catalog.pg_get_constraintdef(oid)"
+	/*
+	 * the parent's foreign keys, validated now (ATTACH then only links
+	 * them); NOT DEFERRABLE until the swap (deferred_fks)
+	 */
+	ht_sql("SELECT pg_catalog.quote_ident(conname), pg_catalog.pg_get_constraintdef(oid), condeferrable"
 		   " FROM pg_catalog.pg_constraint WHERE conrelid OPERATOR(pg_catalog.=) '%u'::pg_catalog.oid"
 		   " AND contype OPERATOR(pg_catalog.=) 'f'::pg_catalog.\"char\"", op->relid);
 	{
 		uint64		n = SPI_processed;
 		char	  **fks = palloc(sizeof(char *) * Max(n, 1));
+		char	  **immediate = palloc0(sizeof(char *) * Max(n, 1));
 
 		for (uint64 i = 0; i < n; i++)
-			fks[i] = psprintf("ALTER TABLE %s ADD CONSTRAINT %s %s", q,
-							  TextDatumGetCString(ht_col(i, 1, &isnull)),
+		{
+			char	   *name = TextDatumGetCString(ht_col(i, 1, &isnull));
+
+			fks[i] = psprintf("ALTER TABLE %s ADD CONSTRAINT %s %s", q, name,
 							  TextDatumGetCString(ht_col(i, 2, &isnull)));
+			if (DatumGetBool(ht_col(i, 3, &isnull)))
+				immediate[i] = psprintf("ALTER TABLE %s ALTER CONSTRAINT %s NOT DEFERRABLE", q, name);
+		}
 		for (uint64 i = 0; i < n; i++)
+		{
 			ht_sql("%s", fks[i]);
+			if (immediate[i] != NULL)
+				ht_sql("%s", immediate[i]);
+		}
 	}
+}
+
+/* the deferral of the parent's deferrable foreign keys, back on target t (in the swap) */
+static void
+deferred_fks(FragOp *op, int t)
+{
+	uint64		n;
+	char	  **stmts;
+	bool		isnull;
+
+	n = ht_sql("SELECT pg_catalog.quote_ident(conname), condeferred FROM pg_catalog.pg_constraint"
+			   " WHERE conrelid OPERATOR(pg_catalog.=) '%u'::pg_catalog.oid"
+			   " AND contype OPERATOR(pg_catalog.=) 'f'::pg_catalog.\"char\" AND condeferrable", op->relid);
+	stmts = palloc(sizeof(char *) * Max(n, 1));
+	for (uint64 i = 0; i < n; i++)
+		stmts[i] = psprintf("ALTER TABLE %s ALTER CONSTRAINT %s DEFERRABLE INITIALLY %s", tgt_q(op, t),
+							TextDatumGetCString(ht_col(i, 1, &isnull)),
+							DatumGetBool(ht_col(i, 2, &isnull)) ? "DEFERRED" : "IMMEDIATE");
+	for (uint64 i = 0; i < n; i++)
+		ht_sql("%s", stmts[i]);
 }
 
 /*
@@ -840,9 +882,12 @@ swap(FragOp *op, bool online, int64 moved)
 		ht_sql("LOCK TABLE %s IN ACCESS EXCLUSIVE MODE", ht_rel_qname(op->src[i]));
 	if (online)
 		moved = replay(op, moved);
-	/* the sources' own triggers, now that no more rows move */
+	/* the sources' own triggers and deferred foreign keys, now that no more rows move */
 	for (int t = 0; t < op->ntgt; t++)
+	{
 		copy_triggers(op, t);
+		deferred_fks(op, t);
+	}
 	for (int i = 0; i < op->nsrc; i++)
 		ht_sql("ALTER TABLE %s DETACH PARTITION %s", op->qparent, ht_rel_qname(op->src[i]));
 	for (int t = 0; t < op->ntgt; t++)
