@@ -25,6 +25,7 @@
 #include "access/genam.h"
 #include "access/htup_details.h"
 #include "access/table.h"
+#include "access/transam.h"
 #include "catalog/namespace.h"
 #include "catalog/partition.h"
 #include "catalog/pg_class.h"
@@ -42,6 +43,7 @@
 #include "parser/parsetree.h"
 #include "partitioning/partbounds.h"
 #include "partitioning/partdesc.h"
+#include "storage/lmgr.h"
 #include "tcop/tcopprot.h"
 #include "utils/acl.h"
 #include "utils/array.h"
@@ -49,6 +51,7 @@
 #include "utils/lsyscache.h"
 #include "utils/numeric.h"
 #include "utils/partcache.h"
+#include "utils/regproc.h"
 #include "utils/rel.h"
 #include "utils/syscache.h"
 
@@ -62,7 +65,8 @@
 
 static HtQuery q_frag_lookup = {
 	"SELECT n_fragments, next_n_to_split, n_doubles, op, op_phase, op_error,"
-	" op_sources, op_helpers, coalesce(op_moved, 0) FROM hashtree.frag_table WHERE parent = $1",
+	" op_sources, op_helpers, coalesce(op_moved, 0) FROM hashtree.frag_table"
+	" WHERE parent::pg_catalog.oid OPERATOR(pg_catalog.=) $1::pg_catalog.oid",
 	1, {OIDOID}
 };
 
@@ -124,7 +128,8 @@ ht_frag_lookup(Oid relid, HtFragTable *ft)
 
 static HtQuery q_frag_store = {
 	"UPDATE hashtree.frag_table SET n_fragments = $2, next_n_to_split = $3, n_doubles = $4,"
-	" op = NULL, op_phase = NULL, op_sources = NULL, op_helpers = NULL WHERE parent = $1",
+	" op = NULL, op_phase = NULL, op_sources = NULL, op_helpers = NULL"
+	" WHERE parent::pg_catalog.oid OPERATOR(pg_catalog.=) $1::pg_catalog.oid",
 	4, {OIDOID, INT4OID, INT4OID, INT4OID}
 };
 
@@ -153,7 +158,7 @@ ht_frag_store_state(Oid relid, const HtLinState *s)
 
 static HtQuery q_frag_register = {
 	"INSERT INTO hashtree.frag_table (parent, n_fragments, next_n_to_split, n_doubles)"
-	" VALUES ($1, $2, $3, $4)",
+	" VALUES ($1::pg_catalog.oid::pg_catalog.regclass, $2, $3, $4)",
 	4, {OIDOID, INT4OID, INT4OID, INT4OID}
 };
 
@@ -165,7 +170,8 @@ frag_register(Oid relid, const HtLinState *s)
 
 static HtQuery q_frag_forget = {
 	"DELETE FROM hashtree.frag_table f WHERE NOT EXISTS"
-	" (SELECT 1 FROM pg_catalog.pg_class c WHERE c.oid = f.parent)",
+	" (SELECT 1 FROM pg_catalog.pg_class c"
+	" WHERE c.oid OPERATOR(pg_catalog.=) f.parent::pg_catalog.oid)",
 	0, {InvalidOid}
 };
 
@@ -305,13 +311,16 @@ ht_frag_rename_indexes(const char *nsp, const char *from, const char *to)
 {
 	int			plen = strlen(from);
 	Oid			nspid = get_namespace_oid(nsp, false);
+	Oid			relid = get_relname_relid(from, nspid);
 	uint64		n;
 	char	  **names;
 	bool		isnull;
 
-	n = ht_sql("SELECT c.relname::text FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c"
-			   " ON c.oid = i.indexrelid WHERE i.indrelid = '%s'::pg_catalog.regclass",
-			   quote_qualified_identifier(nsp, from));
+	if (!OidIsValid(relid))
+		elog(ERROR, "hashtree: relation \"%s\" not found in schema \"%s\"", from, nsp);
+	n = ht_sql("SELECT c.relname::pg_catalog.text FROM pg_catalog.pg_index i JOIN pg_catalog.pg_class c"
+			   " ON c.oid OPERATOR(pg_catalog.=) i.indexrelid"
+			   " WHERE i.indrelid OPERATOR(pg_catalog.=) '%u'::pg_catalog.oid", relid);
 	names = palloc(sizeof(char *) * Max(n, 1));
 	for (uint64 i = 0; i < n; i++)
 		names[i] = TextDatumGetCString(ht_col(i, 1, &isnull));
@@ -342,11 +351,13 @@ ht_copy_grants(Oid from, const char *qto)
 	bool		isnull;
 
 	n = ht_sql("SELECT pg_catalog.format('GRANT %%s ON %%s TO %%s%%s', a.privilege_type, %s,"
-			   " CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(r.rolname) END,"
+			   " CASE WHEN a.grantee OPERATOR(pg_catalog.=) 0::pg_catalog.oid THEN 'PUBLIC'"
+			   " ELSE pg_catalog.quote_ident(r.rolname) END,"
 			   " CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END)"
 			   " FROM pg_catalog.pg_class c, pg_catalog.aclexplode(c.relacl) a"
-			   " LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee"
-			   " WHERE c.oid = '%u' AND a.grantee <> c.relowner", quote_literal_cstr(qto), from);
+			   " LEFT JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) a.grantee"
+			   " WHERE c.oid OPERATOR(pg_catalog.=) '%u'::pg_catalog.oid"
+			   " AND a.grantee OPERATOR(pg_catalog.<>) c.relowner", quote_literal_cstr(qto), from);
 	grants = palloc(sizeof(char *) * Max(n, 1));
 	for (uint64 i = 0; i < n; i++)
 		grants[i] = TextDatumGetCString(ht_col(i, 1, &isnull));
@@ -400,6 +411,11 @@ rel_reltuples(Oid relid)
 	return t;
 }
 
+/*
+ * hashtree.frag_init(tbl regclass, n_fragments int DEFAULT 1) RETURNS frag_state
+ * Creates the n fragments of a hash-partitioned table without partitions
+ * (owned by the table's owner) and registers it.  ACCESS EXCLUSIVE on tbl.
+ */
 PG_FUNCTION_INFO_V1(ht_frag_init);
 Datum
 ht_frag_init(PG_FUNCTION_ARGS)
@@ -412,6 +428,7 @@ ht_frag_init(PG_FUNCTION_ARGS)
 	char	   *parent;
 	char	   *nsp;
 	char	  **names;
+	Oid			owner;
 
 	HT_ARG_NOT_NULL(0, "tbl");
 	HT_ARG_NOT_NULL(1, "n_fragments");
@@ -439,6 +456,7 @@ ht_frag_init(PG_FUNCTION_ARGS)
 	s = ht_lin_state(n);
 	parent = ht_rel_qname(relid);
 	nsp = get_namespace_name(RelationGetNamespace(rel));
+	owner = rel->rd_rel->relowner;
 	names = palloc(sizeof(char *) * n);
 	for (int32 k = 1; k <= n; k++)
 		names[k - 1] = ht_frag_name(rel, k);
@@ -452,6 +470,10 @@ ht_frag_init(PG_FUNCTION_ARGS)
 		ht_lin_bound(&s, k, &m, &r);
 		ht_sql("CREATE TABLE %s PARTITION OF %s FOR VALUES WITH (MODULUS %d, REMAINDER %d)",
 			   quote_qualified_identifier(nsp, names[k - 1]), parent, m, r);
+		/* fragments belong to the table's owner (the caller may be a superuser) */
+		if (owner != GetUserId())
+			ht_sql("ALTER TABLE %s OWNER TO %s", quote_qualified_identifier(nsp, names[k - 1]),
+				   quote_identifier(GetUserNameFromId(owner, false)));
 	}
 	frag_register(relid, &s);
 	ht_track_partitions_changed(relid);
@@ -460,6 +482,10 @@ ht_frag_init(PG_FUNCTION_ARGS)
 	return state_datum(fcinfo, &s);
 }
 
+/*
+ * hashtree.frag_state(tbl regclass) RETURNS frag_state
+ * The recorded state of a fragmented table.  ACCESS SHARE on tbl.
+ */
 PG_FUNCTION_INFO_V1(ht_frag_state);
 Datum
 ht_frag_state(PG_FUNCTION_ARGS)
@@ -475,6 +501,11 @@ ht_frag_state(PG_FUNCTION_ARGS)
 	return state_datum(fcinfo, &ft.s);
 }
 
+/*
+ * hashtree.frag_names(tbl regclass) RETURNS SETOF regclass
+ * The fragments 1..N, after checking them against the state.  ACCESS SHARE
+ * on tbl.
+ */
 PG_FUNCTION_INFO_V1(ht_frag_names);
 Datum
 ht_frag_names(PG_FUNCTION_ARGS)
@@ -500,6 +531,12 @@ ht_frag_names(PG_FUNCTION_ARGS)
 	return (Datum) 0;
 }
 
+/*
+ * hashtree.frag_size(tbl regclass, exact boolean DEFAULT false)
+ *   RETURNS TABLE(fragment int, relation regclass, rows bigint)
+ * Rows per fragment: counted (exact) or the planner's estimate.  ACCESS
+ * SHARE on tbl (and on the fragments when counting).
+ */
 PG_FUNCTION_INFO_V1(ht_frag_size);
 Datum
 ht_frag_size(PG_FUNCTION_ARGS)
@@ -527,7 +564,7 @@ ht_frag_size(PG_FUNCTION_ARGS)
 		{
 			bool		isnull;
 
-			ht_sql("SELECT count(*) FROM ONLY %s", ht_rel_qname(frags[k]));
+			ht_sql("SELECT pg_catalog.count(*) FROM ONLY %s", ht_rel_qname(frags[k]));
 			v[2] = ht_col(0, 1, &isnull);
 		}
 		else
@@ -546,7 +583,8 @@ ht_frag_size(PG_FUNCTION_ARGS)
 }
 
 /*
- * frag_activate(tbl): a plain table becomes fragment 1 of a new hash
+ * hashtree.frag_activate(tbl regclass) RETURNS frag_state
+ * A plain table becomes fragment 1 of a new hash
  * parent that takes its name, partitioned by its primary key; no rewrite:
  * the new partition carries a CHECK identical to the partition constraint
  * (validated while reads and writes go on), so ATTACH does not scan it.
@@ -621,7 +659,9 @@ ht_frag_activate(PG_FUNCTION_ARGS)
 					(errcode(ERRCODE_DUPLICATE_OBJECT),
 					 errmsg("table \"%s\" is already a fragmented table", name)));
 	}
-	ht_sql("SELECT 1 FROM hashtree.tracked_table WHERE schema_name = %s AND table_name = %s",
+	ht_sql("SELECT 1 FROM hashtree.tracked_table"
+		   " WHERE schema_name OPERATOR(pg_catalog.=) %s::pg_catalog.text"
+		   " AND table_name OPERATOR(pg_catalog.=) %s::pg_catalog.text",
 		   quote_literal_cstr(nsp), quote_literal_cstr(name));
 	if (SPI_processed > 0)
 		ereport(ERROR,
@@ -637,7 +677,8 @@ ht_frag_activate(PG_FUNCTION_ARGS)
 	ht_sql("CREATE TABLE %s (LIKE %s INCLUDING ALL) PARTITION BY HASH (%s)", qtmp, qname, keys.data);
 	parent = get_relname_relid(tmp, RelationGetNamespace(rel));
 	ht_sql("SELECT pg_catalog.quote_ident(r.rolname) FROM pg_catalog.pg_class c"
-		   " JOIN pg_catalog.pg_roles r ON r.oid = c.relowner WHERE c.oid = '%u'", relid);
+		   " JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) c.relowner"
+		   " WHERE c.oid OPERATOR(pg_catalog.=) '%u'::pg_catalog.oid", relid);
 	ht_sql("ALTER TABLE %s OWNER TO %s", qtmp, TextDatumGetCString(ht_col(0, 1, &isnull)));
 	ht_copy_grants(relid, qtmp);
 
@@ -645,7 +686,14 @@ ht_frag_activate(PG_FUNCTION_ARGS)
 	ht_sql("ALTER TABLE %s ADD CONSTRAINT hashtree_frag_bound CHECK"
 		   " (pg_catalog.satisfies_hash_partition('%u'::pg_catalog.oid, 1, 0, %s)) NOT VALID",
 		   qname, parent, keys.data);
-	ht_sql("ALTER TABLE %s VALIDATE CONSTRAINT hashtree_frag_bound", qname);
+	{
+		HtUserContext ctx;
+
+		/* (evaluates the key's hash functions: the table owner's code) */
+		ht_as_table_owner_begin(relid, &ctx);
+		ht_sql("ALTER TABLE %s VALIDATE CONSTRAINT hashtree_frag_bound", qname);
+		ht_as_table_owner_end(&ctx);
+	}
 
 	/* the swap: names, then ATTACH without a scan */
 	ht_sql("LOCK TABLE %s IN ACCESS EXCLUSIVE MODE", qname);
@@ -658,12 +706,20 @@ ht_frag_activate(PG_FUNCTION_ARGS)
 	ht_sql("ALTER TABLE %s DROP CONSTRAINT hashtree_frag_bound", quote_qualified_identifier(nsp, frag1));
 
 	/* sequences: owned by the parent now; identity values go on from where they were */
-	n = ht_sql("SELECT pg_catalog.quote_ident(a.attname), a.attidentity <> '',"
-			   " pg_catalog.pg_get_serial_sequence('%s', a.attname),"
-			   " pg_catalog.pg_get_serial_sequence('%s', a.attname)"
-			   " FROM pg_catalog.pg_attribute a WHERE a.attrelid = '%u' AND a.attnum > 0"
-			   " AND NOT a.attisdropped AND pg_catalog.pg_get_serial_sequence('%s', a.attname) IS NOT NULL",
-			   quote_qualified_identifier(nsp, frag1), qname, relid, quote_qualified_identifier(nsp, frag1));
+	{
+		char	   *lfrag1 = quote_literal_cstr(quote_qualified_identifier(nsp, frag1));
+
+		n = ht_sql("SELECT pg_catalog.quote_ident(a.attname),"
+				   " a.attidentity OPERATOR(pg_catalog.<>) ''::pg_catalog.\"char\","
+				   " pg_catalog.pg_get_serial_sequence(%s::pg_catalog.text, a.attname::pg_catalog.text),"
+				   " pg_catalog.pg_get_serial_sequence(%s::pg_catalog.text, a.attname::pg_catalog.text)"
+				   " FROM pg_catalog.pg_attribute a"
+				   " WHERE a.attrelid OPERATOR(pg_catalog.=) '%u'::pg_catalog.oid"
+				   " AND a.attnum OPERATOR(pg_catalog.>) 0::pg_catalog.int2 AND NOT a.attisdropped"
+				   " AND pg_catalog.pg_get_serial_sequence(%s::pg_catalog.text, a.attname::pg_catalog.text)"
+				   " IS NOT NULL",
+				   lfrag1, quote_literal_cstr(qname), relid, lfrag1);
+	}
 	{
 		char	  **col = palloc(sizeof(char *) * Max(n, 1));
 		bool	   *identity = palloc(sizeof(bool) * Max(n, 1));
@@ -684,8 +740,8 @@ ht_frag_activate(PG_FUNCTION_ARGS)
 		for (uint64 i = 0; i < n; i++)
 		{
 			if (identity[i] && newseq[i] != NULL)
-				ht_sql("SELECT pg_catalog.setval('%s', s.last_value, s.is_called) FROM %s s",
-					   newseq[i], oldseq[i]);
+				ht_sql("SELECT pg_catalog.setval(%s::pg_catalog.regclass, s.last_value, s.is_called)"
+					   " FROM %s s", quote_literal_cstr(newseq[i]), oldseq[i]);
 			else if (!identity[i])
 				ht_sql("ALTER SEQUENCE %s OWNED BY %s.%s", oldseq[i], qname, col[i]);
 		}
@@ -699,6 +755,10 @@ ht_frag_activate(PG_FUNCTION_ARGS)
 
 /* ---- frag_number, key_to_frag_number ----------------------------------------------- */
 
+/*
+ * hashtree.frag_number(n_fragments int, hash numeric) RETURNS int
+ * The linear-hashing rule on a 64-bit hash.  No locks.
+ */
 PG_FUNCTION_INFO_V1(ht_frag_number);
 Datum
 ht_frag_number(PG_FUNCTION_ARGS)
@@ -723,11 +783,18 @@ ht_frag_number(PG_FUNCTION_ARGS)
 	PG_RETURN_INT32(ht_lin_frag(n, hash));
 }
 
-/* per call site: the table's key, its hash functions, and N */
+/*
+ * Per call site: the table's key, its hash functions, and N.  Checked at
+ * every call against the table's partitions (so an add_frag or del_frag
+ * earlier in the same transaction is seen) and the current role.
+ */
 typedef struct KeyCache
 {
+	MemoryContext cxt;			/* holds this cache */
 	Oid			relid;
+	Oid			userid;			/* the role that was checked for SELECT */
 	int32		n;
+	Oid		   *parts;			/* the partitions seen, in bound order */
 	int			natts;
 	Oid			argtype;		/* type of the arguments seen (or InvalidOid) */
 	FmgrInfo   *hashfn;			/* the partition key's extended hash functions */
@@ -744,23 +811,61 @@ key_cache(FunctionCallInfo fcinfo, Oid relid)
 {
 	KeyCache   *kc = (KeyCache *) fcinfo->flinfo->fn_extra;
 	MemoryContext old;
+	MemoryContext cxt;
 	Relation	rel;
 	PartitionKey key;
+	PartitionDesc pd;
 	HtFragTable ft;
+	AclResult	acl;
 
-	if (kc != NULL && kc->relid == relid)
-		return kc;
+	/* the usual case: the lock taken at the first call is still ours */
+	if (kc != NULL && kc->relid == relid && kc->userid == GetUserId())
+	{
+		bool		same = false;
 
-	old = MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
+		rel = RelationIdGetRelation(relid);
+		if (RelationIsValid(rel))
+		{
+			if (CheckRelationLockedByMe(rel, AccessShareLock, true) &&
+				rel->rd_rel->relkind == RELKIND_PARTITIONED_TABLE)
+			{
+				pd = RelationGetPartitionDesc(rel, true);
+				same = pd->nparts == kc->n &&
+					memcmp(pd->oids, kc->parts, sizeof(Oid) * kc->n) == 0;
+			}
+			RelationClose(rel);
+		}
+		if (same)
+			return kc;
+	}
+	rel = table_open(relid, AccessShareLock);
+	acl = pg_class_aclcheck(relid, GetUserId(), ACL_SELECT);
+	if (acl != ACLCHECK_OK)
+		aclcheck_error(acl, OBJECT_TABLE, RelationGetRelationName(rel));
+	table_close(rel, NoLock);
+	if (kc != NULL)
+	{
+		fcinfo->flinfo->fn_extra = NULL;
+		MemoryContextDelete(kc->cxt);
+	}
+
+	cxt = AllocSetContextCreate(fcinfo->flinfo->fn_mcxt, "hashtree key_to_frag_number",
+								ALLOCSET_SMALL_SIZES);
+	old = MemoryContextSwitchTo(cxt);
 	kc = palloc0(sizeof(KeyCache));
+	kc->cxt = cxt;
 	SPI_connect();
 	rel = open_registered(relid, AccessShareLock, &ft, NULL);
 	(void) ht_frag_layout(rel, &ft.s);
 	SPI_finish();
-	MemoryContextSwitchTo(fcinfo->flinfo->fn_mcxt);
+	MemoryContextSwitchTo(cxt);
 	key = RelationGetPartitionKey(rel);
+	pd = RelationGetPartitionDesc(rel, true);
 	kc->relid = relid;
+	kc->userid = GetUserId();
 	kc->n = ft.s.n;
+	kc->parts = palloc(sizeof(Oid) * Max(pd->nparts, 1));
+	memcpy(kc->parts, pd->oids, sizeof(Oid) * pd->nparts);
 	kc->natts = key->partnatts;
 	kc->hashfn = palloc(sizeof(FmgrInfo) * kc->natts);
 	kc->collation = palloc(sizeof(Oid) * kc->natts);
@@ -771,11 +876,11 @@ key_cache(FunctionCallInfo fcinfo, Oid relid)
 	kc->castioparam = palloc0(sizeof(Oid) * kc->natts);
 	for (int i = 0; i < kc->natts; i++)
 	{
-		fmgr_info_copy(&kc->hashfn[i], &key->partsupfunc[i], fcinfo->flinfo->fn_mcxt);
+		fmgr_info_copy(&kc->hashfn[i], &key->partsupfunc[i], cxt);
 		kc->collation[i] = key->partcollation[i];
 		kc->keytype[i] = key->parttypid[i];
 	}
-	/* the lock is kept to the end of the transaction: the layout cannot change */
+	/* (the lock is kept to the end of the transaction; our own DDL is seen above) */
 	table_close(rel, NoLock);
 	MemoryContextSwitchTo(old);
 	fcinfo->flinfo->fn_extra = kc;
@@ -802,7 +907,7 @@ key_conversion(FunctionCallInfo fcinfo, KeyCache *kc, int i, Oid argtype)
 		return;
 	if (path == COERCION_PATH_FUNC && OidIsValid(funcid))
 	{
-		fmgr_info_cxt(funcid, &kc->castfn[i], fcinfo->flinfo->fn_mcxt);
+		fmgr_info_cxt(funcid, &kc->castfn[i], kc->cxt);
 		kc->castvalid[i] = true;
 		return;
 	}
@@ -822,6 +927,11 @@ convert_key(KeyCache *kc, int i, Datum v)
 	return v;
 }
 
+/*
+ * hashtree.key_to_frag_number(tbl regclass, VARIADIC key "any") RETURNS int
+ * The fragment PostgreSQL routes the key to.  Needs SELECT on tbl; ACCESS
+ * SHARE on tbl.
+ */
 PG_FUNCTION_INFO_V1(ht_key_to_frag_number);
 Datum
 ht_key_to_frag_number(PG_FUNCTION_ARGS)
@@ -989,6 +1099,64 @@ bad:
 	return NULL;				/* keep compiler quiet */
 }
 
+/*
+ * Planning evaluates parts of the predicate (constant folding of
+ * IMMUTABLE functions, selectivity estimates that run STABLE ones): only
+ * built-in code may run there.  The first function, operator, domain or
+ * type support the predicate would call that is not built in (OID at or
+ * above FirstNormalObjectId), else InvalidOid.
+ */
+typedef struct UserCode
+{
+	Oid			oid;
+	const char *what;
+} UserCode;
+
+static bool
+user_function(Oid funcid, void *context)
+{
+	UserCode   *uc = (UserCode *) context;
+
+	if (funcid < FirstNormalObjectId)
+		return false;
+	uc->oid = funcid;
+	uc->what = "function";
+	return true;
+}
+
+static bool
+find_user_code(Node *node, void *context)
+{
+	UserCode   *uc = (UserCode *) context;
+	Oid			type = InvalidOid;
+
+	if (node == NULL)
+		return false;
+	if (check_functions_in_node(node, user_function, context))
+		return true;
+	if (IsA(node, CoerceToDomain))
+		type = ((CoerceToDomain *) node)->resulttype;
+	else if (IsA(node, MinMaxExpr))
+		type = ((MinMaxExpr *) node)->minmaxtype;
+	else if (IsA(node, SubscriptingRef))
+		type = ((SubscriptingRef *) node)->refcontainertype;
+	if (type >= FirstNormalObjectId)
+	{
+		uc->oid = type;
+		uc->what = "type";
+		return true;
+	}
+	if (IsA(node, Query))
+		return query_tree_walker((Query *) node, find_user_code, context, 0);
+	return expression_tree_walker(node, find_user_code, context);
+}
+
+/*
+ * hashtree.match_spec_to_frag_numbers(tbl regclass, predicate text) RETURNS int[]
+ * The fragments a scan of tbl with this WHERE clause reads after plan-time
+ * pruning; the predicate is planned, never run, and may use only built-in
+ * code.  ACCESS SHARE on tbl.
+ */
 PG_FUNCTION_INFO_V1(ht_match_spec_to_frag_numbers);
 Datum
 ht_match_spec_to_frag_numbers(PG_FUNCTION_ARGS)
@@ -1030,6 +1198,18 @@ ht_match_spec_to_frag_numbers(PG_FUNCTION_ARGS)
 	raw->stmt_location = -1;
 	sql = psprintf("SELECT FROM %s WHERE %s", ht_rel_qname(relid), predicate);
 	query = parse_analyze_fixedparams(raw, sql, NULL, 0, NULL);
+	{
+		UserCode	uc = {InvalidOid, NULL};
+
+		if (find_user_code(query->jointree->quals, &uc))
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("the predicate uses %s %s, which is not built in",
+							uc.what, strcmp(uc.what, "type") == 0 ? format_type_be(uc.oid)
+							: format_procedure(uc.oid)),
+					 errdetail("Planning the predicate would run it; only built-in functions, "
+							   "operators and types may be used.")));
+	}
 	ps = pg_plan_query(query, sql, 0, NULL);
 	collect_scans(ps->planTree, ps, &scanned);
 

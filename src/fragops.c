@@ -8,11 +8,15 @@
  * new tables (the targets) with the bounds of the next state: add_frag
  * replaces fragment P by P and N+1, del_frag replaces N and its buddy by
  * the buddy.  A target is created standalone (LIKE the parent, in the
- * source's tablespace, with its owner, grants, reloptions, foreign keys
- * and own triggers), filled with the sources' rows that belong to it, and
- * given a CHECK identical to its partition constraint, so that ATTACH
- * needs no scan.  The swap then, under the parent's ACCESS EXCLUSIVE lock
- * taken first (a fragment lock held while waiting for the parent's would
+ * source's tablespace, owned by the parent's owner, with the source's
+ * grants and reloptions and the parent's foreign keys), filled with the
+ * sources' rows that belong to it as the table's owner in a
+ * security-restricted operation, and given a CHECK identical to its
+ * partition constraint, so that ATTACH needs no scan; the source's own
+ * triggers are added in the swap, after the last row moved, and deferrable
+ * foreign keys (NOT DEFERRABLE while rows move: a security-restricted
+ * operation may not queue deferred triggers) get their deferral back.
+ * The swap then, under the parent's ACCESS EXCLUSIVE lock taken first (a fragment lock held while waiting for the parent's would
  * deadlock with writers, who lock the parent first): DETACH the sources,
  * ATTACH the targets, DROP the sources, rename, record the state.  PG 15
  * has no default partition for hash tables: the swap happens in one
@@ -40,7 +44,10 @@
 #include "access/htup_details.h"
 #include "access/relation.h"
 #include "access/table.h"
+#include "access/stratnum.h"
 #include "catalog/namespace.h"
+#include "catalog/partition.h"
+#include "catalog/pg_authid.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_type.h"
 #include "commands/tablespace.h"
@@ -54,6 +61,7 @@
 #include "postmaster/bgworker.h"
 #include "storage/latch.h"
 #include "storage/lmgr.h"
+#include "storage/proc.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -62,6 +70,7 @@
 #include "utils/partcache.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
+#include "utils/syscache.h"
 #include "utils/timestamp.h"
 
 #include "frag.h"
@@ -88,6 +97,8 @@ typedef struct FragOp
 	int			nkeys;
 	char	  **keys;			/* quoted key columns */
 	char	  **rawkeys;		/* the same, unquoted */
+	Oid		   *keytype;		/* their types */
+	Oid		   *keyeq;			/* the equality of their hash operator classes */
 	char	   *keylist;		/* "k1, k2" */
 	char	   *cols;			/* the columns a copy writes */
 	bool		overriding;		/* identity columns GENERATED ALWAYS */
@@ -142,9 +153,17 @@ plan_op(Relation rel, HtFragTable *ft, bool add, FragOp *op)
 	op->nkeys = key->partnatts;
 	op->keys = palloc(sizeof(char *) * op->nkeys);
 	op->rawkeys = palloc(sizeof(char *) * op->nkeys);
+	op->keytype = palloc(sizeof(Oid) * op->nkeys);
+	op->keyeq = palloc(sizeof(Oid) * op->nkeys);
 	for (int i = 0; i < op->nkeys; i++)
 	{
 		op->rawkeys[i] = pstrdup(NameStr(TupleDescAttr(td, key->partattrs[i] - 1)->attname));
+		op->keytype[i] = key->parttypid[i];
+		op->keyeq[i] = get_opfamily_member(key->partopfamily[i], key->partopcintype[i],
+										   key->partopcintype[i], HTEqualStrategyNumber);
+		if (!OidIsValid(op->keyeq[i]))
+			elog(ERROR, "hashtree: no equality operator in the hash operator family %u",
+				 key->partopfamily[i]);
 		op->keys[i] = pstrdup(quote_identifier(op->rawkeys[i]));
 		appendStringInfo(&keylist, "%s%s", i ? ", " : "", op->keys[i]);
 	}
@@ -202,16 +221,25 @@ plan_op(Relation rel, HtFragTable *ft, bool add, FragOp *op)
 	op->log = psprintf("hashtree_frag_%u_log", op->relid);
 }
 
-/* refuse what would break: foreign keys that reference the table */
+/*
+ * refuse what would break: foreign keys that reference the table or a
+ * fragment (read from pg_inherits: pg_partition_tree() would lock every
+ * fragment until commit, and an online worker that fails must drop its
+ * triggers from the sources while we wait for it)
+ */
 static void
 check_references(FragOp *op)
 {
 	bool		isnull;
 
-	ht_sql("SELECT c.conname::text, c.conrelid::pg_catalog.regclass::text FROM pg_catalog.pg_constraint c"
-		   " WHERE c.contype = 'f' AND c.confrelid IN (SELECT p.relid"
-		   " FROM pg_catalog.pg_partition_tree('%u'::pg_catalog.regclass) p)"
-		   " AND c.conparentid = 0 ORDER BY 1 LIMIT 1", op->relid);
+	ht_sql("SELECT c.conname::pg_catalog.text, c.conrelid::pg_catalog.regclass::pg_catalog.text"
+		   " FROM pg_catalog.pg_constraint c"
+		   " WHERE c.contype OPERATOR(pg_catalog.=) 'f'::pg_catalog.\"char\""
+		   " AND c.confrelid OPERATOR(pg_catalog.=) ANY (pg_catalog.array_prepend('%u'::pg_catalog.oid,"
+		   " ARRAY(SELECT i.inhrelid FROM pg_catalog.pg_inherits i"
+		   " WHERE i.inhparent OPERATOR(pg_catalog.=) '%u'::pg_catalog.oid)))"
+		   " AND c.conparentid OPERATOR(pg_catalog.=) 0::pg_catalog.oid ORDER BY 1 LIMIT 1",
+		   op->relid, op->relid);
 	if (SPI_processed > 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
@@ -239,11 +267,17 @@ create_target(FragOp *op, int t)
 		   OidIsValid(get_rel_tablespace(like))
 		   ? psprintf(" TABLESPACE %s", quote_identifier(get_tablespace_name(get_rel_tablespace(like))))
 		   : "");
-	/* owner, reloptions and grants of the fragment it replaces */
+	/*
+	 * reloptions and grants of the fragment it replaces; the owner is the
+	 * parent's, whose code (indexes, checks, generated columns) the copy
+	 * runs as that owner
+	 */
 	ht_sql("SELECT pg_catalog.quote_ident(r.rolname), c.reloptions IS NOT NULL,"
-		   " pg_catalog.array_to_string(c.reloptions, ', ')"
-		   " FROM pg_catalog.pg_class c JOIN pg_catalog.pg_roles r ON r.oid = c.relowner"
-		   " WHERE c.oid = '%u'", like);
+		   " pg_catalog.array_to_string(c.reloptions, ', '::pg_catalog.text)"
+		   " FROM pg_catalog.pg_class c, pg_catalog.pg_class p JOIN pg_catalog.pg_roles r"
+		   " ON r.oid OPERATOR(pg_catalog.=) p.relowner"
+		   " WHERE c.oid OPERATOR(pg_catalog.=) '%u'::pg_catalog.oid"
+		   " AND p.oid OPERATOR(pg_catalog.=) '%u'::pg_catalog.oid", like, op->relid);
 	d = ht_col(0, 1, &isnull);
 	{
 		char	   *owner = TextDatumGetCString(d);
@@ -255,23 +289,61 @@ create_target(FragOp *op, int t)
 		ht_sql("ALTER TABLE %s OWNER TO %s", q, owner);
 	}
 	ht_copy_grants(like, q);
-	/* the parent's foreign keys, validated now (ATTACH then only links them) */
-	ht_sql("SELECT pg_catalog.quote_ident(conname), pg_catalog.pg_get_constraintdef(oid)"
-		   " FROM pg_catalog.pg_constraint WHERE conrelid = '%u' AND contype = 'f'", op->relid);
+	/*
+	 * the parent's foreign keys, validated now (ATTACH then only links
+	 * them); NOT DEFERRABLE until the swap (deferred_fks)
+	 */
+	ht_sql("SELECT pg_catalog.quote_ident(conname), pg_catalog.pg_get_constraintdef(oid), condeferrable"
+		   " FROM pg_catalog.pg_constraint WHERE conrelid OPERATOR(pg_catalog.=) '%u'::pg_catalog.oid"
+		   " AND contype OPERATOR(pg_catalog.=) 'f'::pg_catalog.\"char\"", op->relid);
 	{
 		uint64		n = SPI_processed;
 		char	  **fks = palloc(sizeof(char *) * Max(n, 1));
+		char	  **immediate = palloc0(sizeof(char *) * Max(n, 1));
 
 		for (uint64 i = 0; i < n; i++)
-			fks[i] = psprintf("ALTER TABLE %s ADD CONSTRAINT %s %s", q,
-							  TextDatumGetCString(ht_col(i, 1, &isnull)),
+		{
+			char	   *name = TextDatumGetCString(ht_col(i, 1, &isnull));
+
+			fks[i] = psprintf("ALTER TABLE %s ADD CONSTRAINT %s %s", q, name,
 							  TextDatumGetCString(ht_col(i, 2, &isnull)));
+			if (DatumGetBool(ht_col(i, 3, &isnull)))
+				immediate[i] = psprintf("ALTER TABLE %s ALTER CONSTRAINT %s NOT DEFERRABLE", q, name);
+		}
 		for (uint64 i = 0; i < n; i++)
+		{
 			ht_sql("%s", fks[i]);
+			if (immediate[i] != NULL)
+				ht_sql("%s", immediate[i]);
+		}
 	}
 }
 
-/* the sources' own triggers (not cloned from the parent, not ours), on target t */
+/* the deferral of the parent's deferrable foreign keys, back on target t (in the swap) */
+static void
+deferred_fks(FragOp *op, int t)
+{
+	uint64		n;
+	char	  **stmts;
+	bool		isnull;
+
+	n = ht_sql("SELECT pg_catalog.quote_ident(conname), condeferred FROM pg_catalog.pg_constraint"
+			   " WHERE conrelid OPERATOR(pg_catalog.=) '%u'::pg_catalog.oid"
+			   " AND contype OPERATOR(pg_catalog.=) 'f'::pg_catalog.\"char\" AND condeferrable", op->relid);
+	stmts = palloc(sizeof(char *) * Max(n, 1));
+	for (uint64 i = 0; i < n; i++)
+		stmts[i] = psprintf("ALTER TABLE %s ALTER CONSTRAINT %s DEFERRABLE INITIALLY %s", tgt_q(op, t),
+							TextDatumGetCString(ht_col(i, 1, &isnull)),
+							DatumGetBool(ht_col(i, 2, &isnull)) ? "DEFERRED" : "IMMEDIATE");
+	for (uint64 i = 0; i < n; i++)
+		ht_sql("%s", stmts[i]);
+}
+
+/*
+ * The sources' own triggers (not cloned from the parent, not ours), on
+ * target t, each in its original enabled state.  Created after the copy (in
+ * the swap), so that moving rows fires none of them.
+ */
 static void
 copy_triggers(FragOp *op, int t)
 {
@@ -280,16 +352,27 @@ copy_triggers(FragOp *op, int t)
 		char	   *qsrc = ht_rel_qname(op->src[i]);
 		uint64		n;
 		char	  **defs;
+		char	   *enabled;
+		char	  **names;
 		bool		isnull;
 
 		if (op->ntgt == 1 && i > 0)
 			break;				/* a merge keeps the buddy's triggers */
-		n = ht_sql("SELECT pg_catalog.pg_get_triggerdef(oid) FROM pg_catalog.pg_trigger"
-				   " WHERE tgrelid = '%u' AND NOT tgisinternal AND tgparentid = 0"
-				   " AND tgname NOT LIKE 'hashtree\\_%%'", op->src[i]);
+		n = ht_sql("SELECT pg_catalog.pg_get_triggerdef(oid), tgenabled,"
+				   " pg_catalog.quote_ident(tgname) FROM pg_catalog.pg_trigger"
+				   " WHERE tgrelid OPERATOR(pg_catalog.=) '%u'::pg_catalog.oid AND NOT tgisinternal"
+				   " AND tgparentid OPERATOR(pg_catalog.=) 0::pg_catalog.oid"
+				   " AND NOT pg_catalog.starts_with(tgname::pg_catalog.text, 'hashtree_'::pg_catalog.text)",
+				   op->src[i]);
 		defs = palloc(sizeof(char *) * Max(n, 1));
+		names = palloc(sizeof(char *) * Max(n, 1));
+		enabled = palloc(Max(n, 1));
 		for (uint64 k = 0; k < n; k++)
+		{
 			defs[k] = TextDatumGetCString(ht_col(k, 1, &isnull));
+			enabled[k] = DatumGetChar(ht_col(k, 2, &isnull));
+			names[k] = TextDatumGetCString(ht_col(k, 3, &isnull));
+		}
 		for (uint64 k = 0; k < n; k++)
 		{
 			/* "... ON <source> ..." becomes "... ON <target> ..." */
@@ -302,6 +385,11 @@ copy_triggers(FragOp *op, int t)
 						 errmsg("cannot copy trigger definition: %s", defs[k])));
 			ht_sql("%.*s ON %s %s", (int) (at - defs[k]), defs[k], tgt_q(op, t),
 				   at + strlen(on));
+			if (enabled[k] != TRIGGER_FIRES_ON_ORIGIN)
+				ht_sql("ALTER TABLE %s %s TRIGGER %s", tgt_q(op, t),
+					   enabled[k] == TRIGGER_DISABLED ? "DISABLE" :
+					   enabled[k] == TRIGGER_FIRES_ALWAYS ? "ENABLE ALWAYS" : "ENABLE REPLICA",
+					   names[k]);
 		}
 	}
 }
@@ -320,7 +408,10 @@ moving_pred(FragOp *op, int t)
 	return bound_check(op, m, r);
 }
 
-/* copy the sources' rows that belong to each target; returns rows moved */
+/*
+ * Copy the sources' rows (alias s; extra: more conditions) that belong to
+ * each target; returns rows moved.  Runs in the owner's sandbox (below).
+ */
 static int64
 copy_rows(FragOp *op, const char *extra)
 {
@@ -331,7 +422,7 @@ copy_rows(FragOp *op, const char *extra)
 		{
 			uint64		n;
 
-			n = ht_sql("INSERT INTO %s (%s)%s SELECT %s FROM ONLY %s WHERE %s%s",
+			n = ht_sql("INSERT INTO %s (%s)%s SELECT %s FROM ONLY %s s WHERE %s%s",
 					   tgt_q(op, t), op->cols, op->overriding ? " OVERRIDING SYSTEM VALUE" : "",
 					   op->cols, ht_rel_qname(op->src[i]),
 					   bound_check(op, op->tgt_mod[t], op->tgt_rem[t]), extra ? extra : "");
@@ -342,12 +433,37 @@ copy_rows(FragOp *op, const char *extra)
 	return moved;
 }
 
+/*
+ * The table owner's code that moving rows runs (index expressions, CHECK
+ * constraints, domain checks, generated columns, the key's hash and
+ * equality functions, foreign key checks) runs as the parent's owner inside
+ * a security-restricted operation, never with the caller's rights, which
+ * may be a superuser's.  The targets belong to that owner.  hashtree's own
+ * bookkeeping (the registry) stays outside.
+ */
+static int64
+copy_rows_as_owner(FragOp *op, const char *extra)
+{
+	HtUserContext ctx;
+	int64		moved;
+
+	ht_as_table_owner_begin(op->relid, &ctx);
+	moved = copy_rows(op, extra);
+	ht_as_table_owner_end(&ctx);
+	return moved;
+}
+
 static void
 add_bound_checks(FragOp *op)
 {
+	HtUserContext ctx;
+
+	/* (validating them runs the key's hash functions) */
+	ht_as_table_owner_begin(op->relid, &ctx);
 	for (int t = 0; t < op->ntgt; t++)
 		ht_sql("ALTER TABLE %s ADD CONSTRAINT hashtree_frag_bound CHECK (%s)", tgt_q(op, t),
 			   bound_check(op, op->tgt_mod[t], op->tgt_rem[t]));
+	ht_as_table_owner_end(&ctx);
 }
 
 /* ---- capture (online mode) ------------------------------------------------------ */
@@ -355,25 +471,23 @@ add_bound_checks(FragOp *op)
 static void with_lock_retry(void (*fn) (void *), void *arg, const char *what);
 static void create_capture_triggers(void *arg);
 
-/* the capture trigger's arguments: the log table, then the key columns */
-static char *capture_args;
+#define CAPTURE_TRIGGER			"hashtree_frag_capture"
+#define CAPTURE_TRUNCATE_TRIGGER	"hashtree_frag_capture_truncate"
 
 static void
 create_capture(FragOp *op)
 {
 	char	   *qlog = quote_qualified_identifier(op->nsp, op->log);
-	StringInfoData args;
+	bool		isnull;
 
 	ht_sql("CREATE UNLOGGED TABLE %s AS SELECT %s FROM %s WITH NO DATA", qlog, op->keylist, op->qparent);
-	ht_sql("ALTER TABLE %s ADD COLUMN hashtree_truncated boolean NOT NULL DEFAULT false", qlog);
-	/* the capture runs as whoever writes the table */
+	ht_sql("ALTER TABLE %s ADD COLUMN hashtree_truncated pg_catalog.bool NOT NULL DEFAULT false", qlog);
+	/* the replay reads it as the table's owner; the capture runs as whoever writes the table */
+	ht_sql("SELECT pg_catalog.quote_ident(r.rolname) FROM pg_catalog.pg_class c"
+		   " JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) c.relowner"
+		   " WHERE c.oid OPERATOR(pg_catalog.=) '%u'::pg_catalog.oid", op->relid);
+	ht_sql("ALTER TABLE %s OWNER TO %s", qlog, TextDatumGetCString(ht_col(0, 1, &isnull)));
 	ht_sql("GRANT INSERT ON %s TO PUBLIC", qlog);
-	/* trigger arguments: the log, then the key columns */
-	initStringInfo(&args);
-	appendStringInfoString(&args, quote_literal_cstr(qlog));
-	for (int i = 0; i < op->nkeys; i++)
-		appendStringInfo(&args, ", %s", quote_literal_cstr(op->rawkeys[i]));
-	capture_args = args.data;
 	with_lock_retry(create_capture_triggers, op, "capture triggers");
 }
 
@@ -381,101 +495,263 @@ create_capture(FragOp *op)
  * The capture triggers, on every source at once: all the sources' locks
  * are taken in one LOCK (retried on lock_timeout), so that we never hold
  * one fragment while waiting for another that a client holds while it
- * waits for ours.
+ * waits for ours.  The triggers are created by the extension's owner (the
+ * trigger function is not executable by PUBLIC); they take no arguments:
+ * the function finds the log and the key from the registry.
  */
 static void
 create_capture_triggers(void *arg)
 {
 	FragOp	   *op = (FragOp *) arg;
 	StringInfoData list;
+	Oid			save_user;
+	int			save_sec;
 
 	initStringInfo(&list);
 	for (int i = 0; i < op->nsrc; i++)
 		appendStringInfo(&list, "%s%s", i ? ", " : "", ht_rel_qname(op->src[i]));
 	ht_sql("LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE", list.data);
+	ht_as_owner_begin(&save_user, &save_sec);
 	for (int i = 0; i < op->nsrc; i++)
 	{
 		char	   *qsrc = ht_rel_qname(op->src[i]);
 
-		ht_sql("CREATE TRIGGER hashtree_frag_capture AFTER INSERT OR UPDATE OR DELETE ON %s"
-			   " FOR EACH ROW EXECUTE FUNCTION hashtree._frag_capture(%s)", qsrc, capture_args);
-		ht_sql("CREATE TRIGGER hashtree_frag_capture_truncate AFTER TRUNCATE ON %s"
-			   " FOR EACH STATEMENT EXECUTE FUNCTION hashtree._frag_capture(%s)", qsrc, capture_args);
-		ht_sql("ALTER TABLE %s ENABLE ALWAYS TRIGGER hashtree_frag_capture", qsrc);
-		ht_sql("ALTER TABLE %s ENABLE ALWAYS TRIGGER hashtree_frag_capture_truncate", qsrc);
+		ht_sql("CREATE TRIGGER " CAPTURE_TRIGGER " AFTER INSERT OR UPDATE OR DELETE ON %s"
+			   " FOR EACH ROW EXECUTE FUNCTION hashtree._frag_capture()", qsrc);
+		ht_sql("CREATE TRIGGER " CAPTURE_TRUNCATE_TRIGGER " AFTER TRUNCATE ON %s"
+			   " FOR EACH STATEMENT EXECUTE FUNCTION hashtree._frag_capture()", qsrc);
+		ht_sql("ALTER TABLE %s ENABLE ALWAYS TRIGGER " CAPTURE_TRIGGER, qsrc);
+		ht_sql("ALTER TABLE %s ENABLE ALWAYS TRIGGER " CAPTURE_TRUNCATE_TRIGGER, qsrc);
 	}
+	ht_as_owner_end(save_user, save_sec);
 }
 
 /*
- * _frag_capture(log, key columns...): log the key of each row written to a
- * source fragment during an online operation (old and new), or a
- * TRUNCATE marker.  One prepared INSERT per log table and backend.
+ * _frag_capture(): log the key of each row written to a source fragment
+ * during an online operation (old and new), or a TRUNCATE marker.
+ *
+ * It acts only as one of the capture triggers of an operation under way:
+ * the relation must be a source recorded in the registry (read with a
+ * fresh snapshot, as the extension's owner), the trigger one of ours by
+ * name and kind; otherwise ERROR, nothing written.  The log and the key
+ * columns come from the registry and the catalogs, never from trigger
+ * arguments.  One prepared INSERT per log table and backend, run with the
+ * pinned search_path.
  */
 typedef struct CapturePlan
 {
-	char		log[2 * NAMEDATALEN + 8];
+	Oid			log;
 	SPIPlanPtr	plan;
 	SPIPlanPtr	marker;
 	int			nkeys;
+	char	   *keys[PARTITION_MAX_KEYS];	/* column names (in capture_cxt) */
 } CapturePlan;
 
 static CapturePlan capture_plan;
+static MemoryContext capture_cxt;
 
+/* what was checked last: this source, in this transaction, logs to log */
+static Oid	capture_checked_rel = InvalidOid;
+static LocalTransactionId capture_checked_lxid = InvalidLocalTransactionId;
+static Oid	capture_checked_log = InvalidOid;
+
+static SPIPlanPtr capture_op_plan;
+
+static bool
+oid_in(Datum d, bool isnull, Oid oid)
+{
+	Datum	   *elems;
+	bool	   *nulls;
+	int			n;
+
+	if (isnull)
+		return false;
+	deconstruct_array(DatumGetArrayTypeP(d), OIDOID, sizeof(Oid), true, TYPALIGN_INT,
+					  &elems, &nulls, &n);
+	for (int i = 0; i < n; i++)
+		if (!nulls[i] && DatumGetObjectId(elems[i]) == oid)
+			return true;
+	return false;
+}
+
+static void
+capture_refuse(Relation rel, const char *why)
+{
+	ereport(ERROR,
+			(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+			 errmsg("hashtree._frag_capture() fired on table \"%s\", %s",
+					RelationGetRelationName(rel), why),
+			 errdetail("It is the capture trigger of online fragment operations, on the "
+					   "fragments they copy.")));
+}
+
+/* the log of the operation copying rel, which the trigger tg fired on; ERROR if none */
+static Oid
+capture_log(TriggerData *td)
+{
+	Relation	rel = td->tg_relation;
+	Oid			relid = RelationGetRelid(rel);
+	Trigger    *tg = td->tg_trigger;
+	bool		truncate = TRIGGER_FIRED_BY_TRUNCATE(td->tg_event);
+	Oid			parent;
+	Oid			log;
+	Datum		v[1];
+	Oid			save_user;
+	int			save_sec;
+	int			pin;
+	int			rc;
+	bool		ok;
+
+	if (!TRIGGER_FIRED_AFTER(td->tg_event) ||
+		(truncate ? !TRIGGER_FIRED_FOR_STATEMENT(td->tg_event) : !TRIGGER_FIRED_FOR_ROW(td->tg_event)) ||
+		strcmp(tg->tgname, truncate ? CAPTURE_TRUNCATE_TRIGGER : CAPTURE_TRIGGER) != 0 ||
+		tg->tgnargs != 0)
+		capture_refuse(rel, "not as one of hashtree's capture triggers");
+	if (relid == capture_checked_rel && MyProc->lxid == capture_checked_lxid)
+		return capture_checked_log;
+
+	if (!rel->rd_rel->relispartition)
+		capture_refuse(rel, "which is not a fragment");
+	parent = get_partition_parent(relid, true);
+	log = get_relname_relid(psprintf("hashtree_frag_%u_log", parent), get_rel_namespace(parent));
+	v[0] = ObjectIdGetDatum(parent);
+
+	/*
+	 * A fresh snapshot: the operation was recorded when the trigger was
+	 * created, perhaps after this transaction's snapshot was taken.
+	 */
+	ht_as_owner_begin(&save_user, &save_sec);
+	pin = ht_pin_begin();
+	if (capture_op_plan == NULL)
+	{
+		Oid			argtype = OIDOID;
+		SPIPlanPtr	plan = SPI_prepare("SELECT op_sources, op_helpers FROM hashtree.frag_table"
+									   " WHERE parent::pg_catalog.oid OPERATOR(pg_catalog.=) $1::pg_catalog.oid"
+									   " AND op IS NOT NULL", 1, &argtype);
+
+		if (plan == NULL || SPI_keepplan(plan) != 0)
+			elog(ERROR, "hashtree: cannot prepare the registry lookup of the capture");
+		capture_op_plan = plan;
+	}
+	rc = SPI_execute_snapshot(capture_op_plan, v, NULL, GetLatestSnapshot(), InvalidSnapshot,
+							  true, false, 1);
+	ht_pin_end(pin);
+	if (rc != SPI_OK_SELECT)
+		elog(ERROR, "hashtree: the registry lookup of the capture failed (%s)",
+			 SPI_result_code_string(rc));
+	ok = SPI_processed == 1;
+	if (ok)
+	{
+		bool		isnull;
+		Datum		d = ht_col(0, 1, &isnull);
+
+		ok = oid_in(d, isnull, relid);
+		d = ht_col(0, 2, &isnull);
+		ok = ok && OidIsValid(log) && oid_in(d, isnull, log);
+	}
+	ht_as_owner_end(save_user, save_sec);
+	if (!ok)
+		capture_refuse(rel, "which no online fragment operation is copying");
+
+	capture_checked_rel = relid;
+	capture_checked_lxid = MyProc->lxid;
+	capture_checked_log = log;
+	return log;
+}
+
+/* prepare the INSERTs into log for rows of rel (whose parent has the key) */
+static void
+capture_prepare(Relation rel, Oid log)
+{
+	Oid			parent = get_partition_parent(RelationGetRelid(rel), true);
+	Relation	prel;
+	PartitionKey key;
+	StringInfoData sql;
+	char	   *qlog = ht_rel_qname(log);
+	Oid			types[PARTITION_MAX_KEYS];
+	int			pin;
+
+	if (capture_cxt == NULL)
+		capture_cxt = AllocSetContextCreate(TopMemoryContext, "hashtree capture",
+											ALLOCSET_SMALL_SIZES);
+	if (capture_plan.plan)
+		SPI_freeplan(capture_plan.plan);
+	if (capture_plan.marker)
+		SPI_freeplan(capture_plan.marker);
+	capture_plan.plan = capture_plan.marker = NULL;
+	capture_plan.log = InvalidOid;
+	MemoryContextReset(capture_cxt);
+
+	prel = table_open(parent, AccessShareLock);
+	key = RelationGetPartitionKey(prel);
+	capture_plan.nkeys = key->partnatts;
+	initStringInfo(&sql);
+	appendStringInfo(&sql, "INSERT INTO %s VALUES (", qlog);
+	for (int i = 0; i < key->partnatts; i++)
+	{
+		capture_plan.keys[i] = MemoryContextStrdup(capture_cxt,
+												   NameStr(TupleDescAttr(RelationGetDescr(prel),
+																		 key->partattrs[i] - 1)->attname));
+		types[i] = key->parttypid[i];
+		appendStringInfo(&sql, "%s$%d", i ? ", " : "", i + 1);
+	}
+	appendStringInfoString(&sql, ", false)");
+	table_close(prel, AccessShareLock);
+
+	pin = ht_pin_begin();
+	capture_plan.plan = SPI_prepare(sql.data, capture_plan.nkeys, types);
+	if (capture_plan.plan == NULL || SPI_keepplan(capture_plan.plan) != 0)
+		elog(ERROR, "hashtree: cannot prepare the capture into %s", qlog);
+	capture_plan.marker = SPI_prepare(psprintf("INSERT INTO %s (hashtree_truncated) VALUES (true)",
+											   qlog), 0, NULL);
+	if (capture_plan.marker == NULL || SPI_keepplan(capture_plan.marker) != 0)
+		elog(ERROR, "hashtree: cannot prepare the capture into %s", qlog);
+	ht_pin_end(pin);
+	capture_plan.log = log;
+}
+
+static void
+capture_exec(SPIPlanPtr plan, Datum *v, const char *n)
+{
+	int			pin = ht_pin_begin();
+	int			rc = SPI_execute_plan(plan, v, n, false, 0);
+
+	ht_pin_end(pin);
+	if (rc != SPI_OK_INSERT)
+		elog(ERROR, "hashtree: the capture failed (%s)", SPI_result_code_string(rc));
+}
+
+/*
+ * hashtree._frag_capture() RETURNS trigger
+ * Row trigger AFTER INSERT OR UPDATE OR DELETE and statement trigger AFTER
+ * TRUNCATE on the sources of an online add_frag/del_frag: logs the keys
+ * written (or a TRUNCATE marker) into the operation's log table, as the
+ * writing role.  Takes ROW EXCLUSIVE on the log, ACCESS SHARE on the
+ * registry and the parent.
+ */
 PG_FUNCTION_INFO_V1(ht_frag_capture);
 Datum
 ht_frag_capture(PG_FUNCTION_ARGS)
 {
 	TriggerData *td = (TriggerData *) fcinfo->context;
-	Trigger    *tg;
-	int			nkeys;
 	TupleDesc	desc;
 	HeapTuple	rows[2];
 	int			nrows = 0;
+	Oid			log;
 
 	if (!CALLED_AS_TRIGGER(fcinfo))
-		elog(ERROR, "hashtree: _frag_capture() must be a trigger");
-	tg = td->tg_trigger;
-	if (tg->tgnargs < 2 || tg->tgnargs - 1 > PARTITION_MAX_KEYS)
-		elog(ERROR, "hashtree: _frag_capture() needs the log table and the key columns");
-	nkeys = tg->tgnargs - 1;
+		ereport(ERROR,
+				(errcode(ERRCODE_E_R_I_E_TRIGGER_PROTOCOL_VIOLATED),
+				 errmsg("hashtree._frag_capture() must be called as a trigger")));
 	desc = RelationGetDescr(td->tg_relation);
 
 	SPI_connect();
-	if (strcmp(capture_plan.log, tg->tgargs[0]) != 0 || capture_plan.plan == NULL)
-	{
-		StringInfoData sql;
-		Oid			types[PARTITION_MAX_KEYS];
-
-		if (capture_plan.plan)
-			SPI_freeplan(capture_plan.plan);
-		if (capture_plan.marker)
-			SPI_freeplan(capture_plan.marker);
-		capture_plan.plan = capture_plan.marker = NULL;
-		initStringInfo(&sql);
-		appendStringInfo(&sql, "INSERT INTO %s VALUES (", tg->tgargs[0]);
-		for (int i = 0; i < nkeys; i++)
-		{
-			int			att = SPI_fnumber(desc, tg->tgargs[i + 1]);
-
-			if (att <= 0)
-				elog(ERROR, "hashtree: column \"%s\" not found", tg->tgargs[i + 1]);
-			types[i] = TupleDescAttr(desc, att - 1)->atttypid;
-			appendStringInfo(&sql, "%s$%d", i ? ", " : "", i + 1);
-		}
-		appendStringInfoString(&sql, ", false)");
-		capture_plan.plan = SPI_prepare(sql.data, nkeys, types);
-		if (capture_plan.plan == NULL || SPI_keepplan(capture_plan.plan) != 0)
-			elog(ERROR, "hashtree: cannot prepare the capture of %s", tg->tgargs[0]);
-		capture_plan.marker = SPI_prepare(psprintf("INSERT INTO %s (hashtree_truncated) VALUES (true)",
-												   tg->tgargs[0]), 0, NULL);
-		if (capture_plan.marker == NULL || SPI_keepplan(capture_plan.marker) != 0)
-			elog(ERROR, "hashtree: cannot prepare the capture of %s", tg->tgargs[0]);
-		strlcpy(capture_plan.log, tg->tgargs[0], sizeof(capture_plan.log));
-		capture_plan.nkeys = nkeys;
-	}
+	log = capture_log(td);
+	if (capture_plan.log != log || capture_plan.plan == NULL)
+		capture_prepare(td->tg_relation, log);
 
 	if (TRIGGER_FIRED_BY_TRUNCATE(td->tg_event))
-		SPI_execute_plan(capture_plan.marker, NULL, NULL, false, 0);
+		capture_exec(capture_plan.marker, NULL, NULL);
 	else
 	{
 		if (TRIGGER_FIRED_BY_UPDATE(td->tg_event) || TRIGGER_FIRED_BY_DELETE(td->tg_event))
@@ -489,29 +765,52 @@ ht_frag_capture(PG_FUNCTION_ARGS)
 			Datum		v[PARTITION_MAX_KEYS];
 			char		n[PARTITION_MAX_KEYS + 1];
 
-			for (int i = 0; i < nkeys; i++)
+			for (int i = 0; i < capture_plan.nkeys; i++)
 			{
+				int			att = SPI_fnumber(desc, capture_plan.keys[i]);
 				bool		isnull;
 
-				v[i] = SPI_getbinval(rows[r], desc, SPI_fnumber(desc, tg->tgargs[i + 1]), &isnull);
+				if (att <= 0)
+					elog(ERROR, "hashtree: column \"%s\" not found", capture_plan.keys[i]);
+				v[i] = SPI_getbinval(rows[r], desc, att, &isnull);
 				n[i] = isnull ? 'n' : ' ';
 			}
-			n[nkeys] = '\0';
-			SPI_execute_plan(capture_plan.plan, v, n, false, 0);
+			n[capture_plan.nkeys] = '\0';
+			capture_exec(capture_plan.plan, v, n);
 		}
 	}
 	SPI_finish();
 	return PointerGetDatum(NULL);
 }
 
-/* delete the rows of target t matching cond; returns how many had moved */
+/* "EXISTS (rows of the log with the key of row alias)", by the key's own equality */
+static char *
+logged_key(FragOp *op, const char *alias)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfo(&buf, "EXISTS (SELECT 1 FROM %s l WHERE ",
+					 quote_qualified_identifier(op->nsp, op->log));
+	for (int i = 0; i < op->nkeys; i++)
+	{
+		if (i > 0)
+			appendStringInfoString(&buf, " AND ");
+		generate_operator_clause(&buf, psprintf("%s.%s", alias, op->keys[i]), op->keytype[i],
+								 op->keyeq[i], psprintf("l.%s", op->keys[i]), op->keytype[i]);
+	}
+	appendStringInfoChar(&buf, ')');
+	return buf.data;
+}
+
+/* delete the rows of target t matching cond (alias x); returns how many had moved */
 static int64
 delete_counting(FragOp *op, int t, const char *cond)
 {
 	bool		isnull;
 
 	ht_sql("WITH d AS (DELETE FROM %s x WHERE %s RETURNING %s AS m)"
-		   " SELECT count(*) FILTER (WHERE m) FROM d", tgt_q(op, t), cond, moving_pred(op, t));
+		   " SELECT pg_catalog.count(*) FILTER (WHERE m) FROM d", tgt_q(op, t), cond, moving_pred(op, t));
 	return DatumGetInt64(ht_col(0, 1, &isnull));
 }
 
@@ -519,49 +818,56 @@ delete_counting(FragOp *op, int t, const char *cond)
  * Re-copy the rows of the keys written since the copy (under the swap's
  * locks): delete them from the targets, copy them again from the sources.
  * A TRUNCATE during the copy: copy everything again.  moved: rows that
- * changed fragment, as counted by the copy; returns it corrected.
+ * changed fragment, as counted by the copy; returns it corrected.  Keys are
+ * matched with the equality operator of the key's hash operator class,
+ * named exactly; the moving itself runs as the table's owner.
  */
 static int64
 replay(FragOp *op, int64 moved)
 {
 	char	   *qlog = quote_qualified_identifier(op->nsp, op->log);
 	bool		isnull;
-	StringInfoData match;
+	bool		truncated;
 	StringInfoData anynull;
+	bool		nullkeys = false;
+	HtUserContext ctx;
 
-	ht_sql("SELECT count(*) FILTER (WHERE hashtree_truncated) > 0, count(*) FROM %s", qlog);
-	if (DatumGetBool(ht_col(0, 1, &isnull)))
+	ht_sql("SELECT pg_catalog.bool_or(hashtree_truncated), pg_catalog.count(*) FROM %s", qlog);
+	truncated = DatumGetBool(ht_col(0, 1, &isnull)) && !isnull;
+	if (!truncated && DatumGetInt64(ht_col(0, 2, &isnull)) == 0)
+		return moved;
+
+	initStringInfo(&anynull);
+	for (int i = 0; i < op->nkeys; i++)
+		appendStringInfo(&anynull, "%s%s IS NULL", i ? " OR " : "", op->keys[i]);
+	if (!truncated)
+	{
+		ht_sql("ANALYZE %s", qlog);
+		/* keys with a null column match no equality: their rows are copied again whole */
+		ht_sql("SELECT 1 FROM %s WHERE %s LIMIT 1", qlog, anynull.data);
+		nullkeys = SPI_processed > 0;
+	}
+
+	ht_as_table_owner_begin(op->relid, &ctx);
+	if (truncated)
 	{
 		for (int t = 0; t < op->ntgt; t++)
 			ht_sql("DELETE FROM %s", tgt_q(op, t));
-		return copy_rows(op, NULL);
+		moved = copy_rows(op, NULL);
 	}
-	if (DatumGetInt64(ht_col(0, 2, &isnull)) == 0)
-		return moved;
-
-	ht_sql("ANALYZE %s", qlog);
-	initStringInfo(&match);
-	initStringInfo(&anynull);
-	appendStringInfoChar(&match, '(');
-	for (int i = 0; i < op->nkeys; i++)
-	{
-		appendStringInfo(&match, "%sx.%s", i ? ", " : "", op->keys[i]);
-		appendStringInfo(&anynull, "%s%s IS NULL", i ? " OR " : "", op->keys[i]);
-	}
-	appendStringInfo(&match, ") IN (SELECT %s FROM %s)", op->keylist, qlog);
-
-	for (int t = 0; t < op->ntgt; t++)
-		moved -= delete_counting(op, t, match.data);
-	moved += copy_rows(op, psprintf(" AND (%s) IN (SELECT %s FROM %s)", op->keylist, op->keylist, qlog));
-
-	/* keys with a null column never match IN: their rows are copied again whole */
-	ht_sql("SELECT 1 FROM %s WHERE %s LIMIT 1", qlog, anynull.data);
-	if (SPI_processed > 0)
+	else
 	{
 		for (int t = 0; t < op->ntgt; t++)
-			moved -= delete_counting(op, t, anynull.data);
-		moved += copy_rows(op, psprintf(" AND (%s)", anynull.data));
+			moved -= delete_counting(op, t, logged_key(op, "x"));
+		moved += copy_rows(op, psprintf(" AND %s", logged_key(op, "s")));
+		if (nullkeys)
+		{
+			for (int t = 0; t < op->ntgt; t++)
+				moved -= delete_counting(op, t, anynull.data);
+			moved += copy_rows(op, psprintf(" AND (%s)", anynull.data));
+		}
 	}
+	ht_as_table_owner_end(&ctx);
 	return moved;
 }
 
@@ -576,6 +882,12 @@ swap(FragOp *op, bool online, int64 moved)
 		ht_sql("LOCK TABLE %s IN ACCESS EXCLUSIVE MODE", ht_rel_qname(op->src[i]));
 	if (online)
 		moved = replay(op, moved);
+	/* the sources' own triggers and deferred foreign keys, now that no more rows move */
+	for (int t = 0; t < op->ntgt; t++)
+	{
+		copy_triggers(op, t);
+		deferred_fks(op, t);
+	}
 	for (int i = 0; i < op->nsrc; i++)
 		ht_sql("ALTER TABLE %s DETACH PARTITION %s", op->qparent, ht_rel_qname(op->src[i]));
 	for (int t = 0; t < op->ntgt; t++)
@@ -656,11 +968,8 @@ block_writes_fn(void *arg)
 	if (b->recover)
 		ht_frag_recover(op->relid);
 	for (int t = 0; t < op->ntgt; t++)
-	{
 		create_target(op, t);
-		copy_triggers(op, t);
-	}
-	b->moved = copy_rows(op, NULL);
+	b->moved = copy_rows_as_owner(op, NULL);
 	add_bound_checks(op);
 	(void) swap(op, false, b->moved);
 }
@@ -669,16 +978,19 @@ block_writes_fn(void *arg)
 
 static HtQuery q_op_begin = {
 	"UPDATE hashtree.frag_table SET op = $2, op_phase = 'preparing', op_sources = $3,"
-	" op_helpers = $4, op_error = NULL WHERE parent = $1",
+	" op_helpers = $4, op_error = NULL"
+	" WHERE parent::pg_catalog.oid OPERATOR(pg_catalog.=) $1::pg_catalog.oid",
 	4, {OIDOID, TEXTOID, OIDARRAYOID, OIDARRAYOID}
 };
 static HtQuery q_op_prepared = {
-	"UPDATE hashtree.frag_table SET op_phase = 'prepared', op_moved = $2 WHERE parent = $1",
+	"UPDATE hashtree.frag_table SET op_phase = 'prepared', op_moved = $2"
+	" WHERE parent::pg_catalog.oid OPERATOR(pg_catalog.=) $1::pg_catalog.oid",
 	2, {OIDOID, INT8OID}
 };
 static HtQuery q_op_fail = {
 	"UPDATE hashtree.frag_table SET op = NULL, op_phase = NULL, op_sources = NULL,"
-	" op_helpers = NULL, op_error = $2 WHERE parent = $1",
+	" op_helpers = NULL, op_error = $2"
+	" WHERE parent::pg_catalog.oid OPERATOR(pg_catalog.=) $1::pg_catalog.oid",
 	2, {OIDOID, TEXTOID}
 };
 
@@ -743,9 +1055,7 @@ prepare_copy(FragOp *op)
 	Datum		v[2];
 	int64		moved;
 
-	for (int t = 0; t < op->ntgt; t++)
-		copy_triggers(op, t);
-	moved = copy_rows(op, NULL);
+	moved = copy_rows_as_owner(op, NULL);
 	add_bound_checks(op);
 	for (int t = 0; t < op->ntgt; t++)
 		ht_sql("ANALYZE %s", tgt_q(op, t));
@@ -767,8 +1077,8 @@ rollback_op(HtFragTable *ft, const char *error)
 
 		if (name == NULL)
 			continue;
-		ht_sql("DROP TRIGGER IF EXISTS hashtree_frag_capture ON %s", ht_rel_qname(ft->sources[i]));
-		ht_sql("DROP TRIGGER IF EXISTS hashtree_frag_capture_truncate ON %s",
+		ht_sql("DROP TRIGGER IF EXISTS " CAPTURE_TRIGGER " ON %s", ht_rel_qname(ft->sources[i]));
+		ht_sql("DROP TRIGGER IF EXISTS " CAPTURE_TRUNCATE_TRIGGER " ON %s",
 			   ht_rel_qname(ft->sources[i]));
 	}
 	for (int i = 0; i < ft->nhelpers; i++)
@@ -945,6 +1255,32 @@ ht_frag_recover_all(void)
 
 /* ---- add_frag, del_frag ------------------------------------------------------------------ */
 
+/*
+ * The online copy runs in a background worker that logs in as the current
+ * role: a role without LOGIN would make the worker fail at its start.
+ */
+static void
+check_can_login(bool add)
+{
+	Oid			role = GetUserId();
+	HeapTuple	tp = SearchSysCache1(AUTHOID, ObjectIdGetDatum(role));
+	bool		canlogin;
+	char	   *name;
+
+	if (!HeapTupleIsValid(tp))
+		elog(ERROR, "hashtree: cache lookup failed for role %u", role);
+	canlogin = ((Form_pg_authid) GETSTRUCT(tp))->rolcanlogin;
+	name = pstrdup(NameStr(((Form_pg_authid) GETSTRUCT(tp))->rolname));
+	ReleaseSysCache(tp);
+	if (!canlogin)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("an online %s needs a role that can log in, and role \"%s\" cannot",
+						add ? "add_frag" : "del_frag", name),
+				 errdetail("The copy runs in a background worker that logs in as the calling role."),
+				 errhint("Use mode => 'block_writes', or call it as a role with LOGIN.")));
+}
+
 static Datum
 frag_change(FunctionCallInfo fcinfo, bool add)
 {
@@ -991,6 +1327,8 @@ frag_change(FunctionCallInfo fcinfo, bool add)
 				 errmsg("table \"%s\" is not a fragmented table", RelationGetRelationName(rel)),
 				 errhint("Make it one with hashtree.frag_init() or hashtree.frag_activate().")));
 	plan_op(rel, &ft, add, &op);
+	if (online)
+		check_can_login(add);
 	if (online)
 	{
 		/*
@@ -1052,6 +1390,15 @@ frag_change(FunctionCallInfo fcinfo, bool add)
 	return (Datum) 0;
 }
 
+/*
+ * hashtree.add_frag(tbl regclass, mode text DEFAULT 'online')
+ *   RETURNS TABLE(n_fragments, next_n_to_split, n_doubles, iter_frags,
+ *                 additional_lock_frags, moved_rows)
+ * Splits fragment P into P and N+1.  Locks: SHARE on tbl and the source
+ * (block_writes) or SHARE ROW EXCLUSIVE on the source for the capture
+ * triggers (online), then ACCESS EXCLUSIVE on tbl and the source for the
+ * swap; an advisory transaction lock per table.
+ */
 PG_FUNCTION_INFO_V1(ht_add_frag);
 Datum
 ht_add_frag(PG_FUNCTION_ARGS)
@@ -1059,6 +1406,10 @@ ht_add_frag(PG_FUNCTION_ARGS)
 	return frag_change(fcinfo, true);
 }
 
+/*
+ * hashtree.del_frag(tbl regclass, mode text DEFAULT 'online') RETURNS as add_frag
+ * Merges fragment N into its buddy; locks as add_frag, on both sources.
+ */
 PG_FUNCTION_INFO_V1(ht_del_frag);
 Datum
 ht_del_frag(PG_FUNCTION_ARGS)
