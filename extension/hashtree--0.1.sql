@@ -680,7 +680,9 @@ CREATE FUNCTION @extschema@.del_frag(tbl regclass, mode text DEFAULT 'online')
 				  additional_lock_frags int[], moved_rows bigint)
 	AS 'MODULE_PATHNAME', 'ht_del_frag'
 	LANGUAGE C VOLATILE;
--- logs the keys written to the fragments an online operation is copying
+-- logs the keys written to the fragments an online operation is copying (its
+-- triggers are created by the extension owner; not executable by PUBLIC, and
+-- it refuses to work as any other trigger)
 CREATE FUNCTION @extschema@._frag_capture() RETURNS trigger
 	AS 'MODULE_PATHNAME', 'ht_frag_capture'
 	LANGUAGE C;
@@ -766,6 +768,5 @@ GRANT EXECUTE ON FUNCTION
 	@extschema@.key_to_frag_number(regclass, "any"),
 	@extschema@.match_spec_to_frag_numbers(regclass, text),
 	@extschema@.add_frag(regclass, text),
-	@extschema@.del_frag(regclass, text),
-	@extschema@._frag_capture()
+	@extschema@.del_frag(regclass, text)
 	TO PUBLIC;
