@@ -407,7 +407,7 @@ CREATE FUNCTION @extschema@.row_key(tbl regclass, r record) RETURNS bytea
 	LANGUAGE C STABLE;
 
 -- schema changes of tracked tables
-CREATE FUNCTION @extschema@._ddl_table(relid oid) RETURNS void
+CREATE FUNCTION @extschema@._ddl_table(relid oid, cmd pg_catalog.pg_ddl_command) RETURNS void
 	AS 'MODULE_PATHNAME', 'ht_ddl_table'
 	LANGUAGE C VOLATILE;
 CREATE FUNCTION @extschema@._ddl_dropped() RETURNS void
@@ -432,11 +432,12 @@ BEGIN
 		PERFORM @extschema@._ddl_check_all();
 		RETURN;
 	END IF;
-	FOR r IN SELECT DISTINCT c.objid FROM pg_event_trigger_ddl_commands() c
-			  WHERE c.classid = 'pg_catalog.pg_class'::regclass
-				AND c.object_type IN ('table', 'table column')
+	FOR r IN SELECT c.objid, c.command FROM pg_catalog.pg_event_trigger_ddl_commands() c
+			  WHERE c.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass::pg_catalog.oid
+				AND (c.object_type OPERATOR(pg_catalog.=) 'table'::text
+					 OR c.object_type OPERATOR(pg_catalog.=) 'table column'::text)
 	LOOP
-		PERFORM @extschema@._ddl_table(r.objid);
+		PERFORM @extschema@._ddl_table(r.objid, r.command);
 	END LOOP;
 END
 $$;

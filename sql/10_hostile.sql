@@ -158,6 +158,25 @@ SELECT count(*) FROM (SELECT hashtree.lock(p), hashtree.update(p), hashtree.rele
 SELECT relation, rows, state FROM hashtree.tracked WHERE table_name = 'Orders';
 SELECT tgrelid::regclass, tgname, tgenabled FROM pg_trigger
  WHERE tgname LIKE 'hashtree%' AND tgrelid::regclass::text LIKE '"Shop Floor"%' ORDER BY 1, 2;
+-- a partition attached later gets its TRUNCATE trigger too
+CREATE TABLE "Shop Floor".regions (id int, r text, PRIMARY KEY (id, r)) PARTITION BY LIST (r);
+CREATE TABLE "Shop Floor".regions_eu PARTITION OF "Shop Floor".regions FOR VALUES IN ('eu');
+SELECT hashtree.track('"Shop Floor".regions');
+CREATE TABLE "Shop Floor"."Regions Asia" (LIKE "Shop Floor".regions);
+INSERT INTO "Shop Floor"."Regions Asia" VALUES (1, 'asia');
+SET client_min_messages = warning;
+ALTER TABLE "Shop Floor".regions ATTACH PARTITION "Shop Floor"."Regions Asia" FOR VALUES IN ('asia');
+RESET client_min_messages;
+SELECT tgrelid::regclass, tgname, tgenabled FROM pg_trigger
+ WHERE tgname LIKE 'hashtree%' AND tgrelid::regclass::text LIKE '"Shop Floor".%egions%' ORDER BY 1, 2;
+SELECT count(*) FROM (SELECT hashtree.lock(p), hashtree.update(p), hashtree.release_lock(p)
+						FROM generate_series(0, 7) p) s;
+TRUNCATE "Shop Floor"."Regions Asia";
+SELECT count(*) FILTER (WHERE key IS NULL) AS rehash_markers FROM hashtree.dirty_key WHERE pb = 'regions';
+SELECT count(*) FROM (SELECT hashtree.lock(p), hashtree.update(p), hashtree.release_lock(p)
+						FROM generate_series(0, 7) p) s;
+SELECT relation, rows, state FROM hashtree.tracked WHERE table_name = 'regions';
+SELECT hashtree.untrack('"Shop Floor".regions');
 SELECT hashtree.untrack('"Shop Floor"."Orders"');
 SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'hashtree%';
 

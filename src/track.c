@@ -44,6 +44,7 @@
 #include "utils/array.h"
 #include "commands/trigger.h"
 #include "storage/bufmgr.h"
+#include "tcop/deparse_utility.h"
 #include "executor/spi.h"
 #include "funcapi.h"
 #include "mb/pg_wchar.h"
@@ -1531,14 +1532,16 @@ refuse_trigger_change(Relation rel, const char *tgname)
 
 /*
  * Tracking cannot be switched off behind hashtree's back: the tracked table
- * and each of its partitions must carry the row trigger "hashtree_track"
- * (the table's own, cloned on the partitions) and the TRUNCATE trigger
- * "hashtree_track_truncate", with hashtree's functions, ENABLE ALWAYS.
- * A partition that lacks its TRUNCATE trigger gets it when create_missing
- * (a partition created or attached); anything else is refused.
+ * and each of its partitions carry the row trigger "hashtree_track" (the
+ * table's own, cloned on the partitions) and the TRUNCATE trigger
+ * "hashtree_track_truncate", with hashtree's functions, ENABLE ALWAYS.  A
+ * trigger that exists in any other state is refused.  A missing one is
+ * refused too, unless allow_missing: after ALTER TABLE or CREATE TABLE a
+ * trigger may not exist yet (pg_restore creates them one by one, each
+ * followed by its ENABLE ALWAYS), and dropping one is caught at sql_drop.
  */
 static void
-verify_triggers(Oid rootid, bool create_missing)
+verify_triggers(Oid rootid, bool allow_missing)
 {
 	Oid			rowfn = track_fn_oid("_track_row");
 	Oid			truncfn = track_fn_oid("_track_truncate");
@@ -1550,20 +1553,15 @@ verify_triggers(Oid rootid, bool create_missing)
 		Relation	rel = relation_open(relid, AccessShareLock);
 		Trigger    *row = trigger_named(rel, "hashtree_track");
 		Trigger    *trunc = trigger_named(rel, "hashtree_track_truncate");
-		bool		create = false;
 
-		if (row == NULL || row->tgfoid != rowfn ||
-			row->tgenabled != TRIGGER_FIRES_ALWAYS ||
-			row->tgisclone != (relid != rootid))
+		if (row == NULL ? !allow_missing :
+			(row->tgfoid != rowfn || row->tgenabled != TRIGGER_FIRES_ALWAYS ||
+			 row->tgisclone != (relid != rootid)))
 			refuse_trigger_change(rel, "hashtree_track");
-		if (trunc == NULL && relid != rootid && create_missing)
-			create = true;
-		else if (trunc == NULL || trunc->tgfoid != truncfn ||
-				 trunc->tgenabled != TRIGGER_FIRES_ALWAYS)
+		if (trunc == NULL ? !allow_missing :
+			(trunc->tgfoid != truncfn || trunc->tgenabled != TRIGGER_FIRES_ALWAYS))
 			refuse_trigger_change(rel, "hashtree_track_truncate");
 		relation_close(rel, AccessShareLock);
-		if (create)
-			create_truncate_trigger(relid);
 	}
 }
 
@@ -1623,7 +1621,62 @@ find_registered(Registered *r, int n, const char *schema, const char *name)
 	return NULL;
 }
 
-/* _ddl_table(oid): after ALTER TABLE or CREATE TABLE of this relation */
+/*
+ * Partitions attached by an ALTER TABLE of a tracked table (the collected
+ * command's ATTACH PARTITION subcommands): each, with its own partitions,
+ * gets the TRUNCATE trigger.  Only for ATTACH: a pg_restore re-creates the
+ * triggers itself, one by one.  The partition is found among the table's
+ * partitions by the name the command gave (PostgreSQL 15 records no
+ * address for ATTACH).
+ */
+static void
+attached_partitions_get_triggers(Oid root, CollectedCommand *cmd)
+{
+	ListCell   *lc;
+
+	if (cmd == NULL || cmd->type != SCT_AlterTable)
+		return;
+	foreach(lc, cmd->d.alterTable.subcmds)
+	{
+		CollectedATSubcmd *sub = (CollectedATSubcmd *) lfirst(lc);
+		AlterTableCmd *at = (AlterTableCmd *) sub->parsetree;
+		RangeVar   *rv;
+		ListCell   *lp;
+
+		if (!IsA(at, AlterTableCmd) || at->subtype != AT_AttachPartition ||
+			at->def == NULL || !IsA(at->def, PartitionCmd))
+			continue;
+		rv = ((PartitionCmd *) at->def)->name;
+		foreach(lp, find_inheritance_children(root, AccessShareLock))
+		{
+			Oid			child = lfirst_oid(lp);
+			char	   *nsp = get_namespace_name(get_rel_namespace(child));
+			ListCell   *lq;
+
+			if (strcmp(get_rel_name(child), rv->relname) != 0 ||
+				(rv->schemaname != NULL && strcmp(nsp, rv->schemaname) != 0))
+				continue;
+			foreach(lq, find_all_inheritors(child, AccessShareLock, NULL))
+			{
+				Relation	part = relation_open(lfirst_oid(lq), AccessShareLock);
+				bool		has = has_trigger_named(part, "hashtree_track_truncate");
+
+				relation_close(part, AccessShareLock);
+				if (!has)
+					create_truncate_trigger(lfirst_oid(lq));
+			}
+		}
+	}
+}
+
+/*
+ * _ddl_table(relid oid, cmd pg_ddl_command) RETURNS void: after ALTER TABLE
+ * or CREATE TABLE of this relation (cmd: the collected command, for the
+ * partitions it attached).  Refuses a rename of a tracked table and any
+ * change of its tracking triggers, re-hashes it when its shape changed,
+ * gives new partitions their TRUNCATE trigger.  Called by the event trigger
+ * as the extension owner.
+ */
 PG_FUNCTION_INFO_V1(ht_ddl_table);
 Datum
 ht_ddl_table(PG_FUNCTION_ARGS)
@@ -1658,19 +1711,26 @@ ht_ddl_table(PG_FUNCTION_ARGS)
 						 errhint("Untrack it with hashtree.untrack(), then track it again.")));
 			verify_triggers(relid, true);
 			recheck(rel, reg);
+			attached_partitions_get_triggers(relid, PG_ARGISNULL(1) ? NULL :
+											 (CollectedCommand *) PG_GETARG_POINTER(1));
 		}
 		else if (rel->rd_rel->relispartition)
 		{
 			Oid			root = tracked_root(rel, fn);
+			bool		has = has_trigger_named(rel, "hashtree_track_truncate");
 
 			/*
-			 * A partition of a tracked table: created or attached (it gets
-			 * its TRUNCATE trigger), or altered (its triggers must stay).
+			 * A partition of a tracked table: created (it gets its TRUNCATE
+			 * trigger), or altered (its triggers must stay).
 			 */
 			relation_close(rel, AccessShareLock);
 			rel = NULL;
 			if (OidIsValid(root))
+			{
+				if (!has)
+					create_truncate_trigger(relid);
 				verify_triggers(root, true);
+			}
 		}
 	}
 	if (rel != NULL)
