@@ -382,8 +382,10 @@ CREATE FUNCTION @extschema@.check_tree("partition" int)
 ---------------------------------------------------------------------------
 
 -- the row trigger and the TRUNCATE trigger put on tracked tables (by track(),
--- as the extension owner: EXECUTE is not granted to PUBLIC, so nobody else
--- puts them on a table; they refuse to work on any other table anyway)
+-- as the extension owner).  EXECUTE stays granted to PUBLIC: PostgreSQL checks
+-- it when it clones the row trigger onto a partition created by the table's
+-- owner, and when a dump is restored by a non-superuser.  They refuse to work
+-- as any trigger but hashtree's own on a registered tracked table.
 CREATE FUNCTION @extschema@._track_row() RETURNS trigger
 	AS 'MODULE_PATHNAME', 'ht_track_row'
 	LANGUAGE C;
@@ -410,8 +412,11 @@ CREATE FUNCTION @extschema@.row_key(tbl regclass, r record) RETURNS bytea
 CREATE FUNCTION @extschema@._ddl_table(relid oid, cmd pg_catalog.pg_ddl_command) RETURNS void
 	AS 'MODULE_PATHNAME', 'ht_ddl_table'
 	LANGUAGE C VOLATILE;
-CREATE FUNCTION @extschema@._ddl_dropped() RETURNS void
+CREATE FUNCTION @extschema@._ddl_dropped(triggers_dropped boolean) RETURNS void
 	AS 'MODULE_PATHNAME', 'ht_ddl_dropped'
+	LANGUAGE C VOLATILE;
+CREATE FUNCTION @extschema@._ddl_type(typid oid) RETURNS void
+	AS 'MODULE_PATHNAME', 'ht_ddl_type'
 	LANGUAGE C VOLATILE;
 CREATE FUNCTION @extschema@._ddl_check_all() RETURNS void
 	AS 'MODULE_PATHNAME', 'ht_ddl_check_all'
@@ -432,6 +437,16 @@ BEGIN
 		PERFORM @extschema@._ddl_check_all();
 		RETURN;
 	END IF;
+	-- a changed type (an enum label renamed, a composite's attributes) changes
+	-- the row hashes of the tracked tables that use it
+	IF TG_TAG OPERATOR(pg_catalog.=) 'ALTER TYPE'::text THEN
+		FOR r IN SELECT c.objid FROM pg_catalog.pg_event_trigger_ddl_commands() c
+				  WHERE c.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_type'::pg_catalog.regclass::pg_catalog.oid
+		LOOP
+			PERFORM @extschema@._ddl_type(r.objid);
+		END LOOP;
+		RETURN;
+	END IF;
 	FOR r IN SELECT c.objid, c.command FROM pg_catalog.pg_event_trigger_ddl_commands() c
 			  WHERE c.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass::pg_catalog.oid
 				AND (c.object_type OPERATOR(pg_catalog.=) 'table'::text
@@ -445,22 +460,34 @@ $$;
 CREATE FUNCTION @extschema@._on_sql_drop() RETURNS event_trigger
 	LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 	AS $$
+DECLARE
+	triggers boolean;
 BEGIN
 	IF (EXISTS (SELECT 1 FROM @extschema@.tracked_table) OR EXISTS (SELECT 1 FROM @extschema@.frag_table))
 	   AND EXISTS (SELECT 1 FROM pg_event_trigger_dropped_objects() d
 				   WHERE d.object_type IN ('table', 'index', 'trigger', 'schema',
 										   'table constraint'))
 	THEN
-		PERFORM @extschema@._ddl_dropped();
+		-- the tracking triggers are checked only when a trigger of that name
+		-- was dropped: an unrelated DROP never fails because of them
+		triggers := EXISTS (
+			SELECT 1 FROM pg_catalog.pg_event_trigger_dropped_objects() d
+			 WHERE d.object_type OPERATOR(pg_catalog.=) 'trigger'::text
+			   AND pg_catalog.starts_with(d.object_identity, 'hashtree_track'));
+		PERFORM @extschema@._ddl_dropped(triggers);
 	END IF;
 END
 $$;
 
 CREATE EVENT TRIGGER hashtree_ddl_end ON ddl_command_end
-	WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE', 'ALTER TRIGGER', 'ALTER SCHEMA')
+	WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE', 'ALTER TRIGGER', 'ALTER SCHEMA', 'ALTER TYPE')
 	EXECUTE FUNCTION @extschema@._on_ddl_end();
 CREATE EVENT TRIGGER hashtree_sql_drop ON sql_drop
 	EXECUTE FUNCTION @extschema@._on_sql_drop();
+-- also under session_replication_role = replica: tracking is never switched
+-- off behind hashtree's back
+ALTER EVENT TRIGGER hashtree_ddl_end ENABLE ALWAYS;
+ALTER EVENT TRIGGER hashtree_sql_drop ENABLE ALWAYS;
 
 -- rows: entries as of the last update; pending: keys logged since
 CREATE VIEW @extschema@.tracked AS
@@ -760,6 +787,8 @@ GRANT EXECUTE ON FUNCTION
 	@extschema@._next_expiry(timestamptz, float8),
 	@extschema@.row_hash(regclass, record),
 	@extschema@.row_key(regclass, record),
+	@extschema@._track_row(),
+	@extschema@._track_truncate(),
 	@extschema@.frag_number(int, numeric),
 	@extschema@.frag_init(regclass, int),
 	@extschema@.frag_activate(regclass),

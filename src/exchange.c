@@ -373,6 +373,7 @@ ht_exchange(PG_FUNCTION_ARGS)
 	HtRepairMode mode;
 	int			first;
 	int			last;
+	Oid			saved_role;
 	char	   *unreachable = NULL;	/* set when the peer is lost */
 
 	HT_ARG_NOT_NULL(0, "peer");
@@ -398,6 +399,7 @@ ht_exchange(PG_FUNCTION_ARGS)
 	 * of the role that called it (the session's current role), not the
 	 * extension owner's.
 	 */
+	saved_role = ht_repair_role;
 	ht_repair_role = GetOuterUserId();
 	keep_cancel = true;
 	PG_TRY();
@@ -433,7 +435,8 @@ ht_exchange(PG_FUNCTION_ARGS)
 	}
 	PG_FINALLY();
 	{
-		ht_repair_role = InvalidOid;
+		/* a nested exchange() (a trigger of a repaired table) restores it */
+		ht_repair_role = saved_role;
 		keep_cancel = false;
 	}
 	PG_END_TRY();

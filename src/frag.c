@@ -39,6 +39,7 @@
 #include "optimizer/optimizer.h"
 #include "parser/analyze.h"
 #include "parser/parse_coerce.h"
+#include "parser/parse_type.h"
 #include "parser/parser.h"
 #include "parser/parsetree.h"
 #include "partitioning/partbounds.h"
@@ -1136,6 +1137,20 @@ find_user_code(Node *node, void *context)
 		return true;
 	if (IsA(node, CoerceToDomain))
 		type = ((CoerceToDomain *) node)->resulttype;
+	else if (IsA(node, Const))
+		type = ((Const *) node)->consttype;
+	else if (IsA(node, FuncExpr))
+		type = ((FuncExpr *) node)->funcresulttype;
+	else if (IsA(node, RowExpr))
+		type = ((RowExpr *) node)->row_typeid;
+	else if (IsA(node, CoerceViaIO))
+		type = ((CoerceViaIO *) node)->resulttype;
+	else if (IsA(node, RelabelType))
+		type = ((RelabelType *) node)->resulttype;
+	else if (IsA(node, ArrayCoerceExpr))
+		type = ((ArrayCoerceExpr *) node)->resulttype;
+	else if (IsA(node, ConvertRowtypeExpr))
+		type = ((ConvertRowtypeExpr *) node)->resulttype;
 	else if (IsA(node, MinMaxExpr))
 		type = ((MinMaxExpr *) node)->minmaxtype;
 	else if (IsA(node, SubscriptingRef))
@@ -1149,6 +1164,32 @@ find_user_code(Node *node, void *context)
 	if (IsA(node, Query))
 		return query_tree_walker((Query *) node, find_user_code, context, 0);
 	return expression_tree_walker(node, find_user_code, context);
+}
+
+/*
+ * A cast to a type that is not built in, in the raw predicate: refused
+ * before parse analysis, which would run the type's input function (and
+ * the checks of its domains) on a literal.
+ */
+static bool
+raw_user_cast(Node *node, void *context)
+{
+	if (node == NULL)
+		return false;
+	if (IsA(node, TypeCast))
+	{
+		TypeName   *tn = ((TypeCast *) node)->typeName;
+		Oid			typid = LookupTypeNameOid(NULL, tn, true);
+
+		if (!OidIsValid(typid) || typid >= FirstNormalObjectId)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("the predicate casts to type %s, which is not built in",
+							TypeNameToString(tn)),
+					 errdetail("Planning the predicate would run it; only built-in functions, "
+							   "operators and types may be used.")));
+	}
+	return raw_expression_tree_walker(node, raw_user_cast, context);
 }
 
 /*
@@ -1186,7 +1227,12 @@ ht_match_spec_to_frag_numbers(PG_FUNCTION_ARGS)
 	rel = open_registered(relid, AccessShareLock, &ft, NULL);
 	SPI_finish();
 	frags = ht_frag_layout(rel, &ft.s);
+	/* as for key_to_frag_number: what rows exist is the table's business */
+	if (pg_class_aclcheck(relid, GetUserId(), ACL_SELECT) != ACLCHECK_OK)
+		aclcheck_error(ACLCHECK_NO_PRIV, get_relkind_objtype(rel->rd_rel->relkind),
+					   RelationGetRelationName(rel));
 	where = parse_predicate(predicate);
+	(void) raw_user_cast(where, NULL);
 
 	/* SELECT FROM tbl WHERE (predicate): analysed and planned, never run */
 	sel = makeNode(SelectStmt);

@@ -128,17 +128,13 @@ ht_schema_oid(void)
 void
 ht_as_owner_begin(Oid *save_user, int *save_sec)
 {
-	Oid			nsp = ht_schema_oid();
-	HeapTuple	tp;
-	Oid			owner;
+	/* pg_extension.extowner: not whoever owns a schema named "hashtree" */
+	Oid			owner = ht_extension_owner();
 
-	tp = SearchSysCache1(NAMESPACEOID, ObjectIdGetDatum(nsp));
-	if (!HeapTupleIsValid(tp))
+	if (!OidIsValid(owner))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("extension \"hashtree\" is not installed in this database")));
-	owner = ((Form_pg_namespace) GETSTRUCT(tp))->nspowner;
-	ReleaseSysCache(tp);
 	GetUserIdAndSecContext(save_user, save_sec);
 	SetUserIdAndSecContext(owner, *save_sec | SECURITY_LOCAL_USERID_CHANGE);
 }

@@ -167,6 +167,7 @@ tracked_root(Relation rel, Oid fn)
 }
 
 static bool is_registered(text *pa, text *pb);
+static void check_tracked_state(Oid rootid);
 
 static char *
 to_utf8(const char *s, int *len)
@@ -1377,6 +1378,7 @@ ht_track(PG_FUNCTION_ARGS)
 	rel = ht_open_relation_arg(relid, ShareRowExclusiveLock);
 	fn = track_fn_oid("_track_row");
 	check_trackable(rel, fn);
+	check_tracked_state(relid);
 	partitioned = (rel->rd_rel->relkind == RELKIND_PARTITIONED_TABLE);
 	qname = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
 									   RelationGetRelationName(rel));
@@ -1466,7 +1468,10 @@ ht_untrack(PG_FUNCTION_ARGS)
 	SPI_connect();
 	HT_API_BEGIN();
 	rel = ht_open_relation_arg(relid, ShareRowExclusiveLock);
-	if (!has_track_trigger(rel, track_fn_oid("_track_row"), false))
+	/* registered is enough: untrack also mends a table whose trigger is gone */
+	if (!has_track_trigger(rel, track_fn_oid("_track_row"), false) &&
+		!is_registered(cstring_to_text(get_namespace_name(RelationGetNamespace(rel))),
+					   cstring_to_text(RelationGetRelationName(rel))))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_OBJECT),
 				 errmsg("table \"%s\" is not tracked", RelationGetRelationName(rel))));
@@ -1481,7 +1486,7 @@ ht_untrack(PG_FUNCTION_ARGS)
 
 	/* unregister first: dropping the triggers then is not a schema change */
 	forget(schema, name);
-	run_ddl("DROP TRIGGER hashtree_track ON %s", qname);
+	run_ddl("DROP TRIGGER IF EXISTS hashtree_track ON %s", qname);
 	if (partitioned)
 	{
 		ListCell   *lc;
@@ -1499,7 +1504,7 @@ ht_untrack(PG_FUNCTION_ARGS)
 		}
 	}
 	else
-		run_ddl("DROP TRIGGER hashtree_track_truncate ON %s", qname);
+		run_ddl("DROP TRIGGER IF EXISTS hashtree_track_truncate ON %s", qname);
 	HT_API_END();
 	SPI_finish();
 	PG_RETURN_VOID();
@@ -1565,12 +1570,71 @@ verify_triggers(Oid rootid, bool allow_missing)
 	}
 }
 
+/* the parents of relid by plain inheritance (not partitioning) */
+static List *
+inheritance_parents(Oid relid)
+{
+	Relation	inh = table_open(InheritsRelationId, AccessShareLock);
+	ScanKeyData key;
+	SysScanDesc scan;
+	HeapTuple	tup;
+	List	   *parents = NIL;
+
+	ScanKeyInit(&key, Anum_pg_inherits_inhrelid, BTEqualStrategyNumber, F_OIDEQ,
+				ObjectIdGetDatum(relid));
+	scan = systable_beginscan(inh, InheritsRelidSeqnoIndexId, true, NULL, 1, &key);
+	while (HeapTupleIsValid(tup = systable_getnext(scan)))
+		parents = lappend_oid(parents, ((Form_pg_inherits) GETSTRUCT(tup))->inhparent);
+	systable_endscan(scan);
+	table_close(inh, AccessShareLock);
+	return parents;
+}
+
 /*
- * Re-check a tracked table against its registry entry after a change of
- * its shape: re-hash when its columns, key or partitions changed.
+ * What a tracked table (or one of its partitions) may not become: unlogged
+ * (a crash empties it without telling its triggers), subject to row level
+ * security for its owner (FORCE: the fold reads its rows as the owner and
+ * would miss some), or a parent or child by plain inheritance (the rows of
+ * a child are read through the parent but never logged).
  */
 static void
-recheck(Relation rel, Registered *reg)
+check_table_state(Relation rel, const char *tracked)
+{
+	const char *name = RelationGetRelationName(rel);
+
+	if (rel->rd_rel->relpersistence == RELPERSISTENCE_UNLOGGED)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("tracked table %s cannot be unlogged (\"%s\")", tracked, name),
+				 errdetail("A crash empties an unlogged table without telling its triggers.")));
+	if (rel->rd_rel->relforcerowsecurity)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("tracked table %s cannot force row level security (\"%s\")", tracked, name),
+				 errdetail("hashtree reads the rows of a tracked table as its owner; a policy that applies to the owner would hide rows from the trees.")));
+	if (rel->rd_rel->relkind == RELKIND_RELATION &&
+		(rel->rd_rel->relhassubclass || (!rel->rd_rel->relispartition &&
+										 inheritance_parents(RelationGetRelid(rel)) != NIL)))
+	{
+		List	   *kids = find_inheritance_children(RelationGetRelid(rel), NoLock);
+
+		if (kids != NIL || inheritance_parents(RelationGetRelid(rel)) != NIL)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("tracked table %s cannot take part in table inheritance (\"%s\")",
+							tracked, name),
+					 errdetail("Rows of an inheritance child would be read through the tracked table but never logged.")));
+	}
+}
+
+/*
+ * Re-check a tracked table against its registry entry after a change of
+ * its shape: re-hash when its columns, key or partitions changed, or when
+ * force (its values may have changed: a column's type rewritten with USING,
+ * a type it uses altered).
+ */
+static void
+recheck(Relation rel, Registered *reg, bool force)
 {
 	TrackRel   *tr;
 	char	   *sig;
@@ -1586,7 +1650,8 @@ recheck(Relation rel, Registered *reg)
 	sig = signature(tr, rel);
 	qname = quote_qualified_identifier(tr->schema, tr->name);
 
-	if (strcmp(sig, reg->signature) != 0 || strcmp(tr->enc->key_columns, reg->key_columns) != 0)
+	if (force || strcmp(sig, reg->signature) != 0 ||
+		strcmp(tr->enc->key_columns, reg->key_columns) != 0)
 	{
 		Datum		v[4];
 		int64		rows;
@@ -1669,6 +1734,41 @@ attached_partitions_get_triggers(Oid root, CollectedCommand *cmd)
 	}
 }
 
+/* does the collected ALTER TABLE change a column's type (values rewritten)? */
+static bool
+alters_column_type(CollectedCommand *cmd)
+{
+	ListCell   *lc;
+
+	if (cmd == NULL || cmd->type != SCT_AlterTable)
+		return false;
+	foreach(lc, cmd->d.alterTable.subcmds)
+	{
+		AlterTableCmd *at = (AlterTableCmd *) ((CollectedATSubcmd *) lfirst(lc))->parsetree;
+
+		if (IsA(at, AlterTableCmd) && at->subtype == AT_AlterColumnType)
+			return true;
+	}
+	return false;
+}
+
+/* check_table_state() for a tracked table and all its partitions */
+static void
+check_tracked_state(Oid rootid)
+{
+	char	   *tracked = quote_qualified_identifier(get_namespace_name(get_rel_namespace(rootid)),
+												   get_rel_name(rootid));
+	ListCell   *lc;
+
+	foreach(lc, find_all_inheritors(rootid, AccessShareLock, NULL))
+	{
+		Relation	rel = relation_open(lfirst_oid(lc), AccessShareLock);
+
+		check_table_state(rel, tracked);
+		relation_close(rel, AccessShareLock);
+	}
+}
+
 /*
  * _ddl_table(relid oid, cmd pg_ddl_command) RETURNS void: after ALTER TABLE
  * or CREATE TABLE of this relation (cmd: the collected command, for the
@@ -1702,6 +1802,8 @@ ht_ddl_table(PG_FUNCTION_ARGS)
 		{
 			Registered *reg = find_registered(r, n, get_namespace_name(RelationGetNamespace(rel)),
 											  RelationGetRelationName(rel));
+			CollectedCommand *cmd = PG_ARGISNULL(1) ? NULL :
+				(CollectedCommand *) PG_GETARG_POINTER(1);
 
 			if (reg == NULL)
 				ereport(ERROR,
@@ -1710,9 +1812,9 @@ ht_ddl_table(PG_FUNCTION_ARGS)
 						 errdetail("The schema and name of a tracked table are the prefix of its entries on every node."),
 						 errhint("Untrack it with hashtree.untrack(), then track it again.")));
 			verify_triggers(relid, true);
-			recheck(rel, reg);
-			attached_partitions_get_triggers(relid, PG_ARGISNULL(1) ? NULL :
-											 (CollectedCommand *) PG_GETARG_POINTER(1));
+			check_tracked_state(relid);
+			recheck(rel, reg, alters_column_type(cmd));
+			attached_partitions_get_triggers(relid, cmd);
 		}
 		else if (rel->rd_rel->relispartition)
 		{
@@ -1730,11 +1832,108 @@ ht_ddl_table(PG_FUNCTION_ARGS)
 				if (!has)
 					create_truncate_trigger(relid);
 				verify_triggers(root, true);
+				check_tracked_state(root);
+			}
+		}
+		else if (rel->rd_rel->relkind == RELKIND_RELATION)
+		{
+			ListCell   *lp;
+
+			/* a new inheritance child of a tracked table */
+			foreach(lp, inheritance_parents(relid))
+			{
+				Relation	parent = relation_open(lfirst_oid(lp), AccessShareLock);
+				bool		tracked = has_track_trigger(parent, fn, false);
+
+				relation_close(parent, AccessShareLock);
+				if (tracked)
+					check_tracked_state(lfirst_oid(lp));
 			}
 		}
 	}
 	if (rel != NULL)
 		relation_close(rel, AccessShareLock);
+	HT_API_END();
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+/* does a value of type typid contain a value of type target (depth-limited)? */
+static bool
+type_uses(Oid typid, Oid target, int depth)
+{
+	HeapTuple	tp;
+	Form_pg_type t;
+	bool		uses = false;
+
+	if (typid == target)
+		return true;
+	if (depth > 16 || !OidIsValid(typid))
+		return false;
+	tp = SearchSysCache1(TYPEOID, ObjectIdGetDatum(typid));
+	if (!HeapTupleIsValid(tp))
+		return false;
+	t = (Form_pg_type) GETSTRUCT(tp);
+	if (OidIsValid(t->typelem) && t->typlen == -1)
+		uses = type_uses(t->typelem, target, depth + 1);
+	else if (t->typtype == TYPTYPE_DOMAIN)
+		uses = type_uses(t->typbasetype, target, depth + 1);
+	else if (t->typtype == TYPTYPE_RANGE)
+		uses = type_uses(get_range_subtype(typid), target, depth + 1);
+	else if (t->typtype == TYPTYPE_MULTIRANGE)
+		uses = type_uses(get_multirange_range(typid), target, depth + 1);
+	else if (t->typtype == TYPTYPE_COMPOSITE && OidIsValid(t->typrelid))
+	{
+		Relation	crel = relation_open(t->typrelid, AccessShareLock);
+		TupleDesc	desc = RelationGetDescr(crel);
+
+		for (int i = 0; i < desc->natts && !uses; i++)
+			if (!TupleDescAttr(desc, i)->attisdropped)
+				uses = type_uses(TupleDescAttr(desc, i)->atttypid, target, depth + 1);
+		relation_close(crel, AccessShareLock);
+	}
+	ReleaseSysCache(tp);
+	return uses;
+}
+
+/*
+ * _ddl_type(typid oid) RETURNS void: after ALTER TYPE.  A renamed enum
+ * label or a composite's changed attributes change the row hashes of the
+ * tracked tables with a column of that type (or of an array, domain, range
+ * or composite containing it): those are hashed again.  Called by the
+ * event trigger as the extension owner.
+ */
+PG_FUNCTION_INFO_V1(ht_ddl_type);
+Datum
+ht_ddl_type(PG_FUNCTION_ARGS)
+{
+	Oid			typid = PG_GETARG_OID(0);
+	Registered *r;
+	int			n;
+
+	if (ht_api_depth > 0)
+		PG_RETURN_VOID();
+	SPI_connect();
+	HT_API_BEGIN();
+	n = registry(&r);
+	for (int i = 0; i < n; i++)
+	{
+		Oid			relid = registered_relid(r[i].schema, r[i].name);
+		Relation	rel;
+		TupleDesc	desc;
+		bool		uses = false;
+
+		if (!OidIsValid(relid))
+			continue;
+		rel = relation_open(relid, AccessShareLock);
+		desc = RelationGetDescr(rel);
+		for (int a = 0; a < desc->natts && !uses; a++)
+			if (!TupleDescAttr(desc, a)->attisdropped)
+				uses = type_uses(TupleDescAttr(desc, a)->atttypid, typid, 0);
+		if (uses)
+			recheck(rel, &r[i], true);
+		relation_close(rel, AccessShareLock);
+	}
 	HT_API_END();
 	SPI_finish();
 	PG_RETURN_VOID();
@@ -1826,11 +2025,18 @@ ht_track_partitions_changed(Oid relid)
 	relation_close(rel, AccessShareLock);
 }
 
-/* _ddl_dropped(): after a DROP; a dropped tracked table is untracked */
+/*
+ * _ddl_dropped(triggers_dropped boolean) RETURNS void: after a DROP.  A
+ * dropped tracked table is untracked, a table that lost a partition or its
+ * key index re-checked; when a trigger named like hashtree's was dropped,
+ * the tracking triggers of every tracked table must still be there.
+ * Called by the event trigger as the extension owner.
+ */
 PG_FUNCTION_INFO_V1(ht_ddl_dropped);
 Datum
 ht_ddl_dropped(PG_FUNCTION_ARGS)
 {
+	bool		triggers_dropped = PG_ARGISNULL(0) ? true : PG_GETARG_BOOL(0);
 	Registered *r;
 	int			n;
 	Oid			fn;
@@ -1857,11 +2063,14 @@ ht_ddl_dropped(PG_FUNCTION_ARGS)
 			continue;
 		}
 		rel = relation_open(relid, AccessShareLock);
-		if (!has_track_trigger(rel, fn, false))
-			refuse_trigger_change(rel, "hashtree_track");
-		verify_triggers(relid, false);
+		if (triggers_dropped)
+		{
+			if (!has_track_trigger(rel, fn, false))
+				refuse_trigger_change(rel, "hashtree_track");
+			verify_triggers(relid, false);
+		}
 		/* a dropped partition, a dropped key index */
-		recheck(rel, &r[i]);
+		recheck(rel, &r[i], false);
 		relation_close(rel, AccessShareLock);
 	}
 	HT_API_END();
