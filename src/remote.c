@@ -649,7 +649,7 @@ ht_remote_text(HtRemoteResult *res, int row, int col)
 /* ---- the peers table and the connection cache ------------------------- */
 
 static HtQuery q_peer_conninfo = {
-	"SELECT conninfo FROM hashtree.peer WHERE name = $1",
+	"SELECT conninfo FROM hashtree.peer WHERE name OPERATOR(pg_catalog.=) $1",
 	1, {TEXTOID}
 };
 
@@ -823,7 +823,7 @@ ht_peer_add(const char *name, const char *conninfo)
 }
 
 static HtQuery q_peer_drop = {
-	"DELETE FROM hashtree.peer WHERE name = $1",
+	"DELETE FROM hashtree.peer WHERE name OPERATOR(pg_catalog.=) $1",
 	1, {TEXTOID}
 };
 
