@@ -8,7 +8,9 @@
  * may take long runs in a job, a dynamic worker with
  * BGW_NEVER_RESTART whose end the postmaster reports to the launcher
  * (bgw_notify_pid).  Each step runs in its own transaction, so a lock is
- * never held across steps and an error ends one step only.
+ * never held across steps and an error ends one step only.  The tick is
+ * one step per partition, and the launcher schedules jobs between two of
+ * them, so a long tick does not hold exchanges and rebuilds back.
  *
  * Logging: one LOG line per exchange and per rebuild; an error the
  * launcher meets is logged when it differs from the last one (a broken
@@ -156,7 +158,8 @@ ht_worker_init(void)
  * Settings of every worker session, made right after connecting with the
  * source PGC_S_OVERRIDE: above the configuration file, ALTER DATABASE and
  * ALTER ROLE settings (applied while connecting) and client options; only
- * a SET run in the session (hashtree's own GUC nest levels) changes them.
+ * a SET inside the session changes them (hashtree's pinned GUC nest
+ * levels, a function's SET clause), for its duration.
  *
  * search_path is empty (only pg_catalog is searched for functions and
  * operators): in PostgreSQL 15 a database owner owns schema public and
