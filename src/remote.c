@@ -165,6 +165,61 @@ wait_for_socket(HtPeer *peer, int io_events, TimestampTz deadline,
 	}
 }
 
+/*
+ * The settings of every session on a peer, appended to the "options"
+ * connection parameter after the user's own (a later -c wins), so that
+ * ALTER DATABASE/ROLE settings on the peer do not apply:
+ *  - search_path pg_catalog, pg_temp: the statements run as the role of
+ *    the conninfo, often a superuser, and in PostgreSQL 15 the database
+ *    owner owns schema public (a public.unnest(int4[]) would otherwise run
+ *    with that role's rights);
+ *  - the output settings rows travel in: ISO dates, postgres intervals,
+ *    exact floats, UTC;
+ *  - custom plans (as in the workers, worker.c).
+ */
+#define HT_PEER_SESSION_OPTIONS \
+	"-c search_path=pg_catalog,pg_temp -c datestyle=ISO -c intervalstyle=postgres" \
+	" -c extra_float_digits=3 -c timezone=UTC -c plan_cache_mode=force_custom_plan"
+
+/*
+ * The first statement of a session sets the same values again and checks
+ * them: a connection pooler may drop startup options.  Nothing else is
+ * sent before this succeeded.
+ */
+#define HT_PEER_SESSION_SQL \
+	"SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false)," \
+	" pg_catalog.set_config('datestyle', 'ISO', false)," \
+	" pg_catalog.set_config('intervalstyle', 'postgres', false)," \
+	" pg_catalog.set_config('extra_float_digits', '3', false)," \
+	" pg_catalog.set_config('timezone', 'UTC', false)," \
+	" pg_catalog.set_config('plan_cache_mode', 'force_custom_plan', false)"
+
+static void
+session_check(HtPeer *peer)
+{
+	HtRemoteResult *res = ht_peer_query(peer, HT_PEER_SESSION_SQL, 0, NULL, false, 6);
+	const char *path;
+	const char *datestyle;
+
+	if (res->nrows != 1)
+		protocol_violation(peer, "no row for the session settings");
+	path = ht_remote_text(res, 0, 0);
+	datestyle = ht_remote_text(res, 0, 1);
+	if (path == NULL || strcmp(path, HT_SAFE_SEARCH_PATH) != 0 ||
+		datestyle == NULL || strncmp(datestyle, "ISO,", 4) != 0 ||
+		ht_remote_text(res, 0, 2) == NULL ||
+		strcmp(ht_remote_text(res, 0, 2), "postgres") != 0 ||
+		ht_remote_text(res, 0, 3) == NULL ||
+		strcmp(ht_remote_text(res, 0, 3), "3") != 0 ||
+		ht_remote_text(res, 0, 4) == NULL ||
+		strcmp(ht_remote_text(res, 0, 4), "UTC") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_SQLCLIENT_UNABLE_TO_ESTABLISH_SQLCONNECTION),
+				 errmsg("could not pin the session settings on peer \"%s\"", peer->name),
+				 errdetail("search_path is \"%s\", DateStyle \"%s\".",
+						   path ? path : "", datestyle ? datestyle : "")));
+}
+
 static void
 peer_connect(HtPeer *peer, const char *conninfo)
 {
@@ -214,6 +269,8 @@ peer_connect(HtPeer *peer, const char *conninfo)
 	PQconninfoFree(opts);
 	/* the peer stops working for us soon after we close the connection */
 	appendStringInfoString(&options, "-c client_connection_check_interval=1000");
+	/* the session's settings, after the user's options (see session_check) */
+	appendStringInfoString(&options, " " HT_PEER_SESSION_OPTIONS);
 	keys[n] = "options";
 	vals[n++] = options.data;
 	keys[n] = "fallback_application_name";
@@ -592,7 +649,7 @@ ht_remote_text(HtRemoteResult *res, int row, int col)
 /* ---- the peers table and the connection cache ------------------------- */
 
 static HtQuery q_peer_conninfo = {
-	"SELECT conninfo FROM hashtree.peer WHERE name = $1",
+	"SELECT conninfo FROM hashtree.peer WHERE name OPERATOR(pg_catalog.=) $1",
 	1, {TEXTOID}
 };
 
@@ -687,6 +744,7 @@ ht_peer_get(const char *name)
 		{
 			char	   *parts;
 
+			session_check(peer);
 			res = ht_peer_query(peer,
 								"SELECT version, partitions FROM hashtree._hello()",
 								0, NULL, false, 2);
@@ -765,7 +823,7 @@ ht_peer_add(const char *name, const char *conninfo)
 }
 
 static HtQuery q_peer_drop = {
-	"DELETE FROM hashtree.peer WHERE name = $1",
+	"DELETE FROM hashtree.peer WHERE name OPERATOR(pg_catalog.=) $1",
 	1, {TEXTOID}
 };
 

@@ -11,6 +11,7 @@
 
 #include "catalog/pg_type.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 
 #include "hashtree.h"
 #include "sqlexec.h"
@@ -20,6 +21,14 @@
  * analysed, re-validated and executed under "pg_catalog, pg_temp", whoever
  * calls and whatever the caller's path.
  */
+/*
+ * The statements holding a kept plan, so that ht_forget_plans() finds
+ * them (in TopMemoryContext; a statement is listed once).
+ */
+static HtQuery **kept = NULL;
+static int	nkept = 0;
+static int	kept_cap = 0;
+
 static SPIPlanPtr
 ht_plan(HtQuery *q)
 {
@@ -31,12 +40,36 @@ ht_plan(HtQuery *q)
 		if (plan == NULL)
 			elog(ERROR, "hashtree: SPI_prepare failed (%s) for: %s",
 				 SPI_result_code_string(SPI_result), q->sql);
+		if (nkept == kept_cap)
+		{
+			int			cap = Max(kept_cap * 2, 64);
+
+			kept = kept
+				? repalloc(kept, sizeof(HtQuery *) * cap)
+				: MemoryContextAlloc(TopMemoryContext, sizeof(HtQuery *) * cap);
+			kept_cap = cap;
+		}
 		if (SPI_keepplan(plan) != 0)
 			elog(ERROR, "hashtree: SPI_keepplan failed");
 		q->plan = plan;
+		kept[nkept++] = q;
 		MemoryContextSwitchTo(caller);
 	}
 	return q->plan;
+}
+
+void
+ht_forget_plans(void)
+{
+	for (int i = 0; i < nkept; i++)
+	{
+		SPIPlanPtr	plan = kept[i]->plan;
+
+		kept[i]->plan = NULL;
+		if (plan != NULL)
+			SPI_freeplan(plan);
+	}
+	nkept = 0;
 }
 
 static char *

@@ -37,6 +37,14 @@ typedef struct HtQuery
 extern uint64 ht_exec(HtQuery *q, Datum *values, const bool *nulls,
 					  long tcount);
 
+/*
+ * Free every kept plan: each statement is prepared again at its next use.
+ * For long-lived processes (the launcher), whose plans would otherwise
+ * keep the choices made while the tables were small.  Not while a cursor
+ * of a kept plan is open.
+ */
+extern void ht_forget_plans(void);
+
 /* open a cursor on a statement (for results too large to hold at once) */
 extern Portal ht_cursor(HtQuery *q, Datum *values, const bool *nulls);
 

@@ -8,7 +8,9 @@
  * may take long runs in a job, a dynamic worker with
  * BGW_NEVER_RESTART whose end the postmaster reports to the launcher
  * (bgw_notify_pid).  Each step runs in its own transaction, so a lock is
- * never held across steps and an error ends one step only.
+ * never held across steps and an error ends one step only.  The tick is
+ * one step per partition, and the launcher schedules jobs between two of
+ * them, so a long tick does not hold exchanges and rebuilds back.
  *
  * Logging: one LOG line per exchange and per rebuild; an error the
  * launcher meets is logged when it differs from the last one (a broken
@@ -150,7 +152,33 @@ ht_worker_init(void)
 	RegisterBackgroundWorker(&w);
 }
 
-/* ---- transactions and errors -------------------------------------------- */
+/* ---- sessions, transactions and errors ------------------------------------ */
+
+/*
+ * Settings of every worker session, made right after connecting with the
+ * source PGC_S_OVERRIDE: above the configuration file, ALTER DATABASE and
+ * ALTER ROLE settings (applied while connecting) and client options; only
+ * a SET inside the session changes them (hashtree's pinned GUC nest
+ * levels, a function's SET clause), for its duration.
+ *
+ * search_path is empty (only pg_catalog is searched for functions and
+ * operators): in PostgreSQL 15 a database owner owns schema public and
+ * could otherwise decide what "count" or "unnest" means to the bootstrap
+ * superuser the workers run as.
+ *
+ * Plans are custom: a generic plan chosen while a table was small (a
+ * sequential scan where a TID or index scan belongs) was kept for the
+ * life of the process, and a tick folding 250k keys took minutes per
+ * partition instead of seconds.  Together with ht_forget_plans() at each
+ * step (statements without parameters always run a generic plan), every
+ * statement is planned for the tables as they are.
+ */
+static void
+worker_session_setup(void)
+{
+	SetConfigOption("search_path", "", PGC_SUSET, PGC_S_OVERRIDE);
+	SetConfigOption("plan_cache_mode", "force_custom_plan", PGC_SUSET, PGC_S_OVERRIDE);
+}
 
 static void
 xact_begin(const char *activity)
@@ -210,6 +238,7 @@ run_step(const char *activity, StepFn fn, void *arg, char **last)
 	bool		ok = true;
 
 	in_step = true;
+	ht_forget_plans();
 	PG_TRY();
 	{
 		xact_begin(activity);
@@ -379,8 +408,9 @@ typedef struct ExchangeEnd
 } ExchangeEnd;
 
 static HtQuery q_job_outcome = {
-	"SELECT count(*) FILTER (WHERE outcome = 'error'), count(*) FROM hashtree.exchange_log"
-	" WHERE id > $1 AND peer = $2 AND worker",
+	"SELECT pg_catalog.count(*) FILTER (WHERE outcome OPERATOR(pg_catalog.=) 'error'::pg_catalog.text),"
+	" pg_catalog.count(*) FROM hashtree.exchange_log"
+	" WHERE id OPERATOR(pg_catalog.>) $1 AND peer OPERATOR(pg_catalog.=) $2 AND worker",
 	2, {INT8OID, TEXTOID}
 };
 
@@ -406,7 +436,7 @@ typedef struct RebuildEnd
 } RebuildEnd;
 
 static HtQuery q_builds = {
-	"SELECT builds FROM hashtree.partition WHERE part = $1",
+	"SELECT builds FROM hashtree.partition WHERE part OPERATOR(pg_catalog.=) $1",
 	1, {INT4OID}
 };
 
@@ -534,7 +564,8 @@ tick_step(void *arg)
 /* the partition most in need of a rebuild (not built first, then expired) */
 static HtQuery q_rebuild_candidates = {
 	"SELECT part, builds FROM hashtree.partition"
-	" WHERE NOT built OR hashtree._next_expiry(built_at, jitter) <= now()"
+	" WHERE NOT built"
+	"  OR hashtree._next_expiry(built_at, jitter) OPERATOR(pg_catalog.<=) pg_catalog.now()"
 	" ORDER BY built, hashtree._next_expiry(built_at, jitter), part",
 	0, {InvalidOid}
 };
@@ -574,43 +605,6 @@ frag_recover_step(void *arg)
 	ht_frag_recover_all();
 }
 
-static void
-tick(void)
-{
-	RebuildPick pick = {-1, 0};
-
-	if (!check_extension())
-		return;
-	for (int part = 0; part < nparts; part++)
-	{
-		char		what[64];
-
-		CHECK_FOR_INTERRUPTS();
-		snprintf(what, sizeof(what), "tick of partition %d", part);
-		(void) run_step(what, tick_step, &part, &tick_errors[part]);
-	}
-
-	/* online fragment operations that were interrupted (crash, cancel) */
-	(void) run_step("rolling back unfinished fragment operations", frag_recover_step, NULL,
-					&frag_error);
-
-	/* one rebuild at a time: never a storm */
-	if (count_running(JOB_REBUILD) == 0 &&
-		run_step("looking for expired trees", rebuild_pick_step, &pick, NULL) &&
-		pick.part >= 0)
-	{
-		Job			job;
-
-		memset(&job, 0, sizeof(job));
-		job.dboid = MyDatabaseId;
-		job.kind = JOB_REBUILD;
-		job.part = pick.part;
-		if (!start_job(&job, pick.builds))
-			rebuild_not_before[pick.part] =
-				TimestampTzPlusMilliseconds(GetCurrentTimestamp(), REBUILD_RETRY_MS);
-	}
-}
-
 /* choose a peer for the next exchange */
 typedef struct PeerPick
 {
@@ -619,7 +613,7 @@ typedef struct PeerPick
 } PeerPick;
 
 static HtQuery q_peers = {
-	"SELECT name, (SELECT coalesce(max(id), 0) FROM hashtree.exchange_log)"
+	"SELECT name, (SELECT coalesce(pg_catalog.max(id), 0::pg_catalog.int8) FROM hashtree.exchange_log)"
 	" FROM hashtree.peer ORDER BY name",
 	0, {InvalidOid}
 };
@@ -674,26 +668,131 @@ start_exchange(void)
 	(void) start_job(&job, pick.log_id);
 }
 
+/* the launcher's clock */
+static TimestampTz next_tick;
+static TimestampTz next_rebuild;
+static TimestampTz next_exchange;
+static int	tick_s;
+static int	exchange_s;
+
+static void
+launcher_reload(void)
+{
+	TimestampTz now;
+
+	if (!ConfigReloadPending)
+		return;
+	ConfigReloadPending = false;
+	ProcessConfigFile(PGC_SIGHUP);
+	/* a shorter interval applies at once */
+	now = GetCurrentTimestamp();
+	if (ht_guc_tick_interval != tick_s)
+	{
+		next_tick = Min(next_tick, TimestampTzPlusMilliseconds(now,
+															   (int64) ht_guc_tick_interval * 1000));
+		next_rebuild = Min(next_rebuild, TimestampTzPlusMilliseconds(now,
+																	 (int64) ht_guc_tick_interval * 1000));
+	}
+	if (ht_guc_exchange_interval != exchange_s)
+		next_exchange = Min(next_exchange,
+							TimestampTzPlusMilliseconds(now,
+														(int64) ht_guc_exchange_interval * 1000));
+	tick_s = ht_guc_tick_interval;
+	exchange_s = ht_guc_exchange_interval;
+}
+
+/* start a rebuild job for the partition most in need, if any */
+static void
+start_rebuild(void)
+{
+	RebuildPick pick = {-1, 0};
+	Job			job;
+
+	/* one rebuild at a time: never a storm */
+	if (count_running(JOB_REBUILD) > 0 ||
+		!run_step("looking for expired trees", rebuild_pick_step, &pick, NULL) ||
+		pick.part < 0)
+		return;
+	memset(&job, 0, sizeof(job));
+	job.dboid = MyDatabaseId;
+	job.kind = JOB_REBUILD;
+	job.part = pick.part;
+	if (!start_job(&job, pick.builds))
+		rebuild_not_before[pick.part] =
+			TimestampTzPlusMilliseconds(GetCurrentTimestamp(), REBUILD_RETRY_MS);
+}
+
+/*
+ * Everything but the updates of a tick: read the configuration again if
+ * asked, reap the jobs that ended, start a rebuild and an exchange when
+ * they are due.  Short steps on the extension's tables, never a wait on a
+ * peer; also run between the partitions of a tick, so that a long tick
+ * delays exchanges and rebuilds by one partition's update at most.
+ */
+static void
+schedule(void)
+{
+	TimestampTz now;
+
+	launcher_reload();
+	reap_jobs();
+	now = GetCurrentTimestamp();
+	if (extension_present && now >= next_rebuild)
+	{
+		start_rebuild();
+		next_rebuild = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+												   (int64) tick_s * 1000);
+	}
+	now = GetCurrentTimestamp();
+	if (exchange_s > 0 && now >= next_exchange)
+	{
+		start_exchange();
+		next_exchange = TimestampTzPlusMilliseconds(now, (int64) exchange_s * 1000);
+	}
+}
+
+/* update every partition (one step each), then recover fragment operations */
+static void
+tick(void)
+{
+	if (!check_extension())
+		return;
+	for (int part = 0; part < nparts; part++)
+	{
+		char		what[64];
+
+		if (ShutdownRequestPending)
+			return;
+		CHECK_FOR_INTERRUPTS();
+		snprintf(what, sizeof(what), "tick of partition %d", part);
+		(void) run_step(what, tick_step, &part, &tick_errors[part]);
+		schedule();
+	}
+
+	/* online fragment operations that were interrupted (crash, cancel) */
+	(void) run_step("rolling back unfinished fragment operations", frag_recover_step, NULL,
+					&frag_error);
+}
+
 void
 ht_launcher_main(Datum arg)
 {
 	MemoryContext loop_cxt;
-	TimestampTz next_tick;
-	TimestampTz next_exchange;
-	int			tick_s = ht_guc_tick_interval;
-	int			exchange_s = ht_guc_exchange_interval;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, launcher_sigterm);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnection(ht_guc_database, NULL, 0);
+	worker_session_setup();
 	pgstat_report_appname("hashtree launcher");
 	ereport(LOG,
 			(errmsg("hashtree launcher started in database \"%s\"", ht_guc_database)));
 
 	loop_cxt = AllocSetContextCreate(TopMemoryContext, "hashtree launcher",
 									 ALLOCSET_DEFAULT_SIZES);
-	next_tick = GetCurrentTimestamp();
+	tick_s = ht_guc_tick_interval;
+	exchange_s = ht_guc_exchange_interval;
+	next_tick = next_rebuild = GetCurrentTimestamp();
 	next_exchange = TimestampTzPlusMilliseconds(next_tick, (int64) exchange_s * 1000);
 
 	for (;;)
@@ -705,45 +804,33 @@ ht_launcher_main(Datum arg)
 		{
 			QueryCancelPending = false;
 			ereport(LOG, (errmsg("hashtree launcher shutting down")));
-			proc_exit(0);
+
+			/*
+			 * Exit code 1: the postmaster starts the launcher again after
+			 * bgw_restart_time (exit code 0 would unregister it for good).
+			 * At a server shutdown nothing is restarted anyway; this makes
+			 * a pg_terminate_backend() a restart, not the end of the
+			 * workers.
+			 */
+			proc_exit(1);
 		}
 		CHECK_FOR_INTERRUPTS();
-		if (ConfigReloadPending)
-		{
-			ConfigReloadPending = false;
-			ProcessConfigFile(PGC_SIGHUP);
-			/* a shorter interval applies at once */
-			if (ht_guc_tick_interval != tick_s)
-				next_tick = Min(next_tick, TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-																	   (int64) ht_guc_tick_interval * 1000));
-			if (ht_guc_exchange_interval != exchange_s)
-				next_exchange = Min(next_exchange,
-									TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
-																(int64) ht_guc_exchange_interval * 1000));
-			tick_s = ht_guc_tick_interval;
-			exchange_s = ht_guc_exchange_interval;
-		}
 
 		MemoryContextSwitchTo(loop_cxt);
-		reap_jobs();
-		now = GetCurrentTimestamp();
-		if (now >= next_tick)
+		schedule();
+		if (!ShutdownRequestPending && GetCurrentTimestamp() >= next_tick)
 		{
 			tick();
 			next_tick = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 													(int64) tick_s * 1000);
-		}
-		now = GetCurrentTimestamp();
-		if (exchange_s > 0 && now >= next_exchange)
-		{
-			start_exchange();
-			next_exchange = TimestampTzPlusMilliseconds(now, (int64) exchange_s * 1000);
 		}
 		MemoryContextSwitchTo(TopMemoryContext);
 		MemoryContextReset(loop_cxt);
 
 		now = GetCurrentTimestamp();
 		wait_ms = TimestampDifferenceMilliseconds(now, next_tick);
+		if (extension_present)
+			wait_ms = Min(wait_ms, TimestampDifferenceMilliseconds(now, next_rebuild));
 		if (exchange_s > 0)
 			wait_ms = Min(wait_ms, TimestampDifferenceMilliseconds(now, next_exchange));
 		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
@@ -896,6 +983,7 @@ ht_job_main(Datum arg)
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(job.dboid,
 											  job.kind == JOB_FRAG ? job.userid : InvalidOid, 0);
+	worker_session_setup();
 	pgstat_report_appname(job.kind == JOB_EXCHANGE ? "hashtree exchange" :
 						  job.kind == JOB_REBUILD ? "hashtree rebuild" : "hashtree fragment copy");
 	ht_exchange_quiet = true;
