@@ -1897,6 +1897,51 @@ type_uses(Oid typid, Oid target, int depth)
 }
 
 /*
+ * The event-trigger handlers that look at every tracked table: fn(reg,
+ * relid, arg) for each registered table (relid InvalidOid when no relation
+ * has its schema and name any more), with SPI connected and hashtree's own
+ * DDL ignored.
+ */
+typedef void (*RegisteredFn) (Registered *reg, Oid relid, void *arg);
+
+static void
+for_each_registered(RegisteredFn fn, void *arg)
+{
+	Registered *r;
+	int			n;
+
+	if (ht_api_depth > 0)
+		return;
+	SPI_connect();
+	HT_API_BEGIN();
+	n = registry(&r);
+	for (int i = 0; i < n; i++)
+		fn(&r[i], registered_relid(r[i].schema, r[i].name), arg);
+	HT_API_END();
+	SPI_finish();
+}
+
+static void
+rehash_if_uses_type(Registered *reg, Oid relid, void *arg)
+{
+	Oid			typid = *(Oid *) arg;
+	Relation	rel;
+	TupleDesc	desc;
+	bool		uses = false;
+
+	if (!OidIsValid(relid))
+		return;
+	rel = relation_open(relid, AccessShareLock);
+	desc = RelationGetDescr(rel);
+	for (int a = 0; a < desc->natts && !uses; a++)
+		if (!TupleDescAttr(desc, a)->attisdropped)
+			uses = type_uses(TupleDescAttr(desc, a)->atttypid, typid, 0);
+	if (uses)
+		recheck(rel, reg, true);
+	relation_close(rel, AccessShareLock);
+}
+
+/*
  * _ddl_type(typid oid) RETURNS void: after ALTER TYPE.  A renamed enum
  * label or a composite's changed attributes change the row hashes of the
  * tracked tables with a column of that type (or of an array, domain, range
@@ -1908,35 +1953,22 @@ Datum
 ht_ddl_type(PG_FUNCTION_ARGS)
 {
 	Oid			typid = PG_GETARG_OID(0);
-	Registered *r;
-	int			n;
 
-	if (ht_api_depth > 0)
-		PG_RETURN_VOID();
-	SPI_connect();
-	HT_API_BEGIN();
-	n = registry(&r);
-	for (int i = 0; i < n; i++)
-	{
-		Oid			relid = registered_relid(r[i].schema, r[i].name);
-		Relation	rel;
-		TupleDesc	desc;
-		bool		uses = false;
-
-		if (!OidIsValid(relid))
-			continue;
-		rel = relation_open(relid, AccessShareLock);
-		desc = RelationGetDescr(rel);
-		for (int a = 0; a < desc->natts && !uses; a++)
-			if (!TupleDescAttr(desc, a)->attisdropped)
-				uses = type_uses(TupleDescAttr(desc, a)->atttypid, typid, 0);
-		if (uses)
-			recheck(rel, &r[i], true);
-		relation_close(rel, AccessShareLock);
-	}
-	HT_API_END();
-	SPI_finish();
+	for_each_registered(rehash_if_uses_type, &typid);
 	PG_RETURN_VOID();
+}
+
+static void
+check_registered(Registered *reg, Oid relid, void *arg)
+{
+	if (!OidIsValid(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot rename the schema of tracked table %s",
+						quote_qualified_identifier(reg->schema, reg->name)),
+				 errdetail("The schema and name of a tracked table are the prefix of its entries on every node."),
+				 errhint("Untrack the schema's tracked tables with hashtree.untrack(), then track them again.")));
+	verify_triggers(relid, false);
 }
 
 /*
@@ -1950,29 +1982,7 @@ PG_FUNCTION_INFO_V1(ht_ddl_check_all);
 Datum
 ht_ddl_check_all(PG_FUNCTION_ARGS)
 {
-	Registered *r;
-	int			n;
-
-	if (ht_api_depth > 0)
-		PG_RETURN_VOID();
-	SPI_connect();
-	HT_API_BEGIN();
-	n = registry(&r);
-	for (int i = 0; i < n; i++)
-	{
-		Oid			relid = registered_relid(r[i].schema, r[i].name);
-
-		if (!OidIsValid(relid))
-			ereport(ERROR,
-					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-					 errmsg("cannot rename the schema of tracked table %s",
-							quote_qualified_identifier(r[i].schema, r[i].name)),
-					 errdetail("The schema and name of a tracked table are the prefix of its entries on every node."),
-					 errhint("Untrack the schema's tracked tables with hashtree.untrack(), then track them again.")));
-		verify_triggers(relid, false);
-	}
-	HT_API_END();
-	SPI_finish();
+	for_each_registered(check_registered, NULL);
 	PG_RETURN_VOID();
 }
 
