@@ -2208,6 +2208,8 @@ row_io_begin(Oid relid, RowIO *io)
 	set_guc("IntervalStyle", "postgres");
 	set_guc("extra_float_digits", "3");
 	set_guc("TimeZone", "UTC");
+	/* money (say a domain over it) as text: the same on both nodes */
+	set_guc("lc_monetary", "C");
 	if (io->saved_enc != PG_UTF8 && SetClientEncoding(PG_UTF8) < 0)
 	{
 		if (PrepareClientEncoding(PG_UTF8) < 0 || SetClientEncoding(PG_UTF8) < 0)
