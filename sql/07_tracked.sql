@@ -251,17 +251,42 @@ SELECT count(*) AS out_of_step FROM out_of_step('longkey');
 SELECT trees_ok() AS tree_mismatches;
 SELECT hashtree.untrack('longkey');
 DROP TABLE longkey;
--- more records than maintenance_work_mem holds: track() writes the packs of
--- what it has buffered, and merges the later records into them
+-- more records than maintenance_work_mem holds: track() sorts each full
+-- buffer into a run written to a temporary file, and merges the runs once;
+-- the packs and trees are those of a build in memory
 CREATE TABLE many (id bigint PRIMARY KEY, v text);
-INSERT INTO many SELECT i, 'v' || i FROM generate_series(1, 25000) i;
+INSERT INTO many SELECT i, 'v' || i FROM generate_series(1, 60000) i;
+SELECT hashtree.track('many');
+CREATE TEMP TABLE in_memory AS
+  SELECT part, lo, span, n, data FROM hashtree.entry_pack WHERE pb = 'many';
+SELECT update_all();
+CREATE TEMP TABLE in_memory_tops AS
+  SELECT p, hashtree.prefix_hash(p, 'public', 'many') AS prefix, hashtree.top_hash(p) AS top
+    FROM generate_series(0, 7) p;
+SELECT hashtree.untrack('many');
+-- (several runs: one temporary file each, counted by the statistics)
+SELECT pg_stat_force_next_flush();
+CREATE TEMP TABLE temp_files AS
+  SELECT temp_files FROM pg_stat_database WHERE datname = current_database();
 SET maintenance_work_mem = '1MB';
 SELECT hashtree.track('many');
+SELECT pg_stat_force_next_flush();
+SELECT pg_stat_clear_snapshot();
+SELECT d.temp_files - t.temp_files >= 4 AS several_runs
+  FROM pg_stat_database d, temp_files t WHERE d.datname = current_database();
 RESET maintenance_work_mem;
 SELECT sum(n) AS entries, count(*) = count(DISTINCT (part, lo)) AS one_pack_per_lo
   FROM hashtree.entry_pack WHERE pb = 'many';
 SELECT count(*) AS plain_rows FROM hashtree.entry WHERE depth = 2 AND pb = 'many';
+-- the same packs, byte for byte
+SELECT count(*) AS packs_differing FROM
+  ((SELECT * FROM in_memory EXCEPT SELECT part, lo, span, n, data FROM hashtree.entry_pack WHERE pb = 'many')
+   UNION ALL
+   (SELECT part, lo, span, n, data FROM hashtree.entry_pack WHERE pb = 'many' EXCEPT SELECT * FROM in_memory)) d;
 SELECT update_all();
+SELECT count(*) AS trees_differing FROM in_memory_tops t
+ WHERE hashtree.prefix_hash(t.p, 'public', 'many') IS DISTINCT FROM t.prefix
+    OR hashtree.top_hash(t.p) IS DISTINCT FROM t.top;
 SELECT count(*) AS out_of_step FROM out_of_step('many');
 SELECT trees_ok() AS tree_mismatches;
 SELECT hashtree.untrack('many');

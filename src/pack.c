@@ -36,6 +36,7 @@
 #include "catalog/pg_type.h"
 #include "funcapi.h"
 #include "miscadmin.h"
+#include "storage/buffile.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
@@ -485,12 +486,36 @@ ht_pack_apply(int part, text *pa, text *pb, HtPackEntry *changes, int n, HtPackE
 /* ---- building the packs of a re-hash --------------------------------------- */
 
 /*
- * The records of a re-hash are appended, tagged with their pack, to
- * chunks of memory in scan order (sequential writes); a flush sorts them
- * into packs with a counting sort on the pack, then each pack by
- * (segment, key).
+ * The records of a re-hash are appended, tagged with their pack ("slot"),
+ * to chunks of memory in scan order (sequential writes): u32 slot, u32
+ * length, then the record as a pack holds it (rec_put).  Sorting them puts
+ * them in pack order with a counting sort on the slot, then each pack in
+ * (segment, key) order.
+ *
+ * When everything fits in maintenance_work_mem (the buffered bytes, the
+ * pointer per record and the sort arrays all count), the sorted packs are
+ * written directly.  Otherwise, as tuplesort does, each full buffer is
+ * sorted and written as a sorted run to a temporary file (the same
+ * format, in (slot, segment, key) order), and at the end the runs are
+ * merged once: a binary heap over the current record of each run yields
+ * the records in order, and each pack is written exactly once.  Packs
+ * already written are never read back.  The temporary files belong to
+ * the current resource owner: an error or a cancel releases them.
  */
 #define HT_CHUNK_SIZE (1024 * 1024)
+#define HT_MIN_RUN_BYTES (256 * 1024)	/* records per run at the very least */
+#define HT_MERGE_BATCH 10000	/* records merged between interrupt checks */
+
+/* one sorted run being merged: its file and its current record */
+typedef struct BuildRun
+{
+	BufFile    *file;
+	uint32		slot;
+	uint32		len;
+	uint8	   *buf;			/* the current record's bytes */
+	uint32		cap;
+	PackRec		r;				/* ... parsed */
+} BuildRun;
 
 struct HtPackBuild
 {
@@ -502,6 +527,7 @@ struct HtPackBuild
 	int			npacks;			/* per partition */
 	int			nslots;			/* packs in all: (part < 0 ? nparts : 1) * npacks */
 	int64	   *counts;			/* records per slot */
+	int64		maxcount;		/* the largest of counts[] */
 	int64		nrecs;
 	char	  **chunks;
 	Size	   *lens;			/* bytes used in each chunk */
@@ -509,8 +535,11 @@ struct HtPackBuild
 	int			maxchunks;
 	Size		used;			/* bytes used in the last chunk */
 	Size		mem;			/* bytes of records buffered */
-	Size		limit;
-	bool		flushed;		/* packs were written already: merge */
+	Size		budget;			/* what the buffer may use, sort arrays included */
+	BufFile   **runs;			/* sorted runs written */
+	int			nruns;
+	int			maxruns;
+	int64		spilled;		/* records in the runs */
 	MemoryContext cxt;
 };
 
@@ -523,6 +552,8 @@ ht_pack_build_begin(text *pa, text *pb, int part, double est_rows)
 	HtPackBuild *b = palloc0(sizeof(HtPackBuild));
 	double		per_tree;
 	int64		segs = HT_SEGMENTS(HT_DEPTH_LEAF);
+	Size		limit = (Size) maintenance_work_mem * 1024;
+	Size		fixed;
 
 	b->cxt = cxt;
 	b->pa = pa;
@@ -541,7 +572,15 @@ ht_pack_build_begin(text *pa, text *pb, int part, double est_rows)
 	b->chunks = palloc(sizeof(char *) * b->maxchunks);
 	b->lens = palloc(sizeof(Size) * b->maxchunks);
 	b->used = 0;
-	b->limit = (Size) maintenance_work_mem * 1024;
+
+	/*
+	 * The per-slot arrays (counts here, the positions of the sort) are
+	 * there whatever the number of records; the rest of the limit is the
+	 * buffer's, but a run holds HT_MIN_RUN_BYTES at least (a limit smaller
+	 * than the slot arrays would otherwise write a run per record).
+	 */
+	fixed = sizeof(int64) * 2 * (Size) b->nslots;
+	b->budget = limit > fixed + HT_MIN_RUN_BYTES ? limit - fixed : HT_MIN_RUN_BYTES;
 	MemoryContextSwitchTo(old);
 	return b;
 }
@@ -584,27 +623,53 @@ buildrec_cmp(const BuildRec *a, const BuildRec *b)
 #define ht_prefetch(p) ((void) 0)
 #endif
 
-/* write the buffered packs (merged into those written before, if any) */
+/* what the buffer holds, counted against the budget */
+static inline Size
+build_mem(HtPackBuild *b)
+{
+	return b->mem + sizeof(uint8 *) * (Size) b->nrecs +
+		sizeof(BuildRec) * (Size) b->maxcount;
+}
+
 static void
-build_flush(HtPackBuild *b)
+duplicate_entry(int32 seg)
+{
+	elog(ERROR, "hashtree: two entries of one key in segment %d while building packs", seg);
+}
+
+/*
+ * Sort the buffered records and write them: as packs (nothing spilled), or
+ * as a sorted run to a new temporary file.  The buffer is emptied.
+ */
+static void
+build_flush(HtPackBuild *b, bool to_run)
 {
 	MemoryContext old = MemoryContextSwitchTo(b->cxt);
 	int64	   *pos = palloc(sizeof(int64) * (b->nslots + 1));
 	const uint8 **recp = MemoryContextAllocHuge(b->cxt, sizeof(uint8 *) * Max(b->nrecs, 1));
 	BuildRec   *recs = NULL;
-	PackRec    *merge = NULL;
-	int64		maxcount = 0;
 	StringInfoData out;
 	PackWrites	w = {0};
+	BufFile    *run = NULL;
 	int			cur_part = -1;
+
+	if (to_run)
+	{
+		if (b->nruns == b->maxruns)
+		{
+			b->maxruns = Max(16, b->maxruns * 2);
+			b->runs = b->runs ? repalloc(b->runs, sizeof(BufFile *) * b->maxruns) :
+				palloc(sizeof(BufFile *) * b->maxruns);
+		}
+		run = BufFileCreateTemp(false);
+		b->runs[b->nruns++] = run;
+		b->spilled += b->nrecs;
+	}
 
 	/* counting sort of the records by slot (u32 slot, u32 length, record) */
 	pos[0] = 0;
 	for (int s = 0; s < b->nslots; s++)
-	{
 		pos[s + 1] = pos[s] + b->counts[s];
-		maxcount = Max(maxcount, b->counts[s]);
-	}
 	for (int c = 0; c < b->nchunks; c++)
 	{
 		const uint8 *p = (const uint8 *) b->chunks[c];
@@ -625,9 +690,7 @@ build_flush(HtPackBuild *b)
 	}
 
 	/* each pack: its records sorted by (segment, key), then written */
-	recs = palloc(sizeof(BuildRec) * Max(maxcount, 1));
-	if (b->flushed)
-		merge = palloc(sizeof(PackRec) * Max(maxcount, 1));
+	recs = palloc(sizeof(BuildRec) * Max(b->maxcount, 1));
 	initStringInfo(&out);
 	for (int s = 0; s < b->nslots; s++)
 	{
@@ -638,9 +701,13 @@ build_flush(HtPackBuild *b)
 
 		if (part != cur_part)
 		{
-			writes_flush(&w, b->pa, b->pb);
-			w.part = cur_part = part;
-			w.span = b->span;
+			if (!to_run)
+			{
+				writes_flush(&w, b->pa, b->pb);
+				w.part = part;
+				w.span = b->span;
+			}
+			cur_part = part;
 			CHECK_FOR_INTERRUPTS();
 		}
 		if (n == 0)
@@ -659,30 +726,26 @@ build_flush(HtPackBuild *b)
 			recs[i].rawlen = len;
 		}
 		sort_buildrec(recs, n);
-		resetStringInfo(&out);
-		if (b->flushed)
+		for (int i = 1; i < n; i++)
 		{
-			/* a pack written by an earlier flush takes these in */
-			PackRec    *rest = palloc(sizeof(PackRec) * n);
-
-			for (int i = 0; i < n; i++)
-				merge[i] = recs[i].r;
-			n = apply_recs(part, b->pa, b->pb, merge, n, false, rest);
-			for (int i = 0; i < n; i++)
-				rec_put(&out, lo, &rest[i]);
-			pfree(rest);
+			if (buildrec_cmp(&recs[i - 1], &recs[i]) == 0)
+				duplicate_entry(recs[i].r.seg);
 		}
-		else
+		if (to_run)
 		{
-			/* the buffered bytes are the pack's records already */
+			/* the run keeps each record with its header, in order */
 			for (int i = 0; i < n; i++)
-				appendBinaryStringInfo(&out, (const char *) recs[i].raw, recs[i].rawlen);
-		}
-		if (n == 0)
+				BufFileWrite(run, (void *) (recs[i].raw - 8), recs[i].rawlen + 8);
 			continue;
+		}
+		/* the buffered bytes are the pack's records already */
+		resetStringInfo(&out);
+		for (int i = 0; i < n; i++)
+			appendBinaryStringInfo(&out, (const char *) recs[i].raw, recs[i].rawlen);
 		writes_add(&w, b->pa, b->pb, lo, n, &out);
 	}
-	writes_flush(&w, b->pa, b->pb);
+	if (!to_run)
+		writes_flush(&w, b->pa, b->pb);
 
 	/* start again empty */
 	for (int c = 0; c < b->nchunks; c++)
@@ -690,13 +753,11 @@ build_flush(HtPackBuild *b)
 	b->nchunks = 0;
 	b->used = 0;
 	memset(b->counts, 0, sizeof(int64) * b->nslots);
+	b->maxcount = 0;
 	b->nrecs = 0;
 	b->mem = 0;
-	b->flushed = true;
 	pfree(out.data);
 	pfree(recs);
-	if (merge)
-		pfree(merge);
 	pfree(recp);
 	pfree(pos);
 	MemoryContextSwitchTo(old);
@@ -717,6 +778,8 @@ ht_pack_build_add(HtPackBuild *b, int part, int32 seg, const char *key, int keyl
 	Assert(b->part < 0 || part == b->part);
 	if (b->nchunks == 0 || b->used + need > b->lens[b->nchunks - 1])
 	{
+		Size		size = Max(Min(HT_CHUNK_SIZE, b->budget / 2), need);
+
 		if (b->nchunks > 0)
 			b->lens[b->nchunks - 1] = b->used;
 		if (b->nchunks == b->maxchunks)
@@ -725,8 +788,8 @@ ht_pack_build_add(HtPackBuild *b, int part, int32 seg, const char *key, int keyl
 			b->chunks = repalloc(b->chunks, sizeof(char *) * b->maxchunks);
 			b->lens = repalloc(b->lens, sizeof(Size) * b->maxchunks);
 		}
-		b->lens[b->nchunks] = Max(HT_CHUNK_SIZE, need);
-		b->chunks[b->nchunks++] = MemoryContextAlloc(b->cxt, Max(HT_CHUNK_SIZE, need));
+		b->lens[b->nchunks] = size;
+		b->chunks[b->nchunks++] = MemoryContextAlloc(b->cxt, size);
 		b->used = 0;
 	}
 	/* u32 slot, u32 length, then the record as a pack holds it (rec_put) */
@@ -749,16 +812,190 @@ ht_pack_build_add(HtPackBuild *b, int part, int32 seg, const char *key, int keyl
 	memcpy(start + 4, &len, 4);
 	b->mem += (Size) (p - start);
 	b->used += (Size) (p - start);
-	b->counts[slot]++;
+	if (++b->counts[slot] > b->maxcount)
+		b->maxcount = b->counts[slot];
 	b->nrecs++;
-	if (b->mem > b->limit)
-		build_flush(b);
+	if (build_mem(b) > b->budget)
+		build_flush(b, true);
+}
+
+/* the next record of a run into r->buf; false at its end */
+static bool
+run_next(HtPackBuild *b, BuildRun *r)
+{
+	uint32		hdr[2];
+	size_t		got = BufFileRead(r->file, hdr, sizeof(hdr));
+
+	if (got == 0)
+		return false;
+	if (got != sizeof(hdr))
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("hashtree: could not read a sorted run of the pack builder: read only %zu of %zu bytes",
+						got, sizeof(hdr))));
+	r->slot = hdr[0];
+	r->len = hdr[1];
+	if (r->slot >= (uint32) b->nslots || r->len > MaxAllocSize / 2)
+		elog(ERROR, "hashtree: pack builder run damaged");
+	if (r->len > r->cap)
+	{
+		r->cap = Max(r->len, 2 * r->cap);
+		r->buf = r->buf ? repalloc(r->buf, r->cap) : palloc(r->cap);
+	}
+	got = BufFileRead(r->file, r->buf, r->len);
+	if (got != r->len)
+		ereport(ERROR,
+				(errcode_for_file_access(),
+				 errmsg("hashtree: could not read a sorted run of the pack builder: read only %zu of %u bytes",
+						got, r->len)));
+	if (rec_parse(r->buf, r->buf + r->len, (int32) (r->slot % b->npacks) * b->span,
+				  &r->r) != r->buf + r->len)
+		elog(ERROR, "hashtree: pack builder run damaged");
+	return true;
+}
+
+/* order of the current records of two runs: (slot, segment, key) */
+static inline int
+run_cmp(const BuildRun *x, const BuildRun *y)
+{
+	if (x->slot != y->slot)
+		return x->slot < y->slot ? -1 : 1;
+	return rec_cmp(&x->r, &y->r);
+}
+
+/* restore the heap order below position i (a min-heap of run numbers) */
+static void
+heap_sift_down(BuildRun *runs, int *heap, int n, int i)
+{
+	for (;;)
+	{
+		int			l = 2 * i + 1;
+		int			m = i;
+
+		if (l < n && run_cmp(&runs[heap[l]], &runs[heap[m]]) < 0)
+			m = l;
+		if (l + 1 < n && run_cmp(&runs[heap[l + 1]], &runs[heap[m]]) < 0)
+			m = l + 1;
+		if (m == i)
+			return;
+		{
+			int			t = heap[i];
+
+			heap[i] = heap[m];
+			heap[m] = t;
+		}
+		i = m;
+	}
+}
+
+/*
+ * Merge the sorted runs once: each pack's records are taken from the runs
+ * in order and the pack is written; memory is a record per run and one
+ * pack.
+ */
+static void
+build_merge(HtPackBuild *b)
+{
+	MemoryContext old = MemoryContextSwitchTo(b->cxt);
+	BuildRun   *runs = palloc0(sizeof(BuildRun) * b->nruns);
+	int		   *heap = palloc(sizeof(int) * b->nruns);
+	int			nheap = 0;
+	StringInfoData out;
+	PackWrites	w = {0};
+	int64		cur_slot = -1;
+	int			cur_part = -1;
+	int			count = 0;
+	int			last = -1;		/* offset in out of the pack's last record */
+	int			tick = 0;
+
+	ereport(DEBUG1,
+			(errmsg_internal("hashtree: merging %d sorted runs of " INT64_FORMAT " records",
+							 b->nruns, b->spilled)));
+	for (int i = 0; i < b->nruns; i++)
+	{
+		runs[i].file = b->runs[i];
+		if (BufFileSeek(runs[i].file, 0, 0, SEEK_SET) != 0)
+			ereport(ERROR,
+					(errcode_for_file_access(),
+					 errmsg("hashtree: could not rewind a sorted run of the pack builder: %m")));
+		if (run_next(b, &runs[i]))
+			heap[nheap++] = i;
+	}
+	for (int i = nheap / 2 - 1; i >= 0; i--)
+		heap_sift_down(runs, heap, nheap, i);
+
+	initStringInfo(&out);
+	while (nheap > 0)
+	{
+		BuildRun   *r = &runs[heap[0]];
+
+		if (++tick == HT_MERGE_BATCH)
+		{
+			tick = 0;
+			CHECK_FOR_INTERRUPTS();
+		}
+		if ((int64) r->slot != cur_slot)
+		{
+			int			part = b->part < 0 ? (int) (r->slot / b->npacks) : b->part;
+
+			/* the pack done is written, once */
+			if (count > 0)
+				writes_add(&w, b->pa, b->pb,
+						   (int32) (cur_slot % b->npacks) * b->span, count, &out);
+			if (part != cur_part)
+			{
+				writes_flush(&w, b->pa, b->pb);
+				w.part = cur_part = part;
+				w.span = b->span;
+			}
+			cur_slot = r->slot;
+			resetStringInfo(&out);
+			count = 0;
+			last = -1;
+		}
+		else
+		{
+			/* strictly after the pack's previous record (each row once) */
+			PackRec		prev;
+			const uint8 *p = (const uint8 *) out.data + last;
+
+			if (rec_parse(p, (const uint8 *) out.data + out.len, r->r.seg - r->r.seg % b->span,
+						  &prev) == NULL || rec_cmp(&prev, &r->r) >= 0)
+				duplicate_entry(r->r.seg);
+		}
+		last = out.len;
+		appendBinaryStringInfo(&out, (const char *) r->buf, r->len);
+		count++;
+
+		/* the run's next record, or the run is done */
+		if (!run_next(b, r))
+		{
+			heap[0] = heap[--nheap];
+			BufFileClose(r->file);
+			r->file = NULL;
+		}
+		if (nheap > 0)
+			heap_sift_down(runs, heap, nheap, 0);
+	}
+	if (count > 0)
+		writes_add(&w, b->pa, b->pb, (int32) (cur_slot % b->npacks) * b->span, count, &out);
+	writes_flush(&w, b->pa, b->pb);
+	b->nruns = 0;
+	pfree(out.data);
+	MemoryContextSwitchTo(old);
 }
 
 void
 ht_pack_build_end(HtPackBuild *b)
 {
-	build_flush(b);
+	if (b->nruns == 0)
+		build_flush(b, false);	/* everything fit: written from memory */
+	else
+	{
+		if (b->nrecs > 0)
+			build_flush(b, true);
+		build_merge(b);
+	}
 	MemoryContextDelete(b->cxt);
 }
 

@@ -1,0 +1,118 @@
+# track() of a table whose entries do not fit in maintenance_work_mem: the
+# pack builder writes sorted runs to temporary files and merges them once
+# (src/pack.c).  The trees and entries are those of a build in memory, the
+# backend's memory stays bounded, and a cancel during the merge leaves
+# nothing behind.
+use strict;
+use warnings;
+use FindBin;
+use lib $FindBin::RealBin;
+use PostgreSQL::Test::Cluster;
+use PostgreSQL::Test::Utils;
+use Test::More;
+use HashtreeTest;
+
+# (small shared buffers: the peak resident set is then mostly the backend's
+# own memory)
+my $node = ht_node('n', conf => "shared_buffers = '16MB'\n");
+my $rows = 300000;
+$node->safe_psql('postgres', qq{
+	CREATE TABLE spill (id text PRIMARY KEY, v int);
+	INSERT INTO spill SELECT 'key-' || lpad(i::text, 100, '0'), i FROM generate_series(1, $rows) i;
+	VACUUM ANALYZE spill});
+
+my $entries = q{SELECT count(*) || ' ' || md5(string_agg(part || ':' || seg || ':' || encode(key, 'hex') || ':' ||
+						encode(hash, 'hex'), ',' ORDER BY part, seg, key))
+				  FROM hashtree.leaf_entry WHERE pb = 'spill'};
+my $packs = q{SELECT count(*) || ' ' || md5(string_agg(part || ':' || lo || ':' || span || ':' || n || ':' ||
+					 encode(data, 'hex'), ',' ORDER BY part, lo))
+				FROM hashtree.entry_pack WHERE pb = 'spill'};
+my $nothing = q{SELECT (SELECT count(*) FROM pg_trigger WHERE tgrelid = 'spill'::regclass) || ' ' ||
+					   (SELECT count(*) FROM hashtree.tracked_table) || ' ' ||
+					   (SELECT count(*) FROM hashtree.entry_pack WHERE pb = 'spill') || ' ' ||
+					   (SELECT count(*) FROM hashtree.leaf_entry WHERE pb = 'spill')};
+my $tmpfiles = q{SELECT count(*) FROM pg_ls_tmpdir()};
+
+# track() in a session of its own at maintenance_work_mem $mwm; returns the
+# peak resident set of its backend (kB)
+sub track_peak
+{
+	my ($mwm) = @_;
+	my $s = $node->background_psql('postgres');
+	my $pid = $s->query_safe('SELECT pg_backend_pid()');
+	$s->query_safe("SET maintenance_work_mem = '$mwm'");
+	my $n = $s->query_safe(q{SELECT hashtree.track('spill')});
+	open(my $fh, '<', "/proc/$pid/status") or die "cannot read /proc/$pid/status: $!";
+	my ($hwm) = map { /^VmHWM:\s+(\d+)/ ? $1 : () } <$fh>;
+	close $fh;
+	$s->quit;
+	is($n, $rows, "track() at maintenance_work_mem $mwm hashes every row");
+	return $hwm;
+}
+
+# spilled: several runs merged
+my $files0 = $node->safe_psql('postgres',
+	q{SELECT temp_files FROM pg_stat_database WHERE datname = current_database()});
+my $peak_small = track_peak('1MB');
+ok($node->poll_query_until('postgres',
+	"SELECT temp_files >= $files0 + 10 FROM pg_stat_database WHERE datname = current_database()"),
+	'the 1MB build wrote sorted runs');
+is($node->safe_psql('postgres', $tmpfiles), '0', 'its temporary files are gone');
+my $e_small = $node->safe_psql('postgres', $entries);
+my $p_small = $node->safe_psql('postgres', $packs);
+is(lock_update_all($node), 'ok/ok', 'built');
+my $t_small = tops($node);
+is(check_trees($node), '0', 'check_tree finds nothing after a spilled build');
+$node->safe_psql('postgres', q{SELECT hashtree.untrack('spill')});
+
+# in memory
+my $peak_large = track_peak('256MB');
+is($node->safe_psql('postgres', $entries), $e_small, 'same leaf entries as in memory');
+is($node->safe_psql('postgres', $packs), $p_small, 'same packs, byte for byte');
+is(lock_update_all($node), 'ok/ok', 'built');
+is(tops($node), $t_small, 'same top hash in every partition');
+is(check_trees($node), '0', 'check_tree finds nothing after a build in memory');
+note("peak resident set of track(): ${peak_small} kB at 1MB, ${peak_large} kB at 256MB");
+cmp_ok($peak_small, '<', 0.6 * $peak_large, 'memory bounded by maintenance_work_mem');
+
+# a cancel during the merge: the first pack it inserts waits for an
+# uncommitted pack of the same key (inserted with the guard trigger off),
+# so the backend is caught in the merge deterministically
+my ($part, $lo, $span) = split /\|/, $node->safe_psql('postgres',
+	q{SELECT part, lo, span FROM hashtree.entry_pack WHERE pb = 'spill' ORDER BY part, lo LIMIT 1});
+$node->safe_psql('postgres', q{SELECT hashtree.untrack('spill')});
+is($node->safe_psql('postgres', $nothing), '0 0 0 0', 'untracked');
+my $blocker = $node->background_psql('postgres');
+$blocker->query_safe(qq{BEGIN; SET LOCAL session_replication_role = replica;
+	INSERT INTO hashtree.entry_pack (part, lo, span, n, pa, pb, data)
+	VALUES ($part, $lo, $span, 1, 'public', 'spill', '\\x00')});
+
+my $s = $node->background_psql('postgres', on_error_stop => 0);
+my $pid = $s->query_safe('SELECT pg_backend_pid()');
+$s->query_safe("SET maintenance_work_mem = '1MB'");
+$s->query_until(qr/started/, q{\echo started
+SELECT hashtree.track('spill');
+});
+ok($node->poll_query_until('postgres',
+	"SELECT wait_event_type = 'Lock' AND wait_event = 'transactionid' FROM pg_stat_activity WHERE pid = $pid"),
+	'track() waits in the merge');
+cmp_ok($node->safe_psql('postgres', $tmpfiles), '>=', 10, 'with its runs in temporary files');
+$node->safe_psql('postgres', "SELECT pg_cancel_backend($pid)");
+ok($node->poll_query_until('postgres', "SELECT state = 'idle' FROM pg_stat_activity WHERE pid = $pid"),
+	'track canceled');
+$s->quit;
+like($s->{stderr}, qr/canceling statement due to user request/, 'track reports the cancel');
+$blocker->query_safe('ROLLBACK');
+$blocker->quit;
+is($node->safe_psql('postgres', $nothing), '0 0 0 0', 'no trigger, no registration, no pack, no entry left');
+is($node->safe_psql('postgres', $tmpfiles), '0', 'no temporary file left');
+
+# and track() works again
+is($node->safe_psql('postgres',
+	q{SET maintenance_work_mem = '1MB'; SELECT hashtree.track('spill')}), $rows, 'track() again');
+is($node->safe_psql('postgres', $packs), $p_small, 'the same packs');
+is(lock_update_all($node), 'ok/ok', 'built');
+is(tops($node), $t_small, 'the same trees');
+is(check_trees($node), '0', 'check_tree finds nothing');
+
+done_testing();
