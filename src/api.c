@@ -216,6 +216,11 @@ check_read_committed(const char *what)
 
 /* ---- internal helpers for tables and aggregates ------------------------- */
 
+/*
+ * hashtree._kid(key bytea) RETURNS bytea
+ * The index identity of a key: the key itself up to 64 bytes, else a digest
+ * form (last column of the unique index entry_key).  Locks: none.
+ */
 PG_FUNCTION_INFO_V1(ht_kid);
 Datum
 ht_kid(PG_FUNCTION_ARGS)
@@ -237,6 +242,12 @@ sum_state(FunctionCallInfo fcinfo)
 	return (HtSum *) PG_GETARG_POINTER(0);
 }
 
+/*
+ * hashtree._entry_sum_step(internal, bytea, bytea) RETURNS internal
+ * Transition function of the aggregate _entry_sum(key, hash): adds the
+ * digest of one entry to the running sum; a NULL key or hash is skipped.
+ * Locks: none.
+ */
 PG_FUNCTION_INFO_V1(ht_entry_sum_step);
 Datum
 ht_entry_sum_step(PG_FUNCTION_ARGS)
@@ -256,6 +267,12 @@ ht_entry_sum_step(PG_FUNCTION_ARGS)
 	PG_RETURN_POINTER(st);
 }
 
+/*
+ * hashtree._child_sum_step(internal, bigint, bytea) RETURNS internal
+ * Transition function of the aggregate _child_sum(child, hash): adds the
+ * digest of one child node to the running sum; a NULL child or hash is
+ * skipped.  Locks: none.
+ */
 PG_FUNCTION_INFO_V1(ht_child_sum_step);
 Datum
 ht_child_sum_step(PG_FUNCTION_ARGS)
@@ -274,6 +291,11 @@ ht_child_sum_step(PG_FUNCTION_ARGS)
 	PG_RETURN_POINTER(st);
 }
 
+/*
+ * hashtree._sum_final(internal) RETURNS bytea
+ * Final function of _entry_sum and _child_sum: the node hash of the sum,
+ * NULL for no rows or a zero (empty) sum.  Locks: none.
+ */
 PG_FUNCTION_INFO_V1(ht_sum_final);
 Datum
 ht_sum_final(PG_FUNCTION_ARGS)
@@ -288,6 +310,12 @@ ht_sum_final(PG_FUNCTION_ARGS)
 	PG_RETURN_BYTEA_P(b);
 }
 
+/*
+ * hashtree._create_partitions() RETURNS int
+ * Run once by the extension script (then dropped): inserts one built row per
+ * partition (GUC hashtree.partitions) into hashtree.partition; returns the
+ * count.  Locks: ROW EXCLUSIVE on hashtree.partition.
+ */
 PG_FUNCTION_INFO_V1(ht_create_partitions);
 Datum
 ht_create_partitions(PG_FUNCTION_ARGS)
@@ -301,9 +329,12 @@ ht_create_partitions(PG_FUNCTION_ARGS)
 }
 
 /*
+ * hashtree._guard() RETURNS trigger
  * Statement trigger on the extension's tables: a write that does not come
  * from the extension's code (a restore, a manual change) leaves trees that
  * may not match the entries, so every partition is marked not built.
+ * Locks: ROW EXCLUSIVE on hashtree.partition and its built rows (waits for
+ * an update or reset holding a partition's row).
  */
 PG_FUNCTION_INFO_V1(ht_guard);
 Datum
@@ -324,6 +355,11 @@ ht_guard(PG_FUNCTION_ARGS)
 
 /* ---- pure and informational functions ----------------------------------- */
 
+/*
+ * hashtree.segment_of(key bytea, segments int DEFAULT 1048576) RETURNS int
+ * The segment of a key among segments (a positive power of two, else
+ * ERROR): the low bits of its 64-bit key hash.  Locks: none.
+ */
 PG_FUNCTION_INFO_V1(ht_segment_of_sql);
 Datum
 ht_segment_of_sql(PG_FUNCTION_ARGS)
@@ -339,6 +375,12 @@ ht_segment_of_sql(PG_FUNCTION_ARGS)
 							 (uint64) (segments - 1)));
 }
 
+/*
+ * hashtree.name(partition int) RETURNS text
+ * "hashtree_partition_<n>" for an existing partition, else ERROR.  Locks:
+ * ACCESS SHARE on hashtree.partition (first call in a backend only: the
+ * partition count is cached).
+ */
 PG_FUNCTION_INFO_V1(ht_name);
 Datum
 ht_name(PG_FUNCTION_ARGS)
@@ -351,6 +393,11 @@ ht_name(PG_FUNCTION_ARGS)
 	PG_RETURN_TEXT_P(cstring_to_text(psprintf("hashtree_partition_%d", part)));
 }
 
+/*
+ * hashtree.node_name() RETURNS text
+ * This node's name: the setting hashtree.node_name, else one derived from
+ * the system identifier, the port and the database.  Locks: none.
+ */
 PG_FUNCTION_INFO_V1(ht_node_name_sql);
 Datum
 ht_node_name_sql(PG_FUNCTION_ARGS)
@@ -385,6 +432,12 @@ partition_of_common(FunctionCallInfo fcinfo, bool key_is_text)
 	PG_RETURN_INT32(part);
 }
 
+/*
+ * hashtree.partition_of(prefix_a text, prefix_b text, key bytea) RETURNS int
+ * The partition of a key, the same on every node with the same number of
+ * partitions.  Locks: ACCESS SHARE on hashtree.partition (first call in a
+ * backend only).
+ */
 PG_FUNCTION_INFO_V1(ht_partition_of);
 Datum
 ht_partition_of(PG_FUNCTION_ARGS)
@@ -392,6 +445,11 @@ ht_partition_of(PG_FUNCTION_ARGS)
 	return partition_of_common(fcinfo, false);
 }
 
+/*
+ * hashtree.partition_of(prefix_a text, prefix_b text, key text) RETURNS int
+ * As partition_of(..., key bytea), the key taken as its UTF-8 bytes.
+ * Locks: as that one.
+ */
 PG_FUNCTION_INFO_V1(ht_partition_of_text);
 Datum
 ht_partition_of_text(PG_FUNCTION_ARGS)
@@ -399,6 +457,12 @@ ht_partition_of_text(PG_FUNCTION_ARGS)
 	return partition_of_common(fcinfo, true);
 }
 
+/*
+ * hashtree._hello(OUT version text, OUT partitions int, OUT node text)
+ * What a peer learns about this node when it connects: the extension
+ * version, the number of partitions and the node name.  Locks: ACCESS SHARE
+ * on hashtree.partition (first call in a backend only).
+ */
 PG_FUNCTION_INFO_V1(ht_hello);
 Datum
 ht_hello(PG_FUNCTION_ARGS)
@@ -419,6 +483,11 @@ ht_hello(PG_FUNCTION_ARGS)
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(td), values, nulls)));
 }
 
+/*
+ * hashtree._privileged() RETURNS boolean
+ * True for superusers and members of the extension owner's role (the view
+ * peers shows conninfo to them only).  Locks: ACCESS SHARE on pg_extension.
+ */
 PG_FUNCTION_INFO_V1(ht_privileged);
 Datum
 ht_privileged(PG_FUNCTION_ARGS)
@@ -431,6 +500,12 @@ ht_privileged(PG_FUNCTION_ARGS)
 	PG_RETURN_BOOL(OidIsValid(owner) && has_privs_of_role(GetUserId(), owner));
 }
 
+/*
+ * hashtree._lock_owner(pid int, start timestamptz) RETURNS int
+ * The live owner of a partition lock recorded as (pid, start): pid while
+ * that backend runs with that start time, else NULL (read from the backend
+ * status array).  Locks: none.
+ */
 PG_FUNCTION_INFO_V1(ht_lock_owner);
 Datum
 ht_lock_owner(PG_FUNCTION_ARGS)
@@ -445,6 +520,12 @@ ht_lock_owner(PG_FUNCTION_ARGS)
 	PG_RETURN_INT32(pid);
 }
 
+/*
+ * hashtree._next_expiry(built_at timestamptz, jitter float8)
+ *   RETURNS timestamptz
+ * When a partition's trees expire: built_at + hashtree.tree_ttl * (0.75 +
+ * 0.25 * jitter).  Locks: none.
+ */
 PG_FUNCTION_INFO_V1(ht_next_expiry);
 Datum
 ht_next_expiry(PG_FUNCTION_ARGS)
@@ -513,6 +594,14 @@ insert_partition_common(FunctionCallInfo fcinfo, bool key_is_text)
 	PG_RETURN_VOID();
 }
 
+/*
+ * hashtree.insert(prefix_a text, prefix_b text, key bytea, hash bytea,
+ *                 if_missing boolean DEFAULT false) RETURNS void
+ * Write an entry (if_missing: only when the key is absent) in the partition
+ * partition_of() gives and log its segment dirty; ERROR for a tracked table's
+ * prefix.  Locks: ROW EXCLUSIVE on hashtree.entry and hashtree.dirty, the
+ * entry's row; never waits for a partition lock or an update.
+ */
 PG_FUNCTION_INFO_V1(ht_insert);
 Datum
 ht_insert(PG_FUNCTION_ARGS)
@@ -520,6 +609,12 @@ ht_insert(PG_FUNCTION_ARGS)
 	return insert_common(fcinfo, false);
 }
 
+/*
+ * hashtree.insert(prefix_a text, prefix_b text, key text, hash bytea,
+ *                 if_missing boolean DEFAULT false) RETURNS void
+ * As insert(..., key bytea, ...), the key taken as its UTF-8 bytes.
+ * Locks: as that one.
+ */
 PG_FUNCTION_INFO_V1(ht_insert_text);
 Datum
 ht_insert_text(PG_FUNCTION_ARGS)
@@ -527,6 +622,12 @@ ht_insert_text(PG_FUNCTION_ARGS)
 	return insert_common(fcinfo, true);
 }
 
+/*
+ * hashtree.insert(partition int, prefix_a text, prefix_b text, key bytea,
+ *                 hash bytea, if_missing boolean) RETURNS void
+ * As insert(prefix_a, prefix_b, key bytea, ...), in the partition given
+ * (not checked against partition_of()).  Locks: as that one.
+ */
 PG_FUNCTION_INFO_V1(ht_insert_partition);
 Datum
 ht_insert_partition(PG_FUNCTION_ARGS)
@@ -534,6 +635,12 @@ ht_insert_partition(PG_FUNCTION_ARGS)
 	return insert_partition_common(fcinfo, false);
 }
 
+/*
+ * hashtree.insert(partition int, prefix_a text, prefix_b text, key text,
+ *                 hash bytea, if_missing boolean) RETURNS void
+ * As insert(partition, ..., key bytea, ...), the key taken as its UTF-8
+ * bytes.  Locks: as that one.
+ */
 PG_FUNCTION_INFO_V1(ht_insert_partition_text);
 Datum
 ht_insert_partition_text(PG_FUNCTION_ARGS)
@@ -564,6 +671,13 @@ delete_partition_common(FunctionCallInfo fcinfo, bool key_is_text)
 	PG_RETURN_VOID();
 }
 
+/*
+ * hashtree.delete(prefix_a text, prefix_b text, key bytea) RETURNS void
+ * Remove an entry from the partition partition_of() gives and log its
+ * segment dirty (nothing when absent); ERROR for a tracked table's prefix.
+ * Locks: ROW EXCLUSIVE on hashtree.entry and hashtree.dirty, the entry's
+ * row; never waits for a partition lock or an update.
+ */
 PG_FUNCTION_INFO_V1(ht_delete);
 Datum
 ht_delete(PG_FUNCTION_ARGS)
@@ -571,6 +685,11 @@ ht_delete(PG_FUNCTION_ARGS)
 	return delete_common(fcinfo, false);
 }
 
+/*
+ * hashtree.delete(prefix_a text, prefix_b text, key text) RETURNS void
+ * As delete(..., key bytea), the key taken as its UTF-8 bytes.  Locks: as
+ * that one.
+ */
 PG_FUNCTION_INFO_V1(ht_delete_text);
 Datum
 ht_delete_text(PG_FUNCTION_ARGS)
@@ -578,6 +697,12 @@ ht_delete_text(PG_FUNCTION_ARGS)
 	return delete_common(fcinfo, true);
 }
 
+/*
+ * hashtree.delete(partition int, prefix_a text, prefix_b text, key bytea)
+ *   RETURNS void
+ * As delete(prefix_a, prefix_b, key bytea), in the partition given (not
+ * checked against partition_of()).  Locks: as that one.
+ */
 PG_FUNCTION_INFO_V1(ht_delete_partition);
 Datum
 ht_delete_partition(PG_FUNCTION_ARGS)
@@ -585,6 +710,12 @@ ht_delete_partition(PG_FUNCTION_ARGS)
 	return delete_partition_common(fcinfo, false);
 }
 
+/*
+ * hashtree.delete(partition int, prefix_a text, prefix_b text, key text)
+ *   RETURNS void
+ * As delete(partition, ..., key bytea), the key taken as its UTF-8 bytes.
+ * Locks: as that one.
+ */
 PG_FUNCTION_INFO_V1(ht_delete_partition_text);
 Datum
 ht_delete_partition_text(PG_FUNCTION_ARGS)
@@ -593,9 +724,11 @@ ht_delete_partition_text(PG_FUNCTION_ARGS)
 }
 
 /*
- * _apply_entries(partition, prefix_a, prefix_b, keys, hashes): the repair
- * of plain entries: write each key with its hash, delete it where the
- * hash is NULL.  All or nothing (one statement).  Returns the count.
+ * hashtree._apply_entries(partition int, prefix_a text, prefix_b text,
+ *                         keys bytea[], hashes bytea[]) RETURNS bigint
+ * The repair of plain entries: write each key with its hash, delete it
+ * where the hash is NULL.  All or nothing (one statement).  Returns the
+ * count.  Locks: as insert() and delete(), one entry row per key.
  */
 PG_FUNCTION_INFO_V1(ht_apply_entries);
 Datum
@@ -655,7 +788,12 @@ static HtQuery q_prefix_keys = {
 	3, {INT4OID, TEXTOID, TEXTOID}
 };
 
-/* _drop_entries(partition, prefix_a, prefix_b): delete a prefix's entries */
+/*
+ * hashtree._drop_entries(partition int, prefix_a text, prefix_b text)
+ *   RETURNS bigint
+ * The repair of a missing prefix: delete its entries in the partition;
+ * returns the count.  Locks: as delete(), one entry row per key.
+ */
 PG_FUNCTION_INFO_V1(ht_drop_entries);
 Datum
 ht_drop_entries(PG_FUNCTION_ARGS)
@@ -717,6 +855,13 @@ top_of(int part, int depth, text *pa, text *pb)
 	return result;
 }
 
+/*
+ * hashtree.prefix_hash(partition int, prefix_a text,
+ *                      prefix_b text DEFAULT NULL) RETURNS bytea
+ * Top hash, as of the last update, of the tree of prefix_a (prefix_b NULL)
+ * or of (prefix_a, prefix_b); NULL when empty or never updated.  Locks:
+ * ACCESS SHARE on hashtree.node.
+ */
 PG_FUNCTION_INFO_V1(ht_prefix_hash);
 Datum
 ht_prefix_hash(PG_FUNCTION_ARGS)
@@ -734,6 +879,11 @@ ht_prefix_hash(PG_FUNCTION_ARGS)
 	PG_RETURN_BYTEA_P(h);
 }
 
+/*
+ * hashtree.top_hash(partition int) RETURNS bytea
+ * Top hash of a partition's root tree as of the last update; NULL when
+ * empty or never updated.  Locks: ACCESS SHARE on hashtree.node.
+ */
 PG_FUNCTION_INFO_V1(ht_top_hash);
 Datum
 ht_top_hash(PG_FUNCTION_ARGS)
@@ -772,6 +922,13 @@ put_remote_rows(ReturnSetInfo *rsinfo, HtRemoteResult *res, bool first_int8)
 	}
 }
 
+/*
+ * hashtree.get_bucket(node text, partition int, prefixes text[], level int,
+ *                     bucket bigint) RETURNS TABLE(child bigint, hash bytea)
+ * The stored children of one bucket of the tree named by prefixes ('{}',
+ * '{a}' or '{a,b}'), read here (node NULL or this node) or on the peer
+ * node.  Locks: ACCESS SHARE on hashtree.node of the node read.
+ */
 PG_FUNCTION_INFO_V1(ht_get_bucket);
 Datum
 ht_get_bucket(PG_FUNCTION_ARGS)
@@ -836,6 +993,13 @@ ht_get_bucket(PG_FUNCTION_ARGS)
 	return (Datum) 0;
 }
 
+/*
+ * hashtree.key_hashes(node text, partition int, prefixes text[],
+ *                     segment bigint) RETURNS TABLE(key bytea, hash bytea)
+ * The entries of one segment of the tree named by prefixes, read here
+ * (node NULL or this node) or on the peer node.  Locks: ACCESS SHARE on
+ * hashtree.entry and hashtree.entry_pack of the node read.
+ */
 PG_FUNCTION_INFO_V1(ht_key_hashes);
 Datum
 ht_key_hashes(PG_FUNCTION_ARGS)
@@ -935,6 +1099,14 @@ batch_arrays(FunctionCallInfo fcinfo, int depth, Datum **pa, Datum **pb,
 	return n;
 }
 
+/*
+ * hashtree._nodes(partition int, depth int, pa text[], pb text[], level int,
+ *                 firsts bigint[], span bigint, hash_bytes int DEFAULT 8)
+ *   RETURNS TABLE(i int, children bytea)
+ * Batched node read of compare: per request i, the stored children firsts[i]
+ * .. firsts[i] + span - 1 of a level in one value (varint gap, hash prefix
+ * per child).  Locks: ACCESS SHARE on hashtree.node.
+ */
 PG_FUNCTION_INFO_V1(ht_nodes_sql);
 Datum
 ht_nodes_sql(PG_FUNCTION_ARGS)
@@ -1028,6 +1200,14 @@ ht_nodes_sql(PG_FUNCTION_ARGS)
 	return (Datum) 0;
 }
 
+/*
+ * hashtree._entries(partition int, depth int, pa text[], pb text[],
+ *                   segments int[], hash_bytes int DEFAULT 0)
+ *   RETURNS TABLE(i int, key bytea, hash bytea)
+ * Batched entry read of compare: the entries of segment segments[i] of tree
+ * (pa[i], pb[i]); hash_bytes > 0 gives a digest of each hash cut to that
+ * length.  Locks: ACCESS SHARE on hashtree.entry and hashtree.entry_pack.
+ */
 PG_FUNCTION_INFO_V1(ht_entries_sql);
 Datum
 ht_entries_sql(PG_FUNCTION_ARGS)
@@ -1161,6 +1341,14 @@ lock_common(FunctionCallInfo fcinfo, bool release)
 	PG_RETURN_TEXT_P(res);
 }
 
+/*
+ * hashtree.lock(partition int), lock(node text, partition int),
+ * lock(node text, partition int, pid int) RETURNS text
+ * Lock a partition's trees for updating on behalf of pid (default: this
+ * backend; on a peer, the backend serving the connection); "ok", "not_built"
+ * or "locked".  Writes the partition's row; never waits (FOR NO KEY UPDATE
+ * SKIP LOCKED).
+ */
 PG_FUNCTION_INFO_V1(ht_lock);
 Datum
 ht_lock(PG_FUNCTION_ARGS)
@@ -1168,6 +1356,13 @@ ht_lock(PG_FUNCTION_ARGS)
 	return lock_common(fcinfo, false);
 }
 
+/*
+ * hashtree.release_lock(partition int), release_lock(node text, partition int),
+ * release_lock(node text, partition int, pid int) RETURNS text
+ * Release the partition lock of pid (default as lock()), here or on the
+ * peer node; "ok", "not_locked" or "not_allowed".  Writes the partition's
+ * row, waiting out a transient row lock (FOR NO KEY UPDATE).
+ */
 PG_FUNCTION_INFO_V1(ht_release_lock);
 Datum
 ht_release_lock(PG_FUNCTION_ARGS)
@@ -1201,7 +1396,14 @@ ht_update_partition(int part)
 	return res;
 }
 
-/* update(partition), update(node, partition) */
+/*
+ * hashtree.update(partition int), update(node text, partition int) RETURNS text
+ * Fold the changes committed since the last update into the partition's
+ * trees, here or on the peer; lock owner only, READ COMMITTED: "ok",
+ * "not_locked", "not_built" or "ongoing_update".  Locks: the advisory update
+ * lock and the partition's row (FOR NO KEY UPDATE) until commit; ROW
+ * EXCLUSIVE on the extension's tables; ACCESS SHARE on tracked tables.
+ */
 PG_FUNCTION_INFO_V1(ht_update);
 Datum
 ht_update(PG_FUNCTION_ARGS)
@@ -1235,7 +1437,14 @@ ht_reset_partition(int part)
 	SPI_finish();
 }
 
-/* reset(partition), reset(node, partition) */
+/*
+ * hashtree.reset(partition int), reset(node text, partition int) RETURNS void
+ * Rebuild a partition's trees from its entries (tracked tables hashed
+ * again), here or on the peer; ERROR while another backend holds its lock.
+ * Locks: the advisory update lock and the partition's row (FOR NO KEY
+ * UPDATE) until commit; ROW EXCLUSIVE on the extension's tables; ACCESS
+ * SHARE on the tracked tables.
+ */
 PG_FUNCTION_INFO_V1(ht_reset);
 Datum
 ht_reset(PG_FUNCTION_ARGS)
@@ -1273,6 +1482,14 @@ put_diff(void *arg, HtDiffKind kind, Datum pa, Datum pb, bytea *key)
 	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 }
 
+/*
+ * hashtree.compare(partition int, node text)
+ *   RETURNS TABLE(kind text, prefix_a text, prefix_b text, key bytea)
+ * The differences between this node's trees of a partition and the peer's;
+ * the caller must hold the partition lock here.  Locks: ACCESS SHARE on
+ * hashtree.partition, node, entry and entry_pack, here and on the peer (by
+ * its _nodes() and _entries()); no partition or row lock.
+ */
 PG_FUNCTION_INFO_V1(ht_compare_sql);
 Datum
 ht_compare_sql(PG_FUNCTION_ARGS)
@@ -1315,6 +1532,13 @@ ht_compare_sql(PG_FUNCTION_ARGS)
 	return (Datum) 0;
 }
 
+/*
+ * hashtree.check_tree(partition int) RETURNS TABLE(depth int, prefix_a text,
+ *   prefix_b text, level int, child bigint, stored bytea, expected bytea)
+ * Rows where the stored trees differ from those a reset would build from
+ * the current entries (empty = consistent; run after update()).  Locks:
+ * ACCESS SHARE on hashtree.node, entry and entry_pack; no partition lock.
+ */
 PG_FUNCTION_INFO_V1(ht_check_tree);
 Datum
 ht_check_tree(PG_FUNCTION_ARGS)
@@ -1351,6 +1575,12 @@ check_peer_admin(void)
 				 errdetail("Connections to peers are made with the server's own identity and files.")));
 }
 
+/*
+ * hashtree.add_peer(name text, conninfo text) RETURNS void
+ * Configure a peer; superusers only (the connection is made with the
+ * server's identity); ERROR if the name exists.  Locks: ROW EXCLUSIVE on
+ * hashtree.peer.
+ */
 PG_FUNCTION_INFO_V1(ht_add_peer);
 Datum
 ht_add_peer(PG_FUNCTION_ARGS)
@@ -1371,6 +1601,11 @@ ht_add_peer(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
+/*
+ * hashtree.drop_peer(name text) RETURNS void
+ * Remove a peer and forget this backend's connection to it; superusers
+ * only; ERROR if there is none.  Locks: ROW EXCLUSIVE on hashtree.peer.
+ */
 PG_FUNCTION_INFO_V1(ht_drop_peer);
 Datum
 ht_drop_peer(PG_FUNCTION_ARGS)

@@ -364,6 +364,16 @@ put_row(ReturnSetInfo *rsinfo, int part, const char *kind, const char *pa,
 	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 }
 
+/*
+ * hashtree.exchange(peer text, partition int DEFAULT NULL,
+ *                   repair text DEFAULT 'none')
+ *   RETURNS TABLE(partition int, kind text, prefix_a text, prefix_b text,
+ *                 key bytea, repaired boolean)
+ * Anti-entropy with a peer, for one partition or all, each in a
+ * subtransaction: lock, update and compare both sides, repair, release.
+ * Locks: per partition those of lock(), update() and the repairs, here and
+ * on the peer; ROW EXCLUSIVE on hashtree.exchange_log.
+ */
 PG_FUNCTION_INFO_V1(ht_exchange);
 Datum
 ht_exchange(PG_FUNCTION_ARGS)

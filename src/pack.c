@@ -1107,7 +1107,12 @@ ht_pack_segments(int part, int n, Datum *pa, Datum *pb, const int32 *segs,
 	table_close(rel, AccessShareLock);
 }
 
-/* _unpack(lo, data): the entries of one pack */
+/*
+ * hashtree._unpack(lo int4, data bytea)
+ *   RETURNS TABLE(seg int4, key bytea, hash bytea)
+ * The entries of one pack (a row of hashtree.entry_pack starting at
+ * segment lo), by segment and key.  Locks: none.
+ */
 PG_FUNCTION_INFO_V1(ht_unpack);
 Datum
 ht_unpack(PG_FUNCTION_ARGS)

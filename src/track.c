@@ -497,6 +497,11 @@ row_encoding_sql(FunctionCallInfo fcinfo, bool hash)
 	PG_RETURN_BYTEA_P(out);
 }
 
+/*
+ * hashtree.row_hash(tbl regclass, r record) RETURNS bytea
+ * The row hash hashtree computes for row r of tbl (see row_encoding_sql).
+ * Needs SELECT on every column of tbl.  Locks: ACCESS SHARE on tbl.
+ */
 PG_FUNCTION_INFO_V1(ht_row_hash_sql);
 Datum
 ht_row_hash_sql(PG_FUNCTION_ARGS)
@@ -504,6 +509,11 @@ ht_row_hash_sql(PG_FUNCTION_ARGS)
 	return row_encoding_sql(fcinfo, true);
 }
 
+/*
+ * hashtree.row_key(tbl regclass, r record) RETURNS bytea
+ * The entry key hashtree computes for row r of tbl (see row_encoding_sql).
+ * Needs SELECT on every column of tbl.  Locks: ACCESS SHARE on tbl.
+ */
 PG_FUNCTION_INFO_V1(ht_row_key_sql);
 Datum
 ht_row_key_sql(PG_FUNCTION_ARGS)
@@ -1357,6 +1367,13 @@ check_trackable(Relation rel, Oid fn)
 	}
 }
 
+/*
+ * hashtree.track(tbl regclass) RETURNS bigint
+ * Track a table the caller owns: create its triggers, register it, hash its
+ * rows into entries; returns the rows hashed.  Locks: SHARE ROW EXCLUSIVE on
+ * tbl and its partitions until commit (writers wait, readers do not); ROW
+ * EXCLUSIVE on hashtree.tracked_table, entry, entry_pack, dirty, dirty_key.
+ */
 PG_FUNCTION_INFO_V1(ht_track);
 Datum
 ht_track(PG_FUNCTION_ARGS)
@@ -1452,6 +1469,13 @@ forget(const char *schema, const char *name)
 	}
 }
 
+/*
+ * hashtree.untrack(tbl regclass) RETURNS void
+ * Stop tracking a table the caller owns: unregister it, delete its entries
+ * and logged keys, mark its trees for a rebuild, drop its triggers.  Locks:
+ * SHARE ROW EXCLUSIVE, then ACCESS EXCLUSIVE (DROP TRIGGER) on tbl and its
+ * partitions; ROW EXCLUSIVE on the extension's tables.
+ */
 PG_FUNCTION_INFO_V1(ht_untrack);
 Datum
 ht_untrack(PG_FUNCTION_ARGS)
@@ -2592,7 +2616,11 @@ ht_rows_by_key(PG_FUNCTION_ARGS)
 	return (Datum) 0;
 }
 
-/* _row_partition(tbl, row): the partition of a tracked row's key */
+/*
+ * hashtree._row_partition(tbl oid, r record) RETURNS int
+ * The partition of the key of row r of tracked table tbl.  Locks: ACCESS
+ * SHARE on tbl.
+ */
 PG_FUNCTION_INFO_V1(ht_row_partition);
 Datum
 ht_row_partition(PG_FUNCTION_ARGS)
