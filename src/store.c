@@ -888,7 +888,9 @@ static HtQuery q_tree_segments = {
 	"  SELECT seg, hashtree._entry_sum(key, hash) AS h, count(*) AS c"
 	"  FROM hashtree.leaf_entry WHERE part = $1 AND pa = $2 AND pb = $3"
 	"  GROUP BY seg) s"
-	" WHERE s.h IS NOT NULL",
+	" WHERE s.h IS NOT NULL"
+	/* in key order: each index insertion lands next to the previous one */
+	" ORDER BY s.seg",
 	3, {INT4OID, TEXTOID, TEXTOID}
 };
 static HtQuery q_tree_level = {
@@ -1280,7 +1282,8 @@ static HtQuery q_rb_segments = {
 	"        UNION ALL SELECT p.pa, p.pb, u.seg, u.key, u.hash FROM hashtree.entry_pack p"
 	"         CROSS JOIN LATERAL hashtree._unpack(p.lo, p.data) u"
 	"         WHERE p.part = $1 AND $2 = 2) e GROUP BY pa, pb, seg) s"
-	" WHERE s.h IS NOT NULL",
+	" WHERE s.h IS NOT NULL"
+	" ORDER BY s.pa, s.pb, s.seg",
 	2, {INT4OID, INT2OID}
 };
 
