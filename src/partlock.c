@@ -41,18 +41,11 @@
 /* first key of the advisory locks taken by hashtree ('HT' << 16) */
 #define HT_ADVISORY_KEY 0x48540000
 
-bool
-ht_backend_start(int pid, TimestampTz *start)
+/* the status entry of a live backend with this pid, NULL if none */
+static PgBackendStatus *
+find_backend(int pid)
 {
 	int			n;
-
-	if (pid == MyProcPid)
-	{
-		*start = MyStartTimestamp;
-		return true;
-	}
-	if (pid <= 0)
-		return false;
 
 	/* read the current backend status array, not a stale snapshot */
 	pgstat_clear_backend_activity_snapshot();
@@ -62,32 +55,37 @@ ht_backend_start(int pid, TimestampTz *start)
 		LocalPgBackendStatus *l = pgstat_fetch_stat_local_beentry(i);
 
 		if (l != NULL && l->backendStatus.st_procpid == pid)
-		{
-			*start = l->backendStatus.st_proc_start_timestamp;
-			return true;
-		}
+			return &l->backendStatus;
 	}
-	return false;
+	return NULL;
+}
+
+bool
+ht_backend_start(int pid, TimestampTz *start)
+{
+	PgBackendStatus *be;
+
+	if (pid == MyProcPid)
+	{
+		*start = MyStartTimestamp;
+		return true;
+	}
+	if (pid <= 0 || (be = find_backend(pid)) == NULL)
+		return false;
+	*start = be->st_proc_start_timestamp;
+	return true;
 }
 
 /* is pid a client backend (not an auxiliary process or a background worker)? */
 static bool
 is_client_backend(int pid)
 {
-	int			n;
+	PgBackendStatus *be;
 
 	if (pid == MyProcPid)
 		return true;
-	pgstat_clear_backend_activity_snapshot();
-	n = pgstat_fetch_stat_numbackends();
-	for (int i = 1; i <= n; i++)
-	{
-		LocalPgBackendStatus *l = pgstat_fetch_stat_local_beentry(i);
-
-		if (l != NULL && l->backendStatus.st_procpid == pid)
-			return l->backendStatus.st_backendType == B_BACKEND;
-	}
-	return false;
+	be = pid > 0 ? find_backend(pid) : NULL;
+	return be != NULL && be->st_backendType == B_BACKEND;
 }
 
 int
