@@ -15,8 +15,8 @@
 #include <limits.h>
 
 #include "access/genam.h"
-#include "access/relation.h"
 #include "access/htup_details.h"
+#include "access/relation.h"
 #include "access/table.h"
 #include "access/xlog.h"
 #include "catalog/indexing.h"
