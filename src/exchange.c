@@ -384,6 +384,7 @@ ht_exchange(PG_FUNCTION_ARGS)
 	int			first;
 	int			last;
 	Oid			saved_role;
+	bool		saved_keep_cancel;
 	char	   *unreachable = NULL;	/* set when the peer is lost */
 
 	HT_ARG_NOT_NULL(0, "peer");
@@ -410,8 +411,10 @@ ht_exchange(PG_FUNCTION_ARGS)
 	 * extension owner's.
 	 */
 	saved_role = ht_repair_role;
+	saved_keep_cancel = keep_cancel;
 	ht_repair_role = GetOuterUserId();
-	keep_cancel = true;
+	/* only the outermost exchange() keeps a cancel: a nested one re-raises it */
+	keep_cancel = !OidIsValid(saved_role);
 	PG_TRY();
 	{
 		if (PG_ARGISNULL(1))
@@ -447,7 +450,7 @@ ht_exchange(PG_FUNCTION_ARGS)
 	{
 		/* a nested exchange() (a trigger of a repaired table) restores it */
 		ht_repair_role = saved_role;
-		keep_cancel = false;
+		keep_cancel = saved_keep_cancel;
 	}
 	PG_END_TRY();
 	HT_API_END();

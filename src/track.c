@@ -95,6 +95,7 @@ typedef struct TrackRel
 	Oid			root;			/* the tracked table, or relid if untracked */
 	bool		tracked;		/* root carries the tracking row trigger */
 	bool		registered;		/* ... and is in hashtree.tracked_table */
+	Oid			logrel;			/* hashtree.dirty_key */
 	HtRelEnc   *enc;			/* this relation, with the root's key columns */
 	char	   *schema;			/* the root's schema and name: the prefix */
 	char	   *name;
@@ -114,12 +115,18 @@ track_cache_inval(Datum arg, Oid relid)
 	HASH_SEQ_STATUS status;
 	TrackRel   *tr;
 
-	/* only mark: an entry may be in use by the caller of the invalidation */
+	/*
+	 * Only mark: an entry may be in use by the caller of the invalidation.
+	 * Only the entries that depend on the relation: the relation written to,
+	 * its tracked root (triggers, key index, registration), hashtree's log.
+	 */
 	if (track_cache == NULL)
 		return;
 	hash_seq_init(&status, track_cache);
 	while ((tr = hash_seq_search(&status)) != NULL)
-		tr->valid = false;
+		if (!OidIsValid(relid) || relid == tr->relid || relid == tr->root ||
+			relid == tr->logrel)
+			tr->valid = false;
 }
 
 static Oid
@@ -238,6 +245,7 @@ track_rel(Relation rel)
 		tr->pa8 = to_utf8(tr->schema, &tr->pa8len);
 		tr->pb8 = to_utf8(tr->name, &tr->pb8len);
 		tr->registered = tr->tracked && is_registered(tr->pa, tr->pb);
+		tr->logrel = get_relname_relid("dirty_key", ht_schema_oid());
 		MemoryContextSwitchTo(old);
 		tr->valid = true;
 	}
@@ -271,8 +279,7 @@ track_rel_by_oid(Oid relid)
 static void
 log_key(TrackRel *tr, int part, bytea *key)
 {
-	Oid			nsp = ht_schema_oid();
-	Oid			logrel = OidIsValid(nsp) ? get_relname_relid("dirty_key", nsp) : InvalidOid;
+	Oid			logrel = tr->logrel;
 	Relation	rel;
 	Datum		values[5];
 	bool		nulls[5] = {false, false, false, false, false};
@@ -2648,6 +2655,7 @@ partition_scan(TrackRel *tr, Relation rel, int part,
 {
 	SPIPlanPtr	plan;
 	Portal		portal;
+	MemoryContext batch;
 	char	   *alias = row_alias(tr->root);
 
 	plan = SPI_prepare(psprintf("SELECT %s FROM %s %s", alias,
@@ -2656,11 +2664,18 @@ partition_scan(TrackRel *tr, Relation rel, int part,
 	if (plan == NULL)
 		elog(ERROR, "hashtree: SPI_prepare failed (%s)", SPI_result_code_string(SPI_result));
 	portal = SPI_cursor_open(NULL, plan, NULL, NULL, true);
+	/* what a batch allocates (keys, hashes, encoded rows) is freed with it */
+	batch = AllocSetContextCreate(CurrentMemoryContext, "hashtree partition rows",
+								  ALLOCSET_DEFAULT_SIZES);
 	for (;;)
 	{
+		MemoryContext old;
+
+		CHECK_FOR_INTERRUPTS();
 		SPI_cursor_fetch(portal, true, 1000);
 		if (SPI_processed == 0)
 			break;
+		old = MemoryContextSwitchTo(batch);
 		for (uint64 r = 0; r < SPI_processed; r++)
 		{
 			bool		isnull;
@@ -2672,9 +2687,12 @@ partition_scan(TrackRel *tr, Relation rel, int part,
 			if (e.part == part)
 				fn(arg, &tuple, e.key);
 		}
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(batch);
 		SPI_freetuptable(SPI_tuptable);
 	}
 	SPI_cursor_close(portal);
+	MemoryContextDelete(batch);
 }
 
 typedef struct PartRowsArg
@@ -3008,6 +3026,7 @@ ht_apply_rows(PG_FUNCTION_ARGS)
 
 typedef struct PartKeysArg
 {
+	MemoryContext cxt;			/* where the keys are kept */
 	int			n;
 	int			cap;
 	bytea	  **keys;
@@ -3017,14 +3036,16 @@ static void
 partition_key_out(void *arg, HeapTuple tuple, bytea *key)
 {
 	PartKeysArg *a = (PartKeysArg *) arg;
+	bytea	   *copy = MemoryContextAlloc(a->cxt, VARSIZE_ANY(key));
 
+	memcpy(copy, key, VARSIZE_ANY(key));
 	if (a->n >= a->cap)
 	{
 		a->cap = a->cap ? a->cap * 2 : 1024;
 		a->keys = a->keys ? repalloc(a->keys, sizeof(bytea *) * a->cap)
-			: palloc(sizeof(bytea *) * a->cap);
+			: MemoryContextAlloc(a->cxt, sizeof(bytea *) * a->cap);
 	}
-	a->keys[a->n++] = key;
+	a->keys[a->n++] = copy;
 }
 
 /*
@@ -3041,12 +3062,13 @@ ht_delete_partition_rows(PG_FUNCTION_ARGS)
 	TrackRel   *tr;
 	int64		n = 0;
 	RowIO		io;
-	PartKeysArg arg = {0, 0, NULL};
+	PartKeysArg arg = {NULL, 0, 0, NULL};
 
 	HT_ARG_NOT_NULL(0, "schema");
 	HT_ARG_NOT_NULL(1, "name");
 	HT_ARG_NOT_NULL(2, "partition");
 	SPI_connect();
+	arg.cxt = CurrentMemoryContext;
 	HT_API_BEGIN();
 	ht_check_partition(PG_GETARG_INT32(2));
 	tr = tracked_by_name(PG_GETARG_TEXT_PP(0), PG_GETARG_TEXT_PP(1), &rel);
