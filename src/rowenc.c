@@ -523,15 +523,6 @@ ht_rel_key_cols(Relation rel)
 	return kc;
 }
 
-char	  **
-ht_rel_key_names(Relation rel, int *nkeys)
-{
-	HtKeyCols  *kc = ht_rel_key_cols(rel);
-
-	*nkeys = kc->nkeys;
-	return kc->names;
-}
-
 /*
  * How a key column is encoded: its send form when the key index's equality
  * is bitwise (the operator class's BTEQUALIMAGE_PROC says so for the

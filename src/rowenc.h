@@ -63,9 +63,6 @@ typedef struct HtKeyCols
 
 extern HtKeyCols *ht_rel_key_cols(Relation rel);
 
-/* the names alone */
-extern char **ht_rel_key_names(Relation rel, int *nkeys);
-
 /*
  * Describe a relation for tracking: ERROR (with a clear SQLSTATE) when it
  * cannot be tracked (no primary key or replica identity index, a key

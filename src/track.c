@@ -1644,18 +1644,14 @@ check_table_state(Relation rel, const char *tracked)
 				 errmsg("tracked table %s cannot force row level security (\"%s\")", tracked, name),
 				 errdetail("hashtree reads the rows of a tracked table as its owner; a policy that applies to the owner would hide rows from the trees.")));
 	if (rel->rd_rel->relkind == RELKIND_RELATION &&
-		(rel->rd_rel->relhassubclass || (!rel->rd_rel->relispartition &&
-										 inheritance_parents(RelationGetRelid(rel)) != NIL)))
-	{
-		List	   *kids = find_inheritance_children(RelationGetRelid(rel), NoLock);
-
-		if (kids != NIL || inheritance_parents(RelationGetRelid(rel)) != NIL)
-			ereport(ERROR,
-					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-					 errmsg("tracked table %s cannot take part in table inheritance (\"%s\")",
-							tracked, name),
-					 errdetail("Rows of an inheritance child would be read through the tracked table but never logged.")));
-	}
+		((rel->rd_rel->relhassubclass &&
+		  find_inheritance_children(RelationGetRelid(rel), NoLock) != NIL) ||
+		 (!rel->rd_rel->relispartition && inheritance_parents(RelationGetRelid(rel)) != NIL)))
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("tracked table %s cannot take part in table inheritance (\"%s\")",
+						tracked, name),
+				 errdetail("Rows of an inheritance child would be read through the tracked table but never logged.")));
 }
 
 /*
@@ -2758,13 +2754,14 @@ static uint64
 delete_keys(TrackRel *tr, bytea **keys, int n)
 {
 	uint64		done = 0;
+	SPIPlanPtr	plan = n > 0 ? keys_plan(tr, KEYS_DELETE) : NULL;
 
 	for (int base = 0; base < n; base += HT_KEY_BATCH)
 	{
 		Datum		params[INDEX_MAX_KEYS];
 
 		key_params(tr->enc, keys + base, Min(HT_KEY_BATCH, n - base), params);
-		if (SPI_execute_plan(keys_plan(tr, KEYS_DELETE), params, NULL, false, 0) != SPI_OK_DELETE)
+		if (SPI_execute_plan(plan, params, NULL, false, 0) != SPI_OK_DELETE)
 			elog(ERROR, "hashtree: deleting rows of %s failed", tr->name);
 		done += SPI_processed;
 	}
