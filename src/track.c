@@ -85,6 +85,10 @@
  */
 #define HT_KEY_BATCH 16384
 
+/* the triggers track() puts on a tracked table (and its partitions) */
+#define HT_ROW_TRIGGER		"hashtree_track"
+#define HT_TRUNCATE_TRIGGER	"hashtree_track_truncate"
+
 /* ---- per-relation tracking information (backend cache) ----------------- */
 
 typedef struct TrackRel
@@ -350,7 +354,7 @@ ht_track_row(PG_FUNCTION_ARGS)
 		!TRIGGER_FIRED_FOR_ROW(td->tg_event))
 		elog(ERROR, "hashtree: _track_row() must be an AFTER ROW trigger");
 	tr = track_rel(td->tg_relation);
-	check_own_trigger(td, tr, "hashtree_track");
+	check_own_trigger(td, tr, HT_ROW_TRIGGER);
 	desc = RelationGetDescr(td->tg_relation);
 
 	if (TRIGGER_FIRED_BY_UPDATE(td->tg_event))
@@ -388,7 +392,7 @@ ht_track_truncate(PG_FUNCTION_ARGS)
 	/* left on a partition detached from a tracked table: nothing to do */
 	if (!tr->tracked)
 		return PointerGetDatum(NULL);
-	check_own_trigger(td, tr, "hashtree_track_truncate");
+	check_own_trigger(td, tr, HT_TRUNCATE_TRIGGER);
 	n = ht_num_partitions();
 	for (int p = 0; p < n; p++)
 		log_key(tr, p, NULL);
@@ -1285,22 +1289,21 @@ create_truncate_trigger(Oid relid)
 	char	   *qname = quote_qualified_identifier(get_namespace_name(get_rel_namespace(relid)),
 												   get_rel_name(relid));
 
-	run_ddl("CREATE TRIGGER hashtree_track_truncate AFTER TRUNCATE ON %s"
+	run_ddl("CREATE TRIGGER " HT_TRUNCATE_TRIGGER " AFTER TRUNCATE ON %s"
 			" FOR EACH STATEMENT EXECUTE FUNCTION hashtree._track_truncate()", qname);
-	run_ddl("ALTER TABLE %s ENABLE ALWAYS TRIGGER hashtree_track_truncate", qname);
+	run_ddl("ALTER TABLE %s ENABLE ALWAYS TRIGGER " HT_TRUNCATE_TRIGGER, qname);
 }
 
-static bool
-has_trigger_named(Relation rel, const char *name)
+/* the trigger named name on rel, NULL if none */
+static Trigger *
+trigger_named(Relation rel, const char *name)
 {
 	TriggerDesc *td = rel->trigdesc;
 
-	if (td == NULL)
-		return false;
-	for (int i = 0; i < td->numtriggers; i++)
+	for (int i = 0; td != NULL && i < td->numtriggers; i++)
 		if (strcmp(td->triggers[i].tgname, name) == 0)
-			return true;
-	return false;
+			return &td->triggers[i];
+	return NULL;
 }
 
 /* the signature of a table as tracked: its key and columns, and partitions */
@@ -1411,9 +1414,9 @@ ht_track(PG_FUNCTION_ARGS)
 	if (partitioned)
 		(void) find_all_inheritors(relid, ShareRowExclusiveLock, NULL);
 
-	run_ddl("CREATE TRIGGER hashtree_track AFTER INSERT OR UPDATE OR DELETE ON %s"
+	run_ddl("CREATE TRIGGER " HT_ROW_TRIGGER " AFTER INSERT OR UPDATE OR DELETE ON %s"
 			" FOR EACH ROW EXECUTE FUNCTION hashtree._track_row()", qname);
-	run_ddl("ALTER TABLE %s ENABLE ALWAYS TRIGGER hashtree_track", qname);
+	run_ddl("ALTER TABLE %s ENABLE ALWAYS TRIGGER " HT_ROW_TRIGGER, qname);
 	create_truncate_trigger(relid);
 	if (partitioned)
 	{
@@ -1517,7 +1520,7 @@ ht_untrack(PG_FUNCTION_ARGS)
 
 	/* unregister first: dropping the triggers then is not a schema change */
 	forget(schema, name);
-	run_ddl("DROP TRIGGER IF EXISTS hashtree_track ON %s", qname);
+	run_ddl("DROP TRIGGER IF EXISTS " HT_ROW_TRIGGER " ON %s", qname);
 	if (partitioned)
 	{
 		ListCell   *lc;
@@ -1525,17 +1528,17 @@ ht_untrack(PG_FUNCTION_ARGS)
 		foreach(lc, find_all_inheritors(relid, ShareRowExclusiveLock, NULL))
 		{
 			Relation	part = relation_open(lfirst_oid(lc), NoLock);
-			bool		has = has_trigger_named(part, "hashtree_track_truncate");
+			bool		has = (trigger_named(part, HT_TRUNCATE_TRIGGER) != NULL);
 			char	   *pname = quote_qualified_identifier(get_namespace_name(RelationGetNamespace(part)),
 														   RelationGetRelationName(part));
 
 			relation_close(part, NoLock);
 			if (has)
-				run_ddl("DROP TRIGGER hashtree_track_truncate ON %s", pname);
+				run_ddl("DROP TRIGGER " HT_TRUNCATE_TRIGGER " ON %s", pname);
 		}
 	}
 	else
-		run_ddl("DROP TRIGGER IF EXISTS hashtree_track_truncate ON %s", qname);
+		run_ddl("DROP TRIGGER IF EXISTS " HT_TRUNCATE_TRIGGER " ON %s", qname);
 	HT_API_END();
 	SPI_finish();
 	PG_RETURN_VOID();
@@ -1543,17 +1546,6 @@ ht_untrack(PG_FUNCTION_ARGS)
 
 /* ---- schema changes (event triggers) -------------------------------------------- */
 
-/* the trigger named name on rel, NULL if none */
-static Trigger *
-trigger_named(Relation rel, const char *name)
-{
-	TriggerDesc *td = rel->trigdesc;
-
-	for (int i = 0; td != NULL && i < td->numtriggers; i++)
-		if (strcmp(td->triggers[i].tgname, name) == 0)
-			return &td->triggers[i];
-	return NULL;
-}
 
 static void
 refuse_trigger_change(Relation rel, const char *tgname)
@@ -1587,16 +1579,16 @@ verify_triggers(Oid rootid, bool allow_missing)
 	{
 		Oid			relid = lfirst_oid(lc);
 		Relation	rel = relation_open(relid, AccessShareLock);
-		Trigger    *row = trigger_named(rel, "hashtree_track");
-		Trigger    *trunc = trigger_named(rel, "hashtree_track_truncate");
+		Trigger    *row = trigger_named(rel, HT_ROW_TRIGGER);
+		Trigger    *trunc = trigger_named(rel, HT_TRUNCATE_TRIGGER);
 
 		if (row == NULL ? !allow_missing :
 			(row->tgfoid != rowfn || row->tgenabled != TRIGGER_FIRES_ALWAYS ||
 			 row->tgisclone != (relid != rootid)))
-			refuse_trigger_change(rel, "hashtree_track");
+			refuse_trigger_change(rel, HT_ROW_TRIGGER);
 		if (trunc == NULL ? !allow_missing :
 			(trunc->tgfoid != truncfn || trunc->tgenabled != TRIGGER_FIRES_ALWAYS))
-			refuse_trigger_change(rel, "hashtree_track_truncate");
+			refuse_trigger_change(rel, HT_TRUNCATE_TRIGGER);
 		relation_close(rel, AccessShareLock);
 	}
 }
@@ -1751,7 +1743,7 @@ attached_partitions_get_triggers(Oid root, CollectedCommand *cmd)
 			foreach(lq, find_all_inheritors(child, AccessShareLock, NULL))
 			{
 				Relation	part = relation_open(lfirst_oid(lq), AccessShareLock);
-				bool		has = has_trigger_named(part, "hashtree_track_truncate");
+				bool		has = (trigger_named(part, HT_TRUNCATE_TRIGGER) != NULL);
 
 				relation_close(part, AccessShareLock);
 				if (!has)
@@ -1846,7 +1838,7 @@ ht_ddl_table(PG_FUNCTION_ARGS)
 		else if (rel->rd_rel->relispartition)
 		{
 			Oid			root = tracked_root(rel, fn);
-			bool		has = has_trigger_named(rel, "hashtree_track_truncate");
+			bool		has = (trigger_named(rel, HT_TRUNCATE_TRIGGER) != NULL);
 
 			/*
 			 * A partition of a tracked table: created (it gets its TRUNCATE
@@ -2046,7 +2038,7 @@ ht_track_partitions_changed(Oid relid)
 		if (part == relid)
 			continue;
 		prel = relation_open(part, AccessShareLock);
-		has = has_trigger_named(prel, "hashtree_track_truncate");
+		has = (trigger_named(prel, HT_TRUNCATE_TRIGGER) != NULL);
 		relation_close(prel, AccessShareLock);
 		if (!has)
 			create_truncate_trigger(part);
@@ -2103,7 +2095,7 @@ ht_ddl_dropped(PG_FUNCTION_ARGS)
 		if (triggers_dropped)
 		{
 			if (!has_track_trigger(rel, fn, false))
-				refuse_trigger_change(rel, "hashtree_track");
+				refuse_trigger_change(rel, HT_ROW_TRIGGER);
 			verify_triggers(relid, false);
 		}
 		/* a dropped partition, a dropped key index */
