@@ -139,16 +139,12 @@ static void
 registry_write(HtQuery *q, Oid relid, const HtLinState *s)
 {
 	Datum		v[4];
-	Oid			save_user;
-	int			save_sec;
 
 	v[0] = ObjectIdGetDatum(relid);
 	v[1] = Int32GetDatum(s->n);
 	v[2] = Int32GetDatum(s->p);
 	v[3] = Int32GetDatum(s->l);
-	ht_as_owner_begin(&save_user, &save_sec);
-	ht_exec(q, v, NULL, 0);
-	ht_as_owner_end(save_user, save_sec);
+	ht_exec_as_owner(q, v, NULL, 0);
 }
 
 void
@@ -179,12 +175,7 @@ static HtQuery q_frag_forget = {
 void
 ht_frag_forget_dropped(void)
 {
-	Oid			save_user;
-	int			save_sec;
-
-	ht_as_owner_begin(&save_user, &save_sec);
-	ht_exec(&q_frag_forget, NULL, NULL, 0);
-	ht_as_owner_end(save_user, save_sec);
+	ht_exec_as_owner(&q_frag_forget, NULL, NULL, 0);
 }
 
 /* ---- tables, names, layout ------------------------------------------------------- */

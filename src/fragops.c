@@ -997,12 +997,7 @@ static HtQuery q_op_fail = {
 static void
 registry_exec(HtQuery *q, Datum *v, bool *n)
 {
-	Oid			save_user;
-	int			save_sec;
-
-	ht_as_owner_begin(&save_user, &save_sec);
-	ht_exec(q, v, n, 0);
-	ht_as_owner_end(save_user, save_sec);
+	ht_exec_as_owner(q, v, n, 0);
 }
 
 static ArrayType *

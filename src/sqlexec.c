@@ -103,6 +103,19 @@ ht_exec(HtQuery *q, Datum *values, const bool *nulls, long tcount)
 	return SPI_processed;
 }
 
+uint64
+ht_exec_as_owner(HtQuery *q, Datum *values, const bool *nulls, long tcount)
+{
+	Oid			save_user;
+	int			save_sec;
+	uint64		n;
+
+	ht_as_owner_begin(&save_user, &save_sec);
+	n = ht_exec(q, values, nulls, tcount);
+	ht_as_owner_end(save_user, save_sec);
+	return n;
+}
+
 Portal
 ht_cursor(HtQuery *q, Datum *values, const bool *nulls)
 {

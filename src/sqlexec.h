@@ -45,6 +45,13 @@ extern uint64 ht_exec(HtQuery *q, Datum *values, const bool *nulls,
  */
 extern void ht_forget_plans(void);
 
+/*
+ * ht_exec as the extension's owner: hashtree's own bookkeeping written from
+ * code that runs as another role (a table owner's operation, a trigger)
+ */
+extern uint64 ht_exec_as_owner(HtQuery *q, Datum *values, const bool *nulls,
+							   long tcount);
+
 /* open a cursor on a statement (for results too large to hold at once) */
 extern Portal ht_cursor(HtQuery *q, Datum *values, const bool *nulls);
 

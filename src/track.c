@@ -2021,8 +2021,6 @@ ht_track_partitions_changed(Oid relid)
 	ListCell   *lc;
 	TrackRel   *tr;
 	Datum		v[4];
-	Oid			save_user;
-	int			save_sec;
 
 	if (!OidIsValid(fn) || !has_track_trigger(rel, fn, false))
 	{
@@ -2048,9 +2046,7 @@ ht_track_partitions_changed(Oid relid)
 	v[1] = PointerGetDatum(tr->pb);
 	v[2] = CStringGetTextDatum(tr->enc->key_columns);
 	v[3] = CStringGetTextDatum(signature(tr, rel));
-	ht_as_owner_begin(&save_user, &save_sec);
-	ht_exec(&q_reregister, v, NULL, 0);
-	ht_as_owner_end(save_user, save_sec);
+	ht_exec_as_owner(&q_reregister, v, NULL, 0);
 	relation_close(rel, AccessShareLock);
 }
 
