@@ -20,11 +20,25 @@ OBJS = \
 	src/fragops.o \
 	src/api.o
 
-DATA = $(wildcard extension/hashtree--*.sql)
+# The version is default_version in hashtree.control, written nowhere else:
+# the C code gets it from here (HT_EXTENSION_VERSION).
+HT_DIR := $(dir $(firstword $(MAKEFILE_LIST)))
+HT_VERSION := $(shell sed -n "s/^default_version *= *'\([^']*\)'.*/\1/p" $(HT_DIR)hashtree.control)
+ifeq ($(HT_VERSION),)
+$(error no default_version in $(HT_DIR)hashtree.control)
+endif
+
+# Install scripts: the current version's, every older version's that can
+# still be installed (for the upgrade test), and the upgrade scripts
+# between them.  See docs/DESIGN.md, "Packaging and upgrades".
+DATA = \
+	hashtree--$(HT_VERSION).sql \
+	hashtree--0.1.sql \
+	hashtree--0.1--1.0.sql
 
 PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
 
-PG_CPPFLAGS = -I$(libpq_srcdir) -I$(srcdir)/src
+PG_CPPFLAGS = -I$(libpq_srcdir) -I$(srcdir)/src -DHT_EXTENSION_VERSION='"$(HT_VERSION)"'
 SHLIB_LINK_INTERNAL = $(libpq)
 # SHA-256 straight from libcrypto when the server is built with OpenSSL
 ifneq (,$(findstring -lcrypto,$(shell $(PG_CONFIG) --libs)))
@@ -42,3 +56,6 @@ TAP_TESTS = 1
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# a new version in the control file rebuilds the objects that report it
+$(OBJS): $(srcdir)/hashtree.control

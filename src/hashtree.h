@@ -18,7 +18,10 @@
 #include "storage/lockdefs.h"
 #include "utils/relcache.h"
 
-#define HT_EXTENSION_VERSION	"0.1"
+/* default_version of hashtree.control, passed by the Makefile */
+#ifndef HT_EXTENSION_VERSION
+#error "HT_EXTENSION_VERSION comes from the Makefile (hashtree.control)"
+#endif
 
 /* limits on user input */
 #define HT_MAX_PARTITIONS		1024
