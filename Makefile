@@ -51,6 +51,14 @@ REGRESS_OPTS = --inputdir=$(srcdir)
 # isolation tests: specs/*.spec against expected/*.out
 ISOLATION = $(patsubst specs/%.spec,%,$(sort $(wildcard specs/*.spec)))
 ISOLATION_OPTS =
+# make installcheck TEMP_INSTANCE=1: pg_regress and the isolation tester start
+# their own throwaway server with hashtree.conf (initdb runs as the calling
+# user, who must not be root) instead of using a running one
+ifdef TEMP_INSTANCE
+REGRESS_OPTS += --temp-instance=./tmp_check_regress --temp-config=$(srcdir)/hashtree.conf
+ISOLATION_OPTS += --temp-instance=./tmp_check_iso --temp-config=$(srcdir)/hashtree.conf
+endif
+EXTRA_CLEAN = tmp_check_regress/
 # TAP tests: t/*.pl
 TAP_TESTS = 1
 
