@@ -39,6 +39,12 @@ DATA = \
 PG_CONFIG ?= /usr/lib/postgresql/15/bin/pg_config
 
 PG_CPPFLAGS = -I$(libpq_srcdir) -I$(srcdir)/src -DHT_EXTENSION_VERSION='"$(HT_VERSION)"'
+# make EXTRA_WARNINGS=1: -Wextra too, less the three checks PostgreSQL's own
+# code is not written for; our files must build without a warning (the
+# server's headers give one, -Wclobbered in PG_TRY)
+ifdef EXTRA_WARNINGS
+PG_CFLAGS += -Wextra -Wno-unused-parameter -Wno-missing-field-initializers -Wno-sign-compare
+endif
 SHLIB_LINK_INTERNAL = $(libpq)
 # SHA-256 straight from libcrypto when the server is built with OpenSSL
 ifneq (,$(findstring -lcrypto,$(shell $(PG_CONFIG) --libs)))

@@ -554,15 +554,19 @@ write_entry(bool routed, int part, text *pa, text *pb, bytea *key,
 {
 	SPI_connect();
 	HT_API_BEGIN();
-	if (routed)
-		part = route(pa, pb, key);
-	else
-		ht_check_partition(part);
-	ht_track_refuse_prefix(pa, pb);
-	if (hash != NULL)
-		ht_store_put(part, pa, pb, key, hash, if_missing);
-	else
-		ht_store_delete(part, pa, pb, key);
+	{
+		int			target = part;
+
+		if (routed)
+			target = route(pa, pb, key);
+		else
+			ht_check_partition(target);
+		ht_track_refuse_prefix(pa, pb);
+		if (hash != NULL)
+			ht_store_put(target, pa, pb, key, hash, if_missing);
+		else
+			ht_store_delete(target, pa, pb, key);
+	}
 	HT_API_END();
 	SPI_finish();
 }
@@ -833,7 +837,7 @@ static bytea *
 top_of(int part, int depth, text *pa, text *pb)
 {
 	MemoryContext outer = CurrentMemoryContext;
-	bytea	   *result = NULL;
+	bytea	   *volatile result = NULL;	/* set inside PG_TRY */
 
 	SPI_connect();
 	HT_API_BEGIN();

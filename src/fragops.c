@@ -1084,11 +1084,56 @@ rollback_op(HtFragTable *ft, const char *error)
 	registry_exec(&q_op_fail, v, n);
 }
 
+/*
+ * One transaction of the job below: step 0 rolls back what an earlier
+ * operation left, 1 begins, 2 copies.  Returns the error it ended with
+ * (copied into the caller's memory context), or NULL.
+ */
+static ErrorData *
+prepare_step(Oid relid, bool add, int step, FragOp *op)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ErrorData  *volatile edata = NULL;	/* set in PG_CATCH */
+
+	PG_TRY();
+	{
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		SPI_connect();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		HT_API_BEGIN();
+		if (step == 0)
+			ht_frag_recover(relid);
+		else
+		{
+			plan_in_worker(relid, add, op);
+			if (step == 1)
+				prepare_begin(op);
+			else
+				prepare_copy(op);
+		}
+		HT_API_END();
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		MemoryContextSwitchTo(cxt);
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		MemoryContextSwitchTo(cxt);
+	}
+	PG_END_TRY();
+	return edata;
+}
+
 /* the job: prepare an online operation (worker.c runs it as the caller) */
 void
 ht_frag_prepare_job(Oid relid, bool add)
 {
-	MemoryContext cxt = CurrentMemoryContext;
 	ErrorData  *edata = NULL;
 	FragOp		op;
 
@@ -1098,40 +1143,7 @@ ht_frag_prepare_job(Oid relid, bool add)
 	 * crash is rolled back later), copy.
 	 */
 	for (int step = 0; step < 3 && edata == NULL; step++)
-	{
-		PG_TRY();
-		{
-			SetCurrentStatementStartTimestamp();
-			StartTransactionCommand();
-			SPI_connect();
-			PushActiveSnapshot(GetTransactionSnapshot());
-			HT_API_BEGIN();
-			if (step == 0)
-				ht_frag_recover(relid);
-			else
-			{
-				plan_in_worker(relid, add, &op);
-				if (step == 1)
-					prepare_begin(&op);
-				else
-					prepare_copy(&op);
-			}
-			HT_API_END();
-			SPI_finish();
-			PopActiveSnapshot();
-			CommitTransactionCommand();
-			MemoryContextSwitchTo(cxt);
-		}
-		PG_CATCH();
-		{
-			MemoryContextSwitchTo(cxt);
-			edata = CopyErrorData();
-			FlushErrorState();
-			AbortCurrentTransaction();
-			MemoryContextSwitchTo(cxt);
-		}
-		PG_END_TRY();
-	}
+		edata = prepare_step(relid, add, step, &op);
 	if (edata == NULL)
 		return;
 

@@ -231,7 +231,6 @@ peer_connect(HtPeer *peer, const char *conninfo)
 	int			nopts = 0;
 	StringInfoData options;
 	TimestampTz deadline;
-	PostgresPollingStatusType st = PGRES_POLLING_WRITING;
 
 	opts = PQconninfoParse(conninfo, &err);
 	if (opts == NULL)
@@ -295,6 +294,8 @@ peer_connect(HtPeer *peer, const char *conninfo)
 										   ht_guc_connect_timeout);
 	PG_TRY();
 	{
+		PostgresPollingStatusType st = PGRES_POLLING_WRITING;
+
 		while (st != PGRES_POLLING_OK)
 		{
 			if (st == PGRES_POLLING_FAILED)

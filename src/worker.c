@@ -235,7 +235,7 @@ static bool
 run_step(const char *activity, StepFn fn, void *arg, char **last)
 {
 	MemoryContext cxt = CurrentMemoryContext;
-	bool		ok = true;
+	volatile bool ok = true;	/* set in PG_CATCH */
 
 	in_step = true;
 	ht_forget_plans();
