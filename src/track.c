@@ -816,6 +816,7 @@ typedef struct FoldTable
 	bool		rehashed;
 	int			nkeys;
 	bytea	  **keys;			/* HT_KEY_BATCH of them */
+	HtBucketDeltas *deltas;		/* the change of packed buckets, for the update */
 } FoldTable;
 
 /* what a statement driven by a list of keys does with the rows */
@@ -1103,7 +1104,7 @@ fold_keys(int part, FoldTable *ft)
 			ch[nch].key = DatumGetByteaPP(del_key[i]);
 			ch[nch++].hash = NULL;
 		}
-		nrest = ht_pack_apply(part, ft->tr->pa, ft->tr->pb, ch, nch, rest);
+		nrest = ht_pack_apply(part, ft->tr->pa, ft->tr->pb, ch, nch, rest, ft->deltas);
 		nput = ndel = 0;
 		for (int i = 0; i < nrest; i++)
 		{
@@ -1153,6 +1154,7 @@ fold_table_end(FoldTable *ft)
 {
 	MemoryContext batch = ft->batch;
 	bytea	  **keys = ft->keys;
+	HtBucketDeltas *deltas = ft->deltas;
 
 	if (ft->plan != NULL)
 		SPI_freeplan(ft->plan);
@@ -1161,10 +1163,11 @@ fold_table_end(FoldTable *ft)
 	memset(ft, 0, sizeof(FoldTable));
 	ft->batch = batch;
 	ft->keys = keys;
+	ft->deltas = deltas;
 }
 
 void
-ht_track_fold(int part)
+ht_track_fold(int part, HtBucketDeltas *deltas)
 {
 	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext, "hashtree fold",
 											  ALLOCSET_DEFAULT_SIZES);
@@ -1177,6 +1180,7 @@ ht_track_fold(int part)
 
 	ft->batch = AllocSetContextCreate(cxt, "hashtree fold batch", ALLOCSET_DEFAULT_SIZES);
 	ft->keys = palloc(sizeof(bytea *) * HT_KEY_BATCH);
+	ft->deltas = deltas;
 
 	for (;;)
 	{
