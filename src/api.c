@@ -1406,7 +1406,7 @@ ht_update_partition(int part)
 			HtUpdateStats stats;
 			TimestampTz start = GetCurrentTimestamp();
 
-			ht_store_update(part, &stats);
+			ht_store_update(part, true, &stats);
 			ht_part_record_update(part, stats.segments, stats.nodes,
 								  (double) TimestampDifferenceMilliseconds(start,
 																		   GetCurrentTimestamp()));

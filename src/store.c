@@ -29,6 +29,7 @@
 #include "access/htup_details.h"
 #include "access/stratnum.h"
 #include "access/table.h"
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
@@ -42,6 +43,7 @@
 
 #include "hashtree.h"
 #include "pack.h"
+#include "partlock.h"
 #include "sqlexec.h"
 #include "store.h"
 #include "track.h"
@@ -1315,7 +1317,7 @@ update_parent_depth(int part, DepthWork *cw, DepthWork *w,
 }
 
 void
-ht_store_update(int part, HtUpdateStats *stats)
+ht_store_update(int part, bool fold_keys, HtUpdateStats *stats)
 {
 	MemoryContext ctx;
 	MemoryContext old;
@@ -1334,13 +1336,29 @@ ht_store_update(int part, HtUpdateStats *stats)
 
 	/* logged keys of tracked tables become entries (and bucket deltas) */
 	pd.cxt = ctx;
-	ht_track_fold(part, &pd);
+	if (fold_keys)
+		ht_track_fold(part, &pd);
 	update_leaf_depth(part, &w[HT_DEPTH_LEAF], &pd, stats);
 	update_parent_depth(part, &w[HT_DEPTH_LEAF], &w[HT_DEPTH_PREFIX], stats);
 	update_parent_depth(part, &w[HT_DEPTH_PREFIX], &w[HT_DEPTH_ROOT], stats);
 
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(ctx);
+}
+
+bool
+ht_store_update_if_free(int part)
+{
+	HtUpdateStats stats;
+	TimestampTz start;
+
+	if (IsolationUsesXactSnapshot() || !ht_part_begin_maintenance(part))
+		return false;
+	start = GetCurrentTimestamp();
+	ht_store_update(part, false, &stats);
+	ht_part_record_update(part, stats.segments, stats.nodes,
+						  (double) TimestampDifferenceMilliseconds(start, GetCurrentTimestamp()));
+	return true;
 }
 
 /* ---- full rebuild -------------------------------------------------------- */

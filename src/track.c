@@ -75,6 +75,7 @@
 #include "pack.h"
 #include "rowenc.h"
 #include "sqlexec.h"
+#include "store.h"
 #include "track.h"
 #include "treemath.h"
 
@@ -1384,9 +1385,11 @@ check_trackable(Relation rel, Oid fn)
 /*
  * hashtree.track(tbl regclass) RETURNS bigint
  * Track a table the caller owns: create its triggers, register it, hash its
- * rows into entries; returns the rows hashed.  Locks: SHARE ROW EXCLUSIVE on
- * tbl and its partitions until commit (writers wait, readers do not); ROW
- * EXCLUSIVE on hashtree.tracked_table, entry, entry_pack, dirty, dirty_key.
+ * rows into entries, and bring the trees of every partition that is not
+ * locked or being updated up to date; returns the rows hashed.  Locks: SHARE
+ * ROW EXCLUSIVE on tbl and its partitions until commit (writers wait,
+ * readers do not); ROW EXCLUSIVE on the extension's tables; the advisory
+ * update lock and the row of each partition it updates (never waited for).
  */
 PG_FUNCTION_INFO_V1(ht_track);
 Datum
@@ -1449,6 +1452,14 @@ ht_track(PG_FUNCTION_ARGS)
 	PG_TRY();
 	{
 		rows = rehash(tr, -1);
+
+		/*
+		 * Built on return: the trees of the partitions that nobody holds
+		 * now take the new entries in (a partition locked or being updated
+		 * keeps its rebuild marker for its next update)
+		 */
+		for (int p = 0; p < ht_num_partitions(); p++)
+			(void) ht_store_update_if_free(p);
 	}
 	PG_FINALLY();
 	{
