@@ -38,6 +38,14 @@ CREATE AGGREGATE @extschema@._child_sum(bigint, bytea) (
 	STYPE = internal,
 	FINALFUNC = @extschema@._sum_final
 );
+CREATE FUNCTION @extschema@._hash_sum_step(internal, bytea) RETURNS internal
+	AS 'MODULE_PATHNAME', 'ht_hash_sum_step'
+	LANGUAGE C CALLED ON NULL INPUT PARALLEL SAFE;
+CREATE AGGREGATE @extschema@._hash_sum(bytea) (
+	SFUNC = @extschema@._hash_sum_step,
+	STYPE = internal,
+	FINALFUNC = @extschema@._sum_final
+);
 
 ---------------------------------------------------------------------------
 -- Storage.  See docs/DESIGN.md for the layout and the invariants.
@@ -164,10 +172,9 @@ CREATE FUNCTION @extschema@._unpack(lo int4, data bytea)
 	AS 'MODULE_PATHNAME', 'ht_unpack'
 	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 
--- of the segments segs, those with entries in this pack: (segment, sum, count)
-CREATE FUNCTION @extschema@._pack_sums(lo int4, data bytea, segs int4[])
-	RETURNS TABLE(seg int4, h bytea, c int8)
-	AS 'MODULE_PATHNAME', 'ht_pack_sums'
+-- a pack's term in its level-3 bucket's hash, and its number of entries
+CREATE FUNCTION @extschema@._pack_sum(lo int4, data bytea, OUT hash bytea, OUT n int8)
+	AS 'MODULE_PATHNAME', 'ht_pack_sum'
 	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 
 -- the packed entries of one segment: its pack is the one at lo = seg - seg %

@@ -73,6 +73,7 @@ INSERT INTO k_multi SELECT i, 'b' || (i % 3), date '2020-01-01' + i, 'v' FROM ge
 INSERT INTO k_replica SELECT i, 'v' FROM generate_series(1, 50) i;
 SELECT hashtree.track('k_bigint'), hashtree.track('k_text'), hashtree.track('k_uuid'),
 	   hashtree.track('k_numeric'), hashtree.track('k_multi'), hashtree.track('k_replica');
+-- built on return: the trees count the rows at once
 SELECT relation, schema_name, table_name, key_columns, rows, pending, state
   FROM hashtree.tracked ORDER BY 1::text;
 SELECT update_all();

@@ -292,6 +292,27 @@ ht_child_sum_step(PG_FUNCTION_ARGS)
 }
 
 /*
+ * hashtree._hash_sum_step(internal, bytea) RETURNS internal
+ * Transition function of the aggregate _hash_sum(hash): adds a node hash
+ * (a sum already) to the running sum; NULL is skipped.  Locks: none.
+ */
+PG_FUNCTION_INFO_V1(ht_hash_sum_step);
+Datum
+ht_hash_sum_step(PG_FUNCTION_ARGS)
+{
+	HtSum	   *st = sum_state(fcinfo);
+
+	if (!PG_ARGISNULL(1))
+	{
+		HtSum		d;
+
+		ht_sum_from_bytea(&d, PG_GETARG_BYTEA_PP(1));
+		ht_sum_add(st, &d);
+	}
+	PG_RETURN_POINTER(st);
+}
+
+/*
  * hashtree._sum_final(internal) RETURNS bytea
  * Final function of _entry_sum and _child_sum: the node hash of the sum,
  * NULL for no rows or a zero (empty) sum.  Locks: none.
@@ -1389,7 +1410,7 @@ ht_update_partition(int part)
 			HtUpdateStats stats;
 			TimestampTz start = GetCurrentTimestamp();
 
-			ht_store_update(part, &stats);
+			ht_store_update(part, true, &stats);
 			ht_part_record_update(part, stats.segments, stats.nodes,
 								  (double) TimestampDifferenceMilliseconds(start,
 																		   GetCurrentTimestamp()));

@@ -176,12 +176,6 @@ static HtQuery q_pack_fetch = {
 	4, {INT4OID, TEXTOID, TEXTOID, INT4ARRAYOID}
 };
 
-static HtQuery q_pack_dirty = {
-	"INSERT INTO hashtree.dirty (part, seg, pa, pb)"
-	" SELECT $1, s, $2, $3 FROM unnest($4::int4[]) AS s",
-	4, {INT4OID, TEXTOID, TEXTOID, INT4ARRAYOID}
-};
-
 /* packs waiting to be inserted, for one tree and partition */
 typedef struct PackWrites
 {
@@ -350,8 +344,96 @@ changes_recs(HtPackEntry *changes, int n)
 	return recs;
 }
 
+/*
+ * Sum of the entry digests of segment seg and their count, from records
+ * recs[*pos ..] sorted by segment; *pos moves past the segment.
+ */
+static void
+seg_sum(const PackRec *recs, int n, int *pos, int32 seg, HtSum *sum, int64 *cnt)
+{
+	ht_sum_zero(sum);
+	*cnt = 0;
+	while (*pos < n && recs[*pos].seg < seg)
+		(*pos)++;
+	for (; *pos < n && recs[*pos].seg == seg; (*pos)++)
+	{
+		HtSum		d;
+
+		ht_entry_digest(recs[*pos].key, recs[*pos].keylen,
+						recs[*pos].hash, recs[*pos].hashlen, &d);
+		ht_sum_add(sum, &d);
+		(*cnt)++;
+	}
+}
+
+/*
+ * The change of the bucket of pack lo when its records went from old to
+ * the pack data in new (segments segs[0..nsegs-1], ascending, changed),
+ * appended to deltas unless nothing changed.
+ */
+static void
+add_bucket_delta(HtBucketDeltas *deltas, text *pa, text *pb, int32 lo,
+				 const PackRec *old, int nold, const StringInfo new_data,
+				 const int32 *segs, int nsegs)
+{
+	PackRec    *new;
+	int			nnew = pack_decode(new_data->data, new_data->len, lo, &new);
+	int			io = 0;
+	int			in = 0;
+	HtSum		delta;
+	int64		dn = 0;
+	HtBucketDelta *d;
+	MemoryContext caller;
+
+	ht_sum_zero(&delta);
+	for (int s = 0; s < nsegs; s++)
+	{
+		HtSum		os,
+					ns,
+					t;
+		int64		oc,
+					nc;
+
+		seg_sum(old, nold, &io, segs[s], &os, &oc);
+		seg_sum(new, nnew, &in, segs[s], &ns, &nc);
+		ht_child_term(segs[s], &ns, &t);
+		ht_sum_add(&delta, &t);
+		ht_child_term(segs[s], &os, &t);
+		ht_sum_sub(&delta, &t);
+		dn += nc - oc;
+	}
+	pfree(new);
+	if (ht_sum_is_zero(&delta) && dn == 0)
+		return;
+
+	caller = MemoryContextSwitchTo(deltas->cxt);
+	if (deltas->n >= deltas->cap)
+	{
+		deltas->cap = Max(64, deltas->cap * 2);
+		deltas->d = deltas->d ? repalloc(deltas->d, sizeof(HtBucketDelta) * deltas->cap)
+			: palloc(sizeof(HtBucketDelta) * deltas->cap);
+	}
+	d = &deltas->d[deltas->n];
+	if (deltas->n > 0 && datumIsEqual(PointerGetDatum(d[-1].pa), PointerGetDatum(pa), false, -1)
+		&& datumIsEqual(PointerGetDatum(d[-1].pb), PointerGetDatum(pb), false, -1))
+	{
+		d->pa = d[-1].pa;
+		d->pb = d[-1].pb;
+	}
+	else
+	{
+		d->pa = DatumGetTextPCopy(PointerGetDatum(pa));
+		d->pb = DatumGetTextPCopy(PointerGetDatum(pb));
+	}
+	d->bucket = lo >> ht_geometry[HT_DEPTH_LEAF].width_bits;
+	d->delta = delta;
+	d->dn = dn;
+	deltas->n++;
+	MemoryContextSwitchTo(caller);
+}
+
 static int
-apply_recs(int part, text *pa, text *pb, PackRec *ch, int n, bool log_dirty,
+apply_recs(int part, text *pa, text *pb, PackRec *ch, int n, HtBucketDeltas *deltas,
 		   PackRec *rest)
 {
 	Datum		v[4];
@@ -446,7 +528,10 @@ apply_recs(int part, text *pa, text *pb, PackRec *ch, int n, bool log_dirty,
 			;
 		nold = pack_decode(VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data), lo, &old);
 		initStringInfo(&buf);
+		ndirty = 0;
 		cnt = pack_merge(lo, old, nold, ch + i, j - i, &buf, dirty, &ndirty);
+		if (ndirty > 0)
+			add_bucket_delta(deltas, pa, pb, lo, old, nold, &buf, dirty, ndirty);
 		if (cnt > 0)
 			writes_add(&w, pa, pb, lo, cnt, &buf);
 		pfree(buf.data);
@@ -457,21 +542,17 @@ apply_recs(int part, text *pa, text *pb, PackRec *ch, int n, bool log_dirty,
 		rest[nrest++] = ch[i++];
 
 	writes_flush(&w, pa, pb);
-	if (log_dirty && ndirty > 0)
-	{
-		v[3] = PointerGetDatum(ht_array_int4(dirty, ndirty));
-		ht_exec(&q_pack_dirty, v, NULL, 0);
-	}
 	SPI_freetuptable(found);
 	return nrest;
 }
 
 int
-ht_pack_apply(int part, text *pa, text *pb, HtPackEntry *changes, int n, HtPackEntry *rest)
+ht_pack_apply(int part, text *pa, text *pb, HtPackEntry *changes, int n, HtPackEntry *rest,
+			  HtBucketDeltas *deltas)
 {
 	PackRec    *ch = changes_recs(changes, n);
 	PackRec    *left = palloc(sizeof(PackRec) * Max(n, 1));
-	int			nleft = apply_recs(part, pa, pb, ch, n, true, left);
+	int			nleft = apply_recs(part, pa, pb, ch, n, deltas, left);
 
 	/* the changes left, as given (found again by segment and key) */
 	for (int i = 0; i < nleft; i++)
@@ -1001,13 +1082,9 @@ ht_pack_build_end(HtPackBuild *b)
 
 /* ---- reading packs ------------------------------------------------------- */
 
-void
-ht_pack_segments(int part, int n, Datum *pa, Datum *pb, const int32 *segs,
-				 HtPackEntry **out, int **owner, int *nout, int *cap)
+/* an open scan of hashtree.entry_pack by its primary key (part, pa, pb, lo) */
+typedef struct PackScan
 {
-	Oid			nsp = ht_schema_oid();
-	Oid			relid = get_relname_relid("entry_pack", nsp);
-	Oid			idxid = get_relname_relid("entry_pack_pkey", nsp);
 	Relation	rel;
 	Relation	idx;
 	TupleDesc	desc;
@@ -1018,21 +1095,77 @@ ht_pack_segments(int part, int n, Datum *pa, Datum *pb, const int32 *segs,
 				att_lo,
 				att_span,
 				att_data;
-	int32		span = 0;
+} PackScan;
+
+/* latest snapshot: this transaction's own rewrites are seen */
+static void
+pack_scan_open(PackScan *ps)
+{
+	Oid			nsp = ht_schema_oid();
+	Oid			relid = get_relname_relid("entry_pack", nsp);
+	Oid			idxid = get_relname_relid("entry_pack_pkey", nsp);
 
 	if (!OidIsValid(relid) || !OidIsValid(idxid))
 		elog(ERROR, "hashtree: table hashtree.entry_pack or its primary key is missing");
-	rel = table_open(relid, AccessShareLock);
-	idx = index_open(idxid, AccessShareLock);
-	desc = RelationGetDescr(rel);
-	snap = RegisterSnapshot(GetLatestSnapshot());
-	att_part = get_attnum(relid, "part");
-	att_pa = get_attnum(relid, "pa");
-	att_pb = get_attnum(relid, "pb");
-	att_lo = get_attnum(relid, "lo");
-	att_span = get_attnum(relid, "span");
-	att_data = get_attnum(relid, "data");
+	ps->rel = table_open(relid, AccessShareLock);
+	ps->idx = index_open(idxid, AccessShareLock);
+	ps->desc = RelationGetDescr(ps->rel);
+	ps->snap = RegisterSnapshot(GetLatestSnapshot());
+	ps->att_part = get_attnum(relid, "part");
+	ps->att_pa = get_attnum(relid, "pa");
+	ps->att_pb = get_attnum(relid, "pb");
+	ps->att_lo = get_attnum(relid, "lo");
+	ps->att_span = get_attnum(relid, "span");
+	ps->att_data = get_attnum(relid, "data");
+}
 
+static void
+pack_scan_close(PackScan *ps)
+{
+	UnregisterSnapshot(ps->snap);
+	index_close(ps->idx, AccessShareLock);
+	table_close(ps->rel, AccessShareLock);
+}
+
+/* the three keys of a tree in a partition */
+static void
+pack_scan_keys(PackScan *ps, ScanKeyData *key, int part, Datum pa, Datum pb)
+{
+	ScanKeyInit(&key[0], ps->att_part, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(part));
+	ScanKeyInit(&key[1], ps->att_pa, BTEqualStrategyNumber, F_TEXTEQ, pa);
+	ScanKeyInit(&key[2], ps->att_pb, BTEqualStrategyNumber, F_TEXTEQ, pb);
+}
+
+/* the span of the packs of tree (pa, pb) in partition part; 0 if none */
+static int32
+pack_scan_span(PackScan *ps, int part, Datum pa, Datum pb)
+{
+	ScanKeyData key[3];
+	SysScanDesc scan;
+	HeapTuple	tup;
+	int32		span = 0;
+
+	pack_scan_keys(ps, key, part, pa, pb);
+	scan = systable_beginscan_ordered(ps->rel, ps->idx, ps->snap, 3, key);
+	tup = systable_getnext_ordered(scan, ForwardScanDirection);
+	if (tup != NULL)
+	{
+		bool		isnull;
+
+		span = DatumGetInt32(heap_getattr(tup, ps->att_span, ps->desc, &isnull));
+	}
+	systable_endscan_ordered(scan);
+	return span;
+}
+
+void
+ht_pack_segments(int part, int n, Datum *pa, Datum *pb, const int32 *segs,
+				 HtPackEntry **out, int **owner, int *nout, int *cap)
+{
+	PackScan	ps;
+	int32		span = 0;
+
+	pack_scan_open(&ps);
 	for (int k = 0; k < n; k++)
 	{
 		ScanKeyData key[4];
@@ -1048,34 +1181,18 @@ ht_pack_segments(int part, int n, Datum *pa, Datum *pb, const int32 *segs,
 		 */
 		if (k == 0 || !datumIsEqual(pa[k], pa[k - 1], false, -1) ||
 			!datumIsEqual(pb[k], pb[k - 1], false, -1))
-		{
-			ScanKeyInit(&key[0], att_part, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(part));
-			ScanKeyInit(&key[1], att_pa, BTEqualStrategyNumber, F_TEXTEQ, pa[k]);
-			ScanKeyInit(&key[2], att_pb, BTEqualStrategyNumber, F_TEXTEQ, pb[k]);
-			scan = systable_beginscan_ordered(rel, idx, snap, 3, key);
-			tup = systable_getnext_ordered(scan, ForwardScanDirection);
-			span = 0;
-			if (tup != NULL)
-			{
-				bool		isnull;
-
-				span = DatumGetInt32(heap_getattr(tup, att_span, desc, &isnull));
-			}
-			systable_endscan_ordered(scan);
-		}
+			span = pack_scan_span(&ps, part, pa[k], pb[k]);
 		if (span <= 0)
 			continue;			/* no packs: the entries are rows */
 		lo = segs[k] - segs[k] % span;
-		ScanKeyInit(&key[0], att_part, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(part));
-		ScanKeyInit(&key[1], att_pa, BTEqualStrategyNumber, F_TEXTEQ, pa[k]);
-		ScanKeyInit(&key[2], att_pb, BTEqualStrategyNumber, F_TEXTEQ, pb[k]);
-		ScanKeyInit(&key[3], att_lo, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(lo));
-		scan = systable_beginscan_ordered(rel, idx, snap, 4, key);
+		pack_scan_keys(&ps, key, part, pa[k], pb[k]);
+		ScanKeyInit(&key[3], ps.att_lo, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(lo));
+		scan = systable_beginscan_ordered(ps.rel, ps.idx, ps.snap, 4, key);
 		tup = systable_getnext_ordered(scan, ForwardScanDirection);
 		if (tup != NULL)
 		{
 			bool		isnull;
-			bytea	   *data = DatumGetByteaPP(heap_getattr(tup, att_data, desc, &isnull));
+			bytea	   *data = DatumGetByteaPP(heap_getattr(tup, ps.att_data, ps.desc, &isnull));
 			PackRec    *recs;
 			int			nrec = pack_decode(VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data),
 										   lo, &recs);
@@ -1102,9 +1219,104 @@ ht_pack_segments(int part, int n, Datum *pa, Datum *pb, const int32 *segs,
 		}
 		systable_endscan_ordered(scan);
 	}
-	UnregisterSnapshot(snap);
-	index_close(idx, AccessShareLock);
-	table_close(rel, AccessShareLock);
+	pack_scan_close(&ps);
+}
+
+/* append (child, sum) to *out unless the sum is zero (never stored, never shown) */
+static int
+child_put(HtChildSum **out, int n, int *cap, int64 child, const HtSum *sum)
+{
+	if (ht_sum_is_zero(sum))
+		return n;
+	if (n >= *cap)
+	{
+		*cap = Max(64, *cap * 2);
+		*out = *out ? repalloc(*out, sizeof(HtChildSum) * *cap)
+			: palloc(sizeof(HtChildSum) * *cap);
+	}
+	(*out)[n].child = child;
+	(*out)[n].sum = *sum;
+	return n + 1;
+}
+
+int
+ht_pack_children(int part, Datum pa, Datum pb, int level, int64 first, int64 span,
+				 HtChildSum **out, int nout, int *cap)
+{
+	int			shift = (level == HT_LEVEL_SUB) ? HT_SUB_BITS : 0;
+	int64		lo_seg = first << shift;
+	int64		hi_seg = Min((first + span) << shift, HT_SEGMENTS(HT_DEPTH_LEAF));
+	PackScan	ps;
+	int32		pspan;
+	ScanKeyData key[5];
+	SysScanDesc scan;
+	HeapTuple	tup;
+	int64		cur = -1;		/* the sub-bucket being summed */
+	HtSum		acc;
+
+	Assert(level == 3 || level == HT_LEVEL_SUB);
+	if (lo_seg >= hi_seg)
+		return nout;
+	pack_scan_open(&ps);
+	pspan = pack_scan_span(&ps, part, pa, pb);
+	if (pspan <= 0)
+	{
+		pack_scan_close(&ps);
+		return nout;
+	}
+	/* the packs that hold segments lo_seg .. hi_seg - 1 */
+	pack_scan_keys(&ps, key, part, pa, pb);
+	ScanKeyInit(&key[3], ps.att_lo, BTGreaterEqualStrategyNumber, F_INT4GE,
+				Int32GetDatum((int32) (lo_seg - lo_seg % pspan)));
+	ScanKeyInit(&key[4], ps.att_lo, BTLessStrategyNumber, F_INT4LT,
+				Int32GetDatum((int32) hi_seg));
+	scan = systable_beginscan_ordered(ps.rel, ps.idx, ps.snap, 5, key);
+	ht_sum_zero(&acc);
+	while ((tup = systable_getnext_ordered(scan, ForwardScanDirection)) != NULL)
+	{
+		bool		isnull;
+		int32		lo = DatumGetInt32(heap_getattr(tup, ps.att_lo, ps.desc, &isnull));
+		bytea	   *data = DatumGetByteaPP(heap_getattr(tup, ps.att_data, ps.desc, &isnull));
+		PackRec    *recs;
+		int			nrec = pack_decode(VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data), lo, &recs);
+		int			i = 0;
+
+		while (i < nrec)
+		{
+			int32		seg = recs[i].seg;
+			HtSum		sum;
+			int64		cnt;
+
+			if (seg < lo_seg || seg >= hi_seg)
+			{
+				i++;
+				continue;
+			}
+			seg_sum(recs, nrec, &i, seg, &sum, &cnt);
+			if (shift == 0)
+				nout = child_put(out, nout, cap, seg, &sum);
+			else
+			{
+				HtSum		t;
+
+				if (cur != (seg >> shift))
+				{
+					if (cur >= 0)
+						nout = child_put(out, nout, cap, cur, &acc);
+					cur = seg >> shift;
+					ht_sum_zero(&acc);
+				}
+				ht_child_term(seg, &sum, &t);
+				ht_sum_add(&acc, &t);
+			}
+		}
+		pfree(recs);
+	}
+	if (cur >= 0)
+		nout = child_put(out, nout, cap, cur, &acc);
+	systable_endscan_ordered(scan);
+	pack_scan_close(&ps);
+	return nout;
 }
 
 /*
@@ -1213,4 +1425,49 @@ ht_pack_sums(PG_FUNCTION_ARGS)
 	pfree(recs);
 	pfree(segs);
 	return (Datum) 0;
+}
+
+/*
+ * hashtree._pack_sum(lo int4, data bytea, OUT hash bytea, OUT n int8)
+ * The contribution of one pack to its level-3 bucket's hash: the sum over
+ * its segments of C(segment, segment hash) (NULL when zero), and its
+ * number of entries.  Rebuild and check_tree add these to the terms of the
+ * bucket's node rows.  Locks: none.
+ */
+PG_FUNCTION_INFO_V1(ht_pack_sum);
+Datum
+ht_pack_sum(PG_FUNCTION_ARGS)
+{
+	int32		lo = PG_GETARG_INT32(0);
+	bytea	   *data = PG_GETARG_BYTEA_PP(1);
+	TupleDesc	desc;
+	PackRec    *recs;
+	int			n;
+	int			i = 0;
+	HtSum		total;
+	Datum		v[2];
+	bool		nulls[2] = {false, false};
+	bytea	   *h;
+
+	if (get_call_result_type(fcinfo, NULL, &desc) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "hashtree: _pack_sum must return a record");
+	desc = BlessTupleDesc(desc);
+	n = pack_decode(VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data), lo, &recs);
+	ht_sum_zero(&total);
+	while (i < n)
+	{
+		int32		seg = recs[i].seg;
+		HtSum		sum;
+		HtSum		t;
+		int64		cnt;
+
+		seg_sum(recs, n, &i, seg, &sum, &cnt);
+		ht_child_term(seg, &sum, &t);
+		ht_sum_add(&total, &t);
+	}
+	h = ht_sum_to_bytea(&total);
+	v[0] = PointerGetDatum(h);
+	nulls[0] = (h == NULL);
+	v[1] = Int64GetDatum(n);
+	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, v, nulls)));
 }

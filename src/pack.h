@@ -20,6 +20,8 @@
 
 #include "lib/stringinfo.h"
 
+#include "treemath.h"
+
 /* an entry to write (hash not NULL) or delete (hash NULL), or one read */
 typedef struct HtPackEntry
 {
@@ -44,13 +46,53 @@ extern void ht_pack_build_add(HtPackBuild *b, int part, int32 seg,
 extern void ht_pack_build_end(HtPackBuild *b);
 
 /*
+ * The change of one level-3 bucket's hash (a level-2 child) of leaf tree
+ * (pa, pb) made by rewriting its packs: segments covered by packs have no
+ * node rows (their hashes are computed from the packs), so the fold hands
+ * these deltas to the update instead of logging dirty segments.
+ */
+typedef struct HtBucketDelta
+{
+	text	   *pa;
+	text	   *pb;
+	int64		bucket;
+	HtSum		delta;
+	int64		dn;				/* change of the entry count */
+} HtBucketDelta;
+
+typedef struct HtBucketDeltas
+{
+	MemoryContext cxt;			/* where the deltas and their names live */
+	int			n;
+	int			cap;
+	HtBucketDelta *d;
+} HtBucketDeltas;
+
+/*
  * Apply changes to the packs of tree (pa, pb) in partition part: entries
- * written or deleted, and their segments logged as dirty when that changed
- * anything.  Changes of segments no pack covers are copied to rest (room
- * for n) and their number returned: they go to hashtree.entry.
+ * written or deleted; the resulting change of each bucket's hash is
+ * appended to deltas.  Changes of segments no pack covers are copied to
+ * rest (room for n) and their number returned: they go to hashtree.entry.
  */
 extern int	ht_pack_apply(int part, text *pa, text *pb, HtPackEntry *changes, int n,
-						  HtPackEntry *rest);
+						  HtPackEntry *rest, HtBucketDeltas *deltas);
+
+/* a child of a leaf tree's level 3 or HT_LEVEL_SUB and its hash */
+typedef struct HtChildSum
+{
+	int64		child;
+	HtSum		sum;
+} HtChildSum;
+
+/*
+ * The children first .. first + span - 1 of level 3 (segments) or
+ * HT_LEVEL_SUB (sub-buckets) of leaf tree (pa, pb) in partition part that
+ * packs cover, computed from the packs, in child order, appended to *out
+ * (grown as needed; *cap its room); returns the new length.  A sub-bucket
+ * lies in one pack or in none, so these never meet node rows.
+ */
+extern int	ht_pack_children(int part, Datum pa, Datum pb, int level, int64 first,
+							 int64 span, HtChildSum **out, int nout, int *cap);
 
 /*
  * The packed entries of segments segs[0..n-1] of the trees (pa[i], pb[i])

@@ -369,6 +369,30 @@ ht_part_begin_update(int part)
 }
 
 /*
+ * Before maintenance that needs no partition lock (track() building the
+ * trees it has just re-hashed): true, with the advisory update lock and the
+ * partition row lock held until the end of the transaction, when the
+ * partition is built, no other backend owns its lock and nobody updates it
+ * or changes its lock; false otherwise, having waited for nothing and
+ * holding nothing.
+ */
+bool
+ht_part_begin_maintenance(int part)
+{
+	HtPartState st;
+
+	ht_part_state(part, &st);
+	if (!st.built || (st.owner != 0 && !st.mine) || !try_update_lock(part))
+		return false;
+	if (!read_state(&q_read_skip, part, &st) || !st.built || (st.owner != 0 && !st.mine))
+	{
+		release_update_lock(part);
+		return false;
+	}
+	return true;
+}
+
+/*
  * Before a rebuild: ERROR if another backend owns the partition lock or an
  * update runs; on return the advisory update lock and the partition row
  * lock are held until the end of the transaction.  The row lock also

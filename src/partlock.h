@@ -40,6 +40,12 @@ extern const char *ht_part_release(int part, int pid);
 extern const char *ht_part_begin_update(int part);
 extern void ht_part_begin_rebuild(int part);
 
+/*
+ * true (and the same locks held) when the partition is built, not locked by
+ * another backend and not being updated; false at once otherwise
+ */
+extern bool ht_part_begin_maintenance(int part);
+
 /* bookkeeping after an update or a rebuild */
 extern void ht_part_record_update(int part, int64 segments, int64 nodes,
 								  double ms);

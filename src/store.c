@@ -29,6 +29,7 @@
 #include "access/htup_details.h"
 #include "access/stratnum.h"
 #include "access/table.h"
+#include "access/xact.h"
 #include "catalog/pg_type.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
@@ -42,6 +43,7 @@
 
 #include "hashtree.h"
 #include "pack.h"
+#include "partlock.h"
 #include "sqlexec.h"
 #include "store.h"
 #include "track.h"
@@ -219,9 +221,21 @@ bytea_prefix(const bytea *b, int len)
 	return out;
 }
 
+/* node rows of one request, by child */
+static int
+node_row_cmp(const void *a, const void *b)
+{
+	int64		x = ((const HtNodeRow *) a)->child;
+	int64		y = ((const HtNodeRow *) b)->child;
+
+	return (x > y) - (x < y);
+}
+
 /*
  * The children firsts[i] .. firsts[i] + span - 1 of level `level` of tree
- * (pa[i], pb[i]), by the primary key (part, depth, pa, pb, level, child).
+ * (pa[i], pb[i]), by the primary key (part, depth, pa, pb, level, child);
+ * the segments and sub-buckets of a leaf tree that packs cover from the
+ * packs.
  */
 int
 ht_store_nodes(int part, int depth, int n, Datum *pa, Datum *pb, int level,
@@ -234,6 +248,11 @@ ht_store_nodes(int part, int depth, int n, Datum *pa, Datum *pb, int level,
 	int			nrows = 0;
 	HtNodeRow  *out = palloc(sizeof(HtNodeRow) * cap);
 
+	bool		packed = (depth == HT_DEPTH_LEAF &&
+						  (level == 3 || level == HT_LEVEL_SUB));
+	HtChildSum *pk = NULL;
+	int			pkcap = 0;
+
 	tree_scan_open(&ts, "node", "node_pkey", "level");
 	att_child = get_attnum(RelationGetRelid(ts.rel), "child");
 	att_hash = get_attnum(RelationGetRelid(ts.rel), "hash");
@@ -242,6 +261,7 @@ ht_store_nodes(int part, int depth, int n, Datum *pa, Datum *pb, int level,
 		ScanKeyData key[7];
 		SysScanDesc scan;
 		HeapTuple	tup;
+		int			first = nrows;
 
 		tree_scan_keys(&ts, key, part, depth, pa[k], pb[k]);
 		ScanKeyInit(&key[4], ts.att[4], BTEqualStrategyNumber, F_INT2EQ, Int16GetDatum(level));
@@ -267,6 +287,34 @@ ht_store_nodes(int part, int depth, int n, Datum *pa, Datum *pb, int level,
 			nrows++;
 		}
 		systable_endscan_ordered(scan);
+
+		/* segments and sub-buckets that packs cover have no rows (§4) */
+		if (packed)
+		{
+			int			npk = ht_pack_children(part, pa[k], pb[k], level, firsts[k], span,
+											   &pk, 0, &pkcap);
+
+			if (npk > 0)
+			{
+				out = repalloc(out, sizeof(HtNodeRow) * (nrows + npk + 1));
+				cap = nrows + npk + 1;
+				for (int j = 0; j < npk; j++)
+				{
+					uint8		bytes[HT_DIGEST_LEN];
+					int			len = hash_bytes > 0 ? Min(hash_bytes, HT_DIGEST_LEN) : HT_DIGEST_LEN;
+
+					ht_sum_to_bytes(&pk[j].sum, bytes);
+					out[nrows].i = k + 1;
+					out[nrows].child = pk[j].child;
+					out[nrows].hash = palloc(VARHDRSZ + len);
+					SET_VARSIZE(out[nrows].hash, VARHDRSZ + len);
+					memcpy(VARDATA(out[nrows].hash), bytes, len);
+					nrows++;
+				}
+				if (npk < nrows - first)
+					qsort(out + first, nrows - first, sizeof(HtNodeRow), node_row_cmp);
+			}
+		}
 	}
 	tree_scan_close(&ts);
 	*rows = out;
@@ -469,29 +517,14 @@ text_equal(Datum a, Datum b)
 		memcmp(VARDATA_ANY(x), VARDATA_ANY(y), VARSIZE_ANY_EXHDR(x)) == 0;
 }
 
-/* digest term of a child for its parent's sum; zero for an absent child */
-static void
-child_term(int64 child, const HtSum *h, HtSum *out)
-{
-	uint8		bytes[HT_DIGEST_LEN];
-
-	if (ht_sum_is_zero(h))
-	{
-		ht_sum_zero(out);
-		return;
-	}
-	ht_sum_to_bytes(h, bytes);
-	ht_child_digest(child, (const char *) bytes, HT_DIGEST_LEN, out);
-}
-
 /* delta of a parent when child goes from old to new */
 static void
 child_delta(int64 child, const HtSum *old, const HtSum *new, HtSum *delta)
 {
 	HtSum		t;
 
-	child_term(child, new, delta);
-	child_term(child, old, &t);
+	ht_child_term(child, new, delta);
+	ht_child_term(child, old, &t);
 	ht_sum_sub(delta, &t);
 }
 
@@ -847,29 +880,19 @@ read_seg_change(uint64 r, int c, SegChange *out)
 
 /*
  * The dirty leaf segments that this statement's snapshot sees are deleted
- * from the log and recomputed from the entries the same snapshot sees; a
- * change committed later keeps its dirty row for the next update.
+ * from the log and recomputed from the entry rows the same snapshot sees;
+ * a change committed later keeps its dirty row for the next update.
+ * (Segments that packs cover are not logged: the fold that rewrites a pack
+ * hands the change of its bucket to the update.)
  */
 static HtQuery q_take_dirty = {
 	"WITH d AS (DELETE FROM hashtree.dirty WHERE part = $1 RETURNING pa, pb, seg),"
-	" u AS (SELECT DISTINCT pa, pb, seg FROM d),"
-	/* the span of each tree's packs (one for all of them), if it has any */
-	" t AS MATERIALIZED (SELECT g.pa, g.pb, (SELECT p.span FROM hashtree.entry_pack p"
-	"    WHERE p.part = $1 AND p.pa = g.pa AND p.pb = g.pb LIMIT 1) AS span"
-	"   FROM (SELECT DISTINCT pa, pb FROM u) g),"
-	/* the packs that may hold dirty segments, each with its dirty segments */
-	" k AS (SELECT u.pa, u.pb, u.seg - u.seg % t.span AS lo, array_agg(u.seg) AS segs"
-	"   FROM u JOIN t ON t.pa = u.pa AND t.pb = u.pb WHERE t.span IS NOT NULL"
-	"   GROUP BY 1, 2, 3),"
-	" s AS (SELECT k.pa, k.pb, x.seg, x.h, x.c FROM k"
-	"   JOIN hashtree.entry_pack p ON p.part = $1 AND p.pa = k.pa AND p.pb = k.pb AND p.lo = k.lo"
-	"   CROSS JOIN LATERAL hashtree._pack_sums(p.lo, p.data, k.segs) x)"
-	" SELECT u.pa, u.pb, u.seg, coalesce(s.h, x.h), coalesce(s.c, x.c), y.hash, y.n"
+	" u AS (SELECT DISTINCT pa, pb, seg FROM d)"
+	" SELECT u.pa, u.pb, u.seg, x.h, x.c, y.hash, y.n"
 	" FROM u"
 	" CROSS JOIN LATERAL (SELECT hashtree._entry_sum(e.key, e.hash) AS h, count(*) AS c"
 	"   FROM hashtree.entry e WHERE e.part = $1 AND e.depth = 2"
 	"    AND e.pa = u.pa AND e.pb = u.pb AND e.seg = u.seg) x"
-	" LEFT JOIN s ON s.pa = u.pa AND s.pb = u.pb AND s.seg = u.seg"
 	" LEFT JOIN LATERAL (SELECT t.hash, t.n FROM hashtree.node t"
 	"   WHERE t.part = $1 AND t.depth = 2 AND t.level = 3"
 	"    AND t.pa = u.pa AND t.pb = u.pb AND t.child = u.seg LIMIT 1) y ON true"
@@ -886,21 +909,26 @@ static HtQuery q_tree_segments = {
 	"INSERT INTO hashtree.node (part, depth, level, pa, pb, child, hash, n)"
 	" SELECT $1, 2, 3, $2, $3, s.seg, s.h, s.c FROM ("
 	"  SELECT seg, hashtree._entry_sum(key, hash) AS h, count(*) AS c"
-	"  FROM hashtree.leaf_entry WHERE part = $1 AND pa = $2 AND pb = $3"
+	"  FROM hashtree.entry WHERE part = $1 AND depth = 2 AND pa = $2 AND pb = $3"
 	"  GROUP BY seg) s"
 	" WHERE s.h IS NOT NULL"
 	/* in key order: each index insertion lands next to the previous one */
 	" ORDER BY s.seg",
 	3, {INT4OID, TEXTOID, TEXTOID}
 };
+/* level $4 from level $4 + 1, and at level 2 from the packs too */
 static HtQuery q_tree_level = {
 	"INSERT INTO hashtree.node (part, depth, level, pa, pb, child, hash, n)"
 	" SELECT $1, 2, $4, $2, $3, s.b, s.h, s.c FROM ("
-	"  SELECT child >> 10 AS b, hashtree._child_sum(child, hash) AS h, sum(n)::int8 AS c"
-	"  FROM hashtree.node WHERE part = $1 AND depth = 2 AND pa = $2 AND pb = $3"
-	"   AND level = $4 + 1 GROUP BY child >> 10) s"
+	"  SELECT b, hashtree._hash_sum(h) AS h, sum(c)::int8 AS c FROM ("
+	"   SELECT child >> $5 AS b, hashtree._child_sum(child, hash) AS h, sum(n) AS c"
+	"   FROM hashtree.node WHERE part = $1 AND depth = 2 AND pa = $2 AND pb = $3"
+	"    AND level = $4 + 1 GROUP BY child >> $5"
+	"   UNION ALL SELECT (p.lo >> $5)::int8, x.hash, x.n FROM hashtree.entry_pack p"
+	"    CROSS JOIN LATERAL hashtree._pack_sum(p.lo, p.data) x"
+	"    WHERE p.part = $1 AND p.pa = $2 AND p.pb = $3 AND $4 = 2) y GROUP BY b) s"
 	" WHERE s.h IS NOT NULL",
-	4, {INT4OID, TEXTOID, TEXTOID, INT2OID}
+	5, {INT4OID, TEXTOID, TEXTOID, INT2OID, INT4OID}
 };
 static HtQuery q_tree_subs = {
 	"INSERT INTO hashtree.node (part, depth, level, pa, pb, child, hash, n)"
@@ -916,7 +944,7 @@ static HtQuery q_tree_subs = {
 static void
 rebuild_leaf_tree(int part, DepthWork *w, int tree, HtUpdateStats *stats)
 {
-	Datum		v[4];
+	Datum		v[5];
 	int64		zero = 0;
 	HtSum		old_top;
 	HtSum		new_top;
@@ -933,6 +961,7 @@ rebuild_leaf_tree(int part, DepthWork *w, int tree, HtUpdateStats *stats)
 	for (int level = HT_LEVELS - 1; level >= 1; level--)
 	{
 		v[3] = Int16GetDatum(level);
+		v[4] = Int32GetDatum(ht_geometry[HT_DEPTH_LEAF].width_bits);
 		stats->nodes += ht_exec(&q_tree_level, v, NULL, 0);
 	}
 	fetch_nodes(part, w, 1, 1, &tree, &zero, &new_top, &new_n);
@@ -949,13 +978,80 @@ rebuild_leaf_tree(int part, DepthWork *w, int tree, HtUpdateStats *stats)
 	}
 }
 
+static int
+bucket_delta_cmp(const void *a, const void *b)
+{
+	const BucketDelta *x = a;
+	const BucketDelta *y = b;
+
+	if (x->tree != y->tree)
+		return x->tree < y->tree ? -1 : 1;
+	return (x->bucket > y->bucket) - (x->bucket < y->bucket);
+}
+
+/*
+ * Add the bucket deltas of the packs the fold rewrote to w->buckets (trees
+ * being rebuilt excepted: the rebuild reads the packs as they are now),
+ * leaving one delta per (tree, bucket), sorted.
+ */
+static void
+add_pack_deltas(DepthWork *w, const HtBucketDeltas *pd, const int *rebuild, int nrebuild)
+{
+	int			t = -1;
+	int			k = 0;
+
+	for (int i = 0; i < pd->n; i++)
+	{
+		const HtBucketDelta *d = &pd->d[i];
+		BucketDelta *b;
+		bool		skip = false;
+
+		if (t < 0 || !text_equal(w->pa[t], PointerGetDatum(d->pa)) ||
+			!text_equal(w->pb[t], PointerGetDatum(d->pb)))
+		{
+			for (t = 0; t < w->ntrees; t++)
+				if (text_equal(w->pa[t], PointerGetDatum(d->pa)) &&
+					text_equal(w->pb[t], PointerGetDatum(d->pb)))
+					break;
+			if (t == w->ntrees)
+				t = work_add_tree(w, PointerGetDatum(d->pa), PointerGetDatum(d->pb));
+		}
+		for (int r = 0; r < nrebuild; r++)
+			skip |= (rebuild[r] == t);
+		if (skip)
+			continue;
+		HT_GROW(w->buckets, w->nbuckets, w->buckets_cap);
+		b = &w->buckets[w->nbuckets++];
+		b->tree = t;
+		b->bucket = d->bucket;
+		b->delta = d->delta;
+		b->dn = d->dn;
+	}
+	if (w->nbuckets < 2)
+		return;
+	qsort(w->buckets, w->nbuckets, sizeof(BucketDelta), bucket_delta_cmp);
+	for (int i = 1; i < w->nbuckets; i++)
+	{
+		if (w->buckets[i].tree == w->buckets[k].tree &&
+			w->buckets[i].bucket == w->buckets[k].bucket)
+		{
+			ht_sum_add(&w->buckets[k].delta, &w->buckets[i].delta);
+			w->buckets[k].dn += w->buckets[i].dn;
+		}
+		else
+			w->buckets[++k] = w->buckets[i];
+	}
+	w->nbuckets = k + 1;
+}
+
 /*
  * Dirty segments come sorted by (pa, pb, seg); a segment -1 is a marker
  * "rebuild the whole tree" (written by a re-hash of a tracked table) and
  * comes first: the tree's other segments are then covered by the rebuild.
+ * Then the bucket deltas of the packs that the fold rewrote.
  */
 static void
-update_leaf_depth(int part, DepthWork *w, HtUpdateStats *stats)
+update_leaf_depth(int part, DepthWork *w, const HtBucketDeltas *pd, HtUpdateStats *stats)
 {
 	Datum		v[1] = {Int32GetDatum(part)};
 	Portal		portal;
@@ -1009,6 +1105,7 @@ update_leaf_depth(int part, DepthWork *w, HtUpdateStats *stats)
 	}
 	SPI_cursor_close(portal);
 	pfree(ch);
+	add_pack_deltas(w, pd, rebuild, nrebuild);
 	for (int i = 0; i < nrebuild; i++)
 		rebuild_leaf_tree(part, w, rebuild[i], stats);
 	fold_upper_levels(part, w, stats);
@@ -1220,11 +1317,12 @@ update_parent_depth(int part, DepthWork *cw, DepthWork *w,
 }
 
 void
-ht_store_update(int part, HtUpdateStats *stats)
+ht_store_update(int part, bool fold_keys, HtUpdateStats *stats)
 {
 	MemoryContext ctx;
 	MemoryContext old;
 	DepthWork	w[HT_NDEPTHS];
+	HtBucketDeltas pd = {0};
 
 	stats->segments = 0;
 	stats->nodes = 0;
@@ -1236,14 +1334,31 @@ ht_store_update(int part, HtUpdateStats *stats)
 	for (int d = 0; d < HT_NDEPTHS; d++)
 		w[d].depth = d;
 
-	/* logged keys of tracked tables become entries (and dirty segments) */
-	ht_track_fold(part);
-	update_leaf_depth(part, &w[HT_DEPTH_LEAF], stats);
+	/* logged keys of tracked tables become entries (and bucket deltas) */
+	pd.cxt = ctx;
+	if (fold_keys)
+		ht_track_fold(part, &pd);
+	update_leaf_depth(part, &w[HT_DEPTH_LEAF], &pd, stats);
 	update_parent_depth(part, &w[HT_DEPTH_LEAF], &w[HT_DEPTH_PREFIX], stats);
 	update_parent_depth(part, &w[HT_DEPTH_PREFIX], &w[HT_DEPTH_ROOT], stats);
 
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(ctx);
+}
+
+bool
+ht_store_update_if_free(int part)
+{
+	HtUpdateStats stats;
+	TimestampTz start;
+
+	if (IsolationUsesXactSnapshot() || !ht_part_begin_maintenance(part))
+		return false;
+	start = GetCurrentTimestamp();
+	ht_store_update(part, false, &stats);
+	ht_part_record_update(part, stats.segments, stats.nodes,
+						  (double) TimestampDifferenceMilliseconds(start, GetCurrentTimestamp()));
+	return true;
 }
 
 /* ---- full rebuild -------------------------------------------------------- */
@@ -1273,28 +1388,28 @@ static HtQuery q_rb_derived = {
 	3, {INT4OID, INT2OID, INT4OID}
 };
 
-/* level 3: segment hashes from the entries */
+/* level 3: segment hashes from the entry rows (not the packs: §4) */
 static HtQuery q_rb_segments = {
 	"INSERT INTO hashtree.node (part, depth, level, pa, pb, child, hash, n)"
 	" SELECT $1, $2, 3, s.pa, s.pb, s.seg, s.h, s.c FROM ("
 	"  SELECT pa, pb, seg, hashtree._entry_sum(key, hash) AS h, count(*) AS c"
-	"  FROM (SELECT pa, pb, seg, key, hash FROM hashtree.entry WHERE part = $1 AND depth = $2"
-	"        UNION ALL SELECT p.pa, p.pb, u.seg, u.key, u.hash FROM hashtree.entry_pack p"
-	"         CROSS JOIN LATERAL hashtree._unpack(p.lo, p.data) u"
-	"         WHERE p.part = $1 AND $2 = 2) e GROUP BY pa, pb, seg) s"
+	"  FROM hashtree.entry WHERE part = $1 AND depth = $2 GROUP BY pa, pb, seg) s"
 	" WHERE s.h IS NOT NULL"
 	" ORDER BY s.pa, s.pb, s.seg",
 	2, {INT4OID, INT2OID}
 };
 
-/* level $3 from level $3 + 1 */
+/* level $3 from level $3 + 1, and level 2 of leaf trees from the packs too */
 static HtQuery q_rb_level = {
 	"INSERT INTO hashtree.node (part, depth, level, pa, pb, child, hash, n)"
 	" SELECT $1, $2, $3, s.pa, s.pb, s.b, s.h, s.c FROM ("
-	"  SELECT pa, pb, child >> $4 AS b, hashtree._child_sum(child, hash) AS h,"
-	"   sum(n)::int8 AS c"
-	"  FROM hashtree.node WHERE part = $1 AND depth = $2 AND level = $3 + 1"
-	"  GROUP BY pa, pb, child >> $4) s"
+	"  SELECT pa, pb, b, hashtree._hash_sum(h) AS h, sum(c)::int8 AS c FROM ("
+	"   SELECT pa, pb, child >> $4 AS b, hashtree._child_sum(child, hash) AS h, sum(n) AS c"
+	"   FROM hashtree.node WHERE part = $1 AND depth = $2 AND level = $3 + 1"
+	"   GROUP BY pa, pb, child >> $4"
+	"   UNION ALL SELECT p.pa, p.pb, (p.lo >> $4)::int8, x.hash, x.n FROM hashtree.entry_pack p"
+	"    CROSS JOIN LATERAL hashtree._pack_sum(p.lo, p.data) x"
+	"    WHERE p.part = $1 AND $2 = 2 AND $3 = 2) y GROUP BY pa, pb, b) s"
 	" WHERE s.h IS NOT NULL",
 	4, {INT4OID, INT2OID, INT2OID, INT4OID}
 };
@@ -1375,11 +1490,16 @@ ht_store_rebuild(int part)
 
 static HtQuery q_check = {
 	"WITH"
+	/* leaf segments of entry rows (node rows), then the packs' bucket terms */
 	" s2 AS (SELECT pa, pb, seg::int8 AS child, hashtree._entry_sum(key, hash) AS h,"
-	"   count(*)::int8 AS c FROM hashtree.leaf_entry WHERE part = $1"
+	"   count(*)::int8 AS c FROM hashtree.entry WHERE part = $1 AND depth = 2"
 	"   GROUP BY pa, pb, seg),"
-	" b2 AS (SELECT pa, pb, child >> 10 AS child, hashtree._child_sum(child, h) AS h,"
-	"   sum(c)::int8 AS c FROM s2 GROUP BY pa, pb, child >> 10),"
+	" b2 AS (SELECT pa, pb, child, hashtree._hash_sum(h) AS h, sum(c)::int8 AS c FROM ("
+	"   SELECT pa, pb, child >> 10 AS child, hashtree._child_sum(child, h) AS h, sum(c) AS c"
+	"   FROM s2 GROUP BY pa, pb, child >> 10"
+	"   UNION ALL SELECT p.pa, p.pb, (p.lo >> 10)::int8, x.hash, x.n"
+	"   FROM hashtree.entry_pack p CROSS JOIN LATERAL hashtree._pack_sum(p.lo, p.data) x"
+	"   WHERE p.part = $1) y GROUP BY pa, pb, child),"
 	" t2 AS (SELECT pa, pb, 0::int8 AS child, hashtree._child_sum(child, h) AS h,"
 	"   sum(c)::int8 AS c FROM b2 GROUP BY pa, pb),"
 	" u2 AS (SELECT pa, pb, child >> 5 AS child, hashtree._child_sum(child, h) AS h,"

@@ -28,8 +28,19 @@ extern void ht_store_put(int part, text *pa, text *pb, bytea *key,
 						 bytea *hash, bool if_missing);
 extern void ht_store_delete(int part, text *pa, text *pb, bytea *key);
 
-/* fold the committed dirty segments of a partition into its trees */
-extern void ht_store_update(int part, HtUpdateStats *stats);
+/*
+ * fold the committed dirty segments of a partition into its trees; with
+ * fold_keys, the keys logged by tracked tables first
+ */
+extern void ht_store_update(int part, bool fold_keys, HtUpdateStats *stats);
+
+/*
+ * Bring partition part's trees up to date now, without folding logged keys,
+ * if it is built, unlocked and not being updated (track() does this for the
+ * trees it re-hashed); false when it is not, the trees left to the next
+ * update.  READ COMMITTED only (false otherwise).  Needs SPI.
+ */
+extern bool ht_store_update_if_free(int part);
 
 /*
  * update() of a local partition: "ok" after folding, or "not_built",

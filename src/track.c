@@ -75,6 +75,7 @@
 #include "pack.h"
 #include "rowenc.h"
 #include "sqlexec.h"
+#include "store.h"
 #include "track.h"
 #include "treemath.h"
 
@@ -816,6 +817,7 @@ typedef struct FoldTable
 	bool		rehashed;
 	int			nkeys;
 	bytea	  **keys;			/* HT_KEY_BATCH of them */
+	HtBucketDeltas *deltas;		/* the change of packed buckets, for the update */
 } FoldTable;
 
 /* what a statement driven by a list of keys does with the rows */
@@ -1103,7 +1105,7 @@ fold_keys(int part, FoldTable *ft)
 			ch[nch].key = DatumGetByteaPP(del_key[i]);
 			ch[nch++].hash = NULL;
 		}
-		nrest = ht_pack_apply(part, ft->tr->pa, ft->tr->pb, ch, nch, rest);
+		nrest = ht_pack_apply(part, ft->tr->pa, ft->tr->pb, ch, nch, rest, ft->deltas);
 		nput = ndel = 0;
 		for (int i = 0; i < nrest; i++)
 		{
@@ -1153,6 +1155,7 @@ fold_table_end(FoldTable *ft)
 {
 	MemoryContext batch = ft->batch;
 	bytea	  **keys = ft->keys;
+	HtBucketDeltas *deltas = ft->deltas;
 
 	if (ft->plan != NULL)
 		SPI_freeplan(ft->plan);
@@ -1161,10 +1164,11 @@ fold_table_end(FoldTable *ft)
 	memset(ft, 0, sizeof(FoldTable));
 	ft->batch = batch;
 	ft->keys = keys;
+	ft->deltas = deltas;
 }
 
 void
-ht_track_fold(int part)
+ht_track_fold(int part, HtBucketDeltas *deltas)
 {
 	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext, "hashtree fold",
 											  ALLOCSET_DEFAULT_SIZES);
@@ -1177,6 +1181,7 @@ ht_track_fold(int part)
 
 	ft->batch = AllocSetContextCreate(cxt, "hashtree fold batch", ALLOCSET_DEFAULT_SIZES);
 	ft->keys = palloc(sizeof(bytea *) * HT_KEY_BATCH);
+	ft->deltas = deltas;
 
 	for (;;)
 	{
@@ -1380,9 +1385,11 @@ check_trackable(Relation rel, Oid fn)
 /*
  * hashtree.track(tbl regclass) RETURNS bigint
  * Track a table the caller owns: create its triggers, register it, hash its
- * rows into entries; returns the rows hashed.  Locks: SHARE ROW EXCLUSIVE on
- * tbl and its partitions until commit (writers wait, readers do not); ROW
- * EXCLUSIVE on hashtree.tracked_table, entry, entry_pack, dirty, dirty_key.
+ * rows into entries, and bring the trees of every partition that is not
+ * locked or being updated up to date; returns the rows hashed.  Locks: SHARE
+ * ROW EXCLUSIVE on tbl and its partitions until commit (writers wait,
+ * readers do not); ROW EXCLUSIVE on the extension's tables; the advisory
+ * update lock and the row of each partition it updates (never waited for).
  */
 PG_FUNCTION_INFO_V1(ht_track);
 Datum
@@ -1445,6 +1452,14 @@ ht_track(PG_FUNCTION_ARGS)
 	PG_TRY();
 	{
 		rows = rehash(tr, -1);
+
+		/*
+		 * Built on return: the trees of the partitions that nobody holds
+		 * now take the new entries in (a partition locked or being updated
+		 * keeps its rebuild marker for its next update)
+		 */
+		for (int p = 0; p < ht_num_partitions(); p++)
+			(void) ht_store_update_if_free(p);
 	}
 	PG_FINALLY();
 	{

@@ -12,12 +12,16 @@
 
 #include "postgres.h"
 
+#include "pack.h"
+
 /*
  * Fold the keys logged for a partition by the row triggers into its
  * entries (reading the current rows of the tracked tables), before the
- * dirty segments are folded into the trees.  Needs SPI.
+ * dirty segments are folded into the trees.  Entries written as rows log
+ * their segments as dirty; the change of packed entries to their buckets'
+ * hashes is appended to deltas.  Needs SPI.
  */
-extern void ht_track_fold(int part);
+extern void ht_track_fold(int part, HtBucketDeltas *deltas);
 
 /*
  * ERROR if (pa, pb) names a tracked table: its entries are kept by its

@@ -221,6 +221,20 @@ ht_child_digest(int64 child, const char *hash, int hashlen, HtSum *out)
 	ht_sum_from_bytes(out, d);
 }
 
+void
+ht_child_term(int64 child, const HtSum *h, HtSum *out)
+{
+	uint8		bytes[HT_DIGEST_LEN];
+
+	if (ht_sum_is_zero(h))
+	{
+		ht_sum_zero(out);
+		return;
+	}
+	ht_sum_to_bytes(h, bytes);
+	ht_child_digest(child, (const char *) bytes, HT_DIGEST_LEN, out);
+}
+
 uint64
 ht_key_hash64(const char *key, int keylen)
 {

@@ -97,6 +97,9 @@ extern void ht_entry_digest(const char *key, int keylen,
 extern void ht_child_digest(int64 child, const char *hash, int hashlen,
 							HtSum *out);
 
+/* a child's term in its parent's sum: C(child, h), zero for a zero h */
+extern void ht_child_term(int64 child, const HtSum *h, HtSum *out);
+
 /* 64-bit key hash: first 8 bytes of SHA-256(key), big-endian */
 extern uint64 ht_key_hash64(const char *key, int keylen);
 

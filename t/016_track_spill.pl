@@ -115,4 +115,24 @@ is(lock_update_all($node), 'ok/ok', 'built');
 is(tops($node), $t_small, 'the same trees');
 is(check_trees($node), '0', 'check_tree finds nothing');
 
+# built on return: track() brings the trees of the partitions that nobody
+# else holds up to date; a partition locked by another session keeps its
+# rebuild marker for its next update
+$node->safe_psql('postgres', q{SELECT hashtree.untrack('spill')});
+is(lock_update_all($node), 'ok/ok', 'untracked and updated');
+my $holder = $node->background_psql('postgres');
+$holder->query_safe('SELECT hashtree.lock(0)');
+is($node->safe_psql('postgres', q{SELECT hashtree.track('spill')}), $rows, 'tracked again');
+my @want = split / /, $t_small;
+my @got = split / /, tops($node);
+is("@got[1 .. $#got]", "@want[1 .. $#want]", 'the partitions nobody held are built on return');
+isnt($got[0], $want[0], 'the partition locked by another session is not');
+is($node->safe_psql('postgres', q{SELECT string_agg(dirty_segments::text, ',' ORDER BY partition)
+								   FROM hashtree.status}), '1,0,0,0,0,0,0,0', 'it keeps its rebuild marker');
+is($holder->query_safe('SELECT hashtree.update(0) || hashtree.release_lock(0)'), 'okok',
+	'its lock owner updates it');
+$holder->quit;
+is(tops($node), $t_small, 'then every tree is that of the first build');
+is(check_trees($node), '0', 'and check_tree finds nothing');
+
 done_testing();

@@ -73,9 +73,9 @@ sub tree_dump
 			  JOIN hashtree.node n ON n.part = t.part AND n.depth = t.depth
 			   AND n.pa = t.pa AND n.pb = t.pb AND n.level = 2),
 		segs AS (
-			SELECT DISTINCT t.*, n.child AS seg FROM trees t
-			  JOIN hashtree.node n ON n.part = t.part AND n.depth = t.depth
-			   AND n.pa = t.pa AND n.pb = t.pb AND n.level = 3)
+			SELECT b.part, b.prefixes, g.child AS seg FROM buckets b
+			 CROSS JOIN LATERAL hashtree.get_bucket(NULL, b.part, b.prefixes, 3, b.bucket) g
+			 WHERE b.level = 3)
 		SELECT string_agg(line, E'\n' ORDER BY line) FROM (
 			SELECT format('B %s %s %s %s: %s', b.part, b.prefixes, b.level, b.bucket,
 				   (SELECT string_agg(g.child || '=' || encode(g.hash, 'hex'), ' ' ORDER BY g.child)
