@@ -1,14 +1,14 @@
 # The upgrade path.  Two nodes are created at 0.1 (the install script as
 # released) and filled: plain entries, a tracked table, a tracked
-# fragmented table, each other as peers.  Then ALTER EXTENSION hashtree
-# UPDATE, one node after the other: every partition is not built until
-# reset, which gives back the same trees; writes, updates, check_tree,
-# compare, exchange (also between an upgraded node and one still at 0.1),
-# the fold of a tracked table and add_frag/del_frag all work.  And the
-# extension's objects after the upgrade, from every version that can still
-# be installed, are exactly those of a fresh install: definitions,
-# privileges (initial ones too), triggers, dumped configuration; the
-# comparison is shown to see a missing or changed object.
+# fragmented table, each other as peers, trees with 0.1's rows for packed
+# tables.  Then ALTER EXTENSION hashtree UPDATE: every partition is not
+# built until reset, which gives back the same trees without the old rows;
+# writes, updates, check_tree, compare, exchange, the fold of a tracked
+# table and add_frag/del_frag all work.  And the extension's objects after
+# the upgrade, from every version that can still be installed, are exactly
+# those of a fresh install: definitions, privileges (initial ones too),
+# triggers, dumped configuration; the comparison is shown to see a missing
+# or changed object.
 use strict;
 use warnings;
 use FindBin;
@@ -147,22 +147,43 @@ sub object_diff
 # -------------------------------------------------------------------------
 # Two nodes at 0.1, filled, each the other's peer
 # -------------------------------------------------------------------------
+
+# The library is the current one, which calls functions 0.1's objects lack
+# (_pack_sum, _hash_sum: packed trees, issue 11).  The fill lends them to the
+# 0.1 database, outside the extension, and takes them back before the
+# update: a database filled by 0.1's own library has the data, not these.
+my $lend = q{
+	CREATE FUNCTION hashtree._hash_sum_step(internal, bytea) RETURNS internal
+		AS '$libdir/hashtree', 'ht_hash_sum_step' LANGUAGE C CALLED ON NULL INPUT;
+	CREATE AGGREGATE hashtree._hash_sum(bytea) (SFUNC = hashtree._hash_sum_step,
+		STYPE = internal, FINALFUNC = hashtree._sum_final);
+	CREATE FUNCTION hashtree._pack_sum(lo int4, data bytea, OUT hash bytea, OUT n int8)
+		AS '$libdir/hashtree', 'ht_pack_sum' LANGUAGE C IMMUTABLE STRICT;
+};
+my $take_back = q{
+	DROP AGGREGATE hashtree._hash_sum(bytea);
+	DROP FUNCTION hashtree._hash_sum_step(internal, bytea);
+	DROP FUNCTION hashtree._pack_sum(int4, bytea);
+};
+
 my %conn = (a => $a->connstr('postgres'), b => $b->connstr('postgres'));
 foreach my $n ([ $a, 'b' ], [ $b, 'a' ])
 {
 	my ($node, $peer) = @$n;
 	$node->safe_psql('postgres', qq{
 		CREATE EXTENSION hashtree VERSION '0.1';
+		$lend
 		SELECT hashtree.add_peer('$peer', \$\$$conn{$peer}\$\$);
 		SELECT count(*) FROM (SELECT hashtree.insert('plain', 'x', 'k' || i, '\\x01'::bytea)
 								FROM generate_series(1, 300) i) s;
 		CREATE TABLE acct (id int PRIMARY KEY, owner text, balance numeric);
-		SELECT hashtree.track('acct');
 		INSERT INTO acct SELECT i, 'owner ' || i, i * 10 FROM generate_series(1, 2000) i;
+		SELECT hashtree.track('acct');	-- packs the rows there
+		INSERT INTO acct SELECT i, 'owner ' || i, i * 10 FROM generate_series(2001, 2200) i;
 		CREATE TABLE ft (id int PRIMARY KEY, v text NOT NULL) PARTITION BY HASH (id);
 		SELECT * FROM hashtree.frag_init('ft', 3);
-		SELECT hashtree.track('ft');
 		INSERT INTO ft SELECT g, 'v' || g FROM generate_series(1, 1500) g;
+		SELECT hashtree.track('ft');
 		SELECT * FROM hashtree.add_frag('ft', 'block_writes');
 	});
 }
@@ -192,43 +213,62 @@ sub report
 my $expected_report = 'different public.acct 5, missing plain.x 10';
 is(report($a, 'b'), $expected_report, 'exchange at 0.1 reports the differences');
 
+# what 0.1's library stores besides: segment and sub-bucket rows of packed
+# trees (level 3: one per pack here, level 4: one per pack's sub-bucket;
+# written past the guard trigger, as the library writes them)
 my %before;
 foreach my $n ([ 'a', $a ], [ 'b', $b ])
 {
 	my ($name, $node) = @$n;
 	$before{$name} = { tops => tops($node), entries => entry_count($node) };
+	$node->safe_psql('postgres', qq{
+		$take_back
+		SET session_replication_role = replica;
+		INSERT INTO hashtree.node (part, child, n, depth, level, pa, pb, hash)
+		SELECT p.part, l.child, p.n, 2, l.level, p.pa, p.pb, '\\x01'
+		  FROM hashtree.entry_pack p,
+			   LATERAL (VALUES (3, p.lo::int8), (4, (p.lo >> 5)::int8)) l(level, child)
+		ON CONFLICT DO NOTHING;
+	});
 }
+my $old_rows_sql = q{
+	SELECT count(*) FROM hashtree.node n
+	 WHERE n.level IN (3, 4) AND n.depth = 2
+	   AND EXISTS (SELECT 1 FROM hashtree.entry_pack p
+				    WHERE p.part = n.part AND p.pa = n.pa AND p.pb = n.pb)};
+cmp_ok($a->safe_psql('postgres', $old_rows_sql), '>', 0, 'a: 0.1 rows of packed trees');
+is($a->safe_psql('postgres', q{SELECT bool_and(built) FROM hashtree.status}), 't',
+	'a: every partition built before the update');
 
 # -------------------------------------------------------------------------
-# a alone upgraded
+# the update
 # -------------------------------------------------------------------------
 $a->safe_psql('postgres', 'ALTER EXTENSION hashtree UPDATE');
 is($a->safe_psql('postgres', q{SELECT extversion FROM pg_extension WHERE extname = 'hashtree'}),
 	$current, "a: updated to $current");
 is($a->safe_psql('postgres', q{SELECT count(*) FILTER (WHERE built) || '/' || count(*) FROM hashtree.status}),
-	'0/8', 'a: every partition is not built after the upgrade');
+	'0/8', 'a: every partition is not built after the update');
 is(lock_update_all($a), 'not_built/not_built', 'a: lock and update answer not_built');
 $a->safe_psql('postgres', q{SELECT count(*) FROM hashtree.exchange('b')});
 is($a->safe_psql('postgres', q{
 	SELECT string_agg(DISTINCT outcome, ',')
 	  FROM (SELECT outcome FROM hashtree.exchange_log ORDER BY id DESC LIMIT 8) l}),
 	'not_built', 'a: exchange skips partitions not built');
-is(entry_count($a), $before{a}{entries}, 'a: the upgrade keeps every entry');
+is(entry_count($a), $before{a}{entries}, 'a: the update keeps every entry');
 
 reset_all($a);
-is(tops($a), $before{a}{tops}, 'a: reset after the upgrade gives back the same trees');
+is(tops($a), $before{a}{tops}, 'a: reset after the update gives back the same trees');
+is($a->safe_psql('postgres', $old_rows_sql), '0', 'a: without the rows 1.0 does not store');
 is(check_trees($a), '0', 'a: check_tree finds nothing after the reset');
-is(report($a, 'b'), $expected_report,
-	'exchange between an upgraded node and a node at 0.1 reports the same differences');
+
+$b->safe_psql('postgres', 'ALTER EXTENSION hashtree UPDATE');
+reset_all($b);
+is(tops($b), $before{b}{tops}, 'b: same trees after update and reset');
+is(report($a, 'b'), $expected_report, 'exchange after the update reports the same differences');
 is($b->safe_psql('postgres', q{SELECT count(*) FROM hashtree.exchange('a')}), '15',
 	'and the other way round');
 
-# -------------------------------------------------------------------------
-# b upgraded too; the nodes repaired equal
-# -------------------------------------------------------------------------
-$b->safe_psql('postgres', 'ALTER EXTENSION hashtree UPDATE');
-reset_all($b);
-is(tops($b), $before{b}{tops}, 'b: same trees after upgrade and reset');
+# the nodes repaired equal
 report($a, 'b', 'pull');
 is(lock_update_all($_), 'ok/ok', $_->name . ': lock and update after the repair') for $a, $b;
 is(tops($a), tops($b), 'a pulled from b: same trees');
@@ -249,14 +289,14 @@ $a->safe_psql('postgres', q{
 							FROM generate_series(1, 100) i) s;
 	SELECT count(*) FROM (SELECT hashtree.delete('plain', 'x', 'k' || i)
 							FROM generate_series(1, 50) i) s;
-	INSERT INTO acct SELECT i, 'new ' || i, 0 FROM generate_series(2001, 2100) i;
+	INSERT INTO acct SELECT i, 'new ' || i, 0 FROM generate_series(2201, 2300) i;
 	UPDATE acct SET owner = owner || '!' WHERE id % 10 = 0;
 	DELETE FROM acct WHERE id % 7 = 0;
 	INSERT INTO ft SELECT g, 'w' || g FROM generate_series(1501, 1600) g;
 });
 is($a->safe_psql('postgres', q{SELECT string_agg(state, ',' ORDER BY table_name) FROM hashtree.tracked}),
 	'pending,pending', 'a: tracked tables have pending changes');
-is(lock_update_all($a), 'ok/ok', 'a: update after the upgrade');
+is(lock_update_all($a), 'ok/ok', 'a: lock and update after new writes');
 is($a->safe_psql('postgres', q{
 	SELECT state || ' ' || (rows = (SELECT count(*) FROM acct)) FROM hashtree.tracked
 	 WHERE table_name = 'acct'}),
