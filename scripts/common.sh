@@ -49,9 +49,8 @@ build_install() {
 	echo "== building and installing hashtree"
 	local llvm=
 	command -v clang-14 >/dev/null 2>&1 || llvm="with_llvm=no"
-	# warnings (the build is to have none of its own) go to stderr
-	make -s -C "$dir" PG_CONFIG=$PG_CONFIG $llvm EXTRA_WARNINGS=1 >/dev/null
-	make -s -C "$dir" PG_CONFIG=$PG_CONFIG $llvm EXTRA_WARNINGS=1 install >/dev/null
+	make -s -C "$dir" PG_CONFIG=$PG_CONFIG $llvm >/dev/null
+	make -s -C "$dir" PG_CONFIG=$PG_CONFIG $llvm install >/dev/null
 }
 
 # pg_start DIR PORT [postgresql.conf lines...]: a throwaway cluster in DIR,

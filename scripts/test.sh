@@ -53,6 +53,14 @@ run_suites "running server" PGHOST=$PGHOST PGPORT=$PGPORT PGUSER=$PGUSER
 pg_stop "$SERVER"
 unset PGHOST PGPORT PGUSER
 
+# The build with -Wextra (make EXTRA_WARNINGS=1) in the copy: the warnings
+# of our own files, not those the server's headers give (-Wclobbered inside
+# PG_TRY).  Reported, not yet fatal: src/track.c still has some.
+echo "== warnings under -Wextra"
+as_pg make -s -C "$TREE" PG_CONFIG=$PG_CONFIG with_llvm=no EXTRA_WARNINGS=1 >/dev/null 2>"$WORK/warnings" || status=1
+grep -E '^src/[^:]+:[0-9]+:[0-9]+: warning:' "$WORK/warnings" | sort -u
+echo "$(grep -cE '^src/[^:]+:[0-9]+:[0-9]+: warning:' "$WORK/warnings") warnings in src/"
+
 echo "== TAP tests"
 if ! as_pg make -s -C "$TREE" PG_CONFIG=$PG_CONFIG installcheck REGRESS= ISOLATION= \
 	PROVE_FLAGS="--timer"; then
