@@ -51,7 +51,7 @@
 #include "sqlexec.h"
 #include "treemath.h"
 
-#define HT_PACK_TARGET		64	/* entries per pack aimed at */
+#define HT_PACK_TARGET		32	/* entries per pack aimed at (~1 kB) */
 #define HT_PACK_MIN_SPAN	32		/* (_pack_seg() in the install script probes 32..1024) */
 #define HT_PACK_MAX_SPAN	1024
 #define HT_PACK_WRITE_BYTES (256 * 1024)	/* pack bytes written at a time */
@@ -170,9 +170,16 @@ static HtQuery q_pack_span = {
 	3, {INT4OID, TEXTOID, TEXTOID}
 };
 
+/*
+ * One primary-key probe per pack (los sorted): "lo = ANY ($4)" lets the
+ * planner, with the stale statistics of a table just filled by a re-hash,
+ * filter every pack of the tree against the whole array instead.
+ */
 static HtQuery q_pack_fetch = {
-	"SELECT lo, data, ctid FROM hashtree.entry_pack"
-	" WHERE part = $1 AND pa = $2 AND pb = $3 AND lo = ANY ($4::int4[]) ORDER BY lo",
+	"SELECT p.lo, p.data, p.ctid FROM unnest($4::int4[]) WITH ORDINALITY AS u(lo, i)"
+	" CROSS JOIN LATERAL (SELECT t.lo, t.data, t.ctid FROM hashtree.entry_pack t"
+	"  WHERE t.part = $1 AND t.pa = $2 AND t.pb = $3 AND t.lo = u.lo LIMIT 1) p"
+	" ORDER BY u.i",
 	4, {INT4OID, TEXTOID, TEXTOID, INT4ARRAYOID}
 };
 
