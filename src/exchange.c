@@ -207,23 +207,6 @@ ht_exchange_partition(const char *peer_name, int part, HtRepairMode mode,
 	r->outcome = HT_OUTCOME_OK;
 }
 
-/* did the peer (not this backend) raise it? remote.c marks peer errors */
-static bool
-from_peer(ErrorData *edata)
-{
-	return (edata->message && strstr(edata->message, "on peer \"") != NULL) ||
-		(edata->context && strstr(edata->context, "on peer \"") != NULL);
-}
-
-bool
-ht_exchange_peer_lost(int sqlstate, const char *message)
-{
-	/* unreachable, broken, or mute past hashtree.statement_timeout */
-	return ERRCODE_TO_CATEGORY(sqlstate) == ERRCODE_CONNECTION_EXCEPTION ||
-		(sqlstate == ERRCODE_QUERY_CANCELED && message != NULL &&
-		 strncmp(message, "canceling statement on peer", 27) == 0);
-}
-
 /*
  * exchange() keeps a cancel of this backend (the user's, or its statement
  * timeout) instead of throwing it again: the partition in progress is
@@ -238,10 +221,12 @@ void
 ht_exchange_failed(const char *peer_name, ErrorData *edata, HtExchangeResult *r)
 {
 	/*
-	 * A cancel or a shutdown of this backend stops everything (a statement
-	 * timeout on the peer is only this partition's failure).
+	 * A cancel or a shutdown of this backend stops everything.  These are
+	 * this backend's own: the client never raises a peer's failure with
+	 * them (a peer that does not answer in time is lost, a statement
+	 * timeout on the peer is relayed as the partition's error; remote.h).
 	 */
-	if ((edata->sqlerrcode == ERRCODE_QUERY_CANCELED && !from_peer(edata)) ||
+	if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
 		edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
 	{
 		ht_peer_disconnect(peer_name);
@@ -344,7 +329,7 @@ ht_exchange_one(const char *peer_name, int part, HtRepairMode mode, bool worker,
 			if (canceled)
 				*unreachable = psprintf("not attempted: the exchange was canceled at partition %d",
 										part);
-			else if (ht_exchange_peer_lost(r->sqlstate, r->message))
+			else if (ht_peer_lost(r->sqlstate))
 				*unreachable = psprintf("not attempted: the peer was lost at partition %d",
 										part);
 			if (!ht_exchange_quiet)

@@ -105,9 +105,6 @@ extern void ht_exchange_one(const char *peer_name, int part, HtRepairMode mode,
 /* no WARNING per failed partition or prefix (the workers log one line) */
 extern bool ht_exchange_quiet;
 
-/* is an error of an exchange the loss of the peer (stop, do not go on)? */
-extern bool ht_exchange_peer_lost(int sqlstate, const char *message);
-
 /* append r to hashtree.exchange_log (needs SPI) */
 extern void ht_exchange_log(const char *peer_name, HtRepairMode mode, bool worker,
 							HtExchangeResult *r);
