@@ -119,6 +119,35 @@ lock_update_all($b);
 is(tops($a), tops($b), 'push: equal top hashes');
 is(check_trees($a), '0', 'a\'s trees are consistent after the repairs');
 
+# names that need quoting (quotes, spaces, upper case, unicode) in the schema,
+# table and key columns: found, pulled and pushed
+for my $n ($a, $b)
+{
+	$n->safe_psql('postgres', q{
+		CREATE SCHEMA "S'q ""D"" Ü";
+		CREATE TABLE "S'q ""D"" Ü"."T'ab ""X"" Ä b" ("K'ey ""1""" int, "Wh'en ""2""" text, "V'al ß" text,
+			PRIMARY KEY ("K'ey ""1""", "Wh'en ""2"""));
+		SELECT hashtree.track('"S''q ""D"" Ü"."T''ab ""X"" Ä b"');
+		INSERT INTO "S'q ""D"" Ü"."T'ab ""X"" Ä b" SELECT g, 'w''' || g, 'v "' || g FROM generate_series(1, 200) g;
+	});
+}
+$b->safe_psql('postgres', q{
+	DELETE FROM "S'q ""D"" Ü"."T'ab ""X"" Ä b" WHERE "K'ey ""1""" <= 10;
+	UPDATE "S'q ""D"" Ü"."T'ab ""X"" Ä b" SET "V'al ß" = 'changed' WHERE "K'ey ""1""" BETWEEN 11 AND 20;
+	INSERT INTO "S'q ""D"" Ü"."T'ab ""X"" Ä b" SELECT g, 'new', 'n' FROM generate_series(300, 309) g;
+});
+my $odd_rows = q{SELECT md5(string_agg(t::text, ',' ORDER BY "K'ey ""1""", "Wh'en ""2"""))
+	FROM "S'q ""D"" Ü"."T'ab ""X"" Ä b" t};
+my $odd_exchange = q{SELECT string_agg(DISTINCT prefix_a || '.' || prefix_b, ',') || ' ' || count(*)
+	|| ' ' || count(*) FILTER (WHERE repaired) FROM hashtree.exchange('b', NULL, '%s')};
+is($a->safe_psql('postgres', sprintf($odd_exchange, 'pull')), q{S'q "D" Ü.T'ab "X" Ä b 30 30},
+	'odd names: the 30 differences found and pulled');
+is($a->safe_psql('postgres', $odd_rows), $b->safe_psql('postgres', $odd_rows), 'odd names: a has b\'s rows');
+$a->safe_psql('postgres', q{UPDATE "S'q ""D"" Ü"."T'ab ""X"" Ä b" SET "V'al ß" = 'pushed' WHERE "K'ey ""1""" <= 15});
+is($a->safe_psql('postgres', sprintf($odd_exchange, 'push')), q{S'q "D" Ü.T'ab "X" Ä b 5 5},
+	'odd names: pushed');
+is($a->safe_psql('postgres', $odd_rows), $b->safe_psql('postgres', $odd_rows), 'odd names: b has a\'s rows');
+
 # ---- faults ---------------------------------------------------------------
 
 # the distinct messages of the log rows after id
