@@ -11,11 +11,11 @@ RESET client_min_messages;
 
 CREATE SCHEMA "S'q ""D"" Ü";
 SET search_path = "S'q ""D"" Ü", public;
-CREATE FUNCTION public.update_all() RETURNS text LANGUAGE sql AS $$
+CREATE FUNCTION "S'q ""D"" Ü".update_all() RETURNS text LANGUAGE sql AS $$
 	SELECT string_agg(DISTINCT hashtree.lock(p) || '/' || hashtree.update(p), ',')
 	  FROM generate_series(0, 7) p
 $$;
-CREATE FUNCTION public.prefix_hashes(s text, t text) RETURNS text LANGUAGE sql AS $$
+CREATE FUNCTION "S'q ""D"" Ü".prefix_hashes(s text, t text) RETURNS text LANGUAGE sql AS $$
 	SELECT string_agg(coalesce(encode(hashtree.prefix_hash(p, s, t), 'hex'), '-'), ',' ORDER BY p)
 	  FROM generate_series(0, 7) p
 $$;
@@ -118,5 +118,4 @@ SELECT count(*) AS leftovers FROM pg_class WHERE relname LIKE 'hashtree\_frag\_%
 RESET search_path;
 SET client_min_messages = warning;
 DROP SCHEMA "S'q ""D"" Ü" CASCADE;
-DROP FUNCTION public.update_all(), public.prefix_hashes(text, text);
 RESET client_min_messages;
