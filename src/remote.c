@@ -568,10 +568,38 @@ ht_peer_query(HtPeer *peer, const char *sql, int nparams,
 	return ht_peer_receive(peer, ncols);
 }
 
+/*
+ * An error of a statement run on this node by ht_node_query (a table
+ * owner's trigger in a repair, say): one of class 08 would read as a lost
+ * peer, so it is raised as 38000, as a peer's would be (remote.h).
+ */
+static void
+local_failed(MemoryContext cxt)
+{
+	ErrorData  *edata;
+	int			code;
+
+	MemoryContextSwitchTo(cxt);
+	edata = CopyErrorData();
+	if (!ht_peer_lost(edata->sqlerrcode))
+	{
+		FreeErrorData(edata);
+		PG_RE_THROW();
+	}
+	FlushErrorState();
+	code = edata->sqlerrcode;
+	edata->sqlerrcode = ERRCODE_EXTERNAL_ROUTINE_EXCEPTION;
+	edata->context = psprintf("%s%son this node, which reported SQLSTATE %s",
+							  edata->context ? edata->context : "",
+							  edata->context ? "\n" : "", unpack_sql_state(code));
+	ReThrowError(edata);
+}
+
 HtRemoteResult *
 ht_node_query(HtPeer *peer, const char *sql, int nparams,
 			  const char *const *params, int ncols)
 {
+	MemoryContext cxt = CurrentMemoryContext;
 	Oid		   *types;
 	Datum	   *values;
 	char	   *nulls;
@@ -593,7 +621,15 @@ ht_node_query(HtPeer *peer, const char *sql, int nparams,
 	}
 	nulls[nparams] = '\0';
 	pin = ht_pin_begin();
-	rc = SPI_execute_with_args(sql, nparams, types, values, nulls, false, 0);
+	PG_TRY();
+	{
+		rc = SPI_execute_with_args(sql, nparams, types, values, nulls, false, 0);
+	}
+	PG_CATCH();
+	{
+		local_failed(cxt);
+	}
+	PG_END_TRY();
 	ht_pin_end(pin);
 	if (rc < 0)
 		elog(ERROR, "hashtree: SPI_execute_with_args failed (%s) for: %s",

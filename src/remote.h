@@ -107,7 +107,10 @@ extern HtRemoteResult *ht_peer_receive(HtPeer *peer, int ncols);
 /*
  * The same statement on this node (peer NULL, through SPI) or on a peer,
  * with text parameters and text results: the form the repair code uses
- * to move entries and rows either way.
+ * to move entries and rows either way.  On this node too, an error of
+ * class 08 (from a table owner's code, say) is raised as 38000, so that
+ * class 08 still means a lost peer; class 57 is left as it is (a cancel
+ * of this backend cannot be told from a RAISE of 57014).
  */
 extern HtRemoteResult *ht_node_query(HtPeer *peer, const char *sql, int nparams,
 									 const char *const *params, int ncols);

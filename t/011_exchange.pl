@@ -330,4 +330,31 @@ $b->safe_psql('postgres', 'DROP TRIGGER refuse ON acct');
 report($a, 'b', 'push');
 is($a->safe_psql('postgres', $rows_sql), $b->safe_psql('postgres', $rows_sql), 'refusing trigger: the next push repairs');
 
+# the same trigger on this node during a pull (08006 only: a RAISE of 57014
+# here cannot be told from a cancel of this backend): that table's repair
+# error, not a lost peer
+$a->safe_psql('postgres', q{
+	CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+	BEGIN
+		IF NEW.owner LIKE 'poison %' THEN
+			RAISE EXCEPTION 'refused by a trigger (%)', substr(NEW.owner, 8)
+				USING ERRCODE = substr(NEW.owner, 8);
+		END IF;
+		RETURN NEW;
+	END $$;
+	CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON acct FOR EACH ROW EXECUTE FUNCTION refuse();
+});
+$b->safe_psql('postgres', q{UPDATE acct SET owner = 'poison 08006' WHERE id BETWEEN 41 AND 60});
+$id = last_id($a);
+($ret, $out, $err) = $a->psql('postgres',
+	q{SELECT count(*) FILTER (WHERE repaired) || ' ' || count(*) FROM hashtree.exchange('b', NULL, 'pull')});
+is($ret . ' ' . $out, '0 0 20', 'refusing local trigger: exchange() returns the 20 differences, none repaired');
+is($a->safe_psql('postgres', "SELECT string_agg(DISTINCT outcome, ',') || ' ' || count(*) FROM hashtree.exchange_log WHERE id > $id"),
+	'ok 8', 'refusing local trigger: every partition compared, the peer not lost');
+like(messages_after($a, $id), qr/^repair of public\.acct: refused by a trigger \(08006\)( \| repair of public\.acct: refused by a trigger \(08006\))*$/,
+	'refusing local trigger: the error is each partition\'s repair note');
+$a->safe_psql('postgres', 'DROP TRIGGER refuse ON acct');
+report($a, 'b', 'pull');
+is($a->safe_psql('postgres', $rows_sql), $b->safe_psql('postgres', $rows_sql), 'refusing local trigger: the next pull repairs');
+
 done_testing();
