@@ -411,21 +411,22 @@ typedef struct ExchangeEnd
 } ExchangeEnd;
 
 static HtQuery q_job_outcome = {
-	"SELECT pg_catalog.count(*) FILTER (WHERE outcome OPERATOR(pg_catalog.=) 'error'::pg_catalog.text),"
+	"SELECT pg_catalog.count(*) FILTER (WHERE outcome OPERATOR(pg_catalog.=) $3),"
 	" pg_catalog.count(*) FROM hashtree.exchange_log"
 	" WHERE id OPERATOR(pg_catalog.>) $1 AND peer OPERATOR(pg_catalog.=) $2 AND worker",
-	2, {INT8OID, TEXTOID}
+	3, {INT8OID, TEXTOID, TEXTOID}
 };
 
 static void
 exchange_end_step(void *arg)
 {
 	ExchangeEnd *e = (ExchangeEnd *) arg;
-	Datum		v[2];
+	Datum		v[3];
 	bool		isnull;
 
 	v[0] = Int64GetDatum(e->r->mark);
 	v[1] = CStringGetTextDatum(e->r->job.peer);
+	v[2] = CStringGetTextDatum(ht_exchange_outcome_names[HT_OUTCOME_ERROR]);
 	ht_exec(&q_job_outcome, v, NULL, 0);
 	/* a job that logged nothing died before its first partition */
 	e->failed = DatumGetInt64(ht_col(0, 1, &isnull)) > 0 ||
