@@ -1318,14 +1318,14 @@ remote_call(const char *node, const char *sql, int nparams,
 static text *
 local_lock(int part, int pid, bool release)
 {
-	const char *res;
+	HtPartAnswer res;
 
 	SPI_connect();
 	HT_API_BEGIN();
 	res = release ? ht_part_release(part, pid) : ht_part_lock(part, pid);
 	HT_API_END();
 	SPI_finish();
-	return cstring_to_text(res);
+	return cstring_to_text(ht_part_answer_names[res]);
 }
 
 /*
@@ -1395,17 +1395,17 @@ ht_release_lock(PG_FUNCTION_ARGS)
 	return lock_common(fcinfo, true);
 }
 
-const char *
+HtPartAnswer
 ht_update_partition(int part)
 {
-	const char *res = "ok";
+	HtPartAnswer res;
 
 	check_read_committed("hashtree.update()");
 	SPI_connect();
 	HT_API_BEGIN();
 	{
 		res = ht_part_begin_update(part);
-		if (strcmp(res, "ok") == 0)
+		if (res == HT_PART_OK)
 		{
 			HtUpdateStats stats;
 			TimestampTz start = GetCurrentTimestamp();
@@ -1438,7 +1438,7 @@ ht_update(PG_FUNCTION_ARGS)
 	const char *params[1];
 
 	if (ht_node_is_local(node))
-		PG_RETURN_TEXT_P(cstring_to_text(ht_update_partition(part)));
+		PG_RETURN_TEXT_P(cstring_to_text(ht_part_answer_names[ht_update_partition(part)]));
 	params[0] = psprintf("%d", part);
 	PG_RETURN_TEXT_P(remote_call(node, "SELECT hashtree.update($1::int4)", 1, params));
 }

@@ -31,25 +31,29 @@
 #include "sqlexec.h"
 #include "store.h"
 
+const char *const ht_repair_mode_names[HT_NREPAIR_MODES] = {
+	[HT_REPAIR_NONE] = "none",
+	[HT_REPAIR_PULL] = "pull",
+	[HT_REPAIR_PUSH] = "push",
+};
+
+const char *const ht_exchange_outcome_names[HT_NOUTCOMES] = {
+	[HT_OUTCOME_ERROR] = "error",
+	[HT_OUTCOME_OK] = "ok",
+	[HT_OUTCOME_SKIPPED_LOCKED] = "skipped_locked",
+	[HT_OUTCOME_NOT_BUILT] = "not_built",
+};
+
 HtRepairMode
 ht_repair_mode(const char *name)
 {
-	if (strcmp(name, "none") == 0)
-		return HT_REPAIR_NONE;
-	if (strcmp(name, "pull") == 0)
-		return HT_REPAIR_PULL;
-	if (strcmp(name, "push") == 0)
-		return HT_REPAIR_PUSH;
+	for (int i = 0; i < HT_NREPAIR_MODES; i++)
+		if (strcmp(name, ht_repair_mode_names[i]) == 0)
+			return (HtRepairMode) i;
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 			 errmsg("repair must be none, pull or push, not \"%s\"", name)));
 	return HT_REPAIR_NONE;		/* keep compiler quiet */
-}
-
-const char *
-ht_repair_mode_name(HtRepairMode mode)
-{
-	return mode == HT_REPAIR_PULL ? "pull" : mode == HT_REPAIR_PUSH ? "push" : "none";
 }
 
 /* compare callback: keep the difference */
@@ -84,23 +88,36 @@ peer_word_send(HtPeer *peer, const char *fn, int part)
 }
 
 /* its one-word answer */
-static char *
+static HtPartAnswer
 peer_word_receive(HtPeer *peer, const char *fn)
 {
 	HtRemoteResult *res = ht_peer_receive(peer, 1);
+	const char *word = res->nrows == 1 ? ht_remote_text(res, 0, 0) : NULL;
+	HtPartAnswer answer;
 
-	if (res->nrows != 1 || ht_remote_text(res, 0, 0) == NULL)
+	if (word == NULL || !ht_part_answer_of(word, &answer))
 		ereport(ERROR,
 				(errcode(ERRCODE_PROTOCOL_VIOLATION),
 				 errmsg("unexpected answer from peer \"%s\" to %s()", ht_peer_name(peer), fn)));
-	return ht_remote_text(res, 0, 0);
+	return answer;
 }
 
-static char *
+static HtPartAnswer
 peer_word(HtPeer *peer, const char *fn, int part)
 {
 	peer_word_send(peer, fn, part);
 	return peer_word_receive(peer, fn);
+}
+
+/* lock() here or on the peer (where) refused the partition */
+static void
+lock_refused(HtExchangeResult *r, int part, HtPartAnswer answer, const char *where)
+{
+	bool		not_built = (answer == HT_PART_NOT_BUILT);
+
+	r->outcome = not_built ? HT_OUTCOME_NOT_BUILT : HT_OUTCOME_SKIPPED_LOCKED;
+	r->message = psprintf("partition %d is %s %s", part,
+						  not_built ? "not built" : "locked", where);
 }
 
 void
@@ -113,8 +130,7 @@ ht_exchange_partition(const char *peer_name, int part, HtRepairMode mode,
 	int64		rt1;
 	int64		bytes1;
 	uint64		generation;
-	const char *res;
-	char	   *word;
+	HtPartAnswer res;
 	HtPartState st;
 	bool		held;
 
@@ -134,22 +150,17 @@ ht_exchange_partition(const char *peer_name, int part, HtRepairMode mode,
 	ht_part_state(part, &st);
 	held = st.mine;
 	res = ht_part_lock(part, MyProcPid);
-	if (strcmp(res, "ok") != 0)
+	if (res != HT_PART_OK)
 	{
-		r->outcome = strcmp(res, "not_built") == 0 ? "not_built" : "skipped_locked";
-		r->message = psprintf("partition %d is %s on this node", part,
-							  strcmp(res, "not_built") == 0 ? "not built" : "locked");
+		lock_refused(r, part, res, "on this node");
 		return;
 	}
-	word = peer_word(peer, "lock", part);
-	if (strcmp(word, "ok") != 0)
+	res = peer_word(peer, "lock", part);
+	if (res != HT_PART_OK)
 	{
 		if (!held)
 			(void) ht_part_release(part, MyProcPid);
-		r->outcome = strcmp(word, "not_built") == 0 ? "not_built" : "skipped_locked";
-		r->message = psprintf("partition %d is %s on peer \"%s\"", part,
-							  strcmp(word, "not_built") == 0 ? "not built" : "locked",
-							  peer_name);
+		lock_refused(r, part, res, psprintf("on peer \"%s\"", peer_name));
 		return;
 	}
 
@@ -159,15 +170,17 @@ ht_exchange_partition(const char *peer_name, int part, HtRepairMode mode,
 	 */
 	peer_word_send(peer, "update", part);
 	res = ht_update_partition(part);
-	if (strcmp(res, "ok") != 0)
+	if (res != HT_PART_OK)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("update of partition %d on this node answered %s", part, res)));
-	word = peer_word_receive(peer, "update");
-	if (strcmp(word, "ok") != 0)
+				 errmsg("update of partition %d on this node answered %s", part,
+						ht_part_answer_names[res])));
+	res = peer_word_receive(peer, "update");
+	if (res != HT_PART_OK)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("update of partition %d on peer \"%s\" answered %s", part, peer_name, word)));
+				 errmsg("update of partition %d on peer \"%s\" answered %s", part, peer_name,
+						ht_part_answer_names[res])));
 
 	ht_compare(part, peer, collect, r);
 
@@ -179,35 +192,19 @@ ht_exchange_partition(const char *peer_name, int part, HtRepairMode mode,
 		ereport(ERROR,
 				(errcode(ERRCODE_CONNECTION_FAILURE),
 				 errmsg("the connection to peer \"%s\" was replaced during the exchange", peer_name)));
-	word = peer_word(peer, "release_lock", part);
-	if (strcmp(word, "ok") != 0)
+	res = peer_word(peer, "release_lock", part);
+	if (res != HT_PART_OK)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("release of partition %d on peer \"%s\" answered %s", part, peer_name, word)));
+				 errmsg("release of partition %d on peer \"%s\" answered %s", part, peer_name,
+						ht_part_answer_names[res])));
 	if (!held)
 		(void) ht_part_release(part, MyProcPid);
 
 	ht_peer_counters(peer, &rt1, &bytes1);
 	r->round_trips = rt1 - rt0;
 	r->bytes = bytes1 - bytes0;
-	r->outcome = "ok";
-}
-
-/* did the peer (not this backend) raise it? remote.c marks peer errors */
-static bool
-from_peer(ErrorData *edata)
-{
-	return (edata->message && strstr(edata->message, "on peer \"") != NULL) ||
-		(edata->context && strstr(edata->context, "on peer \"") != NULL);
-}
-
-bool
-ht_exchange_peer_lost(int sqlstate, const char *message)
-{
-	/* unreachable, broken, or mute past hashtree.statement_timeout */
-	return ERRCODE_TO_CATEGORY(sqlstate) == ERRCODE_CONNECTION_EXCEPTION ||
-		(sqlstate == ERRCODE_QUERY_CANCELED && message != NULL &&
-		 strncmp(message, "canceling statement on peer", 27) == 0);
+	r->outcome = HT_OUTCOME_OK;
 }
 
 /*
@@ -224,17 +221,19 @@ void
 ht_exchange_failed(const char *peer_name, ErrorData *edata, HtExchangeResult *r)
 {
 	/*
-	 * A cancel or a shutdown of this backend stops everything (a statement
-	 * timeout on the peer is only this partition's failure).
+	 * A cancel or a shutdown of this backend stops everything.  These are
+	 * this backend's own: the client never raises a peer's failure with
+	 * them (a peer that does not answer in time is lost, a statement
+	 * timeout on the peer is relayed as the partition's error; remote.h).
 	 */
-	if ((edata->sqlerrcode == ERRCODE_QUERY_CANCELED && !from_peer(edata)) ||
+	if (edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
 		edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
 	{
 		ht_peer_disconnect(peer_name);
 		if (!keep_cancel || edata->sqlerrcode != ERRCODE_QUERY_CANCELED)
 			ReThrowError(edata);
 		canceled = true;
-		r->outcome = "error";
+		r->outcome = HT_OUTCOME_ERROR;
 		r->sqlstate = edata->sqlerrcode;
 		r->message = psprintf("canceled: %s", edata->message ? edata->message : "");
 		r->ndiffs = 0;
@@ -245,7 +244,7 @@ ht_exchange_failed(const char *peer_name, ErrorData *edata, HtExchangeResult *r)
 
 	/* the peer's lock goes with the connection */
 	ht_peer_disconnect(peer_name);
-	r->outcome = "error";
+	r->outcome = HT_OUTCOME_ERROR;
 	r->sqlstate = edata->sqlerrcode;
 	r->message = edata->message ? pstrdup(edata->message) : pstrdup("unknown error");
 	r->ndiffs = 0;
@@ -271,11 +270,11 @@ ht_exchange_log(const char *peer_name, HtRepairMode mode, bool worker, HtExchang
 	memset(n, 0, sizeof(n));
 	v[0] = CStringGetTextDatum(peer_name);
 	v[1] = Int32GetDatum(r->part);
-	v[2] = CStringGetTextDatum(ht_repair_mode_name(mode));
+	v[2] = CStringGetTextDatum(ht_repair_mode_names[mode]);
 	v[3] = BoolGetDatum(worker);
 	v[4] = TimestampTzGetDatum(r->started);
 	v[5] = TimestampTzGetDatum(r->finished);
-	v[6] = CStringGetTextDatum(r->outcome);
+	v[6] = CStringGetTextDatum(ht_exchange_outcome_names[r->outcome]);
 	v[7] = r->message ? CStringGetTextDatum(r->message) : (Datum) 0;
 	n[7] = (r->message == NULL);
 	for (int k = 0; k < HT_NKINDS; k++)
@@ -314,7 +313,7 @@ ht_exchange_one(const char *peer_name, int part, HtRepairMode mode, bool worker,
 	if (*unreachable != NULL)
 	{
 		/* the peer went away: the remaining partitions were not compared */
-		r->outcome = "error";
+		r->outcome = HT_OUTCOME_ERROR;
 		r->message = *unreachable;
 	}
 	else
@@ -330,7 +329,7 @@ ht_exchange_one(const char *peer_name, int part, HtRepairMode mode, bool worker,
 			if (canceled)
 				*unreachable = psprintf("not attempted: the exchange was canceled at partition %d",
 										part);
-			else if (ht_exchange_peer_lost(r->sqlstate, r->message))
+			else if (ht_peer_lost(r->sqlstate))
 				*unreachable = psprintf("not attempted: the peer was lost at partition %d",
 										part);
 			if (!ht_exchange_quiet)
@@ -433,7 +432,7 @@ ht_exchange(PG_FUNCTION_ARGS)
 			HtExchangeResult r;
 
 			ht_exchange_one(peer_name, part, mode, false, &unreachable, &r);
-			if (strcmp(r.outcome, "ok") == 0)
+			if (r.outcome == HT_OUTCOME_OK)
 			{
 				for (int i = 0; i < r.ndiffs; i++)
 					put_row(rsinfo, part, ht_diff_kind_names[r.diffs[i].kind], r.diffs[i].pa,
@@ -442,7 +441,8 @@ ht_exchange(PG_FUNCTION_ARGS)
 			else
 			{
 				/* never a clean result for a partition that was not compared */
-				put_row(rsinfo, part, r.outcome, NULL, NULL, NULL, false);
+				put_row(rsinfo, part, ht_exchange_outcome_names[r.outcome], NULL, NULL, NULL,
+						false);
 			}
 		}
 	}

@@ -21,11 +21,30 @@ typedef enum HtRepairMode
 {
 	HT_REPAIR_NONE,
 	HT_REPAIR_PULL,				/* make this node's rows equal to the peer's */
-	HT_REPAIR_PUSH				/* make the peer's rows equal to this node's */
+	HT_REPAIR_PUSH,				/* make the peer's rows equal to this node's */
+	HT_NREPAIR_MODES
 } HtRepairMode;
 
+/* the names exchange(), hashtree.repair and exchange_log.repair use */
+extern const char *const ht_repair_mode_names[HT_NREPAIR_MODES];
+
+/* the mode a name names; ERROR if none */
 extern HtRepairMode ht_repair_mode(const char *name);
-extern const char *ht_repair_mode_name(HtRepairMode mode);
+
+/*
+ * What became of one partition; the names are exchange_log.outcome's.  A
+ * zeroed result is an error: nothing reads as compared unless it was.
+ */
+typedef enum HtExchangeOutcome
+{
+	HT_OUTCOME_ERROR,			/* failed, or not attempted */
+	HT_OUTCOME_OK,				/* compared (and repaired, if asked) */
+	HT_OUTCOME_SKIPPED_LOCKED,	/* locked here or on the peer */
+	HT_OUTCOME_NOT_BUILT,		/* not built here or on the peer */
+	HT_NOUTCOMES
+} HtExchangeOutcome;
+
+extern const char *const ht_exchange_outcome_names[HT_NOUTCOMES];
 
 /* one difference found by compare (strings in server encoding) */
 typedef struct HtDiff
@@ -41,7 +60,7 @@ typedef struct HtDiff
 typedef struct HtExchangeResult
 {
 	int			part;
-	const char *outcome;		/* ok, skipped_locked, not_built, error */
+	HtExchangeOutcome outcome;
 	int			sqlstate;		/* of the error */
 	char	   *message;
 	TimestampTz started;
@@ -85,9 +104,6 @@ extern void ht_exchange_one(const char *peer_name, int part, HtRepairMode mode,
 
 /* no WARNING per failed partition or prefix (the workers log one line) */
 extern bool ht_exchange_quiet;
-
-/* is an error of an exchange the loss of the peer (stop, do not go on)? */
-extern bool ht_exchange_peer_lost(int sqlstate, const char *message);
 
 /* append r to hashtree.exchange_log (needs SPI) */
 extern void ht_exchange_log(const char *peer_name, HtRepairMode mode, bool worker,

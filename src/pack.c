@@ -51,7 +51,7 @@
 #include "sqlexec.h"
 #include "treemath.h"
 
-#define HT_PACK_TARGET		64	/* entries per pack aimed at */
+#define HT_PACK_TARGET		32	/* entries per pack aimed at (~1 kB) */
 #define HT_PACK_MIN_SPAN	32		/* (_pack_seg() in the install script probes 32..1024) */
 #define HT_PACK_MAX_SPAN	1024
 #define HT_PACK_WRITE_BYTES (256 * 1024)	/* pack bytes written at a time */
@@ -160,19 +160,21 @@ rec_bytea(const char *p, int len)
 
 /* ---- writing packs ------------------------------------------------------ */
 
-static HtQuery q_pack_delete = {
-	"DELETE FROM hashtree.entry_pack WHERE ctid = ANY ($1::tid[])",
-	1, {TIDARRAYOID}
-};
-
 static HtQuery q_pack_span = {
 	"SELECT span FROM hashtree.entry_pack WHERE part = $1 AND pa = $2 AND pb = $3 LIMIT 1",
 	3, {INT4OID, TEXTOID, TEXTOID}
 };
 
+/*
+ * One primary-key probe per pack (los sorted): "lo = ANY ($4)" lets the
+ * planner, with the stale statistics of a table just filled by a re-hash,
+ * filter every pack of the tree against the whole array instead.
+ */
 static HtQuery q_pack_fetch = {
-	"SELECT lo, data, ctid FROM hashtree.entry_pack"
-	" WHERE part = $1 AND pa = $2 AND pb = $3 AND lo = ANY ($4::int4[]) ORDER BY lo",
+	"SELECT p.lo, p.data, p.ctid FROM unnest($4::int4[]) WITH ORDINALITY AS u(lo, i)"
+	" CROSS JOIN LATERAL (SELECT t.lo, t.data, t.ctid FROM hashtree.entry_pack t"
+	"  WHERE t.part = $1 AND t.pa = $2 AND t.pb = $3 AND t.lo = u.lo LIMIT 1) p"
+	" ORDER BY u.i",
 	4, {INT4OID, TEXTOID, TEXTOID, INT4ARRAYOID}
 };
 
@@ -345,6 +347,97 @@ changes_recs(HtPackEntry *changes, int n)
 }
 
 /*
+ * Rewriting the packs of one tree in one partition in place: the fold's
+ * new version of a pack is a heap update of the old one (HOT when its page
+ * has room: no index entry, and page pruning reclaims the old version
+ * without a VACUUM), an emptied pack is deleted.  Heap and index directly,
+ * as the pack builder writes (the guard trigger is for foreign writes).
+ * The fold holds the partition's update lock: nobody else writes packs of
+ * this partition meanwhile.
+ */
+typedef struct PackRewriter
+{
+	Relation	rel;
+	Relation	idx;
+	IndexInfo  *ii;
+	Datum	   *values;
+	bool	   *nulls;
+	AttrNumber	att_lo,
+				att_n,
+				att_data;
+} PackRewriter;
+
+static PackRewriter *
+pack_rewrite_open(int part, int span, text *pa, text *pb)
+{
+	Oid			nsp = ht_schema_oid();
+	Oid			relid = get_relname_relid("entry_pack", nsp);
+	Oid			idxid = get_relname_relid("entry_pack_pkey", nsp);
+	PackRewriter *pu = palloc0(sizeof(PackRewriter));
+	int			natts;
+
+	if (!OidIsValid(relid) || !OidIsValid(idxid))
+		elog(ERROR, "hashtree: table hashtree.entry_pack or its primary key is missing");
+	pu->rel = table_open(relid, RowExclusiveLock);
+	pu->idx = index_open(idxid, RowExclusiveLock);
+	pu->ii = BuildIndexInfo(pu->idx);
+	natts = RelationGetDescr(pu->rel)->natts;
+	pu->values = palloc0(sizeof(Datum) * natts);
+	pu->nulls = palloc0(sizeof(bool) * natts);
+	pu->values[get_attnum(relid, "part") - 1] = Int32GetDatum(part);
+	pu->values[get_attnum(relid, "span") - 1] = Int32GetDatum(span);
+	pu->values[get_attnum(relid, "pa") - 1] = PointerGetDatum(pa);
+	pu->values[get_attnum(relid, "pb") - 1] = PointerGetDatum(pb);
+	pu->att_lo = get_attnum(relid, "lo");
+	pu->att_n = get_attnum(relid, "n");
+	pu->att_data = get_attnum(relid, "data");
+	return pu;
+}
+
+/* pack lo (at tid) now holds the cnt records of buf; none: it goes */
+static void
+pack_rewrite(PackRewriter *pu, ItemPointer tid, int32 lo, int cnt, StringInfo buf)
+{
+	HeapTuple	tup;
+	bytea	   *data;
+
+	if (cnt == 0)
+	{
+		simple_heap_delete(pu->rel, tid);
+		return;
+	}
+	data = rec_bytea(buf->data, buf->len);
+	pu->values[pu->att_lo - 1] = Int32GetDatum(lo);
+	pu->values[pu->att_n - 1] = Int32GetDatum(cnt);
+	pu->values[pu->att_data - 1] = PointerGetDatum(data);
+	tup = heap_form_tuple(RelationGetDescr(pu->rel), pu->values, pu->nulls);
+	simple_heap_update(pu->rel, tid, tup);
+	if (!HeapTupleIsHeapOnly(tup))
+	{
+		Datum		iv[INDEX_MAX_KEYS];
+		bool		in[INDEX_MAX_KEYS];
+
+		for (int k = 0; k < pu->ii->ii_NumIndexAttrs; k++)
+		{
+			iv[k] = pu->values[pu->ii->ii_IndexAttrNumbers[k] - 1];
+			in[k] = false;
+		}
+		index_insert(pu->idx, iv, in, &tup->t_self, pu->rel, UNIQUE_CHECK_YES, false, pu->ii);
+	}
+	heap_freetuple(tup);
+	pfree(data);
+}
+
+/* done: the new versions are visible to the statements that follow */
+static void
+pack_rewrite_close(PackRewriter *pu)
+{
+	index_close(pu->idx, NoLock);
+	table_close(pu->rel, NoLock);
+	CommandCounterIncrement();
+}
+
+/*
  * Sum of the entry digests of segment seg and their count, from records
  * recs[*pos ..] sorted by segment; *pos moves past the segment.
  */
@@ -443,7 +536,7 @@ apply_recs(int part, text *pa, text *pb, PackRec *ch, int n, HtBucketDeltas *del
 	int			nrest = 0;
 	int32	   *dirty;
 	int			ndirty = 0;
-	PackWrites	w = {0};
+	PackRewriter *pu;
 	int			i;
 	uint64		nfound;
 	SPITupleTable *found;
@@ -479,29 +572,8 @@ apply_recs(int part, text *pa, text *pb, PackRec *ch, int n, HtBucketDeltas *del
 	found = SPI_tuptable;
 	SPI_tuptable = NULL;		/* kept until the writes below are done */
 
-	/*
-	 * Every pack fetched is replaced (or goes, when emptied): delete them
-	 * all (by ctid) before the first new version is inserted, which may
-	 * happen in the loop (writes_add() writes every HT_PACK_WRITE_BYTES).
-	 */
-	if (nfound > 0)
-	{
-		Datum	   *dead = palloc(sizeof(Datum) * nfound);
-		Datum		d[1];
-		bool		isnull;
-
-		for (uint64 r = 0; r < nfound; r++)
-			dead[r] = SPI_getbinval(found->vals[r], found->tupdesc, 3, &isnull);
-		d[0] = PointerGetDatum(construct_array(dead, (int) nfound, TIDOID,
-											   sizeof(ItemPointerData), false,
-											   TYPALIGN_SHORT));
-		ht_exec(&q_pack_delete, d, NULL, 0);
-		pfree(dead);
-	}
-
 	dirty = palloc(sizeof(int32) * n);
-	w.part = part;
-	w.span = span;
+	pu = pack_rewrite_open(part, span, pa, pb);
 	i = 0;
 	for (uint64 r = 0; r <= nfound && i < n; r++)
 	{
@@ -531,9 +603,14 @@ apply_recs(int part, text *pa, text *pb, PackRec *ch, int n, HtBucketDeltas *del
 		ndirty = 0;
 		cnt = pack_merge(lo, old, nold, ch + i, j - i, &buf, dirty, &ndirty);
 		if (ndirty > 0)
+		{
+			ItemPointer tid = (ItemPointer) DatumGetPointer(SPI_getbinval(found->vals[r],
+																		  found->tupdesc, 3,
+																		  &isnull));
+
 			add_bucket_delta(deltas, pa, pb, lo, old, nold, &buf, dirty, ndirty);
-		if (cnt > 0)
-			writes_add(&w, pa, pb, lo, cnt, &buf);
+			pack_rewrite(pu, tid, lo, cnt, &buf);
+		}
 		pfree(buf.data);
 		pfree(old);
 		i = j;
@@ -541,7 +618,7 @@ apply_recs(int part, text *pa, text *pb, PackRec *ch, int n, HtBucketDeltas *del
 	while (i < n)
 		rest[nrest++] = ch[i++];
 
-	writes_flush(&w, pa, pb);
+	pack_rewrite_close(pu);
 	SPI_freetuptable(found);
 	return nrest;
 }

@@ -38,6 +38,27 @@
 #include "partlock.h"
 #include "sqlexec.h"
 
+const char *const ht_part_answer_names[HT_PART_NANSWERS] = {
+	[HT_PART_OK] = "ok",
+	[HT_PART_NOT_BUILT] = "not_built",
+	[HT_PART_LOCKED] = "locked",
+	[HT_PART_NOT_LOCKED] = "not_locked",
+	[HT_PART_NOT_ALLOWED] = "not_allowed",
+	[HT_PART_ONGOING_UPDATE] = "ongoing_update",
+};
+
+bool
+ht_part_answer_of(const char *word, HtPartAnswer *answer)
+{
+	for (int i = 0; i < HT_PART_NANSWERS; i++)
+		if (strcmp(word, ht_part_answer_names[i]) == 0)
+		{
+			*answer = (HtPartAnswer) i;
+			return true;
+		}
+	return false;
+}
+
 /* first key of the advisory locks taken by hashtree ('HT' << 16) */
 #define HT_ADVISORY_KEY 0x48540000
 
@@ -268,7 +289,7 @@ set_owner(int part, int pid, TimestampTz start)
 	ht_exec(&q_set_owner, v, n, 0);
 }
 
-const char *
+HtPartAnswer
 ht_part_lock(int part, int pid)
 {
 	HtPartState st;
@@ -288,19 +309,19 @@ ht_part_lock(int part, int pid)
 
 	/* a row locked by another transaction is a lock being changed: busy */
 	if (!read_state(&q_read_skip, part, &st))
-		return "locked";
+		return HT_PART_LOCKED;
 	if (!st.built)
-		return "not_built";
+		return HT_PART_NOT_BUILT;
 	if (st.owner != 0)
 	{
 		/* st.owner is live, so equal pids are the same backend: re-lock */
-		return st.owner == pid ? "ok" : "locked";
+		return st.owner == pid ? HT_PART_OK : HT_PART_LOCKED;
 	}
 	set_owner(part, pid, start);
-	return "ok";
+	return HT_PART_OK;
 }
 
-const char *
+HtPartAnswer
 ht_part_release(int part, int pid)
 {
 	HtPartState st;
@@ -308,18 +329,18 @@ ht_part_release(int part, int pid)
 	ht_check_partition(part);
 	(void) read_state(&q_read, part, &st);
 	if (st.owner == 0)
-		return "not_locked";
+		return HT_PART_NOT_LOCKED;
 	if (st.owner != pid)
-		return "not_allowed";
+		return HT_PART_NOT_ALLOWED;
 
 	/* the owner releases: wait out a transient row lock, then re-check */
 	(void) read_state(&q_read_wait, part, &st);
 	if (st.owner == 0)
-		return "not_locked";
+		return HT_PART_NOT_LOCKED;
 	if (st.owner != pid)
-		return "not_allowed";
+		return HT_PART_NOT_ALLOWED;
 	set_owner(part, 0, 0);
-	return "ok";
+	return HT_PART_OK;
 }
 
 static bool
@@ -341,31 +362,31 @@ release_update_lock(int part)
 }
 
 /*
- * Before an update: answers "not_built", "ongoing_update" or "not_locked",
- * or "ok" with the advisory update lock and the partition row lock held
+ * Before an update: answers HT_PART_NOT_BUILT, HT_PART_ONGOING_UPDATE or
+ * HT_PART_NOT_LOCKED, or HT_PART_OK with the advisory update lock and the partition row lock held
  * until the end of the transaction.  The row lock makes the ownership
  * checked here stay true until the update commits: lock() by others reads
  * "locked" meanwhile, and release_lock() by others waits.
  */
-const char *
+HtPartAnswer
 ht_part_begin_update(int part)
 {
 	HtPartState st;
 
 	ht_part_state(part, &st);
 	if (!st.built)
-		return "not_built";
+		return HT_PART_NOT_BUILT;
 	if (!try_update_lock(part))
-		return "ongoing_update";
+		return HT_PART_ONGOING_UPDATE;
 	if (st.mine)
 		(void) read_state(&q_read_wait, part, &st);
 	if (!st.built || !st.mine)
 	{
 		/* do not hold up the owner's update until this transaction ends */
 		release_update_lock(part);
-		return st.built ? "not_locked" : "not_built";
+		return st.built ? HT_PART_NOT_LOCKED : HT_PART_NOT_BUILT;
 	}
-	return "ok";
+	return HT_PART_OK;
 }
 
 /*

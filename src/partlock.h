@@ -25,19 +25,39 @@ typedef struct HtPartState
 
 extern void ht_part_state(int part, HtPartState *st);
 
-/* "ok", "not_built", "locked" */
-extern const char *ht_part_lock(int part, int pid);
+/*
+ * The answers of lock(), release_lock() and update(), here and on a peer.
+ * ht_part_answer_names[] holds the words SQL returns (and a peer sends).
+ */
+typedef enum HtPartAnswer
+{
+	HT_PART_OK,
+	HT_PART_NOT_BUILT,
+	HT_PART_LOCKED,				/* lock(): another owner holds it */
+	HT_PART_NOT_LOCKED,			/* release_lock(), update(): the caller holds no lock */
+	HT_PART_NOT_ALLOWED,		/* release_lock(): another owner holds it */
+	HT_PART_ONGOING_UPDATE,		/* update(): another update of it runs */
+	HT_PART_NANSWERS
+} HtPartAnswer;
 
-/* "ok", "not_locked", "not_allowed" */
-extern const char *ht_part_release(int part, int pid);
+extern const char *const ht_part_answer_names[HT_PART_NANSWERS];
+
+/* the answer a word names; false if it names none */
+extern bool ht_part_answer_of(const char *word, HtPartAnswer *answer);
+
+/* HT_PART_OK, HT_PART_NOT_BUILT or HT_PART_LOCKED */
+extern HtPartAnswer ht_part_lock(int part, int pid);
+
+/* HT_PART_OK, HT_PART_NOT_LOCKED or HT_PART_NOT_ALLOWED */
+extern HtPartAnswer ht_part_release(int part, int pid);
 
 /*
  * Updates and rebuilds of a partition are serialised by a transaction-scoped
  * advisory lock, and hold the partition's row lock while they run.
- * begin_update answers "ok" (go ahead) or the refusal of update();
+ * begin_update answers HT_PART_OK (go ahead) or the refusal of update();
  * begin_rebuild raises an ERROR when the partition is locked or updated.
  */
-extern const char *ht_part_begin_update(int part);
+extern HtPartAnswer ht_part_begin_update(int part);
 extern void ht_part_begin_rebuild(int part);
 
 /*

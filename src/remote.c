@@ -144,8 +144,9 @@ wait_for_socket(HtPeer *peer, int io_events, TimestampTz deadline,
 									peer->name),
 							 errhint("The limit is hashtree.connect_timeout (%d ms).",
 									 ht_guc_connect_timeout)));
+				/* a peer that does not answer is lost (see remote.h) */
 				ereport(ERROR,
-						(errcode(ERRCODE_QUERY_CANCELED),
+						(errcode(ERRCODE_CONNECTION_FAILURE),
 						 errmsg("canceling statement on peer \"%s\" due to statement timeout",
 								peer->name),
 						 errhint("The limit is hashtree.statement_timeout (%d ms).",
@@ -328,38 +329,96 @@ peer_connect(HtPeer *peer, const char *conninfo)
 	PG_END_TRY();
 }
 
-static void
-raise_remote_error(HtPeer *peer, PGresult *res)
-{
-	const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
-	const char *primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
-	const char *detail = PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL);
-	const char *hint = PQresultErrorField(res, PG_DIAG_MESSAGE_HINT);
-	int			code = ERRCODE_CONNECTION_FAILURE;
-	char	   *msg;
-	char	   *det = detail ? pstrdup(detail) : NULL;
-	char	   *hin = hint ? pstrdup(hint) : NULL;
-
-	if (state != NULL && strlen(state) == 5)
-		code = MAKE_SQLSTATE(state[0], state[1], state[2], state[3], state[4]);
-	msg = pstrdup(primary != NULL ? primary : PQresultErrorMessage(res));
-	PQclear(res);
-	ereport(ERROR,
-			(errcode(code),
-			 errmsg("%s", msg),
-			 det ? errdetail("%s", det) : 0,
-			 hin ? errhint("%s", hin) : 0,
-			 errcontext("on peer \"%s\"", peer->name)));
-}
-
+/* the connection broke: the peer is lost, the connection closed */
 static void
 lost_connection(HtPeer *peer)
 {
 	char	   *msg = conn_message(peer->conn);
 
+	peer_disconnect(peer);
 	ereport(ERROR,
 			(errcode(ERRCODE_CONNECTION_FAILURE),
 			 errmsg("lost connection to peer \"%s\": %s", peer->name, msg)));
+}
+
+/* the SQLSTATE of an error result, 0 if it has none */
+static int
+result_sqlstate(const PGresult *res)
+{
+	const char *state = PQresultErrorField(res, PG_DIAG_SQLSTATE);
+
+	if (state == NULL || strlen(state) != 5)
+		return 0;
+	return MAKE_SQLSTATE(state[0], state[1], state[2], state[3], state[4]);
+}
+
+/*
+ * Raise the error of a failed statement, classified by the connection's
+ * status and the result, never by its text (the classes are in remote.h):
+ *  - the connection broke or the peer closed it (a shutdown or a
+ *    terminated session on the peer included), or libpq made the error
+ *    itself (no SQLSTATE): the peer is lost, ERRCODE_CONNECTION_FAILURE,
+ *    and the connection is closed (a result that is no error at all is a
+ *    protocol violation, also lost);
+ *  - otherwise the peer reported an error and the connection still works:
+ *    its SQLSTATE is relayed, unless that would read as a lost peer (class
+ *    08: the peer's own connections) or as this backend's cancel or
+ *    shutdown (class 57: the peer's statement timeout, say).
+ * The peer's message, detail and hint are kept as they are.
+ */
+static void
+peer_failed(HtPeer *peer, PGresult *res)
+{
+	int			state = result_sqlstate(res);
+	bool		lost;
+	int			code;
+	const char *primary = PQresultErrorField(res, PG_DIAG_MESSAGE_PRIMARY);
+	const char *detail = PQresultErrorField(res, PG_DIAG_MESSAGE_DETAIL);
+	const char *hint = PQresultErrorField(res, PG_DIAG_MESSAGE_HINT);
+	char	   *msg;
+	char	   *det = detail ? pstrdup(detail) : NULL;
+	char	   *hin = hint ? pstrdup(hint) : NULL;
+	char	   *where = psprintf("on peer \"%s\"", peer->name);
+
+	if (PQresultStatus(res) != PGRES_FATAL_ERROR)
+	{
+		/* not an error, and not what was asked for */
+		char	   *what = pstrdup(PQresStatus(PQresultStatus(res)));
+
+		PQclear(res);
+		peer_disconnect(peer);
+		protocol_violation(peer, what);
+	}
+	lost = (PQstatus(peer->conn) == CONNECTION_BAD || state == 0);
+	if (lost && primary == NULL)
+	{
+		/* nothing from the peer: libpq's reason */
+		PQclear(res);
+		lost_connection(peer);
+	}
+
+	msg = pstrdup(primary);
+	if (lost)
+	{
+		code = ERRCODE_CONNECTION_FAILURE;
+		peer_disconnect(peer);
+	}
+	else if (ERRCODE_TO_CATEGORY(state) == ERRCODE_CONNECTION_EXCEPTION ||
+			 ERRCODE_TO_CATEGORY(state) == ERRCODE_OPERATOR_INTERVENTION)
+	{
+		code = ERRCODE_EXTERNAL_ROUTINE_EXCEPTION;
+		where = psprintf("on peer \"%s\", which reported SQLSTATE %s", peer->name,
+						 PQresultErrorField(res, PG_DIAG_SQLSTATE));
+	}
+	else
+		code = state;
+	PQclear(res);
+	ereport(ERROR,
+			(errcode(code),
+			 errmsg_internal("%s", msg),
+			 det ? errdetail_internal("%s", det) : 0,
+			 hin ? errhint("%s", hin) : 0,
+			 errcontext("%s", where)));
 }
 
 /* send a statement (the peer starts on it at once) */
@@ -467,22 +526,7 @@ ht_peer_receive(HtPeer *peer, int ncols)
 	res = exec_result(peer);
 	st = PQresultStatus(res);
 	if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK)
-	{
-		if (PQstatus(peer->conn) == CONNECTION_BAD)
-		{
-			/* the peer's own reason (say, a shutdown) if it sent one */
-			char	   *msg = conn_message(peer->conn);
-
-			peer_disconnect(peer);
-			if (PQresultErrorField(res, PG_DIAG_SQLSTATE) != NULL)
-				raise_remote_error(peer, res);
-			PQclear(res);
-			ereport(ERROR,
-					(errcode(ERRCODE_CONNECTION_FAILURE),
-					 errmsg("lost connection to peer \"%s\": %s", peer->name, msg)));
-		}
-		raise_remote_error(peer, res);
-	}
+		peer_failed(peer, res);
 	if (PQnfields(res) != ncols)
 	{
 		int			nf = PQnfields(res);
@@ -525,10 +569,38 @@ ht_peer_query(HtPeer *peer, const char *sql, int nparams,
 	return ht_peer_receive(peer, ncols);
 }
 
+/*
+ * An error of a statement run on this node by ht_node_query (a table
+ * owner's trigger in a repair, say): one of class 08 would read as a lost
+ * peer, so it is raised as 38000, as a peer's would be (remote.h).
+ */
+static void
+local_failed(MemoryContext cxt)
+{
+	ErrorData  *edata;
+	int			code;
+
+	MemoryContextSwitchTo(cxt);
+	edata = CopyErrorData();
+	if (!ht_peer_lost(edata->sqlerrcode))
+	{
+		FreeErrorData(edata);
+		PG_RE_THROW();
+	}
+	FlushErrorState();
+	code = edata->sqlerrcode;
+	edata->sqlerrcode = ERRCODE_EXTERNAL_ROUTINE_EXCEPTION;
+	edata->context = psprintf("%s%son this node, which reported SQLSTATE %s",
+							  edata->context ? edata->context : "",
+							  edata->context ? "\n" : "", unpack_sql_state(code));
+	ReThrowError(edata);
+}
+
 HtRemoteResult *
 ht_node_query(HtPeer *peer, const char *sql, int nparams,
 			  const char *const *params, int ncols)
 {
+	MemoryContext cxt = CurrentMemoryContext;
 	Oid		   *types;
 	Datum	   *values;
 	char	   *nulls;
@@ -550,7 +622,15 @@ ht_node_query(HtPeer *peer, const char *sql, int nparams,
 	}
 	nulls[nparams] = '\0';
 	pin = ht_pin_begin();
-	rc = SPI_execute_with_args(sql, nparams, types, values, nulls, false, 0);
+	PG_TRY();
+	{
+		rc = SPI_execute_with_args(sql, nparams, types, values, nulls, false, 0);
+	}
+	PG_CATCH();
+	{
+		local_failed(cxt);
+	}
+	PG_END_TRY();
 	ht_pin_end(pin);
 	if (rc < 0)
 		elog(ERROR, "hashtree: SPI_execute_with_args failed (%s) for: %s",

@@ -18,6 +18,8 @@
 
 #include "postgres.h"
 
+#include "utils/elog.h"
+
 typedef struct HtPeer HtPeer;
 
 /* a result copied out of libpq into palloc'd memory */
@@ -54,9 +56,39 @@ extern uint64 ht_peer_generation(HtPeer *peer);
 extern void ht_peer_counters(HtPeer *peer, int64 *round_trips, int64 *bytes);
 
 /*
+ * Failures.  The client classifies them itself, from libpq's connection
+ * status and the error's SQLSTATE, and says by the SQLSTATE of the error
+ * it raises what failed, so that callers decide by edata->sqlerrcode,
+ * never by the message:
+ *  - class 08 (connection exception): the peer is lost to this backend.
+ *    It could not be reached (08001, also a connect timeout), the
+ *    connection broke or the peer closed it (08006; a peer shutting down
+ *    or terminating its session included, with the peer's message), the
+ *    peer did not answer within hashtree.statement_timeout (08006), or it
+ *    answered what this client does not understand (08P01).  The
+ *    connection is closed, and the next ht_peer_get connects again.
+ *    ht_peer_lost() tests for it.
+ *  - class 57 (operator intervention): only this backend's own cancel or
+ *    shutdown, served while waiting on the peer.
+ *  - any other: an error the peer reported for the statement, relayed
+ *    with its SQLSTATE, message, detail and hint, in the context
+ *    'on peer "name"'; the connection still works.  A peer's error of
+ *    class 08 or 57 (its own connections, its own statement timeout)
+ *    would read as one of the above: it is relayed as 38000
+ *    (external_routine_exception), the context naming its SQLSTATE.
+ * Errors of this node (an unknown peer, an invalid conninfo) keep their
+ * usual SQLSTATEs.
+ */
+static inline bool
+ht_peer_lost(int sqlerrcode)
+{
+	return ERRCODE_TO_CATEGORY(sqlerrcode) == ERRCODE_CONNECTION_EXCEPTION;
+}
+
+/*
  * Run one statement with text parameters; binary asks for binary results,
- * which must have ncols columns.  A peer's error is raised here with the
- * peer's SQLSTATE and message; a malformed answer is a protocol violation.
+ * which must have ncols columns.  Errors as above; a malformed answer is a
+ * protocol violation.
  */
 extern HtRemoteResult *ht_peer_query(HtPeer *peer, const char *sql,
 									 int nparams, const char *const *params,
@@ -75,7 +107,10 @@ extern HtRemoteResult *ht_peer_receive(HtPeer *peer, int ncols);
 /*
  * The same statement on this node (peer NULL, through SPI) or on a peer,
  * with text parameters and text results: the form the repair code uses
- * to move entries and rows either way.
+ * to move entries and rows either way.  On this node too, an error of
+ * class 08 (from a table owner's code, say) is raised as 38000, so that
+ * class 08 still means a lost peer; class 57 is left as it is (a cancel
+ * of this backend cannot be told from a RAISE of 57014).
  */
 extern HtRemoteResult *ht_node_query(HtPeer *peer, const char *sql, int nparams,
 									 const char *const *params, int ncols);

@@ -344,11 +344,13 @@ repair_prefix(Work *w, char **message)
 
 	if (edata == NULL)
 		return true;
-	/* a lost peer or a cancel ends the exchange, not just this prefix */
-	if (ht_exchange_peer_lost(edata->sqlerrcode, edata->message) ||
+	/*
+	 * A lost peer (a protocol violation included) or a cancel of this
+	 * backend ends the exchange, not just this prefix.
+	 */
+	if (ht_peer_lost(edata->sqlerrcode) ||
 		edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
-		edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN ||
-		edata->sqlerrcode == ERRCODE_PROTOCOL_VIOLATION)
+		edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
 		ReThrowError(edata);
 	if (*message == NULL)
 		*message = psprintf("repair of %s: %s", quote_qualified_identifier(w->pa, w->pb),

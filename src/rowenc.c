@@ -908,7 +908,7 @@ bytea *
 ht_row_hash(HtRelEnc *re, TupleDesc tupdesc, HeapTuple tuple)
 {
 	StringInfoData buf;
-	bytea	   *h = palloc(VARHDRSZ + HT_DIGEST_LEN);
+	bytea	   *h = palloc(VARHDRSZ + HT_DIGEST_LEN);	/* cut to HT_ROW_HASH_LEN */
 	Datum		vstack[HT_DEFORM_STACK];
 	bool		nstack[HT_DEFORM_STACK];
 	Datum	   *values = vstack;
@@ -936,7 +936,7 @@ ht_row_hash(HtRelEnc *re, TupleDesc tupdesc, HeapTuple tuple)
 				}
 	);
 	ht_sha256(buf.data, buf.len, NULL, 0, NULL, 0, (uint8 *) VARDATA(h));
-	SET_VARSIZE(h, VARHDRSZ + HT_DIGEST_LEN);
+	SET_VARSIZE(h, VARHDRSZ + HT_ROW_HASH_LEN);
 	pfree(buf.data);
 	if (values != vstack)
 	{

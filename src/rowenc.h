@@ -82,6 +82,13 @@ extern bytea *ht_row_key(HtRelEnc *re, TupleDesc tupdesc, HeapTuple tuple);
 extern bytea *ht_key_from_values(HtRelEnc *re, Datum *values);
 
 /* row hash (32 bytes) */
+/*
+ * The row hash: the first HT_ROW_HASH_LEN bytes of SHA-256 of the row's
+ * canonical encoding.  16 bytes: an accidental collision of two versions
+ * of a row has odds of 2^-128, and the packed entries of a tracked table
+ * are a third smaller than with the whole digest (docs/DESIGN.md §17).
+ */
+#define HT_ROW_HASH_LEN 16
 extern bytea *ht_row_hash(HtRelEnc *re, TupleDesc tupdesc, HeapTuple tuple);
 
 /* decode a key encoding into key column values (in key order) */

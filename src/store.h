@@ -17,6 +17,8 @@
 #include "funcapi.h"
 #include "utils/tuplestore.h"
 
+#include "partlock.h"
+
 typedef struct HtUpdateStats
 {
 	int64		segments;		/* segments recomputed */
@@ -43,10 +45,11 @@ extern void ht_store_update(int part, bool fold_keys, HtUpdateStats *stats);
 extern bool ht_store_update_if_free(int part);
 
 /*
- * update() of a local partition: "ok" after folding, or "not_built",
- * "ongoing_update", "not_locked" (the caller is not the lock owner)
+ * update() of a local partition: HT_PART_OK after folding, or
+ * HT_PART_NOT_BUILT, HT_PART_ONGOING_UPDATE, HT_PART_NOT_LOCKED (the
+ * caller is not the lock owner)
  */
-extern const char *ht_update_partition(int part);
+extern HtPartAnswer ht_update_partition(int part);
 
 /* reset() of a local partition (ERROR when it is locked or being updated) */
 extern void ht_reset_partition(int part);

@@ -57,12 +57,8 @@ int			ht_guc_exchange_interval = 60;
 int			ht_guc_max_exchanges = 2;
 int			ht_guc_repair = HT_REPAIR_NONE;
 
-static const struct config_enum_entry repair_options[] = {
-	{"none", HT_REPAIR_NONE, false},
-	{"pull", HT_REPAIR_PULL, false},
-	{"push", HT_REPAIR_PUSH, false},
-	{NULL, 0, false}
-};
+/* hashtree.repair's values: filled from ht_repair_mode_names */
+static struct config_enum_entry repair_options[HT_NREPAIR_MODES + 1];
 
 /* what a job does: passed in bgw_extra */
 typedef enum JobKind
@@ -128,6 +124,13 @@ ht_worker_init(void)
 							2, 0, 64,
 							PGC_SIGHUP, 0,
 							NULL, NULL, NULL);
+	for (int i = 0; i < HT_NREPAIR_MODES; i++)
+	{
+		repair_options[i].name = ht_repair_mode_names[i];
+		repair_options[i].val = i;
+		repair_options[i].hidden = false;
+	}
+	repair_options[HT_NREPAIR_MODES].name = NULL;
 	DefineCustomEnumVariable("hashtree.repair",
 							 "Repair mode of the exchanges started by the workers.",
 							 "none reports, pull makes this node equal to the peer, "
@@ -408,21 +411,22 @@ typedef struct ExchangeEnd
 } ExchangeEnd;
 
 static HtQuery q_job_outcome = {
-	"SELECT pg_catalog.count(*) FILTER (WHERE outcome OPERATOR(pg_catalog.=) 'error'::pg_catalog.text),"
+	"SELECT pg_catalog.count(*) FILTER (WHERE outcome OPERATOR(pg_catalog.=) $3),"
 	" pg_catalog.count(*) FROM hashtree.exchange_log"
 	" WHERE id OPERATOR(pg_catalog.>) $1 AND peer OPERATOR(pg_catalog.=) $2 AND worker",
-	2, {INT8OID, TEXTOID}
+	3, {INT8OID, TEXTOID, TEXTOID}
 };
 
 static void
 exchange_end_step(void *arg)
 {
 	ExchangeEnd *e = (ExchangeEnd *) arg;
-	Datum		v[2];
+	Datum		v[3];
 	bool		isnull;
 
 	v[0] = Int64GetDatum(e->r->mark);
 	v[1] = CStringGetTextDatum(e->r->job.peer);
+	v[2] = CStringGetTextDatum(ht_exchange_outcome_names[HT_OUTCOME_ERROR]);
 	ht_exec(&q_job_outcome, v, NULL, 0);
 	/* a job that logged nothing died before its first partition */
 	e->failed = DatumGetInt64(ht_col(0, 1, &isnull)) > 0 ||
@@ -548,17 +552,18 @@ tick_step(void *arg)
 {
 	int			part = *(int *) arg;
 	HtPartState st;
-	const char *res;
+	HtPartAnswer res;
 
 	ht_part_state(part, &st);
 	if (!st.built || st.owner != 0)
 		return;
-	if (strcmp(ht_part_lock(part, MyProcPid), "ok") != 0)
+	if (ht_part_lock(part, MyProcPid) != HT_PART_OK)
 		return;
 	res = ht_update_partition(part);
 	(void) ht_part_release(part, MyProcPid);
-	if (strcmp(res, "ok") != 0 && strcmp(res, "ongoing_update") != 0)
-		elog(DEBUG1, "hashtree: tick of partition %d: update answered %s", part, res);
+	if (res != HT_PART_OK && res != HT_PART_ONGOING_UPDATE)
+		elog(DEBUG1, "hashtree: tick of partition %d: update answered %s", part,
+			 ht_part_answer_names[res]);
 }
 
 /* the partition most in need of a rebuild (not built first, then expired) */
@@ -904,14 +909,14 @@ run_exchange(Job *job)
 			failed++;
 			continue;
 		}
-		if (strcmp(x.r.outcome, "ok") == 0)
+		if (x.r.outcome == HT_OUTCOME_OK)
 		{
 			ok++;
 			/* a repair that failed (the exchange itself completed) */
 			if (first_note == NULL && x.r.message != NULL)
 				first_note = x.r.message;
 		}
-		else if (strcmp(x.r.outcome, "error") == 0)
+		else if (x.r.outcome == HT_OUTCOME_ERROR)
 		{
 			failed++;
 			if (first_error == NULL)
@@ -929,7 +934,7 @@ run_exchange(Job *job)
 			(errmsg("hashtree: exchange with peer \"%s\" (repair %s): %d of %d partitions compared,"
 					" %d skipped, %d failed; " INT64_FORMAT " differences, " INT64_FORMAT
 					" repaired; " INT64_FORMAT " round trips, " INT64_FORMAT " bytes; %.3f s%s%s",
-					job->peer, ht_repair_mode_name((HtRepairMode) job->mode), ok, n, skipped,
+					job->peer, ht_repair_mode_names[job->mode], ok, n, skipped,
 					failed, diffs, repaired, round_trips, bytes,
 					TimestampDifferenceMilliseconds(start, GetCurrentTimestamp()) / 1000.0,
 					first_error ? "; first error: " : first_note ? "; not repaired: " : "",

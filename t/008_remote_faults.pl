@@ -24,12 +24,17 @@ my $mute = IO::Socket::INET->new(Listen => 5, LocalAddr => '127.0.0.1', LocalPor
 my $mute_port = $mute->sockport;
 $a->safe_psql('postgres', "SELECT hashtree.add_peer('mute', 'host=127.0.0.1 port=$mute_port dbname=x')");
 
+# The client classifies each failure by its SQLSTATE (remote.h): class 08
+# when the peer is lost (unreachable, broken, mute past the timeout), the
+# peer's own SQLSTATE for an error the peer reported.
+
 # 1. connect timeout
 my $t0 = time;
 my ($ret, $out, $err) = $a->psql('postgres',
-	q{SET hashtree.connect_timeout = '1s'; SELECT hashtree.lock('mute', 0)});
+	q{\set VERBOSITY verbose
+SET hashtree.connect_timeout = '1s'; SELECT hashtree.lock('mute', 0)});
 my $took = time - $t0;
-like($err, qr/could not connect to peer "mute": timeout expired/, 'connect timeout reported');
+like($err, qr/ERROR:  08001: could not connect to peer "mute": timeout expired/, 'connect timeout reported (08001)');
 ok($took < 20, "connect timeout took ${took}s");
 
 # 2. cancel while connecting
@@ -54,9 +59,11 @@ my $blocker = $b->background_psql('postgres');
 $blocker->query_safe('BEGIN; LOCK TABLE hashtree.partition IN ACCESS EXCLUSIVE MODE');
 $t0 = time;
 ($ret, $out, $err) = $a->psql('postgres',
-	q{SET hashtree.statement_timeout = '1s'; SELECT hashtree.lock('b', 0)});
+	q{\set VERBOSITY verbose
+SET hashtree.statement_timeout = '1s'; SELECT hashtree.lock('b', 0)});
 $took = time - $t0;
-like($err, qr/canceling statement on peer "b" due to statement timeout/, 'statement timeout reported');
+like($err, qr/ERROR:  08006: canceling statement on peer "b" due to statement timeout/,
+	'statement timeout reported, the peer lost (08006)');
 ok($took < 20, "statement timeout took ${took}s");
 # the peer notices the closed connection and stops working for us
 ok($b->poll_query_until('postgres',
@@ -66,14 +73,33 @@ $blocker->query_safe('COMMIT');
 is($a->safe_psql('postgres', q{SELECT hashtree.lock('b', 0)}), 'ok', 'the next call works');
 
 # 4. the peer's errors come back with its SQLSTATE and message
-($ret, $out, $err) = $a->psql('postgres', q{SELECT hashtree.update('b', 99)});
-like($err, qr/ERROR:  partition 99 does not exist.*CONTEXT:  on peer "b"/s, 'peer error carried back');
+($ret, $out, $err) = $a->psql('postgres', q{\set VERBOSITY verbose
+SELECT hashtree.update('b', 99)});
+like($err, qr/ERROR:  22023: partition 99 does not exist.*CONTEXT:  on peer "b"/s, 'peer error carried back');
+
+# 4b. the peer cancels its own statement (its statement_timeout): the
+# peer's error, not a lost peer (class 08) nor a cancel of this backend
+# (class 57); the connection stays, the next call on it works
+$a->safe_psql('postgres', "SELECT hashtree.add_peer('b_st', \$\$$b_conn options='-c statement_timeout=300'\$\$)");
+my $st = $a->background_psql('postgres', on_error_stop => 0);
+$st->query_safe(q{\set VERBOSITY verbose});
+is($st->query_safe(q{SELECT hashtree.lock('b_st', 1)}), 'ok', 'a lock on the peer, held by the connection');
+$blocker->query_safe('BEGIN; LOCK TABLE hashtree.partition IN ACCESS EXCLUSIVE MODE');
+$st->query(q{SELECT hashtree.lock('b_st', 0)});
+$blocker->query_safe('COMMIT');
+like($st->{stderr}, qr/ERROR:  38000: canceling statement due to statement timeout\n(LOCATION:[^\n]*\n)?CONTEXT:  on peer "b_st", which reported SQLSTATE 57014/,
+	'the peer\'s own statement timeout is relayed as the peer\'s error (38000, its SQLSTATE named)');
+$st->{stderr} = '';
+is($st->query_safe(q{SELECT hashtree.release_lock('b_st', 1)}), 'ok',
+	'the connection was kept (its lock is still there) and works');
+$st->quit;
 
 # 5. a peer killed in the middle of a call
 $blocker->query_safe('BEGIN; LOCK TABLE hashtree.partition IN ACCESS EXCLUSIVE MODE');
 $s = $a->background_psql('postgres', on_error_stop => 0);
 $pid = $s->query_safe('SELECT pg_backend_pid()');
 $s->query_until(qr/started/, q{SET hashtree.statement_timeout = 0;
+\set VERBOSITY verbose
 \echo started
 SELECT hashtree.lock('b', 1);
 });
@@ -85,7 +111,8 @@ eval { $blocker->quit };
 ok($a->poll_query_until('postgres', "SELECT state = 'idle' FROM pg_stat_activity WHERE pid = $pid"),
 	'the caller is released when the peer dies');
 $s->quit;
-like($s->{stderr}, qr/lost connection to peer "b"|connection to peer "b"/, 'lost connection reported');
+like($s->{stderr}, qr/ERROR:  08006: (lost connection to peer "b"|.*connection to peer "b")/,
+	'lost connection reported, the peer lost (08006)');
 
 # 6. a dead peer: refused at once
 $t0 = time;

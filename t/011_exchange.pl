@@ -4,7 +4,8 @@
 # connections, one that accepts and never answers, one killed in the
 # middle of an exchange) end as errors in exchange_log, never as "no
 # differences", with the locks released on both sides and the next
-# exchange working.
+# exchange working.  A lost peer (killed, or terminating our session) ends
+# the exchange; a peer that reports an ordinary error does not.
 use strict;
 use warnings;
 use FindBin;
@@ -118,7 +119,44 @@ lock_update_all($b);
 is(tops($a), tops($b), 'push: equal top hashes');
 is(check_trees($a), '0', 'a\'s trees are consistent after the repairs');
 
+# names that need quoting (quotes, spaces, upper case, unicode) in the schema,
+# table and key columns: found, pulled and pushed
+for my $n ($a, $b)
+{
+	$n->safe_psql('postgres', q{
+		CREATE SCHEMA "S'q ""D"" Ü";
+		CREATE TABLE "S'q ""D"" Ü"."T'ab ""X"" Ä b" ("K'ey ""1""" int, "Wh'en ""2""" text, "V'al ß" text,
+			PRIMARY KEY ("K'ey ""1""", "Wh'en ""2"""));
+		SELECT hashtree.track('"S''q ""D"" Ü"."T''ab ""X"" Ä b"');
+		INSERT INTO "S'q ""D"" Ü"."T'ab ""X"" Ä b" SELECT g, 'w''' || g, 'v "' || g FROM generate_series(1, 200) g;
+	});
+}
+$b->safe_psql('postgres', q{
+	DELETE FROM "S'q ""D"" Ü"."T'ab ""X"" Ä b" WHERE "K'ey ""1""" <= 10;
+	UPDATE "S'q ""D"" Ü"."T'ab ""X"" Ä b" SET "V'al ß" = 'changed' WHERE "K'ey ""1""" BETWEEN 11 AND 20;
+	INSERT INTO "S'q ""D"" Ü"."T'ab ""X"" Ä b" SELECT g, 'new', 'n' FROM generate_series(300, 309) g;
+});
+my $odd_rows = q{SELECT md5(string_agg(t::text, ',' ORDER BY "K'ey ""1""", "Wh'en ""2"""))
+	FROM "S'q ""D"" Ü"."T'ab ""X"" Ä b" t};
+my $odd_exchange = q{SELECT string_agg(DISTINCT prefix_a || '.' || prefix_b, ',') || ' ' || count(*)
+	|| ' ' || count(*) FILTER (WHERE repaired) FROM hashtree.exchange('b', NULL, '%s')};
+is($a->safe_psql('postgres', sprintf($odd_exchange, 'pull')), q{S'q "D" Ü.T'ab "X" Ä b 30 30},
+	'odd names: the 30 differences found and pulled');
+is($a->safe_psql('postgres', $odd_rows), $b->safe_psql('postgres', $odd_rows), 'odd names: a has b\'s rows');
+$a->safe_psql('postgres', q{UPDATE "S'q ""D"" Ü"."T'ab ""X"" Ä b" SET "V'al ß" = 'pushed' WHERE "K'ey ""1""" <= 15});
+is($a->safe_psql('postgres', sprintf($odd_exchange, 'push')), q{S'q "D" Ü.T'ab "X" Ä b 5 5},
+	'odd names: pushed');
+is($a->safe_psql('postgres', $odd_rows), $b->safe_psql('postgres', $odd_rows), 'odd names: b has a\'s rows');
+
 # ---- faults ---------------------------------------------------------------
+
+# the distinct messages of the log rows after id
+sub messages_after
+{
+	my ($node, $id) = @_;
+	return $node->safe_psql('postgres',
+		"SELECT string_agg(DISTINCT message, ' | ') FROM hashtree.exchange_log WHERE id > $id");
+}
 
 sub log_since
 {
@@ -197,11 +235,126 @@ $s->quit;
 like($s->{stdout}, qr/kinds=error$/m, 'killed peer: reported as errors');
 like($a->safe_psql('postgres', "SELECT message FROM hashtree.exchange_log WHERE id = $id + 1"),
 	qr/connection to peer "b"|lost connection/, 'killed peer: the lost connection is recorded');
+is(messages_after($a, $id + 1), 'not attempted: the peer was lost at partition 0',
+	'killed peer: classified as lost, the other partitions not attempted');
 is(log_since($a, $id), 'error 0 8', 'killed peer: no differences claimed');
 is(locks($a), '0', 'killed peer: no lock left here');
 $b->start;
 is(locks($b), '0', 'killed peer: no lock left there after its restart');
 is($a->safe_psql('postgres', q{SELECT count(*) FROM hashtree.exchange('b')}), '0',
 	'killed peer: the next exchange works (and finds the nodes equal)');
+
+# 4. the peer terminates the session serving the exchange (pg_terminate_backend
+# on the peer: its FATAL error arrives, then the connection closes): the peer
+# is lost, not this backend shut down; exchange() returns its rows
+$blocker = $b->background_psql('postgres');
+$blocker->query_safe('BEGIN; LOCK TABLE hashtree.dirty IN ACCESS EXCLUSIVE MODE');
+$id = last_id($a);
+$s = $a->background_psql('postgres', on_error_stop => 0);
+$s->query_until(qr/started/, q{SET hashtree.statement_timeout = 0;
+\echo started
+SELECT 'kinds=' || string_agg(DISTINCT kind, ',') FROM hashtree.exchange('b');
+});
+ok($b->poll_query_until('postgres',
+	q{SELECT count(*) = 1 FROM pg_stat_activity WHERE application_name = 'hashtree' AND wait_event_type = 'Lock'}),
+	'terminated session: the exchange is waiting on the peer');
+$b->safe_psql('postgres',
+	q{SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = 'hashtree'});
+$blocker->query_safe('COMMIT');
+$blocker->quit;
+ok($a->poll_query_until('postgres', "SELECT count(*) = 8 FROM hashtree.exchange_log WHERE id > $id"),
+	'terminated session: every partition logged');
+$s->quit;
+like($s->{stdout}, qr/kinds=error$/m, 'terminated session: exchange() returned, every partition an error');
+like($a->safe_psql('postgres', "SELECT message FROM hashtree.exchange_log WHERE id = $id + 1"),
+	qr/terminating connection due to administrator command/, 'terminated session: the peer\'s reason is recorded');
+is(messages_after($a, $id + 1), 'not attempted: the peer was lost at partition 0',
+	'terminated session: the peer is lost, the other partitions not attempted');
+is(locks($a), '0', 'terminated session: no lock left here');
+ok($b->poll_query_until('postgres', 'SELECT count(*) = 0 FROM hashtree.status WHERE lock_owner IS NOT NULL'),
+	'terminated session: no lock left there');
+
+# 5. the peer reports ordinary SQL errors and keeps the connection (its
+# lock_timeout, its statement_timeout cancelling its update): each is that
+# partition's error, the peer is not lost, every partition is attempted
+$a->safe_psql('postgres', "SELECT hashtree.add_peer('b_lt', \$\$$b_conn options='-c lock_timeout=200'\$\$)");
+$a->safe_psql('postgres', "SELECT hashtree.add_peer('b_st', \$\$$b_conn options='-c statement_timeout=300'\$\$)");
+$blocker = $b->background_psql('postgres');
+$blocker->query_safe('BEGIN; LOCK TABLE hashtree.dirty IN ACCESS EXCLUSIVE MODE');
+foreach my $case (['b_lt', 'canceling statement due to lock timeout'],
+	['b_st', 'canceling statement due to statement timeout'])
+{
+	my ($peer, $msg) = @$case;
+	$id = last_id($a);
+	($ret, $out, $err) = $a->psql('postgres',
+		qq{SET hashtree.statement_timeout = '1min'; SELECT string_agg(DISTINCT kind, ',') FROM hashtree.exchange('$peer')});
+	is($ret . ' ' . $out, '0 error', "$peer: exchange() returns, every partition an error");
+	is(log_since($a, $id), 'error 0 8', "$peer: every partition logged, no differences claimed");
+	is(messages_after($a, $id), $msg, "$peer: each partition failed with the peer's error, none was skipped as lost");
+	is(locks($a), '0', "$peer: no lock left here");
+}
+$blocker->query_safe('COMMIT');
+$blocker->quit;
+ok($b->poll_query_until('postgres', 'SELECT count(*) = 0 FROM hashtree.status WHERE lock_owner IS NOT NULL'),
+	'peer errors: no lock left there');
+is($a->safe_psql('postgres', q{SELECT count(*) FROM hashtree.exchange('b_st')}), '0',
+	'peer errors: the next exchange works');
+
+# 6. a peer's error whose SQLSTATE reads like a lost connection or a cancel
+# (a trigger of the peer's table raises 08006 or 57014 during a push): the
+# peer's error for that table's repair, not a lost peer, not a cancel here
+$b->safe_psql('postgres', q{
+	CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+	BEGIN
+		IF NEW.owner LIKE 'poison %' THEN
+			RAISE EXCEPTION 'refused by a trigger (%)', substr(NEW.owner, 8)
+				USING ERRCODE = substr(NEW.owner, 8);
+		END IF;
+		RETURN NEW;
+	END $$;
+	CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON acct FOR EACH ROW EXECUTE FUNCTION refuse();
+});
+$a->safe_psql('postgres', q{
+	UPDATE acct SET owner = 'poison 08006' WHERE id BETWEEN 1 AND 20;
+	UPDATE acct SET owner = 'poison 57014' WHERE id BETWEEN 21 AND 40;
+});
+$id = last_id($a);
+($ret, $out, $err) = $a->psql('postgres',
+	q{SELECT count(*) FILTER (WHERE repaired) || ' ' || count(*) FROM hashtree.exchange('b', NULL, 'push')});
+is($ret . ' ' . $out, '0 0 40', 'refusing trigger: exchange() returns the 40 differences, none repaired');
+is($a->safe_psql('postgres', "SELECT string_agg(DISTINCT outcome, ',') || ' ' || count(*) FROM hashtree.exchange_log WHERE id > $id"),
+	'ok 8', 'refusing trigger: every partition compared, the peer not lost');
+like(messages_after($a, $id), qr/^repair of public\.acct: refused by a trigger \((08006|57014)\)( \| repair of public\.acct: refused by a trigger \((08006|57014)\))*$/,
+	'refusing trigger: the peer\'s error is each partition\'s repair note');
+$b->safe_psql('postgres', 'DROP TRIGGER refuse ON acct');
+report($a, 'b', 'push');
+is($a->safe_psql('postgres', $rows_sql), $b->safe_psql('postgres', $rows_sql), 'refusing trigger: the next push repairs');
+
+# the same trigger on this node during a pull (08006 only: a RAISE of 57014
+# here cannot be told from a cancel of this backend): that table's repair
+# error, not a lost peer
+$a->safe_psql('postgres', q{
+	CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+	BEGIN
+		IF NEW.owner LIKE 'poison %' THEN
+			RAISE EXCEPTION 'refused by a trigger (%)', substr(NEW.owner, 8)
+				USING ERRCODE = substr(NEW.owner, 8);
+		END IF;
+		RETURN NEW;
+	END $$;
+	CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON acct FOR EACH ROW EXECUTE FUNCTION refuse();
+});
+$b->safe_psql('postgres', q{UPDATE acct SET owner = 'poison 08006' WHERE id BETWEEN 41 AND 60});
+$id = last_id($a);
+($ret, $out, $err) = $a->psql('postgres',
+	q{SELECT count(*) FILTER (WHERE repaired) || ' ' || count(*) FROM hashtree.exchange('b', NULL, 'pull')});
+is($ret . ' ' . $out, '0 0 20', 'refusing local trigger: exchange() returns the 20 differences, none repaired');
+is($a->safe_psql('postgres', "SELECT string_agg(DISTINCT outcome, ',') || ' ' || count(*) FROM hashtree.exchange_log WHERE id > $id"),
+	'ok 8', 'refusing local trigger: every partition compared, the peer not lost');
+like(messages_after($a, $id), qr/^repair of public\.acct: refused by a trigger \(08006\)( \| repair of public\.acct: refused by a trigger \(08006\))*$/,
+	'refusing local trigger: the error is each partition\'s repair note');
+$a->safe_psql('postgres', 'DROP TRIGGER refuse ON acct');
+report($a, 'b', 'pull');
+is($a->safe_psql('postgres', $rows_sql), $b->safe_psql('postgres', $rows_sql), 'refusing local trigger: the next pull repairs');
 
 done_testing();

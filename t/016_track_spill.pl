@@ -41,6 +41,8 @@ sub track_peak
 	my $s = $node->background_psql('postgres');
 	my $pid = $s->query_safe('SELECT pg_backend_pid()');
 	$s->query_safe("SET maintenance_work_mem = '$mwm'");
+	# (no progress NOTICE: query_safe takes any output on stderr for a failure)
+	$s->query_safe('SET client_min_messages = warning');
 	my $n = $s->query_safe(q{SELECT hashtree.track('spill')});
 	open(my $fh, '<', "/proc/$pid/status") or die "cannot read /proc/$pid/status: $!";
 	my ($hwm) = map { /^VmHWM:\s+(\d+)/ ? $1 : () } <$fh>;
