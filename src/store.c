@@ -247,7 +247,6 @@ ht_store_nodes(int part, int depth, int n, Datum *pa, Datum *pb, int level,
 	int			cap = 64;
 	int			nrows = 0;
 	HtNodeRow  *out = palloc(sizeof(HtNodeRow) * cap);
-
 	bool		packed = (depth == HT_DEPTH_LEAF &&
 						  (level == 3 || level == HT_LEVEL_SUB));
 	HtChildSum *pk = NULL;
