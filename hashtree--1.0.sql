@@ -153,9 +153,10 @@ CREATE TABLE @extschema@.entry_pack (
 	pb				text COLLATE "C" NOT NULL,
 	data			bytea NOT NULL,
 	PRIMARY KEY (part, pa, pb, lo)
-) WITH (toast_tuple_target = 8160, fillfactor = 90);
+) WITH (toast_tuple_target = 8160, fillfactor = 90, autovacuum_vacuum_scale_factor = 0.05);
 -- (packs are incompressible: kept in line up to a page, never compressed;
--- the room left on each page lets the fold's rewrites be HOT updates)
+-- the room left on each page lets the fold's rewrites be HOT updates, and
+-- the versions they leave are vacuumed before they add more than 5%)
 ALTER TABLE @extschema@.entry_pack ALTER COLUMN data SET STORAGE EXTERNAL;
 
 -- pg_dump keeps the configuration and the entries written through the API;

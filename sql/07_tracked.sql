@@ -327,3 +327,19 @@ SELECT hashtree.track('nokey');
 RESET ROLE;
 DROP OWNED BY regress_hashtree_other;
 DROP ROLE regress_hashtree_other;
+
+-- check_tree reports an entry row in a segment that a pack covers (level 0)
+CREATE TABLE packed (id int PRIMARY KEY, v text);
+INSERT INTO packed SELECT i, 'v' FROM generate_series(1, 200) i;
+SELECT hashtree.track('packed');
+SELECT count(*) AS check_rows FROM generate_series(0, 7) p, hashtree.check_tree(p);
+SET session_replication_role = replica;	-- (not through the guard trigger)
+INSERT INTO hashtree.entry (part, seg, depth, pa, pb, key, hash)
+	SELECT part, lo, 2, pa, pb, '\x01', '\x02' FROM hashtree.entry_pack
+	 WHERE pb = 'packed' ORDER BY part, lo LIMIT 1;
+RESET session_replication_role;
+SELECT c.depth, c.prefix_b, c.level, c.stored, c.expected
+  FROM generate_series(0, 7) p, hashtree.check_tree(p) c WHERE c.level = 0;
+DELETE FROM hashtree.entry WHERE pb = 'packed';
+SELECT hashtree.untrack('packed');
+DROP TABLE packed;

@@ -1561,7 +1561,9 @@ ht_compare_sql(PG_FUNCTION_ARGS)
  * hashtree.check_tree(partition int) RETURNS TABLE(depth int, prefix_a text,
  *   prefix_b text, level int, child bigint, stored bytea, expected bytea)
  * Rows where the stored trees differ from those a reset would build from
- * the current entries (empty = consistent; run after update()).  Locks:
+ * the current entries (empty = consistent; run after update()); level NULL:
+ * a derived entry, level 0: an entry row in a segment that a pack covers
+ * (each leaf entry must be in one place).  Locks:
  * ACCESS SHARE on hashtree.node, entry and entry_pack; no partition lock.
  */
 PG_FUNCTION_INFO_V1(ht_check_tree);
