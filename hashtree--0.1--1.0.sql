@@ -28,8 +28,9 @@ REVOKE EXECUTE ON FUNCTION @extschema@._hash_sum_step(internal, bytea),
 	@extschema@._hash_sum(bytea), @extschema@._pack_sum(int4, bytea) FROM PUBLIC;
 
 -- Room on each page of the packs, so that the fold's rewrites are HOT updates
--- (pages filled before stay as they are until rewritten).
-ALTER TABLE @extschema@.entry_pack SET (fillfactor = 90);
+-- (pages filled before stay as they are until rewritten), and the versions
+-- they leave vacuumed before they add more than 5%.
+ALTER TABLE @extschema@.entry_pack SET (fillfactor = 90, autovacuum_vacuum_scale_factor = 0.05);
 
 -- The trees of packed tables written by 0.1 have those rows, and no tree
 -- of 0.1 is trusted under 1.0's layout: every partition becomes not built,
