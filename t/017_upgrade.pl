@@ -13,10 +13,25 @@ use strict;
 use warnings;
 use FindBin;
 use lib $FindBin::RealBin;
+use Digest::SHA qw(sha256_hex);
 use PostgreSQL::Test::Cluster;
 use PostgreSQL::Test::Utils;
 use Test::More;
 use HashtreeTest;
+
+# 0.1's install script is the one released (commit 5439a7a) and never
+# changes: without its header comment (lines 2-6), the same bytes.  (A
+# merge of a branch that still edits extension/hashtree--0.1.sql may pair
+# that file with this one instead of hashtree--1.0.sql.)
+{
+	my $sharedir = `pg_config --sharedir`;
+	chomp $sharedir;
+	my @lines = split /^/, slurp_file("$sharedir/extension/hashtree--0.1.sql");
+	splice(@lines, 1, 5);
+	is(sha256_hex(join('', @lines)),
+		'09d0d0ab009c3a520efb6975724ecc8babeffd3c84204291a0b684407534d482',
+		'hashtree--0.1.sql is 0.1 as released (a change meant for hashtree--1.0.sql?)');
+}
 
 my $a = ht_node('a', no_extension => 1);
 my $b = ht_node('b', no_extension => 1);
