@@ -152,6 +152,7 @@ CREATE TABLE @extschema@.entry_pack (
 	pa				text COLLATE "C" NOT NULL,
 	pb				text COLLATE "C" NOT NULL,
 	data			bytea NOT NULL,
+	sum				bytea,			-- the pack's term in its bucket's hash (NULL: zero)
 	PRIMARY KEY (part, pa, pb, lo)
 ) WITH (toast_tuple_target = 8160, fillfactor = 90, autovacuum_vacuum_scale_factor = 0.05);
 -- (packs are incompressible: kept in line up to a page, never compressed;

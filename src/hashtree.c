@@ -39,6 +39,7 @@
 
 PG_MODULE_MAGIC;
 
+int			ht_guc_pack_target = 32;
 int			ht_guc_partitions = 8;
 char	   *ht_guc_node_name = NULL;
 int			ht_guc_connect_timeout = 10000;
@@ -59,6 +60,15 @@ _PG_init(void)
 							&ht_guc_partitions,
 							8, 1, HT_MAX_PARTITIONS,
 							PGC_SUSET, 0,
+							NULL, NULL, NULL);
+
+	DefineCustomIntVariable("hashtree.pack_target",
+							"Entries per pack that a re-hash of a tracked table aims at.",
+							"For tests: a small value gives the span of one sub-bucket "
+							"(32 segments) to small tables, as big tables have.",
+							&ht_guc_pack_target,
+							32, 1, 4096,
+							PGC_USERSET, GUC_NOT_IN_SAMPLE,
 							NULL, NULL, NULL);
 
 	DefineCustomStringVariable("hashtree.node_name",

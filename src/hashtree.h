@@ -32,6 +32,7 @@
 
 /* GUC variables (hashtree.c) */
 extern int	ht_guc_partitions;
+extern int	ht_guc_pack_target;		/* entries per pack a re-hash aims at */
 extern char *ht_guc_node_name;
 extern int	ht_guc_connect_timeout;		/* ms */
 extern int	ht_guc_statement_timeout;	/* ms */

@@ -7,7 +7,7 @@
  * per entry is not (a million B-tree insertions cost five times the scan).
  * A re-hash therefore writes the entries of a tracked table as packs, each
  * holding the entries of `span` consecutive segments of one leaf tree in
- * one partition (span chosen so that a pack holds about HT_PACK_TARGET
+ * one partition (span chosen so that a pack holds about hashtree.pack_target
  * entries, between 32 and 1024 segments), sorted by (segment, key).
  *
  * Invariants (docs/DESIGN.md section 4):
@@ -51,7 +51,6 @@
 #include "sqlexec.h"
 #include "treemath.h"
 
-#define HT_PACK_TARGET		32	/* entries per pack aimed at (~1 kB) */
 #define HT_PACK_MIN_SPAN	32		/* (_pack_seg() in the install script probes 32..1024) */
 #define HT_PACK_MAX_SPAN	1024
 #define HT_PACK_WRITE_BYTES (256 * 1024)	/* pack bytes written at a time */
@@ -160,6 +159,8 @@ rec_bytea(const char *p, int len)
 
 /* ---- writing packs ------------------------------------------------------ */
 
+static void pack_term(const PackRec *recs, int n, HtSum *term);
+
 static HtQuery q_pack_span = {
 	"SELECT span FROM hashtree.entry_pack WHERE part = $1 AND pa = $2 AND pb = $3 LIMIT 1",
 	3, {INT4OID, TEXTOID, TEXTOID}
@@ -171,8 +172,8 @@ static HtQuery q_pack_span = {
  * filter every pack of the tree against the whole array instead.
  */
 static HtQuery q_pack_fetch = {
-	"SELECT p.lo, p.data, p.ctid FROM unnest($4::int4[]) WITH ORDINALITY AS u(lo, i)"
-	" CROSS JOIN LATERAL (SELECT t.lo, t.data, t.ctid FROM hashtree.entry_pack t"
+	"SELECT p.lo, p.data, p.ctid, p.sum FROM unnest($4::int4[]) WITH ORDINALITY AS u(lo, i)"
+	" CROSS JOIN LATERAL (SELECT t.lo, t.data, t.ctid, t.sum FROM hashtree.entry_pack t"
 	"  WHERE t.part = $1 AND t.pa = $2 AND t.pb = $3 AND t.lo = u.lo LIMIT 1) p"
 	" ORDER BY u.i",
 	4, {INT4OID, TEXTOID, TEXTOID, INT4ARRAYOID}
@@ -189,6 +190,7 @@ typedef struct PackWrites
 	int32	   *lo;
 	int32	   *count;
 	Datum	   *data;
+	Datum	   *sum;			/* the pack's term, NULL when zero */
 } PackWrites;
 
 /*
@@ -209,8 +211,8 @@ writes_flush(PackWrites *w, text *pa, text *pb)
 	TupleDesc	desc;
 	Datum	   *values;
 	bool	   *nulls;
-	AttrNumber	att[7];
-	static const char *const names[7] = {"part", "lo", "span", "n", "pa", "pb", "data"};
+	AttrNumber	att[8];
+	static const char *const names[8] = {"part", "lo", "span", "n", "pa", "pb", "data", "sum"};
 
 	if (w->n == 0)
 		return;
@@ -222,7 +224,7 @@ writes_flush(PackWrites *w, text *pa, text *pb)
 	desc = RelationGetDescr(rel);
 	values = palloc0(sizeof(Datum) * desc->natts);
 	nulls = palloc0(sizeof(bool) * desc->natts);
-	for (int a = 0; a < 7; a++)
+	for (int a = 0; a < 8; a++)
 		att[a] = get_attnum(relid, names[a]);
 	values[att[0] - 1] = Int32GetDatum(w->part);
 	values[att[2] - 1] = Int32GetDatum(w->span);
@@ -237,6 +239,8 @@ writes_flush(PackWrites *w, text *pa, text *pb)
 		values[att[1] - 1] = Int32GetDatum(w->lo[i]);
 		values[att[3] - 1] = Int32GetDatum(w->count[i]);
 		values[att[6] - 1] = w->data[i];
+		values[att[7] - 1] = w->sum[i];
+		nulls[att[7] - 1] = (w->sum[i] == (Datum) 0);
 		tup = heap_form_tuple(desc, values, nulls);
 		simple_heap_insert(rel, tup);
 		for (int k = 0; k < ii->ii_NumIndexAttrs; k++)
@@ -247,6 +251,8 @@ writes_flush(PackWrites *w, text *pa, text *pb)
 		index_insert(idx, iv, in, &tup->t_self, rel, UNIQUE_CHECK_YES, false, ii);
 		heap_freetuple(tup);
 		pfree(DatumGetPointer(w->data[i]));
+		if (w->sum[i] != (Datum) 0)
+			pfree(DatumGetPointer(w->sum[i]));
 	}
 	index_close(idx, NoLock);
 	table_close(rel, NoLock);
@@ -266,10 +272,21 @@ writes_add(PackWrites *w, text *pa, text *pb, int32 lo, int count, StringInfo bu
 			palloc(sizeof(int32) * w->cap);
 		w->data = w->data ? repalloc(w->data, sizeof(Datum) * w->cap) :
 			palloc(sizeof(Datum) * w->cap);
+		w->sum = w->sum ? repalloc(w->sum, sizeof(Datum) * w->cap) :
+			palloc(sizeof(Datum) * w->cap);
 	}
 	w->lo[w->n] = lo;
 	w->count[w->n] = count;
 	w->data[w->n] = PointerGetDatum(rec_bytea(buf->data, buf->len));
+	{
+		PackRec    *recs;
+		int			nrec = pack_decode(buf->data, buf->len, lo, &recs);
+		HtSum		term;
+
+		pack_term(recs, nrec, &term);
+		w->sum[w->n] = PointerGetDatum(ht_sum_to_bytea(&term));
+		pfree(recs);
+	}
 	w->bytes += buf->len;
 	w->n++;
 	if (w->bytes >= HT_PACK_WRITE_BYTES)
@@ -364,7 +381,8 @@ typedef struct PackRewriter
 	bool	   *nulls;
 	AttrNumber	att_lo,
 				att_n,
-				att_data;
+				att_data,
+				att_sum;
 } PackRewriter;
 
 static PackRewriter *
@@ -391,15 +409,21 @@ pack_rewrite_open(int part, int span, text *pa, text *pb)
 	pu->att_lo = get_attnum(relid, "lo");
 	pu->att_n = get_attnum(relid, "n");
 	pu->att_data = get_attnum(relid, "data");
+	pu->att_sum = get_attnum(relid, "sum");
 	return pu;
 }
 
-/* pack lo (at tid) now holds the cnt records of buf; none: it goes */
+/*
+ * pack lo (at tid) now holds the cnt records of buf, its term is term;
+ * none: it goes
+ */
 static void
-pack_rewrite(PackRewriter *pu, ItemPointer tid, int32 lo, int cnt, StringInfo buf)
+pack_rewrite(PackRewriter *pu, ItemPointer tid, int32 lo, int cnt, StringInfo buf,
+			 const HtSum *term)
 {
 	HeapTuple	tup;
 	bytea	   *data;
+	bytea	   *sum;
 
 	if (cnt == 0)
 	{
@@ -410,6 +434,9 @@ pack_rewrite(PackRewriter *pu, ItemPointer tid, int32 lo, int cnt, StringInfo bu
 	pu->values[pu->att_lo - 1] = Int32GetDatum(lo);
 	pu->values[pu->att_n - 1] = Int32GetDatum(cnt);
 	pu->values[pu->att_data - 1] = PointerGetDatum(data);
+	sum = ht_sum_to_bytea(term);
+	pu->values[pu->att_sum - 1] = PointerGetDatum(sum);
+	pu->nulls[pu->att_sum - 1] = (sum == NULL);
 	tup = heap_form_tuple(RelationGetDescr(pu->rel), pu->values, pu->nulls);
 	simple_heap_update(pu->rel, tid, tup);
 	if (!HeapTupleIsHeapOnly(tup))
@@ -426,6 +453,8 @@ pack_rewrite(PackRewriter *pu, ItemPointer tid, int32 lo, int cnt, StringInfo bu
 	}
 	heap_freetuple(tup);
 	pfree(data);
+	if (sum != NULL)
+		pfree(sum);
 }
 
 /* done: the new versions are visible to the statements that follow */
@@ -460,6 +489,31 @@ seg_sum(const PackRec *recs, int n, int *pos, int32 seg, HtSum *sum, int64 *cnt)
 }
 
 /*
+ * A pack's term in its bucket's hash: the sum over its segments of
+ * C(segment, segment hash).  Stored with the pack (column sum), it is the
+ * pack's sub-bucket hash when the span is one sub-bucket (a big tree), so
+ * a compare reads it without decoding the pack.
+ */
+static void
+pack_term(const PackRec *recs, int n, HtSum *term)
+{
+	int			i = 0;
+
+	ht_sum_zero(term);
+	while (i < n)
+	{
+		int32		seg = recs[i].seg;
+		HtSum		sum;
+		HtSum		t;
+		int64		cnt;
+
+		seg_sum(recs, n, &i, seg, &sum, &cnt);
+		ht_child_term(seg, &sum, &t);
+		ht_sum_add(term, &t);
+	}
+}
+
+/*
  * The change of the bucket of pack lo when its records went from old to
  * the pack data in new (segments segs[0..nsegs-1], ascending, changed),
  * appended to deltas unless nothing changed.
@@ -467,7 +521,7 @@ seg_sum(const PackRec *recs, int n, int *pos, int32 seg, HtSum *sum, int64 *cnt)
 static void
 add_bucket_delta(HtBucketDeltas *deltas, text *pa, text *pb, int32 lo,
 				 const PackRec *old, int nold, const StringInfo new_data,
-				 const int32 *segs, int nsegs)
+				 const int32 *segs, int nsegs, HtSum *out)
 {
 	PackRec    *new;
 	int			nnew = pack_decode(new_data->data, new_data->len, lo, &new);
@@ -496,6 +550,7 @@ add_bucket_delta(HtBucketDeltas *deltas, text *pa, text *pb, int32 lo,
 		dn += nc - oc;
 	}
 	pfree(new);
+	*out = delta;
 	if (ht_sum_is_zero(&delta) && dn == 0)
 		return;
 
@@ -607,9 +662,14 @@ apply_recs(int part, text *pa, text *pb, PackRec *ch, int n, HtBucketDeltas *del
 			ItemPointer tid = (ItemPointer) DatumGetPointer(SPI_getbinval(found->vals[r],
 																		  found->tupdesc, 3,
 																		  &isnull));
+			Datum		old_sum = SPI_getbinval(found->vals[r], found->tupdesc, 4, &isnull);
+			HtSum		term;
+			HtSum		delta;
 
-			add_bucket_delta(deltas, pa, pb, lo, old, nold, &buf, dirty, ndirty);
-			pack_rewrite(pu, tid, lo, cnt, &buf);
+			ht_sum_from_bytea(&term, isnull ? NULL : DatumGetByteaPP(old_sum));
+			add_bucket_delta(deltas, pa, pb, lo, old, nold, &buf, dirty, ndirty, &delta);
+			ht_sum_add(&term, &delta);
+			pack_rewrite(pu, tid, lo, cnt, &buf, &term);
 		}
 		pfree(buf.data);
 		pfree(old);
@@ -718,10 +778,10 @@ ht_pack_build_begin(text *pa, text *pb, int part, double est_rows)
 	b->pb = pb;
 	b->part = part;
 	b->nparts = ht_num_partitions();
-	/* about HT_PACK_TARGET entries per pack: span = segments * target / rows */
+	/* about ht_guc_pack_target entries per pack: span = segments * target / rows */
 	per_tree = Max(est_rows / b->nparts, 1.0);
 	b->span = HT_PACK_MAX_SPAN;
-	while (b->span > HT_PACK_MIN_SPAN && (double) segs * HT_PACK_TARGET / b->span < per_tree)
+	while (b->span > HT_PACK_MIN_SPAN && (double) segs * ht_guc_pack_target / b->span < per_tree)
 		b->span /= 2;
 	b->npacks = (int) (segs / b->span);
 	b->nslots = b->npacks * (part < 0 ? b->nparts : 1);
@@ -1171,7 +1231,8 @@ typedef struct PackScan
 				att_pb,
 				att_lo,
 				att_span,
-				att_data;
+				att_data,
+				att_sum;
 } PackScan;
 
 /* latest snapshot: this transaction's own rewrites are seen */
@@ -1194,6 +1255,7 @@ pack_scan_open(PackScan *ps)
 	ps->att_lo = get_attnum(relid, "lo");
 	ps->att_span = get_attnum(relid, "span");
 	ps->att_data = get_attnum(relid, "data");
+	ps->att_sum = get_attnum(relid, "sum");
 }
 
 static void
@@ -1353,10 +1415,27 @@ ht_pack_children(int part, Datum pa, Datum pb, int level, int64 first, int64 spa
 	{
 		bool		isnull;
 		int32		lo = DatumGetInt32(heap_getattr(tup, ps.att_lo, ps.desc, &isnull));
-		bytea	   *data = DatumGetByteaPP(heap_getattr(tup, ps.att_data, ps.desc, &isnull));
+		bytea	   *data;
 		PackRec    *recs;
-		int			nrec = pack_decode(VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data), lo, &recs);
+		int			nrec;
 		int			i = 0;
+
+		/* a pack of one sub-bucket: its stored term is the sub-bucket's hash */
+		if (shift != 0 && pspan == (1 << HT_SUB_BITS))
+		{
+			Datum		d = heap_getattr(tup, ps.att_sum, ps.desc, &isnull);
+
+			if (!isnull)
+			{
+				HtSum		sum;
+
+				ht_sum_from_bytea(&sum, DatumGetByteaPP(d));
+				nout = child_put(out, nout, cap, lo >> shift, &sum);
+			}
+			continue;
+		}
+		data = DatumGetByteaPP(heap_getattr(tup, ps.att_data, ps.desc, &isnull));
+		nrec = pack_decode(VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data), lo, &recs);
 
 		while (i < nrec)
 		{
@@ -1520,7 +1599,6 @@ ht_pack_sum(PG_FUNCTION_ARGS)
 	TupleDesc	desc;
 	PackRec    *recs;
 	int			n;
-	int			i = 0;
 	HtSum		total;
 	Datum		v[2];
 	bool		nulls[2] = {false, false};
@@ -1530,18 +1608,7 @@ ht_pack_sum(PG_FUNCTION_ARGS)
 		elog(ERROR, "hashtree: _pack_sum must return a record");
 	desc = BlessTupleDesc(desc);
 	n = pack_decode(VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data), lo, &recs);
-	ht_sum_zero(&total);
-	while (i < n)
-	{
-		int32		seg = recs[i].seg;
-		HtSum		sum;
-		HtSum		t;
-		int64		cnt;
-
-		seg_sum(recs, n, &i, seg, &sum, &cnt);
-		ht_child_term(seg, &sum, &t);
-		ht_sum_add(&total, &t);
-	}
+	pack_term(recs, n, &total);
 	h = ht_sum_to_bytea(&total);
 	v[0] = PointerGetDatum(h);
 	nulls[0] = (h == NULL);

@@ -923,8 +923,7 @@ static HtQuery q_tree_level = {
 	"   SELECT child >> $5 AS b, hashtree._child_sum(child, hash) AS h, sum(n) AS c"
 	"   FROM hashtree.node WHERE part = $1 AND depth = 2 AND pa = $2 AND pb = $3"
 	"    AND level = $4 + 1 GROUP BY child >> $5"
-	"   UNION ALL SELECT (p.lo >> $5)::int8, x.hash, x.n FROM hashtree.entry_pack p"
-	"    CROSS JOIN LATERAL hashtree._pack_sum(p.lo, p.data) x"
+	"   UNION ALL SELECT (p.lo >> $5)::int8, p.sum, p.n FROM hashtree.entry_pack p"
 	"    WHERE p.part = $1 AND p.pa = $2 AND p.pb = $3 AND $4 = 2) y GROUP BY b) s"
 	" WHERE s.h IS NOT NULL",
 	5, {INT4OID, TEXTOID, TEXTOID, INT2OID, INT4OID}
@@ -1406,8 +1405,7 @@ static HtQuery q_rb_level = {
 	"   SELECT pa, pb, child >> $4 AS b, hashtree._child_sum(child, hash) AS h, sum(n) AS c"
 	"   FROM hashtree.node WHERE part = $1 AND depth = $2 AND level = $3 + 1"
 	"   GROUP BY pa, pb, child >> $4"
-	"   UNION ALL SELECT p.pa, p.pb, (p.lo >> $4)::int8, x.hash, x.n FROM hashtree.entry_pack p"
-	"    CROSS JOIN LATERAL hashtree._pack_sum(p.lo, p.data) x"
+	"   UNION ALL SELECT p.pa, p.pb, (p.lo >> $4)::int8, p.sum, p.n FROM hashtree.entry_pack p"
 	"    WHERE p.part = $1 AND $2 = 2 AND $3 = 2) y GROUP BY pa, pb, b) s"
 	" WHERE s.h IS NOT NULL",
 	4, {INT4OID, INT2OID, INT2OID, INT4OID}
@@ -1548,6 +1546,11 @@ static HtQuery q_check = {
 	" FROM xe FULL JOIN ne ON xe.depth = ne.depth AND xe.pa = ne.pa"
 	"  AND xe.seg = ne.seg AND xe.key = ne.key"
 	" WHERE xe.hash IS DISTINCT FROM ne.hash"
+	/* a pack's stored term or count that its entries do not give (level 5) */
+	" UNION ALL"
+	" SELECT 2, p.pa, p.pb, 5, p.lo::int8, p.sum, x.hash"
+	" FROM hashtree.entry_pack p CROSS JOIN LATERAL hashtree._pack_sum(p.lo, p.data) x"
+	" WHERE p.part = $1 AND (p.sum IS DISTINCT FROM x.hash OR p.n <> x.n)"
 	/* an entry row in a segment that a pack covers breaks invariant 5 */
 	" UNION ALL"
 	" SELECT 2, e.pa, e.pb, 0, e.seg::int8, e.hash, NULL::bytea FROM hashtree.entry e"

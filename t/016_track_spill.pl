@@ -137,4 +137,37 @@ $holder->quit;
 is(tops($node), $t_small, 'then every tree is that of the first build');
 is(check_trees($node), '0', 'and check_tree finds nothing');
 
+# packs of one sub-bucket (the span of big trees, forced here by a small
+# hashtree.pack_target): a compare takes their stored terms for the
+# sub-bucket hashes.  Against the same rows in wide packs an exchange
+# finds nothing, then exactly the rows changed.
+$node->safe_psql('postgres', 'CREATE DATABASE other');
+$node->safe_psql('other', qq{CREATE EXTENSION hashtree;
+	CREATE TABLE spill (id text PRIMARY KEY, v int);
+	INSERT INTO spill SELECT 'key-' || lpad(i::text, 100, '0'), i FROM generate_series(1, $rows) i});
+is($node->safe_psql('other', q{SET client_min_messages = warning; SET hashtree.pack_target = 1;
+	SELECT hashtree.track('spill')}), $rows, 'tracked in packs of 32 segments');
+is($node->safe_psql('other', q{SELECT min(span) || ' ' || max(span) FROM hashtree.entry_pack}),
+	'32 32', 'every pack one sub-bucket');
+is($node->safe_psql('postgres', q{SELECT min(span) > 32 FROM hashtree.entry_pack}), 't',
+	'the other node has wide packs');
+is(tops($node, 'other'), $t_small, 'the same top hashes');
+is(check_trees($node, 'other'), '0', 'check_tree finds nothing (stored pack terms included)');
+# every sub-bucket hash, as the compare reads them, on both
+my $subs = q{SELECT md5(string_agg(encode(n.children, 'hex'), ',' ORDER BY s.p, n.i))
+			   FROM hashtree.status s(p), hashtree._nodes(s.p, 2, array_fill('public'::text, ARRAY[32]),
+				   array_fill('spill'::text, ARRAY[32]), 4,
+				   ARRAY(SELECT g * 1024::int8 FROM generate_series(0, 31) g), 1024, 32) n};
+is($node->safe_psql('other', $subs), $node->safe_psql('postgres', $subs),
+	'the same sub-bucket hashes, read from stored terms and from decoded packs');
+my $other_conn = $node->connstr('other');
+$node->safe_psql('postgres', "SELECT hashtree.add_peer('other', \$\$$other_conn\$\$)");
+my $diff = q{SELECT count(*) || ' ' || count(*) FILTER (WHERE kind = 'different')
+			   FROM hashtree.exchange('other')};
+is($node->safe_psql('postgres', $diff), '0 0', 'an exchange finds no difference');
+$node->safe_psql('other', 'UPDATE spill SET v = -v WHERE v % 30000 = 0');
+is(lock_update_all($node, 'other'), 'ok/ok', 'ten rows changed, updated');
+is(check_trees($node, 'other'), '0', 'the fold kept the stored terms right');
+is($node->safe_psql('postgres', $diff), '10 10', 'an exchange finds exactly those');
+
 done_testing();
