@@ -27,6 +27,14 @@ CREATE FUNCTION @extschema@._pack_sum(lo int4, data bytea, OUT hash bytea, OUT n
 REVOKE EXECUTE ON FUNCTION @extschema@._hash_sum_step(internal, bytea),
 	@extschema@._hash_sum(bytea), @extschema@._pack_sum(int4, bytea) FROM PUBLIC;
 
+-- Each pack stores its term in its level-3 bucket's hash (NULL: zero), which
+-- compares and rebuilds read instead of decoding the pack.  The packs 0.1
+-- wrote get theirs from the reset of their partition (below: no partition is
+-- read before it), not here, which would rewrite every pack once more.  (IF
+-- NOT EXISTS: t/017_upgrade.pl fills its 0.1 databases with the current
+-- library, which needs the column.)
+ALTER TABLE @extschema@.entry_pack ADD COLUMN IF NOT EXISTS sum bytea;
+
 -- Room on each page of the packs, so that the fold's rewrites are HOT updates
 -- (pages filled before stay as they are until rewritten), and the versions
 -- they leave vacuumed before they add more than 5%.
