@@ -158,9 +158,35 @@ SELECT count(*) AS rows, count(DISTINCT id) AS ids,
   FROM bare b JOIN hashtree.fragments f ON f.relation = b.tableoid;
 SELECT op, op_phase, op_sources, op_helpers FROM hashtree.frag_table WHERE op IS NOT NULL;
 
-DROP TABLE orders, orders_plain, sales, bare;
+-- fragments move rows with search_path pinned to pg_catalog, pg_temp (as
+-- the owner): a hash function that finds its helpers by the session's
+-- search_path fails there, with a clear error and nothing changed, and works
+-- once it carries its own search_path
+CREATE FUNCTION block_of(v int) RETURNS bigint LANGUAGE sql IMMUTABLE AS $$ SELECT (v / 10)::bigint $$;
+CREATE FUNCTION path_hash_ext(v int, seed bigint) RETURNS bigint LANGUAGE sql IMMUTABLE STRICT
+	AS $$ SELECT pg_catalog.hashint8extended(block_of(v), seed) $$;
+CREATE OPERATOR CLASS path_ops FOR TYPE int USING hash AS
+	OPERATOR 1 = (int, int), FUNCTION 2 path_hash_ext(int, bigint);
+CREATE TABLE pathy (id int PRIMARY KEY, note text) PARTITION BY HASH (id path_ops);
+SELECT * FROM hashtree.frag_init('pathy', 2);
+INSERT INTO pathy SELECT g, 'n' || g FROM generate_series(1, 300) g;
+\set VERBOSITY terse
+SELECT * FROM hashtree.add_frag('pathy', 'block_writes');
+SELECT * FROM hashtree.add_frag('pathy', 'online');
+\set VERBOSITY default
+SELECT * FROM hashtree.frag_state('pathy');
+SELECT count(*) AS rows, count(DISTINCT tableoid) AS fragments FROM pathy;
+ALTER FUNCTION path_hash_ext(int, bigint) SET search_path = public;
+SELECT n_fragments, moved_rows > 0 AS moved FROM hashtree.add_frag('pathy', 'online');
+SELECT count(*) AS rows,
+	   count(*) FILTER (WHERE f.fragment <> hashtree.key_to_frag_number('pathy', id)) AS misplaced
+  FROM pathy p JOIN hashtree.fragments f ON f.relation = p.tableoid;
+
+DROP TABLE orders, orders_plain, sales, bare, pathy;
 DROP FUNCTION step(text, text), expected_frag(int, int);
 DROP OPERATOR FAMILY block_ops USING hash;
 DROP OPERATOR FAMILY bare_block_ops USING hash;
 DROP OPERATOR FAMILY region_ops USING hash;
-DROP FUNCTION block_hash(int), block_hash_ext(int, bigint), region_hash(text), region_hash_ext(text, bigint);
+DROP OPERATOR FAMILY path_ops USING hash;
+DROP FUNCTION block_hash(int), block_hash_ext(int, bigint), region_hash(text), region_hash_ext(text, bigint),
+	path_hash_ext(int, bigint), block_of(int);
