@@ -2,8 +2,12 @@
 # The hashtree demo: two throwaway PostgreSQL servers ("east" and "west")
 # hold the same entries, drift apart, and find exactly where they differ
 # by walking their partition hashtrees over libpq.
+# Then a fragmented table grows from 4 to 9 fragments by linear hashing while
+# a writer keeps writing to it.
 # Run as root on a machine with Debian's postgresql-15: it installs what it
 # needs, builds and installs the extension, and removes the servers at the end.
+# HASHTREE_PG_BIN: the server build to use (see scripts/common.sh);
+# HASHTREE_DEMO_PORT: east's port (default 54401), west's is the next one.
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 . "$REPO/scripts/common.sh"
@@ -14,19 +18,22 @@ build_install
 
 WORK=$(mktemp -d /tmp/hashtree-demo.XXXXXX)
 chown postgres "$WORK"
-trap 'pg_stop "$WORK/east"; pg_stop "$WORK/west"; rm -rf "$WORK"' EXIT
+EAST_PORT=${HASHTREE_DEMO_PORT:-54401}
+WEST_PORT=$((EAST_PORT + 1))
+writer=
+trap '{ [ -z "$writer" ] || kill "$writer" 2>/dev/null || true; }; pg_stop "$WORK/east"; pg_stop "$WORK/west"; rm -rf "$WORK"' EXIT
 # background workers in database postgres, idle until the last part of the demo
 workers=("hashtree.database = 'postgres'" "hashtree.tick_interval = '1h'" "hashtree.exchange_interval = 0")
-pg_start "$WORK/east" 54401 "shared_preload_libraries = 'hashtree'" "hashtree.node_name = 'east'" "${workers[@]}"
-pg_start "$WORK/west" 54402 "shared_preload_libraries = 'hashtree'" "hashtree.node_name = 'west'" "${workers[@]}"
+pg_start "$WORK/east" "$EAST_PORT" "shared_preload_libraries = 'hashtree'" "hashtree.node_name = 'east'" "${workers[@]}"
+pg_start "$WORK/west" "$WEST_PORT" "shared_preload_libraries = 'hashtree'" "hashtree.node_name = 'west'" "${workers[@]}"
 
-east() { $PG_BIN/psql -X -h "$WORK/east" -p 54401 -U postgres -v ON_ERROR_STOP=1 "$@"; }
-west() { $PG_BIN/psql -X -h "$WORK/west" -p 54402 -U postgres -v ON_ERROR_STOP=1 "$@"; }
+east() { $PG_BIN/psql -X -h "$WORK/east" -p "$EAST_PORT" -U postgres -v ON_ERROR_STOP=1 "$@"; }
+west() { $PG_BIN/psql -X -h "$WORK/west" -p "$WEST_PORT" -U postgres -v ON_ERROR_STOP=1 "$@"; }
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 say "both nodes: CREATE EXTENSION hashtree; east knows west as a peer"
 for n in east west; do $n -q -c 'CREATE EXTENSION hashtree'; done
-east -q -c "SELECT hashtree.add_peer('west', 'host=$WORK/west port=54402 dbname=postgres user=postgres')" >/dev/null
+east -q -c "SELECT hashtree.add_peer('west', 'host=$WORK/west port=$WEST_PORT dbname=postgres user=postgres')" >/dev/null
 east -c 'SELECT name, conninfo FROM hashtree.peers'
 
 say "both nodes get the same 100,000 entries (object digests under prefixes), in different orders"
@@ -97,6 +104,83 @@ east -c "SELECT partition, outcome, missing, remote_missing, different, missing_
 east -c "SELECT id, owner, balance FROM accounts WHERE id IN (-6, -5, 7, 8, 9, 10, 11) ORDER BY id"
 say "a second exchange finds the nodes equal"
 east -c "SELECT count(*) AS differences FROM hashtree.exchange('west')"
+
+say "fragmented tables: 'events' (100,000 rows) is PARTITION BY HASH (id) with 4 fragments"
+east -q >/dev/null <<'SQL'
+CREATE TABLE events (id bigserial PRIMARY KEY, kind text NOT NULL, n int NOT NULL DEFAULT 0) PARTITION BY HASH (id);
+SELECT hashtree.frag_init('events', 4);
+INSERT INTO events (kind) SELECT (ARRAY['click', 'view', 'buy'])[1 + g % 3] FROM generate_series(1, 100000) g;
+CREATE TABLE writer (stop boolean NOT NULL, txns bigint NOT NULL, worst interval NOT NULL);
+INSERT INTO writer VALUES (false, 0, '0');
+SQL
+east -c "SELECT f.fragment, f.relation, f.modulus, f.remainder, s.rows
+         FROM hashtree.fragments f JOIN hashtree.frag_size('events', true) s USING (fragment)
+         WHERE f.\"table\" = 'events'::regclass ORDER BY 1"
+
+echo "a writer starts: one transaction after another, each an UPDATE of a random row and an INSERT, through the parent"
+east -q >/dev/null <<'SQL' &
+DO $$
+DECLARE
+	k bigint := 0;
+	t0 timestamptz;
+	target bigint;
+BEGIN
+	LOOP
+		target := 1 + floor(random() * 100000)::bigint;
+		t0 := clock_timestamp();
+		UPDATE events SET n = n + 1 WHERE id = target;
+		INSERT INTO events (kind) VALUES ('writer');
+		k := k + 1;
+		UPDATE writer SET txns = k, worst = greatest(worst, clock_timestamp() - t0);
+		COMMIT;
+		EXIT WHEN (SELECT stop FROM writer);
+		PERFORM pg_sleep(0.002);
+	END LOOP;
+END $$;
+SQL
+writer=$!
+
+say "add_frag('events', 'online') five times: 4 -> 9 fragments, each split moving only half of one fragment"
+echo "(linear hashing: with 2^L <= N < 2^(L+1) fragments, the split fragment holds 1/2^L of the rows and gives half"
+echo " of them to the new one, 1/2^(L+1) of the table: 1/8 while N < 8, then 1/16; PostgreSQL's own re-partitioning"
+echo " to a new modulus would rewrite every row)"
+for step in 1 2 3 4 5; do
+	east -At <<'SQL'
+SELECT n_fragments AS n, next_n_to_split AS p, n_doubles AS l FROM hashtree.frag_state('events') \gset
+SELECT count(*) AS total FROM events \gset
+SELECT array_agg(hashtree.key_to_frag_number('events', g) ORDER BY g) AS before FROM generate_series(1, 12) g \gset
+SELECT clock_timestamp() AS t0 \gset
+SELECT moved_rows AS moved, n_fragments AS n2 FROM hashtree.add_frag('events', 'online') \gset
+SELECT format('%s -> %s: fragment %s split into %s and %s in %s ms; moved %s of %s rows = 1/%s (expected 1/%s); writer: %s transactions so far',
+              :n, :n2, :p, :p, :n2, round(extract(epoch FROM clock_timestamp() - :'t0') * 1000),
+              :moved, :total, round(:total::numeric / greatest(:moved, 1), 1), 1 << (:l + 1),
+              (SELECT txns FROM writer));
+SELECT '        key_to_frag_number(events, id) for id 1..12:' ||
+       string_agg(lpad(f::text, 3) || CASE WHEN f <> (:'before'::int[])[g] THEN '*' ELSE ' ' END, '' ORDER BY g) ||
+       '  (* moved)'
+  FROM generate_series(1, 12) g, LATERAL hashtree.key_to_frag_number('events', g) f;
+SQL
+done
+east -q -c "UPDATE writer SET stop = true"
+if ! wait "$writer"; then writer=; die "the writer failed"; fi
+writer=
+
+say "the writer stopped: no transaction failed, no write was lost or doubled"
+east -c "SELECT w.txns AS writer_transactions, round(extract(epoch FROM w.worst) * 1000, 1) AS worst_write_ms,
+                count(*) AS rows, count(*) = 100000 + w.txns AS every_insert_there,
+                sum(e.n) = w.txns AS every_update_there, count(DISTINCT e.id) = count(*) AS no_duplicate,
+                count(*) FILTER (WHERE hashtree.key_to_frag_number('events', e.id) <> f.fragment) AS misplaced
+         FROM events e JOIN hashtree.fragments f ON f.relation = e.tableoid, writer w GROUP BY w.txns, w.worst"
+east -c "SELECT f.fragment, f.relation, f.modulus, f.remainder, s.rows
+         FROM hashtree.fragments f JOIN hashtree.frag_size('events', true) s USING (fragment)
+         WHERE f.\"table\" = 'events'::regclass ORDER BY 1"
+echo "(two moduli side by side, as linear hashing wants: fragment 1 and 9 split, 2-8 not yet; state (N, P, L):" \
+	"$(east -At -c "SELECT format('(%s, %s, %s)', n_fragments, next_n_to_split, n_doubles) FROM hashtree.frag_state('events')"))"
+
+say "a query with a bound key reads one fragment: the one key_to_frag_number names (PostgreSQL's own pruning)"
+east -At -c "SELECT 'key_to_frag_number(events, 4242) = ' || hashtree.key_to_frag_number('events', 4242) ||
+                    ', match_spec_to_frag_numbers(events, ''id = 4242'') = ' || hashtree.match_spec_to_frag_numbers('events', 'id = 4242')::text"
+east -c "EXPLAIN (COSTS OFF) SELECT * FROM events WHERE id = 4242"
 
 say "background workers (a reload turns them on): east is the reference and pushes to west every second"
 east -q -c "ALTER SYSTEM SET hashtree.tick_interval = '1s'" -c "ALTER SYSTEM SET hashtree.exchange_interval = '1s'" \

@@ -159,11 +159,9 @@ plan_op(Relation rel, HtFragTable *ft, bool add, FragOp *op)
 	{
 		op->rawkeys[i] = pstrdup(NameStr(TupleDescAttr(td, key->partattrs[i] - 1)->attname));
 		op->keytype[i] = key->parttypid[i];
+		/* (InvalidOid when a custom operator class has none: see check_online_keys) */
 		op->keyeq[i] = get_opfamily_member(key->partopfamily[i], key->partopcintype[i],
 										   key->partopcintype[i], HTEqualStrategyNumber);
-		if (!OidIsValid(op->keyeq[i]))
-			elog(ERROR, "hashtree: no equality operator in the hash operator family %u",
-				 key->partopfamily[i]);
 		op->keys[i] = pstrdup(quote_identifier(op->rawkeys[i]));
 		appendStringInfo(&keylist, "%s%s", i ? ", " : "", op->keys[i]);
 	}
@@ -794,6 +792,7 @@ logged_key(FragOp *op, const char *alias)
 					 quote_qualified_identifier(op->nsp, op->log));
 	for (int i = 0; i < op->nkeys; i++)
 	{
+		Assert(OidIsValid(op->keyeq[i]));	/* (check_online_keys) */
 		if (i > 0)
 			appendStringInfoString(&buf, " AND ");
 		generate_operator_clause(&buf, psprintf("%s.%s", alias, op->keys[i]), op->keytype[i],
@@ -1288,6 +1287,27 @@ check_can_login(bool add)
 				 errhint("Use mode => 'block_writes', or call it as a role with LOGIN.")));
 }
 
+/*
+ * The online swap finds the rows written during the copy by the equality
+ * operator of the partition key's hash operator family: a custom operator
+ * class needs only its hash support function to partition a table, so it
+ * may have none (block_writes needs none).
+ */
+static void
+check_online_keys(FragOp *op, bool add)
+{
+	for (int i = 0; i < op->nkeys; i++)
+	{
+		if (!OidIsValid(op->keyeq[i]))
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("an online %s needs an equality operator for partition key column \"%s\"",
+							add ? "add_frag" : "del_frag", op->rawkeys[i]),
+					 errdetail("The hash operator class of the column has no equality operator (strategy 1)."),
+					 errhint("Add OPERATOR 1 = to the operator class, or use mode => 'block_writes'.")));
+	}
+}
+
 static Datum
 frag_change(FunctionCallInfo fcinfo, bool add)
 {
@@ -1335,7 +1355,10 @@ frag_change(FunctionCallInfo fcinfo, bool add)
 				 errhint("Make it one with hashtree.frag_init() or hashtree.frag_activate().")));
 	plan_op(rel, &ft, add, &op);
 	if (online)
+	{
+		check_online_keys(&op, add);
 		check_can_login(add);
+	}
 	if (online)
 	{
 		/*
