@@ -224,8 +224,14 @@ writes_flush(PackWrites *w, text *pa, text *pb)
 	desc = RelationGetDescr(rel);
 	values = palloc0(sizeof(Datum) * desc->natts);
 	nulls = palloc0(sizeof(bool) * desc->natts);
+	/* (a dropped column reads as null) */
+	for (int a = 0; a < desc->natts; a++)
+		nulls[a] = true;
 	for (int a = 0; a < 8; a++)
+	{
 		att[a] = get_attnum(relid, names[a]);
+		nulls[att[a] - 1] = false;
+	}
 	values[att[0] - 1] = Int32GetDatum(w->part);
 	values[att[2] - 1] = Int32GetDatum(w->span);
 	values[att[4] - 1] = PointerGetDatum(pa);
@@ -401,15 +407,25 @@ pack_rewrite_open(int part, int span, text *pa, text *pb)
 	pu->ii = BuildIndexInfo(pu->idx);
 	natts = RelationGetDescr(pu->rel)->natts;
 	pu->values = palloc0(sizeof(Datum) * natts);
-	pu->nulls = palloc0(sizeof(bool) * natts);
-	pu->values[get_attnum(relid, "part") - 1] = Int32GetDatum(part);
-	pu->values[get_attnum(relid, "span") - 1] = Int32GetDatum(span);
-	pu->values[get_attnum(relid, "pa") - 1] = PointerGetDatum(pa);
-	pu->values[get_attnum(relid, "pb") - 1] = PointerGetDatum(pb);
+	pu->nulls = palloc(sizeof(bool) * natts);
+	/* (a dropped column reads as null) */
+	for (int a = 0; a < natts; a++)
+		pu->nulls[a] = true;
 	pu->att_lo = get_attnum(relid, "lo");
 	pu->att_n = get_attnum(relid, "n");
 	pu->att_data = get_attnum(relid, "data");
 	pu->att_sum = get_attnum(relid, "sum");
+	pu->values[get_attnum(relid, "part") - 1] = Int32GetDatum(part);
+	pu->values[get_attnum(relid, "span") - 1] = Int32GetDatum(span);
+	pu->values[get_attnum(relid, "pa") - 1] = PointerGetDatum(pa);
+	pu->values[get_attnum(relid, "pb") - 1] = PointerGetDatum(pb);
+	pu->nulls[get_attnum(relid, "part") - 1] = false;
+	pu->nulls[get_attnum(relid, "span") - 1] = false;
+	pu->nulls[get_attnum(relid, "pa") - 1] = false;
+	pu->nulls[get_attnum(relid, "pb") - 1] = false;
+	pu->nulls[pu->att_lo - 1] = false;
+	pu->nulls[pu->att_n - 1] = false;
+	pu->nulls[pu->att_data - 1] = false;
 	return pu;
 }
 
