@@ -989,17 +989,18 @@ fold_keys(int part, FoldTable *ft)
 	HtRelEnc   *re;
 	Datum		params[INDEX_MAX_KEYS];
 	uint64		nrows;
-	int32	   *put_seg;
-	Datum	   *put_key;
-	Datum	   *put_hash;
-	int			nput = 0;
+	/* (volatile: set in the PG_TRY below, read after it) */
+	int32	   *volatile put_seg;
+	Datum	   *volatile put_key;
+	Datum	   *volatile put_hash;
+	volatile int nput = 0;
 	int32	   *del_seg;
 	Datum	   *del_key;
 	int			ndel = 0;
-	bytea	  **found;
-	int			nfound = 0;
-	int			a = 0;
-	int			b = 0;
+	bytea	  **volatile found;
+	volatile int nfound = 0;
+	volatile int a = 0;
+	volatile int b = 0;
 	MemoryContext caller;
 	HtUserContext uc;
 
@@ -2951,14 +2952,15 @@ ht_apply_rows(PG_FUNCTION_ARGS)
 {
 	Relation	rel;
 	TrackRel   *tr;
-	int64		changed = 0;
-	bytea	  **rows = NULL;
-	bytea	  **hashes = NULL;
-	bytea	  **dels = NULL;
+	/* (volatile: set before or in the PG_TRY below, read after it) */
+	volatile int64 changed = 0;
+	bytea	  **volatile rows = NULL;
+	bytea	  **volatile hashes = NULL;
+	bytea	  **volatile dels = NULL;
 	int			nrows = 0;
 	int			nhashes = 0;
 	int			ndels = 0;
-	AclMode		need = ACL_SELECT;
+	volatile AclMode need = ACL_SELECT;
 	RowIO		io;
 
 	HT_ARG_NOT_NULL(0, "schema");
@@ -3060,7 +3062,7 @@ ht_delete_partition_rows(PG_FUNCTION_ARGS)
 {
 	Relation	rel;
 	TrackRel   *tr;
-	int64		n = 0;
+	volatile int64 n = 0;		/* (set in the PG_TRY below, read after it) */
 	RowIO		io;
 	PartKeysArg arg = {NULL, 0, 0, NULL};
 
