@@ -1409,8 +1409,11 @@ ht_update_partition(int part)
 		{
 			HtUpdateStats stats;
 			TimestampTz start = GetCurrentTimestamp();
+			HtBucketDeltas pd = {CurrentMemoryContext, 0, 0, NULL};
 
-			ht_store_update(part, true, &stats);
+			/* logged keys of tracked tables become entries, then the trees */
+			ht_track_fold(part, &pd);
+			ht_store_update(part, &pd, &stats);
 			ht_part_record_update(part, stats.segments, stats.nodes,
 								  (double) TimestampDifferenceMilliseconds(start,
 																		   GetCurrentTimestamp()));
@@ -1453,6 +1456,8 @@ ht_reset_partition(int part)
 		TimestampTz start = GetCurrentTimestamp();
 
 		ht_part_begin_rebuild(part);
+		/* tracked tables: their rows of this partition hashed again */
+		ht_track_rehash_partition(part);
 		ht_store_rebuild(part);
 		ht_part_record_build(part,
 							 (double) TimestampDifferenceMilliseconds(start,

@@ -46,7 +46,6 @@
 #include "partlock.h"
 #include "sqlexec.h"
 #include "store.h"
-#include "track.h"
 #include "treemath.h"
 
 /* rows per statement when writing or reading nodes by arrays */
@@ -1315,12 +1314,13 @@ update_parent_depth(int part, DepthWork *cw, DepthWork *w,
 }
 
 void
-ht_store_update(int part, bool fold_keys, HtUpdateStats *stats)
+ht_store_update(int part, const HtBucketDeltas *pd, HtUpdateStats *stats)
 {
+	HtBucketDeltas none = {0};
+
 	MemoryContext ctx;
 	MemoryContext old;
 	DepthWork	w[HT_NDEPTHS];
-	HtBucketDeltas pd = {0};
 
 	stats->segments = 0;
 	stats->nodes = 0;
@@ -1332,11 +1332,7 @@ ht_store_update(int part, bool fold_keys, HtUpdateStats *stats)
 	for (int d = 0; d < HT_NDEPTHS; d++)
 		w[d].depth = d;
 
-	/* logged keys of tracked tables become entries (and bucket deltas) */
-	pd.cxt = ctx;
-	if (fold_keys)
-		ht_track_fold(part, &pd);
-	update_leaf_depth(part, &w[HT_DEPTH_LEAF], &pd, stats);
+	update_leaf_depth(part, &w[HT_DEPTH_LEAF], pd != NULL ? pd : &none, stats);
 	update_parent_depth(part, &w[HT_DEPTH_LEAF], &w[HT_DEPTH_PREFIX], stats);
 	update_parent_depth(part, &w[HT_DEPTH_PREFIX], &w[HT_DEPTH_ROOT], stats);
 
@@ -1353,7 +1349,7 @@ ht_store_update_if_free(int part)
 	if (IsolationUsesXactSnapshot() || !ht_part_begin_maintenance(part))
 		return false;
 	start = GetCurrentTimestamp();
-	ht_store_update(part, false, &stats);
+	ht_store_update(part, NULL, &stats);
 	ht_part_record_update(part, stats.segments, stats.nodes,
 						  (double) TimestampDifferenceMilliseconds(start, GetCurrentTimestamp()));
 	return true;
@@ -1363,9 +1359,6 @@ ht_store_update_if_free(int part)
 
 static HtQuery q_rb_clear_dirty = {
 	"DELETE FROM hashtree.dirty WHERE part = $1", 1, {INT4OID}
-};
-static HtQuery q_rb_clear_keys = {
-	"DELETE FROM hashtree.dirty_key WHERE part = $1", 1, {INT4OID}
 };
 static HtQuery q_rb_clear_nodes = {
 	"DELETE FROM hashtree.node WHERE part = $1", 1, {INT4OID}
@@ -1447,13 +1440,6 @@ ht_store_rebuild(int part)
 	TimestampTz start = GetCurrentTimestamp();
 
 	v[0] = Int32GetDatum(part);
-
-	/*
-	 * Tracked tables: forget their logged keys of this partition and hash
-	 * their rows again (changes committed after this keep their keys).
-	 */
-	ht_exec(&q_rb_clear_keys, v, NULL, 0);
-	ht_track_rehash_partition(part);
 
 	/* forget the dirty log first: changes committed after this are kept */
 	ht_exec(&q_rb_clear_dirty, v, NULL, 0);

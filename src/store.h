@@ -17,6 +17,7 @@
 #include "funcapi.h"
 #include "utils/tuplestore.h"
 
+#include "pack.h"
 #include "partlock.h"
 
 typedef struct HtUpdateStats
@@ -31,10 +32,11 @@ extern void ht_store_put(int part, text *pa, text *pb, bytea *key,
 extern void ht_store_delete(int part, text *pa, text *pb, bytea *key);
 
 /*
- * fold the committed dirty segments of a partition into its trees; with
- * fold_keys, the keys logged by tracked tables first
+ * fold the committed dirty segments of a partition, and the bucket deltas
+ * of the packs a fold of tracked tables' keys rewrote (pd, may be NULL),
+ * into its trees
  */
-extern void ht_store_update(int part, bool fold_keys, HtUpdateStats *stats);
+extern void ht_store_update(int part, const HtBucketDeltas *pd, HtUpdateStats *stats);
 
 /*
  * Bring partition part's trees up to date now, without folding logged keys,
@@ -54,7 +56,10 @@ extern HtPartAnswer ht_update_partition(int part);
 /* reset() of a local partition (ERROR when it is locked or being updated) */
 extern void ht_reset_partition(int part);
 
-/* drop a partition's trees and build them again from its entries */
+/*
+ * drop a partition's trees and build them again from its entries (the
+ * tracked tables' rows re-hashed by the caller first)
+ */
 extern void ht_store_rebuild(int part);
 
 /* top hash of a tree, NULL when empty; palloc'd in CurrentMemoryContext */

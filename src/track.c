@@ -708,11 +708,20 @@ registered_relid(const char *schema, const char *name)
 	return OidIsValid(nsp) ? get_relname_relid(name, nsp) : InvalidOid;
 }
 
+static HtQuery q_drop_part_keys = {
+	"DELETE FROM hashtree.dirty_key WHERE part = $1", 1, {INT4OID}
+};
+
 void
 ht_track_rehash_partition(int part)
 {
 	Registered *r;
-	int			n = registry(&r);
+	int			n;
+	Datum		v[1] = {Int32GetDatum(part)};
+
+	/* the keys logged so far are covered (those committed later are kept) */
+	ht_exec(&q_drop_part_keys, v, NULL, 0);
+	n = registry(&r);
 
 	for (int i = 0; i < n; i++)
 	{

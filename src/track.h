@@ -31,7 +31,8 @@ extern void ht_track_refuse_prefix(text *pa, text *pb);
 
 /*
  * Re-hash every tracked table's rows of a partition (part >= 0) into its
- * entries, marking the leaf trees for a rebuild; reset does this.  Needs SPI.
+ * entries, forgetting the keys logged for it so far and marking the leaf
+ * trees for a rebuild; reset does this before rebuilding.  Needs SPI.
  */
 extern void ht_track_rehash_partition(int part);
 
