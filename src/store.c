@@ -1471,6 +1471,12 @@ ht_store_rebuild(int part)
 
 /* ---- verification --------------------------------------------------------- */
 
+/*
+ * Everything a rebuild would write, against what is stored.  The geometry
+ * comes from ht_geometry: $2..$4 the width bits of the leaf, prefix and
+ * root trees, $5 and $6 the segments of the prefix and root trees, $7 the
+ * sub-bucket bits.
+ */
 static HtQuery q_check = {
 	"WITH"
 	/* leaf segments of entry rows (node rows), then the packs' bucket terms */
@@ -1478,37 +1484,37 @@ static HtQuery q_check = {
 	"   count(*)::int8 AS c FROM hashtree.entry WHERE part = $1 AND depth = 2"
 	"   GROUP BY pa, pb, seg),"
 	" b2 AS (SELECT pa, pb, child, hashtree._hash_sum(h) AS h, sum(c)::int8 AS c FROM ("
-	"   SELECT pa, pb, child >> 10 AS child, hashtree._child_sum(child, h) AS h, sum(c) AS c"
-	"   FROM s2 GROUP BY pa, pb, child >> 10"
-	"   UNION ALL SELECT p.pa, p.pb, (p.lo >> 10)::int8, x.hash, x.n"
+	"   SELECT pa, pb, child >> $2 AS child, hashtree._child_sum(child, h) AS h, sum(c) AS c"
+	"   FROM s2 GROUP BY pa, pb, child >> $2"
+	"   UNION ALL SELECT p.pa, p.pb, (p.lo >> $2)::int8, x.hash, x.n"
 	"   FROM hashtree.entry_pack p CROSS JOIN LATERAL hashtree._pack_sum(p.lo, p.data) x"
 	"   WHERE p.part = $1) y GROUP BY pa, pb, child),"
 	" t2 AS (SELECT pa, pb, 0::int8 AS child, hashtree._child_sum(child, h) AS h,"
 	"   sum(c)::int8 AS c FROM b2 GROUP BY pa, pb),"
-	" u2 AS (SELECT pa, pb, child >> 5 AS child, hashtree._child_sum(child, h) AS h,"
-	"   sum(c)::int8 AS c FROM s2 GROUP BY pa, pb, child >> 5),"
+	" u2 AS (SELECT pa, pb, child >> $7 AS child, hashtree._child_sum(child, h) AS h,"
+	"   sum(c)::int8 AS c FROM s2 GROUP BY pa, pb, child >> $7),"
 	" e1 AS (SELECT pa, ''::text COLLATE \"C\" AS pb,"
-	"   hashtree.segment_of(convert_to(pb, 'UTF8'), 262144) AS seg,"
+	"   hashtree.segment_of(convert_to(pb, 'UTF8'), $5) AS seg,"
 	"   convert_to(pb, 'UTF8') AS key, h AS hash FROM t2),"
 	" s1 AS (SELECT pa, pb, seg::int8 AS child, hashtree._entry_sum(key, hash) AS h,"
 	"   count(*)::int8 AS c FROM e1 GROUP BY pa, pb, seg),"
-	" b1 AS (SELECT pa, pb, child >> 9 AS child, hashtree._child_sum(child, h) AS h,"
-	"   sum(c)::int8 AS c FROM s1 GROUP BY pa, pb, child >> 9),"
+	" b1 AS (SELECT pa, pb, child >> $3 AS child, hashtree._child_sum(child, h) AS h,"
+	"   sum(c)::int8 AS c FROM s1 GROUP BY pa, pb, child >> $3),"
 	" t1 AS (SELECT pa, pb, 0::int8 AS child, hashtree._child_sum(child, h) AS h,"
 	"   sum(c)::int8 AS c FROM b1 GROUP BY pa, pb),"
-	" u1 AS (SELECT pa, pb, child >> 5 AS child, hashtree._child_sum(child, h) AS h,"
-	"   sum(c)::int8 AS c FROM s1 GROUP BY pa, pb, child >> 5),"
+	" u1 AS (SELECT pa, pb, child >> $7 AS child, hashtree._child_sum(child, h) AS h,"
+	"   sum(c)::int8 AS c FROM s1 GROUP BY pa, pb, child >> $7),"
 	" e0 AS (SELECT ''::text COLLATE \"C\" AS pa, ''::text COLLATE \"C\" AS pb,"
-	"   hashtree.segment_of(convert_to(pa, 'UTF8'), 65536) AS seg,"
+	"   hashtree.segment_of(convert_to(pa, 'UTF8'), $6) AS seg,"
 	"   convert_to(pa, 'UTF8') AS key, h AS hash FROM t1),"
 	" s0 AS (SELECT pa, pb, seg::int8 AS child, hashtree._entry_sum(key, hash) AS h,"
 	"   count(*)::int8 AS c FROM e0 GROUP BY pa, pb, seg),"
-	" b0 AS (SELECT pa, pb, child >> 8 AS child, hashtree._child_sum(child, h) AS h,"
-	"   sum(c)::int8 AS c FROM s0 GROUP BY pa, pb, child >> 8),"
+	" b0 AS (SELECT pa, pb, child >> $4 AS child, hashtree._child_sum(child, h) AS h,"
+	"   sum(c)::int8 AS c FROM s0 GROUP BY pa, pb, child >> $4),"
 	" t0 AS (SELECT pa, pb, 0::int8 AS child, hashtree._child_sum(child, h) AS h,"
 	"   sum(c)::int8 AS c FROM b0 GROUP BY pa, pb),"
-	" u0 AS (SELECT pa, pb, child >> 5 AS child, hashtree._child_sum(child, h) AS h,"
-	"   sum(c)::int8 AS c FROM s0 GROUP BY pa, pb, child >> 5),"
+	" u0 AS (SELECT pa, pb, child >> $7 AS child, hashtree._child_sum(child, h) AS h,"
+	"   sum(c)::int8 AS c FROM s0 GROUP BY pa, pb, child >> $7),"
 	" x AS ("
 	"  SELECT 2 AS depth, 3 AS level, * FROM s2 UNION ALL"
 	"  SELECT 2, 2, * FROM b2 UNION ALL SELECT 2, 1, * FROM t2 UNION ALL"
@@ -1544,16 +1550,23 @@ static HtQuery q_check = {
 	"  WHERE p.part = $1 AND p.pa = e.pa AND p.pb = e.pb AND p.lo <= e.seg"
 	"   AND p.lo > e.seg - p.span)"
 	" ORDER BY 1 DESC, 2, 3, 4 DESC, 5",
-	1, {INT4OID}
+	7, {INT4OID, INT4OID, INT4OID, INT4OID, INT4OID, INT4OID, INT4OID}
 };
 
 void
 ht_store_check(int part, ReturnSetInfo *rsinfo)
 {
-	Datum		v[1] = {Int32GetDatum(part)};
+	Datum		v[7];
 	uint64		nrows;
 	MemoryContext old;
 
+	v[0] = Int32GetDatum(part);
+	v[1] = Int32GetDatum(ht_geometry[HT_DEPTH_LEAF].width_bits);
+	v[2] = Int32GetDatum(ht_geometry[HT_DEPTH_PREFIX].width_bits);
+	v[3] = Int32GetDatum(ht_geometry[HT_DEPTH_ROOT].width_bits);
+	v[4] = Int32GetDatum((int32) HT_SEGMENTS(HT_DEPTH_PREFIX));
+	v[5] = Int32GetDatum((int32) HT_SEGMENTS(HT_DEPTH_ROOT));
+	v[6] = Int32GetDatum(HT_SUB_BITS);
 	nrows = ht_exec(&q_check, v, NULL, 0);
 	old = MemoryContextSwitchTo(rsinfo->econtext->ecxt_per_query_memory);
 	for (uint64 r = 0; r < nrows; r++)
