@@ -3,6 +3,7 @@ EXTENSION   = hashtree
 MODULE_big  = hashtree
 OBJS = \
 	src/hashtree.o \
+	src/common.o \
 	src/sqlexec.o \
 	src/treemath.o \
 	src/store.o \

@@ -30,7 +30,7 @@
 #include "utils/timestamp.h"
 
 #include "compare.h"
-#include "hashtree.h"
+#include "common.h"
 #include "partlock.h"
 #include "remote.h"
 #include "sqlexec.h"

@@ -26,7 +26,7 @@
 #include "utils/fmgroids.h"
 
 #include "compare.h"
-#include "hashtree.h"
+#include "common.h"
 #include "sqlexec.h"
 #include "store.h"
 #include "treemath.h"

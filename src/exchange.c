@@ -25,7 +25,7 @@
 
 #include "compare.h"
 #include "exchange.h"
-#include "hashtree.h"
+#include "common.h"
 #include "partlock.h"
 #include "remote.h"
 #include "sqlexec.h"

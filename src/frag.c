@@ -57,7 +57,7 @@
 #include "utils/syscache.h"
 
 #include "frag.h"
-#include "hashtree.h"
+#include "common.h"
 #include "linhash.h"
 #include "sqlexec.h"
 #include "track.h"

@@ -74,7 +74,7 @@
 #include "utils/timestamp.h"
 
 #include "frag.h"
-#include "hashtree.h"
+#include "common.h"
 #include "linhash.h"
 #include "partlock.h"
 #include "sqlexec.h"

@@ -46,7 +46,7 @@
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 
-#include "hashtree.h"
+#include "common.h"
 #include "pack.h"
 #include "sqlexec.h"
 #include "treemath.h"

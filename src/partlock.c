@@ -34,7 +34,7 @@
 #include "utils/rel.h"
 #include "utils/timestamp.h"
 
-#include "hashtree.h"
+#include "common.h"
 #include "partlock.h"
 #include "sqlexec.h"
 

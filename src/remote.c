@@ -27,7 +27,7 @@
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
-#include "hashtree.h"
+#include "common.h"
 #include "remote.h"
 #include "sqlexec.h"
 

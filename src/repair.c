@@ -37,7 +37,7 @@
 #include "utils/fmgroids.h"
 
 #include "exchange.h"
-#include "hashtree.h"
+#include "common.h"
 #include "remote.h"
 #include "sqlexec.h"
 #include "treemath.h"

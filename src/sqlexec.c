@@ -13,11 +13,11 @@
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
 
-#include "hashtree.h"
+#include "common.h"
 #include "sqlexec.h"
 
 /*
- * Every statement runs with search_path pinned (hashtree.h): the plan is
+ * Every statement runs with search_path pinned (common.h): the plan is
  * analysed, re-validated and executed under "pg_catalog, pg_temp", whoever
  * calls and whatever the caller's path.
  */

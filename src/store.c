@@ -41,7 +41,7 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
-#include "hashtree.h"
+#include "common.h"
 #include "pack.h"
 #include "partlock.h"
 #include "sqlexec.h"

@@ -71,7 +71,7 @@
 
 #include "exchange.h"
 #include "frag.h"
-#include "hashtree.h"
+#include "common.h"
 #include "pack.h"
 #include "rowenc.h"
 #include "sqlexec.h"

@@ -44,7 +44,7 @@
 
 #include "exchange.h"
 #include "frag.h"
-#include "hashtree.h"
+#include "common.h"
 #include "partlock.h"
 #include "remote.h"
 #include "sqlexec.h"

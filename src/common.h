@@ -1,6 +1,6 @@
 /*-------------------------------------------------------------------------
  *
- * hashtree.h
+ * common.h
  *	  Definitions shared by every subsystem of the hashtree extension:
  *	  configuration (GUCs), the partition count, and the guard that tells
  *	  the extension's own writes apart from foreign writes to its tables.
@@ -9,8 +9,8 @@
  *
  *-------------------------------------------------------------------------
  */
-#ifndef HASHTREE_H
-#define HASHTREE_H
+#ifndef HT_COMMON_H
+#define HT_COMMON_H
 
 #include "postgres.h"
 
@@ -132,4 +132,4 @@ extern int	ht_api_depth;
 					 errmsg("%s must not be null", (what)))); \
 	} while (0)
 
-#endif							/* HASHTREE_H */
+#endif							/* HT_COMMON_H */
