@@ -9,6 +9,7 @@ OBJS = \
 	src/store.o \
 	src/pack.o \
 	src/partlock.o \
+	src/partops.o \
 	src/remote.o \
 	src/compare.o \
 	src/rowenc.o \

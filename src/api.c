@@ -32,6 +32,7 @@
 #include "compare.h"
 #include "common.h"
 #include "partlock.h"
+#include "partops.h"
 #include "remote.h"
 #include "sqlexec.h"
 #include "store.h"
@@ -202,16 +203,6 @@ check_segment(int depth, int64 seg)
 				 errmsg("segment " INT64_FORMAT " does not exist", seg),
 				 errdetail("This tree has segments 0 to " INT64_FORMAT ".",
 						   HT_SEGMENTS(depth) - 1)));
-}
-
-/* update and reset need a fresh snapshot per statement */
-static void
-check_read_committed(const char *what)
-{
-	if (IsolationUsesXactSnapshot())
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("%s must run at isolation level READ COMMITTED", what)));
 }
 
 /* ---- internal helpers for tables and aggregates ------------------------- */
@@ -1395,35 +1386,6 @@ ht_release_lock(PG_FUNCTION_ARGS)
 	return lock_common(fcinfo, true);
 }
 
-HtPartAnswer
-ht_update_partition(int part)
-{
-	HtPartAnswer res;
-
-	check_read_committed("hashtree.update()");
-	SPI_connect();
-	HT_API_BEGIN();
-	{
-		res = ht_part_begin_update(part);
-		if (res == HT_PART_OK)
-		{
-			HtUpdateStats stats;
-			TimestampTz start = GetCurrentTimestamp();
-			HtBucketDeltas pd = {CurrentMemoryContext, 0, 0, NULL};
-
-			/* logged keys of tracked tables become entries, then the trees */
-			ht_track_fold(part, &pd);
-			ht_store_update(part, &pd, &stats);
-			ht_part_record_update(part, stats.segments, stats.nodes,
-								  (double) TimestampDifferenceMilliseconds(start,
-																		   GetCurrentTimestamp()));
-		}
-	}
-	HT_API_END();
-	SPI_finish();
-	return res;
-}
-
 /*
  * hashtree.update(partition int), update(node text, partition int) RETURNS text
  * Fold the changes committed since the last update into the partition's
@@ -1444,27 +1406,6 @@ ht_update(PG_FUNCTION_ARGS)
 		PG_RETURN_TEXT_P(cstring_to_text(ht_part_answer_names[ht_update_partition(part)]));
 	params[0] = psprintf("%d", part);
 	PG_RETURN_TEXT_P(remote_call(node, "SELECT hashtree.update($1::int4)", 1, params));
-}
-
-void
-ht_reset_partition(int part)
-{
-	check_read_committed("hashtree.reset()");
-	SPI_connect();
-	HT_API_BEGIN();
-	{
-		TimestampTz start = GetCurrentTimestamp();
-
-		ht_part_begin_rebuild(part);
-		/* tracked tables: their rows of this partition hashed again */
-		ht_track_rehash_partition(part);
-		ht_store_rebuild(part);
-		ht_part_record_build(part,
-							 (double) TimestampDifferenceMilliseconds(start,
-																	  GetCurrentTimestamp()));
-	}
-	HT_API_END();
-	SPI_finish();
 }
 
 /*

@@ -27,6 +27,7 @@
 #include "exchange.h"
 #include "common.h"
 #include "partlock.h"
+#include "partops.h"
 #include "remote.h"
 #include "sqlexec.h"
 #include "store.h"

@@ -47,16 +47,6 @@ extern void ht_store_update(int part, const HtBucketDeltas *pd, HtUpdateStats *s
 extern bool ht_store_update_if_free(int part);
 
 /*
- * update() of a local partition: HT_PART_OK after folding, or
- * HT_PART_NOT_BUILT, HT_PART_ONGOING_UPDATE, HT_PART_NOT_LOCKED (the
- * caller is not the lock owner)
- */
-extern HtPartAnswer ht_update_partition(int part);
-
-/* reset() of a local partition (ERROR when it is locked or being updated) */
-extern void ht_reset_partition(int part);
-
-/*
  * drop a partition's trees and build them again from its entries (the
  * tracked tables' rows re-hashed by the caller first)
  */

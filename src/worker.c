@@ -46,6 +46,7 @@
 #include "frag.h"
 #include "common.h"
 #include "partlock.h"
+#include "partops.h"
 #include "remote.h"
 #include "sqlexec.h"
 #include "store.h"
