@@ -47,3 +47,33 @@ ALTER TABLE @extschema@.entry_pack SET (fillfactor = 90, autovacuum_vacuum_scale
 -- or by hashtree.reset(partition) (§7), which deletes the old rows.  (A
 -- change of the entries' own layout would have to convert them here.)
 UPDATE @extschema@.partition SET built = false WHERE built;
+
+-- A dropped fragmented table is forgotten by its own function (frag.c),
+-- called by the sql_drop event trigger next to the tracked tables' one:
+-- track.c no longer calls into frag.c.
+CREATE FUNCTION @extschema@._frag_dropped() RETURNS void
+	AS 'MODULE_PATHNAME', 'ht_frag_dropped'
+	LANGUAGE C VOLATILE;
+REVOKE EXECUTE ON FUNCTION @extschema@._frag_dropped() FROM PUBLIC;
+CREATE OR REPLACE FUNCTION @extschema@._on_sql_drop() RETURNS event_trigger
+	LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+	AS $$
+DECLARE
+	triggers boolean;
+BEGIN
+	IF (EXISTS (SELECT 1 FROM @extschema@.tracked_table) OR EXISTS (SELECT 1 FROM @extschema@.frag_table))
+	   AND EXISTS (SELECT 1 FROM pg_event_trigger_dropped_objects() d
+				   WHERE d.object_type IN ('table', 'index', 'trigger', 'schema',
+										   'table constraint'))
+	THEN
+		-- the tracking triggers are checked only when a trigger of that name
+		-- was dropped: an unrelated DROP never fails because of them
+		triggers := EXISTS (
+			SELECT 1 FROM pg_catalog.pg_event_trigger_dropped_objects() d
+			 WHERE d.object_type OPERATOR(pg_catalog.=) 'trigger'::text
+			   AND pg_catalog.starts_with(d.object_identity, 'hashtree_track'));
+		PERFORM @extschema@._ddl_dropped(triggers);
+		PERFORM @extschema@._frag_dropped();
+	END IF;
+END
+$$;

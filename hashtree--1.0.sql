@@ -425,6 +425,9 @@ CREATE FUNCTION @extschema@._ddl_table(relid oid, cmd pg_catalog.pg_ddl_command)
 CREATE FUNCTION @extschema@._ddl_dropped(triggers_dropped boolean) RETURNS void
 	AS 'MODULE_PATHNAME', 'ht_ddl_dropped'
 	LANGUAGE C VOLATILE;
+CREATE FUNCTION @extschema@._frag_dropped() RETURNS void
+	AS 'MODULE_PATHNAME', 'ht_frag_dropped'
+	LANGUAGE C VOLATILE;
 CREATE FUNCTION @extschema@._ddl_type(typid oid) RETURNS void
 	AS 'MODULE_PATHNAME', 'ht_ddl_type'
 	LANGUAGE C VOLATILE;
@@ -485,6 +488,7 @@ BEGIN
 			 WHERE d.object_type OPERATOR(pg_catalog.=) 'trigger'::text
 			   AND pg_catalog.starts_with(d.object_identity, 'hashtree_track'));
 		PERFORM @extschema@._ddl_dropped(triggers);
+		PERFORM @extschema@._frag_dropped();
 	END IF;
 END
 $$;

@@ -29,8 +29,8 @@
 #include "utils/lsyscache.h"
 #include "utils/timestamp.h"
 
-#include "compare.h"
 #include "common.h"
+#include "compare.h"
 #include "partlock.h"
 #include "partops.h"
 #include "remote.h"

@@ -25,8 +25,8 @@
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 
-#include "compare.h"
 #include "common.h"
+#include "compare.h"
 #include "sqlexec.h"
 #include "store.h"
 #include "treemath.h"

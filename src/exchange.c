@@ -23,14 +23,15 @@
 #include "utils/builtins.h"
 #include "utils/timestamp.h"
 
+#include "common.h"
 #include "compare.h"
 #include "exchange.h"
-#include "common.h"
 #include "partlock.h"
 #include "partops.h"
 #include "remote.h"
 #include "sqlexec.h"
 #include "store.h"
+#include "track.h"
 
 const char *const ht_repair_mode_names[HT_NREPAIR_MODES] = {
 	[HT_REPAIR_NONE] = "none",

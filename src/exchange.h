@@ -109,14 +109,6 @@ extern bool ht_exchange_quiet;
 extern void ht_exchange_log(const char *peer_name, HtRepairMode mode, bool worker,
 							HtExchangeResult *r);
 
-/*
- * The role whose rights the repair helpers (_rows_by_key, _apply_rows, ...)
- * check on this node: set by exchange() to the role calling it (a SECURITY
- * DEFINER function's caller); InvalidOid (workers, peers): the current
- * user.
- */
-extern Oid	ht_repair_role;
-
 /* repair the differences of a partition (needs SPI) */
 extern void ht_repair(HtPeer *peer, int part, HtRepairMode mode, HtExchangeResult *r);
 

@@ -56,8 +56,8 @@
 #include "utils/rel.h"
 #include "utils/syscache.h"
 
-#include "frag.h"
 #include "common.h"
+#include "frag.h"
 #include "linhash.h"
 #include "sqlexec.h"
 #include "track.h"
@@ -176,6 +176,26 @@ void
 ht_frag_forget_dropped(void)
 {
 	ht_exec_as_owner(&q_frag_forget, NULL, NULL, 0);
+}
+
+/*
+ * hashtree._frag_dropped() RETURNS void
+ * After a DROP (event trigger sql_drop): the fragmented tables that no
+ * longer exist are forgotten.  Nothing while the extension's own statements
+ * run.  Locks: ROW EXCLUSIVE on hashtree.frag_table.
+ */
+PG_FUNCTION_INFO_V1(ht_frag_dropped);
+Datum
+ht_frag_dropped(PG_FUNCTION_ARGS)
+{
+	if (ht_api_depth > 0)
+		PG_RETURN_VOID();
+	SPI_connect();
+	HT_API_BEGIN();
+	ht_frag_forget_dropped();
+	HT_API_END();
+	SPI_finish();
+	PG_RETURN_VOID();
 }
 
 /* ---- tables, names, layout ------------------------------------------------------- */

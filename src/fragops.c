@@ -73,8 +73,8 @@
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 
-#include "frag.h"
 #include "common.h"
+#include "frag.h"
 #include "linhash.h"
 #include "partlock.h"
 #include "sqlexec.h"

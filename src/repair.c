@@ -36,8 +36,8 @@
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
 
-#include "exchange.h"
 #include "common.h"
+#include "exchange.h"
 #include "remote.h"
 #include "sqlexec.h"
 #include "treemath.h"

@@ -69,8 +69,6 @@
 #include "utils/guc.h"
 #include "utils/timestamp.h"
 
-#include "exchange.h"
-#include "frag.h"
 #include "common.h"
 #include "pack.h"
 #include "rowenc.h"
@@ -2095,8 +2093,6 @@ ht_ddl_dropped(PG_FUNCTION_ARGS)
 		PG_RETURN_VOID();
 	SPI_connect();
 	HT_API_BEGIN();
-	/* a dropped fragmented table is forgotten */
-	ht_frag_forget_dropped();
 	fn = track_fn_oid("_track_row");
 	n = registry(&r);
 	for (int i = 0; i < n; i++)

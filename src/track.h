@@ -39,4 +39,12 @@ extern void ht_track_rehash_partition(int part);
 /* partitions changed by hashtree itself, rows unchanged (needs SPI) */
 extern void ht_track_partitions_changed(Oid relid);
 
+/*
+ * The role whose rights the repair helpers (_rows_by_key, _apply_rows, ...)
+ * check on this node: set by exchange() to the role calling it (a SECURITY
+ * DEFINER function's caller); InvalidOid (workers, peers): the current
+ * user.
+ */
+extern Oid	ht_repair_role;
+
 #endif							/* HT_TRACK_H */

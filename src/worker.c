@@ -42,9 +42,9 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
+#include "common.h"
 #include "exchange.h"
 #include "frag.h"
-#include "common.h"
 #include "partlock.h"
 #include "partops.h"
 #include "remote.h"
