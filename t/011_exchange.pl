@@ -303,7 +303,7 @@ is($a->safe_psql('postgres', q{SELECT count(*) FROM hashtree.exchange('b_st')}),
 # 6. a peer's error whose SQLSTATE reads like a lost connection or a cancel
 # (a trigger of the peer's table raises 08006 or 57014 during a push): the
 # peer's error for that table's repair, not a lost peer, not a cancel here
-$b->safe_psql('postgres', q{
+my $refusing_trigger = q{
 	CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
 	BEGIN
 		IF NEW.owner LIKE 'poison %' THEN
@@ -313,7 +313,8 @@ $b->safe_psql('postgres', q{
 		RETURN NEW;
 	END $$;
 	CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON acct FOR EACH ROW EXECUTE FUNCTION refuse();
-});
+};
+$b->safe_psql('postgres', $refusing_trigger);
 $a->safe_psql('postgres', q{
 	UPDATE acct SET owner = 'poison 08006' WHERE id BETWEEN 1 AND 20;
 	UPDATE acct SET owner = 'poison 57014' WHERE id BETWEEN 21 AND 40;
@@ -333,17 +334,7 @@ is($a->safe_psql('postgres', $rows_sql), $b->safe_psql('postgres', $rows_sql), '
 # the same trigger on this node during a pull (08006 only: a RAISE of 57014
 # here cannot be told from a cancel of this backend): that table's repair
 # error, not a lost peer
-$a->safe_psql('postgres', q{
-	CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$
-	BEGIN
-		IF NEW.owner LIKE 'poison %' THEN
-			RAISE EXCEPTION 'refused by a trigger (%)', substr(NEW.owner, 8)
-				USING ERRCODE = substr(NEW.owner, 8);
-		END IF;
-		RETURN NEW;
-	END $$;
-	CREATE TRIGGER refuse BEFORE INSERT OR UPDATE ON acct FOR EACH ROW EXECUTE FUNCTION refuse();
-});
+$a->safe_psql('postgres', $refusing_trigger);
 $b->safe_psql('postgres', q{UPDATE acct SET owner = 'poison 08006' WHERE id BETWEEN 41 AND 60});
 $id = last_id($a);
 ($ret, $out, $err) = $a->psql('postgres',
