@@ -35,6 +35,11 @@ REVOKE EXECUTE ON FUNCTION @extschema@._hash_sum_step(internal, bytea),
 -- library, which needs the column.)
 ALTER TABLE @extschema@.entry_pack ADD COLUMN IF NOT EXISTS sum bytea;
 
+-- The row trigger logs the row hash of the version it saw ('' when the row
+-- went away), so that the fold does not read the row again; keys logged
+-- before (hash NULL) are read as before.
+ALTER TABLE @extschema@.dirty_key ADD COLUMN IF NOT EXISTS hash bytea;
+
 -- Room on each page of the packs, so that the fold's rewrites are HOT updates
 -- (pages filled before stay as they are until rewritten), and the versions
 -- they leave vacuumed before they add more than 5%.

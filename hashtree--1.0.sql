@@ -130,12 +130,15 @@ CREATE TABLE @extschema@.tracked_table (
 -- Keys of tracked rows changed since the last update, appended by the row
 -- trigger (a plain heap insert: no index, nothing shared between writers).
 -- key NULL: hash the table's rows of this partition again (TRUNCATE).
+-- hash: the row hash of the version written, '' when the row went away,
+-- NULL when not known (logged before 1.0): the fold reads the row.
 CREATE TABLE @extschema@.dirty_key (
 	part			int4 NOT NULL,
 	seg				int4 NOT NULL,
 	pa				text COLLATE "C" NOT NULL,
 	pb				text COLLATE "C" NOT NULL,
-	key				bytea
+	key				bytea,
+	hash			bytea
 );
 
 -- Entries of tracked tables, packed: one row holds the entries of `span`

@@ -278,22 +278,29 @@ track_rel_by_oid(Oid relid)
 
 /* ---- the write path ---------------------------------------------------------- */
 
-/* append (part, seg, pa, pb, key) to hashtree.dirty_key; key NULL: re-hash */
+/*
+ * Append (part, seg, pa, pb, key, hash) to hashtree.dirty_key: hash is the
+ * row hash of the version written, '' when the row went away; key NULL: a
+ * re-hash marker for partition part.  A dirty_key of 0.1 (not updated yet:
+ * no column hash) gets the key only, which the fold reads the row of.
+ */
 static void
-log_key(TrackRel *tr, int part, bytea *key)
+log_key(TrackRel *tr, int part, bytea *key, bytea *hash)
 {
 	Oid			logrel = tr->logrel;
 	Relation	rel;
-	Datum		values[5];
-	bool		nulls[5] = {false, false, false, false, false};
+	Datum		values[6];
+	bool		nulls[6] = {false, false, false, false, false, false};
 	HeapTuple	tup;
+	int			natts;
 
 	if (!OidIsValid(logrel))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("extension \"hashtree\" is not installed in this database")));
 	rel = table_open(logrel, RowExclusiveLock);
-	if (RelationGetDescr(rel)->natts != 5 || RelationGetForm(rel)->relhasindex)
+	natts = RelationGetDescr(rel)->natts;
+	if ((natts != 5 && natts != 6) || RelationGetForm(rel)->relhasindex)
 		elog(ERROR, "hashtree: unexpected shape of hashtree.dirty_key");
 	values[0] = Int32GetDatum(key ? ht_partition_for(tr->pa8, tr->pa8len, tr->pb8, tr->pb8len,
 													 VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key),
@@ -305,10 +312,22 @@ log_key(TrackRel *tr, int part, bytea *key)
 	values[3] = PointerGetDatum(tr->pb);
 	values[4] = PointerGetDatum(key);
 	nulls[4] = (key == NULL);
+	values[5] = PointerGetDatum(hash);
+	nulls[5] = (hash == NULL);
 	tup = heap_form_tuple(RelationGetDescr(rel), values, nulls);
 	simple_heap_insert(rel, tup);
 	heap_freetuple(tup);
 	table_close(rel, NoLock);
+}
+
+/* the hash logged for a row that went away */
+static bytea *
+gone_hash(void)
+{
+	bytea	   *h = palloc(VARHDRSZ);
+
+	SET_VARSIZE(h, VARHDRSZ);
+	return h;
 }
 
 static bool
@@ -337,9 +356,13 @@ check_own_trigger(TriggerData *td, TrackRel *tr, const char *tgname)
 
 /*
  * _track_row() RETURNS trigger: AFTER INSERT OR UPDATE OR DELETE row
- * trigger "hashtree_track" of a tracked table.  Logs the key of each
- * changed row (both keys when an UPDATE changes it) in hashtree.dirty_key
- * with a heap insert; takes RowExclusiveLock on that table.
+ * trigger "hashtree_track" of a tracked table.  Logs the key and the row
+ * hash of each version written ('' for a row deleted; an UPDATE that
+ * changes the key logs the old key as deleted) in hashtree.dirty_key with
+ * a heap insert; takes RowExclusiveLock on that table.  The hash is
+ * computed here, as the writer, from the tuple as stored (the type send
+ * functions any reader of the row runs), so that the fold does not read
+ * the row again (§12 of docs/DESIGN.md).
  */
 PG_FUNCTION_INFO_V1(ht_track_row);
 Datum
@@ -361,12 +384,15 @@ ht_track_row(PG_FUNCTION_ARGS)
 		bytea	   *newkey = ht_row_key(tr->enc, desc, td->tg_newtuple);
 		bytea	   *oldkey = ht_row_key(tr->enc, desc, td->tg_trigtuple);
 
-		log_key(tr, 0, newkey);
+		log_key(tr, 0, newkey, ht_row_hash(tr->enc, desc, td->tg_newtuple));
 		if (!bytea_eq(oldkey, newkey))
-			log_key(tr, 0, oldkey);
+			log_key(tr, 0, oldkey, gone_hash());
 	}
+	else if (TRIGGER_FIRED_BY_INSERT(td->tg_event))
+		log_key(tr, 0, ht_row_key(tr->enc, desc, td->tg_trigtuple),
+				ht_row_hash(tr->enc, desc, td->tg_trigtuple));
 	else
-		log_key(tr, 0, ht_row_key(tr->enc, desc, td->tg_trigtuple));
+		log_key(tr, 0, ht_row_key(tr->enc, desc, td->tg_trigtuple), gone_hash());
 	return PointerGetDatum(NULL);
 }
 
@@ -394,7 +420,7 @@ ht_track_truncate(PG_FUNCTION_ARGS)
 	check_own_trigger(td, tr, HT_TRUNCATE_TRIGGER);
 	n = ht_num_partitions();
 	for (int p = 0; p < n; p++)
-		log_key(tr, p, NULL);
+		log_key(tr, p, NULL, NULL);
 	return PointerGetDatum(NULL);
 }
 
@@ -550,6 +576,17 @@ static HtQuery q_drop_packs = {
 	3, {INT4OID, TEXTOID, TEXTOID}
 };
 
+/*
+ * The keys of a table logged so far, in one partition (or all): the scan
+ * that follows (a later snapshot) covers them.  They must go: their
+ * logged hashes may be of another encoding of the rows (a schema change
+ * re-hashes).
+ */
+static HtQuery q_drop_table_keys = {
+	"DELETE FROM hashtree.dirty_key WHERE pa = $2 AND pb = $3 AND ($1 < 0 OR part = $1)",
+	3, {INT4OID, TEXTOID, TEXTOID}
+};
+
 /* rows hashed between two checks for interrupts */
 #define HT_SCAN_BATCH 10000
 
@@ -632,8 +669,10 @@ rehash(TrackRel *tr, int part)
 	MemoryContext rowcxt = AllocSetContextCreate(CurrentMemoryContext, "hashtree rehash rows",
 												 ALLOCSET_DEFAULT_SIZES);
 
+	v[0] = Int32GetDatum(part);
 	v[1] = PointerGetDatum(tr->pa);
 	v[2] = PointerGetDatum(tr->pb);
+	ht_exec(&q_drop_table_keys, v, NULL, 0);
 	for (int p = 0; p < n; p++)
 	{
 		if (part >= 0 && p != part)
@@ -784,9 +823,20 @@ ht_track_refuse_prefix(text *pa, text *pb)
 
 /* ---- fold of the logged keys at update time --------------------------------------- */
 
+/*
+ * The logged keys of a partition, taken: a key logged more than once comes
+ * as adjacent rows (in no particular order among themselves).
+ */
 static HtQuery q_take_keys = {
-	"WITH d AS (DELETE FROM hashtree.dirty_key WHERE part = $1 RETURNING pa, pb, key)"
-	" SELECT DISTINCT pa, pb, key FROM d ORDER BY pa, pb, key NULLS FIRST",
+	"WITH d AS (DELETE FROM hashtree.dirty_key WHERE part = $1 RETURNING pa, pb, key, hash, seg)"
+	" SELECT pa, pb, key, hash, seg FROM d ORDER BY pa, pb, key NULLS FIRST",
+	1, {INT4OID}
+};
+
+/* the same from a dirty_key of 0.1 (no hash: every row is read) */
+static HtQuery q_take_keys_0_1 = {
+	"WITH d AS (DELETE FROM hashtree.dirty_key WHERE part = $1 RETURNING pa, pb, key, seg)"
+	" SELECT pa, pb, key, NULL::bytea, seg FROM d ORDER BY pa, pb, key NULLS FIRST",
 	1, {INT4OID}
 };
 
@@ -824,6 +874,8 @@ typedef struct FoldTable
 	bool		rehashed;
 	int			nkeys;
 	bytea	  **keys;			/* HT_KEY_BATCH of them */
+	bytea	  **hashes;			/* ... their logged hash; NULL: read the row */
+	int32	   *segs;			/* ... their segment */
 	HtBucketDeltas *deltas;		/* the change of packed buckets, for the update */
 } FoldTable;
 
@@ -989,35 +1041,23 @@ key_params(HtRelEnc *re, bytea **keys, int n, Datum *params)
 	}
 }
 
-/* read the rows of the waiting keys and write their entries */
-static void
-fold_keys(int part, FoldTable *ft)
+/*
+ * The entries of the keys whose hash is not known (logged more than once,
+ * or before 1.0): their rows read by key, as the table's owner.  Appends
+ * to ch (a row found: its entry; none: the key's entry goes).
+ */
+static int
+read_unknown(int part, FoldTable *ft, bytea **keys, int nkeys, HtPackEntry *ch, int nch)
 {
-	HtRelEnc   *re;
+	HtRelEnc   *re = ft->tr->enc;
 	Datum		params[INDEX_MAX_KEYS];
-	uint64		nrows;
-	/* (volatile: set in the PG_TRY below, read after it) */
-	int32	   *volatile put_seg;
-	Datum	   *volatile put_key;
-	Datum	   *volatile put_hash;
-	volatile int nput = 0;
-	int32	   *del_seg;
-	Datum	   *del_key;
-	int			ndel = 0;
 	bytea	  **volatile found;
 	volatile int nfound = 0;
-	volatile int a = 0;
-	volatile int b = 0;
-	MemoryContext caller;
+	volatile int n = nch;
+	int			a;
+	int			b;
+	MemoryContext batch = CurrentMemoryContext;
 	HtUserContext uc;
-
-	if (ft->nkeys == 0 || ft->tr == NULL || ft->rehashed)
-	{
-		ft->nkeys = 0;
-		return;
-	}
-	caller = MemoryContextSwitchTo(ft->batch);
-	re = ft->tr->enc;
 
 	/*
 	 * The rows are read (planned, which may evaluate the table's index
@@ -1028,21 +1068,19 @@ fold_keys(int part, FoldTable *ft)
 	ht_as_table_owner_begin(ft->tr->root, &uc);
 	PG_TRY();
 	{
-		key_params(re, ft->keys, ft->nkeys, params);
+		uint64		nrows;
+
+		key_params(re, keys, nkeys, params);
 		if (ft->plan == NULL)
 		{
-			MemoryContextSwitchTo(caller);
+			MemoryContextSwitchTo(GetMemoryChunkContext(ft));
 			ft->plan = keys_plan(ft->tr, KEYS_ROWS);
-			MemoryContextSwitchTo(ft->batch);
+			MemoryContextSwitchTo(batch);
 		}
 		if (SPI_execute_plan(ft->plan, params, NULL, false, 0) != SPI_OK_SELECT)
 			elog(ERROR, "hashtree: reading rows of %s failed", ft->tr->name);
-		MemoryContextSwitchTo(ft->batch);
+		MemoryContextSwitchTo(batch);
 		nrows = SPI_processed;
-
-		put_seg = palloc(sizeof(int32) * Max(nrows, 1));
-		put_key = palloc(sizeof(Datum) * Max(nrows, 1));
-		put_hash = palloc(sizeof(Datum) * Max(nrows, 1));
 		found = palloc(sizeof(bytea *) * Max(nrows, 1));
 		for (uint64 r = 0; r < nrows; r++)
 		{
@@ -1055,11 +1093,10 @@ fold_keys(int part, FoldTable *ft)
 			row_entry(ft->tr, ft->rel, &tuple, part, &e);
 			if (e.part != part || e.hash == NULL)
 				continue;		/* cannot happen: the key was logged for part */
-			put_seg[nput] = e.seg;
-			put_key[nput] = PointerGetDatum(e.key);
-			put_hash[nput] = PointerGetDatum(e.hash);
+			ch[n].seg = e.seg;
+			ch[n].key = e.key;
+			ch[n++].hash = e.hash;
 			found[nfound++] = e.key;
-			nput++;
 		}
 		SPI_freetuptable(SPI_tuptable);
 	}
@@ -1070,19 +1107,19 @@ fold_keys(int part, FoldTable *ft)
 	PG_END_TRY();
 
 	/* the keys whose row is gone lose their entries */
-	del_seg = palloc(sizeof(int32) * ft->nkeys);
-	del_key = palloc(sizeof(Datum) * ft->nkeys);
-	qsort(ft->keys, ft->nkeys, sizeof(bytea *), ht_bytea_ptr_cmp);
+	qsort(keys, nkeys, sizeof(bytea *), ht_bytea_ptr_cmp);
 	qsort(found, nfound, sizeof(bytea *), ht_bytea_ptr_cmp);
-	while (a < ft->nkeys)
+	a = b = 0;
+	while (a < nkeys)
 	{
-		int			c = (b < nfound) ? ht_bytea_cmp(ft->keys[a], found[b]) : -1;
+		int			c = (b < nfound) ? ht_bytea_cmp(keys[a], found[b]) : -1;
 
 		if (c < 0)
 		{
-			del_seg[ndel] = ht_segment_of(HT_DEPTH_LEAF, VARDATA_ANY(ft->keys[a]),
-										  VARSIZE_ANY_EXHDR(ft->keys[a]));
-			del_key[ndel++] = PointerGetDatum(ft->keys[a]);
+			ch[n].seg = ht_segment_of(HT_DEPTH_LEAF, VARDATA_ANY(keys[a]),
+									  VARSIZE_ANY_EXHDR(keys[a]));
+			ch[n].key = keys[a];
+			ch[n++].hash = NULL;
 			a++;
 		}
 		else if (c > 0)
@@ -1093,41 +1130,73 @@ fold_keys(int part, FoldTable *ft)
 			b++;
 		}
 	}
+	return n;
+}
+
+/*
+ * Write the entries of the waiting keys: those logged with their row hash
+ * as logged, the others from their rows read again.
+ */
+static void
+fold_keys(int part, FoldTable *ft)
+{
+	HtPackEntry *ch;
+	HtPackEntry *rest;
+	bytea	  **unknown;
+	int			nunknown = 0;
+	int			nch = 0;
+	int			nrest;
+	int32	   *put_seg;
+	Datum	   *put_key;
+	Datum	   *put_hash;
+	int			nput = 0;
+	int32	   *del_seg;
+	Datum	   *del_key;
+	int			ndel = 0;
+	MemoryContext caller;
+
+	if (ft->nkeys == 0 || ft->tr == NULL || ft->rehashed)
+	{
+		ft->nkeys = 0;
+		return;
+	}
+	caller = MemoryContextSwitchTo(ft->batch);
+	ch = palloc(sizeof(HtPackEntry) * ft->nkeys);
+	unknown = palloc(sizeof(bytea *) * ft->nkeys);
+	for (int i = 0; i < ft->nkeys; i++)
+	{
+		if (ft->hashes[i] == NULL)
+		{
+			unknown[nunknown++] = ft->keys[i];
+			continue;
+		}
+		ch[nch].seg = ft->segs[i];
+		ch[nch].key = ft->keys[i];
+		ch[nch++].hash = VARSIZE_ANY_EXHDR(ft->hashes[i]) > 0 ? ft->hashes[i] : NULL;
+	}
+	if (nunknown > 0)
+		nch = read_unknown(part, ft, unknown, nunknown, ch, nch);
 
 	/* entries of segments a pack covers are written there, the rest as rows */
+	rest = palloc(sizeof(HtPackEntry) * Max(nch, 1));
+	nrest = ht_pack_apply(part, ft->tr->pa, ft->tr->pb, ch, nch, rest, ft->deltas);
+	put_seg = palloc(sizeof(int32) * Max(nrest, 1));
+	put_key = palloc(sizeof(Datum) * Max(nrest, 1));
+	put_hash = palloc(sizeof(Datum) * Max(nrest, 1));
+	del_seg = palloc(sizeof(int32) * Max(nrest, 1));
+	del_key = palloc(sizeof(Datum) * Max(nrest, 1));
+	for (int i = 0; i < nrest; i++)
 	{
-		HtPackEntry *ch = palloc(sizeof(HtPackEntry) * Max(nput + ndel, 1));
-		HtPackEntry *rest = palloc(sizeof(HtPackEntry) * Max(nput + ndel, 1));
-		int			nch = 0;
-		int			nrest;
-
-		for (int i = 0; i < nput; i++)
+		if (rest[i].hash != NULL)
 		{
-			ch[nch].seg = put_seg[i];
-			ch[nch].key = DatumGetByteaPP(put_key[i]);
-			ch[nch++].hash = DatumGetByteaPP(put_hash[i]);
+			put_seg[nput] = rest[i].seg;
+			put_key[nput] = PointerGetDatum(rest[i].key);
+			put_hash[nput++] = PointerGetDatum(rest[i].hash);
 		}
-		for (int i = 0; i < ndel; i++)
+		else
 		{
-			ch[nch].seg = del_seg[i];
-			ch[nch].key = DatumGetByteaPP(del_key[i]);
-			ch[nch++].hash = NULL;
-		}
-		nrest = ht_pack_apply(part, ft->tr->pa, ft->tr->pb, ch, nch, rest, ft->deltas);
-		nput = ndel = 0;
-		for (int i = 0; i < nrest; i++)
-		{
-			if (rest[i].hash != NULL)
-			{
-				put_seg[nput] = rest[i].seg;
-				put_key[nput] = PointerGetDatum(rest[i].key);
-				put_hash[nput++] = PointerGetDatum(rest[i].hash);
-			}
-			else
-			{
-				del_seg[ndel] = rest[i].seg;
-				del_key[ndel++] = PointerGetDatum(rest[i].key);
-			}
+			del_seg[ndel] = rest[i].seg;
+			del_key[ndel++] = PointerGetDatum(rest[i].key);
 		}
 	}
 	if (nput > 0)
@@ -1164,14 +1233,19 @@ fold_table_end(FoldTable *ft)
 	MemoryContext batch = ft->batch;
 	bytea	  **keys = ft->keys;
 	HtBucketDeltas *deltas = ft->deltas;
+	bytea	  **hashes = ft->hashes;
+	int32	   *segs = ft->segs;
 
 	if (ft->plan != NULL)
 		SPI_freeplan(ft->plan);
 	if (ft->rel != NULL)
 		relation_close(ft->rel, NoLock);
+
 	memset(ft, 0, sizeof(FoldTable));
 	ft->batch = batch;
 	ft->keys = keys;
+	ft->hashes = hashes;
+	ft->segs = segs;
 	ft->deltas = deltas;
 }
 
@@ -1182,13 +1256,17 @@ ht_track_fold(int part, HtBucketDeltas *deltas)
 											  ALLOCSET_DEFAULT_SIZES);
 	MemoryContext old = MemoryContextSwitchTo(cxt);
 	Datum		v[1] = {Int32GetDatum(part)};
-	Portal		portal = ht_cursor(&q_take_keys, v, NULL);
+	Oid			logrel = get_relname_relid("dirty_key", ht_schema_oid());
+	Portal		portal = ht_cursor(get_attnum(logrel, "hash") == InvalidAttrNumber ?
+								   &q_take_keys_0_1 : &q_take_keys, v, NULL);
 	FoldTable  *ft = palloc0(sizeof(FoldTable));
 	char	   *cur_pa = NULL;
 	char	   *cur_pb = NULL;
 
 	ft->batch = AllocSetContextCreate(cxt, "hashtree fold batch", ALLOCSET_DEFAULT_SIZES);
 	ft->keys = palloc(sizeof(bytea *) * HT_KEY_BATCH);
+	ft->hashes = palloc(sizeof(bytea *) * HT_KEY_BATCH);
+	ft->segs = palloc(sizeof(int32) * HT_KEY_BATCH);
 	ft->deltas = deltas;
 
 	for (;;)
@@ -1238,16 +1316,27 @@ ht_track_fold(int part, HtBucketDeltas *deltas)
 				ft->rehashed = true;
 				continue;
 			}
+			/* a key logged again: its row is read (which version is last?) */
+			if (ft->nkeys > 0 && bytea_eq(ft->keys[ft->nkeys - 1], DatumGetByteaPP(key)))
 			{
-				MemoryContext o = MemoryContextSwitchTo(ft->batch);
-
-				ft->keys[ft->nkeys++] = DatumGetByteaPCopy(key);
-				MemoryContextSwitchTo(o);
+				ft->hashes[ft->nkeys - 1] = NULL;
+				continue;
 			}
+			/* (never between two rows of a key: the batch would miss the later) */
 			if (ft->nkeys == HT_KEY_BATCH)
 			{
 				SPI_tuptable = NULL;
 				fold_keys(part, ft);
+			}
+			{
+				MemoryContext o = MemoryContextSwitchTo(ft->batch);
+				Datum		hash = SPI_getbinval(tt->vals[r], tt->tupdesc, 4, &isnull);
+
+				ft->hashes[ft->nkeys] = isnull ? NULL : DatumGetByteaPCopy(hash);
+				ft->segs[ft->nkeys] = DatumGetInt32(SPI_getbinval(tt->vals[r], tt->tupdesc,
+																  5, &isnull));
+				ft->keys[ft->nkeys++] = DatumGetByteaPCopy(key);
+				MemoryContextSwitchTo(o);
 			}
 		}
 		SPI_freetuptable(tt);
