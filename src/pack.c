@@ -30,10 +30,13 @@
 #include "access/heapam.h"
 #include "access/htup_details.h"
 #include "access/stratnum.h"
+#include "access/relscan.h"
 #include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
 #include "catalog/index.h"
 #include "catalog/pg_type.h"
+#include "executor/tuptable.h"
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "storage/buffile.h"
@@ -157,27 +160,89 @@ rec_bytea(const char *p, int len)
 	return b;
 }
 
+/* ---- scans of the packs ------------------------------------------------- */
+
+/* an open scan of hashtree.entry_pack by its primary key (part, pa, pb, lo) */
+typedef struct PackScan
+{
+	Relation	rel;
+	Relation	idx;
+	TupleDesc	desc;
+	Snapshot	snap;
+	AttrNumber	att_part,
+				att_pa,
+				att_pb,
+				att_lo,
+				att_span,
+				att_data,
+				att_sum;
+} PackScan;
+
+/* latest snapshot: this transaction's own rewrites are seen */
+static void
+pack_scan_open(PackScan *ps)
+{
+	Oid			nsp = ht_schema_oid();
+	Oid			relid = get_relname_relid("entry_pack", nsp);
+	Oid			idxid = get_relname_relid("entry_pack_pkey", nsp);
+
+	if (!OidIsValid(relid) || !OidIsValid(idxid))
+		elog(ERROR, "hashtree: table hashtree.entry_pack or its primary key is missing");
+	ps->rel = table_open(relid, AccessShareLock);
+	ps->idx = index_open(idxid, AccessShareLock);
+	ps->desc = RelationGetDescr(ps->rel);
+	ps->snap = RegisterSnapshot(GetLatestSnapshot());
+	ps->att_part = get_attnum(relid, "part");
+	ps->att_pa = get_attnum(relid, "pa");
+	ps->att_pb = get_attnum(relid, "pb");
+	ps->att_lo = get_attnum(relid, "lo");
+	ps->att_span = get_attnum(relid, "span");
+	ps->att_data = get_attnum(relid, "data");
+	ps->att_sum = get_attnum(relid, "sum");
+}
+
+static void
+pack_scan_close(PackScan *ps)
+{
+	UnregisterSnapshot(ps->snap);
+	index_close(ps->idx, AccessShareLock);
+	table_close(ps->rel, AccessShareLock);
+}
+
+/* the three keys of a tree in a partition */
+static void
+pack_scan_keys(PackScan *ps, ScanKeyData *key, int part, Datum pa, Datum pb)
+{
+	ScanKeyInit(&key[0], ps->att_part, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(part));
+	ScanKeyInit(&key[1], ps->att_pa, BTEqualStrategyNumber, F_TEXTEQ, pa);
+	ScanKeyInit(&key[2], ps->att_pb, BTEqualStrategyNumber, F_TEXTEQ, pb);
+}
+
+/* the span of the packs of tree (pa, pb) in partition part; 0 if none */
+static int32
+pack_scan_span(PackScan *ps, int part, Datum pa, Datum pb)
+{
+	ScanKeyData key[3];
+	SysScanDesc scan;
+	HeapTuple	tup;
+	int32		span = 0;
+
+	pack_scan_keys(ps, key, part, pa, pb);
+	scan = systable_beginscan_ordered(ps->rel, ps->idx, ps->snap, 3, key);
+	tup = systable_getnext_ordered(scan, ForwardScanDirection);
+	if (tup != NULL)
+	{
+		bool		isnull;
+
+		span = DatumGetInt32(heap_getattr(tup, ps->att_span, ps->desc, &isnull));
+	}
+	systable_endscan_ordered(scan);
+	return span;
+}
+
 /* ---- writing packs ------------------------------------------------------ */
 
 static void pack_term(const PackRec *recs, int n, HtSum *term);
-
-static HtQuery q_pack_span = {
-	"SELECT span FROM hashtree.entry_pack WHERE part = $1 AND pa = $2 AND pb = $3 LIMIT 1",
-	3, {INT4OID, TEXTOID, TEXTOID}
-};
-
-/*
- * One primary-key probe per pack (los sorted): "lo = ANY ($4)" lets the
- * planner, with the stale statistics of a table just filled by a re-hash,
- * filter every pack of the tree against the whole array instead.
- */
-static HtQuery q_pack_fetch = {
-	"SELECT p.lo, p.data, p.ctid, p.sum FROM unnest($4::int4[]) WITH ORDINALITY AS u(lo, i)"
-	" CROSS JOIN LATERAL (SELECT t.lo, t.data, t.ctid, t.sum FROM hashtree.entry_pack t"
-	"  WHERE t.part = $1 AND t.pa = $2 AND t.pb = $3 AND t.lo = u.lo LIMIT 1) p"
-	" ORDER BY u.i",
-	4, {INT4OID, TEXTOID, TEXTOID, INT4ARRAYOID}
-};
 
 /* packs waiting to be inserted, for one tree and partition */
 typedef struct PackWrites
@@ -596,106 +661,115 @@ add_bucket_delta(HtBucketDeltas *deltas, text *pa, text *pb, int32 lo,
 	MemoryContextSwitchTo(caller);
 }
 
+/*
+ * The pack lo of a tree in a partition, by one probe of the primary key
+ * (scan: an index scan of ps with 4 keys, rescanned for each pack): false
+ * if there is none.  Its data copied into the caller's memory (the
+ * rewrite that follows may change the page), its tid and stored term.
+ */
+static bool
+pack_probe(PackScan *ps, IndexScanDesc scan, TupleTableSlot *slot, int part,
+		   Datum pa, Datum pb, int32 lo, bytea **data, ItemPointerData *tid,
+		   HtSum *term)
+{
+	ScanKeyData key[4];
+	HeapTuple	tup;
+	bool		should_free;
+	bool		isnull;
+	Datum		d;
+
+	/* (an index scan's keys name the index's columns: part, pa, pb, lo) */
+	ScanKeyInit(&key[0], 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(part));
+	ScanKeyInit(&key[1], 2, BTEqualStrategyNumber, F_TEXTEQ, pa);
+	ScanKeyInit(&key[2], 3, BTEqualStrategyNumber, F_TEXTEQ, pb);
+	ScanKeyInit(&key[3], 4, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(lo));
+	index_rescan(scan, key, 4, NULL, 0);
+	if (!index_getnext_slot(scan, ForwardScanDirection, slot))
+		return false;
+	tup = ExecFetchSlotHeapTuple(slot, false, &should_free);
+	*tid = slot->tts_tid;
+	*data = DatumGetByteaPCopy(heap_getattr(tup, ps->att_data, ps->desc, &isnull));
+	d = heap_getattr(tup, ps->att_sum, ps->desc, &isnull);
+	ht_sum_from_bytea(term, isnull ? NULL : DatumGetByteaPP(d));
+	if (should_free)
+		heap_freetuple(tup);
+	ExecClearTuple(slot);
+	return true;
+}
+
 static int
 apply_recs(int part, text *pa, text *pb, PackRec *ch, int n, HtBucketDeltas *deltas,
 		   PackRec *rest)
 {
-	Datum		v[4];
+	PackScan	ps;
+	IndexScanDesc scan;
+	TupleTableSlot *slot;
 	int			span;
-	int32	   *los;
-	int			nlos = 0;
 	int			nrest = 0;
 	int32	   *dirty;
-	int			ndirty = 0;
 	PackRewriter *pu;
-	int			i;
-	uint64		nfound;
-	SPITupleTable *found;
+	int			i = 0;
 
 	if (n == 0)
 		return 0;
-	v[0] = Int32GetDatum(part);
-	v[1] = PointerGetDatum(pa);
-	v[2] = PointerGetDatum(pb);
-	if (ht_exec(&q_pack_span, v, NULL, 1) == 0)
+	pack_scan_open(&ps);
+	span = pack_scan_span(&ps, part, PointerGetDatum(pa), PointerGetDatum(pb));
+	if (span <= 0)
 	{
 		/* no packs: everything goes to hashtree.entry */
+		pack_scan_close(&ps);
 		memcpy(rest, ch, sizeof(PackRec) * n);
 		return n;
 	}
-	{
-		bool		isnull;
 
-		span = DatumGetInt32(ht_col(0, 1, &isnull));
-	}
-
-	/* the packs the changes fall in */
-	los = palloc(sizeof(int32) * n);
-	for (i = 0; i < n; i++)
-	{
-		int32		lo = ch[i].seg - ch[i].seg % span;
-
-		if (nlos == 0 || los[nlos - 1] != lo)
-			los[nlos++] = lo;
-	}
-	v[3] = PointerGetDatum(ht_array_int4(los, nlos));
-	nfound = ht_exec(&q_pack_fetch, v, NULL, 0);
-	found = SPI_tuptable;
-	SPI_tuptable = NULL;		/* kept until the writes below are done */
-
+	/* the packs the changes fall in, one probe each, in order */
+	scan = index_beginscan(ps.rel, ps.idx, ps.snap, 4, 0);
+	slot = table_slot_create(ps.rel, NULL);
 	dirty = palloc(sizeof(int32) * n);
 	pu = pack_rewrite_open(part, span, pa, pb);
-	i = 0;
-	for (uint64 r = 0; r <= nfound && i < n; r++)
+	while (i < n)
 	{
-		bool		isnull;
-		int32		lo = INT32_MAX;
-		bytea	   *data = NULL;
+		int32		lo = ch[i].seg - ch[i].seg % span;
+		int			j;
+		bytea	   *data;
+		ItemPointerData tid;
+		HtSum		term;
 		PackRec    *old;
 		int			nold;
-		int			j;
 		int			cnt;
+		int			ndirty = 0;
 		StringInfoData buf;
 
-		if (r < nfound)
-		{
-			lo = DatumGetInt32(SPI_getbinval(found->vals[r], found->tupdesc, 1, &isnull));
-			data = DatumGetByteaPP(SPI_getbinval(found->vals[r], found->tupdesc, 2, &isnull));
-		}
-		/* changes below this pack: no pack covers them */
-		while (i < n && ch[i].seg < lo)
-			rest[nrest++] = ch[i++];
-		if (r == nfound)
-			break;
 		for (j = i; j < n && ch[j].seg < lo + span; j++)
 			;
+		if (!pack_probe(&ps, scan, slot, part, PointerGetDatum(pa), PointerGetDatum(pb), lo,
+						&data, &tid, &term))
+		{
+			/* no pack covers them */
+			while (i < j)
+				rest[nrest++] = ch[i++];
+			continue;
+		}
 		nold = pack_decode(VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data), lo, &old);
 		initStringInfo(&buf);
-		ndirty = 0;
 		cnt = pack_merge(lo, old, nold, ch + i, j - i, &buf, dirty, &ndirty);
 		if (ndirty > 0)
 		{
-			ItemPointer tid = (ItemPointer) DatumGetPointer(SPI_getbinval(found->vals[r],
-																		  found->tupdesc, 3,
-																		  &isnull));
-			Datum		old_sum = SPI_getbinval(found->vals[r], found->tupdesc, 4, &isnull);
-			HtSum		term;
 			HtSum		delta;
 
-			ht_sum_from_bytea(&term, isnull ? NULL : DatumGetByteaPP(old_sum));
 			add_bucket_delta(deltas, pa, pb, lo, old, nold, &buf, dirty, ndirty, &delta);
 			ht_sum_add(&term, &delta);
-			pack_rewrite(pu, tid, lo, cnt, &buf, &term);
+			pack_rewrite(pu, &tid, lo, cnt, &buf, &term);
 		}
 		pfree(buf.data);
 		pfree(old);
+		pfree(data);
 		i = j;
 	}
-	while (i < n)
-		rest[nrest++] = ch[i++];
-
 	pack_rewrite_close(pu);
-	SPI_freetuptable(found);
+	ExecDropSingleTupleTableSlot(slot);
+	index_endscan(scan);
+	pack_scan_close(&ps);
 	return nrest;
 }
 
@@ -1234,84 +1308,6 @@ ht_pack_build_end(HtPackBuild *b)
 }
 
 /* ---- reading packs ------------------------------------------------------- */
-
-/* an open scan of hashtree.entry_pack by its primary key (part, pa, pb, lo) */
-typedef struct PackScan
-{
-	Relation	rel;
-	Relation	idx;
-	TupleDesc	desc;
-	Snapshot	snap;
-	AttrNumber	att_part,
-				att_pa,
-				att_pb,
-				att_lo,
-				att_span,
-				att_data,
-				att_sum;
-} PackScan;
-
-/* latest snapshot: this transaction's own rewrites are seen */
-static void
-pack_scan_open(PackScan *ps)
-{
-	Oid			nsp = ht_schema_oid();
-	Oid			relid = get_relname_relid("entry_pack", nsp);
-	Oid			idxid = get_relname_relid("entry_pack_pkey", nsp);
-
-	if (!OidIsValid(relid) || !OidIsValid(idxid))
-		elog(ERROR, "hashtree: table hashtree.entry_pack or its primary key is missing");
-	ps->rel = table_open(relid, AccessShareLock);
-	ps->idx = index_open(idxid, AccessShareLock);
-	ps->desc = RelationGetDescr(ps->rel);
-	ps->snap = RegisterSnapshot(GetLatestSnapshot());
-	ps->att_part = get_attnum(relid, "part");
-	ps->att_pa = get_attnum(relid, "pa");
-	ps->att_pb = get_attnum(relid, "pb");
-	ps->att_lo = get_attnum(relid, "lo");
-	ps->att_span = get_attnum(relid, "span");
-	ps->att_data = get_attnum(relid, "data");
-	ps->att_sum = get_attnum(relid, "sum");
-}
-
-static void
-pack_scan_close(PackScan *ps)
-{
-	UnregisterSnapshot(ps->snap);
-	index_close(ps->idx, AccessShareLock);
-	table_close(ps->rel, AccessShareLock);
-}
-
-/* the three keys of a tree in a partition */
-static void
-pack_scan_keys(PackScan *ps, ScanKeyData *key, int part, Datum pa, Datum pb)
-{
-	ScanKeyInit(&key[0], ps->att_part, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(part));
-	ScanKeyInit(&key[1], ps->att_pa, BTEqualStrategyNumber, F_TEXTEQ, pa);
-	ScanKeyInit(&key[2], ps->att_pb, BTEqualStrategyNumber, F_TEXTEQ, pb);
-}
-
-/* the span of the packs of tree (pa, pb) in partition part; 0 if none */
-static int32
-pack_scan_span(PackScan *ps, int part, Datum pa, Datum pb)
-{
-	ScanKeyData key[3];
-	SysScanDesc scan;
-	HeapTuple	tup;
-	int32		span = 0;
-
-	pack_scan_keys(ps, key, part, pa, pb);
-	scan = systable_beginscan_ordered(ps->rel, ps->idx, ps->snap, 3, key);
-	tup = systable_getnext_ordered(scan, ForwardScanDirection);
-	if (tup != NULL)
-	{
-		bool		isnull;
-
-		span = DatumGetInt32(heap_getattr(tup, ps->att_span, ps->desc, &isnull));
-	}
-	systable_endscan_ordered(scan);
-	return span;
-}
 
 void
 ht_pack_segments(int part, int n, Datum *pa, Datum *pb, const int32 *segs,
