@@ -35,10 +35,59 @@ REVOKE EXECUTE ON FUNCTION @extschema@._hash_sum_step(internal, bytea),
 -- library, which needs the column.)
 ALTER TABLE @extschema@.entry_pack ADD COLUMN IF NOT EXISTS sum bytea;
 
--- The row trigger logs the row hash of the version it saw ('' when the row
--- went away), so that the fold does not read the row again; keys logged
--- before (hash NULL) are read as before.
-ALTER TABLE @extschema@.dirty_key ADD COLUMN IF NOT EXISTS hash bytea;
+-- The logged keys: the row trigger logs the row hash of the version it saw
+-- ('' when the row went away), so that the fold does not read the row
+-- again (keys logged before, hash NULL, are read as before); and the log is
+-- one table per partition, written directly by the trigger, so that the
+-- fold of a partition reads its own keys only.  The keys logged so far move.
+ALTER TABLE @extschema@.dirty_key RENAME TO dirty_key_0_1;
+CREATE TABLE @extschema@.dirty_key (
+	part			int4 NOT NULL,
+	seg				int4 NOT NULL,
+	pa				text COLLATE "C" NOT NULL,
+	pb				text COLLATE "C" NOT NULL,
+	key				bytea,
+	hash			bytea
+) PARTITION BY LIST (part);
+REVOKE ALL ON @extschema@.dirty_key FROM PUBLIC;
+CREATE TRIGGER guard AFTER DELETE OR UPDATE OR TRUNCATE
+	ON @extschema@.dirty_key FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._guard();
+DO $$
+DECLARE
+	p int;
+BEGIN
+	FOR p IN SELECT part FROM @extschema@.partition ORDER BY part LOOP
+		EXECUTE format('CREATE TABLE @extschema@.%I PARTITION OF @extschema@.dirty_key'
+					   ' FOR VALUES IN (%s)', 'dirty_key_' || p, p);
+		EXECUTE format('REVOKE ALL ON @extschema@.%I FROM PUBLIC', 'dirty_key_' || p);
+		EXECUTE format('CREATE TRIGGER guard AFTER DELETE OR UPDATE OR TRUNCATE'
+					   ' ON @extschema@.%I FOR EACH STATEMENT'
+					   ' EXECUTE FUNCTION @extschema@._guard()', 'dirty_key_' || p);
+	END LOOP;
+END $$;
+INSERT INTO @extschema@.dirty_key (part, seg, pa, pb, key)
+	SELECT part, seg, pa, pb, key FROM @extschema@.dirty_key_0_1;
+CREATE OR REPLACE VIEW @extschema@.tracked AS
+	SELECT to_regclass(format('%I.%I', t.schema_name, t.table_name)) AS relation,
+		   t.schema_name,
+		   t.table_name,
+		   t.key_columns,
+		   t.tracked_at,
+		   (SELECT coalesce(sum(n.n), 0)::int8
+			  FROM @extschema@.partition p
+			  JOIN @extschema@.node n ON n.part = p.part AND n.depth = 2
+			   AND n.pa = t.schema_name AND n.pb = t.table_name
+			   AND n.level = 1 AND n.child = 0) AS rows,
+		   (SELECT count(*) FROM @extschema@.dirty_key k
+			 WHERE k.pa = t.schema_name AND k.pb = t.table_name) AS pending,
+		   CASE WHEN EXISTS (SELECT 1 FROM @extschema@.partition p WHERE NOT p.built)
+				THEN 'not built'
+				WHEN EXISTS (SELECT 1 FROM @extschema@.dirty_key k
+							  WHERE k.pa = t.schema_name AND k.pb = t.table_name)
+				THEN 'pending'
+				ELSE 'current' END AS state
+	  FROM @extschema@.tracked_table t;
+DROP TABLE @extschema@.dirty_key_0_1;
 
 -- Room on each page of the packs, so that the fold's rewrites are HOT updates
 -- (pages filled before stay as they are until rewritten), and the versions

@@ -132,6 +132,9 @@ CREATE TABLE @extschema@.tracked_table (
 -- key NULL: hash the table's rows of this partition again (TRUNCATE).
 -- hash: the row hash of the version written, '' when the row went away,
 -- NULL when not known (logged before 1.0): the fold reads the row.
+-- One table per partition, dirty_key_<part> (created with the partitions
+-- below), which the trigger writes directly: the fold of a partition reads
+-- its own keys only.
 CREATE TABLE @extschema@.dirty_key (
 	part			int4 NOT NULL,
 	seg				int4 NOT NULL,
@@ -139,7 +142,7 @@ CREATE TABLE @extschema@.dirty_key (
 	pb				text COLLATE "C" NOT NULL,
 	key				bytea,
 	hash			bytea
-);
+) PARTITION BY LIST (part);
 
 -- Entries of tracked tables, packed: one row holds the entries of `span`
 -- consecutive segments [lo, lo + span) of one leaf tree in one partition,
@@ -236,6 +239,22 @@ CREATE TRIGGER guard AFTER DELETE OR UPDATE OR TRUNCATE
 -- (a restore loads the registry of tracked tables, whose entries are not dumped)
 CREATE TRIGGER guard AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE
 	ON @extschema@.tracked_table FOR EACH STATEMENT EXECUTE FUNCTION @extschema@._guard();
+
+-- the tables of dirty_key, one per partition, guarded like it (a statement
+-- trigger of a partitioned table does not fire for its partitions)
+DO $$
+DECLARE
+	p int;
+BEGIN
+	FOR p IN SELECT part FROM @extschema@.partition ORDER BY part LOOP
+		EXECUTE format('CREATE TABLE @extschema@.%I PARTITION OF @extschema@.dirty_key'
+					   ' FOR VALUES IN (%s)', 'dirty_key_' || p, p);
+		EXECUTE format('REVOKE ALL ON @extschema@.%I FROM PUBLIC', 'dirty_key_' || p);
+		EXECUTE format('CREATE TRIGGER guard AFTER DELETE OR UPDATE OR TRUNCATE'
+					   ' ON @extschema@.%I FOR EACH STATEMENT'
+					   ' EXECUTE FUNCTION @extschema@._guard()', 'dirty_key_' || p);
+	END LOOP;
+END $$;
 
 ---------------------------------------------------------------------------
 -- Pure functions (no table access): callable by everyone.

@@ -298,14 +298,28 @@ log_key(TrackRel *tr, int part, bytea *key, bytea *hash)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("extension \"hashtree\" is not installed in this database")));
+	if (key != NULL)
+		part = ht_partition_for(tr->pa8, tr->pa8len, tr->pb8, tr->pb8len,
+								VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key), ht_num_partitions());
+	/* the partition's own table (0.1: dirty_key itself) */
+	if (get_rel_relkind(logrel) == RELKIND_PARTITIONED_TABLE)
+	{
+		char		name[NAMEDATALEN];
+
+		snprintf(name, sizeof(name), "dirty_key_%d", part);
+		logrel = get_relname_relid(name, get_rel_namespace(tr->logrel));
+		if (!OidIsValid(logrel))
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_TABLE),
+					 errmsg("table hashtree.%s is missing", name),
+					 errhint("Drop and create extension hashtree again.")));
+	}
 	rel = table_open(logrel, RowExclusiveLock);
 	natts = RelationGetDescr(rel)->natts;
-	if ((natts != 5 && natts != 6) || RelationGetForm(rel)->relhasindex)
+	if ((natts != 5 && natts != 6) || RelationGetForm(rel)->relhasindex ||
+		RelationGetForm(rel)->relkind != RELKIND_RELATION)
 		elog(ERROR, "hashtree: unexpected shape of hashtree.dirty_key");
-	values[0] = Int32GetDatum(key ? ht_partition_for(tr->pa8, tr->pa8len, tr->pb8, tr->pb8len,
-													 VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key),
-													 ht_num_partitions())
-							  : part);
+	values[0] = Int32GetDatum(part);
 	values[1] = Int32GetDatum(key ? ht_segment_of(HT_DEPTH_LEAF, VARDATA_ANY(key),
 												  VARSIZE_ANY_EXHDR(key)) : -1);
 	values[2] = PointerGetDatum(tr->pa);
