@@ -142,7 +142,7 @@ my $direct_log = log_since($id);
 $id = last_id($a);
 my $t0 = time;
 my $proxied = report('bw');
-my $proxied_ms = (time - $t0) * 1000;
+my $proxied_ms = int((time - $t0) * 1000);
 my $proxied_log = log_since($id);
 my $ndiff = () = $direct =~ /\n/g;
 cmp_ok($ndiff + 1, '>=', 100, 'the nodes differ (' . ($ndiff + 1) . ' differences)');
