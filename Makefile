@@ -5,6 +5,7 @@ OBJS = \
 	src/hashtree.o \
 	src/common.o \
 	src/sqlexec.o \
+	src/bgjob.o \
 	src/treemath.o \
 	src/store.o \
 	src/pack.o \

@@ -73,13 +73,13 @@
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 
+#include "bgjob.h"
 #include "common.h"
 #include "frag.h"
 #include "linhash.h"
 #include "partlock.h"
 #include "sqlexec.h"
 #include "track.h"
-#include "worker.h"
 
 /* pg_try_advisory_xact_lock(HT_FRAG_LOCK_KEY, relid): one operation per table */
 #define HT_FRAG_LOCK_KEY 1213464577
@@ -1170,6 +1170,28 @@ ht_frag_prepare_job(Oid relid, bool add)
 	CommitTransactionCommand();
 }
 
+/*
+ * Start the background preparation of an online add_frag (add) or
+ * del_frag on a table, as the current role (a job that runs
+ * ht_frag_prepare_job); false if no worker slot.
+ */
+static bool
+start_prepare_job(Oid relid, bool add, BackgroundWorkerHandle **handle)
+{
+	HtJob		job;
+	char		name[BGW_MAXLEN];
+
+	memset(&job, 0, sizeof(job));
+	job.dboid = MyDatabaseId;
+	job.kind = HT_JOB_FRAG;
+	job.mode = add ? 1 : 0;
+	job.userid = GetUserId();
+	job.relid = relid;
+	snprintf(name, sizeof(name), "hashtree %s copy of table %u", add ? "add_frag" : "del_frag",
+			 relid);
+	return ht_job_register(&job, name, "hashtree fragment copy", handle);
+}
+
 /* start the preparation in a background worker and wait for it; rows moved */
 static int64
 prepare_online(FragOp *op)
@@ -1178,7 +1200,7 @@ prepare_online(FragOp *op)
 	pid_t		pid;
 	HtFragTable ft;
 
-	if (!ht_frag_start_job(op->relid, op->add, &handle))
+	if (!start_prepare_job(op->relid, op->add, &handle))
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 				 errmsg("no background worker slot for an online %s",
