@@ -8,6 +8,7 @@ OBJS = \
 	src/bgjob.o \
 	src/treemath.o \
 	src/store.o \
+	src/update.o \
 	src/pack.o \
 	src/partlock.o \
 	src/partops.o \

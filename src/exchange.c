@@ -30,7 +30,6 @@
 #include "partops.h"
 #include "remote.h"
 #include "sqlexec.h"
-#include "store.h"
 #include "track.h"
 
 const char *const ht_repair_mode_names[HT_NREPAIR_MODES] = {

@@ -73,9 +73,9 @@
 #include "pack.h"
 #include "rowenc.h"
 #include "sqlexec.h"
-#include "store.h"
 #include "track.h"
 #include "treemath.h"
+#include "update.h"
 
 /*
  * keys read back from a table per statement when folding: large, as each

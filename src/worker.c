@@ -50,7 +50,6 @@
 #include "partops.h"
 #include "remote.h"
 #include "sqlexec.h"
-#include "store.h"
 #include "worker.h"
 
 char	   *ht_guc_database = NULL;
