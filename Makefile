@@ -22,6 +22,8 @@ OBJS = \
 	src/linhash.o \
 	src/frag.o \
 	src/fragops.o \
+	src/aggregates.o \
+	src/guard.o \
 	src/api.o
 
 # The version is default_version in hashtree.control, written nowhere else:
