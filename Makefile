@@ -16,6 +16,8 @@ OBJS = \
 	src/compare.o \
 	src/rowenc.o \
 	src/track.o \
+	src/ddl.o \
+	src/rowio.o \
 	src/exchange.o \
 	src/repair.o \
 	src/worker.o \

@@ -29,8 +29,8 @@
 #include "partlock.h"
 #include "partops.h"
 #include "remote.h"
+#include "rowio.h"
 #include "sqlexec.h"
-#include "track.h"
 
 const char *const ht_repair_mode_names[HT_NREPAIR_MODES] = {
 	[HT_REPAIR_NONE] = "none",

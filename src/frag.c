@@ -57,10 +57,10 @@
 #include "utils/syscache.h"
 
 #include "common.h"
+#include "ddl.h"
 #include "frag.h"
 #include "linhash.h"
 #include "sqlexec.h"
-#include "track.h"
 
 /* ---- registry ---------------------------------------------------------------- */
 
@@ -488,7 +488,7 @@ ht_frag_init(PG_FUNCTION_ARGS)
 				   quote_identifier(GetUserNameFromId(owner, false)));
 	}
 	frag_register(relid, &s);
-	ht_track_partitions_changed(relid);
+	ht_ddl_partitions_changed(relid);
 	HT_API_END();
 	SPI_finish();
 	return state_datum(fcinfo, &s);

@@ -75,11 +75,11 @@
 
 #include "bgjob.h"
 #include "common.h"
+#include "ddl.h"
 #include "frag.h"
 #include "linhash.h"
 #include "partlock.h"
 #include "sqlexec.h"
-#include "track.h"
 
 /* pg_try_advisory_xact_lock(HT_FRAG_LOCK_KEY, relid): one operation per table */
 #define HT_FRAG_LOCK_KEY 1213464577
@@ -904,7 +904,7 @@ swap(FragOp *op, bool online, int64 moved)
 		ht_sql("ALTER TABLE %s RENAME TO %s", tgt_q(op, t), quote_identifier(op->tgt_final[t]));
 	}
 	ht_frag_store_state(op->relid, &op->after);
-	ht_track_partitions_changed(op->relid);
+	ht_ddl_partitions_changed(op->relid);
 	return moved;
 }
 
