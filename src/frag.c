@@ -172,8 +172,9 @@ static HtQuery q_frag_forget = {
 	0, {InvalidOid}
 };
 
-void
-ht_frag_forget_dropped(void)
+/* forget the tables that were dropped (needs SPI) */
+static void
+forget_dropped(void)
 {
 	ht_exec_as_owner(&q_frag_forget, NULL, NULL, 0);
 }
@@ -192,7 +193,7 @@ ht_frag_dropped(PG_FUNCTION_ARGS)
 		PG_RETURN_VOID();
 	SPI_connect();
 	HT_API_BEGIN();
-	ht_frag_forget_dropped();
+	forget_dropped();
 	HT_API_END();
 	SPI_finish();
 	PG_RETURN_VOID();

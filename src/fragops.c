@@ -77,6 +77,7 @@
 #include "common.h"
 #include "ddl.h"
 #include "frag.h"
+#include "fragops.h"
 #include "linhash.h"
 #include "partlock.h"
 #include "sqlexec.h"
@@ -467,6 +468,7 @@ add_bound_checks(FragOp *op)
 /* ---- capture (online mode) ------------------------------------------------------ */
 
 static void with_lock_retry(void (*fn) (void *), void *arg, const char *what);
+static void recover_op(Oid relid);
 static void create_capture_triggers(void *arg);
 
 #define CAPTURE_TRIGGER			"hashtree_frag_capture"
@@ -965,7 +967,7 @@ block_writes_fn(void *arg)
 		ht_sql("LOCK TABLE %s IN SHARE MODE", ht_rel_qname(op->src[i]));
 	/* (after the parent's lock: dropping the leftovers locks fragments) */
 	if (b->recover)
-		ht_frag_recover(op->relid);
+		recover_op(op->relid);
 	for (int t = 0; t < op->ntgt; t++)
 		create_target(op, t);
 	b->moved = copy_rows_as_owner(op, NULL);
@@ -1102,7 +1104,7 @@ prepare_step(Oid relid, bool add, int step, FragOp *op)
 		PushActiveSnapshot(GetTransactionSnapshot());
 		HT_API_BEGIN();
 		if (step == 0)
-			ht_frag_recover(relid);
+			recover_op(relid);
 		else
 		{
 			plan_in_worker(relid, add, op);
@@ -1129,7 +1131,6 @@ prepare_step(Oid relid, bool add, int step, FragOp *op)
 	return edata;
 }
 
-/* the job: prepare an online operation (worker.c runs it as the caller) */
 void
 ht_frag_prepare_job(Oid relid, bool add)
 {
@@ -1255,8 +1256,9 @@ try_op_lock(Oid relid)
 	return DatumGetBool(ht_col(0, 1, &isnull));
 }
 
-void
-ht_frag_recover(Oid relid)
+/* roll back an interrupted online operation on a table, if any (needs SPI) */
+static void
+recover_op(Oid relid)
 {
 	HtFragTable ft;
 
@@ -1278,7 +1280,7 @@ ht_frag_recover_all(void)
 		rels[i] = DatumGetObjectId(ht_col(i, 1, &isnull));
 	for (uint64 i = 0; i < n; i++)
 		if (get_rel_name(rels[i]) != NULL && try_op_lock(rels[i]))
-			ht_frag_recover(rels[i]);
+			recover_op(rels[i]);
 }
 
 /* ---- add_frag, del_frag ------------------------------------------------------------------ */

@@ -45,10 +45,11 @@
 #include "bgjob.h"
 #include "common.h"
 #include "exchange.h"
-#include "frag.h"
+#include "fragops.h"
 #include "partlock.h"
 #include "partops.h"
 #include "remote.h"
+#include "repair.h"
 #include "sqlexec.h"
 #include "worker.h"
 
