@@ -32,6 +32,7 @@
 
 #include "common.h"
 #include "compare.h"
+#include "pack.h"
 #include "partlock.h"
 #include "partops.h"
 #include "remote.h"
@@ -838,6 +839,43 @@ ht_get_bucket(PG_FUNCTION_ARGS)
 	}
 	HT_API_END();
 	SPI_finish();
+	return (Datum) 0;
+}
+
+/*
+ * hashtree._pack_seg(partition int, prefix_a text, prefix_b text, seg int4)
+ *   RETURNS TABLE(key bytea, hash bytea)
+ * The packed entries of one segment of leaf tree (prefix_a, prefix_b),
+ * found by pack.c's lookup (ht_pack_segments: the tree's span, then the
+ * pack at lo = seg - seg % span), the one rendering of the rule for SQL and
+ * C alike; the segment's entry rows are not included.  Locks: ACCESS SHARE
+ * on hashtree.entry_pack.
+ */
+PG_FUNCTION_INFO_V1(ht_pack_seg);
+Datum
+ht_pack_seg(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int			part = PG_GETARG_INT32(0);
+	Datum		pa = PointerGetDatum(PG_GETARG_TEXT_PP(1));
+	Datum		pb = PointerGetDatum(PG_GETARG_TEXT_PP(2));
+	int32		seg = PG_GETARG_INT32(3);
+	HtPackEntry *entries = NULL;
+	int		   *owner = NULL;
+	int			n = 0;
+	int			cap = 0;
+
+	InitMaterializedSRF(fcinfo, 0);
+	ht_pack_segments(part, 1, &pa, &pb, &seg, &entries, &owner, &n, &cap);
+	for (int i = 0; i < n; i++)
+	{
+		Datum		values[2];
+		bool		nulls[2] = {false, false};
+
+		values[0] = PointerGetDatum(entries[i].key);
+		values[1] = PointerGetDatum(entries[i].hash);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
 	return (Datum) 0;
 }
 
