@@ -191,12 +191,15 @@ alters_column_type(CollectedCommand *cmd)
 }
 
 /*
- * _ddl_table(relid oid, cmd pg_ddl_command) RETURNS void: after ALTER TABLE
- * or CREATE TABLE of this relation (cmd: the collected command, for the
- * partitions it attached).  Refuses a rename of a tracked table and any
- * change of its tracking triggers, re-hashes it when its shape changed,
- * gives new partitions their TRUNCATE trigger.  Called by the event trigger
- * as the extension owner.
+ * hashtree._ddl_table(relid oid, cmd pg_ddl_command) RETURNS void
+ * After ALTER TABLE or CREATE TABLE of this relation (cmd: the collected
+ * command, for the partitions it attached).  Refuses a rename of a tracked
+ * table and any change of its tracking triggers, re-hashes it when its
+ * shape changed, gives new partitions their TRUNCATE trigger.  Called by
+ * the event trigger as the extension owner.  Locks: ACCESS SHARE on the
+ * relation, its partitions and plain-inheritance parents; when it
+ * re-hashes, ROW EXCLUSIVE on the extension's tables; CREATE TRIGGER's
+ * SHARE ROW EXCLUSIVE on a partition that gets its TRUNCATE trigger.
  */
 PG_FUNCTION_INFO_V1(ht_ddl_table);
 Datum
@@ -363,11 +366,14 @@ rehash_if_uses_type(HtTracked *reg, Oid relid, void *arg)
 }
 
 /*
- * _ddl_type(typid oid) RETURNS void: after ALTER TYPE.  A renamed enum
- * label or a composite's changed attributes change the row hashes of the
- * tracked tables with a column of that type (or of an array, domain, range
- * or composite containing it): those are hashed again.  Called by the
- * event trigger as the extension owner.
+ * hashtree._ddl_type(typid oid) RETURNS void
+ * After ALTER TYPE.  A renamed enum label or a composite's changed
+ * attributes change the row hashes of the tracked tables with a column of
+ * that type (or of an array, domain, range or composite containing it):
+ * those are hashed again.  Called by the event trigger as the extension
+ * owner.  Locks: ACCESS SHARE on every tracked table and on the composite
+ * types' relations it looks into; ROW EXCLUSIVE on the extension's tables
+ * when it re-hashes.
  */
 PG_FUNCTION_INFO_V1(ht_ddl_type);
 Datum
@@ -393,11 +399,13 @@ check_registered(HtTracked *reg, Oid relid, void *arg)
 }
 
 /*
- * _ddl_check_all() RETURNS void: after ALTER TRIGGER or ALTER SCHEMA.
+ * hashtree._ddl_check_all() RETURNS void
+ * After ALTER TRIGGER or ALTER SCHEMA.
  * Every registered table must still exist under its registered schema and
  * name (a schema rename would change the prefix of its entries on one node
  * only) and keep its triggers.  Called by the event trigger as the
- * extension owner; takes AccessShareLock on the tracked tables.
+ * extension owner.  Locks: ACCESS SHARE on the tracked tables and their
+ * partitions.
  */
 PG_FUNCTION_INFO_V1(ht_ddl_check_all);
 Datum
@@ -448,11 +456,13 @@ ht_ddl_partitions_changed(Oid relid)
 }
 
 /*
- * _ddl_dropped(triggers_dropped boolean) RETURNS void: after a DROP.  A
- * dropped tracked table is untracked, a table that lost a partition or its
- * key index re-checked; when a trigger named like hashtree's was dropped,
- * the tracking triggers of every tracked table must still be there.
- * Called by the event trigger as the extension owner.
+ * hashtree._ddl_dropped(triggers_dropped boolean) RETURNS void
+ * After a DROP.  A dropped tracked table is untracked, a table that lost a
+ * partition or its key index re-checked; when a trigger named like
+ * hashtree's was dropped, the tracking triggers of every tracked table must
+ * still be there.  Called by the event trigger as the extension owner.
+ * Locks: ACCESS SHARE on the tracked tables and their partitions; ROW
+ * EXCLUSIVE on the extension's tables when it untracks or re-hashes.
  */
 PG_FUNCTION_INFO_V1(ht_ddl_dropped);
 Datum

@@ -726,7 +726,7 @@ capture_exec(SPIPlanPtr plan, Datum *v, const char *n)
  * Row trigger AFTER INSERT OR UPDATE OR DELETE and statement trigger AFTER
  * TRUNCATE on the sources of an online add_frag/del_frag: logs the keys
  * written (or a TRUNCATE marker) into the operation's log table, as the
- * writing role.  Takes ROW EXCLUSIVE on the log, ACCESS SHARE on the
+ * writing role.  Locks: ROW EXCLUSIVE on the log, ACCESS SHARE on the
  * registry and the parent.
  */
 PG_FUNCTION_INFO_V1(ht_frag_capture);

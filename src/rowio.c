@@ -480,8 +480,9 @@ put_row_out(ReturnSetInfo *rsinfo, TrackRel *tr, Relation rel, HeapTuple tuple, 
 }
 
 /*
- * _rows_by_key(schema, name, keys bytea[]) RETURNS TABLE(key, hash, r):
- * the rows of those keys that exist, in transport form, with their row
+ * hashtree._rows_by_key(schema_name text, table_name text, keys bytea[])
+ *   RETURNS TABLE(key bytea, hash bytea, r bytea)
+ * The rows of those keys that exist, in transport form, with their row
  * hashes.  Needs SELECT on the table for the repairing role; the rows are
  * read as the table's owner (see above).  Locks: ROW EXCLUSIVE on the table.
  */
@@ -624,9 +625,11 @@ partition_row_out(void *arg, HeapTuple tuple, bytea *key)
 }
 
 /*
- * _partition_rows(schema, name, part) RETURNS TABLE(key, hash, r): every
- * row of the table whose key falls in the partition, as _rows_by_key.
- * Needs SELECT for the repairing role; read as the table's owner.
+ * hashtree._partition_rows(schema_name text, table_name text, partition int)
+ *   RETURNS TABLE(key bytea, hash bytea, r bytea)
+ * Every row of the table whose key falls in the partition, as
+ * _rows_by_key.  Needs SELECT for the repairing role; read as the table's
+ * owner.  Locks: ROW EXCLUSIVE on the table (opened as for a repair).
  */
 PG_FUNCTION_INFO_V1(ht_partition_rows);
 Datum
@@ -851,8 +854,9 @@ apply_one(TrackRel *tr, Relation rel, SPIPlanPtr plan, SPIPlanPtr *readback,
 }
 
 /*
- * _apply_rows(schema, name, rows bytea[], hashes bytea[], deletes bytea[]):
- * upsert the rows (transport form, see above; hashes[i] the source's row
+ * hashtree._apply_rows(schema_name text, table_name text, rows bytea[],
+ *                      hashes bytea[], deletes bytea[]) RETURNS bigint
+ * Upsert the rows (transport form, see above; hashes[i] the source's row
  * hash of rows[i]) and delete the rows of the keys.  Each row written is
  * hashed again: a row that does not hash equal to its source is an ERROR.
  * Needs SELECT, INSERT, UPDATE (rows) and DELETE (deletes) for the
@@ -964,8 +968,9 @@ partition_key_out(void *arg, HeapTuple tuple, bytea *key)
 }
 
 /*
- * _delete_partition_rows(schema, name, part): delete the rows whose keys
- * fall in the partition.  Needs SELECT and DELETE for the repairing role;
+ * hashtree._delete_partition_rows(schema_name text, table_name text,
+ *                                 partition int) RETURNS bigint
+ * Delete the rows whose keys fall in the partition.  Needs SELECT and DELETE for the repairing role;
  * the rows are read and deleted as the table's owner.  Returns the rows
  * deleted.  Locks: ROW EXCLUSIVE on the table.
  */
