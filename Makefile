@@ -5,8 +5,10 @@ OBJS = \
 	src/hashtree.o \
 	src/common.o \
 	src/sqlexec.o \
+	src/bgjob.o \
 	src/treemath.o \
 	src/store.o \
+	src/update.o \
 	src/pack.o \
 	src/partlock.o \
 	src/partops.o \
@@ -14,12 +16,16 @@ OBJS = \
 	src/compare.o \
 	src/rowenc.o \
 	src/track.o \
+	src/ddl.o \
+	src/rowio.o \
 	src/exchange.o \
 	src/repair.o \
 	src/worker.o \
 	src/linhash.o \
 	src/frag.o \
 	src/fragops.o \
+	src/aggregates.o \
+	src/guard.o \
 	src/api.o
 
 # The version is default_version in hashtree.control, written nowhere else:

@@ -102,6 +102,15 @@ ALTER TABLE @extschema@.entry_pack SET (fillfactor = 90, autovacuum_vacuum_scale
 -- change of the entries' own layout would have to convert them here.)
 UPDATE @extschema@.partition SET built = false WHERE built;
 
+-- The packed entries of one segment: 0.1 found their pack in SQL, probing
+-- the six possible spans; 1.0 calls the lookup of the C code, so that the
+-- rule is written once.
+CREATE OR REPLACE FUNCTION @extschema@._pack_seg("partition" int, prefix_a text, prefix_b text,
+												 seg int4)
+	RETURNS TABLE(key bytea, hash bytea)
+	AS 'MODULE_PATHNAME', 'ht_pack_seg'
+	LANGUAGE C STABLE STRICT;
+
 -- A dropped fragmented table is forgotten by its own function (frag.c),
 -- called by the sql_drop event trigger next to the tracked tables' one:
 -- track.c no longer calls into frag.c.

@@ -186,20 +186,12 @@ CREATE FUNCTION @extschema@._pack_sum(lo int4, data bytea, OUT hash bytea, OUT n
 	AS 'MODULE_PATHNAME', 'ht_pack_sum'
 	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 
--- the packed entries of one segment: its pack is the one at lo = seg - seg %
--- span for the tree's span, one of 32..1024 (src/pack.c); each candidate is
--- an equality probe of the primary key
+-- the packed entries of one segment, found by the lookup the C code uses
+-- (src/pack.c: the tree's span, then the pack at lo = seg - seg % span)
 CREATE FUNCTION @extschema@._pack_seg("partition" int, prefix_a text, prefix_b text, seg int4)
 	RETURNS TABLE(key bytea, hash bytea)
-	LANGUAGE sql STABLE
-	AS $$ SELECT u.key, u.hash
-			FROM generate_series(5, 10) AS b(bits)
-		   CROSS JOIN LATERAL (SELECT p.lo, p.data FROM @extschema@.entry_pack p
-								WHERE p.part = $1 AND p.pa = $2 AND p.pb = $3
-								  AND p.lo = $4 - $4 % (1 << b.bits) AND p.span = 1 << b.bits
-								LIMIT 1) p
-		   CROSS JOIN LATERAL @extschema@._unpack(p.lo, p.data) u
-		   WHERE u.seg = $4 $$;
+	AS 'MODULE_PATHNAME', 'ht_pack_seg'
+	LANGUAGE C STABLE STRICT;
 
 -- every leaf (depth 2) entry: the plain rows and the packed ones
 CREATE VIEW @extschema@.leaf_entry AS

@@ -249,6 +249,26 @@ SELECT count(*) < 3000 AS fewer_packs, sum(n) FROM hashtree.entry_pack WHERE pb 
 INSERT INTO spread SELECT i, 'w' || i FROM generate_series(1, 2000) i;
 SELECT update_all();
 SELECT count(*) > 0 AS some_plain_rows FROM hashtree.entry WHERE depth = 2 AND pb = 'spread';
+-- _pack_seg (pack.c's lookup, for SQL): a segment's packed entries, which
+-- with its entry rows are exactly its leaf entries
+CREATE TEMP TABLE spread_segs AS
+  SELECT s.part, s.seg, x.key, x.hash, x.packed
+    FROM (SELECT DISTINCT part, seg FROM hashtree.leaf_entry WHERE pa = 'public' AND pb = 'spread') s
+   CROSS JOIN LATERAL (SELECT key, hash, true AS packed
+                         FROM hashtree._pack_seg(s.part, 'public', 'spread', s.seg)
+                       UNION ALL
+                       SELECT key, hash, false FROM hashtree.entry e
+                        WHERE e.part = s.part AND e.depth = 2 AND e.pa = 'public'
+                          AND e.pb = 'spread' AND e.seg = s.seg) x;
+SELECT count(*) FILTER (WHERE packed) > 0 AS some_packed,
+       count(*) FILTER (WHERE NOT packed) > 0 AS some_rows,
+       (SELECT count(*) FROM
+         ((SELECT part, seg, key, hash FROM spread_segs
+           EXCEPT ALL SELECT part, seg, key, hash FROM hashtree.leaf_entry WHERE pb = 'spread')
+          UNION ALL
+          (SELECT part, seg, key, hash FROM hashtree.leaf_entry WHERE pb = 'spread'
+           EXCEPT ALL SELECT part, seg, key, hash FROM spread_segs)) d) AS differing
+  FROM spread_segs;
 SELECT count(*) AS out_of_step FROM out_of_step('spread');
 SELECT trees_ok() AS tree_mismatches;
 SELECT count(*) FROM (SELECT hashtree.reset(p) FROM generate_series(0, 7) p) s;

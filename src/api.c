@@ -6,7 +6,12 @@
  * These functions validate their arguments (NULLs, ranges, lengths: an
  * ERROR with a proper SQLSTATE, before anything is written), route a call
  * naming a peer to that peer, and otherwise call the storage, lock and
- * compare modules inside one SPI connection.
+ * compare modules inside one SPI connection.  The SQL functions of the
+ * extension's own statements (_kid and the sum aggregates) are in
+ * aggregates.c, the guard trigger in guard.c, the server side of the
+ * compare (_nodes, _entries) in compare.c, the tracked tables' functions
+ * in track.c, ddl.c and rowio.c, the fragmented tables' in frag.c and
+ * fragops.c, exchange() in exchange.c.
  *
  *-------------------------------------------------------------------------
  */
@@ -15,22 +20,19 @@
 #include "access/htup_details.h"
 #include "access/xact.h"
 #include "catalog/pg_type.h"
-#include "commands/extension.h"
-#include "commands/trigger.h"
 #include "executor/spi.h"
 #include "funcapi.h"
-#include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/acl.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
-#include "utils/lsyscache.h"
 #include "utils/timestamp.h"
 
 #include "common.h"
 #include "compare.h"
+#include "pack.h"
 #include "partlock.h"
 #include "partops.h"
 #include "remote.h"
@@ -176,151 +178,7 @@ prefixes_arg(FunctionCallInfo fcinfo, int n, TreeName *tn)
 	tn->array = a;
 }
 
-static void
-check_level_bucket(int depth, int level, int64 bucket)
-{
-	int64		nb;
-
-	if (level < 1 || level > HT_LEVELS)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("level must be between 1 and %d, not %d", HT_LEVELS, level)));
-	nb = ht_buckets_at_level(depth, level);
-	if (bucket < 0 || bucket >= nb)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("bucket " INT64_FORMAT " does not exist at level %d", bucket, level),
-				 errdetail("Level %d of this tree has buckets 0 to " INT64_FORMAT ".",
-						   level, nb - 1)));
-}
-
-static void
-check_segment(int depth, int64 seg)
-{
-	if (seg < 0 || seg >= HT_SEGMENTS(depth))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("segment " INT64_FORMAT " does not exist", seg),
-				 errdetail("This tree has segments 0 to " INT64_FORMAT ".",
-						   HT_SEGMENTS(depth) - 1)));
-}
-
-/* ---- internal helpers for tables and aggregates ------------------------- */
-
-/*
- * hashtree._kid(key bytea) RETURNS bytea
- * The index identity of a key: the key itself up to 64 bytes, else a digest
- * form (last column of the unique index entry_key).  Locks: none.
- */
-PG_FUNCTION_INFO_V1(ht_kid);
-Datum
-ht_kid(PG_FUNCTION_ARGS)
-{
-	bytea	   *key = PG_GETARG_BYTEA_PP(0);
-
-	PG_RETURN_BYTEA_P(ht_key_identity(VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key)));
-}
-
-static HtSum *
-sum_state(FunctionCallInfo fcinfo)
-{
-	MemoryContext aggctx;
-
-	if (!AggCheckCallContext(fcinfo, &aggctx))
-		elog(ERROR, "hashtree: aggregate step called in non-aggregate context");
-	if (PG_ARGISNULL(0))
-		return MemoryContextAllocZero(aggctx, sizeof(HtSum));
-	return (HtSum *) PG_GETARG_POINTER(0);
-}
-
-/*
- * hashtree._entry_sum_step(internal, bytea, bytea) RETURNS internal
- * Transition function of the aggregate _entry_sum(key, hash): adds the
- * digest of one entry to the running sum; a NULL key or hash is skipped.
- * Locks: none.
- */
-PG_FUNCTION_INFO_V1(ht_entry_sum_step);
-Datum
-ht_entry_sum_step(PG_FUNCTION_ARGS)
-{
-	HtSum	   *st = sum_state(fcinfo);
-
-	if (!PG_ARGISNULL(1) && !PG_ARGISNULL(2))
-	{
-		bytea	   *key = PG_GETARG_BYTEA_PP(1);
-		bytea	   *hash = PG_GETARG_BYTEA_PP(2);
-		HtSum		d;
-
-		ht_entry_digest(VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key),
-						VARDATA_ANY(hash), VARSIZE_ANY_EXHDR(hash), &d);
-		ht_sum_add(st, &d);
-	}
-	PG_RETURN_POINTER(st);
-}
-
-/*
- * hashtree._child_sum_step(internal, bigint, bytea) RETURNS internal
- * Transition function of the aggregate _child_sum(child, hash): adds the
- * digest of one child node to the running sum; a NULL child or hash is
- * skipped.  Locks: none.
- */
-PG_FUNCTION_INFO_V1(ht_child_sum_step);
-Datum
-ht_child_sum_step(PG_FUNCTION_ARGS)
-{
-	HtSum	   *st = sum_state(fcinfo);
-
-	if (!PG_ARGISNULL(1) && !PG_ARGISNULL(2))
-	{
-		bytea	   *hash = PG_GETARG_BYTEA_PP(2);
-		HtSum		d;
-
-		ht_child_digest(PG_GETARG_INT64(1), VARDATA_ANY(hash),
-						VARSIZE_ANY_EXHDR(hash), &d);
-		ht_sum_add(st, &d);
-	}
-	PG_RETURN_POINTER(st);
-}
-
-/*
- * hashtree._hash_sum_step(internal, bytea) RETURNS internal
- * Transition function of the aggregate _hash_sum(hash): adds a node hash
- * (a sum already) to the running sum; NULL is skipped.  Locks: none.
- */
-PG_FUNCTION_INFO_V1(ht_hash_sum_step);
-Datum
-ht_hash_sum_step(PG_FUNCTION_ARGS)
-{
-	HtSum	   *st = sum_state(fcinfo);
-
-	if (!PG_ARGISNULL(1))
-	{
-		HtSum		d;
-
-		ht_sum_from_bytea(&d, PG_GETARG_BYTEA_PP(1));
-		ht_sum_add(st, &d);
-	}
-	PG_RETURN_POINTER(st);
-}
-
-/*
- * hashtree._sum_final(internal) RETURNS bytea
- * Final function of _entry_sum and _child_sum: the node hash of the sum,
- * NULL for no rows or a zero (empty) sum.  Locks: none.
- */
-PG_FUNCTION_INFO_V1(ht_sum_final);
-Datum
-ht_sum_final(PG_FUNCTION_ARGS)
-{
-	bytea	   *b;
-
-	if (PG_ARGISNULL(0))
-		PG_RETURN_NULL();
-	b = ht_sum_to_bytea((HtSum *) PG_GETARG_POINTER(0));
-	if (b == NULL)
-		PG_RETURN_NULL();
-	PG_RETURN_BYTEA_P(b);
-}
+/* ---- creating the extension ---------------------------------------------- */
 
 /*
  * hashtree._create_partitions() RETURNS int
@@ -338,31 +196,6 @@ ht_create_partitions(PG_FUNCTION_ARGS)
 	n = ht_part_create_all(ht_guc_partitions);
 	SPI_finish();
 	PG_RETURN_INT32(n);
-}
-
-/*
- * hashtree._guard() RETURNS trigger
- * Statement trigger on the extension's tables: a write that does not come
- * from the extension's code (a restore, a manual change) leaves trees that
- * may not match the entries, so every partition is marked not built.
- * Locks: ROW EXCLUSIVE on hashtree.partition and its built rows (waits for
- * an update or reset holding a partition's row).
- */
-PG_FUNCTION_INFO_V1(ht_guard);
-Datum
-ht_guard(PG_FUNCTION_ARGS)
-{
-	if (!CALLED_AS_TRIGGER(fcinfo))
-		elog(ERROR, "hashtree: _guard() is a trigger function");
-	if (ht_api_depth == 0 && !creating_extension)
-	{
-		SPI_connect();
-		HT_API_BEGIN();
-		ht_part_mark_all_unbuilt();
-		HT_API_END();
-		SPI_finish();
-	}
-	return PointerGetDatum(NULL);
 }
 
 /* ---- pure and informational functions ----------------------------------- */
@@ -961,7 +794,7 @@ ht_get_bucket(PG_FUNCTION_ARGS)
 	HT_ARG_NOT_NULL(4, "bucket");
 	level = PG_GETARG_INT32(3);
 	bucket = PG_GETARG_INT64(4);
-	check_level_bucket(tn.depth, level, bucket);
+	ht_check_level_bucket(tn.depth, level, bucket);
 
 	InitMaterializedSRF(fcinfo, 0);
 	SPI_connect();
@@ -1010,6 +843,43 @@ ht_get_bucket(PG_FUNCTION_ARGS)
 }
 
 /*
+ * hashtree._pack_seg(partition int, prefix_a text, prefix_b text, seg int4)
+ *   RETURNS TABLE(key bytea, hash bytea)
+ * The packed entries of one segment of leaf tree (prefix_a, prefix_b),
+ * found by pack.c's lookup (ht_pack_segments: the tree's span, then the
+ * pack at lo = seg - seg % span), the one rendering of the rule for SQL and
+ * C alike; the segment's entry rows are not included.  Locks: ACCESS SHARE
+ * on hashtree.entry_pack.
+ */
+PG_FUNCTION_INFO_V1(ht_pack_seg);
+Datum
+ht_pack_seg(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int			part = PG_GETARG_INT32(0);
+	Datum		pa = PointerGetDatum(PG_GETARG_TEXT_PP(1));
+	Datum		pb = PointerGetDatum(PG_GETARG_TEXT_PP(2));
+	int32		seg = PG_GETARG_INT32(3);
+	HtPackEntry *entries = NULL;
+	int		   *owner = NULL;
+	int			n = 0;
+	int			cap = 0;
+
+	InitMaterializedSRF(fcinfo, 0);
+	ht_pack_segments(part, 1, &pa, &pb, &seg, &entries, &owner, &n, &cap);
+	for (int i = 0; i < n; i++)
+	{
+		Datum		values[2];
+		bool		nulls[2] = {false, false};
+
+		values[0] = PointerGetDatum(entries[i].key);
+		values[1] = PointerGetDatum(entries[i].hash);
+		tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+	}
+	return (Datum) 0;
+}
+
+/*
  * hashtree.key_hashes(node text, partition int, prefixes text[],
  *                     segment bigint) RETURNS TABLE(key bytea, hash bytea)
  * The entries of one segment of the tree named by prefixes, read here
@@ -1029,7 +899,7 @@ ht_key_hashes(PG_FUNCTION_ARGS)
 	prefixes_arg(fcinfo, 2, &tn);
 	HT_ARG_NOT_NULL(3, "segment");
 	seg = PG_GETARG_INT64(3);
-	check_segment(tn.depth, seg);
+	ht_check_segment(tn.depth, seg);
 
 	InitMaterializedSRF(fcinfo, 0);
 	SPI_connect();
@@ -1068,207 +938,6 @@ ht_key_hashes(PG_FUNCTION_ARGS)
 									  " $1::int4, $2::text[], $3::int8)",
 									  3, params, true, 2),
 						false);
-	}
-	HT_API_END();
-	SPI_finish();
-	return (Datum) 0;
-}
-
-/* arguments of the batched reads: equal-length arrays without nulls */
-static int
-batch_arrays(FunctionCallInfo fcinfo, int depth, Datum **pa, Datum **pb,
-			 int third, Oid third_type, Datum **third_elems)
-{
-	int			n = -1;
-	Oid			types[3] = {TEXTOID, TEXTOID, third_type};
-	Datum	  **outs[3] = {pa, pb, third_elems};
-
-	if (depth < HT_DEPTH_ROOT || depth > HT_DEPTH_LEAF)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("depth must be 0, 1 or 2, not %d", depth)));
-	for (int k = 0; k < 3; k++)
-	{
-		int			argno = (k < 2) ? 2 + k : third;
-		ArrayType  *a;
-		bool	   *nulls;
-		int			cnt;
-		int16		typlen;
-		bool		typbyval;
-		char		typalign;
-
-		HT_ARG_NOT_NULL(argno, "array argument");
-		a = PG_GETARG_ARRAYTYPE_P(argno);
-		get_typlenbyvalalign(types[k], &typlen, &typbyval, &typalign);
-		deconstruct_array(a, types[k], typlen, typbyval, typalign, outs[k], &nulls, &cnt);
-		for (int i = 0; i < cnt; i++)
-			if (nulls[i])
-				ereport(ERROR,
-						(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
-						 errmsg("array arguments must not contain nulls")));
-		if (n >= 0 && cnt != n)
-			ereport(ERROR,
-					(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
-					 errmsg("array arguments must have the same length")));
-		n = cnt;
-	}
-	return n;
-}
-
-/*
- * hashtree._nodes(partition int, depth int, pa text[], pb text[], level int,
- *                 firsts bigint[], span bigint, hash_bytes int DEFAULT 8)
- *   RETURNS TABLE(i int, children bytea)
- * Batched node read of compare: per request i, the stored children firsts[i]
- * .. firsts[i] + span - 1 of a level in one value (varint gap, hash prefix
- * per child).  Locks: ACCESS SHARE on hashtree.node.
- */
-PG_FUNCTION_INFO_V1(ht_nodes_sql);
-Datum
-ht_nodes_sql(PG_FUNCTION_ARGS)
-{
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	int			part = partition_arg(fcinfo, 0);
-	int			depth;
-	int			level;
-	Datum	   *pa;
-	Datum	   *pb;
-	Datum	   *fe;
-	int64	   *firsts;
-	int64		span;
-	int			n;
-	int			hash_bytes;
-
-	HT_ARG_NOT_NULL(1, "depth");
-	HT_ARG_NOT_NULL(4, "level");
-	HT_ARG_NOT_NULL(6, "span");
-	HT_ARG_NOT_NULL(7, "hash_bytes");
-	depth = PG_GETARG_INT32(1);
-	level = PG_GETARG_INT32(4);
-	span = PG_GETARG_INT64(6);
-	hash_bytes = PG_GETARG_INT32(7);
-	n = batch_arrays(fcinfo, depth, &pa, &pb, 5, INT8OID, &fe);
-	if ((level < 1 || level > HT_LEVELS) && level != HT_LEVEL_SUB)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("level must be between 1 and %d, or %d (sub-buckets), not %d",
-						HT_LEVELS, HT_LEVEL_SUB, level)));
-	if (span < 1 || span > HT_WIDTH(depth))
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("span must be between 1 and " INT64_FORMAT, HT_WIDTH(depth))));
-	firsts = palloc(sizeof(int64) * Max(n, 1));
-	for (int i = 0; i < n; i++)
-	{
-		firsts[i] = DatumGetInt64(fe[i]);
-		if (firsts[i] < 0 || firsts[i] + span > HT_SEGMENTS(depth))
-			ereport(ERROR,
-					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-					 errmsg("children " INT64_FORMAT " to " INT64_FORMAT " do not exist",
-							firsts[i], firsts[i] + span - 1)));
-	}
-
-	if (hash_bytes < 1 || hash_bytes > HT_DIGEST_LEN)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("hash_bytes must be between 1 and %d", HT_DIGEST_LEN)));
-
-	InitMaterializedSRF(fcinfo, 0);
-	SPI_connect();
-	HT_API_BEGIN();
-	{
-		HtNodeRow  *rows;
-		int			nrows;
-		StringInfoData buf;
-
-		ht_check_partition(part);
-		nrows = ht_store_nodes(part, depth, n, pa, pb, level, firsts, span, hash_bytes, &rows);
-		initStringInfo(&buf);
-		for (int r = 0; r < nrows; r++)
-		{
-			int64		base = firsts[rows[r].i - 1];
-			int64		gap;
-
-			if (r == 0 || rows[r].i != rows[r - 1].i)
-			{
-				resetStringInfo(&buf);
-				gap = rows[r].child - base;
-			}
-			else
-				gap = rows[r].child - rows[r - 1].child - 1;
-			ht_put_varint(&buf, (uint64) gap);
-			appendBinaryStringInfo(&buf, VARDATA_ANY(rows[r].hash),
-								   Min(hash_bytes, VARSIZE_ANY_EXHDR(rows[r].hash)));
-			/* one value per request, after its last child */
-			if (r == nrows - 1 || rows[r + 1].i != rows[r].i)
-			{
-				Datum		values[2];
-				bool		nulls[2] = {false, false};
-
-				values[0] = Int32GetDatum(rows[r].i);
-				values[1] = PointerGetDatum(cstring_to_text_with_len(buf.data, buf.len));
-				tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-			}
-		}
-	}
-	HT_API_END();
-	SPI_finish();
-	return (Datum) 0;
-}
-
-/*
- * hashtree._entries(partition int, depth int, pa text[], pb text[],
- *                   segments int[], hash_bytes int DEFAULT 0)
- *   RETURNS TABLE(i int, key bytea, hash bytea)
- * Batched entry read of compare: the entries of segment segments[i] of tree
- * (pa[i], pb[i]); hash_bytes > 0 gives a digest of each hash cut to that
- * length.  Locks: ACCESS SHARE on hashtree.entry and hashtree.entry_pack.
- */
-PG_FUNCTION_INFO_V1(ht_entries_sql);
-Datum
-ht_entries_sql(PG_FUNCTION_ARGS)
-{
-	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	int			part = partition_arg(fcinfo, 0);
-	int			depth;
-	Datum	   *pa;
-	Datum	   *pb;
-	Datum	   *se;
-	int32	   *segs;
-	int			n;
-	int			hash_bytes;
-
-	HT_ARG_NOT_NULL(1, "depth");
-	HT_ARG_NOT_NULL(5, "hash_bytes");
-	hash_bytes = PG_GETARG_INT32(5);
-	depth = PG_GETARG_INT32(1);
-	n = batch_arrays(fcinfo, depth, &pa, &pb, 4, INT4OID, &se);
-	segs = palloc(sizeof(int32) * Max(n, 1));
-	for (int i = 0; i < n; i++)
-	{
-		segs[i] = DatumGetInt32(se[i]);
-		check_segment(depth, segs[i]);
-	}
-
-	InitMaterializedSRF(fcinfo, 0);
-	SPI_connect();
-	HT_API_BEGIN();
-	{
-		HtEntryRow *rows;
-		int			nrows;
-
-		ht_check_partition(part);
-		nrows = ht_store_entries(part, depth, n, pa, pb, segs, hash_bytes, &rows);
-		for (int r = 0; r < nrows; r++)
-		{
-			Datum		values[3];
-			bool		nulls[3] = {false, false, false};
-
-			values[0] = Int32GetDatum(rows[r].i);
-			values[1] = PointerGetDatum(rows[r].key);
-			values[2] = PointerGetDatum(rows[r].hash);
-			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
-		}
 	}
 	HT_API_END();
 	SPI_finish();

@@ -14,16 +14,22 @@
  * same SQL functions (hashtree._nodes, hashtree._entries), with rows in
  * the same order, so the walk is a merge of sorted lists.  Each request is
  * sent to the peer before this node reads its own side, so the two read
- * at the same time.
+ * at the same time.  The server side of those two functions, which packs
+ * the rows this walk unpacks, is at the end of this file.
  *
  *-------------------------------------------------------------------------
  */
 #include "postgres.h"
 
 #include "catalog/pg_type.h"
+#include "executor/spi.h"
+#include "funcapi.h"
+#include "lib/stringinfo.h"
 #include "mb/pg_wchar.h"
+#include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
 
 #include "common.h"
 #include "compare.h"
@@ -458,4 +464,211 @@ ht_compare(int part, HtPeer *peer, HtDiffCallback fn, void *arg)
 		}
 		trees = next;
 	}
+}
+
+/* ---- the server side: hashtree._nodes and hashtree._entries ------------------ */
+
+/* arguments of the batched reads: equal-length arrays without nulls */
+static int
+batch_arrays(FunctionCallInfo fcinfo, int depth, Datum **pa, Datum **pb,
+			 int third, Oid third_type, Datum **third_elems)
+{
+	int			n = -1;
+	Oid			types[3] = {TEXTOID, TEXTOID, third_type};
+	Datum	  **outs[3] = {pa, pb, third_elems};
+
+	if (depth < HT_DEPTH_ROOT || depth > HT_DEPTH_LEAF)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("depth must be 0, 1 or 2, not %d", depth)));
+	for (int k = 0; k < 3; k++)
+	{
+		int			argno = (k < 2) ? 2 + k : third;
+		ArrayType  *a;
+		bool	   *nulls;
+		int			cnt;
+		int16		typlen;
+		bool		typbyval;
+		char		typalign;
+
+		HT_ARG_NOT_NULL(argno, "array argument");
+		a = PG_GETARG_ARRAYTYPE_P(argno);
+		get_typlenbyvalalign(types[k], &typlen, &typbyval, &typalign);
+		deconstruct_array(a, types[k], typlen, typbyval, typalign, outs[k], &nulls, &cnt);
+		for (int i = 0; i < cnt; i++)
+			if (nulls[i])
+				ereport(ERROR,
+						(errcode(ERRCODE_NULL_VALUE_NOT_ALLOWED),
+						 errmsg("array arguments must not contain nulls")));
+		if (n >= 0 && cnt != n)
+			ereport(ERROR,
+					(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+					 errmsg("array arguments must have the same length")));
+		n = cnt;
+	}
+	return n;
+}
+
+/*
+ * hashtree._nodes(partition int, depth int, pa text[], pb text[], level int,
+ *                 firsts bigint[], span bigint, hash_bytes int DEFAULT 8)
+ *   RETURNS TABLE(i int, children bytea)
+ * Batched node read of compare: per request i, the stored children firsts[i]
+ * .. firsts[i] + span - 1 of a level in one value (varint gap, hash prefix
+ * per child).  Locks: ACCESS SHARE on hashtree.node.
+ */
+PG_FUNCTION_INFO_V1(ht_nodes_sql);
+Datum
+ht_nodes_sql(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int			part;
+	int			depth;
+	int			level;
+	Datum	   *pa;
+	Datum	   *pb;
+	Datum	   *fe;
+	int64	   *firsts;
+	int64		span;
+	int			n;
+	int			hash_bytes;
+
+	HT_ARG_NOT_NULL(0, "partition");
+	HT_ARG_NOT_NULL(1, "depth");
+	HT_ARG_NOT_NULL(4, "level");
+	HT_ARG_NOT_NULL(6, "span");
+	HT_ARG_NOT_NULL(7, "hash_bytes");
+	part = PG_GETARG_INT32(0);
+	depth = PG_GETARG_INT32(1);
+	level = PG_GETARG_INT32(4);
+	span = PG_GETARG_INT64(6);
+	hash_bytes = PG_GETARG_INT32(7);
+	n = batch_arrays(fcinfo, depth, &pa, &pb, 5, INT8OID, &fe);
+	if ((level < 1 || level > HT_LEVELS) && level != HT_LEVEL_SUB)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("level must be between 1 and %d, or %d (sub-buckets), not %d",
+						HT_LEVELS, HT_LEVEL_SUB, level)));
+	if (span < 1 || span > HT_WIDTH(depth))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("span must be between 1 and " INT64_FORMAT, HT_WIDTH(depth))));
+	firsts = palloc(sizeof(int64) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+	{
+		firsts[i] = DatumGetInt64(fe[i]);
+		if (firsts[i] < 0 || firsts[i] + span > HT_SEGMENTS(depth))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("children " INT64_FORMAT " to " INT64_FORMAT " do not exist",
+							firsts[i], firsts[i] + span - 1)));
+	}
+
+	if (hash_bytes < 1 || hash_bytes > HT_DIGEST_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("hash_bytes must be between 1 and %d", HT_DIGEST_LEN)));
+
+	InitMaterializedSRF(fcinfo, 0);
+	SPI_connect();
+	HT_API_BEGIN();
+	{
+		HtNodeRow  *rows;
+		int			nrows;
+		StringInfoData buf;
+
+		ht_check_partition(part);
+		nrows = ht_store_nodes(part, depth, n, pa, pb, level, firsts, span, hash_bytes, &rows);
+		initStringInfo(&buf);
+		for (int r = 0; r < nrows; r++)
+		{
+			int64		base = firsts[rows[r].i - 1];
+			int64		gap;
+
+			if (r == 0 || rows[r].i != rows[r - 1].i)
+			{
+				resetStringInfo(&buf);
+				gap = rows[r].child - base;
+			}
+			else
+				gap = rows[r].child - rows[r - 1].child - 1;
+			ht_put_varint(&buf, (uint64) gap);
+			appendBinaryStringInfo(&buf, VARDATA_ANY(rows[r].hash),
+								   Min(hash_bytes, VARSIZE_ANY_EXHDR(rows[r].hash)));
+			/* one value per request, after its last child */
+			if (r == nrows - 1 || rows[r + 1].i != rows[r].i)
+			{
+				Datum		values[2];
+				bool		nulls[2] = {false, false};
+
+				values[0] = Int32GetDatum(rows[r].i);
+				values[1] = PointerGetDatum(cstring_to_text_with_len(buf.data, buf.len));
+				tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+			}
+		}
+	}
+	HT_API_END();
+	SPI_finish();
+	return (Datum) 0;
+}
+
+/*
+ * hashtree._entries(partition int, depth int, pa text[], pb text[],
+ *                   segments int[], hash_bytes int DEFAULT 0)
+ *   RETURNS TABLE(i int, key bytea, hash bytea)
+ * Batched entry read of compare: the entries of segment segments[i] of tree
+ * (pa[i], pb[i]); hash_bytes > 0 gives a digest of each hash cut to that
+ * length.  Locks: ACCESS SHARE on hashtree.entry and hashtree.entry_pack.
+ */
+PG_FUNCTION_INFO_V1(ht_entries_sql);
+Datum
+ht_entries_sql(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int			part;
+	int			depth;
+	Datum	   *pa;
+	Datum	   *pb;
+	Datum	   *se;
+	int32	   *segs;
+	int			n;
+	int			hash_bytes;
+
+	HT_ARG_NOT_NULL(0, "partition");
+	HT_ARG_NOT_NULL(1, "depth");
+	HT_ARG_NOT_NULL(5, "hash_bytes");
+	part = PG_GETARG_INT32(0);
+	hash_bytes = PG_GETARG_INT32(5);
+	depth = PG_GETARG_INT32(1);
+	n = batch_arrays(fcinfo, depth, &pa, &pb, 4, INT4OID, &se);
+	segs = palloc(sizeof(int32) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+	{
+		segs[i] = DatumGetInt32(se[i]);
+		ht_check_segment(depth, segs[i]);
+	}
+
+	InitMaterializedSRF(fcinfo, 0);
+	SPI_connect();
+	HT_API_BEGIN();
+	{
+		HtEntryRow *rows;
+		int			nrows;
+
+		ht_check_partition(part);
+		nrows = ht_store_entries(part, depth, n, pa, pb, segs, hash_bytes, &rows);
+		for (int r = 0; r < nrows; r++)
+		{
+			Datum		values[3];
+			bool		nulls[3] = {false, false, false};
+
+			values[0] = Int32GetDatum(rows[r].i);
+			values[1] = PointerGetDatum(rows[r].key);
+			values[2] = PointerGetDatum(rows[r].hash);
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+		}
+	}
+	HT_API_END();
+	SPI_finish();
+	return (Datum) 0;
 }

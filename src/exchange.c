@@ -29,15 +29,9 @@
 #include "partlock.h"
 #include "partops.h"
 #include "remote.h"
+#include "repair.h"
+#include "rowio.h"
 #include "sqlexec.h"
-#include "store.h"
-#include "track.h"
-
-const char *const ht_repair_mode_names[HT_NREPAIR_MODES] = {
-	[HT_REPAIR_NONE] = "none",
-	[HT_REPAIR_PULL] = "pull",
-	[HT_REPAIR_PUSH] = "push",
-};
 
 const char *const ht_exchange_outcome_names[HT_NOUTCOMES] = {
 	[HT_OUTCOME_ERROR] = "error",
@@ -45,18 +39,6 @@ const char *const ht_exchange_outcome_names[HT_NOUTCOMES] = {
 	[HT_OUTCOME_SKIPPED_LOCKED] = "skipped_locked",
 	[HT_OUTCOME_NOT_BUILT] = "not_built",
 };
-
-HtRepairMode
-ht_repair_mode(const char *name)
-{
-	for (int i = 0; i < HT_NREPAIR_MODES; i++)
-		if (strcmp(name, ht_repair_mode_names[i]) == 0)
-			return (HtRepairMode) i;
-	ereport(ERROR,
-			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-			 errmsg("repair must be none, pull or push, not \"%s\"", name)));
-	return HT_REPAIR_NONE;		/* keep compiler quiet */
-}
 
 /* compare callback: keep the difference */
 static void
@@ -122,9 +104,15 @@ lock_refused(HtExchangeResult *r, int part, HtPartAnswer answer, const char *whe
 						  not_built ? "not built" : "locked", where);
 }
 
-void
-ht_exchange_partition(const char *peer_name, int part, HtRepairMode mode,
-					  HtExchangeResult *r)
+/*
+ * Exchange one partition with a peer: lock both sides (a refusal ends it
+ * as skipped_locked or not_built), update both, compare, repair, release
+ * both.  Needs SPI; an ERROR leaves the local side to the caller's
+ * (sub)transaction abort and the peer's lock to closing the connection.
+ */
+static void
+exchange_partition(const char *peer_name, int part, HtRepairMode mode,
+				   HtExchangeResult *r)
 {
 	HtPeer	   *peer;
 	int64		rt0;
@@ -187,7 +175,8 @@ ht_exchange_partition(const char *peer_name, int part, HtRepairMode mode,
 	ht_compare(part, peer, collect, r);
 
 	if (mode != HT_REPAIR_NONE && r->ndiffs > 0)
-		ht_repair(peer, part, mode, r);
+		r->repaired = ht_repair(peer, part, mode, r->diffs, r->ndiffs, &r->message,
+								ht_exchange_quiet);
 
 	/* a reconnection since the lock would mean the peer's lock was lost */
 	if (ht_peer_generation(peer) != generation)
@@ -219,8 +208,14 @@ ht_exchange_partition(const char *peer_name, int part, HtRepairMode mode,
 static bool keep_cancel = false;
 static bool canceled = false;
 
-void
-ht_exchange_failed(const char *peer_name, ErrorData *edata, HtExchangeResult *r)
+/*
+ * The error of a failed partition (copied, its subtransaction or
+ * transaction rolled back): recorded in r, the peer connection closed; a
+ * cancel or shutdown of this backend is thrown again (within exchange(),
+ * a cancel is recorded as the partition's error "canceled").
+ */
+static void
+exchange_failed(const char *peer_name, ErrorData *edata, HtExchangeResult *r)
 {
 	/*
 	 * A cancel or a shutdown of this backend stops everything.  These are
@@ -263,8 +258,9 @@ static HtQuery q_log = {
 		INT8OID, INT8OID, INT8OID, INT8OID, INT8OID, INT8OID, INT8OID, INT8OID}
 };
 
-void
-ht_exchange_log(const char *peer_name, HtRepairMode mode, bool worker, HtExchangeResult *r)
+/* append r to hashtree.exchange_log (needs SPI) */
+static void
+log_exchange(const char *peer_name, HtRepairMode mode, bool worker, HtExchangeResult *r)
 {
 	Datum		v[16];
 	bool		n[16];
@@ -302,7 +298,7 @@ exchange_partition_fn(void *arg)
 {
 	PartitionRun *run = (PartitionRun *) arg;
 
-	ht_exchange_partition(run->peer_name, run->part, run->mode, run->r);
+	exchange_partition(run->peer_name, run->part, run->mode, run->r);
 }
 
 void
@@ -326,7 +322,7 @@ ht_exchange_one(const char *peer_name, int part, HtRepairMode mode, bool worker,
 		if (edata != NULL)
 		{
 			canceled = false;
-			ht_exchange_failed(peer_name, edata, r);
+			exchange_failed(peer_name, edata, r);
 			/* an unreachable peer: do not try the next partitions */
 			if (canceled)
 				*unreachable = psprintf("not attempted: the exchange was canceled at partition %d",
@@ -341,7 +337,7 @@ ht_exchange_one(const char *peer_name, int part, HtRepairMode mode, bool worker,
 		}
 	}
 	r->finished = GetCurrentTimestamp();
-	ht_exchange_log(peer_name, mode, worker, r);
+	log_exchange(peer_name, mode, worker, r);
 }
 
 /* ---- exchange(peer, partition, repair) -------------------------------------- */

@@ -2,7 +2,7 @@
  *
  * exchange.h
  *	  Anti-entropy exchange with a peer: lock and update both sides,
- *	  compare, repair, release; and the repair of the differences.
+ *	  compare, repair (repair.h), release.
  *
  *-------------------------------------------------------------------------
  */
@@ -12,24 +12,10 @@
 #include "postgres.h"
 
 #include "datatype/timestamp.h"
-#include "utils/elog.h"
 
 #include "compare.h"
 #include "remote.h"
-
-typedef enum HtRepairMode
-{
-	HT_REPAIR_NONE,
-	HT_REPAIR_PULL,				/* make this node's rows equal to the peer's */
-	HT_REPAIR_PUSH,				/* make the peer's rows equal to this node's */
-	HT_NREPAIR_MODES
-} HtRepairMode;
-
-/* the names exchange(), hashtree.repair and exchange_log.repair use */
-extern const char *const ht_repair_mode_names[HT_NREPAIR_MODES];
-
-/* the mode a name names; ERROR if none */
-extern HtRepairMode ht_repair_mode(const char *name);
+#include "repair.h"
 
 /*
  * What became of one partition; the names are exchange_log.outcome's.  A
@@ -45,16 +31,6 @@ typedef enum HtExchangeOutcome
 } HtExchangeOutcome;
 
 extern const char *const ht_exchange_outcome_names[HT_NOUTCOMES];
-
-/* one difference found by compare (strings in server encoding) */
-typedef struct HtDiff
-{
-	HtDiffKind	kind;
-	char	   *pa;
-	char	   *pb;				/* NULL: the whole prefix_a */
-	bytea	   *key;			/* NULL: the whole prefix */
-	bool		repaired;
-} HtDiff;
 
 /* what became of one partition */
 typedef struct HtExchangeResult
@@ -75,24 +51,6 @@ typedef struct HtExchangeResult
 } HtExchangeResult;
 
 /*
- * Exchange one partition with a peer: lock both sides (a refusal ends it
- * as skipped_locked or not_built), update both, compare, repair, release
- * both.  Needs SPI; an ERROR leaves the local side to the caller's
- * (sub)transaction abort and the peer's lock to closing the connection.
- */
-extern void ht_exchange_partition(const char *peer_name, int part, HtRepairMode mode,
-								  HtExchangeResult *r);
-
-/*
- * The error of a failed partition (copied, its subtransaction or
- * transaction rolled back): recorded in r, the peer connection closed; a
- * cancel or shutdown of this backend is thrown again (within exchange(),
- * a cancel is recorded as the partition's error "canceled").
- */
-extern void ht_exchange_failed(const char *peer_name, ErrorData *edata,
-							   HtExchangeResult *r);
-
-/*
  * Exchange one partition in a subtransaction, record the outcome in r and
  * in hashtree.exchange_log.  *unreachable (NULL at first) is set when the
  * peer is lost or (within exchange()) the exchange was canceled, and the
@@ -104,12 +62,5 @@ extern void ht_exchange_one(const char *peer_name, int part, HtRepairMode mode,
 
 /* no WARNING per failed partition or prefix (the workers log one line) */
 extern bool ht_exchange_quiet;
-
-/* append r to hashtree.exchange_log (needs SPI) */
-extern void ht_exchange_log(const char *peer_name, HtRepairMode mode, bool worker,
-							HtExchangeResult *r);
-
-/* repair the differences of a partition (needs SPI) */
-extern void ht_repair(HtPeer *peer, int part, HtRepairMode mode, HtExchangeResult *r);
 
 #endif							/* HT_EXCHANGE_H */

@@ -57,10 +57,10 @@
 #include "utils/syscache.h"
 
 #include "common.h"
+#include "ddl.h"
 #include "frag.h"
 #include "linhash.h"
 #include "sqlexec.h"
-#include "track.h"
 
 /* ---- registry ---------------------------------------------------------------- */
 
@@ -172,8 +172,9 @@ static HtQuery q_frag_forget = {
 	0, {InvalidOid}
 };
 
-void
-ht_frag_forget_dropped(void)
+/* forget the tables that were dropped (needs SPI) */
+static void
+forget_dropped(void)
 {
 	ht_exec_as_owner(&q_frag_forget, NULL, NULL, 0);
 }
@@ -192,7 +193,7 @@ ht_frag_dropped(PG_FUNCTION_ARGS)
 		PG_RETURN_VOID();
 	SPI_connect();
 	HT_API_BEGIN();
-	ht_frag_forget_dropped();
+	forget_dropped();
 	HT_API_END();
 	SPI_finish();
 	PG_RETURN_VOID();
@@ -426,7 +427,8 @@ rel_reltuples(Oid relid)
 /*
  * hashtree.frag_init(tbl regclass, n_fragments int DEFAULT 1) RETURNS frag_state
  * Creates the n fragments of a hash-partitioned table without partitions
- * (owned by the table's owner) and registers it.  ACCESS EXCLUSIVE on tbl.
+ * (owned by the table's owner) and registers it.  Locks: ACCESS EXCLUSIVE
+ * on tbl; ROW EXCLUSIVE on hashtree.frag_table.
  */
 PG_FUNCTION_INFO_V1(ht_frag_init);
 Datum
@@ -488,7 +490,7 @@ ht_frag_init(PG_FUNCTION_ARGS)
 				   quote_identifier(GetUserNameFromId(owner, false)));
 	}
 	frag_register(relid, &s);
-	ht_track_partitions_changed(relid);
+	ht_ddl_partitions_changed(relid);
 	HT_API_END();
 	SPI_finish();
 	return state_datum(fcinfo, &s);
@@ -496,7 +498,7 @@ ht_frag_init(PG_FUNCTION_ARGS)
 
 /*
  * hashtree.frag_state(tbl regclass) RETURNS frag_state
- * The recorded state of a fragmented table.  ACCESS SHARE on tbl.
+ * The recorded state of a fragmented table.  Locks: ACCESS SHARE on tbl.
  */
 PG_FUNCTION_INFO_V1(ht_frag_state);
 Datum
@@ -515,8 +517,8 @@ ht_frag_state(PG_FUNCTION_ARGS)
 
 /*
  * hashtree.frag_names(tbl regclass) RETURNS SETOF regclass
- * The fragments 1..N, after checking them against the state.  ACCESS SHARE
- * on tbl.
+ * The fragments 1..N, after checking them against the state.  Locks:
+ * ACCESS SHARE on tbl.
  */
 PG_FUNCTION_INFO_V1(ht_frag_names);
 Datum
@@ -546,8 +548,8 @@ ht_frag_names(PG_FUNCTION_ARGS)
 /*
  * hashtree.frag_size(tbl regclass, exact boolean DEFAULT false)
  *   RETURNS TABLE(fragment int, relation regclass, rows bigint)
- * Rows per fragment: counted (exact) or the planner's estimate.  ACCESS
- * SHARE on tbl (and on the fragments when counting).
+ * Rows per fragment: counted (exact) or the planner's estimate.  Locks:
+ * ACCESS SHARE on tbl (and on the fragments when counting).
  */
 PG_FUNCTION_INFO_V1(ht_frag_size);
 Datum
@@ -596,10 +598,14 @@ ht_frag_size(PG_FUNCTION_ARGS)
 
 /*
  * hashtree.frag_activate(tbl regclass) RETURNS frag_state
- * A plain table becomes fragment 1 of a new hash
- * parent that takes its name, partitioned by its primary key; no rewrite:
- * the new partition carries a CHECK identical to the partition constraint
- * (validated while reads and writes go on), so ATTACH does not scan it.
+ * A plain table becomes fragment 1 of a new hash parent that takes its
+ * name, partitioned by its primary key; no rewrite: the new partition
+ * carries a CHECK identical to the partition constraint (validated as the
+ * table's owner), so ATTACH does not scan it.  Locks: SHARE UPDATE
+ * EXCLUSIVE on tbl while checking it, then ACCESS EXCLUSIVE on tbl from
+ * adding the CHECK (ALTER TABLE ... ADD CONSTRAINT) until commit, so the
+ * validation scan blocks readers and writers too; ACCESS EXCLUSIVE on the
+ * new parent; ROW EXCLUSIVE on hashtree.frag_table.
  */
 PG_FUNCTION_INFO_V1(ht_frag_activate);
 Datum
@@ -941,8 +947,8 @@ convert_key(KeyCache *kc, int i, Datum v)
 
 /*
  * hashtree.key_to_frag_number(tbl regclass, VARIADIC key "any") RETURNS int
- * The fragment PostgreSQL routes the key to.  Needs SELECT on tbl; ACCESS
- * SHARE on tbl.
+ * The fragment PostgreSQL routes the key to.  Needs SELECT on tbl.  Locks:
+ * ACCESS SHARE on tbl.
  */
 PG_FUNCTION_INFO_V1(ht_key_to_frag_number);
 Datum
@@ -1207,7 +1213,7 @@ raw_user_cast(Node *node, void *context)
  * hashtree.match_spec_to_frag_numbers(tbl regclass, predicate text) RETURNS int[]
  * The fragments a scan of tbl with this WHERE clause reads after plan-time
  * pruning; the predicate is planned, never run, and may use only built-in
- * code.  ACCESS SHARE on tbl.
+ * code.  Locks: ACCESS SHARE on tbl.
  */
 PG_FUNCTION_INFO_V1(ht_match_spec_to_frag_numbers);
 Datum

@@ -6,7 +6,7 @@
  *
  * frag.c holds the registry, the layout check, the lookups
  * (key_to_frag_number, match_spec_to_frag_numbers) and frag_init /
- * frag_activate; fragops.c moves rows (add_frag, del_frag).
+ * frag_activate; fragops.c (fragops.h) moves rows (add_frag, del_frag).
  *
  *-------------------------------------------------------------------------
  */
@@ -37,9 +37,6 @@ typedef struct HtFragTable
 /* the registry row of a table (needs SPI); false if it is not registered */
 extern bool ht_frag_lookup(Oid relid, HtFragTable *ft);
 
-/* forget the tables that were dropped (needs SPI) */
-extern void ht_frag_forget_dropped(void);
-
 /* write the state of a registered table, clearing any operation (needs SPI) */
 extern void ht_frag_store_state(Oid relid, const HtLinState *s);
 
@@ -69,14 +66,5 @@ extern void ht_copy_grants(Oid from, const char *qto);
 
 /* the parent's name and a fragment's, quoted and qualified */
 extern char *ht_rel_qname(Oid relid);
-
-/* roll back an interrupted online operation on a table, if any (needs SPI) */
-extern void ht_frag_recover(Oid relid);
-
-/* roll back the unfinished operations nobody is running (needs SPI) */
-extern void ht_frag_recover_all(void);
-
-/* the background job of an online operation (worker.c starts it) */
-extern void ht_frag_prepare_job(Oid relid, bool add);
 
 #endif							/* HT_FRAG_H */

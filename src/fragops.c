@@ -73,13 +73,14 @@
 #include "utils/syscache.h"
 #include "utils/timestamp.h"
 
+#include "bgjob.h"
 #include "common.h"
+#include "ddl.h"
 #include "frag.h"
+#include "fragops.h"
 #include "linhash.h"
 #include "partlock.h"
 #include "sqlexec.h"
-#include "track.h"
-#include "worker.h"
 
 /* pg_try_advisory_xact_lock(HT_FRAG_LOCK_KEY, relid): one operation per table */
 #define HT_FRAG_LOCK_KEY 1213464577
@@ -467,6 +468,7 @@ add_bound_checks(FragOp *op)
 /* ---- capture (online mode) ------------------------------------------------------ */
 
 static void with_lock_retry(void (*fn) (void *), void *arg, const char *what);
+static void recover_op(Oid relid);
 static void create_capture_triggers(void *arg);
 
 #define CAPTURE_TRIGGER			"hashtree_frag_capture"
@@ -724,7 +726,7 @@ capture_exec(SPIPlanPtr plan, Datum *v, const char *n)
  * Row trigger AFTER INSERT OR UPDATE OR DELETE and statement trigger AFTER
  * TRUNCATE on the sources of an online add_frag/del_frag: logs the keys
  * written (or a TRUNCATE marker) into the operation's log table, as the
- * writing role.  Takes ROW EXCLUSIVE on the log, ACCESS SHARE on the
+ * writing role.  Locks: ROW EXCLUSIVE on the log, ACCESS SHARE on the
  * registry and the parent.
  */
 PG_FUNCTION_INFO_V1(ht_frag_capture);
@@ -904,7 +906,7 @@ swap(FragOp *op, bool online, int64 moved)
 		ht_sql("ALTER TABLE %s RENAME TO %s", tgt_q(op, t), quote_identifier(op->tgt_final[t]));
 	}
 	ht_frag_store_state(op->relid, &op->after);
-	ht_track_partitions_changed(op->relid);
+	ht_ddl_partitions_changed(op->relid);
 	return moved;
 }
 
@@ -965,7 +967,7 @@ block_writes_fn(void *arg)
 		ht_sql("LOCK TABLE %s IN SHARE MODE", ht_rel_qname(op->src[i]));
 	/* (after the parent's lock: dropping the leftovers locks fragments) */
 	if (b->recover)
-		ht_frag_recover(op->relid);
+		recover_op(op->relid);
 	for (int t = 0; t < op->ntgt; t++)
 		create_target(op, t);
 	b->moved = copy_rows_as_owner(op, NULL);
@@ -1102,7 +1104,7 @@ prepare_step(Oid relid, bool add, int step, FragOp *op)
 		PushActiveSnapshot(GetTransactionSnapshot());
 		HT_API_BEGIN();
 		if (step == 0)
-			ht_frag_recover(relid);
+			recover_op(relid);
 		else
 		{
 			plan_in_worker(relid, add, op);
@@ -1129,7 +1131,6 @@ prepare_step(Oid relid, bool add, int step, FragOp *op)
 	return edata;
 }
 
-/* the job: prepare an online operation (worker.c runs it as the caller) */
 void
 ht_frag_prepare_job(Oid relid, bool add)
 {
@@ -1170,6 +1171,28 @@ ht_frag_prepare_job(Oid relid, bool add)
 	CommitTransactionCommand();
 }
 
+/*
+ * Start the background preparation of an online add_frag (add) or
+ * del_frag on a table, as the current role (a job that runs
+ * ht_frag_prepare_job); false if no worker slot.
+ */
+static bool
+start_prepare_job(Oid relid, bool add, BackgroundWorkerHandle **handle)
+{
+	HtJob		job;
+	char		name[BGW_MAXLEN];
+
+	memset(&job, 0, sizeof(job));
+	job.dboid = MyDatabaseId;
+	job.kind = HT_JOB_FRAG;
+	job.mode = add ? 1 : 0;
+	job.userid = GetUserId();
+	job.relid = relid;
+	snprintf(name, sizeof(name), "hashtree %s copy of table %u", add ? "add_frag" : "del_frag",
+			 relid);
+	return ht_job_register(&job, name, "hashtree fragment copy", handle);
+}
+
 /* start the preparation in a background worker and wait for it; rows moved */
 static int64
 prepare_online(FragOp *op)
@@ -1178,7 +1201,7 @@ prepare_online(FragOp *op)
 	pid_t		pid;
 	HtFragTable ft;
 
-	if (!ht_frag_start_job(op->relid, op->add, &handle))
+	if (!start_prepare_job(op->relid, op->add, &handle))
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
 				 errmsg("no background worker slot for an online %s",
@@ -1233,8 +1256,9 @@ try_op_lock(Oid relid)
 	return DatumGetBool(ht_col(0, 1, &isnull));
 }
 
-void
-ht_frag_recover(Oid relid)
+/* roll back an interrupted online operation on a table, if any (needs SPI) */
+static void
+recover_op(Oid relid)
 {
 	HtFragTable ft;
 
@@ -1256,7 +1280,7 @@ ht_frag_recover_all(void)
 		rels[i] = DatumGetObjectId(ht_col(i, 1, &isnull));
 	for (uint64 i = 0; i < n; i++)
 		if (get_rel_name(rels[i]) != NULL && try_op_lock(rels[i]))
-			ht_frag_recover(rels[i]);
+			recover_op(rels[i]);
 }
 
 /* ---- add_frag, del_frag ------------------------------------------------------------------ */

@@ -74,9 +74,6 @@ extern void ht_part_record_build(int part, double ms);
 /* a foreign write reached the extension's tables: nothing is built */
 extern void ht_part_mark_all_unbuilt(void);
 
-/* start time of a live backend, false if no such backend */
-extern bool ht_backend_start(int pid, TimestampTz *start);
-
 /* pid if (pid, start) is a live backend, else 0 */
 extern int	ht_live_owner(int pid, TimestampTz start);
 

@@ -20,6 +20,7 @@
 #include "partops.h"
 #include "store.h"
 #include "track.h"
+#include "update.h"
 
 /* update and reset need a fresh snapshot per statement */
 static void

@@ -12,7 +12,7 @@
  *
  * For a tracked table (tracked on both sides) the rows are copied as
  * per-column values matched by column name (binary for built-in types,
- * else text under pinned settings; see track.c), with their row hashes,
+ * else text under pinned settings; see rowio.c), with their row hashes,
  * by hashtree._rows_by_key / _partition_rows on the source and
  * hashtree._apply_rows / _delete_partition_rows on the target, 1,000
  * keys per statement.  Those helpers read and write the rows as the
@@ -37,8 +37,8 @@
 #include "utils/fmgroids.h"
 
 #include "common.h"
-#include "exchange.h"
 #include "remote.h"
+#include "repair.h"
 #include "sqlexec.h"
 #include "treemath.h"
 
@@ -358,9 +358,29 @@ repair_prefix(Work *w, char **message)
 	return false;
 }
 
-void
-ht_repair(HtPeer *peer, int part, HtRepairMode mode, HtExchangeResult *r)
+const char *const ht_repair_mode_names[HT_NREPAIR_MODES] = {
+	[HT_REPAIR_NONE] = "none",
+	[HT_REPAIR_PULL] = "pull",
+	[HT_REPAIR_PUSH] = "push",
+};
+
+HtRepairMode
+ht_repair_mode(const char *name)
 {
+	for (int i = 0; i < HT_NREPAIR_MODES; i++)
+		if (strcmp(name, ht_repair_mode_names[i]) == 0)
+			return (HtRepairMode) i;
+	ereport(ERROR,
+			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+			 errmsg("repair must be none, pull or push, not \"%s\"", name)));
+	return HT_REPAIR_NONE;		/* keep compiler quiet */
+}
+
+int64
+ht_repair(HtPeer *peer, int part, HtRepairMode mode, HtDiff *diffs, int ndiffs,
+		  char **first_message, bool quiet)
+{
+	int64		repaired = 0;
 	Registry	local;
 	Registry	remote;
 	HtDiff	  **d;
@@ -371,10 +391,10 @@ ht_repair(HtPeer *peer, int part, HtRepairMode mode, HtExchangeResult *r)
 	registry_of(peer, &remote);
 
 	/* a whole prefix_a: one difference per prefix_b of the side that has it */
-	d = palloc(sizeof(HtDiff *) * r->ndiffs);
-	for (int i = 0; i < r->ndiffs; i++)
+	d = palloc(sizeof(HtDiff *) * ndiffs);
+	for (int i = 0; i < ndiffs; i++)
 	{
-		HtDiff	   *x = &r->diffs[i];
+		HtDiff	   *x = &diffs[i];
 
 		if (x->pb != NULL)
 		{
@@ -385,7 +405,7 @@ ht_repair(HtPeer *peer, int part, HtRepairMode mode, HtExchangeResult *r)
 			HtRemoteResult *res = children_of(x->kind == HT_MISSING_PREFIX ? peer : NULL,
 											  part, x->pa);
 
-			d = repalloc(d, sizeof(HtDiff *) * (r->ndiffs + n + res->nrows + 1));
+			d = repalloc(d, sizeof(HtDiff *) * (ndiffs + n + res->nrows + 1));
 			for (int c = 0; c < res->nrows; c++)
 			{
 				HtDiff	   *y = palloc(sizeof(HtDiff));
@@ -473,19 +493,19 @@ ht_repair(HtPeer *peer, int part, HtRepairMode mode, HtExchangeResult *r)
 		if (!ok)
 		{
 			/* a whole prefix_a is repaired only if all its children are */
-			for (int k = 0; k < r->ndiffs; k++)
-				if (r->diffs[k].pb == NULL && strcmp(r->diffs[k].pa, w.pa) == 0)
-					r->diffs[k].repaired = false;
-			if (r->message == NULL)
-				r->message = message;
-			if (!ht_exchange_quiet)
+			for (int k = 0; k < ndiffs; k++)
+				if (diffs[k].pb == NULL && strcmp(diffs[k].pa, w.pa) == 0)
+					diffs[k].repaired = false;
+			if (*first_message == NULL)
+				*first_message = message;
+			if (!quiet)
 				ereport(WARNING, (errmsg("hashtree: partition %d: %s", part, message)));
 		}
 		i = j;
 	}
 
-	r->repaired = 0;
-	for (int k = 0; k < r->ndiffs; k++)
-		if (r->diffs[k].repaired)
-			r->repaired++;
+	for (int k = 0; k < ndiffs; k++)
+		if (diffs[k].repaired)
+			repaired++;
+	return repaired;
 }

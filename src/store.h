@@ -2,7 +2,8 @@
  *
  * store.h
  *	  Tree storage: entries, the dirty-segment log and tree nodes in the
- *	  extension's tables; incremental update and full rebuild.
+ *	  extension's tables; batched reads, full rebuild and check (the
+ *	  incremental update is in update.h).
  *
  * All functions need an SPI connection.  Trees are named by depth and the
  * text datums pa, pb (root: '', ''; prefix tree: a, ''; leaf tree: a, b).
@@ -17,34 +18,10 @@
 #include "funcapi.h"
 #include "utils/tuplestore.h"
 
-#include "pack.h"
-#include "partlock.h"
-
-typedef struct HtUpdateStats
-{
-	int64		segments;		/* segments recomputed */
-	int64		nodes;			/* node and derived-entry rows written */
-} HtUpdateStats;
-
 /* write or remove a leaf entry (depth 2) and log its segment as dirty */
 extern void ht_store_put(int part, text *pa, text *pb, bytea *key,
 						 bytea *hash, bool if_missing);
 extern void ht_store_delete(int part, text *pa, text *pb, bytea *key);
-
-/*
- * fold the committed dirty segments of a partition, and the bucket deltas
- * of the packs a fold of tracked tables' keys rewrote (pd, may be NULL),
- * into its trees
- */
-extern void ht_store_update(int part, const HtBucketDeltas *pd, HtUpdateStats *stats);
-
-/*
- * Bring partition part's trees up to date now, without folding logged keys,
- * if it is built, unlocked and not being updated (track() does this for the
- * trees it re-hashed); false when it is not, the trees left to the next
- * update.  READ COMMITTED only (false otherwise).  Needs SPI.
- */
-extern bool ht_store_update_if_free(int part);
 
 /*
  * drop a partition's trees and build them again from its entries (the

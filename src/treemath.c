@@ -37,6 +37,35 @@ ht_buckets_at_level(int depth, int level)
 }
 
 void
+ht_check_level_bucket(int depth, int level, int64 bucket)
+{
+	int64		nb;
+
+	if (level < 1 || level > HT_LEVELS)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("level must be between 1 and %d, not %d", HT_LEVELS, level)));
+	nb = ht_buckets_at_level(depth, level);
+	if (bucket < 0 || bucket >= nb)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("bucket " INT64_FORMAT " does not exist at level %d", bucket, level),
+				 errdetail("Level %d of this tree has buckets 0 to " INT64_FORMAT ".",
+						   level, nb - 1)));
+}
+
+void
+ht_check_segment(int depth, int64 seg)
+{
+	if (seg < 0 || seg >= HT_SEGMENTS(depth))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("segment " INT64_FORMAT " does not exist", seg),
+				 errdetail("This tree has segments 0 to " INT64_FORMAT ".",
+						   HT_SEGMENTS(depth) - 1)));
+}
+
+void
 ht_sum_add(HtSum *acc, const HtSum *x)
 {
 	uint64		carry = 0;

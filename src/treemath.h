@@ -55,6 +55,13 @@ extern const HtGeometry ht_geometry[HT_NDEPTHS];
 extern int64 ht_buckets_at_level(int depth, int level);
 
 /*
+ * ERROR (invalid parameter value) unless bucket exists at level 1..3 of a
+ * tree of that depth, or seg is one of its segments
+ */
+extern void ht_check_level_bucket(int depth, int level, int64 bucket);
+extern void ht_check_segment(int depth, int64 seg);
+
+/*
  * A 256-bit unsigned integer modulo 2^256, four 64-bit limbs, least
  * significant first.  Node hashes are sums of digests: adding and
  * subtracting children is what makes an update O(changed segments).

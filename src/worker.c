@@ -42,14 +42,15 @@
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
+#include "bgjob.h"
 #include "common.h"
 #include "exchange.h"
-#include "frag.h"
+#include "fragops.h"
 #include "partlock.h"
 #include "partops.h"
 #include "remote.h"
+#include "repair.h"
 #include "sqlexec.h"
-#include "store.h"
 #include "worker.h"
 
 char	   *ht_guc_database = NULL;
@@ -60,27 +61,6 @@ int			ht_guc_repair = HT_REPAIR_NONE;
 
 /* hashtree.repair's values: filled from ht_repair_mode_names */
 static struct config_enum_entry repair_options[HT_NREPAIR_MODES + 1];
-
-/* what a job does: passed in bgw_extra */
-typedef enum JobKind
-{
-	JOB_EXCHANGE = 1,
-	JOB_REBUILD = 2,
-	JOB_FRAG = 3				/* prepare an online add_frag or del_frag */
-} JobKind;
-
-typedef struct Job
-{
-	Oid			dboid;
-	int			kind;
-	int			part;			/* rebuild */
-	int			mode;			/* exchange: HtRepairMode; frag: 1 add, 0 del */
-	char		peer[HT_MAX_PEER_NAME_LEN + 1]; /* exchange */
-	Oid			userid;			/* frag: runs as this role */
-	Oid			relid;			/* frag: the table */
-} Job;
-
-StaticAssertDecl(sizeof(Job) <= BGW_EXTRALEN, "a job must fit in bgw_extra");
 
 #define MAX_BACKOFF_SHIFT	5	/* at most 32 exchange intervals */
 #define REBUILD_RETRY_MS	60000	/* a failed rebuild is tried again after */
@@ -294,7 +274,7 @@ run_step(const char *activity, StepFn fn, void *arg, char **last)
 typedef struct Running
 {
 	bool		used;
-	Job			job;
+	HtJob		job;
 	BackgroundWorkerHandle *handle;
 	int64		mark;			/* exchange: last exchange_log id before the job;
 								 * rebuild: the partition's builds count */
@@ -346,27 +326,13 @@ count_running(int kind)
 	return n;
 }
 
-/* a dynamic worker running job, reporting to this backend */
-static void
-job_worker(BackgroundWorker *w, Job *job)
-{
-	memset(w, 0, sizeof(*w));
-	w->bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
-	w->bgw_start_time = BgWorkerStart_RecoveryFinished;
-	w->bgw_restart_time = BGW_NEVER_RESTART;
-	w->bgw_notify_pid = MyProcPid;
-	snprintf(w->bgw_library_name, BGW_MAXLEN, "hashtree");
-	snprintf(w->bgw_function_name, BGW_MAXLEN, "ht_job_main");
-	memcpy(w->bgw_extra, job, sizeof(Job));
-}
-
 static bool
-start_job(Job *job, int64 mark)
+start_job(HtJob *job, int64 mark)
 {
-	BackgroundWorker w;
 	int			slot = -1;
 	MemoryContext old;
 	bool		registered;
+	char		name[BGW_MAXLEN];
 
 	for (int i = 0; i < MAX_RUNNING && slot < 0; i++)
 		if (!running[i].used)
@@ -374,19 +340,14 @@ start_job(Job *job, int64 mark)
 	if (slot < 0)
 		return false;
 
-	job_worker(&w, job);
-	if (job->kind == JOB_EXCHANGE)
-	{
-		snprintf(w.bgw_name, BGW_MAXLEN, "hashtree exchange with %s", job->peer);
-		snprintf(w.bgw_type, BGW_MAXLEN, "hashtree exchange");
-	}
+	if (job->kind == HT_JOB_EXCHANGE)
+		snprintf(name, sizeof(name), "hashtree exchange with %s", job->peer);
 	else
-	{
-		snprintf(w.bgw_name, BGW_MAXLEN, "hashtree rebuild of partition %d", job->part);
-		snprintf(w.bgw_type, BGW_MAXLEN, "hashtree rebuild");
-	}
+		snprintf(name, sizeof(name), "hashtree rebuild of partition %d", job->part);
 	old = MemoryContextSwitchTo(TopMemoryContext);	/* the handle outlives the loop */
-	registered = RegisterDynamicBackgroundWorker(&w, &running[slot].handle);
+	registered = ht_job_register(job, name,
+								 job->kind == HT_JOB_EXCHANGE ? "hashtree exchange" : "hashtree rebuild",
+								 &running[slot].handle);
 	MemoryContextSwitchTo(old);
 	if (!registered)
 	{
@@ -466,7 +427,7 @@ reap_jobs(void)
 
 		if (!r->used || GetBackgroundWorkerPid(r->handle, &pid) != BGWH_STOPPED)
 			continue;
-		if (r->job.kind == JOB_EXCHANGE)
+		if (r->job.kind == HT_JOB_EXCHANGE)
 		{
 			ExchangeEnd e = {r, true};
 			Backoff    *b = backoff_of(r->job.peer);
@@ -641,7 +602,7 @@ peer_pick_step(void *arg)
 
 		pick->log_id = DatumGetInt64(ht_col(i, 2, &isnull));
 		for (int j = 0; j < MAX_RUNNING; j++)
-			if (running[j].used && running[j].job.kind == JOB_EXCHANGE &&
+			if (running[j].used && running[j].job.kind == HT_JOB_EXCHANGE &&
 				strcmp(running[j].job.peer, name) == 0)
 				busy = true;
 		if (busy || strlen(name) > HT_MAX_PEER_NAME_LEN || backoff_of(name)->not_before > now)
@@ -659,15 +620,15 @@ static void
 start_exchange(void)
 {
 	PeerPick	pick = {NULL, 0};
-	Job			job;
+	HtJob		job;
 
-	if (!extension_present || count_running(JOB_EXCHANGE) >= ht_guc_max_exchanges)
+	if (!extension_present || count_running(HT_JOB_EXCHANGE) >= ht_guc_max_exchanges)
 		return;
 	if (!run_step("choosing a peer", peer_pick_step, &pick, NULL) || pick.peer == NULL)
 		return;
 	memset(&job, 0, sizeof(job));
 	job.dboid = MyDatabaseId;
-	job.kind = JOB_EXCHANGE;
+	job.kind = HT_JOB_EXCHANGE;
 	job.mode = ht_guc_repair;
 	strlcpy(job.peer, pick.peer, sizeof(job.peer));
 	pfree(pick.peer);
@@ -712,16 +673,16 @@ static void
 start_rebuild(void)
 {
 	RebuildPick pick = {-1, 0};
-	Job			job;
+	HtJob		job;
 
 	/* one rebuild at a time: never a storm */
-	if (count_running(JOB_REBUILD) > 0 ||
+	if (count_running(HT_JOB_REBUILD) > 0 ||
 		!run_step("looking for expired trees", rebuild_pick_step, &pick, NULL) ||
 		pick.part < 0)
 		return;
 	memset(&job, 0, sizeof(job));
 	job.dboid = MyDatabaseId;
-	job.kind = JOB_REBUILD;
+	job.kind = HT_JOB_REBUILD;
 	job.part = pick.part;
 	if (!start_job(&job, pick.builds))
 		rebuild_not_before[pick.part] =
@@ -849,7 +810,7 @@ ht_launcher_main(Datum arg)
 
 typedef struct ExchangeRun
 {
-	Job		   *job;
+	HtJob	   *job;
 	int			part;
 	char	   *unreachable;
 	HtExchangeResult r;
@@ -879,7 +840,7 @@ partitions_step(void *arg)
 }
 
 static void
-run_exchange(Job *job)
+run_exchange(HtJob *job)
 {
 	ExchangeRun x;
 	int			n = 0;
@@ -964,7 +925,7 @@ rebuild_step(void *arg)
 }
 
 static void
-run_rebuild(Job *job)
+run_rebuild(HtJob *job)
 {
 	RebuildRun rb = {job->part, false, false};
 	TimestampTz start = GetCurrentTimestamp();
@@ -981,44 +942,24 @@ run_rebuild(Job *job)
 void
 ht_job_main(Datum arg)
 {
-	Job			job;
+	HtJob		job;
 
-	memcpy(&job, MyBgworkerEntry->bgw_extra, sizeof(Job));
+	memcpy(&job, MyBgworkerEntry->bgw_extra, sizeof(HtJob));
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(job.dboid,
-											  job.kind == JOB_FRAG ? job.userid : InvalidOid, 0);
+											  job.kind == HT_JOB_FRAG ? job.userid : InvalidOid, 0);
 	worker_session_setup();
-	pgstat_report_appname(job.kind == JOB_EXCHANGE ? "hashtree exchange" :
-						  job.kind == JOB_REBUILD ? "hashtree rebuild" : "hashtree fragment copy");
+	pgstat_report_appname(job.kind == HT_JOB_EXCHANGE ? "hashtree exchange" :
+						  job.kind == HT_JOB_REBUILD ? "hashtree rebuild" : "hashtree fragment copy");
 	ht_exchange_quiet = true;
 
-	if (job.kind == JOB_EXCHANGE)
+	if (job.kind == HT_JOB_EXCHANGE)
 		run_exchange(&job);
-	else if (job.kind == JOB_REBUILD)
+	else if (job.kind == HT_JOB_REBUILD)
 		run_rebuild(&job);
 	else
 		ht_frag_prepare_job(job.relid, job.mode == 1);
 	proc_exit(0);
-}
-
-bool
-ht_frag_start_job(Oid relid, bool add, BackgroundWorkerHandle **handle)
-{
-	BackgroundWorker w;
-	Job			job;
-
-	memset(&job, 0, sizeof(job));
-	job.dboid = MyDatabaseId;
-	job.kind = JOB_FRAG;
-	job.mode = add ? 1 : 0;
-	job.userid = GetUserId();
-	job.relid = relid;
-
-	job_worker(&w, &job);
-	snprintf(w.bgw_name, BGW_MAXLEN, "hashtree %s copy of table %u", add ? "add_frag" : "del_frag",
-			 relid);
-	snprintf(w.bgw_type, BGW_MAXLEN, "hashtree fragment copy");
-	return RegisterDynamicBackgroundWorker(&w, handle);
 }

@@ -27,13 +27,6 @@ extern int	ht_guc_repair;			/* HtRepairMode */
 /* define the workers' GUCs; register the launcher when preloading */
 extern void ht_worker_init(void);
 
-/*
- * Start the background preparation of an online add_frag (add) or
- * del_frag on a table, as the current role; false if no worker slot.
- */
-struct BackgroundWorkerHandle;
-extern bool ht_frag_start_job(Oid relid, bool add, struct BackgroundWorkerHandle **handle);
-
 extern PGDLLEXPORT void ht_launcher_main(Datum arg);
 extern PGDLLEXPORT void ht_job_main(Datum arg);
 

@@ -1,0 +1,49 @@
+/*-------------------------------------------------------------------------
+ *
+ * bgjob.h
+ *	  Jobs: dynamic background workers that each do one thing and exit.
+ *
+ * A job is described by an HtJob, passed to the worker in bgw_extra.  The
+ * worker's entry point, ht_job_main, is in worker.c (the workers layer);
+ * this file only names it, so that a feature below the workers (an online
+ * add_frag) can start a job without calling up into worker.c.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef HT_BGJOB_H
+#define HT_BGJOB_H
+
+#include "postgres.h"
+
+#include "common.h"
+
+/* what a job does */
+typedef enum HtJobKind
+{
+	HT_JOB_EXCHANGE = 1,
+	HT_JOB_REBUILD = 2,
+	HT_JOB_FRAG = 3				/* prepare an online add_frag or del_frag */
+} HtJobKind;
+
+typedef struct HtJob
+{
+	Oid			dboid;
+	int			kind;			/* HtJobKind */
+	int			part;			/* rebuild */
+	int			mode;			/* exchange: HtRepairMode; frag: 1 add, 0 del */
+	char		peer[HT_MAX_PEER_NAME_LEN + 1]; /* exchange */
+	Oid			userid;			/* frag: runs as this role */
+	Oid			relid;			/* frag: the table */
+} HtJob;
+
+/*
+ * Register a dynamic background worker (never restarted) that runs job in
+ * ht_job_main, in this database, and reports its end to this backend;
+ * name and type are its bgw_name and bgw_type.  false when no worker slot
+ * is free.  *handle is allocated in CurrentMemoryContext.
+ */
+struct BackgroundWorkerHandle;
+extern bool ht_job_register(const HtJob *job, const char *name, const char *type,
+							struct BackgroundWorkerHandle **handle);
+
+#endif							/* HT_BGJOB_H */

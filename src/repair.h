@@ -1,0 +1,51 @@
+/*-------------------------------------------------------------------------
+ *
+ * repair.h
+ *	  Repair of the differences an exchange found: pull makes this node
+ *	  equal to the peer, push the peer equal to this node.
+ *
+ *-------------------------------------------------------------------------
+ */
+#ifndef HT_REPAIR_H
+#define HT_REPAIR_H
+
+#include "postgres.h"
+
+#include "compare.h"
+#include "remote.h"
+
+typedef enum HtRepairMode
+{
+	HT_REPAIR_NONE,
+	HT_REPAIR_PULL,				/* make this node's rows equal to the peer's */
+	HT_REPAIR_PUSH,				/* make the peer's rows equal to this node's */
+	HT_NREPAIR_MODES
+} HtRepairMode;
+
+/* the names exchange(), hashtree.repair and exchange_log.repair use */
+extern const char *const ht_repair_mode_names[HT_NREPAIR_MODES];
+
+/* the mode a name names; ERROR if none */
+extern HtRepairMode ht_repair_mode(const char *name);
+
+/* one difference found by compare (strings in server encoding) */
+typedef struct HtDiff
+{
+	HtDiffKind	kind;
+	char	   *pa;
+	char	   *pb;				/* NULL: the whole prefix_a */
+	bytea	   *key;			/* NULL: the whole prefix */
+	bool		repaired;
+} HtDiff;
+
+/*
+ * Repair the differences diffs[0 .. ndiffs) of a partition (mode pull or
+ * push), setting their repaired flags; returns the number repaired.  A
+ * prefix that cannot be repaired is reported in *first_message (when still
+ * NULL) and, unless quiet, in a WARNING.  A lost peer, a cancel or a
+ * shutdown is thrown.  Needs SPI.
+ */
+extern int64 ht_repair(HtPeer *peer, int part, HtRepairMode mode, HtDiff *diffs, int ndiffs,
+					   char **first_message, bool quiet);
+
+#endif							/* HT_REPAIR_H */
