@@ -41,12 +41,6 @@ extern int	ht_guc_tree_ttl;			/* s */
 /* this node's name: hashtree.node_name or the derived default */
 extern const char *ht_node_name(void);
 
-/*
- * number of partitions recorded at CREATE EXTENSION (cached per backend;
- * callable from any context, reads the table as the extension owner)
- */
-extern int	ht_num_partitions(void);
-
 /* the OID of the extension's schema, InvalidOid if not installed */
 extern Oid	ht_schema_oid(void);
 
@@ -93,9 +87,6 @@ extern Relation ht_open_relation_arg(Oid relid, LOCKMODE lockmode);
 
 /* the extension owner's role (pg_extension.extowner), InvalidOid if none */
 extern Oid	ht_extension_owner(void);
-
-/* ERROR unless 0 <= part < ht_num_partitions() */
-extern void ht_check_partition(int part);
 
 /*
  * The extension's tables are written only by the extension's own code.

@@ -33,6 +33,7 @@
 
 #include "common.h"
 #include "compare.h"
+#include "partlock.h"
 #include "sqlexec.h"
 #include "store.h"
 #include "treemath.h"

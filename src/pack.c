@@ -51,10 +51,11 @@
 
 #include "common.h"
 #include "pack.h"
+#include "partlock.h"
 #include "sqlexec.h"
 #include "treemath.h"
 
-#define HT_PACK_MIN_SPAN	32		/* (_pack_seg() in the install script probes 32..1024) */
+#define HT_PACK_MIN_SPAN	32		/* one sub-bucket: a pack covers whole sub-buckets */
 #define HT_PACK_MAX_SPAN	1024
 #define HT_PACK_WRITE_BYTES (256 * 1024)	/* pack bytes written at a time */
 
@@ -530,7 +531,13 @@ pack_rewrite(PackRewriter *pu, ItemPointer tid, int32 lo, int cnt, StringInfo bu
 			iv[k] = pu->values[pu->ii->ii_IndexAttrNumbers[k] - 1];
 			in[k] = false;
 		}
-		index_insert(pu->idx, iv, in, &tup->t_self, pu->rel, UNIQUE_CHECK_YES, false, pu->ii);
+		/*
+		 * The same key as the version it replaces, which nobody else can
+		 * write meanwhile (the partition's update lock): no uniqueness
+		 * check, and the hint that lets the B-tree delete the old versions'
+		 * entries bottom-up instead of splitting pages.
+		 */
+		index_insert(pu->idx, iv, in, &tup->t_self, pu->rel, UNIQUE_CHECK_NO, true, pu->ii);
 	}
 	heap_freetuple(tup);
 	pfree(data);
@@ -1528,10 +1535,12 @@ int32_cmp(const void *a, const void *b)
 }
 
 /*
- * _pack_sums(lo, data, segs): for each of the segments segs (sorted or
- * not) that has entries in this pack, (segment, sum of its entry digests,
- * entry count); the leaf sums an update() needs, one decode per pack
- * however many of its segments changed.
+ * hashtree._pack_sums(lo int4, data bytea, segs int4[])
+ *   RETURNS TABLE(seg int4, h bytea, c int8)
+ * Only 0.1's install script names it (kept so that 0.1 can be installed
+ * for the upgrade test; 1.0 drops it).  For each of the segments segs
+ * (sorted or not) that has entries in this pack: the segment, the sum of
+ * its entry digests and its entry count.  Locks: none.
  */
 PG_FUNCTION_INFO_V1(ht_pack_sums);
 Datum

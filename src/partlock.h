@@ -23,6 +23,15 @@ typedef struct HtPartState
 	bool		mine;			/* owner is the calling backend */
 } HtPartState;
 
+/*
+ * number of partitions recorded at CREATE EXTENSION (cached per backend;
+ * callable from any context, reads the table as the extension owner)
+ */
+extern int	ht_num_partitions(void);
+
+/* ERROR unless 0 <= part < ht_num_partitions() */
+extern void ht_check_partition(int part);
+
 extern void ht_part_state(int part, HtPartState *st);
 
 /*

@@ -30,6 +30,7 @@
 #include "utils/syscache.h"
 
 #include "common.h"
+#include "partlock.h"
 #include "rowenc.h"
 #include "rowio.h"
 #include "sqlexec.h"

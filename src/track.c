@@ -67,6 +67,7 @@
 
 #include "common.h"
 #include "pack.h"
+#include "partlock.h"
 #include "rowenc.h"
 #include "sqlexec.h"
 #include "track.h"
@@ -154,8 +155,8 @@ to_utf8(const char *s, int *len)
  * Tracking information of a relation: for a partition of a tracked table,
  * the root's prefix and key columns; for any other table, its own.
  */
-static TrackRel *
-track_rel(Relation rel)
+TrackRel *
+ht_track_rel(Relation rel)
 {
 	Oid			relid = RelationGetRelid(rel);
 	TrackRel   *tr;
@@ -232,7 +233,7 @@ static TrackRel *
 track_rel_by_oid(Oid relid)
 {
 	Relation	rel = relation_open(relid, AccessShareLock);
-	TrackRel   *tr = track_rel(rel);
+	TrackRel   *tr = ht_track_rel(rel);
 
 	relation_close(rel, AccessShareLock);
 	return tr;
@@ -335,7 +336,8 @@ check_own_trigger(TriggerData *td, TrackRel *tr, const char *tgname)
  * trigger "hashtree_track" of a tracked table.  Logs the key and the row
  * hash of each version written ('' for a row deleted; an UPDATE that
  * changes the key logs the old key as deleted) in hashtree.dirty_key with
- * a heap insert; takes RowExclusiveLock on that table.  The hash is
+ * a heap insert into the partition's table (dirty_key_<part>).  Locks: ROW
+ * EXCLUSIVE on that table.  The hash is
  * computed here, as the writer, from the tuple as stored (the type send
  * functions any reader of the row runs), so that the fold does not read
  * the row again (§12 of docs/DESIGN.md).
@@ -351,7 +353,7 @@ ht_track_row(PG_FUNCTION_ARGS)
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_AFTER(td->tg_event) ||
 		!TRIGGER_FIRED_FOR_ROW(td->tg_event))
 		elog(ERROR, "hashtree: _track_row() must be an AFTER ROW trigger");
-	tr = track_rel(td->tg_relation);
+	tr = ht_track_rel(td->tg_relation);
 	check_own_trigger(td, tr, HT_ROW_TRIGGER);
 	desc = RelationGetDescr(td->tg_relation);
 
@@ -377,7 +379,7 @@ ht_track_row(PG_FUNCTION_ARGS)
  * "hashtree_track_truncate" of a tracked table and of each of its
  * partitions; logs a re-hash marker for every partition.  On a table that
  * is no longer part of a tracked table (a detached partition keeps it) it
- * does nothing.
+ * does nothing.  Locks: ROW EXCLUSIVE on each partition's dirty_key_<part>.
  */
 PG_FUNCTION_INFO_V1(ht_track_truncate);
 Datum
@@ -389,7 +391,7 @@ ht_track_truncate(PG_FUNCTION_ARGS)
 
 	if (!CALLED_AS_TRIGGER(fcinfo) || !TRIGGER_FIRED_BY_TRUNCATE(td->tg_event))
 		elog(ERROR, "hashtree: _track_truncate() must be a TRUNCATE trigger");
-	tr = track_rel(td->tg_relation);
+	tr = ht_track_rel(td->tg_relation);
 	/* left on a partition detached from a tracked table: nothing to do */
 	if (!tr->tracked)
 		return PointerGetDatum(NULL);
@@ -437,8 +439,8 @@ progress_row(void)
 }
 
 /* a row given as a record of the table's row type */
-static void
-record_tuple(Relation rel, HeapTupleHeader th, HeapTupleData *tuple)
+void
+ht_track_record_tuple(Relation rel, HeapTupleHeader th, HeapTupleData *tuple)
 {
 	if (HeapTupleHeaderGetTypeId(th) != RelationGetForm(rel)->reltype)
 		ereport(ERROR,
@@ -502,9 +504,9 @@ row_encoding_sql(FunctionCallInfo fcinfo, bool hash)
 				 errmsg("permission denied for table %s", RelationGetRelationName(rel)),
 				 errdetail("%s needs SELECT on every column of the table.",
 						   hash ? "row_hash()" : "row_key()")));
-	record_tuple(rel, PG_GETARG_HEAPTUPLEHEADER(1), &tuple);
-	out = hash ? ht_row_hash(track_rel(rel)->enc, RelationGetDescr(rel), &tuple) :
-		ht_row_key(track_rel(rel)->enc, RelationGetDescr(rel), &tuple);
+	ht_track_record_tuple(rel, PG_GETARG_HEAPTUPLEHEADER(1), &tuple);
+	out = hash ? ht_row_hash(ht_track_rel(rel)->enc, RelationGetDescr(rel), &tuple) :
+		ht_row_key(ht_track_rel(rel)->enc, RelationGetDescr(rel), &tuple);
 	relation_close(rel, AccessShareLock);
 	PG_RETURN_BYTEA_P(out);
 }
@@ -574,7 +576,7 @@ static int64
 scan_rows(TrackRel *tr, Oid leaf, int part, HtPackBuild *pb, MemoryContext rowcxt)
 {
 	Relation	rel = table_open(leaf, AccessShareLock);
-	TrackRel   *ltr = track_rel(rel);
+	TrackRel   *ltr = ht_track_rel(rel);
 	TrackRel	tmp = *tr;
 	Snapshot	snap = RegisterSnapshot(GetLatestSnapshot());
 	TableScanDesc scan = table_beginscan(rel, snap, 0, NULL);
@@ -686,19 +688,11 @@ static HtQuery q_registry = {
 	0, {0}
 };
 
-typedef struct Registered
-{
-	char	   *schema;
-	char	   *name;
-	char	   *key_columns;
-	char	   *signature;
-} Registered;
-
-static int
-registry(Registered **out)
+int
+ht_track_registry(HtTracked **out)
 {
 	uint64		n = ht_exec(&q_registry, NULL, NULL, 0);
-	Registered *r = palloc(sizeof(Registered) * Max(n, 1));
+	HtTracked *r = palloc(sizeof(HtTracked) * Max(n, 1));
 
 	for (uint64 i = 0; i < n; i++)
 	{
@@ -713,8 +707,8 @@ registry(Registered **out)
 }
 
 /* the relation of a tracked table, InvalidOid if it no longer exists */
-static Oid
-registered_relid(const char *schema, const char *name)
+Oid
+ht_track_registered_relid(const char *schema, const char *name)
 {
 	Oid			nsp = get_namespace_oid(schema, true);
 
@@ -728,17 +722,17 @@ static HtQuery q_drop_part_keys = {
 void
 ht_track_rehash_partition(int part)
 {
-	Registered *r;
+	HtTracked *r;
 	int			n;
 	Datum		v[1] = {Int32GetDatum(part)};
 
 	/* the keys logged so far are covered (those committed later are kept) */
 	ht_exec(&q_drop_part_keys, v, NULL, 0);
-	n = registry(&r);
+	n = ht_track_registry(&r);
 
 	for (int i = 0; i < n; i++)
 	{
-		Oid			relid = registered_relid(r[i].schema, r[i].name);
+		Oid			relid = ht_track_registered_relid(r[i].schema, r[i].name);
 		TrackRel   *tr;
 
 		if (!OidIsValid(relid))
@@ -866,8 +860,8 @@ typedef enum KeyPlanKind
  * An alias for the table in generated SQL that no column of it has (a
  * bare alias that is also a column name means the column, not the row).
  */
-static char *
-row_alias(Oid relid)
+char *
+ht_track_row_alias(Oid relid)
 {
 	char	   *alias = pstrdup("ht_row");
 
@@ -944,7 +938,7 @@ keys_plan(TrackRel *tr, KeyPlanKind kind)
 	SPIPlanPtr	plan;
 	MemoryContext caller = CurrentMemoryContext;
 	char	   *qname = quote_qualified_identifier(tr->schema, tr->name);
-	char	   *alias = row_alias(tr->root);
+	char	   *alias = ht_track_row_alias(tr->root);
 
 	key_eq_ops(tr, ops);
 	initStringInfo(&unnest);
@@ -990,8 +984,8 @@ keys_plan(TrackRel *tr, KeyPlanKind kind)
 }
 
 /* the key values of n keys, as one array per key column */
-static void
-key_params(HtRelEnc *re, bytea **keys, int n, Datum *params)
+void
+ht_track_key_params(HtRelEnc *re, bytea **keys, int n, Datum *params)
 {
 	Datum	   *cols[INDEX_MAX_KEYS];
 
@@ -1046,7 +1040,7 @@ read_unknown(int part, FoldTable *ft, bytea **keys, int nkeys, HtPackEntry *ch, 
 	{
 		uint64		nrows;
 
-		key_params(re, keys, nkeys, params);
+		ht_track_key_params(re, keys, nkeys, params);
 		if (ft->plan == NULL)
 		{
 			MemoryContextSwitchTo(GetMemoryChunkContext(ft));
@@ -1065,7 +1059,7 @@ read_unknown(int part, FoldTable *ft, bytea **keys, int nkeys, HtPackEntry *ch, 
 			HeapTupleData tuple;
 			RowEntry	e;
 
-			record_tuple(ft->rel, DatumGetHeapTupleHeader(d), &tuple);
+			ht_track_record_tuple(ft->rel, DatumGetHeapTupleHeader(d), &tuple);
 			row_entry(ft->tr, ft->rel, &tuple, part, &e);
 			if (e.part != part || e.hash == NULL)
 				continue;		/* cannot happen: the key was logged for part */
@@ -1268,7 +1262,7 @@ ht_track_fold(int part, HtBucketDeltas *deltas)
 				fold_table_end(ft);
 				cur_pa = pa;
 				cur_pb = pb;
-				relid = registered_relid(pa, pb);
+				relid = ht_track_registered_relid(pa, pb);
 				if (OidIsValid(relid))
 				{
 					/*
@@ -1277,7 +1271,7 @@ ht_track_fold(int part, HtBucketDeltas *deltas)
 					 * its packs, waits for this fold or this fold for it
 					 */
 					ft->rel = relation_open(relid, RowExclusiveLock);
-					ft->tr = track_rel(ft->rel);
+					ft->tr = ht_track_rel(ft->rel);
 					if (!ft->tr->tracked || ft->tr->root != relid)
 						ft->tr = NULL;	/* untracked since: ignore its keys */
 				}
@@ -1576,7 +1570,7 @@ ht_track(PG_FUNCTION_ARGS)
 
 	/* now the table is tracked: describe it, register it, hash it */
 	rel = table_open(relid, NoLock);
-	tr = track_rel(rel);
+	tr = ht_track_rel(rel);
 	if (!tr->tracked || tr->root != relid)
 		elog(ERROR, "hashtree: the tracking trigger of %s is not in place", qname);
 	v[0] = PointerGetDatum(tr->pa);
@@ -1714,36 +1708,6 @@ ht_untrack(PG_FUNCTION_ARGS)
 
 /* ---- for the schema-change handlers (ddl.c) and the repair helpers (rowio.c) ---- */
 
-TrackRel *
-ht_track_rel(Relation rel)
-{
-	return track_rel(rel);
-}
-
-int
-ht_track_registry(HtTracked **out)
-{
-	Registered *r;
-	int			n = registry(&r);
-	HtTracked  *t = palloc(sizeof(HtTracked) * Max(n, 1));
-
-	for (int i = 0; i < n; i++)
-	{
-		t[i].schema = r[i].schema;
-		t[i].name = r[i].name;
-		t[i].key_columns = r[i].key_columns;
-		t[i].signature = r[i].signature;
-	}
-	*out = t;
-	return n;
-}
-
-Oid
-ht_track_registered_relid(const char *schema, const char *name)
-{
-	return registered_relid(schema, name);
-}
-
 int64
 ht_track_rehash(TrackRel *tr, const char *what)
 {
@@ -1760,12 +1724,6 @@ ht_track_rehash(TrackRel *tr, const char *what)
 	}
 	PG_END_TRY();
 	return rows;
-}
-
-void
-ht_track_record_tuple(Relation rel, HeapTupleHeader th, HeapTupleData *tuple)
-{
-	record_tuple(rel, th, tuple);
 }
 
 int
@@ -1791,14 +1749,3 @@ ht_track_delete_plan(TrackRel *tr)
 	return keys_plan(tr, KEYS_DELETE);
 }
 
-void
-ht_track_key_params(HtRelEnc *re, bytea **keys, int n, Datum *params)
-{
-	key_params(re, keys, n, params);
-}
-
-char *
-ht_track_row_alias(Oid relid)
-{
-	return row_alias(relid);
-}
