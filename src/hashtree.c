@@ -38,8 +38,10 @@ _PG_init(void)
 
 	DefineCustomIntVariable("hashtree.pack_target",
 							"Entries per pack that a re-hash of a tracked table aims at.",
-							"For tests: a small value gives the span of one sub-bucket "
-							"(32 segments) to small tables, as big tables have.",
+							"The fold packs a table's entries again when its packs hold more "
+							"than 4 times as many or less than a quarter.  For tests: a small "
+							"value gives the span of one sub-bucket (32 segments) to small "
+							"tables, as big tables have.",
 							&ht_guc_pack_target,
 							32, 1, 4096,
 							PGC_USERSET, GUC_NOT_IN_SAMPLE,

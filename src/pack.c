@@ -706,7 +706,7 @@ pack_probe(PackScan *ps, IndexScanDesc scan, TupleTableSlot *slot, int part,
 
 static int
 apply_recs(int part, text *pa, text *pb, PackRec *ch, int n, HtBucketDeltas *deltas,
-		   PackRec *rest)
+		   PackRec *rest, HtPackApplyStats *stats)
 {
 	PackScan	ps;
 	IndexScanDesc scan;
@@ -721,11 +721,13 @@ apply_recs(int part, text *pa, text *pb, PackRec *ch, int n, HtBucketDeltas *del
 		return 0;
 	pack_scan_open(&ps);
 	span = pack_scan_span(&ps, part, PointerGetDatum(pa), PointerGetDatum(pb));
+	stats->span = Max(span, 0);
 	if (span <= 0)
 	{
 		/* no packs: everything goes to hashtree.entry */
 		pack_scan_close(&ps);
 		memcpy(rest, ch, sizeof(PackRec) * n);
+		stats->outside += n;
 		return n;
 	}
 
@@ -753,11 +755,14 @@ apply_recs(int part, text *pa, text *pb, PackRec *ch, int n, HtBucketDeltas *del
 						&data, &tid, &term))
 		{
 			/* no pack covers them */
+			stats->outside += j - i;
 			while (i < j)
 				rest[nrest++] = ch[i++];
 			continue;
 		}
 		nold = pack_decode(VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data), lo, &old);
+		stats->packs++;
+		stats->entries += nold;
 		initStringInfo(&buf);
 		cnt = pack_merge(lo, old, nold, ch + i, j - i, &buf, dirty, &ndirty);
 		if (ndirty > 0)
@@ -782,11 +787,11 @@ apply_recs(int part, text *pa, text *pb, PackRec *ch, int n, HtBucketDeltas *del
 
 int
 ht_pack_apply(int part, text *pa, text *pb, HtPackEntry *changes, int n, HtPackEntry *rest,
-			  HtBucketDeltas *deltas)
+			  HtBucketDeltas *deltas, HtPackApplyStats *stats)
 {
 	PackRec    *ch = changes_recs(changes, n);
 	PackRec    *left = palloc(sizeof(PackRec) * Max(n, 1));
-	int			nleft = apply_recs(part, pa, pb, ch, n, deltas, left);
+	int			nleft = apply_recs(part, pa, pb, ch, n, deltas, left, stats);
 
 	/* the changes left, as given (found again by segment and key) */
 	for (int i = 0; i < nleft; i++)
@@ -858,6 +863,42 @@ struct HtPackBuild
 	MemoryContext cxt;
 };
 
+int
+ht_pack_span_for(double est_rows)
+{
+	/* about ht_guc_pack_target entries per pack: span = segments * target / rows */
+	double		per_tree = Max(est_rows / ht_num_partitions(), 1.0);
+	int64		segs = HT_SEGMENTS(HT_DEPTH_LEAF);
+	int			span = HT_PACK_MAX_SPAN;
+
+	while (span > HT_PACK_MIN_SPAN && (double) segs * ht_guc_pack_target / span < per_tree)
+		span /= 2;
+	return span;
+}
+
+/*
+ * A repack is due when the packs the fold read hold more than 4 times the
+ * target (a table grown since its packs were made: bigger rows to rewrite,
+ * TOASTed past ~2 kB) or less than a quarter of it where a larger span is
+ * possible (shrunk: a row and an index entry for few entries), or when
+ * many of the changes fell where no pack is (rows, each with its index
+ * entries and node rows).  Only on evidence enough not to flap.
+ */
+bool
+ht_pack_needs_repack(const HtPackApplyStats *stats)
+{
+	double		avg = stats->packs > 0 ? (double) stats->entries / stats->packs : 0;
+
+	if (stats->outside >= 1024 && stats->outside * 4 > stats->outside + stats->entries)
+		return true;
+	if (stats->packs < 16)
+		return false;
+	if (avg > 4.0 * ht_guc_pack_target && stats->span > HT_PACK_MIN_SPAN)
+		return true;
+	return avg * 4.0 < ht_guc_pack_target && stats->span < HT_PACK_MAX_SPAN &&
+		stats->packs >= 256;
+}
+
 HtPackBuild *
 ht_pack_build_begin(text *pa, text *pb, int part, double est_rows)
 {
@@ -865,7 +906,6 @@ ht_pack_build_begin(text *pa, text *pb, int part, double est_rows)
 											  ALLOCSET_DEFAULT_SIZES);
 	MemoryContext old = MemoryContextSwitchTo(cxt);
 	HtPackBuild *b = palloc0(sizeof(HtPackBuild));
-	double		per_tree;
 	int64		segs = HT_SEGMENTS(HT_DEPTH_LEAF);
 	Size		limit = (Size) maintenance_work_mem * 1024;
 	Size		fixed;
@@ -875,11 +915,7 @@ ht_pack_build_begin(text *pa, text *pb, int part, double est_rows)
 	b->pb = pb;
 	b->part = part;
 	b->nparts = ht_num_partitions();
-	/* about ht_guc_pack_target entries per pack: span = segments * target / rows */
-	per_tree = Max(est_rows / b->nparts, 1.0);
-	b->span = HT_PACK_MAX_SPAN;
-	while (b->span > HT_PACK_MIN_SPAN && (double) segs * ht_guc_pack_target / b->span < per_tree)
-		b->span /= 2;
+	b->span = ht_pack_span_for(est_rows);
 	b->npacks = (int) (segs / b->span);
 	b->nslots = b->npacks * (part < 0 ? b->nparts : 1);
 	b->counts = palloc0(sizeof(int64) * b->nslots);
@@ -1378,6 +1414,43 @@ ht_pack_segments(int part, int n, Datum *pa, Datum *pb, const int32 *segs,
 		systable_endscan_ordered(scan);
 	}
 	pack_scan_close(&ps);
+}
+
+int64
+ht_pack_feed(int part, text *pa, text *pb, HtPackBuild *b)
+{
+	PackScan	ps;
+	ScanKeyData key[3];
+	SysScanDesc scan;
+	HeapTuple	tup;
+	int64		n = 0;
+	MemoryContext one = AllocSetContextCreate(CurrentMemoryContext, "hashtree pack feed",
+											  ALLOCSET_DEFAULT_SIZES);
+
+	pack_scan_open(&ps);
+	pack_scan_keys(&ps, key, part, PointerGetDatum(pa), PointerGetDatum(pb));
+	scan = systable_beginscan_ordered(ps.rel, ps.idx, ps.snap, 3, key);
+	while ((tup = systable_getnext_ordered(scan, ForwardScanDirection)) != NULL)
+	{
+		MemoryContext caller = MemoryContextSwitchTo(one);
+		bool		isnull;
+		int32		lo = DatumGetInt32(heap_getattr(tup, ps.att_lo, ps.desc, &isnull));
+		bytea	   *data = DatumGetByteaPP(heap_getattr(tup, ps.att_data, ps.desc, &isnull));
+		PackRec    *recs;
+		int			nrec = pack_decode(VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data), lo, &recs);
+
+		MemoryContextSwitchTo(caller);
+		for (int i = 0; i < nrec; i++)
+			ht_pack_build_add(b, part, recs[i].seg, recs[i].key, recs[i].keylen,
+							  recs[i].hash, recs[i].hashlen);
+		n += nrec;
+		MemoryContextReset(one);
+		CHECK_FOR_INTERRUPTS();
+	}
+	systable_endscan_ordered(scan);
+	pack_scan_close(&ps);
+	MemoryContextDelete(one);
+	return n;
 }
 
 /* append (child, sum) to *out unless the sum is zero (never stored, never shown) */

@@ -68,6 +68,15 @@ typedef struct HtBucketDeltas
 	HtBucketDelta *d;
 } HtBucketDeltas;
 
+/* what ht_pack_apply saw of a tree's packs (added to) */
+typedef struct HtPackApplyStats
+{
+	int64		packs;			/* packs read */
+	int64		entries;		/* their entries before the changes */
+	int64		outside;		/* changes of segments no pack covers */
+	int			span;			/* the tree's span, 0: no packs */
+} HtPackApplyStats;
+
 /*
  * Apply changes to the packs of tree (pa, pb) in partition part: entries
  * written or deleted; the resulting change of each bucket's hash is
@@ -75,7 +84,22 @@ typedef struct HtBucketDeltas
  * rest (room for n) and their number returned: they go to hashtree.entry.
  */
 extern int	ht_pack_apply(int part, text *pa, text *pb, HtPackEntry *changes, int n,
-						  HtPackEntry *rest, HtBucketDeltas *deltas);
+						  HtPackEntry *rest, HtBucketDeltas *deltas,
+						  HtPackApplyStats *stats);
+
+/*
+ * Should the entries of a tree in a partition be packed again, with a span
+ * fit for their number, after a fold that saw stats?  (The table grew or
+ * shrank far from the size its packs were made for, or many of its new
+ * entries fall where no pack is.)
+ */
+extern bool ht_pack_needs_repack(const HtPackApplyStats *stats);
+
+/* add every packed entry of tree (pa, pb) in partition part to b */
+extern int64 ht_pack_feed(int part, text *pa, text *pb, HtPackBuild *b);
+
+/* the span ht_pack_build_begin would choose for est_rows rows in all */
+extern int	ht_pack_span_for(double est_rows);
 
 /* a child of a leaf tree's level 3 or HT_LEVEL_SUB and its hash */
 typedef struct HtChildSum

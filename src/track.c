@@ -847,6 +847,7 @@ typedef struct FoldTable
 	bytea	  **hashes;			/* ... their logged hash; NULL: read the row */
 	int32	   *segs;			/* ... their segment */
 	HtBucketDeltas *deltas;		/* the change of packed buckets, for the update */
+	HtPackApplyStats stats;		/* what the fold saw of the table's packs */
 } FoldTable;
 
 /* what a statement driven by a list of keys does with the rows */
@@ -1149,7 +1150,7 @@ fold_keys(int part, FoldTable *ft)
 
 	/* entries of segments a pack covers are written there, the rest as rows */
 	rest = palloc(sizeof(HtPackEntry) * Max(nch, 1));
-	nrest = ht_pack_apply(part, ft->tr->pa, ft->tr->pb, ch, nch, rest, ft->deltas);
+	nrest = ht_pack_apply(part, ft->tr->pa, ft->tr->pb, ch, nch, rest, ft->deltas, &ft->stats);
 	put_seg = palloc(sizeof(int32) * Max(nrest, 1));
 	put_key = palloc(sizeof(Datum) * Max(nrest, 1));
 	put_hash = palloc(sizeof(Datum) * Max(nrest, 1));
@@ -1197,8 +1198,75 @@ fold_keys(int part, FoldTable *ft)
 	MemoryContextReset(ft->batch);
 }
 
+static HtQuery q_count_tree = {
+	"SELECT (SELECT count(*) FROM hashtree.entry"
+	"         WHERE part = $1 AND depth = 2 AND pa = $2 AND pb = $3)"
+	"     + (SELECT coalesce(sum(n), 0) FROM hashtree.entry_pack"
+	"         WHERE part = $1 AND pa = $2 AND pb = $3)",
+	3, {INT4OID, TEXTOID, TEXTOID}
+};
+
+static HtQuery q_tree_rows = {
+	"SELECT seg, key, hash FROM hashtree.entry WHERE part = $1 AND depth = 2 AND pa = $2 AND pb = $3",
+	3, {INT4OID, TEXTOID, TEXTOID}
+};
+
+/*
+ * Pack the entries of a tracked table in one partition again, from its
+ * packs and entry rows (not from the table), with the span its size calls
+ * for now, and mark its leaf tree for a rebuild (the hashes do not change;
+ * the rebuild recomputes the node rows the packs replace).  The fold's
+ * bucket deltas of the tree are then ignored by the update.
+ */
 static void
-fold_table_end(FoldTable *ft)
+repack(TrackRel *tr, int part)
+{
+	Datum		v[3];
+	bool		isnull;
+	int64		n;
+	HtPackBuild *b;
+	Portal		portal;
+
+	v[0] = Int32GetDatum(part);
+	v[1] = PointerGetDatum(tr->pa);
+	v[2] = PointerGetDatum(tr->pb);
+	ht_exec(&q_count_tree, v, NULL, 1);
+	n = DatumGetInt64(ht_col(0, 1, &isnull));
+	SPI_freetuptable(SPI_tuptable);
+	b = ht_pack_build_begin(tr->pa, tr->pb, part, (double) n * ht_num_partitions());
+	(void) ht_pack_feed(part, tr->pa, tr->pb, b);
+	portal = ht_cursor(&q_tree_rows, v, NULL);
+	for (;;)
+	{
+		uint64		got = ht_fetch(portal, HT_SCAN_BATCH);
+
+		if (got == 0)
+			break;
+		for (uint64 r = 0; r < got; r++)
+		{
+			int32		seg = DatumGetInt32(ht_col(r, 1, &isnull));
+			bytea	   *key = DatumGetByteaPP(ht_col(r, 2, &isnull));
+			bytea	   *hash = DatumGetByteaPP(ht_col(r, 3, &isnull));
+
+			ht_pack_build_add(b, part, seg, VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key),
+							  VARDATA_ANY(hash), VARSIZE_ANY_EXHDR(hash));
+		}
+		SPI_freetuptable(SPI_tuptable);
+		CHECK_FOR_INTERRUPTS();
+	}
+	SPI_cursor_close(portal);
+	ht_exec(&q_drop_entries, v, NULL, 0);
+	ht_exec(&q_drop_packs, v, NULL, 0);
+	ht_exec(&q_mark_tree, v, NULL, 0);
+	ht_pack_build_end(b);
+	ereport(DEBUG1,
+			(errmsg("hashtree: entries of %s in partition %d packed again (" INT64_FORMAT " entries, span %d)",
+					quote_qualified_identifier(tr->schema, tr->name), part, n,
+					ht_pack_span_for((double) n * ht_num_partitions()))));
+}
+
+static void
+fold_table_end(int part, FoldTable *ft)
 {
 	MemoryContext batch = ft->batch;
 	bytea	  **keys = ft->keys;
@@ -1206,6 +1274,8 @@ fold_table_end(FoldTable *ft)
 	bytea	  **hashes = ft->hashes;
 	int32	   *segs = ft->segs;
 
+	if (ft->tr != NULL && !ft->rehashed && ht_pack_needs_repack(&ft->stats))
+		repack(ft->tr, part);
 	if (ft->plan != NULL)
 		SPI_freeplan(ft->plan);
 	if (ft->rel != NULL)
@@ -1259,7 +1329,7 @@ ht_track_fold(int part, HtBucketDeltas *deltas)
 
 				SPI_tuptable = NULL;	/* keep this batch while we write */
 				fold_keys(part, ft);
-				fold_table_end(ft);
+				fold_table_end(part, ft);
 				cur_pa = pa;
 				cur_pb = pb;
 				relid = ht_track_registered_relid(pa, pb);
@@ -1313,7 +1383,7 @@ ht_track_fold(int part, HtBucketDeltas *deltas)
 		CHECK_FOR_INTERRUPTS();
 	}
 	fold_keys(part, ft);
-	fold_table_end(ft);
+	fold_table_end(part, ft);
 	SPI_cursor_close(portal);
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(cxt);
