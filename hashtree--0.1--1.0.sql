@@ -140,3 +140,36 @@ BEGIN
 	END IF;
 END
 $$;
+
+-- An exchange of several partitions proceeds with all of them together
+-- (issue 13): the peer locks, updates and returns the top hashes of all in
+-- one request, and releases them in one; the walk reads the trees of all
+-- its partitions in the same requests.  Their rows in exchange_log share
+-- the exchange's round trips and bytes, and name its first row (run).
+CREATE FUNCTION @extschema@._nodes_m(partitions int[], depth int, pa text[], pb text[],
+									 level int, firsts bigint[], span bigint, hash_bytes int)
+	RETURNS TABLE(i int, children bytea)
+	AS 'MODULE_PATHNAME', 'ht_nodes_m_sql'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+CREATE FUNCTION @extschema@._entries_m(partitions int[], depth int, pa text[], pb text[],
+									   segments int[], hash_bytes int)
+	RETURNS TABLE(i int, key bytea, hash bytea)
+	AS 'MODULE_PATHNAME', 'ht_entries_m_sql'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+CREATE FUNCTION @extschema@._exchange_begin(partitions int[], hash_bytes int)
+	RETURNS TABLE("partition" int, lock text, update text, sqlstate text, message text,
+				  top bytea)
+	AS 'MODULE_PATHNAME', 'ht_exchange_begin'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+CREATE FUNCTION @extschema@._exchange_end(partitions int[])
+	RETURNS TABLE("partition" int, answer text)
+	AS 'MODULE_PATHNAME', 'ht_exchange_end'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+REVOKE EXECUTE ON FUNCTION @extschema@._nodes_m(int[], int, text[], text[], int, bigint[], bigint, int),
+	@extschema@._entries_m(int[], int, text[], text[], int[], int),
+	@extschema@._exchange_begin(int[], int),
+	@extschema@._exchange_end(int[]) FROM PUBLIC;
+-- 0.1's rows were one exchange of one partition each
+ALTER TABLE @extschema@.exchange_log ADD COLUMN run int8;
+UPDATE @extschema@.exchange_log SET run = id;
+ALTER TABLE @extschema@.exchange_log ALTER COLUMN run SET NOT NULL;

@@ -345,6 +345,18 @@ CREATE FUNCTION @extschema@._entries("partition" int, depth int, pa text[], pb t
 	RETURNS TABLE(i int, key bytea, hash bytea)
 	AS 'MODULE_PATHNAME', 'ht_entries_sql'
 	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+-- the same for requests of several partitions (partitions[i] is request i's):
+-- an exchange walks the trees of all its partitions in the same round trips
+CREATE FUNCTION @extschema@._nodes_m(partitions int[], depth int, pa text[], pb text[],
+									 level int, firsts bigint[], span bigint, hash_bytes int)
+	RETURNS TABLE(i int, children bytea)
+	AS 'MODULE_PATHNAME', 'ht_nodes_m_sql'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+CREATE FUNCTION @extschema@._entries_m(partitions int[], depth int, pa text[], pb text[],
+									   segments int[], hash_bytes int)
+	RETURNS TABLE(i int, key bytea, hash bytea)
+	AS 'MODULE_PATHNAME', 'ht_entries_m_sql'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 -- what a peer learns about us when it connects
 CREATE FUNCTION @extschema@._hello(OUT version text, OUT partitions int, OUT node text)
 	AS 'MODULE_PATHNAME', 'ht_hello'
@@ -570,7 +582,11 @@ CREATE VIEW @extschema@.peers AS
 -- One row per exchange and partition, by exchange() and by the workers.
 -- outcome: ok (compared; the counts are the differences found), skipped_locked,
 -- not_built (one side could not take part), error (message says why; the
--- counts are zero: a failed exchange never reports "no differences").
+-- counts are zero: a failed exchange never reports "no differences").  The
+-- partitions of one exchange proceed together and share its round trips:
+-- bytes and round_trips are those of the whole exchange, on each of its
+-- rows, and run is the id of its first row (summed without double counting:
+-- sum(round_trips) FILTER (WHERE id = run)).
 CREATE TABLE @extschema@.exchange_log (
 	id				bigserial PRIMARY KEY,
 	peer			text NOT NULL,
@@ -589,7 +605,8 @@ CREATE TABLE @extschema@.exchange_log (
 	remote_missing_prefix int8 NOT NULL DEFAULT 0,
 	repaired		int8 NOT NULL DEFAULT 0,
 	bytes			int8 NOT NULL DEFAULT 0,
-	round_trips		int8 NOT NULL DEFAULT 0
+	round_trips		int8 NOT NULL DEFAULT 0,
+	run				int8 NOT NULL
 );
 CREATE INDEX exchange_log_started ON @extschema@.exchange_log (started);
 REVOKE ALL ON @extschema@.exchange_log FROM PUBLIC;
@@ -600,6 +617,17 @@ CREATE FUNCTION @extschema@.exchange(peer text, "partition" int DEFAULT NULL,
 	RETURNS TABLE("partition" int, kind text, prefix_a text, prefix_b text, key bytea,
 				  repaired boolean)
 	AS 'MODULE_PATHNAME', 'ht_exchange'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+-- the peer's side of an exchange: lock, update and top hash of each partition
+-- (each in a subtransaction), then the release of those locks
+CREATE FUNCTION @extschema@._exchange_begin(partitions int[], hash_bytes int)
+	RETURNS TABLE("partition" int, lock text, update text, sqlstate text, message text,
+				  top bytea)
+	AS 'MODULE_PATHNAME', 'ht_exchange_begin'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+CREATE FUNCTION @extschema@._exchange_end(partitions int[])
+	RETURNS TABLE("partition" int, answer text)
+	AS 'MODULE_PATHNAME', 'ht_exchange_end'
 	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 
 -- Repair helpers, called by the exchanging node on itself and on the peer.

@@ -112,7 +112,7 @@ for d in 0 10 1000; do
 	         hashtree.release_lock(p) FROM generate_series(0, 7) p) s" | awk '/^Time:/ { print $2 }')
 	last=$($A -At -c "SELECT coalesce(max(id), 0) FROM hashtree.exchange_log")
 	read -r ht_ms ht_found ht_ms2 < <(measure "$HT_WARM" "$HT_SQL"); ht_bytes=$(cat "$WORK/bytes")
-	ht_rt=$($A -At -c "SELECT sum(round_trips) FROM hashtree.exchange_log WHERE id > $last")
+	ht_rt=$($A -At -c "SELECT sum(round_trips) FILTER (WHERE id = run) FROM hashtree.exchange_log WHERE id > $last")
 	ht_bad=$($A -At -c "SELECT count(*) FROM hashtree.exchange_log WHERE id > $last AND outcome <> 'ok'")
 	read -r fdw_ms fdw_found fdw_ms2 < <(measure "$FDW_WARM" "$FDW_SQL"); fdw_bytes=$(cat "$WORK/bytes")
 	[ "$ht_bad" = 0 ] || die "exchange did not complete on every partition"

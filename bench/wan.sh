@@ -9,7 +9,8 @@
 # connection to b is already open (untimed, as in B3), and again in the
 # same session (warm):
 #   exchange('b')   time; round trips as logged in hashtree.exchange_log
-#                   (sum of round_trips) and as counted by the proxy
+#                   (each exchange's once: its rows share them, see
+#                   DESIGN §13) and as counted by the proxy
 #   pull + diff     b's whole table pulled through the same proxy and joined
 #                   with a's, two ways: postgres_fdw (as B3, fetch_size
 #                   10000: one round trip per 10,000 rows) and COPY ... TO
@@ -105,8 +106,9 @@ sync_trees() {
 # counters, BODY timed (SQL whose last statement, without a semicolon,
 # returns a column "found"), the proxy's turns, exchange_log's round trips,
 # AFTER (untimed).  Prints "ms1 found1 rt1 ms2 found2 rt2 bad" (rt: the
-# round trips in exchange_log; bad: its rows not "ok"), leaves the turns in
-# $WORK/turns1, 2 and the first run's round trips per partition in $WORK/parts
+# round trips in exchange_log, each exchange's once; bad: its rows not
+# "ok"), leaves the turns in $WORK/turns1, 2 and the first run's number of
+# exchanges (runs) and of partitions in $WORK/parts
 measure() {
 	local warm=$1 body=$2 after=${3:-}
 	$A -At <<SQL
@@ -122,8 +124,8 @@ SELECT round(extract(epoch FROM clock_timestamp()) * 1000 - :t0) AS ms1 \gset
 \o /dev/null
 $after
 \o
-SELECT coalesce(sum(round_trips), 0) AS rt1, coalesce(max(id), :l0) AS l1,
-       coalesce(string_agg(round_trips::text, ',' ORDER BY partition), '-') AS parts
+SELECT coalesce(sum(round_trips) FILTER (WHERE id = run), 0) AS rt1, coalesce(max(id), :l0) AS l1,
+       count(DISTINCT run) || ' exchange(s) of ' || count(*) || ' partitions' AS parts
   FROM hashtree.exchange_log WHERE id > :l0 \gset
 \! $CTL reset >/dev/null
 SELECT extract(epoch FROM clock_timestamp()) * 1000 AS t0 \gset
@@ -133,7 +135,7 @@ SELECT round(extract(epoch FROM clock_timestamp()) * 1000 - :t0) AS ms2 \gset
 \o /dev/null
 $after
 \o
-SELECT coalesce(sum(round_trips), 0) AS rt2 FROM hashtree.exchange_log WHERE id > :l1 \gset
+SELECT coalesce(sum(round_trips) FILTER (WHERE id = run), 0) AS rt2 FROM hashtree.exchange_log WHERE id > :l1 \gset
 SELECT count(*) FILTER (WHERE outcome <> 'ok') AS bad FROM hashtree.exchange_log WHERE id > :l0 \gset
 \o $WORK/parts
 SELECT :'parts';
@@ -187,7 +189,7 @@ for d in $DIFFS; do
 		[ "${ht[8]}" = 0 ] || die "exchange did not complete on every partition"
 		[ "${ht[1]}" = "$d" ] && [ "${ht[5]}" = "$d" ] || die "exchange found ${ht[1]}/${ht[5]} differences, expected $d"
 		echo "   exchange():  ${ht[0]} ms new session, ${ht[4]} ms warm; round trips: exchange_log ${ht[2]}" \
-			"(per partition $ht_parts), proxy ${ht[3]} (warm: ${ht[6]} / ${ht[7]})"
+			"($ht_parts), proxy ${ht[3]} (warm: ${ht[6]} / ${ht[7]})"
 		run "$FDW_WARM" "$FDW_SQL"; fdw=("${M[@]}")
 		[ "${fdw[1]}" = "$d" ] && [ "${fdw[5]}" = "$d" ] || die "pull + diff (fdw) found ${fdw[1]}/${fdw[5]}, expected $d"
 		echo "   pull + diff, postgres_fdw: ${fdw[0]} ms new session, ${fdw[4]} ms warm; proxy turns ${fdw[3]} / ${fdw[7]}"

@@ -1107,7 +1107,7 @@ ht_reset(PG_FUNCTION_ARGS)
 
 /* compare(): one row per difference */
 static void
-put_diff(void *arg, HtDiffKind kind, Datum pa, Datum pb, bytea *key)
+put_diff(void *arg, int part, HtDiffKind kind, Datum pa, Datum pb, bytea *key)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) arg;
 	Datum		values[4];

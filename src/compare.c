@@ -9,13 +9,17 @@
  * of every differing tree are fetched in one round trip, then the
  * sub-buckets (32 segments each) under every differing level-2 child in
  * one, then the level-3 rows under every differing sub-bucket in one, then
- * the entries of every differing segment in one: at most 1 + 3 * 4 round
- * trips for a partition, whatever the number of differences.  Both sides answer the
- * same SQL functions (hashtree._nodes, hashtree._entries), with rows in
- * the same order, so the walk is a merge of sorted lists.  Each request is
- * sent to the peer before this node reads its own side, so the two read
- * at the same time.  The server side of those two functions, which packs
- * the rows this walk unpacks, is at the end of this file.
+ * the entries of every differing segment in one: at most 3 * 4 round trips
+ * below the top hashes, whatever the number of differences.  The trees of
+ * several partitions (an exchange of a whole node) go in the same
+ * requests, each request naming its partition, so the count does not grow
+ * with the partitions either.  Both sides answer the same SQL functions
+ * (hashtree._nodes_m, hashtree._entries_m), with rows in the same order,
+ * so the walk is a merge of sorted lists.  Each request is sent to the
+ * peer before this node reads its own side, so the two read at the same
+ * time.  The server side of those functions (and of _nodes and _entries,
+ * their one-partition forms), which packs the rows this walk unpacks, is
+ * at the end of this file.
  *
  *-------------------------------------------------------------------------
  */
@@ -42,24 +46,28 @@ const char *const ht_diff_kind_names[HT_NKINDS] = {
 	"missing", "remote_missing", "different", "missing_prefix", "remote_missing_prefix"
 };
 
-/* a set of trees of one depth, as text datums */
+/* a set of trees of one depth, of one or more partitions, as text datums */
 typedef struct TreeSet
 {
 	int			n;
 	int			cap;
+	int32	   *part;
 	Datum	   *pa;
 	Datum	   *pb;
 } TreeSet;
 
 static void
-treeset_add(TreeSet *ts, Datum pa, Datum pb)
+treeset_add(TreeSet *ts, int32 part, Datum pa, Datum pb)
 {
 	if (ts->n >= ts->cap)
 	{
 		ts->cap = ts->cap > 0 ? ts->cap * 2 : 16;
+		ts->part = ts->part ? repalloc(ts->part, sizeof(int32) * ts->cap)
+			: palloc(sizeof(int32) * ts->cap);
 		ts->pa = ts->pa ? repalloc(ts->pa, sizeof(Datum) * ts->cap) : palloc(sizeof(Datum) * ts->cap);
 		ts->pb = ts->pb ? repalloc(ts->pb, sizeof(Datum) * ts->cap) : palloc(sizeof(Datum) * ts->cap);
 	}
+	ts->part[ts->n] = part;
 	ts->pa[ts->n] = pa;
 	ts->pb[ts->n] = pb;
 	ts->n++;
@@ -100,20 +108,89 @@ misordered(HtPeer *peer)
 }
 
 /*
- * Hashes compared below the root are cut to this many bytes (of node sums,
- * or of a digest of entry hashes): 2^-64 odds that a difference hides,
- * a quarter of the bytes on the wire.
+ * The batched reads of this node, for requests of several partitions: each
+ * run of requests of one partition is read by the store, its request
+ * indexes shifted to the run's place, so the rows stay ordered by request.
  */
-#define HT_COMPARE_HASH_BYTES 8
+static int
+nodes_of(int depth, int n, const int32 *parts, Datum *pa, Datum *pb, int level,
+		 const int64 *firsts, int64 span, int hash_bytes, HtNodeRow **rows)
+{
+	HtNodeRow  *out = NULL;
+	int			nout = 0;
+
+	for (int start = 0; start < n;)
+	{
+		int			end = start;
+		HtNodeRow  *r;
+		int			k;
+
+		while (end < n && parts[end] == parts[start])
+			end++;
+		k = ht_store_nodes(parts[start], depth, end - start, pa + start, pb + start, level,
+						   firsts + start, span, hash_bytes, &r);
+		if (out == NULL)
+		{
+			out = r;
+			nout = k;
+		}
+		else if (k > 0)
+		{
+			out = repalloc(out, sizeof(HtNodeRow) * (nout + k));
+			memcpy(out + nout, r, sizeof(HtNodeRow) * k);
+			nout += k;
+		}
+		for (int j = nout - k; j < nout; j++)
+			out[j].i += start;
+		start = end;
+	}
+	*rows = out;
+	return nout;
+}
+
+static int
+entries_of(int depth, int n, const int32 *parts, Datum *pa, Datum *pb, const int32 *segs,
+		   int hash_bytes, HtEntryRow **rows)
+{
+	HtEntryRow *out = NULL;
+	int			nout = 0;
+
+	for (int start = 0; start < n;)
+	{
+		int			end = start;
+		HtEntryRow *r;
+		int			k;
+
+		while (end < n && parts[end] == parts[start])
+			end++;
+		k = ht_store_entries(parts[start], depth, end - start, pa + start, pb + start,
+							 segs + start, hash_bytes, &r);
+		if (out == NULL)
+		{
+			out = r;
+			nout = k;
+		}
+		else if (k > 0)
+		{
+			out = repalloc(out, sizeof(HtEntryRow) * (nout + k));
+			memcpy(out + nout, r, sizeof(HtEntryRow) * k);
+			nout += k;
+		}
+		for (int j = nout - k; j < nout; j++)
+			out[j].i += start;
+		start = end;
+	}
+	*rows = out;
+	return nout;
+}
 
 /* ask the peer for children firsts[i] .. firsts[i] + span - 1 of a level */
 static void
-send_nodes(HtPeer *peer, int part, int depth, TreeSet *ts, int level,
-		   const int64 *firsts, int64 span)
+send_nodes(HtPeer *peer, int depth, TreeSet *ts, int level, const int64 *firsts, int64 span)
 {
 	const char *params[8];
 
-	params[0] = psprintf("%d", part);
+	params[0] = array_literal(ht_array_int4(ts->part, ts->n));
 	params[1] = psprintf("%d", depth);
 	params[2] = array_literal(ht_array_text(ts->pa, ts->n));
 	params[3] = array_literal(ht_array_text(ts->pb, ts->n));
@@ -122,7 +199,7 @@ send_nodes(HtPeer *peer, int part, int depth, TreeSet *ts, int level,
 	params[6] = psprintf(INT64_FORMAT, span);
 	params[7] = psprintf("%d", HT_COMPARE_HASH_BYTES);
 	ht_peer_send(peer,
-				 "SELECT i, children FROM hashtree._nodes($1::int4, $2::int4,"
+				 "SELECT i, children FROM hashtree._nodes_m($1::int4[], $2::int4,"
 				 " $3::text[], $4::text[], $5::int4, $6::int8[], $7::int8, $8::int4)",
 				 8, params, true);
 }
@@ -183,18 +260,18 @@ receive_nodes(HtPeer *peer, TreeSet *ts, const int64 *firsts, int64 span, HtNode
 
 /* ask the peer for the entries of the requested segments */
 static void
-send_entries(HtPeer *peer, int part, int depth, TreeSet *ts, const int32 *segs)
+send_entries(HtPeer *peer, int depth, TreeSet *ts, const int32 *segs)
 {
 	const char *params[6];
 
-	params[0] = psprintf("%d", part);
+	params[0] = array_literal(ht_array_int4(ts->part, ts->n));
 	params[1] = psprintf("%d", depth);
 	params[2] = array_literal(ht_array_text(ts->pa, ts->n));
 	params[3] = array_literal(ht_array_text(ts->pb, ts->n));
 	params[4] = array_literal(ht_array_int4(segs, ts->n));
 	params[5] = psprintf("%d", HT_COMPARE_HASH_BYTES);
 	ht_peer_send(peer,
-				 "SELECT i, key, hash FROM hashtree._entries($1::int4, $2::int4,"
+				 "SELECT i, key, hash FROM hashtree._entries_m($1::int4[], $2::int4,"
 				 " $3::text[], $4::text[], $5::int4[], $6::int4)",
 				 6, params, true);
 }
@@ -231,7 +308,7 @@ typedef struct NodeDiff
  * (present on one side only, or with different hashes).
  */
 static int
-diff_buckets(HtPeer *peer, int part, int depth, TreeSet *ts, int level,
+diff_buckets(HtPeer *peer, int depth, TreeSet *ts, int level,
 			 const int64 *firsts, int64 span, NodeDiff **out)
 {
 	HtNodeRow  *l;
@@ -244,9 +321,9 @@ diff_buckets(HtPeer *peer, int part, int depth, TreeSet *ts, int level,
 	int			b = 0;
 
 	/* the peer reads its buckets while this node reads its own */
-	send_nodes(peer, part, depth, ts, level, firsts, span);
-	nl = ht_store_nodes(part, depth, ts->n, ts->pa, ts->pb, level, firsts, span,
-						HT_COMPARE_HASH_BYTES, &l);
+	send_nodes(peer, depth, ts, level, firsts, span);
+	nl = nodes_of(depth, ts->n, ts->part, ts->pa, ts->pb, level, firsts, span,
+				  HT_COMPARE_HASH_BYTES, &l);
 	nr = receive_nodes(peer, ts, firsts, span, &r);
 	d = palloc(sizeof(NodeDiff) * Max(nl + nr, 1));
 
@@ -312,13 +389,13 @@ child_name(bytea *key)
  * child tree to descend into (added to next).
  */
 static void
-entry_diff(DiffSink *sink, int depth, Datum pa, Datum pb,
+entry_diff(DiffSink *sink, int depth, int32 part, Datum pa, Datum pb,
 		   bytea *key, int side, TreeSet *next, Datum empty)
 {
 	/* side: -1 only local, 1 only remote, 0 both with different hashes */
 	if (depth == HT_DEPTH_LEAF)
 	{
-		sink->fn(sink->arg,
+		sink->fn(sink->arg, part,
 				 side < 0 ? HT_REMOTE_MISSING : side > 0 ? HT_MISSING : HT_DIFFERENT,
 				 pa, pb, key);
 		return;
@@ -328,9 +405,10 @@ entry_diff(DiffSink *sink, int depth, Datum pa, Datum pb,
 		Datum		name = child_name(key);
 
 		if (side == 0)
-			treeset_add(next, pa, name);
+			treeset_add(next, part, pa, name);
 		else
-			sink->fn(sink->arg, side < 0 ? HT_REMOTE_MISSING_PREFIX : HT_MISSING_PREFIX,
+			sink->fn(sink->arg, part,
+					 side < 0 ? HT_REMOTE_MISSING_PREFIX : HT_MISSING_PREFIX,
 					 pa, name, NULL);
 		return;
 	}
@@ -339,26 +417,43 @@ entry_diff(DiffSink *sink, int depth, Datum pa, Datum pb,
 		Datum		name = child_name(key);
 
 		if (side == 0)
-			treeset_add(next, name, empty);
+			treeset_add(next, part, name, empty);
 		else
-			sink->fn(sink->arg, side < 0 ? HT_REMOTE_MISSING_PREFIX : HT_MISSING_PREFIX,
+			sink->fn(sink->arg, part,
+					 side < 0 ? HT_REMOTE_MISSING_PREFIX : HT_MISSING_PREFIX,
 					 name, (Datum) 0, NULL);
 	}
 }
 
+bytea *
+ht_compare_top(int part, int hash_bytes)
+{
+	Datum		empty = PointerGetDatum(cstring_to_text(""));
+	int64		zero = 0;
+	HtNodeRow  *rows;
+	bytea	   *top;
+	int			len;
+
+	if (ht_store_nodes(part, HT_DEPTH_ROOT, 1, &empty, &empty, 1, &zero, 1,
+					   hash_bytes, &rows) == 0)
+		return NULL;
+	len = Min(hash_bytes, VARSIZE_ANY_EXHDR(rows[0].hash));
+	top = palloc(VARHDRSZ + len);
+	SET_VARSIZE(top, VARHDRSZ + len);
+	memcpy(VARDATA(top), VARDATA_ANY(rows[0].hash), len);
+	return top;
+}
+
 void
-ht_compare(int part, HtPeer *peer, HtDiffCallback fn, void *arg)
+ht_compare_walk(HtPeer *peer, int nparts, const int *parts, HtDiffCallback fn, void *arg)
 {
 	DiffSink	sink = {fn, arg};
 	Datum		empty = PointerGetDatum(cstring_to_text(""));
 	TreeSet		trees = {0};
-	int64		zero = 0;
-	NodeDiff   *top;
 
-	/* the root's top hash */
-	treeset_add(&trees, empty, empty);
-	if (diff_buckets(peer, part, HT_DEPTH_ROOT, &trees, 1, &zero, 1, &top) == 0)
-		return;
+	/* the roots of the partitions, whose top hashes differ */
+	for (int k = 0; k < nparts; k++)
+		treeset_add(&trees, parts[k], empty, empty);
 
 	for (int depth = HT_DEPTH_ROOT; depth <= HT_DEPTH_LEAF && trees.n > 0; depth++)
 	{
@@ -389,7 +484,7 @@ ht_compare(int part, HtPeer *peer, HtDiffCallback fn, void *arg)
 		TreeSet		next = {0};
 
 		/* level 2 of every tree: which level-3 buckets differ */
-		n2 = diff_buckets(peer, part, depth, &trees, 2, zeros, width, &d2);
+		n2 = diff_buckets(peer, depth, &trees, 2, zeros, width, &d2);
 		if (n2 == 0)
 			break;
 
@@ -398,11 +493,13 @@ ht_compare(int part, HtPeer *peer, HtDiffCallback fn, void *arg)
 		tree_of2 = palloc(sizeof(int) * n2);
 		for (int k = 0; k < n2; k++)
 		{
-			tree_of2[k] = d2[k].i - 1;
-			treeset_add(&req2, trees.pa[tree_of2[k]], trees.pb[tree_of2[k]]);
+			int			t = d2[k].i - 1;
+
+			tree_of2[k] = t;
+			treeset_add(&req2, trees.part[t], trees.pa[t], trees.pb[t]);
 			f4[k] = d2[k].child * subs;
 		}
-		n4 = diff_buckets(peer, part, depth, &req2, HT_LEVEL_SUB, f4, subs, &d4);
+		n4 = diff_buckets(peer, depth, &req2, HT_LEVEL_SUB, f4, subs, &d4);
 		if (n4 == 0)
 			break;
 
@@ -411,11 +508,13 @@ ht_compare(int part, HtPeer *peer, HtDiffCallback fn, void *arg)
 		tree_of4 = palloc(sizeof(int) * n4);
 		for (int k = 0; k < n4; k++)
 		{
-			tree_of4[k] = tree_of2[d4[k].i - 1];
-			treeset_add(&req4, trees.pa[tree_of4[k]], trees.pb[tree_of4[k]]);
+			int			t = tree_of2[d4[k].i - 1];
+
+			tree_of4[k] = t;
+			treeset_add(&req4, trees.part[t], trees.pa[t], trees.pb[t]);
 			f3[k] = d4[k].child << HT_SUB_BITS;
 		}
-		n3 = diff_buckets(peer, part, depth, &req4, 3, f3, INT64CONST(1) << HT_SUB_BITS, &d3);
+		n3 = diff_buckets(peer, depth, &req4, 3, f3, INT64CONST(1) << HT_SUB_BITS, &d3);
 		if (n3 == 0)
 			break;
 
@@ -424,13 +523,15 @@ ht_compare(int part, HtPeer *peer, HtDiffCallback fn, void *arg)
 		tree_of3 = palloc(sizeof(int) * n3);
 		for (int k = 0; k < n3; k++)
 		{
-			tree_of3[k] = tree_of4[d3[k].i - 1];
-			treeset_add(&req3, trees.pa[tree_of3[k]], trees.pb[tree_of3[k]]);
+			int			t = tree_of4[d3[k].i - 1];
+
+			tree_of3[k] = t;
+			treeset_add(&req3, trees.part[t], trees.pa[t], trees.pb[t]);
 			segs[k] = (int32) d3[k].child;
 		}
-		send_entries(peer, part, depth, &req3, segs);
-		nl = ht_store_entries(part, depth, req3.n, req3.pa, req3.pb, segs,
-							  HT_COMPARE_HASH_BYTES, &l);
+		send_entries(peer, depth, &req3, segs);
+		nl = entries_of(depth, req3.n, req3.part, req3.pa, req3.pb, segs,
+						HT_COMPARE_HASH_BYTES, &l);
 		nr = receive_entries(peer, &req3, &r);
 
 		while (a < nl || b < nr)
@@ -449,15 +550,15 @@ ht_compare(int part, HtPeer *peer, HtDiffCallback fn, void *arg)
 
 			i = tree_of3[(c <= 0 ? l[a].i : r[b].i) - 1];
 			if (c < 0)
-				entry_diff(&sink, depth, trees.pa[i], trees.pb[i], l[a++].key,
+				entry_diff(&sink, depth, trees.part[i], trees.pa[i], trees.pb[i], l[a++].key,
 						   -1, &next, empty);
 			else if (c > 0)
-				entry_diff(&sink, depth, trees.pa[i], trees.pb[i], r[b++].key,
+				entry_diff(&sink, depth, trees.part[i], trees.pa[i], trees.pb[i], r[b++].key,
 						   1, &next, empty);
 			else
 			{
 				if (!bytea_equal(l[a].hash, r[b].hash))
-					entry_diff(&sink, depth, trees.pa[i], trees.pb[i], l[a].key,
+					entry_diff(&sink, depth, trees.part[i], trees.pa[i], trees.pb[i], l[a].key,
 							   0, &next, empty);
 				a++;
 				b++;
@@ -467,24 +568,47 @@ ht_compare(int part, HtPeer *peer, HtDiffCallback fn, void *arg)
 	}
 }
 
+void
+ht_compare(int part, HtPeer *peer, HtDiffCallback fn, void *arg)
+{
+	Datum		empty = PointerGetDatum(cstring_to_text(""));
+	TreeSet		root = {0};
+	int64		zero = 0;
+	NodeDiff   *top;
+
+	/* the root's top hash */
+	treeset_add(&root, part, empty, empty);
+	if (diff_buckets(peer, HT_DEPTH_ROOT, &root, 1, &zero, 1, &top) == 0)
+		return;
+	ht_compare_walk(peer, 1, &part, fn, arg);
+}
+
 /* ---- the server side: hashtree._nodes and hashtree._entries ------------------ */
 
-/* arguments of the batched reads: equal-length arrays without nulls */
+/*
+ * Arguments of the batched reads: equal-length arrays without nulls (pa,
+ * pb, the third), and the partitions: argument 0, one partition for all
+ * requests (multi false) or an int[] of one per request (multi true);
+ * each is checked.
+ */
 static int
-batch_arrays(FunctionCallInfo fcinfo, int depth, Datum **pa, Datum **pb,
-			 int third, Oid third_type, Datum **third_elems)
+batch_arrays(FunctionCallInfo fcinfo, bool multi, int depth, int32 **parts,
+			 Datum **pa, Datum **pb, int third, Oid third_type, Datum **third_elems)
 {
 	int			n = -1;
-	Oid			types[3] = {TEXTOID, TEXTOID, third_type};
-	Datum	  **outs[3] = {pa, pb, third_elems};
+	Oid			types[4] = {TEXTOID, TEXTOID, third_type, INT4OID};
+	Datum	   *pe = NULL;
+	Datum	  **outs[4] = {pa, pb, third_elems, &pe};
+	int			narrays = multi ? 4 : 3;
 
+	HT_ARG_NOT_NULL(0, "partition");
 	if (depth < HT_DEPTH_ROOT || depth > HT_DEPTH_LEAF)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("depth must be 0, 1 or 2, not %d", depth)));
-	for (int k = 0; k < 3; k++)
+	for (int k = 0; k < narrays; k++)
 	{
-		int			argno = (k < 2) ? 2 + k : third;
+		int			argno = (k < 2) ? 2 + k : k == 2 ? third : 0;
 		ArrayType  *a;
 		bool	   *nulls;
 		int			cnt;
@@ -507,23 +631,33 @@ batch_arrays(FunctionCallInfo fcinfo, int depth, Datum **pa, Datum **pb,
 					 errmsg("array arguments must have the same length")));
 		n = cnt;
 	}
+	*parts = palloc(sizeof(int32) * Max(n, 1));
+	(*parts)[0] = multi ? 0 : PG_GETARG_INT32(0);
+	for (int i = 0; i < n; i++)
+		(*parts)[i] = multi ? DatumGetInt32(pe[i]) : PG_GETARG_INT32(0);
 	return n;
 }
 
-/*
- * hashtree._nodes(partition int, depth int, pa text[], pb text[], level int,
- *                 firsts bigint[], span bigint, hash_bytes int DEFAULT 8)
- *   RETURNS TABLE(i int, children bytea)
- * Batched node read of compare: per request i, the stored children firsts[i]
- * .. firsts[i] + span - 1 of a level in one value (varint gap, hash prefix
- * per child).  Locks: ACCESS SHARE on hashtree.node.
- */
-PG_FUNCTION_INFO_V1(ht_nodes_sql);
-Datum
-ht_nodes_sql(PG_FUNCTION_ARGS)
+/* each partition of a batch exists (needs SPI: the partition count) */
+static void
+check_partitions(int n, const int32 *parts, bool multi)
+{
+	if (!multi)
+	{
+		ht_check_partition(parts[0]);
+		return;
+	}
+	for (int i = 0; i < n; i++)
+		if (i == 0 || parts[i] != parts[i - 1])
+			ht_check_partition(parts[i]);
+}
+
+/* _nodes and _nodes_m (multi: one partition per request) */
+static Datum
+nodes_sql(FunctionCallInfo fcinfo, bool multi)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	int			part;
+	int32	   *parts;
 	int			depth;
 	int			level;
 	Datum	   *pa;
@@ -534,17 +668,15 @@ ht_nodes_sql(PG_FUNCTION_ARGS)
 	int			n;
 	int			hash_bytes;
 
-	HT_ARG_NOT_NULL(0, "partition");
 	HT_ARG_NOT_NULL(1, "depth");
 	HT_ARG_NOT_NULL(4, "level");
 	HT_ARG_NOT_NULL(6, "span");
 	HT_ARG_NOT_NULL(7, "hash_bytes");
-	part = PG_GETARG_INT32(0);
 	depth = PG_GETARG_INT32(1);
 	level = PG_GETARG_INT32(4);
 	span = PG_GETARG_INT64(6);
 	hash_bytes = PG_GETARG_INT32(7);
-	n = batch_arrays(fcinfo, depth, &pa, &pb, 5, INT8OID, &fe);
+	n = batch_arrays(fcinfo, multi, depth, &parts, &pa, &pb, 5, INT8OID, &fe);
 	if ((level < 1 || level > HT_LEVELS) && level != HT_LEVEL_SUB)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
@@ -578,8 +710,8 @@ ht_nodes_sql(PG_FUNCTION_ARGS)
 		int			nrows;
 		StringInfoData buf;
 
-		ht_check_partition(part);
-		nrows = ht_store_nodes(part, depth, n, pa, pb, level, firsts, span, hash_bytes, &rows);
+		check_partitions(n, parts, multi);
+		nrows = nodes_of(depth, n, parts, pa, pb, level, firsts, span, hash_bytes, &rows);
 		initStringInfo(&buf);
 		for (int r = 0; r < nrows; r++)
 		{
@@ -614,19 +746,41 @@ ht_nodes_sql(PG_FUNCTION_ARGS)
 }
 
 /*
- * hashtree._entries(partition int, depth int, pa text[], pb text[],
- *                   segments int[], hash_bytes int DEFAULT 0)
- *   RETURNS TABLE(i int, key bytea, hash bytea)
- * Batched entry read of compare: the entries of segment segments[i] of tree
- * (pa[i], pb[i]); hash_bytes > 0 gives a digest of each hash cut to that
- * length.  Locks: ACCESS SHARE on hashtree.entry and hashtree.entry_pack.
+ * hashtree._nodes(partition int, depth int, pa text[], pb text[], level int,
+ *                 firsts bigint[], span bigint, hash_bytes int DEFAULT 8)
+ *   RETURNS TABLE(i int, children bytea)
+ * Batched node read of compare: per request i, the stored children firsts[i]
+ * .. firsts[i] + span - 1 of a level in one value (varint gap, hash prefix
+ * per child).  Locks: ACCESS SHARE on hashtree.node.
  */
-PG_FUNCTION_INFO_V1(ht_entries_sql);
+PG_FUNCTION_INFO_V1(ht_nodes_sql);
 Datum
-ht_entries_sql(PG_FUNCTION_ARGS)
+ht_nodes_sql(PG_FUNCTION_ARGS)
+{
+	return nodes_sql(fcinfo, false);
+}
+
+/*
+ * hashtree._nodes_m(partitions int[], depth int, pa text[], pb text[],
+ *                   level int, firsts bigint[], span bigint, hash_bytes int)
+ *   RETURNS TABLE(i int, children bytea)
+ * _nodes for requests of several partitions (partitions[i] is request i's),
+ * as the exchange of a whole node walks them: one round trip per level for
+ * all.  Locks: ACCESS SHARE on hashtree.node.
+ */
+PG_FUNCTION_INFO_V1(ht_nodes_m_sql);
+Datum
+ht_nodes_m_sql(PG_FUNCTION_ARGS)
+{
+	return nodes_sql(fcinfo, true);
+}
+
+/* _entries and _entries_m (multi: one partition per request) */
+static Datum
+entries_sql(FunctionCallInfo fcinfo, bool multi)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
-	int			part;
+	int32	   *parts;
 	int			depth;
 	Datum	   *pa;
 	Datum	   *pb;
@@ -635,13 +789,11 @@ ht_entries_sql(PG_FUNCTION_ARGS)
 	int			n;
 	int			hash_bytes;
 
-	HT_ARG_NOT_NULL(0, "partition");
 	HT_ARG_NOT_NULL(1, "depth");
 	HT_ARG_NOT_NULL(5, "hash_bytes");
-	part = PG_GETARG_INT32(0);
 	hash_bytes = PG_GETARG_INT32(5);
 	depth = PG_GETARG_INT32(1);
-	n = batch_arrays(fcinfo, depth, &pa, &pb, 4, INT4OID, &se);
+	n = batch_arrays(fcinfo, multi, depth, &parts, &pa, &pb, 4, INT4OID, &se);
 	segs = palloc(sizeof(int32) * Max(n, 1));
 	for (int i = 0; i < n; i++)
 	{
@@ -656,8 +808,8 @@ ht_entries_sql(PG_FUNCTION_ARGS)
 		HtEntryRow *rows;
 		int			nrows;
 
-		ht_check_partition(part);
-		nrows = ht_store_entries(part, depth, n, pa, pb, segs, hash_bytes, &rows);
+		check_partitions(n, parts, multi);
+		nrows = entries_of(depth, n, parts, pa, pb, segs, hash_bytes, &rows);
 		for (int r = 0; r < nrows; r++)
 		{
 			Datum		values[3];
@@ -672,4 +824,33 @@ ht_entries_sql(PG_FUNCTION_ARGS)
 	HT_API_END();
 	SPI_finish();
 	return (Datum) 0;
+}
+
+/*
+ * hashtree._entries(partition int, depth int, pa text[], pb text[],
+ *                   segments int[], hash_bytes int DEFAULT 0)
+ *   RETURNS TABLE(i int, key bytea, hash bytea)
+ * Batched entry read of compare: the entries of segment segments[i] of tree
+ * (pa[i], pb[i]); hash_bytes > 0 gives a digest of each hash cut to that
+ * length.  Locks: ACCESS SHARE on hashtree.entry and hashtree.entry_pack.
+ */
+PG_FUNCTION_INFO_V1(ht_entries_sql);
+Datum
+ht_entries_sql(PG_FUNCTION_ARGS)
+{
+	return entries_sql(fcinfo, false);
+}
+
+/*
+ * hashtree._entries_m(partitions int[], depth int, pa text[], pb text[],
+ *                     segments int[], hash_bytes int)
+ *   RETURNS TABLE(i int, key bytea, hash bytea)
+ * _entries for requests of several partitions (partitions[i] is request
+ * i's).  Locks: ACCESS SHARE on hashtree.entry and hashtree.entry_pack.
+ */
+PG_FUNCTION_INFO_V1(ht_entries_m_sql);
+Datum
+ht_entries_m_sql(PG_FUNCTION_ARGS)
+{
+	return entries_sql(fcinfo, true);
 }

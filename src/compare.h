@@ -28,16 +28,40 @@ typedef enum HtDiffKind
 extern const char *const ht_diff_kind_names[HT_NKINDS];
 
 /*
- * Called once per difference: prefix_b is (Datum) 0 for a whole prefix_a,
- * key NULL for a whole prefix.
+ * Hashes compared below the root are cut to this many bytes (of node sums,
+ * or of a digest of entry hashes): 2^-64 odds that a difference hides,
+ * a quarter of the bytes on the wire.  The root's top hash too.
  */
-typedef void (*HtDiffCallback) (void *arg, HtDiffKind kind, Datum pa, Datum pb,
+#define HT_COMPARE_HASH_BYTES 8
+
+/*
+ * Called once per difference, with its partition: prefix_b is (Datum) 0
+ * for a whole prefix_a, key NULL for a whole prefix.
+ */
+typedef void (*HtDiffCallback) (void *arg, int part, HtDiffKind kind, Datum pa, Datum pb,
 								bytea *key);
 
 /*
  * Walk local and remote trees of a partition, calling fn for each
- * difference.  Needs an SPI connection.
+ * difference: the top hashes (1 round trip), then ht_compare_walk.  Needs
+ * an SPI connection.
  */
 extern void ht_compare(int part, HtPeer *peer, HtDiffCallback fn, void *arg);
+
+/*
+ * Walk the trees of several partitions whose top hashes differ, all
+ * together: per depth of the tree of trees, one round trip per level for
+ * every differing tree of every partition (at most 12 round trips).
+ * Needs an SPI connection.
+ */
+extern void ht_compare_walk(HtPeer *peer, int nparts, const int *parts,
+							HtDiffCallback fn, void *arg);
+
+/*
+ * The top hash of a partition's root on this node, its first hash_bytes
+ * bytes (NULL: no entries), as the walk compares it.  Needs an SPI
+ * connection.
+ */
+extern bytea *ht_compare_top(int part, int hash_bytes);
 
 #endif							/* HT_COMPARE_H */

@@ -51,14 +51,17 @@ typedef struct HtExchangeResult
 } HtExchangeResult;
 
 /*
- * Exchange one partition in a subtransaction, record the outcome in r and
- * in hashtree.exchange_log.  *unreachable (NULL at first) is set when the
- * peer is lost or (within exchange()) the exchange was canceled, and the
- * later partitions are then logged as not attempted.  A cancel (outside
- * exchange()) or shutdown of this backend is thrown.  Needs SPI.
+ * Exchange partitions parts[0 .. n) with a peer, all together (see
+ * exchange.c), in a subtransaction; record each partition's outcome in
+ * results[k] and in hashtree.exchange_log (one row each; the round trips
+ * and bytes of the whole exchange on every row, and its first row's id as
+ * every row's run).  A failure of the whole exchange (a lost peer, an
+ * error of the walk) is the error of every partition still in it.  A
+ * shutdown of this backend, or a cancel outside exchange(), is thrown.
+ * Needs SPI.
  */
-extern void ht_exchange_one(const char *peer_name, int part, HtRepairMode mode,
-							bool worker, char **unreachable, HtExchangeResult *r);
+extern void ht_exchange_run(const char *peer_name, int n, const int *parts,
+							HtRepairMode mode, bool worker, HtExchangeResult *results);
 
 /* no WARNING per failed partition or prefix (the workers log one line) */
 extern bool ht_exchange_quiet;

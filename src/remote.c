@@ -516,22 +516,18 @@ exec_result(HtPeer *peer)
 	return last;
 }
 
-HtRemoteResult *
-ht_peer_receive(HtPeer *peer, int ncols)
+/* a result's rows copied out of libpq (the result is cleared) */
+static HtRemoteResult *
+copy_result(HtPeer *peer, PGresult *res, int ncols)
 {
-	PGresult   *res;
 	HtRemoteResult *out;
-	ExecStatusType st;
 
-	res = exec_result(peer);
-	st = PQresultStatus(res);
-	if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK)
-		peer_failed(peer, res);
 	if (PQnfields(res) != ncols)
 	{
 		int			nf = PQnfields(res);
 
 		PQclear(res);
+		peer_disconnect(peer);
 		protocol_violation(peer, psprintf("%d columns instead of %d", nf, ncols));
 	}
 
@@ -559,6 +555,19 @@ ht_peer_receive(HtPeer *peer, int ncols)
 		}
 	PQclear(res);
 	return out;
+}
+
+HtRemoteResult *
+ht_peer_receive(HtPeer *peer, int ncols)
+{
+	PGresult   *res;
+	ExecStatusType st;
+
+	res = exec_result(peer);
+	st = PQresultStatus(res);
+	if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK)
+		peer_failed(peer, res);
+	return copy_result(peer, res, ncols);
 }
 
 HtRemoteResult *
@@ -653,6 +662,222 @@ ht_node_query(HtPeer *peer, const char *sql, int nparams,
 	if (SPI_tuptable)
 		SPI_freetuptable(SPI_tuptable);
 	return out;
+}
+
+/* ---- batches ----------------------------------------------------------------- */
+
+/*
+ * The error of a failed statement of a batch, as peer_failed raises it;
+ * a lost peer is thrown.
+ */
+static ErrorData *
+peer_error(HtPeer *peer, PGresult *res)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ErrorData  *edata = NULL;
+
+	PG_TRY();
+	{
+		peer_failed(peer, res);
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		if (ht_peer_lost(edata->sqlerrcode))
+			PG_RE_THROW();
+		FlushErrorState();
+	}
+	PG_END_TRY();
+	return edata;
+}
+
+/* the next result of a pipeline (NULL: the end of a statement's results) */
+static PGresult *
+next_result(HtPeer *peer)
+{
+	while (PQisBusy(peer->conn))
+	{
+		wait_for_socket(peer, WL_SOCKET_READABLE, peer->deadline, false);
+		if (!PQconsumeInput(peer->conn))
+			lost_connection(peer);
+	}
+	return PQgetResult(peer->conn);
+}
+
+/*
+ * The batch on a peer: every statement sent, a Sync after each group (so
+ * each group is an implicit transaction), then the results read in order.
+ */
+static void
+peer_batch(HtPeer *peer, HtStatement *stmts, int n, ErrorData **errors)
+{
+	PGconn	   *conn = peer->conn;
+	ErrorData  *volatile first = NULL;
+
+	if (conn == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONNECTION_DOES_NOT_EXIST),
+				 errmsg("no connection to peer \"%s\"", peer->name)));
+	peer->deadline = 0;
+	if (ht_guc_statement_timeout > 0)
+		peer->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
+													 ht_guc_statement_timeout);
+	PG_TRY();
+	{
+		int			r;
+
+		if (!PQenterPipelineMode(conn))
+			lost_connection(peer);
+		for (int k = 0; k < n; k++)
+		{
+			if (!PQsendQueryParams(conn, stmts[k].sql, stmts[k].nparams, NULL,
+								   stmts[k].params, NULL, NULL, 0))
+				lost_connection(peer);
+			if ((k == n - 1 || stmts[k + 1].group != stmts[k].group) &&
+				!PQpipelineSync(conn))
+				lost_connection(peer);
+		}
+		while ((r = PQflush(conn)) != 0)
+		{
+			if (r < 0)
+				lost_connection(peer);
+			wait_for_socket(peer, WL_SOCKET_WRITEABLE | WL_SOCKET_READABLE,
+							peer->deadline, false);
+			if (!PQconsumeInput(conn))
+				lost_connection(peer);
+		}
+
+		for (int k = 0; k < n; k++)
+		{
+			PGresult   *res = next_result(peer);
+			PGresult   *more;
+			ErrorData  *edata = NULL;
+			int			g = stmts[k].group;
+
+			stmts[k].result = NULL;
+			if (res == NULL || PQstatus(conn) == CONNECTION_BAD)
+			{
+				if (res != NULL)
+					PQclear(res);
+				lost_connection(peer);
+			}
+			switch (PQresultStatus(res))
+			{
+				case PGRES_TUPLES_OK:
+				case PGRES_COMMAND_OK:
+					stmts[k].result = copy_result(peer, res, stmts[k].ncols);
+					break;
+				case PGRES_PIPELINE_ABORTED:
+					/* an earlier statement of its group failed */
+					PQclear(res);
+					break;
+				case PGRES_FATAL_ERROR:
+					edata = peer_error(peer, res);
+					break;
+				default:
+					{
+						char	   *what = pstrdup(PQresStatus(PQresultStatus(res)));
+
+						PQclear(res);
+						protocol_violation(peer, what);
+					}
+			}
+			/* one result per statement, then NULL */
+			if ((more = next_result(peer)) != NULL)
+			{
+				PQclear(more);
+				protocol_violation(peer, "more than one result for a statement");
+			}
+			if (edata != NULL)
+			{
+				/* without errors[], the first is thrown once the pipeline is read */
+				if (errors == NULL)
+				{
+					if (first == NULL)
+						first = edata;
+				}
+				else if (errors[g] == NULL)
+					errors[g] = edata;
+			}
+			/* the end of a group: its Sync */
+			if (k == n - 1 || stmts[k + 1].group != g)
+			{
+				res = next_result(peer);
+				if (res == NULL || PQresultStatus(res) != PGRES_PIPELINE_SYNC)
+				{
+					if (res != NULL)
+						PQclear(res);
+					if (PQstatus(conn) == CONNECTION_BAD)
+						lost_connection(peer);
+					protocol_violation(peer, "no end of a pipeline");
+				}
+				PQclear(res);
+			}
+		}
+		if (!PQexitPipelineMode(conn))
+			protocol_violation(peer, "a pipeline that does not end");
+	}
+	PG_CATCH();
+	{
+		/* interrupted, timed out, broken, or an error thrown: done */
+		peer_disconnect(peer);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	peer->round_trips++;
+	if (first != NULL)
+		ReThrowError(first);
+}
+
+typedef struct LocalGroup
+{
+	HtStatement *stmts;
+	int			from;
+	int			to;
+} LocalGroup;
+
+static void
+local_group(void *arg)
+{
+	LocalGroup *lg = (LocalGroup *) arg;
+
+	for (int k = lg->from; k < lg->to; k++)
+		lg->stmts[k].result = ht_node_query(NULL, lg->stmts[k].sql, lg->stmts[k].nparams,
+											lg->stmts[k].params, lg->stmts[k].ncols);
+}
+
+void
+ht_node_batch(HtPeer *peer, HtStatement *stmts, int n, ErrorData **errors)
+{
+	if (n == 0)
+		return;
+	if (peer != NULL)
+	{
+		peer_batch(peer, stmts, n, errors);
+		return;
+	}
+	for (int from = 0; from < n;)
+	{
+		LocalGroup	lg = {stmts, from, from};
+		ErrorData  *edata;
+
+		while (lg.to < n && stmts[lg.to].group == stmts[from].group)
+			stmts[lg.to++].result = NULL;
+		edata = ht_subxact(local_group, &lg);
+		if (edata != NULL)
+		{
+			/* the results of a group rolled back are not results */
+			for (int k = from; k < lg.to; k++)
+				stmts[k].result = NULL;
+			if (errors == NULL ||
+				edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
+				edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
+				ReThrowError(edata);
+			errors[stmts[from].group] = edata;
+		}
+		from = lg.to;
+	}
 }
 
 static char *

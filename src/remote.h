@@ -115,6 +115,33 @@ extern HtRemoteResult *ht_peer_receive(HtPeer *peer, int ncols);
 extern HtRemoteResult *ht_node_query(HtPeer *peer, const char *sql, int nparams,
 									 const char *const *params, int ncols);
 
+/*
+ * A statement of a batch: text parameters, text results (as
+ * ht_node_query); statements of one group are consecutive.
+ */
+typedef struct HtStatement
+{
+	const char *sql;
+	int			nparams;
+	const char **params;
+	int			ncols;
+	int			group;			/* 0, 1, ... in order */
+	HtRemoteResult *result;		/* set when it ran */
+} HtStatement;
+
+/*
+ * Run statements on a node (peer NULL: this node, through SPI), group by
+ * group.  On a peer the whole batch is one round trip (libpq's pipeline
+ * mode: every statement sent before any result is read) and each group a
+ * transaction of its own; on this node each group runs in a
+ * subtransaction.  A group whose statement fails is rolled back and its
+ * later statements do not run: errors[group] gets the error (as the peer
+ * reported it, classified as in ht_peer_query), or with errors NULL the
+ * first one is thrown.  A lost peer, a cancel or a shutdown is always
+ * thrown.
+ */
+extern void ht_node_batch(HtPeer *peer, HtStatement *stmts, int n, ErrorData **errors);
+
 /* decoders of binary result values */
 extern int32 ht_remote_int4(HtRemoteResult *res, int row, int col);
 extern int64 ht_remote_int8(HtRemoteResult *res, int row, int col);

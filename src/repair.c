@@ -21,10 +21,18 @@
  * role) may read the source and write the target; the target checks
  * that each row written hashes equal to its source.  The target's
  * tracking trigger then logs the changes, and the next exchange sees the
- * trees equal.  For entries
- * written with insert(), the entries are copied.  Each prefix is repaired
- * in its own subtransaction: a prefix that cannot be repaired (a table
- * missing on the target) is reported as not repaired, the others go on.
+ * trees equal.  For entries written with insert(), the entries are
+ * copied.
+ *
+ * The differences of all the partitions of an exchange are repaired
+ * together, in three batches (ht_node_batch): the peer's registry and the
+ * prefixes a whole missing prefix_a has there; the reads on the source;
+ * the writes on the target.  Each is one round trip when it runs on the
+ * peer, so a pull or a push costs two round trips however many partitions
+ * and prefixes differ.  Each prefix of a partition is a group of its own:
+ * its reads, and its writes (a transaction on the peer, a subtransaction
+ * here), so a prefix that cannot be repaired (a table missing on the
+ * target, a constraint) is reported as not repaired and the others go on.
  *
  *-------------------------------------------------------------------------
  */
@@ -51,13 +59,10 @@ typedef struct Registry
 	char	  **name;
 } Registry;
 
+/* the tracked tables of a node, from its hashtree.tracked */
 static void
-registry_of(HtPeer *peer, Registry *reg)
+registry_from(HtRemoteResult *res, Registry *reg)
 {
-	HtRemoteResult *res = ht_node_query(peer,
-										"SELECT schema_name, table_name FROM hashtree.tracked",
-										0, NULL, 2);
-
 	reg->n = res->nrows;
 	reg->schema = palloc(sizeof(char *) * Max(res->nrows, 1));
 	reg->name = palloc(sizeof(char *) * Max(res->nrows, 1));
@@ -66,6 +71,13 @@ registry_of(HtPeer *peer, Registry *reg)
 		reg->schema[i] = ht_remote_text(res, i, 0);
 		reg->name[i] = ht_remote_text(res, i, 1);
 	}
+}
+
+static void
+registry_of(HtPeer *peer, Registry *reg)
+{
+	registry_from(ht_node_query(peer, "SELECT schema_name, table_name FROM hashtree.tracked",
+								0, NULL, 2), reg);
 }
 
 static bool
@@ -96,266 +108,302 @@ result_bytea(HtRemoteResult *res, int row, int col)
 	return v ? DatumGetByteaPP(DirectFunctionCall1(byteain, CStringGetDatum(v))) : NULL;
 }
 
-/* what to do to one prefix, from source to target */
+/* what to do to one prefix of one partition, from source to target */
 typedef struct Work
 {
-	HtPeer	   *src;			/* NULL: this node */
-	HtPeer	   *dst;
-	int			part;
+	HtRepairPart *rp;			/* its partition */
 	const char *pa;
 	const char *pb;
 	bool		tracked;
 	int			ncopy;
-	bytea	  **copy;			/* keys to copy (or delete if gone) */
+	bytea	  **copy;			/* keys to copy (or delete if gone), sorted */
 	int			ndel;
 	bytea	  **del;			/* keys to delete */
 	bool		copy_prefix;
 	bool		del_prefix;
+	int			first_diff;		/* its differences: d[first_diff .. end_diff) */
+	int			end_diff;
+	int			read_from;		/* its reads: statements [read_from, read_to) */
+	int			read_to;
+	char	   *failed;			/* why it was not repaired, NULL if it was */
 } Work;
 
-/* ---- entries written with insert() --------------------------------------- */
+/* a growing list of statements */
+typedef struct Stmts
+{
+	int			n;
+	int			cap;
+	HtStatement *s;
+} Stmts;
 
 static void
-apply_entries(Work *w, bytea **keys, bytea **hashes, int n)
+add_stmt(Stmts *st, int group, int ncols, const char *sql, int nparams, ...)
 {
-	const char *p[5];
+	HtStatement *x;
+	va_list		args;
+
+	if (st->n >= st->cap)
+	{
+		st->cap = st->cap ? st->cap * 2 : 16;
+		st->s = st->s ? repalloc(st->s, sizeof(HtStatement) * st->cap)
+			: palloc(sizeof(HtStatement) * st->cap);
+	}
+	x = &st->s[st->n++];
+	x->sql = sql;
+	x->nparams = nparams;
+	x->params = palloc(sizeof(char *) * Max(nparams, 1));
+	va_start(args, nparams);
+	for (int i = 0; i < nparams; i++)
+		x->params[i] = va_arg(args, const char *);
+	va_end(args);
+	x->ncols = ncols;
+	x->group = group;
+	x->result = NULL;
+}
+
+static const char *
+hashes_array_text(bytea **hashes, int n)
+{
 	Datum	   *h = palloc(sizeof(Datum) * Max(n, 1));
 	bool	   *nulls = palloc(sizeof(bool) * Max(n, 1));
 	int			dims[1] = {n};
 	int			lbs[1] = {1};
 
-	if (n == 0)
-		return;
 	for (int i = 0; i < n; i++)
 	{
 		h[i] = PointerGetDatum(hashes[i]);
 		nulls[i] = (hashes[i] == NULL);
 	}
-	p[0] = psprintf("%d", w->part);
-	p[1] = w->pa;
-	p[2] = w->pb;
-	p[3] = bytea_array_text(keys, n);
-	p[4] = OidOutputFunctionCall(F_ARRAY_OUT,
+	return OidOutputFunctionCall(F_ARRAY_OUT,
 								 PointerGetDatum(construct_md_array(h, nulls, 1, dims, lbs,
 																	BYTEAOID, -1, false,
 																	TYPALIGN_INT)));
-	(void) ht_node_query(w->dst, "SELECT hashtree._apply_entries($1::int4, $2, $3,"
-						 " $4::bytea[], $5::bytea[])", 5, p, 1);
+}
+
+/* ---- the reads on the source ------------------------------------------------ */
+
+static void
+add_reads(Stmts *st, int group, Work *w)
+{
+	const char *part = psprintf("%d", w->rp->part);
+
+	w->read_from = st->n;
+	if (w->copy_prefix)
+	{
+		if (w->tracked)
+			add_stmt(st, group, 3,
+					 "SELECT key, hash, r FROM hashtree._partition_rows($1, $2, $3::int4)",
+					 3, w->pa, w->pb, part);
+		else
+			add_stmt(st, group, 2,
+					 "SELECT key, hash FROM hashtree._prefix_entries($1::int4, $2, $3)",
+					 3, part, w->pa, w->pb);
+	}
+	/* what the source has of these keys; a key it lost meanwhile goes */
+	for (int base = 0; base < w->ncopy; base += HT_REPAIR_BATCH)
+	{
+		const char *keys = bytea_array_text(w->copy + base, Min(HT_REPAIR_BATCH, w->ncopy - base));
+
+		if (w->tracked)
+			add_stmt(st, group, 3,
+					 "SELECT key, hash, r FROM hashtree._rows_by_key($1, $2, $3::pg_catalog.bytea[])"
+					 " ORDER BY key", 3, w->pa, w->pb, keys);
+		else
+			add_stmt(st, group, 2,
+					 "SELECT key, hash FROM hashtree._entries_by_key($1::int4, $2, $3, $4::bytea[])"
+					 " ORDER BY key", 4, part, w->pa, w->pb, keys);
+	}
+	w->read_to = st->n;
+}
+
+/* ---- the writes on the target --------------------------------------------- */
+
+/*
+ * Rows travel in the transport form of _rows_by_key (per-column values by
+ * name, binary or text; see rowio.c) with the source's row hash, which the
+ * target checks after writing each row.
+ */
+static void
+add_apply_rows(Stmts *st, int group, Work *w, HtRemoteResult *res, int from, int to,
+			   bytea **deletes, int ndel)
+{
+	const char *rows = NULL;
+	const char *hashes = NULL;
+
+	if (to > from)
+	{
+		int			n = to - from;
+		bytea	  **r = palloc(sizeof(bytea *) * n);
+		bytea	  **h = palloc(sizeof(bytea *) * n);
+
+		for (int i = 0; i < n; i++)
+		{
+			r[i] = result_bytea(res, from + i, 2);
+			h[i] = result_bytea(res, from + i, 1);
+			if (r[i] == NULL || h[i] == NULL)
+				ereport(ERROR,
+						(errcode(ERRCODE_PROTOCOL_VIOLATION),
+						 errmsg("unexpected row from the source of a repair")));
+		}
+		rows = bytea_array_text(r, n);
+		hashes = bytea_array_text(h, n);
+	}
+	if (rows == NULL && ndel == 0)
+		return;
+	add_stmt(st, group, 1,
+			 "SELECT hashtree._apply_rows($1, $2, $3::pg_catalog.bytea[],"
+			 " $4::pg_catalog.bytea[], $5::pg_catalog.bytea[])",
+			 5, w->pa, w->pb, rows, hashes, ndel > 0 ? bytea_array_text(deletes, ndel) : NULL);
 }
 
 static void
-repair_entries(Work *w)
+add_apply_entries(Stmts *st, int group, Work *w, bytea **keys, bytea **hashes, int n)
 {
-	const char *p[4];
+	if (n == 0)
+		return;
+	add_stmt(st, group, 1,
+			 "SELECT hashtree._apply_entries($1::int4, $2, $3, $4::bytea[], $5::bytea[])",
+			 5, psprintf("%d", w->rp->part), w->pa, w->pb, bytea_array_text(keys, n),
+			 hashes_array_text(hashes, n));
+}
 
-	p[0] = psprintf("%d", w->part);
-	p[1] = w->pa;
-	p[2] = w->pb;
+/*
+ * The keys of a chunk of w->copy (sorted) that the source's rows res
+ * (ordered by key) lack: gone there, deleted on the target.  hashes (if
+ * not NULL) gets the hash of each key found, NULL for one gone.
+ */
+static int
+gone_keys(HtRemoteResult *res, bytea **keys, int k, bytea **gone, bytea **hashes)
+{
+	int			ngone = 0;
+	int			j = 0;
+
+	for (int r = 0; r < res->nrows; r++)
+	{
+		bytea	   *key = result_bytea(res, r, 0);
+
+		while (j < k && ht_bytea_cmp(keys[j], key) < 0)
+			gone[ngone++] = keys[j++];
+		if (j < k && ht_bytea_cmp(keys[j], key) == 0)
+		{
+			if (hashes != NULL)
+				hashes[j] = result_bytea(res, r, 1);
+			j++;
+		}
+	}
+	while (j < k)
+		gone[ngone++] = keys[j++];
+	return ngone;
+}
+
+/* the writes of a prefix, from what its reads returned */
+static void
+add_writes(Stmts *st, int group, Work *w, HtStatement *reads)
+{
+	const char *part = psprintf("%d", w->rp->part);
+	int			next = w->read_from;
+
 	if (w->del_prefix)
-		(void) ht_node_query(w->dst, "SELECT hashtree._drop_entries($1::int4, $2, $3)", 3, p, 1);
+	{
+		if (w->tracked)
+			add_stmt(st, group, 1, "SELECT hashtree._delete_partition_rows($1, $2, $3::int4)",
+					 3, w->pa, w->pb, part);
+		else
+			add_stmt(st, group, 1, "SELECT hashtree._drop_entries($1::int4, $2, $3)",
+					 3, part, w->pa, w->pb);
+	}
 	if (w->copy_prefix)
 	{
-		HtRemoteResult *res = ht_node_query(w->src,
-											"SELECT key, hash FROM hashtree._prefix_entries($1::int4, $2, $3)",
-											3, p, 2);
+		HtRemoteResult *res = reads[next++].result;
 
 		for (int base = 0; base < res->nrows; base += HT_REPAIR_BATCH)
 		{
 			int			k = Min(HT_REPAIR_BATCH, res->nrows - base);
-			bytea	  **keys = palloc(sizeof(bytea *) * k);
-			bytea	  **hashes = palloc(sizeof(bytea *) * k);
 
-			for (int i = 0; i < k; i++)
+			if (w->tracked)
+				add_apply_rows(st, group, w, res, base, base + k, NULL, 0);
+			else
 			{
-				keys[i] = result_bytea(res, base + i, 0);
-				hashes[i] = result_bytea(res, base + i, 1);
+				bytea	  **keys = palloc(sizeof(bytea *) * k);
+				bytea	  **hashes = palloc(sizeof(bytea *) * k);
+
+				for (int i = 0; i < k; i++)
+				{
+					keys[i] = result_bytea(res, base + i, 0);
+					hashes[i] = result_bytea(res, base + i, 1);
+				}
+				add_apply_entries(st, group, w, keys, hashes, k);
 			}
-			apply_entries(w, keys, hashes, k);
 		}
 	}
 	for (int base = 0; base < w->ncopy; base += HT_REPAIR_BATCH)
 	{
 		int			k = Min(HT_REPAIR_BATCH, w->ncopy - base);
 		bytea	  **keys = w->copy + base;
-		bytea	  **hashes = palloc0(sizeof(bytea *) * k);
-		HtRemoteResult *res;
-		int			j = 0;
+		HtRemoteResult *res = reads[next++].result;
+		bytea	  **gone = palloc(sizeof(bytea *) * k);
 
-		/* what the source has of these keys; a key it lost meanwhile goes */
-		qsort(keys, k, sizeof(bytea *), ht_bytea_ptr_cmp);
-		p[3] = bytea_array_text(keys, k);
-		res = ht_node_query(w->src,
-							"SELECT key, hash FROM hashtree._entries_by_key($1::int4, $2, $3, $4::bytea[])"
-							" ORDER BY key", 4, p, 2);
-		for (int r = 0; r < res->nrows; r++)
+		if (w->tracked)
 		{
-			bytea	   *key = result_bytea(res, r, 0);
+			int			ngone = gone_keys(res, keys, k, gone, NULL);
 
-			while (j < k && ht_bytea_cmp(keys[j], key) < 0)
-				j++;
-			if (j < k && ht_bytea_cmp(keys[j], key) == 0)
-				hashes[j] = result_bytea(res, r, 1);
+			add_apply_rows(st, group, w, res, 0, res->nrows, gone, ngone);
 		}
-		apply_entries(w, keys, hashes, k);
+		else
+		{
+			/* a key without a hash (gone on the source) is deleted */
+			bytea	  **hashes = palloc0(sizeof(bytea *) * k);
+
+			(void) gone_keys(res, keys, k, gone, hashes);
+			add_apply_entries(st, group, w, keys, hashes, k);
+		}
 	}
 	for (int base = 0; base < w->ndel; base += HT_REPAIR_BATCH)
 	{
 		int			k = Min(HT_REPAIR_BATCH, w->ndel - base);
 
-		apply_entries(w, w->del + base, palloc0(sizeof(bytea *) * k), k);
+		if (w->tracked)
+			add_apply_rows(st, group, w, NULL, 0, 0, w->del + base, k);
+		else
+			add_apply_entries(st, group, w, w->del + base, palloc0(sizeof(bytea *) * k), k);
 	}
-}
-
-/* ---- rows of tracked tables ------------------------------------------------ */
-
-/*
- * Rows travel in the transport form of _rows_by_key (per-column values by
- * name, binary or text; see track.c) with the source's row hash, which the
- * target checks after writing each row.
- */
-static void
-apply_rows(Work *w, HtRemoteResult *res, int keycol, int from, int to,
-		   bytea **deletes, int ndel)
-{
-	const char *p[5];
-
-	p[0] = w->pa;
-	p[1] = w->pb;
-	p[2] = NULL;
-	p[3] = NULL;
-	if (to > from)
-	{
-		int			n = to - from;
-		bytea	  **rows = palloc(sizeof(bytea *) * n);
-		bytea	  **hashes = palloc(sizeof(bytea *) * n);
-
-		for (int i = 0; i < n; i++)
-		{
-			rows[i] = result_bytea(res, from + i, keycol + 2);
-			hashes[i] = result_bytea(res, from + i, keycol + 1);
-			if (rows[i] == NULL || hashes[i] == NULL)
-				ereport(ERROR,
-						(errcode(ERRCODE_PROTOCOL_VIOLATION),
-						 errmsg("unexpected row from the source of a repair")));
-		}
-		p[2] = bytea_array_text(rows, n);
-		p[3] = bytea_array_text(hashes, n);
-	}
-	p[4] = ndel > 0 ? bytea_array_text(deletes, ndel) : NULL;
-	if (p[2] == NULL && p[4] == NULL)
-		return;
-	(void) ht_node_query(w->dst, "SELECT hashtree._apply_rows($1, $2, $3::pg_catalog.bytea[],"
-						 " $4::pg_catalog.bytea[], $5::pg_catalog.bytea[])",
-						 5, p, 1);
-}
-
-static void
-repair_rows(Work *w)
-{
-	const char *p[3];
-
-	p[0] = w->pa;
-	p[1] = w->pb;
-	p[2] = psprintf("%d", w->part);
-	if (w->del_prefix)
-		(void) ht_node_query(w->dst, "SELECT hashtree._delete_partition_rows($1, $2, $3::int4)",
-							 3, p, 1);
-	if (w->copy_prefix)
-	{
-		HtRemoteResult *res = ht_node_query(w->src,
-											"SELECT key, hash, r FROM hashtree._partition_rows($1, $2, $3::int4)",
-											3, p, 3);
-
-		for (int base = 0; base < res->nrows; base += HT_REPAIR_BATCH)
-			apply_rows(w, res, 0, base, Min(base + HT_REPAIR_BATCH, res->nrows), NULL, 0);
-	}
-	for (int base = 0; base < w->ncopy; base += HT_REPAIR_BATCH)
-	{
-		int			k = Min(HT_REPAIR_BATCH, w->ncopy - base);
-		bytea	  **keys = w->copy + base;
-		bytea	  **gone = palloc(sizeof(bytea *) * k);
-		int			ngone = 0;
-		HtRemoteResult *res;
-		int			j = 0;
-
-		qsort(keys, k, sizeof(bytea *), ht_bytea_ptr_cmp);
-		p[2] = bytea_array_text(keys, k);
-		res = ht_node_query(w->src,
-							"SELECT key, hash, r FROM hashtree._rows_by_key($1, $2, $3::pg_catalog.bytea[])"
-							" ORDER BY key", 3, p, 3);
-		for (int r = 0; r < res->nrows; r++)
-		{
-			bytea	   *key = result_bytea(res, r, 0);
-
-			/* keys the source no longer has are deleted on the target */
-			while (j < k && ht_bytea_cmp(keys[j], key) < 0)
-				gone[ngone++] = keys[j++];
-			if (j < k && ht_bytea_cmp(keys[j], key) == 0)
-				j++;
-		}
-		while (j < k)
-			gone[ngone++] = keys[j++];
-		apply_rows(w, res, 0, 0, res->nrows, gone, ngone);
-	}
-	for (int base = 0; base < w->ndel; base += HT_REPAIR_BATCH)
-		apply_rows(w, NULL, 0, 0, 0, w->del + base, Min(HT_REPAIR_BATCH, w->ndel - base));
 }
 
 /* ---- driver ---------------------------------------------------------------- */
 
+/* a difference, with its partition */
+typedef struct PartDiff
+{
+	HtRepairPart *rp;
+	HtDiff	   *d;
+} PartDiff;
+
 static int
 diff_order(const void *a, const void *b)
 {
-	const HtDiff *x = *(HtDiff * const *) a;
-	const HtDiff *y = *(HtDiff * const *) b;
-	int			c = strcmp(x->pa, y->pa);
+	const PartDiff *x = (const PartDiff *) a;
+	const PartDiff *y = (const PartDiff *) b;
+	int			c;
 
+	if (x->rp != y->rp)
+		return x->rp < y->rp ? -1 : 1;
+	c = strcmp(x->d->pa, y->d->pa);
 	if (c != 0)
 		return c;
-	return strcmp(x->pb ? x->pb : "", y->pb ? y->pb : "");
+	return strcmp(x->d->pb ? x->d->pb : "", y->d->pb ? y->d->pb : "");
 }
 
-/* the prefix_b's under prefix_a in a partition, on a node */
-static HtRemoteResult *
-children_of(HtPeer *peer, int part, const char *pa)
-{
-	const char *p[2] = {psprintf("%d", part), pa};
-
-	return ht_node_query(peer, "SELECT c FROM hashtree._prefix_children($1::int4, $2) c",
-						 2, p, 1);
-}
-
+/*
+ * Is a failure of a prefix the end of the exchange?  A lost peer (a
+ * protocol violation included) or a cancel of this backend.
+ */
 static void
-repair_fn(void *arg)
+rethrow_fatal(ErrorData *edata)
 {
-	Work	   *w = (Work *) arg;
-
-	if (w->tracked)
-		repair_rows(w);
-	else
-		repair_entries(w);
-}
-
-/* run one prefix's repair in a subtransaction; false if it failed */
-static bool
-repair_prefix(Work *w, char **message)
-{
-	ErrorData  *edata = ht_subxact(repair_fn, w);
-
-	if (edata == NULL)
-		return true;
-	/*
-	 * A lost peer (a protocol violation included) or a cancel of this
-	 * backend ends the exchange, not just this prefix.
-	 */
 	if (ht_peer_lost(edata->sqlerrcode) ||
 		edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
 		edata->sqlerrcode == ERRCODE_ADMIN_SHUTDOWN)
 		ReThrowError(edata);
-	if (*message == NULL)
-		*message = psprintf("repair of %s: %s", quote_qualified_identifier(w->pa, w->pb),
-							edata->message);
-	return false;
 }
 
 const char *const ht_repair_mode_names[HT_NREPAIR_MODES] = {
@@ -376,136 +424,211 @@ ht_repair_mode(const char *name)
 	return HT_REPAIR_NONE;		/* keep compiler quiet */
 }
 
-int64
-ht_repair(HtPeer *peer, int part, HtRepairMode mode, HtDiff *diffs, int ndiffs,
-		  char **first_message, bool quiet)
+void
+ht_repair(HtPeer *peer, HtRepairMode mode, HtRepairPart *parts, int nparts, bool quiet)
 {
-	int64		repaired = 0;
 	Registry	local;
 	Registry	remote;
-	HtDiff	  **d;
-	int			n = 0;
 	bool		pull = (mode == HT_REPAIR_PULL);
+	HtPeer	   *src = pull ? peer : NULL;
+	HtPeer	   *dst = pull ? NULL : peer;
+	Stmts		first = {0};
+	PartDiff   *d;
+	int			n = 0;
+	int			cap = 0;
+	Work	   *works;
+	int			nworks = 0;
+	Stmts		reads = {0};
+	Stmts		writes = {0};
+	ErrorData **read_errors;
+	ErrorData **write_errors;
 
+	/*
+	 * Batch 1, on the peer: its registry, and the prefix_b's of each whole
+	 * prefix_a only it has.  Those only this node has are read here.
+	 */
+	add_stmt(&first, 0, 2, "SELECT schema_name, table_name FROM hashtree.tracked", 0);
+	for (int p = 0; p < nparts; p++)
+		for (int i = 0; i < parts[p].ndiffs; i++)
+		{
+			HtDiff	   *x = &parts[p].diffs[i];
+
+			cap++;
+			if (x->pb == NULL && x->kind == HT_MISSING_PREFIX)
+				add_stmt(&first, first.n, 1,
+						 "SELECT c FROM hashtree._prefix_children($1::int4, $2) c",
+						 2, psprintf("%d", parts[p].part), x->pa);
+		}
+	ht_node_batch(peer, first.s, first.n, NULL);
 	registry_of(NULL, &local);
-	registry_of(peer, &remote);
+	registry_from(first.s[0].result, &remote);
 
 	/* a whole prefix_a: one difference per prefix_b of the side that has it */
-	d = palloc(sizeof(HtDiff *) * ndiffs);
-	for (int i = 0; i < ndiffs; i++)
-	{
-		HtDiff	   *x = &diffs[i];
-
-		if (x->pb != NULL)
+	d = palloc(sizeof(PartDiff) * Max(cap, 1));
+	for (int p = 0, q = 1; p < nparts; p++)
+		for (int i = 0; i < parts[p].ndiffs; i++)
 		{
-			d[n++] = x;
-			continue;
-		}
-		{
-			HtRemoteResult *res = children_of(x->kind == HT_MISSING_PREFIX ? peer : NULL,
-											  part, x->pa);
+			HtDiff	   *x = &parts[p].diffs[i];
+			HtRemoteResult *res;
 
-			d = repalloc(d, sizeof(HtDiff *) * (ndiffs + n + res->nrows + 1));
+			if (x->pb != NULL)
+			{
+				d[n].rp = &parts[p];
+				d[n++].d = x;
+				continue;
+			}
+			if (x->kind == HT_MISSING_PREFIX)
+				res = first.s[q++].result;
+			else
+			{
+				const char *params[2] = {psprintf("%d", parts[p].part), x->pa};
+
+				res = ht_node_query(NULL, "SELECT c FROM hashtree._prefix_children($1::int4, $2) c",
+									2, params, 1);
+			}
+			cap += res->nrows;
+			d = repalloc(d, sizeof(PartDiff) * Max(cap, 1));
 			for (int c = 0; c < res->nrows; c++)
 			{
 				HtDiff	   *y = palloc(sizeof(HtDiff));
 
 				*y = *x;
 				y->pb = ht_remote_text(res, c, 0);
-				d[n++] = y;
+				d[n].rp = &parts[p];
+				d[n++].d = y;
 			}
 			/* the prefix_a itself counts as repaired when its children are */
 			x->repaired = true;
 		}
-	}
-	qsort(d, n, sizeof(HtDiff *), diff_order);
+	qsort(d, n, sizeof(PartDiff), diff_order);
 
+	/* the prefixes of each partition, and the reads on the source */
+	works = palloc0(sizeof(Work) * Max(n, 1));
 	for (int i = 0; i < n;)
 	{
 		int			j = i;
-		Work		w;
-		char	   *message = NULL;
+		Work	   *w = &works[nworks];
 		bool		here;
 		bool		there;
-		bool		ok;
 
-		memset(&w, 0, sizeof(w));
-		w.src = pull ? peer : NULL;
-		w.dst = pull ? NULL : peer;
-		w.part = part;
-		w.pa = d[i]->pa;
-		w.pb = d[i]->pb;
+		w->rp = d[i].rp;
+		w->pa = d[i].d->pa;
+		w->pb = d[i].d->pb;
 		while (j < n && diff_order(&d[i], &d[j]) == 0)
 			j++;
+		w->first_diff = i;
+		w->end_diff = j;
+		i = j;
 
 		/*
 		 * A table tracked on one side only cannot be made equal without DDL
 		 * on the other: report it, and do not delete the rows of a table
 		 * because the other node lacks it.
 		 */
-		here = registered(&local, w.pa, w.pb);
-		there = registered(&remote, w.pa, w.pb);
-		w.tracked = here && there;
+		here = registered(&local, w->pa, w->pb);
+		there = registered(&remote, w->pa, w->pb);
+		w->tracked = here && there;
+		nworks++;
 		if (here != there)
 		{
-			message = psprintf("table %s is tracked on %s but not on %s",
-							   quote_qualified_identifier(w.pa, w.pb),
-							   here ? "this node" : psprintf("peer \"%s\"", ht_peer_name(peer)),
-							   here ? psprintf("peer \"%s\"", ht_peer_name(peer)) : "this node");
-			ok = false;
+			w->failed = psprintf("table %s is tracked on %s but not on %s",
+								 quote_qualified_identifier(w->pa, w->pb),
+								 here ? "this node" : psprintf("peer \"%s\"", ht_peer_name(peer)),
+								 here ? psprintf("peer \"%s\"", ht_peer_name(peer)) : "this node");
+			continue;
 		}
-		else
+		w->copy = palloc(sizeof(bytea *) * (w->end_diff - w->first_diff));
+		w->del = palloc(sizeof(bytea *) * (w->end_diff - w->first_diff));
+		for (int k = w->first_diff; k < w->end_diff; k++)
 		{
-			w.copy = palloc(sizeof(bytea *) * (j - i));
-			w.del = palloc(sizeof(bytea *) * (j - i));
-			for (int k = i; k < j; k++)
+			/* does the source have it? */
+			bool		on_src;
+
+			switch (d[k].d->kind)
 			{
-				/* does the source have it? */
-				bool		on_src;
-
-				switch (d[k]->kind)
-				{
-					case HT_DIFFERENT:
-						w.copy[w.ncopy++] = d[k]->key;
-						break;
-					case HT_MISSING:
-					case HT_REMOTE_MISSING:
-						on_src = (d[k]->kind == HT_MISSING) == pull;
-						if (on_src)
-							w.copy[w.ncopy++] = d[k]->key;
-						else
-							w.del[w.ndel++] = d[k]->key;
-						break;
-					default:
-						on_src = (d[k]->kind == HT_MISSING_PREFIX) == pull;
-						if (on_src)
-							w.copy_prefix = true;
-						else
-							w.del_prefix = true;
-						break;
-				}
+				case HT_DIFFERENT:
+					w->copy[w->ncopy++] = d[k].d->key;
+					break;
+				case HT_MISSING:
+				case HT_REMOTE_MISSING:
+					on_src = (d[k].d->kind == HT_MISSING) == pull;
+					if (on_src)
+						w->copy[w->ncopy++] = d[k].d->key;
+					else
+						w->del[w->ndel++] = d[k].d->key;
+					break;
+				default:
+					on_src = (d[k].d->kind == HT_MISSING_PREFIX) == pull;
+					if (on_src)
+						w->copy_prefix = true;
+					else
+						w->del_prefix = true;
+					break;
 			}
-			ok = repair_prefix(&w, &message);
 		}
+		qsort(w->copy, w->ncopy, sizeof(bytea *), ht_bytea_ptr_cmp);
+		add_reads(&reads, nworks - 1, w);
+	}
 
-		for (int k = i; k < j; k++)
-			d[k]->repaired = ok;
+	/* batch 2: the reads on the source */
+	read_errors = palloc0(sizeof(ErrorData *) * Max(nworks, 1));
+	ht_node_batch(src, reads.s, reads.n, read_errors);
+
+	/* batch 3: the writes on the target, from what the reads returned */
+	for (int k = 0; k < nworks; k++)
+	{
+		Work	   *w = &works[k];
+
+		if (w->failed != NULL)
+			continue;
+		if (read_errors[k] != NULL)
+		{
+			rethrow_fatal(read_errors[k]);
+			w->failed = pstrdup(read_errors[k]->message);
+			continue;
+		}
+		add_writes(&writes, k, w, reads.s);
+	}
+	write_errors = palloc0(sizeof(ErrorData *) * Max(nworks, 1));
+	ht_node_batch(dst, writes.s, writes.n, write_errors);
+
+	/* what became of each prefix */
+	for (int k = 0; k < nworks; k++)
+	{
+		Work	   *w = &works[k];
+		HtRepairPart *rp = w->rp;
+		bool		ok;
+
+		if (w->failed == NULL && write_errors[k] != NULL)
+		{
+			rethrow_fatal(write_errors[k]);
+			w->failed = psprintf("repair of %s: %s", quote_qualified_identifier(w->pa, w->pb),
+								 write_errors[k]->message);
+		}
+		else if (w->failed != NULL && read_errors[k] != NULL)
+			w->failed = psprintf("repair of %s: %s", quote_qualified_identifier(w->pa, w->pb),
+								 w->failed);
+		ok = (w->failed == NULL);
+		for (int i = w->first_diff; i < w->end_diff; i++)
+			d[i].d->repaired = ok;
 		if (!ok)
 		{
 			/* a whole prefix_a is repaired only if all its children are */
-			for (int k = 0; k < ndiffs; k++)
-				if (diffs[k].pb == NULL && strcmp(diffs[k].pa, w.pa) == 0)
-					diffs[k].repaired = false;
-			if (*first_message == NULL)
-				*first_message = message;
+			for (int i = 0; i < rp->ndiffs; i++)
+				if (rp->diffs[i].pb == NULL && strcmp(rp->diffs[i].pa, w->pa) == 0)
+					rp->diffs[i].repaired = false;
+			if (rp->message == NULL)
+				rp->message = w->failed;
 			if (!quiet)
-				ereport(WARNING, (errmsg("hashtree: partition %d: %s", part, message)));
+				ereport(WARNING, (errmsg("hashtree: partition %d: %s", rp->part, w->failed)));
 		}
-		i = j;
 	}
 
-	for (int k = 0; k < ndiffs; k++)
-		if (diffs[k].repaired)
-			repaired++;
-	return repaired;
+	for (int p = 0; p < nparts; p++)
+	{
+		parts[p].repaired = 0;
+		for (int i = 0; i < parts[p].ndiffs; i++)
+			if (parts[p].diffs[i].repaired)
+				parts[p].repaired++;
+	}
 }

@@ -38,14 +38,25 @@ typedef struct HtDiff
 	bool		repaired;
 } HtDiff;
 
+/* the differences of one partition to repair, and what became of them */
+typedef struct HtRepairPart
+{
+	int			part;
+	HtDiff	   *diffs;
+	int			ndiffs;
+	int64		repaired;		/* out: the differences repaired */
+	char	   *message;		/* out: why the first prefix was not, or NULL */
+} HtRepairPart;
+
 /*
- * Repair the differences diffs[0 .. ndiffs) of a partition (mode pull or
- * push), setting their repaired flags; returns the number repaired.  A
- * prefix that cannot be repaired is reported in *first_message (when still
- * NULL) and, unless quiet, in a WARNING.  A lost peer, a cancel or a
- * shutdown is thrown.  Needs SPI.
+ * Repair the differences of several partitions (mode pull or push), all
+ * together: two round trips to the peer however many partitions and
+ * prefixes differ.  Sets each difference's repaired flag and each
+ * partition's counts; a prefix that cannot be repaired is reported in its
+ * partition's message (the first) and, unless quiet, in a WARNING.  A lost
+ * peer, a cancel or a shutdown is thrown.  Needs SPI.
  */
-extern int64 ht_repair(HtPeer *peer, int part, HtRepairMode mode, HtDiff *diffs, int ndiffs,
-					   char **first_message, bool quiet);
+extern void ht_repair(HtPeer *peer, HtRepairMode mode, HtRepairPart *parts, int nparts,
+					  bool quiet);
 
 #endif							/* HT_REPAIR_H */

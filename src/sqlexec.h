@@ -17,7 +17,7 @@
 #include "executor/spi.h"
 #include "utils/array.h"
 
-#define HT_QUERY_MAX_ARGS 16
+#define HT_QUERY_MAX_ARGS 20
 
 typedef struct HtQuery
 {

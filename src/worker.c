@@ -811,39 +811,39 @@ ht_launcher_main(Datum arg)
 typedef struct ExchangeRun
 {
 	HtJob	   *job;
-	int			part;
-	char	   *unreachable;
-	HtExchangeResult r;
+	int			n;				/* partitions */
+	HtExchangeResult *r;		/* in TopMemoryContext */
 } ExchangeRun;
 
+/* every partition of the job's peer, together, in one transaction */
 static void
 exchange_step(void *arg)
 {
 	ExchangeRun *x = (ExchangeRun *) arg;
-	char	   *unreachable = x->unreachable;
+	int			n = ht_num_partitions();
+	int		   *parts = palloc(sizeof(int) * n);
+	HtExchangeResult *r = palloc(sizeof(HtExchangeResult) * n);
 
-	ht_exchange_one(x->job->peer, x->part, (HtRepairMode) x->job->mode, true,
-					&unreachable, &x->r);
-	/* what is used after the transaction: the counts, and these */
-	if (unreachable != x->unreachable)
-		x->unreachable = MemoryContextStrdup(TopMemoryContext, unreachable);
-	if (x->r.message != NULL)
-		x->r.message = MemoryContextStrdup(TopMemoryContext, x->r.message);
-	x->r.diffs = NULL;
-	x->r.ndiffs = 0;
-}
-
-static void
-partitions_step(void *arg)
-{
-	*(int *) arg = ht_num_partitions();
+	for (int k = 0; k < n; k++)
+		parts[k] = k;
+	ht_exchange_run(x->job->peer, n, parts, (HtRepairMode) x->job->mode, true, r);
+	/* what is used after the transaction: the counts, and the messages */
+	x->r = MemoryContextAlloc(TopMemoryContext, sizeof(HtExchangeResult) * n);
+	memcpy(x->r, r, sizeof(HtExchangeResult) * n);
+	for (int k = 0; k < n; k++)
+	{
+		if (r[k].message != NULL)
+			x->r[k].message = MemoryContextStrdup(TopMemoryContext, r[k].message);
+		x->r[k].diffs = NULL;
+		x->r[k].ndiffs = 0;
+	}
+	x->n = n;
 }
 
 static void
 run_exchange(HtJob *job)
 {
 	ExchangeRun x;
-	int			n = 0;
 	int			ok = 0;
 	int			skipped = 0;
 	int			failed = 0;
@@ -855,48 +855,42 @@ run_exchange(HtJob *job)
 	char	   *first_note = NULL;
 	TimestampTz start = GetCurrentTimestamp();
 
-	if (!run_step("counting partitions", partitions_step, &n, NULL))
-		return;
 	memset(&x, 0, sizeof(x));
 	x.job = job;
-	for (int part = 0; part < n; part++)
+	CHECK_FOR_INTERRUPTS();
+	if (!run_step("exchange", exchange_step, &x, NULL))
+		failed = 1;
+	for (int k = 0; k < x.n; k++)
 	{
-		char		what[64];
+		HtExchangeResult *r = &x.r[k];
 
-		CHECK_FOR_INTERRUPTS();
-		x.part = part;
-		snprintf(what, sizeof(what), "exchange of partition %d", part);
-		if (!run_step(what, exchange_step, &x, NULL))
-		{
-			failed++;
-			continue;
-		}
-		if (x.r.outcome == HT_OUTCOME_OK)
+		if (r->outcome == HT_OUTCOME_OK)
 		{
 			ok++;
 			/* a repair that failed (the exchange itself completed) */
-			if (first_note == NULL && x.r.message != NULL)
-				first_note = x.r.message;
+			if (first_note == NULL && r->message != NULL)
+				first_note = r->message;
 		}
-		else if (x.r.outcome == HT_OUTCOME_ERROR)
+		else if (r->outcome == HT_OUTCOME_ERROR)
 		{
 			failed++;
 			if (first_error == NULL)
-				first_error = x.r.message;
+				first_error = r->message;
 		}
 		else
 			skipped++;
-		for (int k = 0; k < HT_NKINDS; k++)
-			diffs += x.r.counts[k];
-		repaired += x.r.repaired;
-		bytes += x.r.bytes;
-		round_trips += x.r.round_trips;
+		for (int kind = 0; kind < HT_NKINDS; kind++)
+			diffs += r->counts[kind];
+		repaired += r->repaired;
+		/* the round trips and bytes of the whole exchange, on every row */
+		bytes = r->bytes;
+		round_trips = r->round_trips;
 	}
 	ereport(LOG,
 			(errmsg("hashtree: exchange with peer \"%s\" (repair %s): %d of %d partitions compared,"
 					" %d skipped, %d failed; " INT64_FORMAT " differences, " INT64_FORMAT
 					" repaired; " INT64_FORMAT " round trips, " INT64_FORMAT " bytes; %.3f s%s%s",
-					job->peer, ht_repair_mode_names[job->mode], ok, n, skipped,
+					job->peer, ht_repair_mode_names[job->mode], ok, x.n, skipped,
 					failed, diffs, repaired, round_trips, bytes,
 					TimestampDifferenceMilliseconds(start, GetCurrentTimestamp()) / 1000.0,
 					first_error ? "; first error: " : first_note ? "; not repaired: " : "",

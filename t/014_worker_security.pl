@@ -196,7 +196,9 @@ is(adm($a, q{SELECT pg_catalog.count(*) FROM public.acct WHERE id OPERATOR(pg_ca
 
 # 7. a long tick does not hold exchanges back: 300k keys logged on a (and
 # the same rows on b, so the exchanges find little to report), then ticks
-# and exchanges enabled together; an exchange starts while the tick runs
+# enabled, and exchanges once the tick runs; an exchange starts while the
+# tick runs.  (Enabled together, an exchange that starts first locks every
+# partition and folds them itself: the tick then has nothing to do.)
 adm($a, 'ALTER SYSTEM SET hashtree.tick_interval = 3600');
 $a->reload;
 sleep 2;
@@ -204,21 +206,23 @@ foreach my $n (@nodes)
 {
 	adm($n, q{INSERT INTO public.acct SELECT i, 'big' FROM pg_catalog.generate_series(100001, 400000) i});
 }
-adm($a, 'ALTER SYSTEM SET hashtree.tick_interval = 1; ALTER SYSTEM SET hashtree.exchange_interval = 1');
+adm($a, 'ALTER SYSTEM SET hashtree.tick_interval = 1');
 $a->reload;
 ok(adm_poll($a, q{SELECT pg_catalog.count(*) OPERATOR(pg_catalog.=) 1 FROM pg_catalog.pg_stat_activity
 	WHERE backend_type OPERATOR(pg_catalog.=) 'hashtree launcher'
 	 AND query OPERATOR(pg_catalog.~) '^tick of partition [0-9]'}), 'a: a long tick started');
 my $t0 = adm($a, 'SELECT pg_catalog.now()');
+adm($a, 'ALTER SYSTEM SET hashtree.exchange_interval = 1');
+$a->reload;
 ok(adm_poll($a, q{SELECT NOT EXISTS (SELECT FROM pg_catalog.pg_stat_activity
 	WHERE backend_type OPERATOR(pg_catalog.=) 'hashtree launcher'
 	 AND query OPERATOR(pg_catalog.~) '^tick of partition [0-9]')}), 'a: the tick ended');
 my $t1 = adm($a, 'SELECT pg_catalog.now()');
-my $during = adm($a, qq{SELECT pg_catalog.count(*) FROM hashtree.exchange_log
+# (an exchange's rows are written when it ends, maybe after the tick)
+ok(adm_poll($a, qq{SELECT pg_catalog.count(*) OPERATOR(pg_catalog.>) 0 FROM hashtree.exchange_log
 	WHERE worker AND started OPERATOR(pg_catalog.>) '$t0'::timestamptz
-	 AND started OPERATOR(pg_catalog.<) '$t1'::timestamptz});
-note("tick from $t0 to $t1; exchange_log rows started meanwhile: $during");
-ok($during > 0, 'a: exchanges ran while the tick went on');
+	 AND started OPERATOR(pg_catalog.<) '$t1'::timestamptz}), 'a: exchanges ran while the tick went on');
+note("tick from $t0 to $t1");
 
 foreach my $n (@nodes)
 {

@@ -165,11 +165,14 @@ sub object_diff
 
 # The library is the current one, which needs what 0.1's objects lack
 # (packed trees, issue 11: functions _pack_sum and _hash_sum, the column
-# entry_pack.sum).  The fill lends them to the 0.1 database, outside the
+# entry_pack.sum; exchanges of whole nodes, issue 13: functions _nodes_m,
+# _entries_m, _exchange_begin and _exchange_end, the column
+# exchange_log.run).  The fill lends them to the 0.1 database, outside the
 # extension, and takes the functions back before the update, and the
-# column's values: a database filled by 0.1's own library has the data, not
-# these.  (The column stays: a dropped column in entry_pack crashes the
-# library's pack writer, which leaves the nulls of other columns false.)
+# columns' values: a database filled by 0.1's own library has the data, not
+# these.  (entry_pack.sum stays: a dropped column in entry_pack crashes the
+# library's pack writer, which leaves the nulls of other columns false;
+# exchange_log.run goes, the update adds it.)
 my $lend = q{
 	ALTER TABLE hashtree.entry_pack ADD COLUMN sum bytea;
 	CREATE FUNCTION hashtree._hash_sum_step(internal, bytea) RETURNS internal
@@ -178,6 +181,16 @@ my $lend = q{
 		STYPE = internal, FINALFUNC = hashtree._sum_final);
 	CREATE FUNCTION hashtree._pack_sum(lo int4, data bytea, OUT hash bytea, OUT n int8)
 		AS '$libdir/hashtree', 'ht_pack_sum' LANGUAGE C IMMUTABLE STRICT;
+	ALTER TABLE hashtree.exchange_log ADD COLUMN run int8;
+	CREATE FUNCTION hashtree._nodes_m(int[], int, text[], text[], int, bigint[], bigint, int)
+		RETURNS TABLE(i int, children bytea) AS '$libdir/hashtree', 'ht_nodes_m_sql' LANGUAGE C;
+	CREATE FUNCTION hashtree._entries_m(int[], int, text[], text[], int[], int)
+		RETURNS TABLE(i int, key bytea, hash bytea) AS '$libdir/hashtree', 'ht_entries_m_sql' LANGUAGE C;
+	CREATE FUNCTION hashtree._exchange_begin(int[], int)
+		RETURNS TABLE("partition" int, lock text, update text, sqlstate text, message text, top bytea)
+		AS '$libdir/hashtree', 'ht_exchange_begin' LANGUAGE C;
+	CREATE FUNCTION hashtree._exchange_end(int[]) RETURNS TABLE("partition" int, answer text)
+		AS '$libdir/hashtree', 'ht_exchange_end' LANGUAGE C;
 };
 my $take_back = q{
 	SET session_replication_role = replica;	-- (past the guard trigger)
@@ -186,6 +199,11 @@ my $take_back = q{
 	DROP AGGREGATE hashtree._hash_sum(bytea);
 	DROP FUNCTION hashtree._hash_sum_step(internal, bytea);
 	DROP FUNCTION hashtree._pack_sum(int4, bytea);
+	DROP FUNCTION hashtree._nodes_m(int[], int, text[], text[], int, bigint[], bigint, int);
+	DROP FUNCTION hashtree._entries_m(int[], int, text[], text[], int[], int);
+	DROP FUNCTION hashtree._exchange_begin(int[], int);
+	DROP FUNCTION hashtree._exchange_end(int[]);
+	ALTER TABLE hashtree.exchange_log DROP COLUMN run;
 };
 
 my %conn = (a => $a->connstr('postgres'), b => $b->connstr('postgres'));
