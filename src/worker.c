@@ -963,7 +963,8 @@ exchange_step(void *arg)
 	x->n = n;
 }
 
-static void
+/* one exchange with the job's peer, and its LOG line; false if it was not logged */
+static bool
 run_exchange(HtJob *job)
 {
 	ExchangeRun x;
@@ -977,14 +978,16 @@ run_exchange(HtJob *job)
 	char	   *first_error = NULL;
 	char	   *first_note = NULL;
 	TimestampTz start = GetCurrentTimestamp();
+	bool		logged;
 
 	memset(&x, 0, sizeof(x));
 	x.job = job;
 	CHECK_FOR_INTERRUPTS();
-	if (!run_step("exchange", exchange_step, &x, NULL))
+	logged = run_step("exchange", exchange_step, &x, NULL);
+	if (!logged)
 	{
 		if (ShutdownRequestPending)
-			return;				/* stopped: nothing to say */
+			return false;		/* stopped: nothing to say */
 		failed = 1;
 	}
 	for (int k = 0; k < x.n; k++)
@@ -1028,6 +1031,7 @@ run_exchange(HtJob *job)
 			pfree(x.r[k].message);
 	if (x.r != NULL)
 		pfree(x.r);
+	return logged;
 }
 
 typedef struct RebuildRun
@@ -1116,8 +1120,11 @@ exchange_job(HtJob *job)
 		launcher = 0;
 	for (;;)
 	{
-		run_exchange(job);
-		if (ShutdownRequestPending || launcher == 0 ||
+		/*
+		 * An exchange that could not log its rows (its transaction failed)
+		 * ends the job: the launcher, which waits for the rows, sees it end.
+		 */
+		if (!run_exchange(job) || ShutdownRequestPending || launcher == 0 ||
 			ht_live_owner(launcher, launcher_start) != launcher)
 			return;
 		{
