@@ -1,7 +1,8 @@
 /*-------------------------------------------------------------------------
  *
  * bgjob.h
- *	  Jobs: dynamic background workers that each do one thing and exit.
+ *	  Jobs: dynamic background workers that each do one thing and exit
+ *	  (an exchange job stays for its peer's next exchanges: worker.c).
  *
  * A job is described by an HtJob, passed to the worker in bgw_extra.  The
  * worker's entry point, ht_job_main, is in worker.c (the workers layer);

@@ -170,7 +170,7 @@ warn_failed(const char *peer_name, XPart *x)
 						x->r->part, peer_name, x->r->message)));
 }
 
-/* a word of the peer's answer, NULL if none; protocol violation if unknown */
+/* a word of the peer's answer: false if none, a protocol violation if unknown */
 static bool
 peer_answer(HtPeer *peer, HtRemoteResult *res, int row, int col, HtPartAnswer *answer)
 {

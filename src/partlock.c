@@ -82,8 +82,8 @@ find_backend(int pid)
 }
 
 /* start time of a live backend, false if no such backend */
-static bool
-backend_start(int pid, TimestampTz *start)
+bool
+ht_backend_start(int pid, TimestampTz *start)
 {
 	PgBackendStatus *be;
 
@@ -117,7 +117,7 @@ ht_live_owner(int pid, TimestampTz start)
 
 	if (pid <= 0)
 		return 0;
-	if (!backend_start(pid, &actual) || actual != start)
+	if (!ht_backend_start(pid, &actual) || actual != start)
 		return 0;
 	return pid;
 }
@@ -297,7 +297,7 @@ ht_part_lock(int part, int pid)
 	TimestampTz start;
 
 	ht_check_partition(part);
-	if (!backend_start(pid, &start))
+	if (!ht_backend_start(pid, &start))
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("PID %d is not a PostgreSQL server process", pid)));

@@ -83,6 +83,9 @@ extern void ht_part_record_build(int part, double ms);
 /* a foreign write reached the extension's tables: nothing is built */
 extern void ht_part_mark_all_unbuilt(void);
 
+/* the start time of a live server process (a backend, a worker); false if none */
+extern bool ht_backend_start(int pid, TimestampTz *start);
+
 /* pid if (pid, start) is a live backend, else 0 */
 extern int	ht_live_owner(int pid, TimestampTz start);
 

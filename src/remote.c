@@ -994,6 +994,51 @@ peer_conninfo(const char *name)
 	return TextDatumGetCString(ht_col(0, 1, &isnull));
 }
 
+/*
+ * Is a kept connection still usable?  Without a round trip: it is idle,
+ * and the peer sent nothing meanwhile.  A server sends nothing to an idle
+ * session but when it ends it (the FATAL of a shutdown, of
+ * pg_terminate_backend or idle_session_timeout, then the end of the
+ * stream): such a connection is connected again instead of failing the
+ * next statement.
+ */
+static bool
+connection_usable(HtPeer *peer)
+{
+	int			rc;
+
+	if (PQstatus(peer->conn) != CONNECTION_OK ||
+		PQtransactionStatus(peer->conn) != PQTRANS_IDLE ||
+		PQpipelineStatus(peer->conn) != PQ_PIPELINE_OFF)
+		return false;
+	rc = WaitLatchOrSocket(NULL, WL_SOCKET_READABLE | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						   PQsocket(peer->conn), 0, PG_WAIT_EXTENSION);
+	return (rc & WL_SOCKET_READABLE) == 0;
+}
+
+bool
+ht_peer_revalidate(const char *name)
+{
+	HtPeer	   *peer;
+	Datum		v[1];
+	bool		isnull;
+	bool		exists;
+
+	if (strlen(name) > HT_MAX_PEER_NAME_LEN)
+		return false;
+	v[0] = CStringGetTextDatum(name);
+	exists = (ht_exec(&q_peer_conninfo, v, NULL, 1) == 1);
+	if (peer_cache == NULL ||
+		(peer = hash_search(peer_cache, name, HASH_FIND, NULL)) == NULL ||
+		peer->conn == NULL)
+		return exists;
+	if (!exists ||
+		strcmp(peer->conninfo, TextDatumGetCString(ht_col(0, 1, &isnull))) != 0 ||
+		!connection_usable(peer))
+		peer_disconnect(peer);
+	return exists;
+}
+
 void
 ht_peer_check(const char *name)
 {
@@ -1031,9 +1076,7 @@ ht_peer_get(const char *name)
 
 	/* a changed conninfo, a broken or busy connection: start again */
 	if (peer->conn != NULL &&
-		(strcmp(peer->conninfo, conninfo) != 0 ||
-		 PQstatus(peer->conn) != CONNECTION_OK ||
-		 PQtransactionStatus(peer->conn) != PQTRANS_IDLE))
+		(strcmp(peer->conninfo, conninfo) != 0 || !connection_usable(peer)))
 		peer_disconnect(peer);
 
 	if (peer->conn == NULL)

@@ -42,6 +42,13 @@ extern HtPeer *ht_peer_get(const char *name);
 
 extern const char *ht_peer_name(HtPeer *peer);
 
+/*
+ * Check this backend's kept connection to a peer, without a round trip:
+ * closed when the peer was dropped (then false), when its conninfo
+ * changed, or when the peer closed it while it was idle.  Needs SPI.
+ */
+extern bool ht_peer_revalidate(const char *name);
+
 /* close this backend's connection to a peer, if any (its locks go with it) */
 extern void ht_peer_disconnect(const char *name);
 extern int	ht_peer_partitions(HtPeer *peer);

@@ -2,7 +2,8 @@
  *
  * worker.c
  *	  Background workers: the launcher (tick, rebuild and exchange
- *	  scheduling) and the jobs it starts (one rebuild or one exchange).
+ *	  scheduling) and the jobs it starts (a rebuild, or the exchanges with
+ *	  one peer).
  *
  * The launcher never waits on a peer: everything that talks to a peer or
  * may take long runs in a job, a dynamic worker with
@@ -10,7 +11,9 @@
  * (bgw_notify_pid).  Each step runs in its own transaction, so a lock is
  * never held across steps and an error ends one step only.  The tick is
  * one step per partition, and the launcher schedules jobs between two of
- * them, so a long tick does not hold exchanges and rebuilds back.
+ * them, so a long tick does not hold exchanges and rebuilds back.  An
+ * exchange job stays after its exchange, parked with its connection to
+ * the peer, for the next exchange with that peer (see exchange_job).
  *
  * Logging: one LOG line per exchange and per rebuild; an error the
  * launcher meets is logged when it differs from the last one (a broken
@@ -35,6 +38,8 @@
 #include "postmaster/interrupt.h"
 #include "storage/ipc.h"
 #include "storage/latch.h"
+#include "storage/proc.h"
+#include "storage/procarray.h"
 #include "tcop/tcopprot.h"
 #include "utils/builtins.h"
 #include "utils/guc.h"
@@ -187,15 +192,16 @@ xact_end(void)
 typedef void (*StepFn) (void *arg);
 
 /*
- * The launcher's SIGTERM: when idle it leaves at the top of its loop; in
- * the middle of a step the step is canceled first (an ERROR that
- * run_step catches), so the launcher always exits cleanly.  Jobs use
- * die(): a job stopped in the middle of an exchange is aborted.
+ * The SIGTERM of the launcher and of the exchange jobs: when idle they
+ * leave at the top of their loop; in the middle of a step the step is
+ * canceled first (an ERROR that run_step catches: an exchange in progress
+ * is aborted, its locks released), so they always exit cleanly.  The
+ * other jobs use die().
  */
 static volatile sig_atomic_t in_step = false;
 
 static void
-launcher_sigterm(SIGNAL_ARGS)
+worker_sigterm(SIGNAL_ARGS)
 {
 	int			save_errno = errno;
 
@@ -276,8 +282,12 @@ typedef struct Running
 	bool		used;
 	HtJob		job;
 	BackgroundWorkerHandle *handle;
-	int64		mark;			/* exchange: last exchange_log id before the job;
-								 * rebuild: the partition's builds count */
+	int64		mark;			/* exchange: last exchange_log id before its
+								 * exchange; rebuild: the partition's builds
+								 * count */
+	bool		parked;			/* exchange: done, waiting with its connection */
+	bool		leaving;		/* exchange: parked, asked to exit */
+	TimestampTz parked_since;
 } Running;
 
 #define MAX_RUNNING 72
@@ -315,13 +325,14 @@ backoff_of(const char *peer)
 	return &backoffs[nbackoffs++];
 }
 
+/* the jobs of a kind at work (an exchange job parked is not) */
 static int
 count_running(int kind)
 {
 	int			n = 0;
 
 	for (int i = 0; i < MAX_RUNNING; i++)
-		if (running[i].used && running[i].job.kind == kind)
+		if (running[i].used && running[i].job.kind == kind && !running[i].parked)
 			n++;
 	return n;
 }
@@ -362,14 +373,17 @@ start_job(HtJob *job, int64 mark)
 	running[slot].used = true;
 	running[slot].job = *job;
 	running[slot].mark = mark;
+	running[slot].parked = false;
+	running[slot].leaving = false;
 	return true;
 }
 
-/* the outcome of a finished exchange job, for the backoff */
+/* the outcome of a finished exchange, for the backoff */
 typedef struct ExchangeEnd
 {
 	Running    *r;
 	bool		failed;
+	bool		logged;			/* its rows are there */
 } ExchangeEnd;
 
 static HtQuery q_job_outcome = {
@@ -390,9 +404,31 @@ exchange_end_step(void *arg)
 	v[1] = CStringGetTextDatum(e->r->job.peer);
 	v[2] = CStringGetTextDatum(ht_exchange_outcome_names[HT_OUTCOME_ERROR]);
 	ht_exec(&q_job_outcome, v, NULL, 0);
-	/* a job that logged nothing died before its first partition */
-	e->failed = DatumGetInt64(ht_col(0, 1, &isnull)) > 0 ||
-		DatumGetInt64(ht_col(0, 2, &isnull)) == 0;
+	/* a job that ended without its rows died before it could log them */
+	e->logged = DatumGetInt64(ht_col(0, 2, &isnull)) > 0;
+	e->failed = DatumGetInt64(ht_col(0, 1, &isnull)) > 0 || !e->logged;
+}
+
+/* back a peer off after a failed exchange, or forget its failures */
+static void
+exchange_outcome(Running *r, bool failed)
+{
+	Backoff    *b = backoff_of(r->job.peer);
+
+	if (failed)
+	{
+		int64		ms;
+
+		b->failures++;
+		ms = (int64) ht_guc_exchange_interval * 1000 *
+			(INT64CONST(1) << Min(b->failures, MAX_BACKOFF_SHIFT));
+		b->not_before = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ms);
+		ereport(DEBUG1,
+				(errmsg("hashtree: peer \"%s\" backed off for " INT64_FORMAT " ms",
+						r->job.peer, ms)));
+	}
+	else
+		b->failures = 0;
 }
 
 typedef struct RebuildEnd
@@ -417,36 +453,72 @@ rebuild_end_step(void *arg)
 		e->builds = DatumGetInt64(ht_col(0, 1, &isnull));
 }
 
+/*
+ * How long an exchange job waits, parked with its connection, for its
+ * peer's next exchange: 5 exchange intervals, at least a minute.  At most
+ * max_exchanges jobs are parked (the least recently used one leaves
+ * first).
+ */
+#define PARKED_INTERVALS 5
+#define PARKED_MIN_S 60
+
+/* ask a parked exchange job to leave (it exits at the top of its loop) */
+static void
+unpark(Running *r)
+{
+	pid_t		pid;
+
+	if (GetBackgroundWorkerPid(r->handle, &pid) == BGWH_STARTED)
+		(void) kill(pid, SIGTERM);
+	r->leaving = true;
+}
+
 static void
 reap_jobs(void)
 {
+	TimestampTz now = GetCurrentTimestamp();
+	int			nparked = 0;
+
 	for (int i = 0; i < MAX_RUNNING; i++)
 	{
 		pid_t		pid;
 		Running    *r = &running[i];
+		BgwHandleStatus st;
 
-		if (!r->used || GetBackgroundWorkerPid(r->handle, &pid) != BGWH_STOPPED)
+		if (!r->used)
 			continue;
+		st = GetBackgroundWorkerPid(r->handle, &pid);
+		if (st != BGWH_STOPPED)
+		{
+			/*
+			 * An exchange job at work has finished its exchange when its
+			 * rows are in the log (written in one transaction): it is
+			 * parked, and waits with its connection for the next one.
+			 */
+			if (r->job.kind == HT_JOB_EXCHANGE && !r->parked)
+			{
+				ExchangeEnd e = {r, true, false};
+
+				if (run_step("reading the outcome of an exchange", exchange_end_step, &e, NULL) &&
+					e.logged)
+				{
+					exchange_outcome(r, e.failed);
+					r->parked = true;
+					r->parked_since = now;
+				}
+			}
+			continue;
+		}
 		if (r->job.kind == HT_JOB_EXCHANGE)
 		{
-			ExchangeEnd e = {r, true};
-			Backoff    *b = backoff_of(r->job.peer);
+			ExchangeEnd e = {r, true, false};
 
-			(void) run_step("reading the outcome of an exchange", exchange_end_step, &e, NULL);
-			if (e.failed)
+			/* an exchange job ended: its last exchange, if it was at work */
+			if (!r->parked)
 			{
-				int64		ms;
-
-				b->failures++;
-				ms = (int64) ht_guc_exchange_interval * 1000 *
-					(INT64CONST(1) << Min(b->failures, MAX_BACKOFF_SHIFT));
-				b->not_before = TimestampTzPlusMilliseconds(GetCurrentTimestamp(), ms);
-				ereport(DEBUG1,
-						(errmsg("hashtree: peer \"%s\" backed off for " INT64_FORMAT " ms",
-								r->job.peer, ms)));
+				(void) run_step("reading the outcome of an exchange", exchange_end_step, &e, NULL);
+				exchange_outcome(r, e.failed);
 			}
-			else
-				b->failures = 0;
 		}
 		else if (r->job.part < nparts)
 		{
@@ -460,6 +532,40 @@ reap_jobs(void)
 		}
 		pfree(r->handle);
 		r->used = false;
+	}
+
+	/*
+	 * Parked jobs leave when the exchanges stop, when their peer was not
+	 * picked for PARKED_INTERVALS intervals, and beyond max_exchanges of
+	 * them (the oldest first).
+	 */
+	for (int i = 0; i < MAX_RUNNING; i++)
+	{
+		Running    *r = &running[i];
+
+		if (!r->used || !r->parked || r->leaving)
+			continue;
+		if (ht_guc_exchange_interval == 0 ||
+			now - r->parked_since >
+			Max((int64) ht_guc_exchange_interval * PARKED_INTERVALS, PARKED_MIN_S) * USECS_PER_SEC)
+			unpark(r);
+		else
+			nparked++;
+	}
+	while (nparked > ht_guc_max_exchanges)
+	{
+		Running    *oldest = NULL;
+
+		for (int i = 0; i < MAX_RUNNING; i++)
+		{
+			Running    *r = &running[i];
+
+			if (r->used && r->parked && !r->leaving &&
+				(oldest == NULL || r->parked_since < oldest->parked_since))
+				oldest = r;
+		}
+		unpark(oldest);
+		nparked--;
 	}
 }
 
@@ -603,7 +709,7 @@ peer_pick_step(void *arg)
 		pick->log_id = DatumGetInt64(ht_col(i, 2, &isnull));
 		for (int j = 0; j < MAX_RUNNING; j++)
 			if (running[j].used && running[j].job.kind == HT_JOB_EXCHANGE &&
-				strcmp(running[j].job.peer, name) == 0)
+				!running[j].parked && strcmp(running[j].job.peer, name) == 0)
 				busy = true;
 		if (busy || strlen(name) > HT_MAX_PEER_NAME_LEN || backoff_of(name)->not_before > now)
 			continue;
@@ -626,6 +732,23 @@ start_exchange(void)
 		return;
 	if (!run_step("choosing a peer", peer_pick_step, &pick, NULL) || pick.peer == NULL)
 		return;
+	/* a job parked with a connection to that peer runs the exchange */
+	for (int i = 0; i < MAX_RUNNING; i++)
+	{
+		Running    *r = &running[i];
+		pid_t		pid;
+
+		if (r->used && r->job.kind == HT_JOB_EXCHANGE && r->parked && !r->leaving &&
+			strcmp(r->job.peer, pick.peer) == 0 &&
+			GetBackgroundWorkerPid(r->handle, &pid) == BGWH_STARTED &&
+			kill(pid, SIGUSR2) == 0)
+		{
+			r->parked = false;
+			r->mark = pick.log_id;
+			pfree(pick.peer);
+			return;
+		}
+	}
 	memset(&job, 0, sizeof(job));
 	job.dboid = MyDatabaseId;
 	job.kind = HT_JOB_EXCHANGE;
@@ -747,7 +870,7 @@ ht_launcher_main(Datum arg)
 	MemoryContext loop_cxt;
 
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, launcher_sigterm);
+	pqsignal(SIGTERM, worker_sigterm);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnection(ht_guc_database, NULL, 0);
 	worker_session_setup();
@@ -840,7 +963,8 @@ exchange_step(void *arg)
 	x->n = n;
 }
 
-static void
+/* one exchange with the job's peer, and its LOG line; false if it was not logged */
+static bool
 run_exchange(HtJob *job)
 {
 	ExchangeRun x;
@@ -854,12 +978,18 @@ run_exchange(HtJob *job)
 	char	   *first_error = NULL;
 	char	   *first_note = NULL;
 	TimestampTz start = GetCurrentTimestamp();
+	bool		logged;
 
 	memset(&x, 0, sizeof(x));
 	x.job = job;
 	CHECK_FOR_INTERRUPTS();
-	if (!run_step("exchange", exchange_step, &x, NULL))
+	logged = run_step("exchange", exchange_step, &x, NULL);
+	if (!logged)
+	{
+		if (ShutdownRequestPending)
+			return false;		/* stopped: nothing to say */
 		failed = 1;
+	}
 	for (int k = 0; k < x.n; k++)
 	{
 		HtExchangeResult *r = &x.r[k];
@@ -895,6 +1025,13 @@ run_exchange(HtJob *job)
 					TimestampDifferenceMilliseconds(start, GetCurrentTimestamp()) / 1000.0,
 					first_error ? "; first error: " : first_note ? "; not repaired: " : "",
 					first_error ? first_error : first_note ? first_note : "")));
+	/* a job runs many exchanges: what this one kept goes */
+	for (int k = 0; k < x.n; k++)
+		if (x.r[k].message != NULL)
+			pfree(x.r[k].message);
+	if (x.r != NULL)
+		pfree(x.r);
+	return logged;
 }
 
 typedef struct RebuildRun
@@ -933,6 +1070,99 @@ run_rebuild(HtJob *job)
 						TimestampDifferenceMilliseconds(start, GetCurrentTimestamp()) / 1000.0)));
 }
 
+/*
+ * An exchange job stays: after its exchange it is parked, its connection
+ * to the peer kept open (remote.c's cache), until the launcher asks for
+ * the next exchange with that peer (SIGUSR2) or for its exit (SIGTERM).
+ * The launcher learns that an exchange is done from its rows in
+ * exchange_log; the job sets the launcher's latch so that it looks at
+ * once.  While parked, a reload (SIGHUP) checks the connection against the
+ * peers table: closed when the peer's conninfo changed or the peer closed
+ * it, and the job leaves when the peer was dropped.  A job whose launcher
+ * is gone (a restart) leaves too: the new launcher does not know it.
+ */
+static volatile sig_atomic_t exchange_requested = false;
+
+static void
+job_sigusr2(SIGNAL_ARGS)
+{
+	int			save_errno = errno;
+
+	exchange_requested = true;
+	SetLatch(MyLatch);
+	errno = save_errno;
+}
+
+/* how often a parked job looks whether its launcher is still there */
+#define PARKED_CHECK_MS 10000
+
+typedef struct PeerCheck
+{
+	const char *peer;
+	bool		exists;
+} PeerCheck;
+
+static void
+peer_check_step(void *arg)
+{
+	PeerCheck  *c = (PeerCheck *) arg;
+
+	c->exists = ht_peer_revalidate(c->peer);
+}
+
+static void
+exchange_job(HtJob *job)
+{
+	int			launcher = MyBgworkerEntry->bgw_notify_pid;
+	TimestampTz launcher_start = 0;
+
+	if (launcher <= 0 || !ht_backend_start(launcher, &launcher_start))
+		launcher = 0;
+	for (;;)
+	{
+		/*
+		 * An exchange that could not log its rows (its transaction failed)
+		 * ends the job: the launcher, which waits for the rows, sees it end.
+		 */
+		if (!run_exchange(job) || ShutdownRequestPending || launcher == 0 ||
+			ht_live_owner(launcher, launcher_start) != launcher)
+			return;
+		{
+			PGPROC	   *proc = BackendPidGetProc(launcher);
+
+			if (proc != NULL)
+				SetLatch(&proc->procLatch);
+		}
+
+		/* parked */
+		while (!exchange_requested)
+		{
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 PARKED_CHECK_MS, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+			CHECK_FOR_INTERRUPTS();
+			if (ShutdownRequestPending || ht_live_owner(launcher, launcher_start) != launcher)
+				return;
+			if (ConfigReloadPending)
+			{
+				PeerCheck	c = {job->peer, true};
+
+				ConfigReloadPending = false;
+				ProcessConfigFile(PGC_SIGHUP);
+				if (run_step("checking the peer", peer_check_step, &c, NULL) && !c.exists)
+					return;
+			}
+		}
+		exchange_requested = false;
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
+		job->mode = ht_guc_repair;
+	}
+}
+
 void
 ht_job_main(Datum arg)
 {
@@ -940,7 +1170,13 @@ ht_job_main(Datum arg)
 
 	memcpy(&job, MyBgworkerEntry->bgw_extra, sizeof(HtJob));
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	pqsignal(SIGTERM, die);
+	if (job.kind == HT_JOB_EXCHANGE)
+	{
+		pqsignal(SIGTERM, worker_sigterm);
+		pqsignal(SIGUSR2, job_sigusr2);
+	}
+	else
+		pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(job.dboid,
 											  job.kind == HT_JOB_FRAG ? job.userid : InvalidOid, 0);
@@ -950,7 +1186,7 @@ ht_job_main(Datum arg)
 	ht_exchange_quiet = true;
 
 	if (job.kind == HT_JOB_EXCHANGE)
-		run_exchange(&job);
+		exchange_job(&job);
 	else if (job.kind == HT_JOB_REBUILD)
 		run_rebuild(&job);
 	else
