@@ -20,6 +20,7 @@ OBJS = \
 	src/linhash.o \
 	src/frag.o \
 	src/fragops.o \
+	src/fragremote.o \
 	src/api.o
 
 # The version is default_version in hashtree.control, written nowhere else:

@@ -131,3 +131,39 @@ BEGIN
 	END IF;
 END
 $$;
+
+-- Fragments on other servers (issue 15, DESIGN §19): the unique constraints
+-- kept per fragment, the servers derived from peers, move_frag, and the
+-- node of each fragment in the view.
+ALTER TABLE @extschema@.frag_table ADD COLUMN fragment_keys text[];
+CREATE TABLE @extschema@.frag_server (
+	peer			text PRIMARY KEY,
+	server			text NOT NULL UNIQUE
+);
+REVOKE ALL ON @extschema@.frag_server FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.frag_server', '');
+CREATE FUNCTION @extschema@.move_frag(tbl regclass, fragment int, node text,
+									   mode text DEFAULT 'online')
+	RETURNS bigint
+	AS 'MODULE_PATHNAME', 'ht_move_frag'
+	LANGUAGE C VOLATILE;
+REVOKE EXECUTE ON FUNCTION @extschema@.move_frag(regclass, int, text, text) FROM PUBLIC;
+CREATE OR REPLACE VIEW @extschema@.fragments AS
+	SELECT f.parent AS "table",
+		   b.remainder + 1 AS fragment,
+		   c.oid::regclass AS relation,
+		   b.modulus,
+		   b.remainder,
+		   CASE WHEN c.reltuples >= 0 THEN c.reltuples::int8 END AS row_estimate,
+		   CASE WHEN c.relkind <> 'f' THEN @extschema@.node_name()
+				ELSE (SELECT s.peer FROM pg_catalog.pg_foreign_table t
+						JOIN pg_catalog.pg_foreign_server v ON v.oid = t.ftserver
+						JOIN @extschema@.frag_server s ON s.server = v.srvname
+					   WHERE t.ftrelid = c.oid) END AS node
+	  FROM @extschema@.frag_table f
+	  JOIN pg_catalog.pg_inherits i ON i.inhparent = f.parent
+	  JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+	 CROSS JOIN LATERAL (
+		SELECT substring(pg_catalog.pg_get_expr(c.relpartbound, c.oid) FROM 'modulus (\d+)')::int AS modulus,
+			   substring(pg_catalog.pg_get_expr(c.relpartbound, c.oid) FROM 'remainder (\d+)')::int AS remainder) b
+	 ORDER BY f.parent::text, b.remainder;

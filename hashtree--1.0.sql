@@ -685,6 +685,9 @@ CREATE FUNCTION @extschema@._delete_partition_rows(schema_name text, table_name 
 -- The registry: one row per fragmented table.  op*: an online add_frag or
 -- del_frag under way (its capture triggers are on op_sources, its new tables
 -- are op_helpers); an interrupted one is rolled back by the next operation.
+-- fragment_keys: the table's unique constraints, kept by each fragment
+-- ('PRIMARY KEY (id)', 'UNIQUE (a, b)') instead of the parent, once a
+-- fragment went to another server; NULL: the parent has them (DESIGN §19).
 CREATE TABLE @extschema@.frag_table (
 	parent			regclass PRIMARY KEY,
 	n_fragments		int4 NOT NULL,
@@ -696,12 +699,23 @@ CREATE TABLE @extschema@.frag_table (
 	op_helpers		oid[],
 	op_error		text,
 	op_moved		int8,
+	fragment_keys	text[],
 	CHECK (n_doubles BETWEEN 0 AND 30 AND next_n_to_split BETWEEN 1 AND (1 << n_doubles)
 		   AND n_fragments = (1 << n_doubles) + next_n_to_split - 1)
 );
 REVOKE ALL ON @extschema@.frag_table FROM PUBLIC;
 GRANT SELECT ON @extschema@.frag_table TO PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.frag_table', '');
+
+-- The postgres_fdw server derived from a peer for the fragments placed there
+-- (owned by the extension's owner; its user mapping FOR PUBLIC holds the
+-- credentials).
+CREATE TABLE @extschema@.frag_server (
+	peer			text PRIMARY KEY,
+	server			text NOT NULL UNIQUE
+);
+REVOKE ALL ON @extschema@.frag_server FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.frag_server', '');
 
 CREATE TYPE @extschema@.frag_state AS (n_fragments int, next_n_to_split int, n_doubles int);
 
@@ -744,6 +758,13 @@ CREATE FUNCTION @extschema@.del_frag(tbl regclass, mode text DEFAULT 'online')
 				  additional_lock_frags int[], moved_rows bigint)
 	AS 'MODULE_PATHNAME', 'ht_del_frag'
 	LANGUAGE C VOLATILE;
+-- moves a fragment to or from a peer: uses peers, so not for PUBLIC (the
+-- administrator grants it); the caller must own the table as well
+CREATE FUNCTION @extschema@.move_frag(tbl regclass, fragment int, node text,
+									   mode text DEFAULT 'online')
+	RETURNS bigint
+	AS 'MODULE_PATHNAME', 'ht_move_frag'
+	LANGUAGE C VOLATILE;
 -- logs the keys written to the fragments an online operation is copying (its
 -- triggers are created by the extension owner; not executable by PUBLIC, and
 -- it refuses to work as any other trigger)
@@ -757,7 +778,12 @@ CREATE VIEW @extschema@.fragments AS
 		   c.oid::regclass AS relation,
 		   b.modulus,
 		   b.remainder,
-		   CASE WHEN c.reltuples >= 0 THEN c.reltuples::int8 END AS row_estimate
+		   CASE WHEN c.reltuples >= 0 THEN c.reltuples::int8 END AS row_estimate,
+		   CASE WHEN c.relkind <> 'f' THEN @extschema@.node_name()
+				ELSE (SELECT s.peer FROM pg_catalog.pg_foreign_table t
+						JOIN pg_catalog.pg_foreign_server v ON v.oid = t.ftserver
+						JOIN @extschema@.frag_server s ON s.server = v.srvname
+					   WHERE t.ftrelid = c.oid) END AS node
 	  FROM @extschema@.frag_table f
 	  JOIN pg_catalog.pg_inherits i ON i.inhparent = f.parent
 	  JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid

@@ -79,4 +79,13 @@ extern void ht_frag_recover_all(void);
 /* the background job of an online operation (worker.c starts it) */
 extern void ht_frag_prepare_job(Oid relid, bool add);
 
+/* pg_try_advisory_xact_lock(HT_FRAG_LOCK_KEY, relid): one operation per table */
+#define HT_FRAG_LOCK_KEY 1213464577
+
+/*
+ * Run fn(arg) in a subtransaction with a short lock_timeout until it gets
+ * its locks, releasing everything and pausing between tries (fragops.c)
+ */
+extern void ht_frag_lock_retry(void (*fn) (void *), void *arg, const char *what);
+
 #endif							/* HT_FRAG_H */

@@ -75,14 +75,12 @@
 
 #include "common.h"
 #include "frag.h"
+#include "fragremote.h"
 #include "linhash.h"
 #include "partlock.h"
 #include "sqlexec.h"
 #include "track.h"
 #include "worker.h"
-
-/* pg_try_advisory_xact_lock(HT_FRAG_LOCK_KEY, relid): one operation per table */
-#define HT_FRAG_LOCK_KEY 1213464577
 
 #define SWAP_LOCK_TIMEOUT_MS	200
 #define SWAP_GIVE_UP_MS			120000
@@ -287,6 +285,8 @@ create_target(FragOp *op, int t)
 		ht_sql("ALTER TABLE %s OWNER TO %s", q, owner);
 	}
 	ht_copy_grants(like, q);
+	/* the unique constraints, when the fragments keep them (DESIGN §19) */
+	ht_frag_add_fragment_keys(op->relid, q);
 	/*
 	 * the parent's foreign keys, validated now (ATTACH then only links
 	 * them); NOT DEFERRABLE until the swap (deferred_fks)
@@ -1354,6 +1354,8 @@ frag_change(FunctionCallInfo fcinfo, bool add)
 				 errmsg("table \"%s\" is not a fragmented table", RelationGetRelationName(rel)),
 				 errhint("Make it one with hashtree.frag_init() or hashtree.frag_activate().")));
 	plan_op(rel, &ft, add, &op);
+	for (int i = 0; i < op.nsrc; i++)
+		ht_frag_require_local(op.src[i], op.src_frag[i], add ? "add_frag" : "del_frag");
 	if (online)
 	{
 		check_online_keys(&op, add);
@@ -1445,4 +1447,11 @@ Datum
 ht_del_frag(PG_FUNCTION_ARGS)
 {
 	return frag_change(fcinfo, false);
+}
+
+/* with_lock_retry for the other fragment operations (fragremote.c) */
+void
+ht_frag_lock_retry(void (*fn) (void *), void *arg, const char *what)
+{
+	with_lock_retry(fn, arg, what);
 }
