@@ -28,16 +28,16 @@ END $$;
 CREATE TABLE mt (id int PRIMARY KEY, v text NOT NULL, n numeric) PARTITION BY HASH (id);
 SELECT * FROM hashtree.frag_init('mt', 4);
 INSERT INTO mt SELECT g, 'v' || g, g / 7.0 FROM generate_series(1, 2000) g;
-CREATE TABLE plain (id int PRIMARY KEY);
+CREATE TABLE mr_plain (id int PRIMARY KEY);
 -- what must not change: the placement, the rows, the parent's key
-CREATE VIEW state AS
+CREATE VIEW mr_state AS
 	SELECT (SELECT string_agg(f.fragment || '@' || CASE WHEN f.node = hashtree.node_name() THEN 'here' ELSE f.node END
 							  || ':' || f.relation, ' ' ORDER BY f.fragment)
 			  FROM hashtree.fragments f WHERE f."table" = 'mt'::regclass) AS placement,
 		   (SELECT count(*) || '/' || sum(id) || '/' || md5(string_agg(mt::text, ',' ORDER BY id)) FROM mt) AS rows,
 		   (SELECT string_agg(conname, ',' ORDER BY conname) FROM pg_constraint
 			 WHERE conrelid = 'mt'::regclass) AS parent_constraints;
-CREATE TEMP TABLE before AS SELECT * FROM state;
+CREATE TEMP TABLE mr_before AS SELECT * FROM mr_state;
 
 -- bad arguments
 SELECT pg_temp.err($$SELECT hashtree.move_frag(NULL, 1, 'loop', 'block_writes')$$);
@@ -46,7 +46,7 @@ SELECT pg_temp.err($$SELECT hashtree.move_frag('mt', 1, 'loop', NULL)$$);
 SELECT pg_temp.err($$SELECT hashtree.move_frag('mt', 1, 'loop', 'fast')$$);
 SELECT pg_temp.err($$SELECT hashtree.move_frag('mt', 1, 'loop')$$);
 SELECT pg_temp.err($$SELECT hashtree.move_frag(0, 1, 'loop', 'block_writes')$$);
-SELECT pg_temp.err($$SELECT hashtree.move_frag('plain', 1, 'loop', 'block_writes')$$);
+SELECT pg_temp.err($$SELECT hashtree.move_frag('mr_plain', 1, 'loop', 'block_writes')$$);
 SELECT pg_temp.err($$SELECT hashtree.move_frag('mt', 0, 'loop', 'block_writes')$$);
 SELECT pg_temp.err($$SELECT hashtree.move_frag('mt', 5, 'loop', 'block_writes')$$);
 SELECT pg_temp.err($$SELECT hashtree.move_frag('mt', 1, 'nobody', 'block_writes')$$);
@@ -69,49 +69,49 @@ SELECT pg_temp.err($$SELECT hashtree.move_frag('mt', 1, 'loop', 'block_writes')$
 RESET ROLE;
 
 -- tables whose fragments cannot be foreign tables
-CREATE TABLE ck (id int PRIMARY KEY, v int CHECK (v > 0)) PARTITION BY HASH (id);
-SELECT * FROM hashtree.frag_init('ck', 2);
-SELECT pg_temp.err($$SELECT hashtree.move_frag('ck', 1, 'loop', 'block_writes')$$);
-CREATE TABLE gen (id int PRIMARY KEY, v int, w int GENERATED ALWAYS AS (v * 2) STORED) PARTITION BY HASH (id);
-SELECT * FROM hashtree.frag_init('gen', 2);
-SELECT pg_temp.err($$SELECT hashtree.move_frag('gen', 1, 'loop', 'block_writes')$$);
-CREATE DOMAIN posint AS int CHECK (VALUE > 0);
-CREATE TABLE dom (id int PRIMARY KEY, v posint) PARTITION BY HASH (id);
-SELECT * FROM hashtree.frag_init('dom', 2);
-SELECT pg_temp.err($$SELECT hashtree.move_frag('dom', 1, 'loop', 'block_writes')$$);
-CREATE TABLE nokey (id int, v text) PARTITION BY HASH (id);
-SELECT * FROM hashtree.frag_init('nokey', 2);
-SELECT pg_temp.err($$SELECT hashtree.move_frag('nokey', 1, 'loop', 'block_writes')$$);
-ALTER TABLE nokey ALTER COLUMN id SET NOT NULL;
-SELECT pg_temp.err($$SELECT hashtree.move_frag('nokey', 1, 'loop', 'block_writes')$$);
-CREATE TABLE fk (id int PRIMARY KEY, r int REFERENCES plain) PARTITION BY HASH (id);
-SELECT * FROM hashtree.frag_init('fk', 2);
-SELECT pg_temp.err($$SELECT hashtree.move_frag('fk', 1, 'loop', 'block_writes')$$);
-CREATE TABLE ux (id int, v text, PRIMARY KEY (id)) PARTITION BY HASH (id);
-CREATE UNIQUE INDEX ux_lower ON ux (id, lower(v));
-SELECT * FROM hashtree.frag_init('ux', 2);
-SELECT pg_temp.err($$SELECT hashtree.move_frag('ux', 1, 'loop', 'block_writes')$$);
-SELECT count(*) AS ux_parent_indexes FROM pg_index WHERE indrelid = 'ux'::regclass;
-CREATE TABLE refd (id int PRIMARY KEY) PARTITION BY HASH (id);
-SELECT * FROM hashtree.frag_init('refd', 2);
-CREATE TABLE referencing (r int REFERENCES refd);
-SELECT pg_temp.err($$SELECT hashtree.move_frag('refd', 1, 'loop', 'block_writes')$$);
-CREATE FUNCTION noop() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
-CREATE TRIGGER own BEFORE INSERT ON mt_frag3 FOR EACH ROW EXECUTE FUNCTION noop();
+CREATE TABLE mr_ck (id int PRIMARY KEY, v int CHECK (v > 0)) PARTITION BY HASH (id);
+SELECT * FROM hashtree.frag_init('mr_ck', 2);
+SELECT pg_temp.err($$SELECT hashtree.move_frag('mr_ck', 1, 'loop', 'block_writes')$$);
+CREATE TABLE mr_gen (id int PRIMARY KEY, v int, w int GENERATED ALWAYS AS (v * 2) STORED) PARTITION BY HASH (id);
+SELECT * FROM hashtree.frag_init('mr_gen', 2);
+SELECT pg_temp.err($$SELECT hashtree.move_frag('mr_gen', 1, 'loop', 'block_writes')$$);
+CREATE DOMAIN mr_posint AS int CHECK (VALUE > 0);
+CREATE TABLE mr_dom (id int PRIMARY KEY, v mr_posint) PARTITION BY HASH (id);
+SELECT * FROM hashtree.frag_init('mr_dom', 2);
+SELECT pg_temp.err($$SELECT hashtree.move_frag('mr_dom', 1, 'loop', 'block_writes')$$);
+CREATE TABLE mr_nokey (id int, v text) PARTITION BY HASH (id);
+SELECT * FROM hashtree.frag_init('mr_nokey', 2);
+SELECT pg_temp.err($$SELECT hashtree.move_frag('mr_nokey', 1, 'loop', 'block_writes')$$);
+ALTER TABLE mr_nokey ALTER COLUMN id SET NOT NULL;
+SELECT pg_temp.err($$SELECT hashtree.move_frag('mr_nokey', 1, 'loop', 'block_writes')$$);
+CREATE TABLE mr_fk (id int PRIMARY KEY, r int REFERENCES mr_plain) PARTITION BY HASH (id);
+SELECT * FROM hashtree.frag_init('mr_fk', 2);
+SELECT pg_temp.err($$SELECT hashtree.move_frag('mr_fk', 1, 'loop', 'block_writes')$$);
+CREATE TABLE mr_ux (id int, v text, PRIMARY KEY (id)) PARTITION BY HASH (id);
+CREATE UNIQUE INDEX mr_ux_lower ON mr_ux (id, lower(v));
+SELECT * FROM hashtree.frag_init('mr_ux', 2);
+SELECT pg_temp.err($$SELECT hashtree.move_frag('mr_ux', 1, 'loop', 'block_writes')$$);
+SELECT count(*) AS ux_parent_indexes FROM pg_index WHERE indrelid = 'mr_ux'::regclass;
+CREATE TABLE mr_refd (id int PRIMARY KEY) PARTITION BY HASH (id);
+SELECT * FROM hashtree.frag_init('mr_refd', 2);
+CREATE TABLE mr_referencing (r int REFERENCES mr_refd);
+SELECT pg_temp.err($$SELECT hashtree.move_frag('mr_refd', 1, 'loop', 'block_writes')$$);
+CREATE FUNCTION mr_noop() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NEW; END $$;
+CREATE TRIGGER own BEFORE INSERT ON mt_frag3 FOR EACH ROW EXECUTE FUNCTION mr_noop();
 SELECT pg_temp.err($$SELECT hashtree.move_frag('mt', 3, 'loop', 'block_writes')$$);
 DROP TRIGGER own ON mt_frag3;
-CREATE TABLE tr (id int PRIMARY KEY, v text) PARTITION BY HASH (id);
-SELECT * FROM hashtree.frag_init('tr', 2);
-SELECT hashtree.track('tr') >= 0 AS tracked;
-SELECT pg_temp.err($$SELECT hashtree.move_frag('tr', 1, 'loop', 'block_writes')$$);
+CREATE TABLE mr_tr (id int PRIMARY KEY, v text) PARTITION BY HASH (id);
+SELECT * FROM hashtree.frag_init('mr_tr', 2);
+SELECT hashtree.track('mr_tr') >= 0 AS tracked;
+SELECT pg_temp.err($$SELECT hashtree.move_frag('mr_tr', 1, 'loop', 'block_writes')$$);
 -- nothing changed, and nothing was created on the "peer"
-SELECT s = b AS unchanged FROM state s, before b;
+SELECT s = b AS unchanged FROM mr_state s, mr_before b;
 SELECT count(*) AS servers FROM pg_foreign_server;
 SELECT count(*) AS remote_tables FROM pg_tables WHERE schemaname = 'hashtree_fragments';
 
 -- a real move: fragment 2 to the peer
 SELECT hashtree.move_frag('mt', 2, 'loop', 'block_writes') AS moved;
-SELECT placement, rows = (SELECT rows FROM before) AS same_rows, parent_constraints FROM state;
+SELECT placement, rows = (SELECT rows FROM mr_before) AS same_rows, parent_constraints FROM mr_state;
 SELECT relkind, relowner = (SELECT extowner FROM pg_extension WHERE extname = 'hashtree') AS extension_owners
   FROM pg_class WHERE oid = 'mt_frag2'::regclass;
 SELECT string_agg(conname, ',' ORDER BY conname) AS fragment_keys FROM pg_constraint
@@ -144,50 +144,50 @@ SELECT * FROM hashtree.frag_size('mt', true) WHERE fragment = 2;
 SELECT * FROM hashtree.add_frag('mt', 'block_writes');
 SELECT * FROM hashtree.del_frag('mt', 'block_writes');
 SELECT pg_temp.err($$SELECT * FROM hashtree.del_frag('mt', 'block_writes')$$);
-SELECT placement, rows = (SELECT rows FROM before) AS same_rows FROM state;
+SELECT placement, rows = (SELECT rows FROM mr_before) AS same_rows FROM mr_state;
 -- a copy that does not come out equal is no move: the "peer" changes
 -- rows as they arrive (an event trigger there puts a trigger on its new
 -- tables), the digests differ, nothing changes
-CREATE FUNCTION mangle() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION mr_mangle() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN NEW.v := NEW.v || '!'; RETURN NEW; END $$;
-CREATE FUNCTION mangle_new_tables() RETURNS event_trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION mr_mangle_new_tables() RETURNS event_trigger LANGUAGE plpgsql AS $$
 DECLARE r record;
 BEGIN
 	FOR r IN SELECT * FROM pg_event_trigger_ddl_commands()
 			  WHERE schema_name = 'hashtree_fragments' AND object_type = 'table' LOOP
-		EXECUTE format('CREATE TRIGGER mangle BEFORE INSERT ON %s FOR EACH ROW EXECUTE FUNCTION public.mangle()',
+		EXECUTE format('CREATE TRIGGER mr_mangle BEFORE INSERT ON %s FOR EACH ROW EXECUTE FUNCTION public.mr_mangle()',
 					   r.object_identity);
 	END LOOP;
 END $$;
-CREATE EVENT TRIGGER mangle ON ddl_command_end WHEN TAG IN ('CREATE TABLE')
-	EXECUTE FUNCTION mangle_new_tables();
-CREATE TEMP TABLE before2 AS SELECT * FROM state;
+CREATE EVENT TRIGGER mr_mangle ON ddl_command_end WHEN TAG IN ('CREATE TABLE')
+	EXECUTE FUNCTION mr_mangle_new_tables();
+CREATE TEMP TABLE mr_before2 AS SELECT * FROM mr_state;
 SELECT pg_temp.err($$SELECT hashtree.move_frag('mt', 3, 'loop', 'block_writes')$$);
-SELECT s = b AS unchanged FROM state s, before2 b;
-DROP EVENT TRIGGER mangle;
-DROP FUNCTION mangle_new_tables();
+SELECT s = b AS unchanged FROM mr_state s, mr_before2 b;
+DROP EVENT TRIGGER mr_mangle;
+DROP FUNCTION mr_mangle_new_tables();
 -- moving to where it is: nothing
 SELECT hashtree.move_frag('mt', 2, 'loop', 'block_writes');
 -- and back: the peer's table is left to the next move's cleanup
 SELECT hashtree.move_frag('mt', 2, NULL, 'block_writes') AS moved;
-SELECT placement, rows = (SELECT rows FROM before) AS same_rows FROM state;
+SELECT placement, rows = (SELECT rows FROM mr_before) AS same_rows FROM mr_state;
 SELECT count(*) AS remote_tables FROM pg_tables WHERE schemaname = 'hashtree_fragments';
 SELECT conname FROM pg_constraint WHERE conrelid = 'mt_frag2'::regclass;
 -- the next move cleans up (and moves fragment 4 and 2)
 SELECT hashtree.move_frag('mt', 4, 'loop', 'block_writes') AS moved;
 SELECT count(*) AS remote_tables FROM pg_tables WHERE schemaname = 'hashtree_fragments';
 SELECT hashtree.move_frag('mt', 4, NULL, 'block_writes') AS moved;
-SELECT placement, rows = (SELECT rows FROM before) AS same_rows FROM state;
+SELECT placement, rows = (SELECT rows FROM mr_before) AS same_rows FROM mr_state;
 -- every fragment here again: the key can go back to the parent without a build
 ALTER TABLE mt ADD PRIMARY KEY (id);
 SELECT count(*) AS attached_keys FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
  WHERE i.inhparent = 'mt_pkey'::regclass;
 
-SELECT hashtree.untrack('tr');
-DROP VIEW state;
-DROP TABLE mt, ck, gen, dom, nokey, fk, ux, referencing, refd, tr, plain;
-DROP FUNCTION noop();
-DROP FUNCTION mangle();
-DROP DOMAIN posint;
+SELECT hashtree.untrack('mr_tr');
+DROP VIEW mr_state;
+DROP TABLE mt, mr_ck, mr_gen, mr_dom, mr_nokey, mr_fk, mr_ux, mr_referencing, mr_refd, mr_tr, mr_plain;
+DROP FUNCTION mr_noop();
+DROP FUNCTION mr_mangle();
+DROP DOMAIN mr_posint;
 DROP OWNED BY ht_mover;
 DROP ROLE ht_mover;
