@@ -499,7 +499,11 @@ recorded_keys(Oid relid)
 	bool	   *nulls;
 	int			n;
 	List	   *out = NIL;
+	Oid			registry = get_relname_relid("frag_table", ht_schema_oid());
 
+	/* (a database still at 0.1, whose registry has no such column: none) */
+	if (!OidIsValid(registry) || get_attnum(registry, "fragment_keys") == InvalidAttrNumber)
+		return NIL;
 	if (ht_exec(&q_keys_get, v, NULL, 1) == 0)
 		return NIL;
 	d = ht_col(0, 1, &isnull);
