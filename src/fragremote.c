@@ -489,6 +489,30 @@ typedef struct UniqueKey
 	char	   *clause;			/* "PRIMARY KEY (a, b)" */
 } UniqueKey;
 
+static bool
+parent_has_unique(Oid relid)
+{
+	Relation	rel = table_open(relid, AccessShareLock);
+	ListCell   *lc;
+	bool		found = false;
+
+	foreach(lc, RelationGetIndexList(rel))
+	{
+		HeapTuple	tp = SearchSysCache1(INDEXRELID, ObjectIdGetDatum(lfirst_oid(lc)));
+
+		if (!HeapTupleIsValid(tp))
+			elog(ERROR, "hashtree: cache lookup failed for index %u", lfirst_oid(lc));
+		found |= ((Form_pg_index) GETSTRUCT(tp))->indisunique;
+		ReleaseSysCache(tp);
+	}
+	table_close(rel, AccessShareLock);
+	return found;
+}
+
+/*
+ * The unique constraints the fragments of a table keep, if they do: none
+ * when the parent has unique indexes (then they are the parent's)
+ */
 static List *
 recorded_keys(Oid relid)
 {
@@ -503,6 +527,9 @@ recorded_keys(Oid relid)
 
 	/* (a database still at 0.1, whose registry has no such column: none) */
 	if (!OidIsValid(registry) || get_attnum(registry, "fragment_keys") == InvalidAttrNumber)
+		return NIL;
+	/* the parent has its keys again (given back by its owner): they are its */
+	if (parent_has_unique(relid))
 		return NIL;
 	if (ht_exec(&q_keys_get, v, NULL, 1) == 0)
 		return NIL;
@@ -1472,8 +1499,7 @@ move_block_fn(void *arg)
 	cleanup(m->relid);
 
 	parent = table_open(m->relid, AccessShareLock);
-	keys = recorded_keys(m->relid);
-	if (m->to_peer != NULL && keys == NIL)
+	if (m->to_peer != NULL && parent_has_unique(m->relid))
 	{
 		/* the first fragment to leave: the parent's keys become the fragments' */
 		List	   *uniq = parent_unique(parent);
@@ -1487,8 +1513,19 @@ move_block_fn(void *arg)
 				   "The rows of a fragment are compared by their key.");
 		table_close(parent, NoLock);
 		convert_keys(m->relid, m->qparent, m->frags, m->nfrags, uniq);
-		keys = recorded_keys(m->relid);
 		parent = table_open(m->relid, AccessShareLock);
+	}
+	keys = recorded_keys(m->relid);
+	if (m->to_peer != NULL)
+	{
+		ListCell   *lc;
+		bool		primary = false;
+
+		foreach(lc, keys)
+			primary |= strncmp((char *) lfirst(lc), "PRIMARY KEY", 11) == 0;
+		if (!primary)
+			refuse(m, "it has no primary key",
+				   "The rows of a fragment are compared by their key.");
 	}
 	if (m->to_peer != NULL)
 	{
