@@ -135,7 +135,11 @@ $$;
 -- Fragments on other servers (issue 15, DESIGN §19): the unique constraints
 -- kept per fragment, the servers derived from peers, move_frag, and the
 -- node of each fragment in the view.
-ALTER TABLE @extschema@.frag_table ADD COLUMN fragment_keys text[];
+ALTER TABLE @extschema@.frag_table ADD COLUMN fragment_keys text[],
+	ADD COLUMN op_fragment int4, ADD COLUMN op_node text, ADD COLUMN op_remote text,
+	ADD COLUMN op_filenode int8,
+	DROP CONSTRAINT frag_table_op_check,
+	ADD CONSTRAINT frag_table_op_check CHECK (op IN ('add_frag', 'del_frag', 'move_frag'));
 CREATE TABLE @extschema@.frag_server (
 	peer			text PRIMARY KEY,
 	server			text NOT NULL UNIQUE

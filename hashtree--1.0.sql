@@ -685,6 +685,9 @@ CREATE FUNCTION @extschema@._delete_partition_rows(schema_name text, table_name 
 -- The registry: one row per fragmented table.  op*: an online add_frag or
 -- del_frag under way (its capture triggers are on op_sources, its new tables
 -- are op_helpers); an interrupted one is rolled back by the next operation.
+-- An online move_frag records op_fragment, op_node (where it goes, NULL:
+-- here), op_remote (its new table there) and op_filenode (of the table it
+-- leaves on a peer: a TRUNCATE there changes it).
 -- fragment_keys: the table's unique constraints, kept by each fragment
 -- ('PRIMARY KEY (id)', 'UNIQUE (a, b)') instead of the parent, once a
 -- fragment went to another server; NULL: the parent has them (DESIGN §19).
@@ -693,13 +696,17 @@ CREATE TABLE @extschema@.frag_table (
 	n_fragments		int4 NOT NULL,
 	next_n_to_split	int4 NOT NULL,
 	n_doubles		int4 NOT NULL,
-	op				text CHECK (op IN ('add_frag', 'del_frag')),
+	op				text CHECK (op IN ('add_frag', 'del_frag', 'move_frag')),
 	op_phase		text CHECK (op_phase IN ('preparing', 'prepared')),
 	op_sources		oid[],
 	op_helpers		oid[],
 	op_error		text,
 	op_moved		int8,
 	fragment_keys	text[],
+	op_fragment		int4,
+	op_node			text,
+	op_remote		text,
+	op_filenode		int8,
 	CHECK (n_doubles BETWEEN 0 AND 30 AND next_n_to_split BETWEEN 1 AND (1 << n_doubles)
 		   AND n_fragments = (1 << n_doubles) + next_n_to_split - 1)
 );

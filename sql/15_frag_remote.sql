@@ -44,7 +44,6 @@ SELECT pg_temp.err($$SELECT hashtree.move_frag(NULL, 1, 'loop', 'block_writes')$
 SELECT pg_temp.err($$SELECT hashtree.move_frag('mt', NULL, 'loop', 'block_writes')$$);
 SELECT pg_temp.err($$SELECT hashtree.move_frag('mt', 1, 'loop', NULL)$$);
 SELECT pg_temp.err($$SELECT hashtree.move_frag('mt', 1, 'loop', 'fast')$$);
-SELECT pg_temp.err($$SELECT hashtree.move_frag('mt', 1, 'loop')$$);
 SELECT pg_temp.err($$SELECT hashtree.move_frag(0, 1, 'loop', 'block_writes')$$);
 SELECT pg_temp.err($$SELECT hashtree.move_frag('mr_plain', 1, 'loop', 'block_writes')$$);
 SELECT pg_temp.err($$SELECT hashtree.move_frag('mt', 0, 'loop', 'block_writes')$$);
@@ -56,6 +55,11 @@ SELECT hashtree.move_frag('mt', 1, hashtree.node_name(), 'block_writes');
 -- postgres_fdw is not installed
 SELECT pg_temp.err($$SELECT hashtree.move_frag('mt', 1, 'loop', 'block_writes')$$);
 CREATE EXTENSION postgres_fdw;
+-- online: not in a transaction that used the table (the copy runs elsewhere)
+BEGIN;
+SELECT count(*) FROM mt;
+SELECT pg_temp.err($$SELECT hashtree.move_frag('mt', 1, 'loop')$$);
+ROLLBACK;
 
 -- not the table's owner (and not granted move_frag: it uses peers)
 CREATE ROLE ht_mover;
@@ -173,10 +177,12 @@ SELECT hashtree.move_frag('mt', 2, NULL, 'block_writes') AS moved;
 SELECT placement, rows = (SELECT rows FROM mr_before) AS same_rows FROM mr_state;
 SELECT count(*) AS remote_tables FROM pg_tables WHERE schemaname = 'hashtree_fragments';
 SELECT conname FROM pg_constraint WHERE conrelid = 'mt_frag2'::regclass;
--- the next move cleans up (and moves fragment 4 and 2)
-SELECT hashtree.move_frag('mt', 4, 'loop', 'block_writes') AS moved;
+-- the next move cleans up (online, fragment 4 there and back)
+SELECT hashtree.move_frag('mt', 4, 'loop') AS moved;
 SELECT count(*) AS remote_tables FROM pg_tables WHERE schemaname = 'hashtree_fragments';
-SELECT hashtree.move_frag('mt', 4, NULL, 'block_writes') AS moved;
+SELECT placement, rows = (SELECT rows FROM mr_before) AS same_rows FROM mr_state;
+SELECT hashtree.move_frag('mt', 4, NULL) AS moved;
+SELECT op, op_phase, op_error FROM hashtree.frag_table WHERE parent = 'mt'::regclass;
 SELECT placement, rows = (SELECT rows FROM mr_before) AS same_rows FROM mr_state;
 -- every fragment here again: the key can go back to the parent without a build
 ALTER TABLE mt ADD PRIMARY KEY (id);

@@ -32,6 +32,7 @@
 #include "access/xact.h"
 #include "catalog/dependency.h"
 #include "catalog/namespace.h"
+#include "catalog/pg_authid.h"
 #include "catalog/pg_am.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_collation.h"
@@ -44,7 +45,11 @@
 #include "libpq-fe.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
+#include "pgstat.h"
+#include "postmaster/bgworker.h"
+#include "storage/ipc.h"
 #include "storage/lmgr.h"
+#include "tcop/tcopprot.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
@@ -740,9 +745,13 @@ digest_hex(Digest *d)
 	return buf.data;
 }
 
-/* the digest of a table on a peer, by the peer (sql: its qualified name) */
+/*
+ * The digest of a table on a peer, by the peer (qremote: its qualified
+ * name), of its rows r that satisfy where (NULL: all), with parameters
+ */
 static void
-remote_digest(HtPeer *p, const char *qremote, Digest *d)
+remote_digest(HtPeer *p, const char *qremote, const char *where, int nparams,
+			  const char *const *params, Digest *d)
 {
 	char	   *lit = quote_literal_cstr(qremote);
 	HtRemoteResult *res;
@@ -753,8 +762,9 @@ remote_digest(HtPeer *p, const char *qremote, Digest *d)
 									" pg_catalog.encode(hashtree._entry_sum("
 									"hashtree.row_key(%s::pg_catalog.regclass, r),"
 									" hashtree.row_hash(%s::pg_catalog.regclass, r)), 'hex')"
-									" FROM %s r", lit, lit, qremote),
-						0, NULL, false, 2);
+									" FROM %s r%s%s", lit, lit, qremote,
+									where ? " WHERE " : "", where ? where : ""),
+						nparams, params, false, 2);
 	if (res->nrows != 1 || (n = ht_remote_text(res, 0, 0)) == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_PROTOCOL_VIOLATION),
@@ -976,8 +986,12 @@ typedef struct Move
 	char	   *to_server;
 	char	   *to_remote;		/* its new table on to_peer */
 	char	   *work;			/* the new partition's working name here */
-	List	   *uniq;			/* the parent's unique indexes to convert */
+	int			nkeys;			/* the partition key */
+	char	  **keyname;
+	Oid		   *keytype;
 	bool		recover;		/* an unfinished online operation to roll back */
+	int64		filenode;		/* of the source's table on its peer, when copied */
+	int64		copied;			/* online: rows the worker copied */
 	int64		rows;
 } Move;
 
@@ -1337,8 +1351,126 @@ digest_check(Move *m, Digest *src, Digest *dst)
 						 "text form) cannot be moved.")));
 }
 
+/* "(alias.k1, alias.k2)": the partition key of a row */
+static char *
+key_row(Move *m, const char *alias)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendStringInfoChar(&buf, '(');
+	for (int i = 0; i < m->nkeys; i++)
+		appendStringInfo(&buf, "%s%s.%s", i ? ", " : "", alias, quote_identifier(m->keyname[i]));
+	appendStringInfoChar(&buf, ')');
+	return buf.data;
+}
+
+static char *
+log_q(Move *m)
+{
+	return quote_qualified_identifier(m->nsp, psprintf("hashtree_frag_%u_log", m->relid));
+}
+
+static char *
+work_q(Move *m)
+{
+	return quote_qualified_identifier(m->nsp, m->work);
+}
+
+/* the relfilenode of the fragment's table on its peer (a TRUNCATE changes it) */
+static int64
+remote_filenode(HtPeer *p, const char *remote)
+{
+	HtRemoteResult *res;
+	char	   *v;
+
+	res = ht_peer_query(p, psprintf("SELECT pg_catalog.pg_relation_filenode(%s::pg_catalog.regclass)",
+									quote_literal_cstr(remote_q(remote))),
+						0, NULL, false, 1);
+	if (res->nrows != 1 || (v = ht_remote_text(res, 0, 0)) == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROTOCOL_VIOLATION),
+				 errmsg("unexpected answer from peer \"%s\": no relfilenode", ht_peer_name(p))));
+	return pg_strtoint64(v);
+}
+
+/* the insert of row literals into the target here */
+static SPIPlanPtr
+local_insert(Move *m)
+{
+	char	   *q = work_q(m);
+	Oid			argtype = TEXTOID;
+	int			pin = ht_pin_begin();
+	SPIPlanPtr	plan = SPI_prepare(psprintf("INSERT INTO %s SELECT * FROM pg_catalog.unnest($1::%s[])",
+											q, q), 1, &argtype);
+
+	ht_pin_end(pin);
+	if (plan == NULL)
+		elog(ERROR, "hashtree: cannot prepare the insert into %s", q);
+	return plan;
+}
+
+static char *
+remote_insert(Move *m)
+{
+	return psprintf("INSERT INTO %s SELECT * FROM pg_catalog.unnest($1::%s[])",
+					remote_q(m->to_remote), remote_q(m->to_remote));
+}
+
+/*
+ * Rows of a table here that satisfy where (alias x): their digest, and
+ * (sink not NULL) the rows into the sink.  By their key index: the rows of
+ * the keys written during an online copy.
+ */
 static void
-copy_rows(Move *m, Relation parent, List *keys)
+local_rows(Oid relid, const char *where, Digest *d, Sink *sink)
+{
+	Relation	rel = table_open(relid, AccessShareLock);
+	TupleDesc	desc = RelationGetDescr(rel);
+	HtRelEnc   *enc = ht_relenc_build(rel, ht_rel_key_cols(rel));
+	SPITupleTable *tt;
+	uint64		n;
+	FmgrInfo	recout;
+	Batch		b;
+
+	fmgr_info(F_RECORD_OUT, &recout);
+	initStringInfo(&b.buf);
+	b.n = 0;
+	n = ht_sql("SELECT x FROM ONLY %s x WHERE %s", ht_rel_qname(relid), where);
+	tt = SPI_tuptable;
+	for (uint64 i = 0; i < n; i++)
+	{
+		bool		isnull;
+		Datum		row = SPI_getbinval(tt->vals[i], tt->tupdesc, 1, &isnull);
+		HeapTupleHeader th = DatumGetHeapTupleHeader(row);
+		HeapTupleData tup;
+
+		tup.t_len = HeapTupleHeaderGetDatumLength(th);
+		ItemPointerSetInvalid(&tup.t_self);
+		tup.t_tableOid = relid;
+		tup.t_data = th;
+		digest_add(enc, desc, &tup, d);
+		if (sink != NULL)
+		{
+			batch_add(&b, OutputFunctionCall(&recout, row));
+			if (batch_full(&b))
+				sink_write(sink, &b);
+		}
+	}
+	if (sink != NULL)
+		sink_write(sink, &b);
+	table_close(rel, NoLock);
+}
+
+/*
+ * Copy the fragment's rows into the target and compare the digests.
+ * fresh: the target is new (on a peer, it is created in the same
+ * transaction there); else it is emptied first (a copy again after a
+ * TRUNCATE of the source).  A source on a peer is read in a REPEATABLE READ
+ * transaction there; the relfilenode of its table is kept (m->filenode).
+ */
+static void
+copy_rows(Move *m, Relation parent, List *keys, bool fresh)
 {
 	HtPeer	   *volatile sp = NULL;
 	HtPeer	   *volatile tp = NULL;
@@ -1357,7 +1489,8 @@ copy_rows(Move *m, Relation parent, List *keys)
 		if (m->to_peer != NULL)
 		{
 			tp = peer_get(m->to_peer);
-			if (ht_peer_query(tp, "SELECT FROM pg_catalog.pg_namespace"
+			if (fresh &&
+				ht_peer_query(tp, "SELECT FROM pg_catalog.pg_namespace"
 							  " WHERE nspname OPERATOR(pg_catalog.=) '" REMOTE_SCHEMA "'",
 							  0, NULL, false, 0)->nrows == 0)
 				(void) ht_peer_query(tp, "CREATE SCHEMA IF NOT EXISTS " REMOTE_SCHEMA,
@@ -1365,29 +1498,25 @@ copy_rows(Move *m, Relation parent, List *keys)
 			(void) ht_peer_query(tp, "BEGIN", 0, NULL, false, 0);
 			/* committed there means durable there: the local commit relies on it */
 			(void) ht_peer_query(tp, "SET LOCAL synchronous_commit = on", 0, NULL, false, 0);
-			(void) ht_peer_query(tp, remote_ddl(m, parent, keys), 0, NULL, false, 0);
+			(void) ht_peer_query(tp, fresh ? remote_ddl(m, parent, keys)
+								 : psprintf("TRUNCATE %s", remote_q(m->to_remote)),
+								 0, NULL, false, 0);
 			sink.peer = tp;
-			sink.sql = psprintf("INSERT INTO %s SELECT * FROM pg_catalog.unnest($1::%s[])",
-								remote_q(m->to_remote), remote_q(m->to_remote));
+			sink.sql = remote_insert(m);
 		}
 		else
 		{
-			char	   *q = quote_qualified_identifier(m->nsp, m->work);
-			Oid			argtype = TEXTOID;
-			int			pin = ht_pin_begin();
-
-			sink.plan = SPI_prepare(psprintf("INSERT INTO %s SELECT * FROM pg_catalog.unnest($1::%s[])",
-											 q, q), 1, &argtype);
-			ht_pin_end(pin);
-			if (sink.plan == NULL)
-				elog(ERROR, "hashtree: cannot prepare the insert into %s", q);
+			if (!fresh)
+				ht_sql("TRUNCATE %s", work_q(m));
+			sink.plan = local_insert(m);
 		}
 		if (m->from.peer != NULL)
 		{
 			sp = peer_get(m->from.peer);
 			(void) ht_peer_query(sp, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
 								 0, NULL, false, 0);
-			remote_digest(sp, remote_q(m->from.remote), &ds);
+			m->filenode = remote_filenode(sp, m->from.remote);
+			remote_digest(sp, remote_q(m->from.remote), NULL, 0, NULL, &ds);
 		}
 
 		/* the rows, as the table's owner (types' I/O, the target's indexes) */
@@ -1403,7 +1532,7 @@ copy_rows(Move *m, Relation parent, List *keys)
 
 		if (m->to_peer != NULL)
 		{
-			remote_digest(tp, remote_q(m->to_remote), &dt);
+			remote_digest(tp, remote_q(m->to_remote), NULL, 0, NULL, &dt);
 			digest_check(m, &ds, &dt);
 			(void) ht_peer_query(tp, "COMMIT", 0, NULL, false, 0);
 		}
@@ -1431,13 +1560,166 @@ copy_rows(Move *m, Relation parent, List *keys)
 	m->rows = ds.n;
 }
 
+/*
+ * Online, under the swap's locks: the rows of the keys written since the
+ * copy are deleted from the target and copied again from the source, and
+ * the digests of those keys' rows compared on both sides (the rest was
+ * compared after the copy: together, the whole fragment).  A TRUNCATE of
+ * the source since the copy (the log's marker here; a new relfilenode on a
+ * peer, where no TRUNCATE trigger can be): everything is copied again.
+ */
+static void
+replay(Move *m, Relation parent, List *keys)
+{
+	char	   *qlog = log_q(m);
+	bool		isnull;
+	bool		truncated;
+	int64		logged;
+	int64		deleted = 0;
+	char	  **arrays;
+	StringInfoData sel;
+	StringInfoData unnest;
+	char	   *in_remote;
+	Digest		ds;
+	Digest		dt;
+	HtPeer	   *volatile sp = NULL;
+	HtPeer	   *volatile tp = NULL;
+	HtUserContext ctx;
+	int			io;
+
+	m->rows = m->copied;
+	ht_sql("SELECT pg_catalog.bool_or(hashtree_truncated), pg_catalog.count(*) FROM %s", qlog);
+	truncated = DatumGetBool(ht_col(0, 1, &isnull)) && !isnull;
+	logged = DatumGetInt64(ht_col(0, 2, &isnull));
+	if (!truncated && m->from.peer != NULL)
+		truncated = remote_filenode(peer_get(m->from.peer), m->from.remote) != m->filenode;
+	if (truncated)
+	{
+		copy_rows(m, parent, keys, false);
+		return;
+	}
+	if (logged == 0)
+		return;
+
+	/* the keys written, one array per key column (text under pinned settings) */
+	initStringInfo(&sel);
+	initStringInfo(&unnest);
+	appendStringInfoString(&sel, "SELECT ");
+	for (int i = 0; i < m->nkeys; i++)
+	{
+		appendStringInfo(&sel, "%spg_catalog.array_agg(l.%s)::pg_catalog.text", i ? ", " : "",
+						 quote_identifier(m->keyname[i]));
+		appendStringInfo(&unnest, "%s$%d::%s[]", i ? ", " : "", i + 1,
+						 format_type_extended(m->keytype[i], -1, FORMAT_TYPE_FORCE_QUALIFY));
+	}
+	appendStringInfo(&sel, " FROM (SELECT DISTINCT %s FROM %s) l", m->keylist, qlog);
+	io = io_begin();
+	ht_sql("%s", sel.data);
+	arrays = palloc(sizeof(char *) * m->nkeys);
+	for (int i = 0; i < m->nkeys; i++)
+		arrays[i] = TextDatumGetCString(ht_col(0, i + 1, &isnull));
+	AtEOXact_GUC(true, io);
+	in_remote = psprintf("%s IN (SELECT * FROM pg_catalog.unnest(%s))", key_row(m, "r"), unnest.data);
+
+	memset(&ds, 0, sizeof(ds));
+	memset(&dt, 0, sizeof(dt));
+	PG_TRY();
+	{
+		Sink		sink;
+		char	   *in_log = psprintf("%s IN (SELECT %s FROM %s)", key_row(m, "x"), m->keylist, qlog);
+
+		memset(&sink, 0, sizeof(sink));
+		ht_as_table_owner_begin(m->relid, &ctx);
+		io = io_begin();
+		/* out of the target */
+		if (m->to_peer != NULL)
+		{
+			HtRemoteResult *res;
+
+			tp = peer_get(m->to_peer);
+			(void) ht_peer_query(tp, "BEGIN", 0, NULL, false, 0);
+			(void) ht_peer_query(tp, "SET LOCAL synchronous_commit = on", 0, NULL, false, 0);
+			res = ht_peer_query(tp, psprintf("WITH d AS (DELETE FROM %s r WHERE %s RETURNING 1)"
+											 " SELECT pg_catalog.count(*) FROM d",
+											 remote_q(m->to_remote), in_remote),
+								m->nkeys, (const char *const *) arrays, false, 1);
+			deleted = pg_strtoint64(ht_remote_text(res, 0, 0));
+			sink.peer = tp;
+			sink.sql = remote_insert(m);
+		}
+		else
+		{
+			ht_sql("WITH d AS (DELETE FROM %s x WHERE %s RETURNING 1) SELECT pg_catalog.count(*) FROM d",
+				   work_q(m), in_log);
+			deleted = DatumGetInt64(ht_col(0, 1, &isnull));
+			sink.plan = local_insert(m);
+		}
+		/* from the source, with their digest */
+		if (m->from.peer != NULL)
+		{
+			HtRemoteResult *res;
+			Batch		b;
+
+			sp = peer_get(m->from.peer);
+			(void) ht_peer_query(sp, "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+								 0, NULL, false, 0);
+			remote_digest(sp, remote_q(m->from.remote), in_remote, m->nkeys,
+						  (const char *const *) arrays, &ds);
+			res = ht_peer_query(sp, psprintf("SELECT r::pg_catalog.text FROM %s r WHERE %s",
+											 remote_q(m->from.remote), in_remote),
+								m->nkeys, (const char *const *) arrays, false, 1);
+			initStringInfo(&b.buf);
+			b.n = 0;
+			for (int r = 0; r < res->nrows; r++)
+			{
+				batch_add(&b, ht_remote_text(res, r, 0));
+				if (batch_full(&b))
+					sink_write(&sink, &b);
+			}
+			sink_write(&sink, &b);
+			(void) ht_peer_query(sp, "COMMIT", 0, NULL, false, 0);
+		}
+		else
+			local_rows(m->src, in_log, &ds, &sink);
+		sink_finish(&sink);
+		/* the target's rows of those keys, compared */
+		if (m->to_peer != NULL)
+		{
+			remote_digest(tp, remote_q(m->to_remote), in_remote, m->nkeys,
+						  (const char *const *) arrays, &dt);
+			digest_check(m, &ds, &dt);
+			(void) ht_peer_query(tp, "COMMIT", 0, NULL, false, 0);
+		}
+		else
+		{
+			CommandCounterIncrement();
+			local_rows(get_relname_relid(m->work, get_namespace_oid(m->nsp, false)), in_log, &dt, NULL);
+			digest_check(m, &ds, &dt);
+		}
+		if (sink.plan != NULL)
+			SPI_freeplan(sink.plan);
+		AtEOXact_GUC(true, io);
+		ht_as_table_owner_end(&ctx);
+	}
+	PG_CATCH();
+	{
+		if (sp != NULL)
+			ht_peer_disconnect(m->from.peer);
+		if (tp != NULL)
+			ht_peer_disconnect(m->to_peer);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	m->rows = m->copied - deleted + ds.n;
+}
+
 /* -- the swap -- */
 
 static void
 swap(Move *m)
 {
 	char	   *qsrc = ht_rel_qname(m->src);
-	char	   *qwork = quote_qualified_identifier(m->nsp, m->work);
+	char	   *qwork = work_q(m);
 	Oid			save_user;
 	int			save_sec;
 
@@ -1481,7 +1763,73 @@ swap(Move *m)
 	}
 }
 
-static void move_prepare(Move *m, Relation rel);
+/* -- both modes -- */
+
+/* the first fragment to leave: the parent's unique constraints become the fragments' */
+static void
+convert_fn(void *arg)
+{
+	Move	   *m = (Move *) arg;
+	Relation	parent;
+	List	   *uniq;
+	ListCell   *lc;
+	bool		primary = false;
+
+	/* writers wait while each fragment gets its index (then the parent's go) */
+	ht_sql("LOCK TABLE ONLY %s IN SHARE MODE", m->qparent);
+	parent = table_open(m->relid, AccessShareLock);
+	uniq = parent_unique(parent);
+	table_close(parent, NoLock);
+	foreach(lc, uniq)
+		primary |= ((UniqueKey *) lfirst(lc))->primary;
+	if (!primary)
+		refuse(m, "it has no primary key", "The rows of a fragment are compared by their key.");
+	convert_keys(m->relid, m->qparent, m->frags, m->nfrags, uniq);
+}
+
+/* the fragment keys of the target; ERROR on a peer without a primary key */
+static List *
+target_keys(Move *m)
+{
+	List	   *keys = recorded_keys(m->relid);
+	ListCell   *lc;
+	bool		primary = false;
+
+	if (m->to_peer == NULL)
+		return keys;
+	foreach(lc, keys)
+		primary |= strncmp((char *) lfirst(lc), "PRIMARY KEY", 11) == 0;
+	if (!primary)
+		refuse(m, "it has no primary key", "The rows of a fragment are compared by their key.");
+	return keys;
+}
+
+/* the target, created (here) or named (on a peer, where the copy creates it) */
+static void
+make_target(Move *m)
+{
+	if (m->to_peer != NULL)
+	{
+		m->to_server = peer_server(m->to_peer);
+		m->to_remote = new_remote_name(m);	/* (each attempt its own) */
+	}
+	else
+		create_local_target(m);
+}
+
+/* the bound of a target here, so that ATTACH does not scan */
+static void
+bound_check(Move *m)
+{
+	HtUserContext ctx;
+
+	/* (the key's hash functions: the owner's) */
+	ht_as_table_owner_begin(m->relid, &ctx);
+	ht_sql("ALTER TABLE %s ADD CONSTRAINT hashtree_frag_bound CHECK"
+		   " (pg_catalog.satisfies_hash_partition('%u'::pg_catalog.oid, %d, %d, %s))",
+		   work_q(m), m->relid, m->modulus, m->remainder, m->keylist);
+	ht_as_table_owner_end(&ctx);
+}
 
 /* block_writes: everything in the caller's transaction (run with lock retries) */
 static void
@@ -1497,113 +1845,393 @@ move_block_fn(void *arg)
 	if (m->recover)
 		ht_frag_recover(m->relid);
 	cleanup(m->relid);
-
-	parent = table_open(m->relid, AccessShareLock);
 	if (m->to_peer != NULL && parent_has_unique(m->relid))
-	{
-		/* the first fragment to leave: the parent's keys become the fragments' */
-		List	   *uniq = parent_unique(parent);
-		ListCell   *lc;
-		bool		primary = false;
-
-		foreach(lc, uniq)
-			primary |= ((UniqueKey *) lfirst(lc))->primary;
-		if (!primary)
-			refuse(m, "it has no primary key",
-				   "The rows of a fragment are compared by their key.");
-		table_close(parent, NoLock);
-		convert_keys(m->relid, m->qparent, m->frags, m->nfrags, uniq);
-		parent = table_open(m->relid, AccessShareLock);
-	}
-	keys = recorded_keys(m->relid);
-	if (m->to_peer != NULL)
-	{
-		ListCell   *lc;
-		bool		primary = false;
-
-		foreach(lc, keys)
-			primary |= strncmp((char *) lfirst(lc), "PRIMARY KEY", 11) == 0;
-		if (!primary)
-			refuse(m, "it has no primary key",
-				   "The rows of a fragment are compared by their key.");
-	}
-	if (m->to_peer != NULL)
-	{
-		m->to_server = peer_server(m->to_peer);
-		m->to_remote = new_remote_name(m);	/* (each attempt its own) */
-	}
-	else
-		create_local_target(m);
-	copy_rows(m, parent, keys);
+		convert_fn(m);
+	keys = target_keys(m);
+	make_target(m);
+	parent = table_open(m->relid, AccessShareLock);
+	copy_rows(m, parent, keys, true);
 	table_close(parent, NoLock);
 	if (m->to_peer == NULL)
-	{
-		HtUserContext ctx;
-
-		/* the bound, so that ATTACH does not scan (the key's hash functions: the owner's) */
-		ht_as_table_owner_begin(m->relid, &ctx);
-		ht_sql("ALTER TABLE %s ADD CONSTRAINT hashtree_frag_bound CHECK"
-			   " (pg_catalog.satisfies_hash_partition('%u'::pg_catalog.oid, %d, %d, %s))",
-			   quote_qualified_identifier(m->nsp, m->work), m->relid, m->modulus, m->remainder,
-			   m->keylist);
-		ht_as_table_owner_end(&ctx);
-	}
+		bound_check(m);
 	swap(m);
 }
 
-/*
- * hashtree.move_frag(tbl regclass, fragment int, node text,
- *                    mode text DEFAULT 'online') RETURNS bigint
- * Moves fragment `fragment` of tbl to peer `node` (NULL or this node's
- * name: here), from here or from another peer; returns the rows moved.
- * Needs tbl's ownership.  Locks: an advisory transaction lock per table;
- * SHARE on tbl and the fragment while the rows are copied (block_writes),
- * then ACCESS EXCLUSIVE on both for the swap.
- */
-PG_FUNCTION_INFO_V1(ht_move_frag);
-Datum
-ht_move_frag(PG_FUNCTION_ARGS)
+/* ---- online: the copy runs in a background worker ------------------------------------ */
+
+/* what the worker is told (bgw_extra) */
+typedef struct MoveJob
 {
+	Oid			dboid;
+	Oid			userid;
 	Oid			relid;
-	char	   *node;
-	char	   *mode;
+	int32		frag;
+	char		node[HT_MAX_PEER_NAME_LEN + 1];	/* "": here */
+} MoveJob;
+
+StaticAssertDecl(sizeof(MoveJob) <= BGW_EXTRALEN, "a move job must fit in bgw_extra");
+
+static HtQuery q_move_begin = {
+	"UPDATE hashtree.frag_table SET op = 'move_frag', op_phase = 'preparing', op_sources = $2,"
+	" op_helpers = $3, op_error = NULL, op_fragment = $4, op_node = $5, op_remote = NULL,"
+	" op_filenode = NULL, op_moved = NULL"
+	" WHERE parent::pg_catalog.oid OPERATOR(pg_catalog.=) $1::pg_catalog.oid",
+	5, {OIDOID, OIDARRAYOID, OIDARRAYOID, INT4OID, TEXTOID}
+};
+static HtQuery q_move_prepared = {
+	"UPDATE hashtree.frag_table SET op_phase = 'prepared', op_helpers = $2, op_remote = $3,"
+	" op_filenode = $4, op_moved = $5"
+	" WHERE parent::pg_catalog.oid OPERATOR(pg_catalog.=) $1::pg_catalog.oid",
+	5, {OIDOID, OIDARRAYOID, TEXTOID, INT8OID, INT8OID}
+};
+static HtQuery q_move_error = {
+	"UPDATE hashtree.frag_table SET op_error = $2"
+	" WHERE parent::pg_catalog.oid OPERATOR(pg_catalog.=) $1::pg_catalog.oid",
+	2, {OIDOID, TEXTOID}
+};
+static HtQuery q_move_read = {
+	"SELECT op, op_phase, op_error, op_remote, op_filenode, op_moved FROM hashtree.frag_table"
+	" WHERE parent::pg_catalog.oid OPERATOR(pg_catalog.=) $1::pg_catalog.oid",
+	1, {OIDOID}
+};
+static HtQuery q_move_done = {
+	"UPDATE hashtree.frag_table SET op = NULL, op_phase = NULL, op_sources = NULL,"
+	" op_helpers = NULL, op_error = NULL, op_fragment = NULL, op_node = NULL, op_remote = NULL,"
+	" op_filenode = NULL"
+	" WHERE parent::pg_catalog.oid OPERATOR(pg_catalog.=) $1::pg_catalog.oid",
+	1, {OIDOID}
+};
+
+static ArrayType *
+oids(Oid a, Oid b)
+{
+	Datum		d[2] = {ObjectIdGetDatum(a), ObjectIdGetDatum(b)};
+
+	return construct_array(d, OidIsValid(b) ? 2 : 1, OIDOID, sizeof(Oid), true, TYPALIGN_INT);
+}
+
+#define CAPTURE_TRIGGER			"hashtree_frag_capture"
+#define CAPTURE_TRUNCATE_TRIGGER	"hashtree_frag_capture_truncate"
+
+/*
+ * The capture of the keys written to the source during the copy
+ * (fragops.c's _frag_capture, which checks the registry): the log, the
+ * operation recorded, the triggers by the extension's owner.  A foreign
+ * table gets the row trigger only (PostgreSQL allows it no TRUNCATE
+ * trigger: the swap compares its table's relfilenode instead).
+ */
+static void
+capture_fn(void *arg)
+{
+	Move	   *m = (Move *) arg;
+	char	   *qlog = log_q(m);
+	char	   *qsrc = ht_rel_qname(m->src);
+	bool		foreign = m->from.peer != NULL;
+	Datum		v[5];
+	bool		n[5] = {false, false, false, false, m->to_peer == NULL};
+	Oid			save_user;
+	int			save_sec;
+
+	ht_sql("CREATE UNLOGGED TABLE %s AS SELECT %s FROM %s WITH NO DATA", qlog, m->keylist, m->qparent);
+	ht_sql("ALTER TABLE %s ADD COLUMN hashtree_truncated pg_catalog.bool NOT NULL DEFAULT false", qlog);
+	/* the swap reads it as the table's owner; the capture runs as whoever writes the table */
+	ht_sql("ALTER TABLE %s OWNER TO %s", qlog, quote_identifier(GetUserNameFromId(m->owner, false)));
+	ht_sql("GRANT INSERT ON %s TO PUBLIC", qlog);
+	v[0] = ObjectIdGetDatum(m->relid);
+	v[1] = PointerGetDatum(oids(m->src, InvalidOid));
+	v[2] = PointerGetDatum(oids(get_relname_relid(psprintf("hashtree_frag_%u_log", m->relid),
+												  get_namespace_oid(m->nsp, false)), InvalidOid));
+	v[3] = Int32GetDatum(m->frag);
+	v[4] = m->to_peer ? CStringGetTextDatum(m->to_peer) : (Datum) 0;
+	ht_exec_as_owner(&q_move_begin, v, n, 0);
+	ht_as_owner_begin(&save_user, &save_sec);
+	ht_sql("CREATE TRIGGER " CAPTURE_TRIGGER " AFTER INSERT OR UPDATE OR DELETE ON %s"
+		   " FOR EACH ROW EXECUTE FUNCTION hashtree._frag_capture()", qsrc);
+	ht_sql("ALTER %s %s ENABLE ALWAYS TRIGGER " CAPTURE_TRIGGER,
+		   foreign ? "FOREIGN TABLE" : "TABLE", qsrc);
+	if (!foreign)
+	{
+		ht_sql("CREATE TRIGGER " CAPTURE_TRUNCATE_TRIGGER " AFTER TRUNCATE ON %s"
+			   " FOR EACH STATEMENT EXECUTE FUNCTION hashtree._frag_capture()", qsrc);
+		ht_sql("ALTER TABLE %s ENABLE ALWAYS TRIGGER " CAPTURE_TRUNCATE_TRIGGER, qsrc);
+	}
+	ht_as_owner_end(save_user, save_sec);
+}
+
+static void move_load(Move *m, Oid relid, int32 frag, char *node, bool caller);
+
+/*
+ * One transaction of the worker: 0 rolls back what an earlier operation
+ * left and cleans the peers, 1 converts the keys (the first fragment to
+ * leave), 2 begins the capture (recorded), 3 copies and compares.  Its
+ * error (in the caller's memory context), or NULL.
+ */
+static ErrorData *
+job_step(MoveJob *job, int step)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ErrorData  *volatile edata = NULL;
+
+	PG_TRY();
+	{
+		Move		m;
+
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		SPI_connect();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		HT_API_BEGIN();
+		move_load(&m, job->relid, job->frag, job->node[0] ? job->node : NULL, false);
+		if (step == 0)
+		{
+			ht_frag_recover(m.relid);
+			cleanup(m.relid);
+		}
+		else if (step == 1)
+		{
+			if (m.to_peer != NULL && parent_has_unique(m.relid))
+				ht_frag_lock_retry(convert_fn, &m, "move_frag");
+		}
+		else if (step == 2)
+			ht_frag_lock_retry(capture_fn, &m, "move_frag");
+		else
+		{
+			List	   *keys = target_keys(&m);
+			Relation	parent;
+			Datum		v[5];
+			bool		n[5] = {false, false, m.to_peer == NULL, m.from.peer == NULL, false};
+			Oid			log = get_relname_relid(psprintf("hashtree_frag_%u_log", m.relid),
+												get_namespace_oid(m.nsp, false));
+
+			make_target(&m);
+			parent = table_open(m.relid, AccessShareLock);
+			copy_rows(&m, parent, keys, true);
+			table_close(parent, NoLock);
+			if (m.to_peer == NULL)
+			{
+				bound_check(&m);
+				ht_sql("ANALYZE %s", work_q(&m));
+			}
+			v[0] = ObjectIdGetDatum(m.relid);
+			v[1] = PointerGetDatum(oids(log, m.to_peer ? InvalidOid
+										: get_relname_relid(m.work, get_namespace_oid(m.nsp, false))));
+			v[2] = m.to_peer ? CStringGetTextDatum(m.to_remote) : (Datum) 0;
+			v[3] = Int64GetDatum(m.filenode);
+			v[4] = Int64GetDatum(m.rows);
+			ht_exec_as_owner(&q_move_prepared, v, n, 0);
+		}
+		HT_API_END();
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		MemoryContextSwitchTo(cxt);
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		MemoryContextSwitchTo(cxt);
+	}
+	PG_END_TRY();
+	return edata;
+}
+
+/*
+ * The worker of an online move_frag, as the calling role: prepares the
+ * move in transactions of its own (job_step); on an error it rolls back
+ * what it did and leaves the reason in the registry for the caller.
+ */
+PGDLLEXPORT void ht_fragremote_job_main(Datum arg);
+
+void
+ht_fragremote_job_main(Datum arg)
+{
+	MoveJob		job;
+	ErrorData  *edata = NULL;
+
+	memcpy(&job, MyBgworkerEntry->bgw_extra, sizeof(job));
+	pqsignal(SIGTERM, die);
+	BackgroundWorkerUnblockSignals();
+	BackgroundWorkerInitializeConnectionByOid(job.dboid, job.userid, 0);
+	SetConfigOption("search_path", "", PGC_SUSET, PGC_S_OVERRIDE);
+	pgstat_report_appname("hashtree fragment move");
+
+	for (int step = 0; step < 4 && edata == NULL; step++)
+		edata = job_step(&job, step);
+	if (edata != NULL)
+	{
+		Datum		v[2];
+
+		StartTransactionCommand();
+		SPI_connect();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		HT_API_BEGIN();
+		ht_frag_recover(job.relid);
+		v[0] = ObjectIdGetDatum(job.relid);
+		v[1] = CStringGetTextDatum(edata->message);
+		ht_exec_as_owner(&q_move_error, v, NULL, 0);
+		HT_API_END();
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+	}
+	proc_exit(0);
+}
+
+/* column col of the first row of SPI_tuptable as a string, or NULL */
+static char *
+text_or_null(int col)
+{
+	bool		isnull;
+	Datum		d = ht_col(0, col, &isnull);
+
+	return isnull ? NULL : TextDatumGetCString(d);
+}
+
+/* run the worker and wait for it; ERROR unless it prepared the move */
+static void
+prepare_online(Move *m)
+{
+	BackgroundWorker w;
+	BackgroundWorkerHandle *handle;
+	MoveJob		job;
+	pid_t		pid;
+	bool		isnull;
+	Datum		v[1];
+	char	   *op;
+	char	   *phase;
+	char	   *error;
+
+	memset(&job, 0, sizeof(job));
+	job.dboid = MyDatabaseId;
+	job.userid = GetUserId();
+	job.relid = m->relid;
+	job.frag = m->frag;
+	if (m->to_peer != NULL)
+		strlcpy(job.node, m->to_peer, sizeof(job.node));
+	memset(&w, 0, sizeof(w));
+	w.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
+	w.bgw_start_time = BgWorkerStart_RecoveryFinished;
+	w.bgw_restart_time = BGW_NEVER_RESTART;
+	w.bgw_notify_pid = MyProcPid;
+	snprintf(w.bgw_library_name, BGW_MAXLEN, "hashtree");
+	snprintf(w.bgw_function_name, BGW_MAXLEN, "ht_fragremote_job_main");
+	snprintf(w.bgw_name, BGW_MAXLEN, "hashtree move of fragment %d of table %u", m->frag, m->relid);
+	snprintf(w.bgw_type, BGW_MAXLEN, "hashtree fragment move");
+	memcpy(w.bgw_extra, &job, sizeof(job));
+	if (!RegisterDynamicBackgroundWorker(&w, &handle))
+		ereport(ERROR,
+				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
+				 errmsg("no background worker slot for an online move_frag"),
+				 errhint("Raise max_worker_processes, or use mode => 'block_writes'.")));
+	PG_TRY();
+	{
+		if (WaitForBackgroundWorkerStartup(handle, &pid) == BGWH_STARTED)
+			(void) WaitForBackgroundWorkerShutdown(handle);
+	}
+	PG_CATCH();
+	{
+		/* canceled: stop the copy too (its leftovers are rolled back later) */
+		TerminateBackgroundWorker(handle);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+
+	v[0] = ObjectIdGetDatum(m->relid);
+	if (ht_exec(&q_move_read, v, NULL, 1) != 1)
+		elog(ERROR, "hashtree: table %u is no longer registered", m->relid);
+	op = first_text(1);
+	phase = text_or_null(2);
+	error = text_or_null(3);
+	if (op == NULL || strcmp(op, "move_frag") != 0 || phase == NULL || strcmp(phase, "prepared") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("the preparation of move_frag on %s failed: %s", m->qparent,
+						error ? error : "the worker ended without a result")));
+	if (m->to_peer != NULL)
+		m->to_remote = TextDatumGetCString(ht_col(0, 4, &isnull));
+	m->filenode = DatumGetInt64(ht_col(0, 5, &isnull));
+	m->copied = DatumGetInt64(ht_col(0, 6, &isnull));
+	if (m->to_peer != NULL)
+		m->to_server = server_of_peer(m->to_peer);
+}
+
+/* online, under the swap's locks: the writes since the copy, then the swap */
+static void
+online_swap_fn(void *arg)
+{
+	Move	   *m = (Move *) arg;
+	Relation	parent;
+	Datum		v[1] = {ObjectIdGetDatum(m->relid)};
+
+	ht_sql("LOCK TABLE ONLY %s IN ACCESS EXCLUSIVE MODE", m->qparent);
+	LockRelationOid(m->src, AccessExclusiveLock);
+	parent = table_open(m->relid, AccessShareLock);
+	replay(m, parent, target_keys(m));
+	table_close(parent, NoLock);
+	swap(m);
+	ht_sql("DROP TABLE %s", log_q(m));
+	ht_exec_as_owner(&q_move_done, v, NULL, 0);
+}
+
+/*
+ * The online move's worker logs in as the calling role, and copies from a
+ * table this transaction must not hold: refused up front otherwise.
+ */
+static void
+check_online(Move *m, bool held_before)
+{
+	HeapTuple	tp = SearchSysCache1(AUTHOID, ObjectIdGetDatum(GetUserId()));
+	bool		canlogin;
+
+	if (!HeapTupleIsValid(tp))
+		elog(ERROR, "hashtree: cache lookup failed for role %u", GetUserId());
+	canlogin = ((Form_pg_authid) GETSTRUCT(tp))->rolcanlogin;
+	ReleaseSysCache(tp);
+	if (!canlogin)
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("an online move_frag needs a role that can log in, and role \"%s\" cannot",
+						GetUserNameFromId(GetUserId(), false)),
+				 errdetail("The copy runs in a background worker that logs in as the calling role."),
+				 errhint("Use mode => 'block_writes', or call it as a role with LOGIN.")));
+	if (held_before)
+		ereport(ERROR,
+				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
+				 errmsg("an online move_frag cannot run in a transaction that has used table %s",
+						m->qparent),
+				 errdetail("Its copy runs in another session, which would wait for this transaction's locks."),
+				 errhint("Commit first, or use mode => 'block_writes'.")));
+}
+
+/* ---- the function ---------------------------------------------------------------------- */
+
+/*
+ * Fill a move of fragment frag of table relid to node (NULL: here) from
+ * the registry and the catalogs, checking what it needs (caller: the SQL
+ * function, which also takes the operation lock; else the worker).
+ * Returns with the table open in m (AccessShareLock).
+ */
+static void
+move_load(Move *m, Oid relid, int32 frag, char *node, bool caller)
+{
 	Relation	rel;
 	HtFragTable ft;
-	Move		m;
+	PartitionKey key;
+	StringInfoData keylist;
 
-	HT_ARG_NOT_NULL(0, "tbl");
-	HT_ARG_NOT_NULL(1, "fragment");
-	HT_ARG_NOT_NULL(3, "mode");
-	relid = PG_GETARG_OID(0);
-	node = PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2));
-	mode = text_to_cstring(PG_GETARG_TEXT_PP(3));
-	if (strcmp(mode, "online") == 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("move_frag in mode online is not implemented yet"),
-				 errhint("Use mode => 'block_writes'.")));
-	else if (strcmp(mode, "block_writes") != 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-				 errmsg("mode must be online or block_writes, not \"%s\"", mode)));
-	if (IsolationUsesXactSnapshot())
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("move_frag() must run at isolation level READ COMMITTED")));
-
-	memset(&m, 0, sizeof(m));
-	m.relid = relid;
-	m.frag = PG_GETARG_INT32(1);
-	m.to_peer = (node == NULL || ht_node_is_local(node)) ? NULL : node;
-
-	SPI_connect();
-	HT_API_BEGIN();
+	memset(m, 0, sizeof(*m));
+	m->relid = relid;
+	m->frag = frag;
+	m->to_peer = (node == NULL || ht_node_is_local(node)) ? NULL : node;
 	rel = ht_open_relation_arg(relid, AccessShareLock);
 	ht_frag_check_table(rel);
-	m.nsp = get_namespace_name(RelationGetNamespace(rel));
-	m.qparent = quote_qualified_identifier(m.nsp, RelationGetRelationName(rel));
-	m.owner = rel->rd_rel->relowner;
-	if (!try_op_lock(relid))
+	m->nsp = get_namespace_name(RelationGetNamespace(rel));
+	m->qparent = quote_qualified_identifier(m->nsp, RelationGetRelationName(rel));
+	m->owner = rel->rd_rel->relowner;
+	if (caller && !try_op_lock(relid))
 		ereport(ERROR,
 				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
 				 errmsg("another fragment operation is under way on table \"%s\"",
@@ -1613,65 +2241,116 @@ ht_move_frag(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("table \"%s\" is not a fragmented table", RelationGetRelationName(rel)),
 				 errhint("Make it one with hashtree.frag_init() or hashtree.frag_activate().")));
-	if (m.frag < 1 || m.frag > ft.s.n)
+	if (m->frag < 1 || m->frag > ft.s.n)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("table \"%s\" has fragments 1 to %d, not %d", RelationGetRelationName(rel),
-						ft.s.n, m.frag)));
-	if (m.to_peer != NULL)
+						ft.s.n, m->frag)));
+	if (m->to_peer != NULL)
 	{
 		Oid			save_user;
 		int			save_sec;
 
 		ht_as_owner_begin(&save_user, &save_sec);
-		ht_peer_check(m.to_peer);
+		ht_peer_check(m->to_peer);
 		ht_as_owner_end(save_user, save_sec);
 	}
-	m.frags = ht_frag_layout(rel, &ft.s);
-	m.nfrags = ft.s.n;
-	m.src = m.frags[m.frag - 1];
-	m.src_name = get_rel_name(m.src);
-	m.recover = ft.op != NULL;
-	ht_lin_bound(&ft.s, m.frag, &m.modulus, &m.remainder);
-	place_of(m.src, m.frag, &m.from);
+	m->frags = ht_frag_layout(rel, &ft.s);
+	m->nfrags = ft.s.n;
+	m->src = m->frags[m->frag - 1];
+	m->src_name = get_rel_name(m->src);
+	m->recover = ft.op != NULL;
+	ht_lin_bound(&ft.s, m->frag, &m->modulus, &m->remainder);
+	place_of(m->src, m->frag, &m->from);
+	m->work = psprintf("hashtree_move_%u_%d", m->relid, m->frag);
+
+	key = RelationGetPartitionKey(rel);
+	initStringInfo(&keylist);
+	m->nkeys = key->partnatts;
+	m->keyname = palloc(sizeof(char *) * m->nkeys);
+	m->keytype = palloc(sizeof(Oid) * m->nkeys);
+	for (int i = 0; i < key->partnatts; i++)
+	{
+		m->keyname[i] = pstrdup(NameStr(TupleDescAttr(RelationGetDescr(rel),
+													  key->partattrs[i] - 1)->attname));
+		m->keytype[i] = key->parttypid[i];
+		appendStringInfo(&keylist, "%s%s", i ? ", " : "", quote_identifier(m->keyname[i]));
+	}
+	m->keylist = keylist.data;
+	if (!(m->from.peer == NULL && m->to_peer == NULL) &&
+		!(m->from.peer != NULL && m->to_peer != NULL && strcmp(m->from.peer, m->to_peer) == 0))
+	{
+		if (m->to_peer != NULL)
+			check_remote(m, rel);
+		if (m->from.peer == NULL)
+			check_local_source(m, rel);
+		check_references(m);
+	}
+	/* (DDL on the table refuses while this backend holds it open) */
+	table_close(rel, NoLock);
+}
+
+/*
+ * hashtree.move_frag(tbl regclass, fragment int, node text,
+ *                    mode text DEFAULT 'online') RETURNS bigint
+ * Moves fragment `fragment` of tbl to peer `node` (NULL or this node's
+ * name: here), from here or from another peer; returns the rows moved.
+ * Needs tbl's ownership.  Locks: an advisory transaction lock per table;
+ * block_writes: SHARE on tbl and the fragment while the rows are copied;
+ * online: SHARE ROW EXCLUSIVE on the fragment for the capture trigger (a
+ * worker), then for the swap ACCESS EXCLUSIVE on tbl and the fragment.
+ * The first fragment to leave holds SHARE on tbl while each fragment gets
+ * its own unique indexes.
+ */
+PG_FUNCTION_INFO_V1(ht_move_frag);
+Datum
+ht_move_frag(PG_FUNCTION_ARGS)
+{
+	char	   *node;
+	char	   *mode;
+	bool		online;
+	bool		held_before;
+	Move		m;
+
+	HT_ARG_NOT_NULL(0, "tbl");
+	HT_ARG_NOT_NULL(1, "fragment");
+	HT_ARG_NOT_NULL(3, "mode");
+	node = PG_ARGISNULL(2) ? NULL : text_to_cstring(PG_GETARG_TEXT_PP(2));
+	mode = text_to_cstring(PG_GETARG_TEXT_PP(3));
+	if (strcmp(mode, "online") == 0)
+		online = true;
+	else if (strcmp(mode, "block_writes") == 0)
+		online = false;
+	else
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("mode must be online or block_writes, not \"%s\"", mode)));
+	if (IsolationUsesXactSnapshot())
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("move_frag() must run at isolation level READ COMMITTED")));
+
+	SPI_connect();
+	HT_API_BEGIN();
+	held_before = OidIsValid(PG_GETARG_OID(0)) &&
+		CheckRelationOidLockedByMe(PG_GETARG_OID(0), AccessShareLock, true);
+	move_load(&m, PG_GETARG_OID(0), PG_GETARG_INT32(1), node, true);
 	if ((m.from.peer == NULL && m.to_peer == NULL) ||
 		(m.from.peer != NULL && m.to_peer != NULL && strcmp(m.from.peer, m.to_peer) == 0))
-	{
 		ereport(NOTICE,
 				(errmsg("fragment %d of %s is on %s already", m.frag, m.qparent,
 						m.to_peer ? psprintf("peer \"%s\"", m.to_peer) : "this node")));
-		table_close(rel, NoLock);
-	}
+	else if (!online)
+		ht_frag_lock_retry(move_block_fn, &m, "move_frag");
 	else
 	{
-		move_prepare(&m, rel);
-		/* (DDL on the table refuses while this backend holds it open) */
-		table_close(rel, NoLock);
-		ht_frag_lock_retry(move_block_fn, &m, "move_frag");
+		check_online(&m, held_before);
+		/* the worker may need the table (its keys): this transaction lets it go */
+		UnlockRelationOid(m.relid, AccessShareLock);
+		prepare_online(&m);
+		ht_frag_lock_retry(online_swap_fn, &m, "move_frag");
 	}
 	HT_API_END();
 	SPI_finish();
 	PG_RETURN_INT64(m.rows);
-}
-
-/* checks and names of a move, before any lock but the caller's */
-static void
-move_prepare(Move *m, Relation rel)
-{
-	PartitionKey key = RelationGetPartitionKey(rel);
-	StringInfoData keylist;
-
-
-	initStringInfo(&keylist);
-	for (int i = 0; i < key->partnatts; i++)
-		appendStringInfo(&keylist, "%s%s", i ? ", " : "",
-						 quote_identifier(NameStr(TupleDescAttr(RelationGetDescr(rel),
-																key->partattrs[i] - 1)->attname)));
-	m->keylist = keylist.data;
-	if (m->to_peer != NULL)
-		check_remote(m, rel);
-	if (m->from.peer == NULL)
-		check_local_source(m, rel);
-	m->work = psprintf("hashtree_move_%u_%d", m->relid, m->frag);
-	check_references(m);
 }
