@@ -1064,7 +1064,11 @@ rollback_op(HtFragTable *ft, const char *error)
 {
 	Datum		v[2];
 	bool		n[2] = {false, error == NULL};
+	Oid			save_user;
+	int			save_sec;
 
+	/* (as the extension's owner, who created them; a foreign fragment is that owner's) */
+	ht_as_owner_begin(&save_user, &save_sec);
 	for (int i = 0; i < ft->nsources; i++)
 	{
 		char	   *name = get_rel_name(ft->sources[i]);
@@ -1075,6 +1079,7 @@ rollback_op(HtFragTable *ft, const char *error)
 		ht_sql("DROP TRIGGER IF EXISTS " CAPTURE_TRUNCATE_TRIGGER " ON %s",
 			   ht_rel_qname(ft->sources[i]));
 	}
+	ht_as_owner_end(save_user, save_sec);
 	for (int i = 0; i < ft->nhelpers; i++)
 		if (get_rel_name(ft->helpers[i]) != NULL && !get_rel_relispartition(ft->helpers[i]))
 			ht_sql("DROP TABLE %s", ht_rel_qname(ft->helpers[i]));

@@ -93,7 +93,7 @@ sub check_table
 		sql($a, q{SELECT count(*) || ' ' || md5(string_agg(x::text, ',' ORDER BY id)) FROM ref x}),
 		"$what: the rows of the reference table");
 	is(sql($a, q{SELECT encode(hashtree._entry_sum(hashtree.row_key('ref', s.r), hashtree.row_hash('ref', s.r)), 'hex')
-				 FROM (SELECT jsonb_populate_record(NULL::ref, to_jsonb(x)) AS r FROM t x) s}),
+				 FROM (SELECT x::text::ref AS r FROM t x) s}),
 		sql($a, q{SELECT encode(hashtree._entry_sum(hashtree.row_key('ref', r), hashtree.row_hash('ref', r)), 'hex')
 				 FROM ref r}),
 		"$what: the row hashes of the reference table");
@@ -138,13 +138,33 @@ close($fh);
 
 sub start_writer
 {
-	my ($seconds) = @_;
+	my ($seconds, $log) = @_;
 	my ($out, $err) = ('', '');
+	my @log = $log ? ('-l', "--log-prefix=$log") : ();
 	my $h = IPC::Run::start(
-		[ 'pgbench', '-n', '-c', '2', '-T', $seconds, '-f', $script,
+		[ 'pgbench', '-n', '-c', '2', '-T', $seconds, @log, '-f', $script,
 		  '-h', $a->host, '-p', $a->port, '-U', 'reader', 'postgres' ],
 		'>', \$out, '2>', \$err);
 	return { h => $h, out => \$out, err => \$err };
+}
+
+# the longest writer transaction of a pgbench log, in seconds
+sub max_latency
+{
+	my ($log) = @_;
+	my $max = 0;
+	foreach my $f (glob("$log.*"))
+	{
+		open(my $in, '<', $f) or die;
+		while (<$in>)
+		{
+			my @c = split / /;
+			$max = $c[2] if $c[2] > $max;
+		}
+		close($in);
+		unlink $f;
+	}
+	return $max / 1e6;
 }
 
 sub finish_writer
@@ -200,8 +220,8 @@ check_table('after writes through the parent', '1@a 2@b 3@c 4@a');
 
 # 2. peer to peer, home, and a third place; what moves left is cleaned up
 $w = start_writer(6);
-is(move(3, 'b', 'block_writes') > 0, 1, 'fragment 3 moved from c to b');
-is(move(2, undef, 'block_writes') > 0, 1, 'fragment 2 moved home from b');
+is(move(3, 'b', 'online') > 0, 1, 'fragment 3 moved from c to b (online)');
+is(move(2, undef, 'online') > 0, 1, 'fragment 2 moved home from b (online)');
 finish_writer($w, 'moves between peers');
 check_table('peer to peer, and home', '1@a 2@a 3@b 4@a');
 # (3's old table on c went with the cleanup of the move that followed)
@@ -246,6 +266,23 @@ check_table('node killed', '1@b 2@a 3@b 4@c');
 ok($c->poll_query_until('postgres', q{SELECT count(*) = 1 FROM pg_tables WHERE schemaname = 'hashtree_fragments'}),
 	'node killed: the peer rolled its part back');
 
+# 4b. online: a fragment of ~100k rows there and back while the writer
+# works: it waits only for the swaps, not for the copies
+foreach my $to ('c', undef)
+{
+	my $log = $a->basedir . '/latency';
+	$w = start_writer(4, $log);
+	sleep 1;
+	my $t0 = time();
+	is(move(2, $to, 'online') > 100000, 1, 'online: fragment 2 moved to ' . ($to // 'a') . ' under the writer');
+	my $took = time() - $t0;
+	finish_writer($w, 'online move of a big fragment');
+	my $max = max_latency($log);
+	diag(sprintf('online move: %.1f s, longest writer transaction %.3f s', $took, $max));
+	ok($took < 2 || $max < $took / 2, 'online: the writer did not wait for the copy');
+	check_table('online, big', defined $to ? '1@b 2@c 3@b 4@c' : '1@b 2@a 3@b 4@c');
+}
+
 # (the bulk was there for copies that last)
 $a->safe_psql('postgres', q{DELETE FROM t WHERE id > 2000000; DELETE FROM ref WHERE id > 2000000});
 
@@ -268,6 +305,34 @@ $lock->quit;
 check_table('canceled', '1@b 2@a 3@b 4@c');
 ok($b->poll_query_until('postgres', q{SELECT NOT EXISTS (SELECT FROM pg_stat_activity
 		WHERE application_name = 'hashtree')}), 'cancel: the peer session is gone');
+
+# 5b. the same, online: the caller's cancel stops the worker; what it left
+# (capture trigger, log, the operation in the registry) goes with the next move
+$lock = $b->background_psql('postgres', on_error_stop => 0);
+$lock->query_safe(sprintf(q{BEGIN; LOCK TABLE hashtree_fragments."%s" IN ACCESS EXCLUSIVE MODE},
+	remote_table(1)));
+$s = $a->background_psql('postgres', on_error_stop => 0);
+$pid = $s->query_safe('SELECT pg_backend_pid()');
+$s->query_until(qr/started/, q{\echo started
+SET ROLE owner;
+SELECT hashtree.move_frag('t', 1, NULL, 'online');
+});
+ok($a->poll_query_until('postgres', q{SELECT op_phase = 'preparing' FROM hashtree.frag_table
+		WHERE parent = 't'::regclass}), 'online cancel: the copy is under way');
+$a->safe_psql('postgres', "SELECT pg_cancel_backend($pid)");
+$s->quit;
+like($s->{stderr}, qr/canceling statement due to user request/, 'online cancel: the move was canceled');
+$lock->quit;
+ok($a->poll_query_until('postgres', q{SELECT NOT EXISTS (SELECT FROM pg_stat_activity
+		WHERE backend_type = 'hashtree fragment move')}), 'online cancel: the worker is gone');
+check_table('online, canceled', '1@b 2@a 3@b 4@c');
+is(move(4, undef, 'online') > 0, 1, 'online cancel: the next move works');
+is(sql($a, q{SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'hashtree_frag_capture%'}) . ' '
+	. sql($a, q{SELECT count(*) FROM pg_class WHERE relname LIKE 'hashtree\_%'}) . ' '
+	. sql($a, q{SELECT count(*) FROM hashtree.frag_table WHERE op IS NOT NULL}),
+	'0 0 0', 'online cancel: and rolled back what the canceled one left');
+check_table('online, after a cancel', '1@b 2@a 3@b 4@a');
+is(move(4, 'c', 'online') > 0, 1, 'online: fragment 4 back to c');
 
 # 6. the swap fails after the peer committed the copy: its table is left
 # there, unreferenced, and the next move drops it
@@ -298,5 +363,33 @@ is(sql($a, q{SELECT count(*) FROM pg_inherits WHERE inhparent = 't_pkey'::regcla
 is(move(1, 'b', 'block_writes') > 0, 1, 'and a fragment can leave again');
 is(remote_tables($b) . ' ' . remote_tables($c), '1 0', 'the last leftovers are gone');
 check_table('again', '1@b 2@a 3@a 4@a');
+
+# 8. a TRUNCATE during an online copy, of a fragment here (the capture's
+# marker) and of one on a peer (its table's relfilenode): the swap copies
+# again what is left
+$a->safe_psql('postgres', q{SET ROLE owner;
+	CREATE TABLE u (id int PRIMARY KEY, v text) PARTITION BY HASH (id);
+	SELECT hashtree.frag_init('u', 2);
+	INSERT INTO u SELECT g, 'u' || g FROM generate_series(1, 150000) g});
+foreach my $to ('c', undef)
+{
+	$s = $a->background_psql('postgres', on_error_stop => 0);
+	$s->query_until(qr/started/, sprintf(q{\echo started
+SET ROLE owner;
+SELECT hashtree.move_frag('u', 1, %s, 'online');
+}, defined $to ? "'$to'" : 'NULL'));
+	ok($a->poll_query_until('postgres', q{SELECT op_phase = 'preparing' FROM hashtree.frag_table
+			WHERE parent = 'u'::regclass}), 'truncate: the copy is under way');
+	$a->safe_psql('postgres', q{TRUNCATE u; INSERT INTO u SELECT g, 'again' FROM generate_series(1, 100) g});
+	$s->quit;
+	is($s->{stderr}, '', 'truncate: the move went through');
+	is(sql($a, q{SELECT string_agg(fragment || '@' || node, ' ' ORDER BY fragment) FROM hashtree.fragments
+				 WHERE "table" = 'u'::regclass}), '1@' . ($to // 'a') . ' 2@a', 'truncate: the placement');
+	is(sql($a, q{SELECT count(*) || ' ' || bool_and(v = 'again') || ' '
+				 || bool_and(hashtree.key_to_frag_number('u', id) = (SELECT fragment FROM hashtree.fragments f
+					 WHERE f.relation = u.tableoid)) FROM u}), '100 true true',
+		'truncate: the rows written after it, and only those');
+	$a->safe_psql('postgres', q{TRUNCATE u; INSERT INTO u SELECT g, 'u' || g FROM generate_series(1, 150000) g});
+}
 
 done_testing();
