@@ -171,3 +171,21 @@ CREATE OR REPLACE VIEW @extschema@.fragments AS
 		SELECT substring(pg_catalog.pg_get_expr(c.relpartbound, c.oid) FROM 'modulus (\d+)')::int AS modulus,
 			   substring(pg_catalog.pg_get_expr(c.relpartbound, c.oid) FROM 'remainder (\d+)')::int AS remainder) b
 	 ORDER BY f.parent::text, b.remainder;
+-- frag_init places fragments on nodes, add_frag the new fragment on a node
+DROP FUNCTION @extschema@.frag_init(regclass, int);
+CREATE FUNCTION @extschema@.frag_init(tbl regclass, n_fragments int DEFAULT 1,
+									   nodes text[] DEFAULT NULL)
+	RETURNS @extschema@.frag_state
+	AS 'MODULE_PATHNAME', 'ht_frag_init'
+	LANGUAGE C VOLATILE;
+DROP FUNCTION @extschema@.add_frag(regclass, text);
+CREATE FUNCTION @extschema@.add_frag(tbl regclass, mode text DEFAULT 'online',
+									  node text DEFAULT NULL)
+	RETURNS TABLE(n_fragments int, next_n_to_split int, n_doubles int, iter_frags int[],
+				  additional_lock_frags int[], moved_rows bigint)
+	AS 'MODULE_PATHNAME', 'ht_add_frag'
+	LANGUAGE C VOLATILE;
+REVOKE EXECUTE ON FUNCTION @extschema@.frag_init(regclass, int, text[]),
+	@extschema@.add_frag(regclass, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.frag_init(regclass, int, text[]),
+	@extschema@.add_frag(regclass, text, text) TO PUBLIC;

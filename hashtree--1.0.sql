@@ -731,7 +731,9 @@ CREATE TYPE @extschema@.frag_state AS (n_fragments int, next_n_to_split int, n_d
 CREATE FUNCTION @extschema@.frag_number(n_fragments int, hash numeric) RETURNS int
 	AS 'MODULE_PATHNAME', 'ht_frag_number'
 	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
-CREATE FUNCTION @extschema@.frag_init(tbl regclass, n_fragments int DEFAULT 1)
+-- nodes: fragment k goes to nodes[(k - 1) % length] (NULL or this node: here)
+CREATE FUNCTION @extschema@.frag_init(tbl regclass, n_fragments int DEFAULT 1,
+									   nodes text[] DEFAULT NULL)
 	RETURNS @extschema@.frag_state
 	AS 'MODULE_PATHNAME', 'ht_frag_init'
 	LANGUAGE C VOLATILE;
@@ -755,7 +757,10 @@ CREATE FUNCTION @extschema@.match_spec_to_frag_numbers(tbl regclass, predicate t
 	AS 'MODULE_PATHNAME', 'ht_match_spec_to_frag_numbers'
 	LANGUAGE C STABLE;
 
-CREATE FUNCTION @extschema@.add_frag(tbl regclass, mode text DEFAULT 'online')
+-- node: where the new fragment goes (NULL: here).  Fragments elsewhere, and
+-- a node, need EXECUTE on move_frag (they are moved with it)
+CREATE FUNCTION @extschema@.add_frag(tbl regclass, mode text DEFAULT 'online',
+									  node text DEFAULT NULL)
 	RETURNS TABLE(n_fragments int, next_n_to_split int, n_doubles int, iter_frags int[],
 				  additional_lock_frags int[], moved_rows bigint)
 	AS 'MODULE_PATHNAME', 'ht_add_frag'
@@ -859,13 +864,13 @@ GRANT EXECUTE ON FUNCTION
 	@extschema@._track_row(),
 	@extschema@._track_truncate(),
 	@extschema@.frag_number(int, numeric),
-	@extschema@.frag_init(regclass, int),
+	@extschema@.frag_init(regclass, int, text[]),
 	@extschema@.frag_activate(regclass),
 	@extschema@.frag_state(regclass),
 	@extschema@.frag_names(regclass),
 	@extschema@.frag_size(regclass, boolean),
 	@extschema@.key_to_frag_number(regclass, "any"),
 	@extschema@.match_spec_to_frag_numbers(regclass, text),
-	@extschema@.add_frag(regclass, text),
+	@extschema@.add_frag(regclass, text, text),
 	@extschema@.del_frag(regclass, text)
 	TO PUBLIC;

@@ -143,12 +143,35 @@ DELETE FROM mt WHERE id = :k2 RETURNING id = :k2 AS deleted;
 INSERT INTO mt VALUES (:k2, 'v' || :k2, :k2 / 7.0);
 SELECT tableoid::regclass, v FROM mt WHERE id = :k2;
 SELECT * FROM hashtree.frag_size('mt', true) WHERE fragment = 2;
--- a fragment that is elsewhere is neither split nor merged here (the
--- others are: 5 is split from 1 and merged back)
+-- splits and merges: of fragments here as ever (5 split from 1, merged
+-- back); one that touches a fragment elsewhere moves it here and back in
+-- the same transaction (block_writes), refused online
 SELECT * FROM hashtree.add_frag('mt', 'block_writes');
 SELECT * FROM hashtree.del_frag('mt', 'block_writes');
-SELECT pg_temp.err($$SELECT * FROM hashtree.del_frag('mt', 'block_writes')$$);
+SELECT pg_temp.err($$SELECT * FROM hashtree.del_frag('mt')$$);
+SELECT pg_temp.err($$SELECT * FROM hashtree.add_frag('mt', 'online', 'loop')$$);
+SELECT pg_temp.err($$SELECT * FROM hashtree.add_frag('mt', 'block_writes', 'nobody')$$);
 SELECT placement, rows = (SELECT rows FROM mr_before) AS same_rows FROM mr_state;
+-- 4 merged into 2 (on the peer), then 2 split again, 4 going to the peer
+SELECT * FROM hashtree.del_frag('mt', 'block_writes');
+SELECT placement, rows = (SELECT rows FROM mr_before) AS same_rows FROM mr_state;
+SELECT * FROM hashtree.add_frag('mt', 'block_writes', node => 'loop');
+SELECT placement, rows = (SELECT rows FROM mr_before) AS same_rows FROM mr_state;
+SELECT count(*) AS misplaced FROM mt JOIN hashtree.fragments f ON f.relation = mt.tableoid
+ WHERE f.fragment <> hashtree.key_to_frag_number('mt', mt.id);
+SELECT hashtree.move_frag('mt', 4, NULL, 'block_writes') > 0 AS moved;
+-- frag_init places the fragments round-robin (NULL: here); a wrong name
+-- creates nothing
+CREATE TABLE mr_fi (id int PRIMARY KEY, v text) PARTITION BY HASH (id);
+SELECT pg_temp.err($$SELECT * FROM hashtree.frag_init('mr_fi', 3, nodes => '{loop,nobody}')$$);
+SELECT pg_temp.err($$SELECT * FROM hashtree.frag_init('mr_fi', 3, nodes => '{}')$$);
+SELECT pg_temp.err($$SELECT * FROM hashtree.frag_init('mr_fi', 3, nodes => '{{loop}}')$$);
+SELECT count(*) AS partitions FROM pg_inherits WHERE inhparent = 'mr_fi'::regclass;
+SELECT * FROM hashtree.frag_init('mr_fi', 3, nodes => ARRAY[NULL, 'loop']);
+SELECT fragment, relation, node = hashtree.node_name() AS here FROM hashtree.fragments
+ WHERE "table" = 'mr_fi'::regclass;
+INSERT INTO mr_fi SELECT g, 'x' FROM generate_series(1, 100) g;
+SELECT count(*) FROM mr_fi;
 -- a copy that does not come out equal is no move: the "peer" changes
 -- rows as they arrive (an event trigger there puts a trigger on its new
 -- tables), the digests differ, nothing changes
@@ -191,7 +214,7 @@ SELECT count(*) AS attached_keys FROM pg_inherits i JOIN pg_class c ON c.oid = i
 
 SELECT hashtree.untrack('mr_tr');
 DROP VIEW mr_state;
-DROP TABLE mt, mr_ck, mr_gen, mr_dom, mr_nokey, mr_fk, mr_ux, mr_referencing, mr_refd, mr_tr, mr_plain;
+DROP TABLE mt, mr_fi, mr_ck, mr_gen, mr_dom, mr_nokey, mr_fk, mr_ux, mr_referencing, mr_refd, mr_tr, mr_plain;
 DROP FUNCTION mr_noop();
 DROP FUNCTION mr_mangle();
 DROP DOMAIN mr_posint;

@@ -1342,6 +1342,9 @@ frag_change(FunctionCallInfo fcinfo, bool add)
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("%s must run at isolation level READ COMMITTED",
 						add ? "add_frag()" : "del_frag()")));
+	/* fragments elsewhere: moved here and back around the local operation */
+	if (ht_frag_remote_involved(fcinfo, add))
+		return ht_frag_change_remote(fcinfo, add);
 	InitMaterializedSRF(fcinfo, 0);
 
 	SPI_connect();
@@ -1428,10 +1431,11 @@ frag_change(FunctionCallInfo fcinfo, bool add)
 }
 
 /*
- * hashtree.add_frag(tbl regclass, mode text DEFAULT 'online')
+ * hashtree.add_frag(tbl regclass, mode text DEFAULT 'online', node text DEFAULT NULL)
  *   RETURNS TABLE(n_fragments, next_n_to_split, n_doubles, iter_frags,
  *                 additional_lock_frags, moved_rows)
- * Splits fragment P into P and N+1.  Locks: SHARE on tbl and the source
+ * Splits fragment P into P and N+1 (N+1 on peer node, if given:
+ * fragremote.c).  Locks: SHARE on tbl and the source
  * (block_writes) or SHARE ROW EXCLUSIVE on the source for the capture
  * triggers (online), then ACCESS EXCLUSIVE on tbl and the source for the
  * swap; an advisory transaction lock per table.

@@ -27,6 +27,7 @@
 
 #include "access/genam.h"
 #include "access/htup_details.h"
+#include "access/relation.h"
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
@@ -42,6 +43,7 @@
 #include "executor/spi.h"
 #include "executor/tuptable.h"
 #include "foreign/foreign.h"
+#include "funcapi.h"
 #include "libpq-fe.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
@@ -2353,4 +2355,237 @@ ht_move_frag(PG_FUNCTION_ARGS)
 	HT_API_END();
 	SPI_finish();
 	PG_RETURN_INT64(m.rows);
+}
+
+/* ---- add_frag, del_frag, frag_init with fragments elsewhere ------------------------------ */
+
+/* SELECT hashtree.move_frag(…, 'block_writes'), as the caller (who needs EXECUTE on it) */
+static void
+spi_move(Oid relid, int32 k, const char *node)
+{
+	ht_sql("SELECT hashtree.move_frag('%u'::pg_catalog.oid::pg_catalog.regclass, %d, %s,"
+		   " 'block_writes')", relid, k, node ? quote_literal_cstr(node) : "NULL");
+}
+
+/* the peer of fragment k of a table (NULL: here); needs SPI */
+static char *
+fragment_peer(Oid relid, int32 k)
+{
+	HtFragTable ft;
+	Relation	rel = table_open(relid, AccessShareLock);
+	Oid		   *frags;
+	Place		pl;
+
+	if (!ht_frag_lookup(relid, &ft))
+		elog(ERROR, "hashtree: table %u is not a fragmented table", relid);
+	frags = ht_frag_layout(rel, &ft.s);
+	table_close(rel, NoLock);
+	place_of(frags[k - 1], k, &pl);
+	return pl.peer;
+}
+
+bool
+ht_frag_remote_involved(FunctionCallInfo fcinfo, bool add)
+{
+	Oid			relid = PG_GETARG_OID(0);
+	HtFragTable ft;
+	Relation	rel;
+	bool		involved = false;
+
+	if (add && PG_NARGS() > 2 && !PG_ARGISNULL(2) &&
+		!ht_node_is_local(text_to_cstring(PG_GETARG_TEXT_PP(2))))
+		return true;
+	rel = try_relation_open(relid, AccessShareLock);
+	if (rel == NULL)
+		return false;			/* (frag_change says what is wrong) */
+	SPI_connect();
+	if (rel->rd_rel->relkind == RELKIND_PARTITIONED_TABLE && ht_frag_lookup(relid, &ft) &&
+		(add || ft.s.n > 1))
+	{
+		Oid		   *frags = ht_frag_layout(rel, &ft.s);
+		int32		iter;
+		int32		lock;
+
+		if (add)
+			(void) ht_lin_add(&ft.s, &iter, &lock);
+		else
+			(void) ht_lin_del(&ft.s, &iter, &lock);
+		involved = get_rel_relkind(frags[iter - 1]) == RELKIND_FOREIGN_TABLE ||
+			(!add && get_rel_relkind(frags[lock - 1]) == RELKIND_FOREIGN_TABLE);
+	}
+	SPI_finish();
+	relation_close(rel, NoLock);
+	return involved;
+}
+
+/*
+ * add_frag and del_frag when a fragment they touch is elsewhere (or the
+ * new one goes elsewhere): the fragments they read are moved here, the
+ * local operation runs, and the fragments are put back (add_frag: P where
+ * it was, N+1 on `node`; del_frag: the buddy where it was).  In mode
+ * block_writes, all of it in the caller's transaction: atomic as a whole
+ * (DESIGN §19).  Returns add_frag's row.
+ */
+Datum
+ht_frag_change_remote(FunctionCallInfo fcinfo, bool add)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	Oid			relid = PG_GETARG_OID(0);
+	char	   *mode = text_to_cstring(PG_GETARG_TEXT_PP(1));
+	char	   *node = NULL;
+	const char *what = add ? "add_frag" : "del_frag";
+	HtFragTable ft;
+	Relation	rel;
+	int32		iter;
+	int32		lock;
+	char	   *iter_peer;
+	char	   *lock_peer = NULL;
+	Datum		v[6];
+	bool		n[6];
+	MemoryContext outer;
+
+	if (add && PG_NARGS() > 2 && !PG_ARGISNULL(2))
+		node = text_to_cstring(PG_GETARG_TEXT_PP(2));
+	if (node != NULL && ht_node_is_local(node))
+		node = NULL;
+	if (strcmp(mode, "block_writes") != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("%s with fragments on other servers is not implemented in mode %s",
+						what, mode),
+				 errdetail("The fragments it reads are moved here and back in the same "
+						   "transaction, which an online copy cannot share."),
+				 errhint("Use mode => 'block_writes', or move_frag() the fragments here first, "
+						 "%s online, then move_frag() online.", what)));
+	InitMaterializedSRF(fcinfo, 0);
+	outer = CurrentMemoryContext;
+	SPI_connect();
+	HT_API_BEGIN();
+	rel = ht_open_relation_arg(relid, AccessShareLock);
+	ht_frag_check_table(rel);
+	if (!ht_frag_lookup(relid, &ft))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table \"%s\" is not a fragmented table", RelationGetRelationName(rel)),
+				 errhint("Make it one with hashtree.frag_init() or hashtree.frag_activate().")));
+	table_close(rel, NoLock);
+	if (node != NULL)
+	{
+		Oid			save_user;
+		int			save_sec;
+
+		ht_as_owner_begin(&save_user, &save_sec);
+		ht_peer_check(node);
+		ht_as_owner_end(save_user, save_sec);
+	}
+	if (add)
+		(void) ht_lin_add(&ft.s, &iter, &lock);
+	else
+		(void) ht_lin_del(&ft.s, &iter, &lock);
+	iter_peer = fragment_peer(relid, iter);
+	if (!add)
+		lock_peer = fragment_peer(relid, lock);
+
+	/* here */
+	if (iter_peer != NULL)
+		spi_move(relid, iter, NULL);
+	if (lock_peer != NULL)
+		spi_move(relid, lock, NULL);
+	ht_sql("SELECT n_fragments, next_n_to_split, n_doubles, iter_frags, additional_lock_frags,"
+		   " moved_rows FROM hashtree.%s('%u'::pg_catalog.oid::pg_catalog.regclass, 'block_writes')",
+		   what, relid);
+	for (int i = 0; i < 6; i++)
+	{
+		Datum		d = ht_col(0, i + 1, &n[i]);
+
+		if (!n[i] && (i == 3 || i == 4))
+		{
+			/* (the arrays outlive SPI) */
+			MemoryContext old = MemoryContextSwitchTo(outer);
+
+			d = PointerGetDatum(DatumGetArrayTypePCopy(d));
+			MemoryContextSwitchTo(old);
+		}
+		v[i] = n[i] ? (Datum) 0 : d;
+	}
+	/* and back (add_frag: P where it was, N+1 where asked; del_frag: the buddy) */
+	if (add)
+	{
+		if (iter_peer != NULL)
+			spi_move(relid, iter, iter_peer);
+		if (node != NULL)
+			spi_move(relid, lock, node);
+	}
+	else if (lock_peer != NULL)
+		spi_move(relid, lock, lock_peer);
+	HT_API_END();
+	SPI_finish();
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, n);
+	return (Datum) 0;
+}
+
+/*
+ * frag_init(tbl, n, nodes): the fragments, then fragment k on
+ * nodes[(k - 1) % length] (NULL or this node's name: here), in the
+ * caller's transaction.  The fragments are empty: moving them costs
+ * their tables.
+ */
+Datum
+ht_frag_init_nodes(FunctionCallInfo fcinfo)
+{
+	Oid			relid = PG_GETARG_OID(0);
+	ArrayType  *arr = PG_GETARG_ARRAYTYPE_P(2);
+	Datum	   *elems;
+	bool	   *nulls;
+	int			nnodes;
+	char	  **nodes;
+	int32		n;
+	TupleDesc	td;
+	Datum		v[3];
+	bool		vn[3];
+
+	HT_ARG_NOT_NULL(1, "n_fragments");
+	n = PG_GETARG_INT32(1);
+	if (ARR_NDIM(arr) > 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("nodes must be a one-dimensional array")));
+	deconstruct_array(arr, TEXTOID, -1, false, TYPALIGN_INT, &elems, &nulls, &nnodes);
+	if (nnodes == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("nodes must name at least one node")));
+	nodes = palloc(sizeof(char *) * nnodes);
+	for (int i = 0; i < nnodes; i++)
+	{
+		nodes[i] = nulls[i] ? NULL : TextDatumGetCString(elems[i]);
+		if (nodes[i] != NULL && ht_node_is_local(nodes[i]))
+			nodes[i] = NULL;
+	}
+	if (get_call_result_type(fcinfo, NULL, &td) != TYPEFUNC_COMPOSITE)
+		elog(ERROR, "hashtree: return type must be a row type");
+
+	SPI_connect();
+	HT_API_BEGIN();
+	/* every peer first: nothing is created for a name that is wrong */
+	for (int i = 0; i < nnodes; i++)
+		if (nodes[i] != NULL)
+		{
+			Oid			save_user;
+			int			save_sec;
+
+			ht_as_owner_begin(&save_user, &save_sec);
+			ht_peer_check(nodes[i]);
+			ht_as_owner_end(save_user, save_sec);
+		}
+	ht_sql("SELECT n_fragments, next_n_to_split, n_doubles"
+		   " FROM hashtree.frag_init('%u'::pg_catalog.oid::pg_catalog.regclass, %d)", relid, n);
+	for (int i = 0; i < 3; i++)
+		v[i] = ht_col(0, i + 1, &vn[i]);
+	for (int32 k = 1; k <= n; k++)
+		if (nodes[(k - 1) % nnodes] != NULL)
+			spi_move(relid, k, nodes[(k - 1) % nnodes]);
+	HT_API_END();
+	SPI_finish();
+	return HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(td), v, vn));
 }

@@ -31,4 +31,19 @@ extern void ht_frag_add_fragment_keys(Oid relid, const char *qtarget);
  */
 extern void ht_frag_require_local(Oid part, int32 k, const char *what);
 
+/*
+ * add_frag/del_frag with fragments elsewhere (fragops.c's SQL functions
+ * hand over to these): does the operation touch a fragment on a peer, or
+ * is the new one to go to a peer (add_frag's node)?  Then
+ * ht_frag_change_remote moves them here, runs the local operation and
+ * puts them back (mode block_writes).
+ */
+#include "fmgr.h"
+
+extern bool ht_frag_remote_involved(FunctionCallInfo fcinfo, bool add);
+extern Datum ht_frag_change_remote(FunctionCallInfo fcinfo, bool add);
+
+/* frag_init(tbl, n, nodes): the fragments, placed round-robin (frag.c hands over) */
+extern Datum ht_frag_init_nodes(FunctionCallInfo fcinfo);
+
 #endif							/* HT_FRAGREMOTE_H */
