@@ -392,4 +392,27 @@ SELECT hashtree.move_frag('u', 1, %s, 'online');
 	$a->safe_psql('postgres', q{TRUNCATE u; INSERT INTO u SELECT g, 'u' || g FROM generate_series(1, 150000) g});
 }
 
+# 9. grown 4 -> 9 over the three servers and shrunk back, the writer
+# working through the parent (add_frag places the new fragment; splits and
+# merges of fragments elsewhere move them here and back)
+my %place = map { split /@/ } split / /, placement();
+my @nodes = ('b', 'c', 'a', 'c', 'b');
+$w = start_writer(8);
+foreach my $node (@nodes)
+{
+	my $n = sql($a, qq{SET ROLE owner;
+		SELECT n_fragments FROM hashtree.add_frag('t', 'block_writes', node => '$node')});
+	$place{$n} = $node;
+}
+finish_writer($w, 'grown under the writer');
+check_table('grown to 9', join(' ', map { "$_\@$place{$_}" } sort { $::a <=> $::b } keys %place));
+$w = start_writer(8);
+foreach my $i (1 .. 5)
+{
+	my $n = sql($a, q{SET ROLE owner; SELECT n_fragments FROM hashtree.del_frag('t', 'block_writes')});
+	delete $place{$n + 1};
+}
+finish_writer($w, 'shrunk under the writer');
+check_table('shrunk to 4', join(' ', map { "$_\@$place{$_}" } sort { $::a <=> $::b } keys %place));
+
 done_testing();
