@@ -160,6 +160,14 @@ SELECT placement, rows = (SELECT rows FROM mr_before) AS same_rows FROM mr_state
 SELECT count(*) AS misplaced FROM mt JOIN hashtree.fragments f ON f.relation = mt.tableoid
  WHERE f.fragment <> hashtree.key_to_frag_number('mt', mt.id);
 SELECT hashtree.move_frag('mt', 4, NULL, 'block_writes') > 0 AS moved;
+-- an identity column: values kept, there and back
+CREATE TABLE mr_id (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v text) PARTITION BY HASH (id);
+SELECT * FROM hashtree.frag_init('mr_id', 2);
+INSERT INTO mr_id (v) SELECT 'r' || g FROM generate_series(1, 50) g;
+SELECT hashtree.move_frag('mr_id', 2, 'loop', 'block_writes') > 0 AS there,
+	   hashtree.move_frag('mr_id', 2, NULL, 'block_writes') > 0 AS back;
+INSERT INTO mr_id (v) VALUES ('after');
+SELECT count(*), count(DISTINCT id), max(id) FROM mr_id;
 -- frag_init places the fragments round-robin (NULL: here); a wrong name
 -- creates nothing
 CREATE TABLE mr_fi (id int PRIMARY KEY, v text) PARTITION BY HASH (id);
@@ -214,7 +222,7 @@ SELECT count(*) AS attached_keys FROM pg_inherits i JOIN pg_class c ON c.oid = i
 
 SELECT hashtree.untrack('mr_tr');
 DROP VIEW mr_state;
-DROP TABLE mt, mr_fi, mr_ck, mr_gen, mr_dom, mr_nokey, mr_fk, mr_ux, mr_referencing, mr_refd, mr_tr, mr_plain;
+DROP TABLE mt, mr_fi, mr_id, mr_ck, mr_gen, mr_dom, mr_nokey, mr_fk, mr_ux, mr_referencing, mr_refd, mr_tr, mr_plain;
 DROP FUNCTION mr_noop();
 DROP FUNCTION mr_mangle();
 DROP DOMAIN mr_posint;

@@ -1403,7 +1403,7 @@ local_insert(Move *m)
 	char	   *q = work_q(m);
 	Oid			argtype = TEXTOID;
 	int			pin = ht_pin_begin();
-	SPIPlanPtr	plan = SPI_prepare(psprintf("INSERT INTO %s SELECT * FROM pg_catalog.unnest($1::%s[])",
+	SPIPlanPtr	plan = SPI_prepare(psprintf("INSERT INTO %s OVERRIDING SYSTEM VALUE SELECT * FROM pg_catalog.unnest($1::%s[])",
 											q, q), 1, &argtype);
 
 	ht_pin_end(pin);
@@ -1415,7 +1415,7 @@ local_insert(Move *m)
 static char *
 remote_insert(Move *m)
 {
-	return psprintf("INSERT INTO %s SELECT * FROM pg_catalog.unnest($1::%s[])",
+	return psprintf("INSERT INTO %s OVERRIDING SYSTEM VALUE SELECT * FROM pg_catalog.unnest($1::%s[])",
 					remote_q(m->to_remote), remote_q(m->to_remote));
 }
 
