@@ -24,6 +24,7 @@ OBJS = \
 	src/linhash.o \
 	src/frag.o \
 	src/fragops.o \
+	src/fragremote.o \
 	src/aggregates.o \
 	src/guard.o \
 	src/api.o

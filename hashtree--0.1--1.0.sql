@@ -173,3 +173,61 @@ REVOKE EXECUTE ON FUNCTION @extschema@._nodes_m(int[], int, text[], text[], int,
 ALTER TABLE @extschema@.exchange_log ADD COLUMN run int8;
 UPDATE @extschema@.exchange_log SET run = id;
 ALTER TABLE @extschema@.exchange_log ALTER COLUMN run SET NOT NULL;
+
+-- Fragments on other servers (issue 15, DESIGN §19): the unique constraints
+-- kept per fragment, the servers derived from peers, move_frag, and the
+-- node of each fragment in the view.
+ALTER TABLE @extschema@.frag_table ADD COLUMN fragment_keys text[],
+	ADD COLUMN op_fragment int4, ADD COLUMN op_node text, ADD COLUMN op_remote text,
+	ADD COLUMN op_filenode int8,
+	DROP CONSTRAINT frag_table_op_check,
+	ADD CONSTRAINT frag_table_op_check CHECK (op IN ('add_frag', 'del_frag', 'move_frag'));
+CREATE TABLE @extschema@.frag_server (
+	peer			text PRIMARY KEY,
+	server			text NOT NULL UNIQUE
+);
+REVOKE ALL ON @extschema@.frag_server FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.frag_server', '');
+CREATE FUNCTION @extschema@.move_frag(tbl regclass, fragment int, node text,
+									   mode text DEFAULT 'online')
+	RETURNS bigint
+	AS 'MODULE_PATHNAME', 'ht_move_frag'
+	LANGUAGE C VOLATILE;
+REVOKE EXECUTE ON FUNCTION @extschema@.move_frag(regclass, int, text, text) FROM PUBLIC;
+CREATE OR REPLACE VIEW @extschema@.fragments AS
+	SELECT f.parent AS "table",
+		   b.remainder + 1 AS fragment,
+		   c.oid::regclass AS relation,
+		   b.modulus,
+		   b.remainder,
+		   CASE WHEN c.reltuples >= 0 THEN c.reltuples::int8 END AS row_estimate,
+		   CASE WHEN c.relkind <> 'f' THEN @extschema@.node_name()
+				ELSE (SELECT s.peer FROM pg_catalog.pg_foreign_table t
+						JOIN pg_catalog.pg_foreign_server v ON v.oid = t.ftserver
+						JOIN @extschema@.frag_server s ON s.server = v.srvname
+					   WHERE t.ftrelid = c.oid) END AS node
+	  FROM @extschema@.frag_table f
+	  JOIN pg_catalog.pg_inherits i ON i.inhparent = f.parent
+	  JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
+	 CROSS JOIN LATERAL (
+		SELECT substring(pg_catalog.pg_get_expr(c.relpartbound, c.oid) FROM 'modulus (\d+)')::int AS modulus,
+			   substring(pg_catalog.pg_get_expr(c.relpartbound, c.oid) FROM 'remainder (\d+)')::int AS remainder) b
+	 ORDER BY f.parent::text, b.remainder;
+-- frag_init places fragments on nodes, add_frag the new fragment on a node
+DROP FUNCTION @extschema@.frag_init(regclass, int);
+CREATE FUNCTION @extschema@.frag_init(tbl regclass, n_fragments int DEFAULT 1,
+									   nodes text[] DEFAULT NULL)
+	RETURNS @extschema@.frag_state
+	AS 'MODULE_PATHNAME', 'ht_frag_init'
+	LANGUAGE C VOLATILE;
+DROP FUNCTION @extschema@.add_frag(regclass, text);
+CREATE FUNCTION @extschema@.add_frag(tbl regclass, mode text DEFAULT 'online',
+									  node text DEFAULT NULL)
+	RETURNS TABLE(n_fragments int, next_n_to_split int, n_doubles int, iter_frags int[],
+				  additional_lock_frags int[], moved_rows bigint)
+	AS 'MODULE_PATHNAME', 'ht_add_frag'
+	LANGUAGE C VOLATILE;
+REVOKE EXECUTE ON FUNCTION @extschema@.frag_init(regclass, int, text[]),
+	@extschema@.add_frag(regclass, text, text) FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION @extschema@.frag_init(regclass, int, text[]),
+	@extschema@.add_frag(regclass, text, text) TO PUBLIC;

@@ -705,23 +705,44 @@ CREATE FUNCTION @extschema@._delete_partition_rows(schema_name text, table_name 
 -- The registry: one row per fragmented table.  op*: an online add_frag or
 -- del_frag under way (its capture triggers are on op_sources, its new tables
 -- are op_helpers); an interrupted one is rolled back by the next operation.
+-- An online move_frag records op_fragment, op_node (where it goes, NULL:
+-- here), op_remote (its new table there) and op_filenode (of the table it
+-- leaves on a peer: a TRUNCATE there changes it).
+-- fragment_keys: the table's unique constraints, kept by each fragment
+-- ('PRIMARY KEY (id)', 'UNIQUE (a, b)') instead of the parent, once a
+-- fragment went to another server; NULL: the parent has them (DESIGN §19).
 CREATE TABLE @extschema@.frag_table (
 	parent			regclass PRIMARY KEY,
 	n_fragments		int4 NOT NULL,
 	next_n_to_split	int4 NOT NULL,
 	n_doubles		int4 NOT NULL,
-	op				text CHECK (op IN ('add_frag', 'del_frag')),
+	op				text CHECK (op IN ('add_frag', 'del_frag', 'move_frag')),
 	op_phase		text CHECK (op_phase IN ('preparing', 'prepared')),
 	op_sources		oid[],
 	op_helpers		oid[],
 	op_error		text,
 	op_moved		int8,
+	fragment_keys	text[],
+	op_fragment		int4,
+	op_node			text,
+	op_remote		text,
+	op_filenode		int8,
 	CHECK (n_doubles BETWEEN 0 AND 30 AND next_n_to_split BETWEEN 1 AND (1 << n_doubles)
 		   AND n_fragments = (1 << n_doubles) + next_n_to_split - 1)
 );
 REVOKE ALL ON @extschema@.frag_table FROM PUBLIC;
 GRANT SELECT ON @extschema@.frag_table TO PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.frag_table', '');
+
+-- The postgres_fdw server derived from a peer for the fragments placed there
+-- (owned by the extension's owner; its user mapping FOR PUBLIC holds the
+-- credentials).
+CREATE TABLE @extschema@.frag_server (
+	peer			text PRIMARY KEY,
+	server			text NOT NULL UNIQUE
+);
+REVOKE ALL ON @extschema@.frag_server FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.frag_server', '');
 
 CREATE TYPE @extschema@.frag_state AS (n_fragments int, next_n_to_split int, n_doubles int);
 
@@ -730,7 +751,9 @@ CREATE TYPE @extschema@.frag_state AS (n_fragments int, next_n_to_split int, n_d
 CREATE FUNCTION @extschema@.frag_number(n_fragments int, hash numeric) RETURNS int
 	AS 'MODULE_PATHNAME', 'ht_frag_number'
 	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
-CREATE FUNCTION @extschema@.frag_init(tbl regclass, n_fragments int DEFAULT 1)
+-- nodes: fragment k goes to nodes[(k - 1) % length] (NULL or this node: here)
+CREATE FUNCTION @extschema@.frag_init(tbl regclass, n_fragments int DEFAULT 1,
+									   nodes text[] DEFAULT NULL)
 	RETURNS @extschema@.frag_state
 	AS 'MODULE_PATHNAME', 'ht_frag_init'
 	LANGUAGE C VOLATILE;
@@ -754,7 +777,10 @@ CREATE FUNCTION @extschema@.match_spec_to_frag_numbers(tbl regclass, predicate t
 	AS 'MODULE_PATHNAME', 'ht_match_spec_to_frag_numbers'
 	LANGUAGE C STABLE;
 
-CREATE FUNCTION @extschema@.add_frag(tbl regclass, mode text DEFAULT 'online')
+-- node: where the new fragment goes (NULL: here).  Fragments elsewhere, and
+-- a node, need EXECUTE on move_frag (they are moved with it)
+CREATE FUNCTION @extschema@.add_frag(tbl regclass, mode text DEFAULT 'online',
+									  node text DEFAULT NULL)
 	RETURNS TABLE(n_fragments int, next_n_to_split int, n_doubles int, iter_frags int[],
 				  additional_lock_frags int[], moved_rows bigint)
 	AS 'MODULE_PATHNAME', 'ht_add_frag'
@@ -763,6 +789,13 @@ CREATE FUNCTION @extschema@.del_frag(tbl regclass, mode text DEFAULT 'online')
 	RETURNS TABLE(n_fragments int, next_n_to_split int, n_doubles int, iter_frags int[],
 				  additional_lock_frags int[], moved_rows bigint)
 	AS 'MODULE_PATHNAME', 'ht_del_frag'
+	LANGUAGE C VOLATILE;
+-- moves a fragment to or from a peer: uses peers, so not for PUBLIC (the
+-- administrator grants it); the caller must own the table as well
+CREATE FUNCTION @extschema@.move_frag(tbl regclass, fragment int, node text,
+									   mode text DEFAULT 'online')
+	RETURNS bigint
+	AS 'MODULE_PATHNAME', 'ht_move_frag'
 	LANGUAGE C VOLATILE;
 -- logs the keys written to the fragments an online operation is copying (its
 -- triggers are created by the extension owner; not executable by PUBLIC, and
@@ -777,7 +810,12 @@ CREATE VIEW @extschema@.fragments AS
 		   c.oid::regclass AS relation,
 		   b.modulus,
 		   b.remainder,
-		   CASE WHEN c.reltuples >= 0 THEN c.reltuples::int8 END AS row_estimate
+		   CASE WHEN c.reltuples >= 0 THEN c.reltuples::int8 END AS row_estimate,
+		   CASE WHEN c.relkind <> 'f' THEN @extschema@.node_name()
+				ELSE (SELECT s.peer FROM pg_catalog.pg_foreign_table t
+						JOIN pg_catalog.pg_foreign_server v ON v.oid = t.ftserver
+						JOIN @extschema@.frag_server s ON s.server = v.srvname
+					   WHERE t.ftrelid = c.oid) END AS node
 	  FROM @extschema@.frag_table f
 	  JOIN pg_catalog.pg_inherits i ON i.inhparent = f.parent
 	  JOIN pg_catalog.pg_class c ON c.oid = i.inhrelid
@@ -846,13 +884,13 @@ GRANT EXECUTE ON FUNCTION
 	@extschema@._track_row(),
 	@extschema@._track_truncate(),
 	@extschema@.frag_number(int, numeric),
-	@extschema@.frag_init(regclass, int),
+	@extschema@.frag_init(regclass, int, text[]),
 	@extschema@.frag_activate(regclass),
 	@extschema@.frag_state(regclass),
 	@extschema@.frag_names(regclass),
 	@extschema@.frag_size(regclass, boolean),
 	@extschema@.key_to_frag_number(regclass, "any"),
 	@extschema@.match_spec_to_frag_numbers(regclass, text),
-	@extschema@.add_frag(regclass, text),
+	@extschema@.add_frag(regclass, text, text),
 	@extschema@.del_frag(regclass, text)
 	TO PUBLIC;

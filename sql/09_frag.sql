@@ -176,7 +176,9 @@ GRANT SELECT ON acts TO ht_frag_reader;
 SELECT * FROM hashtree.frag_activate('acts');
 SELECT relkind, (SELECT oid FROM pg_class WHERE relname = 'acts_frag1') = :old_oid AS same_relation_is_fragment_1
   FROM pg_class WHERE relname = 'acts';
-SELECT * FROM hashtree.fragments WHERE "table" = 'acts'::regclass;
+SELECT "table", fragment, relation, modulus, remainder, row_estimate,
+	   node = hashtree.node_name() AS here
+  FROM hashtree.fragments WHERE "table" = 'acts'::regclass;
 SELECT relname FROM pg_class WHERE relname LIKE 'acts%pkey' ORDER BY 1;
 INSERT INTO acts (note) VALUES ('after') RETURNING id, s;
 SELECT n_fragments, moved_rows > 0 AS moved FROM hashtree.add_frag('acts', 'block_writes');

@@ -59,6 +59,7 @@
 #include "common.h"
 #include "ddl.h"
 #include "frag.h"
+#include "fragremote.h"
 #include "linhash.h"
 #include "sqlexec.h"
 
@@ -425,10 +426,12 @@ rel_reltuples(Oid relid)
 }
 
 /*
- * hashtree.frag_init(tbl regclass, n_fragments int DEFAULT 1) RETURNS frag_state
+ * hashtree.frag_init(tbl regclass, n_fragments int DEFAULT 1,
+ *                    nodes text[] DEFAULT NULL) RETURNS frag_state
  * Creates the n fragments of a hash-partitioned table without partitions
- * (owned by the table's owner) and registers it.  Locks: ACCESS EXCLUSIVE
- * on tbl; ROW EXCLUSIVE on hashtree.frag_table.
+ * (owned by the table's owner) and registers it; with nodes, places them
+ * (fragremote.c).  Locks: ACCESS EXCLUSIVE on tbl; ROW EXCLUSIVE on
+ * hashtree.frag_table.
  */
 PG_FUNCTION_INFO_V1(ht_frag_init);
 Datum
@@ -445,6 +448,9 @@ ht_frag_init(PG_FUNCTION_ARGS)
 	Oid			owner;
 
 	HT_ARG_NOT_NULL(0, "tbl");
+	/* frag_init(tbl, n, nodes): placed on other servers too (fragremote.c) */
+	if (PG_NARGS() > 2 && !PG_ARGISNULL(2))
+		return ht_frag_init_nodes(fcinfo);
 	HT_ARG_NOT_NULL(1, "n_fragments");
 	relid = PG_GETARG_OID(0);
 	n = PG_GETARG_INT32(1);

@@ -67,4 +67,7 @@ extern void ht_copy_grants(Oid from, const char *qto);
 /* the parent's name and a fragment's, quoted and qualified */
 extern char *ht_rel_qname(Oid relid);
 
+/* pg_try_advisory_xact_lock(HT_FRAG_LOCK_KEY, relid): one operation per table */
+#define HT_FRAG_LOCK_KEY 1213464577
+
 #endif							/* HT_FRAG_H */

@@ -78,12 +78,10 @@
 #include "ddl.h"
 #include "frag.h"
 #include "fragops.h"
+#include "fragremote.h"
 #include "linhash.h"
 #include "partlock.h"
 #include "sqlexec.h"
-
-/* pg_try_advisory_xact_lock(HT_FRAG_LOCK_KEY, relid): one operation per table */
-#define HT_FRAG_LOCK_KEY 1213464577
 
 #define SWAP_LOCK_TIMEOUT_MS	200
 #define SWAP_GIVE_UP_MS			120000
@@ -288,6 +286,8 @@ create_target(FragOp *op, int t)
 		ht_sql("ALTER TABLE %s OWNER TO %s", q, owner);
 	}
 	ht_copy_grants(like, q);
+	/* the unique constraints, when the fragments keep them (DESIGN §19) */
+	ht_frag_add_fragment_keys(op->relid, q);
 	/*
 	 * the parent's foreign keys, validated now (ATTACH then only links
 	 * them); NOT DEFERRABLE until the swap (deferred_fks)
@@ -468,7 +468,6 @@ add_bound_checks(FragOp *op)
 /* ---- capture (online mode) ------------------------------------------------------ */
 
 static void with_lock_retry(void (*fn) (void *), void *arg, const char *what);
-static void recover_op(Oid relid);
 static void create_capture_triggers(void *arg);
 
 #define CAPTURE_TRIGGER			"hashtree_frag_capture"
@@ -967,7 +966,7 @@ block_writes_fn(void *arg)
 		ht_sql("LOCK TABLE %s IN SHARE MODE", ht_rel_qname(op->src[i]));
 	/* (after the parent's lock: dropping the leftovers locks fragments) */
 	if (b->recover)
-		recover_op(op->relid);
+		ht_frag_recover(op->relid);
 	for (int t = 0; t < op->ntgt; t++)
 		create_target(op, t);
 	b->moved = copy_rows_as_owner(op, NULL);
@@ -1066,7 +1065,11 @@ rollback_op(HtFragTable *ft, const char *error)
 {
 	Datum		v[2];
 	bool		n[2] = {false, error == NULL};
+	Oid			save_user;
+	int			save_sec;
 
+	/* (as the extension's owner, who created them; a foreign fragment is that owner's) */
+	ht_as_owner_begin(&save_user, &save_sec);
 	for (int i = 0; i < ft->nsources; i++)
 	{
 		char	   *name = get_rel_name(ft->sources[i]);
@@ -1077,6 +1080,7 @@ rollback_op(HtFragTable *ft, const char *error)
 		ht_sql("DROP TRIGGER IF EXISTS " CAPTURE_TRUNCATE_TRIGGER " ON %s",
 			   ht_rel_qname(ft->sources[i]));
 	}
+	ht_as_owner_end(save_user, save_sec);
 	for (int i = 0; i < ft->nhelpers; i++)
 		if (get_rel_name(ft->helpers[i]) != NULL && !get_rel_relispartition(ft->helpers[i]))
 			ht_sql("DROP TABLE %s", ht_rel_qname(ft->helpers[i]));
@@ -1104,7 +1108,7 @@ prepare_step(Oid relid, bool add, int step, FragOp *op)
 		PushActiveSnapshot(GetTransactionSnapshot());
 		HT_API_BEGIN();
 		if (step == 0)
-			recover_op(relid);
+			ht_frag_recover(relid);
 		else
 		{
 			plan_in_worker(relid, add, op);
@@ -1257,8 +1261,8 @@ try_op_lock(Oid relid)
 }
 
 /* roll back an interrupted online operation on a table, if any (needs SPI) */
-static void
-recover_op(Oid relid)
+void
+ht_frag_recover(Oid relid)
 {
 	HtFragTable ft;
 
@@ -1280,7 +1284,7 @@ ht_frag_recover_all(void)
 		rels[i] = DatumGetObjectId(ht_col(i, 1, &isnull));
 	for (uint64 i = 0; i < n; i++)
 		if (get_rel_name(rels[i]) != NULL && try_op_lock(rels[i]))
-			recover_op(rels[i]);
+			ht_frag_recover(rels[i]);
 }
 
 /* ---- add_frag, del_frag ------------------------------------------------------------------ */
@@ -1361,6 +1365,9 @@ frag_change(FunctionCallInfo fcinfo, bool add)
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("%s must run at isolation level READ COMMITTED",
 						add ? "add_frag()" : "del_frag()")));
+	/* fragments elsewhere: moved here and back around the local operation */
+	if (ht_frag_remote_involved(fcinfo, add))
+		return ht_frag_change_remote(fcinfo, add);
 	InitMaterializedSRF(fcinfo, 0);
 
 	SPI_connect();
@@ -1378,6 +1385,8 @@ frag_change(FunctionCallInfo fcinfo, bool add)
 				 errmsg("table \"%s\" is not a fragmented table", RelationGetRelationName(rel)),
 				 errhint("Make it one with hashtree.frag_init() or hashtree.frag_activate().")));
 	plan_op(rel, &ft, add, &op);
+	for (int i = 0; i < op.nsrc; i++)
+		ht_frag_require_local(op.src[i], op.src_frag[i], add ? "add_frag" : "del_frag");
 	if (online)
 	{
 		check_online_keys(&op, add);
@@ -1445,10 +1454,11 @@ frag_change(FunctionCallInfo fcinfo, bool add)
 }
 
 /*
- * hashtree.add_frag(tbl regclass, mode text DEFAULT 'online')
+ * hashtree.add_frag(tbl regclass, mode text DEFAULT 'online', node text DEFAULT NULL)
  *   RETURNS TABLE(n_fragments, next_n_to_split, n_doubles, iter_frags,
  *                 additional_lock_frags, moved_rows)
- * Splits fragment P into P and N+1.  Locks: SHARE on tbl and the source
+ * Splits fragment P into P and N+1 (N+1 on peer node, if given:
+ * fragremote.c).  Locks: SHARE on tbl and the source
  * (block_writes) or SHARE ROW EXCLUSIVE on the source for the capture
  * triggers (online), then ACCESS EXCLUSIVE on tbl and the source for the
  * swap; an advisory transaction lock per table.
@@ -1469,4 +1479,11 @@ Datum
 ht_del_frag(PG_FUNCTION_ARGS)
 {
 	return frag_change(fcinfo, false);
+}
+
+/* with_lock_retry for the other fragment operations (fragremote.c) */
+void
+ht_frag_lock_retry(void (*fn) (void *), void *arg, const char *what)
+{
+	with_lock_retry(fn, arg, what);
 }

@@ -21,4 +21,13 @@ extern void ht_frag_prepare_job(Oid relid, bool add);
 /* roll back the unfinished operations nobody is running (needs SPI) */
 extern void ht_frag_recover_all(void);
 
+/* roll back an interrupted online operation on a table, if any (needs SPI) */
+extern void ht_frag_recover(Oid relid);
+
+/*
+ * Run fn(arg) in a subtransaction with a short lock_timeout until it gets
+ * its locks, releasing everything and pausing between tries
+ */
+extern void ht_frag_lock_retry(void (*fn) (void *), void *arg, const char *what);
+
 #endif							/* HT_FRAGOPS_H */

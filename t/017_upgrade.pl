@@ -400,8 +400,8 @@ foreach my $v (@old)
 # in a transaction that is rolled back, makes the listing differ
 my @mutations = (
 	[ 'a missing function' => q{
-		ALTER EXTENSION hashtree DROP FUNCTION hashtree.node_name();
-		DROP FUNCTION hashtree.node_name();} ],
+		ALTER EXTENSION hashtree DROP FUNCTION hashtree.name(int);
+		DROP FUNCTION hashtree.name(int);} ],
 	[ 'an extra function' => q{
 		CREATE FUNCTION hashtree.extra() RETURNS int LANGUAGE sql AS 'SELECT 1';
 		ALTER EXTENSION hashtree ADD FUNCTION hashtree.extra();} ],
