@@ -59,9 +59,11 @@
 #include "common.h"
 #include "ddl.h"
 #include "frag.h"
-#include "fragremote.h"
 #include "linhash.h"
 #include "sqlexec.h"
+
+/* set by ht_fragremote_init() (fragremote.c) */
+const HtFragRemoteHooks *ht_frag_remote = NULL;
 
 /* ---- registry ---------------------------------------------------------------- */
 
@@ -450,7 +452,7 @@ ht_frag_init(PG_FUNCTION_ARGS)
 	HT_ARG_NOT_NULL(0, "tbl");
 	/* frag_init(tbl, n, nodes): placed on other servers too (fragremote.c) */
 	if (PG_NARGS() > 2 && !PG_ARGISNULL(2))
-		return ht_frag_init_nodes(fcinfo);
+		return ht_frag_remote->init_nodes(fcinfo);
 	HT_ARG_NOT_NULL(1, "n_fragments");
 	relid = PG_GETARG_OID(0);
 	n = PG_GETARG_INT32(1);

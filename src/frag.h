@@ -15,6 +15,8 @@
 
 #include "postgres.h"
 
+#include "fmgr.h"
+
 #include "utils/relcache.h"
 
 #include "linhash.h"
@@ -66,6 +68,27 @@ extern void ht_copy_grants(Oid from, const char *qto);
 
 /* the parent's name and a fragment's, quoted and qualified */
 extern char *ht_rel_qname(Oid relid);
+
+/*
+ * What fragremote.c, above frag.c and fragops.c, does for them where a
+ * fragment is on another server: set by ht_fragremote_init() when the
+ * library is loaded (_PG_init), so that these files call it without
+ * including it (no include cycle).
+ */
+typedef struct HtFragRemoteHooks
+{
+	/* give a new local fragment the unique constraints kept per fragment */
+	void		(*add_fragment_keys) (Oid relid, const char *qtarget);
+	/* ERROR unless fragment k (partition part) is here */
+	void		(*require_local) (Oid part, int32 k, const char *what);
+	/* add_frag/del_frag touching a fragment on a peer: done there */
+	bool		(*remote_involved) (FunctionCallInfo fcinfo, bool add);
+	Datum		(*change_remote) (FunctionCallInfo fcinfo, bool add);
+	/* frag_init(tbl, n, nodes) */
+	Datum		(*init_nodes) (FunctionCallInfo fcinfo);
+} HtFragRemoteHooks;
+
+extern const HtFragRemoteHooks *ht_frag_remote;
 
 /* pg_try_advisory_xact_lock(HT_FRAG_LOCK_KEY, relid): one operation per table */
 #define HT_FRAG_LOCK_KEY 1213464577

@@ -78,7 +78,6 @@
 #include "ddl.h"
 #include "frag.h"
 #include "fragops.h"
-#include "fragremote.h"
 #include "linhash.h"
 #include "partlock.h"
 #include "sqlexec.h"
@@ -287,7 +286,7 @@ create_target(FragOp *op, int t)
 	}
 	ht_copy_grants(like, q);
 	/* the unique constraints, when the fragments keep them (DESIGN §19) */
-	ht_frag_add_fragment_keys(op->relid, q);
+	ht_frag_remote->add_fragment_keys(op->relid, q);
 	/*
 	 * the parent's foreign keys, validated now (ATTACH then only links
 	 * them); NOT DEFERRABLE until the swap (deferred_fks)
@@ -1366,8 +1365,8 @@ frag_change(FunctionCallInfo fcinfo, bool add)
 				 errmsg("%s must run at isolation level READ COMMITTED",
 						add ? "add_frag()" : "del_frag()")));
 	/* fragments elsewhere: moved here and back around the local operation */
-	if (ht_frag_remote_involved(fcinfo, add))
-		return ht_frag_change_remote(fcinfo, add);
+	if (ht_frag_remote->remote_involved(fcinfo, add))
+		return ht_frag_remote->change_remote(fcinfo, add);
 	InitMaterializedSRF(fcinfo, 0);
 
 	SPI_connect();
@@ -1386,7 +1385,7 @@ frag_change(FunctionCallInfo fcinfo, bool add)
 				 errhint("Make it one with hashtree.frag_init() or hashtree.frag_activate().")));
 	plan_op(rel, &ft, add, &op);
 	for (int i = 0; i < op.nsrc; i++)
-		ht_frag_require_local(op.src[i], op.src_frag[i], add ? "add_frag" : "del_frag");
+		ht_frag_remote->require_local(op.src[i], op.src_frag[i], add ? "add_frag" : "del_frag");
 	if (online)
 	{
 		check_online_keys(&op, add);

@@ -2590,3 +2590,17 @@ ht_frag_init_nodes(FunctionCallInfo fcinfo)
 	SPI_finish();
 	return HeapTupleGetDatum(heap_form_tuple(BlessTupleDesc(td), v, vn));
 }
+
+static const HtFragRemoteHooks fragremote_hooks = {
+	.add_fragment_keys = ht_frag_add_fragment_keys,
+	.require_local = ht_frag_require_local,
+	.remote_involved = ht_frag_remote_involved,
+	.change_remote = ht_frag_change_remote,
+	.init_nodes = ht_frag_init_nodes,
+};
+
+void
+ht_fragremote_init(void)
+{
+	ht_frag_remote = &fragremote_hooks;
+}

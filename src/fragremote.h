@@ -46,4 +46,10 @@ extern Datum ht_frag_change_remote(FunctionCallInfo fcinfo, bool add);
 /* frag_init(tbl, n, nodes): the fragments, placed round-robin (frag.c hands over) */
 extern Datum ht_frag_init_nodes(FunctionCallInfo fcinfo);
 
+/*
+ * Hand frag.c and fragops.c the functions above (ht_frag_remote, frag.h):
+ * called once by _PG_init.
+ */
+extern void ht_fragremote_init(void);
+
 #endif							/* HT_FRAGREMOTE_H */

@@ -18,6 +18,7 @@
 #include "utils/guc.h"
 
 #include "common.h"
+#include "fragremote.h"
 #include "worker.h"
 
 PG_MODULE_MAGIC;
@@ -81,6 +82,7 @@ _PG_init(void)
 							PGC_SIGHUP, GUC_UNIT_S,
 							NULL, NULL, NULL);
 
+	ht_fragremote_init();
 	ht_worker_init();
 	MarkGUCPrefixReserved("hashtree");
 }
