@@ -9,7 +9,9 @@
 #   update 1k     update() of every partition after 1,000 changed rows
 #   fold          update() after 200,000 changed rows: logged keys folded per second
 #   exchange 1k   exchange('b') with a second node holding the same rows but
-#                 1,000 differing ones (EXCHANGE=0 skips it: it doubles the load)
+#                 1,000 differing ones (EXCHANGE=0 skips it: it doubles the load;
+#                 VACUUM=1 vacuums a's tables first, as autovacuum would after the
+#                 fold's 200k rewrites — the bench runs with autovacuum off)
 #   bytes/row     everything hashtree stores for the table / rows, and its ratio
 #                 to pg_total_relation_size of the table (target <= 0.5)
 #   peak RSS      VmHWM of the backend that ran the step (kB)
@@ -23,6 +25,7 @@ REPO=$(cd "$(dirname "$0")/.." && pwd)
 SIZES=("$@")
 [ ${#SIZES[@]} -gt 0 ] || SIZES=(1000000 4000000 10000000)
 EXCHANGE=${EXCHANGE:-1}
+VACUUM=${VACUUM:-0}
 require_root
 install_deps
 build_install
@@ -109,6 +112,7 @@ for N in "${SIZES[@]}"; do
 			-c "SELECT hashtree.track('big')" -c "$UPDATE_ALL" \
 			-c "UPDATE big SET status = 'drift' WHERE id IN (SELECT (random() * ($N - 1))::bigint + 1 FROM generate_series(1, 1000))" \
 			-c "$UPDATE_ALL" >/dev/null
+		[ "$VACUUM" = 1 ] && $A -c "VACUUM hashtree.entry_pack, hashtree.entry, hashtree.node" >/dev/null
 		measure "$A" "SELECT count(*) FROM hashtree.exchange('b')"; xchg=$MS
 	fi
 	ratio=$(echo "scale=2; ($track + $upd1) / $scan" | bc)
