@@ -360,6 +360,29 @@ ht_frag_rename_indexes(const char *nsp, const char *from, const char *to)
 }
 
 void
+ht_frag_check_references(Oid relid, const char *qparent, const char *hint)
+{
+	bool		isnull;
+
+	ht_sql("SELECT c.conname::pg_catalog.text, c.conrelid::pg_catalog.regclass::pg_catalog.text"
+		   " FROM pg_catalog.pg_constraint c"
+		   " WHERE c.contype OPERATOR(pg_catalog.=) 'f'::pg_catalog.\"char\""
+		   " AND c.confrelid OPERATOR(pg_catalog.=) ANY (pg_catalog.array_prepend('%u'::pg_catalog.oid,"
+		   " ARRAY(SELECT i.inhrelid FROM pg_catalog.pg_inherits i"
+		   " WHERE i.inhparent OPERATOR(pg_catalog.=) '%u'::pg_catalog.oid)))"
+		   " AND c.conparentid OPERATOR(pg_catalog.=) 0::pg_catalog.oid ORDER BY 1 LIMIT 1",
+		   relid, relid);
+	if (SPI_processed > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("table %s is referenced by foreign key \"%s\" of %s", qparent,
+						TextDatumGetCString(ht_col(0, 1, &isnull)),
+						TextDatumGetCString(ht_col(0, 2, &isnull))),
+				 errdetail("A fragment that is referenced cannot be detached."),
+				 errhint("%s", hint)));
+}
+
+void
 ht_copy_grants(Oid from, const char *qto)
 {
 	uint64		n;

@@ -63,6 +63,13 @@ extern char *ht_frag_name(Relation parent, int32 k);
  */
 extern void ht_frag_rename_indexes(const char *nsp, const char *from, const char *to);
 
+/*
+ * ERROR (with hint) if a foreign key references table relid or one of its
+ * fragments: DETACH would fail.  Fragments read from pg_inherits
+ * (pg_partition_tree() would lock every fragment until commit).  SPI.
+ */
+extern void ht_frag_check_references(Oid relid, const char *qparent, const char *hint);
+
 /* GRANT on table qto what table from grants to roles other than its owner (SPI) */
 extern void ht_copy_grants(Oid from, const char *qto);
 

@@ -217,35 +217,6 @@ plan_op(Relation rel, HtFragTable *ft, bool add, FragOp *op)
 	op->log = psprintf("hashtree_frag_%u_log", op->relid);
 }
 
-/*
- * refuse what would break: foreign keys that reference the table or a
- * fragment (read from pg_inherits: pg_partition_tree() would lock every
- * fragment until commit, and an online worker that fails must drop its
- * triggers from the sources while we wait for it)
- */
-static void
-check_references(FragOp *op)
-{
-	bool		isnull;
-
-	ht_sql("SELECT c.conname::pg_catalog.text, c.conrelid::pg_catalog.regclass::pg_catalog.text"
-		   " FROM pg_catalog.pg_constraint c"
-		   " WHERE c.contype OPERATOR(pg_catalog.=) 'f'::pg_catalog.\"char\""
-		   " AND c.confrelid OPERATOR(pg_catalog.=) ANY (pg_catalog.array_prepend('%u'::pg_catalog.oid,"
-		   " ARRAY(SELECT i.inhrelid FROM pg_catalog.pg_inherits i"
-		   " WHERE i.inhparent OPERATOR(pg_catalog.=) '%u'::pg_catalog.oid)))"
-		   " AND c.conparentid OPERATOR(pg_catalog.=) 0::pg_catalog.oid ORDER BY 1 LIMIT 1",
-		   op->relid, op->relid);
-	if (SPI_processed > 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("table %s is referenced by foreign key \"%s\" of %s", op->qparent,
-						TextDatumGetCString(ht_col(0, 1, &isnull)),
-						TextDatumGetCString(ht_col(0, 2, &isnull))),
-				 errdetail("A fragment that is referenced cannot be detached."),
-				 errhint("Drop the foreign key, change the fragments, and add it back.")));
-}
-
 /* ---- targets ----------------------------------------------------------------- */
 
 /* create target t, standalone, dressed like the fragment it replaces */
@@ -1415,7 +1386,8 @@ frag_change(FunctionCallInfo fcinfo, bool add)
 	}
 	/* (DDL on the table refuses while this backend holds it open) */
 	table_close(rel, NoLock);
-	check_references(&op);
+	ht_frag_check_references(op.relid, op.qparent,
+							 "Drop the foreign key, change the fragments, and add it back.");
 
 	if (online)
 	{

@@ -1187,30 +1187,6 @@ check_remote(Move *m, Relation parent)
 	}
 }
 
-/* a foreign key that references the table or a fragment would block DETACH */
-static void
-check_references(Move *m)
-{
-	bool		isnull;
-
-	ht_sql("SELECT c.conname::pg_catalog.text, c.conrelid::pg_catalog.regclass::pg_catalog.text"
-		   " FROM pg_catalog.pg_constraint c"
-		   " WHERE c.contype OPERATOR(pg_catalog.=) 'f'::pg_catalog.\"char\""
-		   " AND c.confrelid OPERATOR(pg_catalog.=) ANY (pg_catalog.array_prepend('%u'::pg_catalog.oid,"
-		   " ARRAY(SELECT i.inhrelid FROM pg_catalog.pg_inherits i"
-		   " WHERE i.inhparent OPERATOR(pg_catalog.=) '%u'::pg_catalog.oid)))"
-		   " AND c.conparentid OPERATOR(pg_catalog.=) 0::pg_catalog.oid ORDER BY 1 LIMIT 1",
-		   m->relid, m->relid);
-	if (SPI_processed > 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("table %s is referenced by foreign key \"%s\" of %s", m->qparent,
-						TextDatumGetCString(ht_col(0, 1, &isnull)),
-						TextDatumGetCString(ht_col(0, 2, &isnull))),
-				 errdetail("A fragment that is referenced cannot be detached."),
-				 errhint("Drop the foreign key, move the fragment, and add it back.")));
-}
-
 /* a local source: its own triggers would be lost, its columns must be the parent's */
 static void
 check_local_source(Move *m, Relation parent)
@@ -2287,7 +2263,8 @@ move_load(Move *m, Oid relid, int32 frag, char *node, bool caller)
 			check_remote(m, rel);
 		if (m->from.peer == NULL)
 			check_local_source(m, rel);
-		check_references(m);
+		ht_frag_check_references(m->relid, m->qparent,
+								 "Drop the foreign key, move the fragment, and add it back.");
 	}
 	/* (DDL on the table refuses while this backend holds it open) */
 	table_close(rel, NoLock);

@@ -421,13 +421,30 @@ peer_failed(HtPeer *peer, PGresult *res)
 			 errcontext("%s", where)));
 }
 
+/* send what libpq buffered, reading what comes meanwhile; a lost peer: ERROR */
+static void
+flush_output(HtPeer *peer)
+{
+	PGconn	   *conn = peer->conn;
+	int			r;
+
+	while ((r = PQflush(conn)) != 0)
+	{
+		if (r < 0)
+			lost_connection(peer);
+		wait_for_socket(peer, WL_SOCKET_WRITEABLE | WL_SOCKET_READABLE,
+						peer->deadline, false);
+		if (!PQconsumeInput(conn))
+			lost_connection(peer);
+	}
+}
+
 /* send a statement (the peer starts on it at once) */
 void
 ht_peer_send(HtPeer *peer, const char *sql, int nparams,
 		  const char *const *params, bool binary)
 {
 	PGconn	   *conn = peer->conn;
-	int			r;
 
 	if (conn == NULL)
 		ereport(ERROR,
@@ -442,15 +459,7 @@ ht_peer_send(HtPeer *peer, const char *sql, int nparams,
 		if (!PQsendQueryParams(conn, sql, nparams, NULL, params, NULL, NULL,
 							   binary ? 1 : 0))
 			lost_connection(peer);
-		while ((r = PQflush(conn)) != 0)
-		{
-			if (r < 0)
-				lost_connection(peer);
-			wait_for_socket(peer, WL_SOCKET_WRITEABLE | WL_SOCKET_READABLE,
-							peer->deadline, false);
-			if (!PQconsumeInput(conn))
-				lost_connection(peer);
-		}
+		flush_output(peer);
 	}
 	PG_CATCH();
 	{
@@ -725,8 +734,6 @@ peer_batch(HtPeer *peer, HtStatement *stmts, int n, ErrorData **errors)
 													 ht_guc_statement_timeout);
 	PG_TRY();
 	{
-		int			r;
-
 		if (!PQenterPipelineMode(conn))
 			lost_connection(peer);
 		for (int k = 0; k < n; k++)
@@ -738,15 +745,7 @@ peer_batch(HtPeer *peer, HtStatement *stmts, int n, ErrorData **errors)
 				!PQpipelineSync(conn))
 				lost_connection(peer);
 		}
-		while ((r = PQflush(conn)) != 0)
-		{
-			if (r < 0)
-				lost_connection(peer);
-			wait_for_socket(peer, WL_SOCKET_WRITEABLE | WL_SOCKET_READABLE,
-							peer->deadline, false);
-			if (!PQconsumeInput(conn))
-				lost_connection(peer);
-		}
+		flush_output(peer);
 
 		for (int k = 0; k < n; k++)
 		{

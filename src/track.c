@@ -212,6 +212,7 @@ ht_track_rel(Relation rel)
 		tr->pb8 = to_utf8(tr->name, &tr->pb8len);
 		tr->registered = tr->tracked && is_registered(tr->pa, tr->pb);
 		tr->logrel = get_relname_relid("dirty_key", ht_schema_oid());
+		tr->logparts = NULL;
 		MemoryContextSwitchTo(old);
 		tr->valid = true;
 	}
@@ -264,20 +265,27 @@ log_key(TrackRel *tr, int part, bytea *key, bytea *hash)
 	if (key != NULL)
 		part = ht_partition_for(tr->pa8, tr->pa8len, tr->pb8, tr->pb8len,
 								VARDATA_ANY(key), VARSIZE_ANY_EXHDR(key), ht_num_partitions());
-	/* the partition's own table (0.1: dirty_key itself) */
-	if (get_rel_relkind(logrel) == RELKIND_PARTITIONED_TABLE)
+	/* the partition's own table (0.1: dirty_key itself), looked up once */
+	if (tr->logparts == NULL && get_rel_relkind(logrel) == RELKIND_PARTITIONED_TABLE)
+		tr->logparts = MemoryContextAllocZero(tr->cxt, sizeof(Oid) * ht_num_partitions());
+	rel = NULL;
+	if (tr->logparts != NULL && OidIsValid(tr->logparts[part]))
+		rel = try_table_open(tr->logparts[part], RowExclusiveLock);
+	if (rel == NULL && tr->logparts != NULL)
 	{
 		char		name[NAMEDATALEN];
 
 		snprintf(name, sizeof(name), "dirty_key_%d", part);
-		logrel = get_relname_relid(name, get_rel_namespace(tr->logrel));
-		if (!OidIsValid(logrel))
+		tr->logparts[part] = get_relname_relid(name, get_rel_namespace(tr->logrel));
+		if (!OidIsValid(tr->logparts[part]))
 			ereport(ERROR,
 					(errcode(ERRCODE_UNDEFINED_TABLE),
 					 errmsg("table hashtree.%s is missing", name),
 					 errhint("Drop and create extension hashtree again.")));
+		rel = table_open(tr->logparts[part], RowExclusiveLock);
 	}
-	rel = table_open(logrel, RowExclusiveLock);
+	if (rel == NULL)
+		rel = table_open(logrel, RowExclusiveLock);
 	natts = RelationGetDescr(rel)->natts;
 	if ((natts != 5 && natts != 6) || RelationGetForm(rel)->relhasindex ||
 		RelationGetForm(rel)->relkind != RELKIND_RELATION)

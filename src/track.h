@@ -48,6 +48,8 @@ typedef struct TrackRel
 	bool		tracked;		/* root carries the tracking row trigger */
 	bool		registered;		/* ... and is in hashtree.tracked_table */
 	Oid			logrel;			/* hashtree.dirty_key */
+	Oid		   *logparts;		/* its table of each partition, looked up once
+								 * (NULL: not yet; 0.1's unpartitioned one: none) */
 	HtRelEnc   *enc;			/* this relation, with the root's key columns */
 	char	   *schema;			/* the root's schema and name: the prefix */
 	char	   *name;
