@@ -10,6 +10,7 @@ OBJS = \
 	src/store.o \
 	src/update.o \
 	src/pack.o \
+	src/rehash.o \
 	src/partlock.o \
 	src/partops.o \
 	src/remote.o \

@@ -40,6 +40,7 @@
 #include "funcapi.h"
 #include "miscadmin.h"
 #include "storage/buffile.h"
+#include "storage/fileset.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
 #include "utils/datum.h"
@@ -860,6 +861,9 @@ struct HtPackBuild
 	int			nruns;
 	int			maxruns;
 	int64		spilled;		/* records in the runs */
+	FileSet    *fileset;		/* runs shared with other backends, or NULL */
+	const char *runname;		/* a worker's runs there: <runname>.<n>, closed */
+	int			nfileruns;
 	MemoryContext cxt;
 };
 
@@ -899,23 +903,36 @@ ht_pack_needs_repack(const HtPackApplyStats *stats)
 		stats->packs >= 256;
 }
 
-HtPackBuild *
-ht_pack_build_begin(text *pa, text *pb, int part, double est_rows)
+/*
+ * The budget of the buffer: the per-slot arrays (counts here, the
+ * positions of the sort) are there whatever the number of records; the
+ * rest of the limit is the buffer's, but a run holds HT_MIN_RUN_BYTES at
+ * least (a limit smaller than the slot arrays would otherwise write a run
+ * per record).
+ */
+static void
+build_set_limit(HtPackBuild *b, Size limit)
+{
+	Size		fixed = sizeof(int64) * 2 * (Size) b->nslots;
+
+	b->budget = limit > fixed + HT_MIN_RUN_BYTES ? limit - fixed : HT_MIN_RUN_BYTES;
+}
+
+static HtPackBuild *
+build_begin(text *pa, text *pb, int part, int nparts, int span, Size limit)
 {
 	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext, "hashtree packs",
 											  ALLOCSET_DEFAULT_SIZES);
 	MemoryContext old = MemoryContextSwitchTo(cxt);
 	HtPackBuild *b = palloc0(sizeof(HtPackBuild));
 	int64		segs = HT_SEGMENTS(HT_DEPTH_LEAF);
-	Size		limit = (Size) maintenance_work_mem * 1024;
-	Size		fixed;
 
 	b->cxt = cxt;
 	b->pa = pa;
 	b->pb = pb;
 	b->part = part;
-	b->nparts = ht_num_partitions();
-	b->span = ht_pack_span_for(est_rows);
+	b->nparts = nparts;
+	b->span = span;
 	b->npacks = (int) (segs / b->span);
 	b->nslots = b->npacks * (part < 0 ? b->nparts : 1);
 	b->counts = palloc0(sizeof(int64) * b->nslots);
@@ -923,17 +940,98 @@ ht_pack_build_begin(text *pa, text *pb, int part, double est_rows)
 	b->chunks = palloc(sizeof(char *) * b->maxchunks);
 	b->lens = palloc(sizeof(Size) * b->maxchunks);
 	b->used = 0;
-
-	/*
-	 * The per-slot arrays (counts here, the positions of the sort) are
-	 * there whatever the number of records; the rest of the limit is the
-	 * buffer's, but a run holds HT_MIN_RUN_BYTES at least (a limit smaller
-	 * than the slot arrays would otherwise write a run per record).
-	 */
-	fixed = sizeof(int64) * 2 * (Size) b->nslots;
-	b->budget = limit > fixed + HT_MIN_RUN_BYTES ? limit - fixed : HT_MIN_RUN_BYTES;
+	build_set_limit(b, limit);
 	MemoryContextSwitchTo(old);
 	return b;
+}
+
+HtPackBuild *
+ht_pack_build_begin(text *pa, text *pb, int part, double est_rows)
+{
+	return build_begin(pa, pb, part, ht_num_partitions(), ht_pack_span_for(est_rows),
+					   (Size) maintenance_work_mem * 1024);
+}
+
+int
+ht_pack_build_span(HtPackBuild *b)
+{
+	return b->span;
+}
+
+void
+ht_pack_build_limit(HtPackBuild *b, Size limit)
+{
+	build_set_limit(b, limit);
+}
+
+static void build_flush(HtPackBuild *b, bool to_run);
+
+/* the shared runs' files go with the builder, whether it ends or fails */
+static void
+fileset_drop(void *arg)
+{
+	FileSetDeleteAll((FileSet *) arg);
+}
+
+FileSet *
+ht_pack_build_fileset(HtPackBuild *b)
+{
+	if (b->fileset == NULL)
+	{
+		MemoryContextCallback *cb = MemoryContextAlloc(b->cxt, sizeof(MemoryContextCallback));
+
+		b->fileset = MemoryContextAlloc(b->cxt, sizeof(FileSet));
+		FileSetInit(b->fileset);
+		cb->func = fileset_drop;
+		cb->arg = b->fileset;
+		MemoryContextRegisterResetCallback(b->cxt, cb);
+	}
+	return b->fileset;
+}
+
+HtPackBuild *
+ht_pack_build_begin_runs(int part, int nparts, int span, Size limit, FileSet *fileset,
+						 const char *runname)
+{
+	HtPackBuild *b = build_begin(NULL, NULL, part, nparts, span, limit);
+
+	b->fileset = fileset;
+	b->runname = MemoryContextStrdup(b->cxt, runname);
+	return b;
+}
+
+int
+ht_pack_build_end_runs(HtPackBuild *b)
+{
+	int			n;
+
+	Assert(b->runname != NULL);
+	if (b->nrecs > 0)
+		build_flush(b, true);
+	n = b->nfileruns;
+	MemoryContextDelete(b->cxt);
+	return n;
+}
+
+void
+ht_pack_build_add_runs(HtPackBuild *b, const char *runname, int nruns)
+{
+	MemoryContext old = MemoryContextSwitchTo(b->cxt);
+
+	Assert(b->fileset != NULL && b->runname == NULL);
+	for (int i = 0; i < nruns; i++)
+	{
+		char	   *name = psprintf("%s.%d", runname, i);
+
+		if (b->nruns == b->maxruns)
+		{
+			b->maxruns = Max(16, b->maxruns * 2);
+			b->runs = b->runs ? repalloc(b->runs, sizeof(BufFile *) * b->maxruns) :
+				palloc(sizeof(BufFile *) * b->maxruns);
+		}
+		b->runs[b->nruns++] = BufFileOpenFileSet(b->fileset, name, O_RDONLY, false);
+	}
+	MemoryContextSwitchTo(old);
 }
 
 /* a buffered record: its parsed form (the sort key) and its bytes */
@@ -1004,7 +1102,13 @@ build_flush(HtPackBuild *b, bool to_run)
 	BufFile    *run = NULL;
 	int			cur_part = -1;
 
-	if (to_run)
+	if (to_run && b->runname != NULL)
+	{
+		/* a worker's run: for the backend that merges */
+		run = BufFileCreateFileSet(b->fileset, psprintf("%s.%d", b->runname, b->nfileruns++));
+		b->spilled += b->nrecs;
+	}
+	else if (to_run)
 	{
 		if (b->nruns == b->maxruns)
 		{
@@ -1097,6 +1201,8 @@ build_flush(HtPackBuild *b, bool to_run)
 	}
 	if (!to_run)
 		writes_flush(&w, b->pa, b->pb);
+	else if (b->runname != NULL)
+		BufFileClose(run);
 
 	/* start again empty */
 	for (int c = 0; c < b->nchunks; c++)

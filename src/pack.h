@@ -19,6 +19,7 @@
 #include "postgres.h"
 
 #include "lib/stringinfo.h"
+#include "storage/fileset.h"
 
 #include "treemath.h"
 
@@ -44,6 +45,23 @@ extern void ht_pack_build_add(HtPackBuild *b, int part, int32 seg,
 							  const char *hash, int hashlen);
 /* write what is left; the builder is freed */
 extern void ht_pack_build_end(HtPackBuild *b);
+
+/*
+ * A parallel re-hash (rehash.c): the builder of the backend that writes
+ * the packs shares a set of files (deleted with the builder) in which the
+ * workers' builders, made with the same partition count and span, write
+ * their sorted runs; the backend then takes them into its merge.  Every
+ * builder's memory is given explicitly (the participants share
+ * maintenance_work_mem).
+ */
+extern int	ht_pack_build_span(HtPackBuild *b);
+extern void ht_pack_build_limit(HtPackBuild *b, Size limit);
+extern FileSet *ht_pack_build_fileset(HtPackBuild *b);
+extern void ht_pack_build_add_runs(HtPackBuild *b, const char *runname, int nruns);
+extern HtPackBuild *ht_pack_build_begin_runs(int part, int nparts, int span, Size limit,
+											 FileSet *fileset, const char *runname);
+/* a worker's builder: its last run written; returns the number of runs */
+extern int	ht_pack_build_end_runs(HtPackBuild *b);
 
 /*
  * The change of one level-3 bucket's hash (a level-2 child) of leaf tree

@@ -68,6 +68,7 @@
 #include "common.h"
 #include "pack.h"
 #include "partlock.h"
+#include "rehash.h"
 #include "rowenc.h"
 #include "sqlexec.h"
 #include "track.h"
@@ -418,6 +419,7 @@ static struct
 	bool		active;
 	const char *what;
 	int64		rows;
+	int64		base;			/* rows of the tables scanned before this one */
 	TimestampTz start;
 	TimestampTz last;
 } progress;
@@ -428,14 +430,17 @@ progress_begin(const char *what)
 	progress.active = true;
 	progress.what = what;
 	progress.rows = 0;
+	progress.base = 0;
 	progress.start = progress.last = GetCurrentTimestamp();
 }
 
+/* rows seen so far by the scan of a table (every participant of a parallel one) */
 static void
-progress_row(void)
+progress_rows(int64 rows)
 {
-	if (!progress.active || (++progress.rows & 0x3fff) != 0)
+	if (!progress.active)
 		return;
+	progress.rows = progress.base + rows;
 	if (TimestampDifferenceExceeds(progress.last, GetCurrentTimestamp(), 1000))
 	{
 		progress.last = GetCurrentTimestamp();
@@ -460,26 +465,26 @@ ht_track_record_tuple(Relation rel, HeapTupleHeader th, HeapTupleData *tuple)
 	tuple->t_data = th;
 }
 
-/* the entry of a row: its partition, segment, key and hash */
-typedef struct RowEntry
-{
-	int32		part;
-	int32		seg;
-	bytea	   *key;
-	bytea	   *hash;
-} RowEntry;
-
+/* the rows of a relation encoded with enc, as entries of tracked table tr */
 static void
-row_entry(TrackRel *tr, Relation rel, HeapTuple tuple, int want_part, RowEntry *e)
+track_row_source(TrackRel *tr, HtRelEnc *enc, HtRowSource *src)
 {
-	TupleDesc	desc = RelationGetDescr(rel);
+	src->enc = enc;
+	src->pa8 = tr->pa8;
+	src->pa8len = tr->pa8len;
+	src->pb8 = tr->pb8;
+	src->pb8len = tr->pb8len;
+	src->nparts = ht_num_partitions();
+}
 
-	e->key = ht_row_key(tr->enc, desc, tuple);
-	e->part = ht_partition_for(tr->pa8, tr->pa8len, tr->pb8, tr->pb8len,
-							   VARDATA_ANY(e->key), VARSIZE_ANY_EXHDR(e->key),
-							   ht_num_partitions());
-	e->seg = ht_segment_of(HT_DEPTH_LEAF, VARDATA_ANY(e->key), VARSIZE_ANY_EXHDR(e->key));
-	e->hash = (want_part < 0 || want_part == e->part) ? ht_row_hash(tr->enc, desc, tuple) : NULL;
+/* the entry of a row of rel (tr describes rel) */
+static void
+row_entry(TrackRel *tr, Relation rel, HeapTuple tuple, int want_part, HtRowEntry *e)
+{
+	HtRowSource src;
+
+	track_row_source(tr, tr->enc, &src);
+	ht_row_entry(&src, RelationGetDescr(rel), tuple, want_part, e);
 }
 
 /*
@@ -573,7 +578,7 @@ static HtQuery q_drop_table_keys = {
 	3, {INT4OID, TEXTOID, TEXTOID}
 };
 
-/* rows hashed between two checks for interrupts */
+/* rows read back between two checks for interrupts */
 #define HT_SCAN_BATCH 10000
 
 /*
@@ -581,44 +586,16 @@ static HtQuery q_drop_table_keys = {
  * entries of the tracked table tr, keeping only partition part (< 0: all).
  */
 static int64
-scan_rows(TrackRel *tr, Oid leaf, int part, HtPackBuild *pb, MemoryContext rowcxt)
+scan_rows(TrackRel *tr, Oid leaf, int part, HtPackBuild *pb)
 {
 	Relation	rel = table_open(leaf, AccessShareLock);
-	TrackRel   *ltr = ht_track_rel(rel);
-	TrackRel	tmp = *tr;
-	Snapshot	snap = RegisterSnapshot(GetLatestSnapshot());
-	TableScanDesc scan = table_beginscan(rel, snap, 0, NULL);
-	HeapTuple	tuple;
-	int64		rows = 0;
-	int			inbatch = 0;
+	HtRowSource src;
+	int64		rows;
 
 	/* the leaf's own encoder (its attribute numbers), the root's prefix */
-	tmp.enc = ltr->enc;
-	while ((tuple = heap_getnext(scan, ForwardScanDirection)) != NULL)
-	{
-		MemoryContext old = MemoryContextSwitchTo(rowcxt);
-		RowEntry	e;
-
-		row_entry(&tmp, rel, tuple, part, &e);
-		MemoryContextSwitchTo(old);
-		progress_row();
-		if (e.hash != NULL)
-		{
-			ht_pack_build_add(pb, e.part, e.seg,
-							  VARDATA_ANY(e.key), VARSIZE_ANY_EXHDR(e.key),
-							  VARDATA_ANY(e.hash), VARSIZE_ANY_EXHDR(e.hash));
-			rows++;
-		}
-		/* (a reset that keeps only the first block costs next to nothing) */
-		MemoryContextReset(rowcxt);
-		if (++inbatch == HT_SCAN_BATCH)
-		{
-			inbatch = 0;
-			CHECK_FOR_INTERRUPTS();
-		}
-	}
-	table_endscan(scan);
-	UnregisterSnapshot(snap);
+	track_row_source(tr, ht_track_rel(rel)->enc, &src);
+	progress.base = progress.rows;
+	rows = ht_rehash_leaf(&src, tr->root, leaf, part, pb, progress_rows);
 	table_close(rel, NoLock);
 	return rows;
 }
@@ -652,8 +629,6 @@ rehash(TrackRel *tr, int part)
 	List	   *leaves;
 	ListCell   *lc;
 	HtPackBuild *pb;
-	MemoryContext rowcxt = AllocSetContextCreate(CurrentMemoryContext, "hashtree rehash rows",
-												 ALLOCSET_DEFAULT_SIZES);
 
 	v[0] = Int32GetDatum(part);
 	v[1] = PointerGetDatum(tr->pa);
@@ -682,10 +657,9 @@ rehash(TrackRel *tr, int part)
 	foreach(lc, leaves)
 	{
 		if (get_rel_relkind(lfirst_oid(lc)) == RELKIND_RELATION)
-			rows += scan_rows(tr, lfirst_oid(lc), part, pb, rowcxt);
+			rows += scan_rows(tr, lfirst_oid(lc), part, pb);
 	}
 	ht_pack_build_end(pb);
-	MemoryContextDelete(rowcxt);
 	return rows;
 }
 
@@ -1066,7 +1040,7 @@ read_unknown(int part, FoldTable *ft, bytea **keys, int nkeys, HtPackEntry *ch, 
 			bool		isnull;
 			Datum		d = ht_col(r, 1, &isnull);
 			HeapTupleData tuple;
-			RowEntry	e;
+			HtRowEntry	e;
 
 			ht_track_record_tuple(ft->rel, DatumGetHeapTupleHeader(d), &tuple);
 			row_entry(ft->tr, ft->rel, &tuple, part, &e);
@@ -1807,7 +1781,7 @@ ht_track_rehash(TrackRel *tr, const char *what)
 int
 ht_track_row_partition(TrackRel *tr, Relation rel, HeapTuple tuple, bytea **key)
 {
-	RowEntry	e;
+	HtRowEntry	e;
 
 	/* (no partition is INT_MAX: the row hash is not computed) */
 	row_entry(tr, rel, tuple, INT_MAX, &e);

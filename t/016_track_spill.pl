@@ -2,7 +2,8 @@
 # pack builder writes sorted runs to temporary files and merges them once
 # (src/pack.c).  The trees and entries are those of a build in memory, the
 # backend's memory stays bounded, and a cancel during the merge leaves
-# nothing behind.
+# nothing behind.  The same with parallel workers sharing the scan
+# (src/rehash.c): the same packs, byte for byte.
 use strict;
 use warnings;
 use FindBin;
@@ -41,6 +42,8 @@ sub track_peak
 	my $s = $node->background_psql('postgres');
 	my $pid = $s->query_safe('SELECT pg_backend_pid()');
 	$s->query_safe("SET maintenance_work_mem = '$mwm'");
+	# (this backend's memory alone: no parallel workers sharing the budget)
+	$s->query_safe("SET max_parallel_maintenance_workers = 0");
 	# (no progress NOTICE: query_safe takes any output on stderr for a failure)
 	$s->query_safe('SET client_min_messages = warning');
 	my $n = $s->query_safe(q{SELECT hashtree.track('spill')});
@@ -77,6 +80,57 @@ is(check_trees($node), '0', 'check_tree finds nothing after a build in memory');
 note("peak resident set of track(): ${peak_small} kB at 1MB, ${peak_large} kB at 256MB");
 cmp_ok($peak_small, '<', 0.6 * $peak_large, 'memory bounded by maintenance_work_mem');
 
+# every file under pgsql_tmp (the parallel workers' runs are in a directory)
+sub tmp_left
+{
+	my $dir = $node->data_dir . '/base/pgsql_tmp';
+	return 0 unless -d $dir;
+	my $n = 0;
+	my @todo = ($dir);
+	while (my $d = shift @todo)
+	{
+		opendir(my $dh, $d) or die "cannot open $d: $!";
+		for my $f (grep { !/^\.\.?$/ } readdir $dh)
+		{
+			$n++;
+			push @todo, "$d/$f" if -d "$d/$f";
+		}
+		closedir $dh;
+	}
+	return $n;
+}
+
+# the scan shared with parallel workers (forced on this small table), with
+# and without spilling, against the scan by one backend
+for my $mwm ('1MB', '256MB')
+{
+	for my $workers (0, 2)
+	{
+		$node->safe_psql('postgres', q{SELECT hashtree.untrack('spill')});
+		my ($ret, $out, $err) = $node->psql('postgres', qq{
+			SET maintenance_work_mem = '$mwm';
+			SET max_parallel_maintenance_workers = $workers;
+			SET min_parallel_table_scan_size = 0;
+			SET client_min_messages = debug1;
+			SELECT hashtree.track('spill')});
+		is($out, $rows, "track() at $mwm with $workers workers");
+		if ($workers)
+		{
+			like($err, qr/re-hash of spill with [12] parallel workers/, 'the scan was shared');
+		}
+		else
+		{
+			unlike($err, qr/parallel workers/, 'the scan was not shared');
+		}
+		is($node->safe_psql('postgres', $packs), $p_small, 'the same packs, byte for byte');
+		is(tmp_left(), 0, 'no temporary file or directory left');
+	}
+}
+is(lock_update_all($node), 'ok/ok', 'built');
+is(tops($node), $t_small, 'the same trees');
+is(check_trees($node), '0', 'check_tree finds nothing');
+
+
 # a cancel during the merge: the first pack it inserts waits for an
 # uncommitted pack of the same key (inserted with the guard trigger off),
 # so the backend is caught in the merge deterministically
@@ -92,13 +146,16 @@ $blocker->query_safe(qq{BEGIN; SET LOCAL session_replication_role = replica;
 my $s = $node->background_psql('postgres', on_error_stop => 0);
 my $pid = $s->query_safe('SELECT pg_backend_pid()');
 $s->query_safe("SET maintenance_work_mem = '1MB'");
+# (with parallel workers: their runs are in the shared files being merged)
+$s->query_safe("SET min_parallel_table_scan_size = 0");
 $s->query_until(qr/started/, q{\echo started
 SELECT hashtree.track('spill');
 });
 ok($node->poll_query_until('postgres',
 	"SELECT wait_event_type = 'Lock' AND wait_event = 'transactionid' FROM pg_stat_activity WHERE pid = $pid"),
 	'track() waits in the merge');
-cmp_ok($node->safe_psql('postgres', $tmpfiles), '>=', 10, 'with its runs in temporary files');
+cmp_ok($node->safe_psql('postgres', $tmpfiles), '>=', 3, 'with its runs in temporary files');
+cmp_ok(tmp_left(), '>=', 10, 'and the workers\' runs in shared ones');
 $node->safe_psql('postgres', "SELECT pg_cancel_backend($pid)");
 ok($node->poll_query_until('postgres', "SELECT state = 'idle' FROM pg_stat_activity WHERE pid = $pid"),
 	'track canceled');
@@ -108,6 +165,7 @@ $blocker->query_safe('ROLLBACK');
 $blocker->quit;
 is($node->safe_psql('postgres', $nothing), '0 0 0 0', 'no trigger, no registration, no pack, no entry left');
 is($node->safe_psql('postgres', $tmpfiles), '0', 'no temporary file left');
+is(tmp_left(), 0, 'nor any directory of them');
 
 # and track() works again
 is($node->safe_psql('postgres',
