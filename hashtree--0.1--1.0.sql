@@ -156,9 +156,10 @@ CREATE FUNCTION @extschema@._entries_m(partitions int[], depth int, pa text[], p
 	RETURNS TABLE(i int, key bytea, hash bytea)
 	AS 'MODULE_PATHNAME', 'ht_entries_m_sql'
 	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
-CREATE FUNCTION @extschema@._exchange_begin(partitions int[], hash_bytes int)
+CREATE FUNCTION @extschema@._exchange_begin(partitions int[], hash_bytes int,
+											prefix_entries int)
 	RETURNS TABLE("partition" int, lock text, update text, sqlstate text, message text,
-				  top bytea)
+				  top bytea, entries int, depth int2, pa text, key bytea)
 	AS 'MODULE_PATHNAME', 'ht_exchange_begin'
 	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 CREATE FUNCTION @extschema@._exchange_end(partitions int[])
@@ -167,7 +168,7 @@ CREATE FUNCTION @extschema@._exchange_end(partitions int[])
 	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 REVOKE EXECUTE ON FUNCTION @extschema@._nodes_m(int[], int, text[], text[], int, bigint[], bigint, int),
 	@extschema@._entries_m(int[], int, text[], text[], int[], int),
-	@extschema@._exchange_begin(int[], int),
+	@extschema@._exchange_begin(int[], int, int),
 	@extschema@._exchange_end(int[]) FROM PUBLIC;
 -- 0.1's rows were one exchange of one partition each
 ALTER TABLE @extschema@.exchange_log ADD COLUMN run int8;

@@ -620,9 +620,10 @@ CREATE FUNCTION @extschema@.exchange(peer text, "partition" int DEFAULT NULL,
 	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 -- the peer's side of an exchange: lock, update and top hash of each partition
 -- (each in a subtransaction), then the release of those locks
-CREATE FUNCTION @extschema@._exchange_begin(partitions int[], hash_bytes int)
+CREATE FUNCTION @extschema@._exchange_begin(partitions int[], hash_bytes int,
+											prefix_entries int)
 	RETURNS TABLE("partition" int, lock text, update text, sqlstate text, message text,
-				  top bytea)
+				  top bytea, entries int, depth int2, pa text, key bytea)
 	AS 'MODULE_PATHNAME', 'ht_exchange_begin'
 	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 CREATE FUNCTION @extschema@._exchange_end(partitions int[])

@@ -175,6 +175,36 @@ DROP TABLE "Odd ""Tbl"" ü";
 DROP FUNCTION lower_t();
 DROP TYPE "Odd key";
 
+-- a partition with more prefixes than _exchange_begin sends entries of
+-- (1,024): its prefix trees are walked from the root, the others' not
+\c ht_regress_peer
+SELECT count(*) FROM (SELECT hashtree.insert(0, 'many' || i, 'b', 'k'::bytea,
+											 CASE WHEN i = 500 THEN '\x02' ELSE '\x01' END::bytea, false)
+						FROM generate_series(1, 1100) i) s;
+SELECT hashtree.insert(0, 'many_peer', 'b', 'k'::bytea, '\x01'::bytea, false);
+SELECT hashtree.insert(1, 'few', 'b', 'k'::bytea, '\x02'::bytea, false);
+\c contrib_regression
+SET hashtree.node_name = 'regress';
+SELECT count(*) FROM (SELECT hashtree.insert(0, 'many' || i, 'b', 'k'::bytea, '\x01'::bytea, false)
+						FROM generate_series(1, 1100) i) s;
+SELECT hashtree.insert(1, 'few', 'b', 'k'::bytea, '\x01'::bytea, false);
+SELECT "partition", kind, prefix_a, prefix_b, key, repaired
+  FROM hashtree.exchange('other') WHERE prefix_a ~ '^(many|few)' ORDER BY 1, 2, 3;
+-- partition 0 walked from the root: more round trips than the prefix
+-- entries sent with the top hashes need (1 + 4 + 1)
+SELECT round_trips > 6 AS walked_from_root FROM hashtree.exchange_log
+ WHERE id = (SELECT max(id) FROM hashtree.exchange_log);
+SELECT count(*) FROM (SELECT hashtree.delete(0, 'many' || i, 'b', 'k'::bytea)
+						FROM generate_series(1, 1100) i) s;
+SELECT hashtree.delete(1, 'few', 'b', 'k'::bytea);
+\c ht_regress_peer
+SELECT count(*) FROM (SELECT hashtree.delete(0, 'many' || i, 'b', 'k'::bytea)
+						FROM generate_series(1, 1100) i) s;
+SELECT hashtree.delete(0, 'many_peer', 'b', 'k'::bytea);
+SELECT hashtree.delete(1, 'few', 'b', 'k'::bytea);
+\c contrib_regression
+SET hashtree.node_name = 'regress';
+
 -- the log and the exchange are not for everybody
 CREATE ROLE ht_exchange_nobody;
 SET ROLE ht_exchange_nobody;

@@ -444,128 +444,255 @@ ht_compare_top(int part, int hash_bytes)
 	return top;
 }
 
+/*
+ * One depth of the walk: the trees given (all of that depth), level by
+ * level, then their entries; the differing child trees go to next.
+ */
+static void
+walk_depth(HtPeer *peer, DiffSink *sink, int depth, TreeSet *trees, TreeSet *next)
+{
+	Datum		empty = PointerGetDatum(cstring_to_text(""));
+	int64	   *zeros = palloc0(sizeof(int64) * trees->n);
+	int64		width = HT_WIDTH(depth);
+	int64		subs = width >> HT_SUB_BITS;	/* sub-buckets per bucket */
+	NodeDiff   *d2;
+	NodeDiff   *d4;
+	NodeDiff   *d3;
+	int			n2;
+	int			n4;
+	int			n3;
+	TreeSet		req2 = {0};
+	TreeSet		req4 = {0};
+	TreeSet		req3 = {0};
+	int64	   *f4;
+	int64	   *f3;
+	int32	   *segs;
+	int		   *tree_of2;
+	int		   *tree_of4;
+	int		   *tree_of3;
+	HtEntryRow *l;
+	HtEntryRow *r;
+	int			nl;
+	int			nr;
+	int			a = 0;
+	int			b = 0;
+
+	/* level 2 of every tree: which level-3 buckets differ */
+	n2 = diff_buckets(peer, depth, trees, 2, zeros, width, &d2);
+	if (n2 == 0)
+		return;
+
+	/* their sub-buckets: which groups of 32 segments differ */
+	f4 = palloc(sizeof(int64) * n2);
+	tree_of2 = palloc(sizeof(int) * n2);
+	for (int k = 0; k < n2; k++)
+	{
+		int			t = d2[k].i - 1;
+
+		tree_of2[k] = t;
+		treeset_add(&req2, trees->part[t], trees->pa[t], trees->pb[t]);
+		f4[k] = d2[k].child * subs;
+	}
+	n4 = diff_buckets(peer, depth, &req2, HT_LEVEL_SUB, f4, subs, &d4);
+	if (n4 == 0)
+		return;
+
+	/* level 3 of those: which segments differ */
+	f3 = palloc(sizeof(int64) * n4);
+	tree_of4 = palloc(sizeof(int) * n4);
+	for (int k = 0; k < n4; k++)
+	{
+		int			t = tree_of2[d4[k].i - 1];
+
+		tree_of4[k] = t;
+		treeset_add(&req4, trees->part[t], trees->pa[t], trees->pb[t]);
+		f3[k] = d4[k].child << HT_SUB_BITS;
+	}
+	n3 = diff_buckets(peer, depth, &req4, 3, f3, INT64CONST(1) << HT_SUB_BITS, &d3);
+	if (n3 == 0)
+		return;
+
+	/* the entries of the differing segments */
+	segs = palloc(sizeof(int32) * n3);
+	tree_of3 = palloc(sizeof(int) * n3);
+	for (int k = 0; k < n3; k++)
+	{
+		int			t = tree_of4[d3[k].i - 1];
+
+		tree_of3[k] = t;
+		treeset_add(&req3, trees->part[t], trees->pa[t], trees->pb[t]);
+		segs[k] = (int32) d3[k].child;
+	}
+	send_entries(peer, depth, &req3, segs);
+	nl = entries_of(depth, req3.n, req3.part, req3.pa, req3.pb, segs,
+					HT_COMPARE_HASH_BYTES, &l);
+	nr = receive_entries(peer, &req3, &r);
+
+	while (a < nl || b < nr)
+	{
+		int			c;
+		int			i;
+
+		if (a == nl)
+			c = 1;
+		else if (b == nr)
+			c = -1;
+		else if (l[a].i != r[b].i)
+			c = l[a].i < r[b].i ? -1 : 1;
+		else
+			c = ht_bytea_cmp(l[a].key, r[b].key);
+
+		i = tree_of3[(c <= 0 ? l[a].i : r[b].i) - 1];
+		if (c < 0)
+			entry_diff(sink, depth, trees->part[i], trees->pa[i], trees->pb[i], l[a++].key,
+					   -1, next, empty);
+		else if (c > 0)
+			entry_diff(sink, depth, trees->part[i], trees->pa[i], trees->pb[i], r[b++].key,
+					   1, next, empty);
+		else
+		{
+			if (!bytea_equal(l[a].hash, r[b].hash))
+				entry_diff(sink, depth, trees->part[i], trees->pa[i], trees->pb[i], l[a].key,
+						   0, next, empty);
+			a++;
+			b++;
+		}
+	}
+}
+
+/*
+ * Walk the trees of seed[depth] (each depth's trees: roots, prefix trees,
+ * leaf trees), depth by depth from the root: the child trees that differ
+ * at one depth join the next depth's seeds.
+ */
+static void
+walk(HtPeer *peer, DiffSink *sink, TreeSet *seed)
+{
+	TreeSet		trees = seed[HT_DEPTH_ROOT];
+
+	for (int depth = HT_DEPTH_ROOT; depth <= HT_DEPTH_LEAF; depth++)
+	{
+		TreeSet		next = {0};
+
+		if (trees.n > 0)
+			walk_depth(peer, sink, depth, &trees, &next);
+		if (depth < HT_DEPTH_LEAF)
+		{
+			TreeSet    *more = &seed[depth + 1];
+
+			for (int k = 0; k < more->n; k++)
+				treeset_add(&next, more->part[k], more->pa[k], more->pb[k]);
+		}
+		trees = next;
+	}
+}
+
 void
 ht_compare_walk(HtPeer *peer, int nparts, const int *parts, HtDiffCallback fn, void *arg)
 {
 	DiffSink	sink = {fn, arg};
 	Datum		empty = PointerGetDatum(cstring_to_text(""));
-	TreeSet		trees = {0};
+	TreeSet		seed[HT_DEPTH_LEAF + 1] = {{0}};
 
 	/* the roots of the partitions, whose top hashes differ */
 	for (int k = 0; k < nparts; k++)
-		treeset_add(&trees, parts[k], empty, empty);
+		treeset_add(&seed[HT_DEPTH_ROOT], parts[k], empty, empty);
+	walk(peer, &sink, seed);
+}
 
-	for (int depth = HT_DEPTH_ROOT; depth <= HT_DEPTH_LEAF && trees.n > 0; depth++)
+/*
+ * The prefix trees of one partition compared from their entries, known on
+ * both sides: whole prefixes missing on one side are reported, the leaf
+ * trees whose tops differ are seeds of the walk's last depth.
+ */
+static void
+diff_prefixes(DiffSink *sink, int part, const HtPrefixEntry *l, int nl,
+			  const HtPrefixEntry *r, int nr, TreeSet *leaves)
+{
+	Datum		empty = PointerGetDatum(cstring_to_text(""));
+	List	   *gone = NIL;		/* prefix_a reported whole: not again per prefix_b */
+	int			a = 0;
+	int			b = 0;
+
+	while (a < nl || b < nr)
 	{
-		int64	   *zeros = palloc0(sizeof(int64) * trees.n);
-		int64		width = HT_WIDTH(depth);
-		int64		subs = width >> HT_SUB_BITS;	/* sub-buckets per bucket */
-		NodeDiff   *d2;
-		NodeDiff   *d4;
-		NodeDiff   *d3;
-		int			n2;
-		int			n4;
-		int			n3;
-		TreeSet		req2 = {0};
-		TreeSet		req4 = {0};
-		TreeSet		req3 = {0};
-		int64	   *f4;
-		int64	   *f3;
-		int32	   *segs;
-		int		   *tree_of2;
-		int		   *tree_of4;
-		int		   *tree_of3;
-		HtEntryRow *l;
-		HtEntryRow *r;
-		int			nl;
-		int			nr;
-		int			a = 0;
-		int			b = 0;
-		TreeSet		next = {0};
+		const HtPrefixEntry *e;
+		int			c;
+		int			side;
 
-		/* level 2 of every tree: which level-3 buckets differ */
-		n2 = diff_buckets(peer, depth, &trees, 2, zeros, width, &d2);
-		if (n2 == 0)
-			break;
-
-		/* their sub-buckets: which groups of 32 segments differ */
-		f4 = palloc(sizeof(int64) * n2);
-		tree_of2 = palloc(sizeof(int) * n2);
-		for (int k = 0; k < n2; k++)
+		if (a == nl)
+			c = 1;
+		else if (b == nr)
+			c = -1;
+		else if (l[a].depth != r[b].depth)
+			c = l[a].depth < r[b].depth ? -1 : 1;
+		else
 		{
-			int			t = d2[k].i - 1;
-
-			tree_of2[k] = t;
-			treeset_add(&req2, trees.part[t], trees.pa[t], trees.pb[t]);
-			f4[k] = d2[k].child * subs;
-		}
-		n4 = diff_buckets(peer, depth, &req2, HT_LEVEL_SUB, f4, subs, &d4);
-		if (n4 == 0)
-			break;
-
-		/* level 3 of those: which segments differ */
-		f3 = palloc(sizeof(int64) * n4);
-		tree_of4 = palloc(sizeof(int) * n4);
-		for (int k = 0; k < n4; k++)
-		{
-			int			t = tree_of2[d4[k].i - 1];
-
-			tree_of4[k] = t;
-			treeset_add(&req4, trees.part[t], trees.pa[t], trees.pb[t]);
-			f3[k] = d4[k].child << HT_SUB_BITS;
-		}
-		n3 = diff_buckets(peer, depth, &req4, 3, f3, INT64CONST(1) << HT_SUB_BITS, &d3);
-		if (n3 == 0)
-			break;
-
-		/* the entries of the differing segments */
-		segs = palloc(sizeof(int32) * n3);
-		tree_of3 = palloc(sizeof(int) * n3);
-		for (int k = 0; k < n3; k++)
-		{
-			int			t = tree_of4[d3[k].i - 1];
-
-			tree_of3[k] = t;
-			treeset_add(&req3, trees.part[t], trees.pa[t], trees.pb[t]);
-			segs[k] = (int32) d3[k].child;
-		}
-		send_entries(peer, depth, &req3, segs);
-		nl = entries_of(depth, req3.n, req3.part, req3.pa, req3.pb, segs,
-						HT_COMPARE_HASH_BYTES, &l);
-		nr = receive_entries(peer, &req3, &r);
-
-		while (a < nl || b < nr)
-		{
-			int			c;
-			int			i;
-
-			if (a == nl)
-				c = 1;
-			else if (b == nr)
-				c = -1;
-			else if (l[a].i != r[b].i)
-				c = l[a].i < r[b].i ? -1 : 1;
-			else
+			c = ht_bytea_cmp((const bytea *) l[a].pa, (const bytea *) r[b].pa);
+			if (c == 0)
 				c = ht_bytea_cmp(l[a].key, r[b].key);
-
-			i = tree_of3[(c <= 0 ? l[a].i : r[b].i) - 1];
-			if (c < 0)
-				entry_diff(&sink, depth, trees.part[i], trees.pa[i], trees.pb[i], l[a++].key,
-						   -1, &next, empty);
-			else if (c > 0)
-				entry_diff(&sink, depth, trees.part[i], trees.pa[i], trees.pb[i], r[b++].key,
-						   1, &next, empty);
-			else
-			{
-				if (!bytea_equal(l[a].hash, r[b].hash))
-					entry_diff(&sink, depth, trees.part[i], trees.pa[i], trees.pb[i], l[a].key,
-							   0, &next, empty);
-				a++;
-				b++;
-			}
 		}
-		trees = next;
+		e = c <= 0 ? &l[a] : &r[b];
+		side = c < 0 ? -1 : c > 0 ? 1 : 0;
+		if (c <= 0)
+			a++;
+		if (c >= 0)
+			b++;
+		if (side == 0 && bytea_equal(l[a - 1].hash, r[b - 1].hash))
+			continue;
+		if (e->depth == HT_DEPTH_ROOT)
+		{
+			/* a differing prefix_a: its prefix trees' entries tell the rest */
+			if (side != 0)
+			{
+				entry_diff(sink, HT_DEPTH_ROOT, part, empty, empty, e->key, side, NULL, empty);
+				gone = lappend(gone, e->key);
+			}
+			continue;
+		}
+		/* depth 1: under a prefix_a reported whole? */
+		{
+			bool		skip = false;
+			ListCell   *lc;
+
+			foreach(lc, gone)
+			{
+				bytea	   *k = (bytea *) lfirst(lc);
+				Datum		name = child_name(k);
+
+				if (ht_bytea_cmp((const bytea *) DatumGetPointer(name),
+								 (const bytea *) e->pa) == 0)
+				{
+					skip = true;
+					break;
+				}
+			}
+			if (!skip)
+				entry_diff(sink, HT_DEPTH_PREFIX, part, PointerGetDatum(e->pa), empty, e->key,
+						   side, leaves, empty);
+		}
 	}
+}
+
+void
+ht_compare_walk_prefixed(HtPeer *peer, int nparts, const HtComparePart *parts,
+						 HtDiffCallback fn, void *arg)
+{
+	DiffSink	sink = {fn, arg};
+	Datum		empty = PointerGetDatum(cstring_to_text(""));
+	TreeSet		seed[HT_DEPTH_LEAF + 1] = {{0}};
+
+	for (int k = 0; k < nparts; k++)
+	{
+		const HtComparePart *p = &parts[k];
+
+		if (p->nlocal < 0 || p->nremote < 0)
+			treeset_add(&seed[HT_DEPTH_ROOT], p->part, empty, empty);
+		else
+			diff_prefixes(&sink, p->part, p->local, p->nlocal, p->remote, p->nremote,
+						  &seed[HT_DEPTH_LEAF]);
+	}
+	walk(peer, &sink, seed);
 }
 
 void

@@ -13,6 +13,7 @@
 #include "funcapi.h"
 
 #include "remote.h"
+#include "store.h"
 
 /* kinds of difference, seen from the local node */
 typedef enum HtDiffKind
@@ -56,6 +57,29 @@ extern void ht_compare(int part, HtPeer *peer, HtDiffCallback fn, void *arg);
  */
 extern void ht_compare_walk(HtPeer *peer, int nparts, const int *parts,
 							HtDiffCallback fn, void *arg);
+
+/*
+ * A partition whose prefix trees' entries (depths 0 and 1, as
+ * ht_store_prefix_entries reads them, cut to HT_COMPARE_HASH_BYTES) are
+ * known on both sides: nlocal or nremote -1 when not known.
+ */
+typedef struct HtComparePart
+{
+	int			part;
+	int			nlocal;
+	HtPrefixEntry *local;
+	int			nremote;
+	HtPrefixEntry *remote;
+} HtComparePart;
+
+/*
+ * ht_compare_walk, but the prefix trees of the partitions whose entries
+ * are known are compared from them, without a round trip: only their
+ * differing leaf trees are walked (4 round trips, with those of the
+ * partitions walked from the root).  Needs an SPI connection.
+ */
+extern void ht_compare_walk_prefixed(HtPeer *peer, int nparts, const HtComparePart *parts,
+									 HtDiffCallback fn, void *arg);
 
 /*
  * The top hash of a partition's root on this node, its first hash_bytes

@@ -61,6 +61,8 @@ typedef struct XPart
 	bool		live;			/* locked and updated on both sides so far */
 	bytea	   *top;			/* this node's top hash (NULL: empty) */
 	bytea	   *peer_top;		/* the peer's */
+	int			npeer_prefix;	/* the peer's prefix tree entries (-1: not sent) */
+	HtPrefixEntry *peer_prefix;
 } XPart;
 
 /* an exchange of several partitions with one peer */
@@ -185,34 +187,84 @@ peer_answer(HtPeer *peer, HtRemoteResult *res, int row, int col, HtPartAnswer *a
 	return true;
 }
 
-/* the peer's answer to _exchange_begin: one row per partition sent, in order */
+/* the columns of _exchange_begin's rows */
+#define BEGIN_COLUMNS 10
+
+/*
+ * The entry rows after partition part's row in the peer's answer to
+ * _exchange_begin (row k on): its prefix trees' entries.
+ */
+static void
+receive_prefix(XRun *run, XPart *x, HtRemoteResult *res, int k, int n)
+{
+	if (n < 0 || k + n > res->nrows || n > HT_EXCHANGE_PREFIX_ENTRIES)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROTOCOL_VIOLATION),
+				 errmsg("unexpected answer from peer \"%s\": missing prefix entries",
+						run->peer_name)));
+	x->peer_prefix = palloc(sizeof(HtPrefixEntry) * Max(n, 1));
+	x->npeer_prefix = n;
+	for (int j = 0; j < n; j++)
+	{
+		HtPrefixEntry *e = &x->peer_prefix[j];
+		const char *pa = ht_remote_text(res, k + j, 8);
+		int			depth = ht_remote_text(res, k + j, 7) ? ht_remote_int4(res, k + j, 7) : -1;
+
+		e->key = ht_remote_bytea(res, k + j, 9);
+		e->hash = ht_remote_bytea(res, k + j, 5);
+		if (ht_remote_int4(res, k + j, 0) != x->r->part || pa == NULL ||
+			e->key == NULL || e->hash == NULL ||
+			(depth != HT_DEPTH_ROOT && depth != HT_DEPTH_PREFIX))
+			ereport(ERROR,
+					(errcode(ERRCODE_PROTOCOL_VIOLATION),
+					 errmsg("unexpected answer from peer \"%s\": a malformed prefix entry",
+							run->peer_name)));
+		e->depth = (int16) depth;
+		e->pa = cstring_to_text(pa);
+	}
+	/* in the order this node compares them (the peer's collation aside) */
+	ht_store_prefix_sort(x->peer_prefix, n);
+}
+
+/*
+ * The peer's answer to _exchange_begin: a row per partition sent, in
+ * order, each followed by its prefix trees' entries when the peer sent
+ * them.
+ */
 static void
 receive_begin(XRun *run, const int32 *sent, int nsent)
 {
 	HtPeer	   *peer = run->peer;
-	HtRemoteResult *res = ht_peer_receive(peer, 6);
+	HtRemoteResult *res = ht_peer_receive(peer, BEGIN_COLUMNS);
+	int			row = 0;
 
-	if (res->nrows != nsent)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROTOCOL_VIOLATION),
-				 errmsg("unexpected answer from peer \"%s\": %d rows for %d partitions",
-						ht_peer_name(peer), res->nrows, nsent)));
 	for (int k = 0; k < nsent; k++)
 	{
+		int			at = row++;	/* its row; its entries follow */
 		XPart	   *x = run->by_part[sent[k]];
 		HtPartAnswer lock;
 		HtPartAnswer update;
 		bool		has_lock;
 		bool		has_update;
-		const char *message = ht_remote_text(res, k, 4);
+		const char *message;
+		int			entries = -1;
 
-		if (ht_remote_int4(res, k, 0) != sent[k])
+		if (at >= res->nrows || ht_remote_int4(res, at, 0) != sent[k] ||
+			ht_remote_text(res, at, 7) != NULL)
 			ereport(ERROR,
 					(errcode(ERRCODE_PROTOCOL_VIOLATION),
 					 errmsg("unexpected answer from peer \"%s\": rows out of order",
 							ht_peer_name(peer))));
-		has_lock = peer_answer(peer, res, k, 1, &lock);
-		has_update = peer_answer(peer, res, k, 2, &update);
+		message = ht_remote_text(res, at, 4);
+		if (ht_remote_text(res, at, 6) != NULL)
+			entries = ht_remote_int4(res, at, 6);
+		if (entries >= 0)
+		{
+			receive_prefix(run, x, res, row, entries);
+			row += entries;
+		}
+		has_lock = peer_answer(peer, res, at, 1, &lock);
+		has_update = peer_answer(peer, res, at, 2, &update);
 		if (has_lock && lock == HT_PART_OK && has_update && update != HT_PART_OK)
 		{
 			/* update() refused (the lock went with its subtransaction) */
@@ -228,7 +280,7 @@ receive_begin(XRun *run, const int32 *sent, int nsent)
 		if (message != NULL)
 		{
 			/* an error on the peer (its subtransaction rolled back, no lock) */
-			const char *state = ht_remote_text(res, k, 3);
+			const char *state = ht_remote_text(res, at, 3);
 			int			code = ERRCODE_EXTERNAL_ROUTINE_EXCEPTION;
 
 			if (state != NULL && strlen(state) == 5)
@@ -258,8 +310,13 @@ receive_begin(XRun *run, const int32 *sent, int nsent)
 		x->there = true;
 		if (!x->live)
 			continue;
-		x->peer_top = ht_remote_bytea(res, k, 5);
+		x->peer_top = ht_remote_bytea(res, at, 5);
 	}
+	if (row != res->nrows)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROTOCOL_VIOLATION),
+				 errmsg("unexpected answer from peer \"%s\": %d rows for %d partitions",
+						ht_peer_name(peer), res->nrows, nsent)));
 }
 
 /*
@@ -281,7 +338,7 @@ exchange_run_fn(void *arg)
 	uint64		generation;
 	int32	   *sent = palloc(sizeof(int32) * run->n);
 	int			nsent = 0;
-	int		   *differ = palloc(sizeof(int) * run->n);
+	HtComparePart *differ = palloc(sizeof(HtComparePart) * run->n);
 	int			ndiffer = 0;
 	int32	   *release = palloc(sizeof(int32) * run->n);
 	int			nrelease = 0;
@@ -321,14 +378,16 @@ exchange_run_fn(void *arg)
 	if (nsent == 0)
 		return;
 	{
-		const char *params[2];
+		const char *params[3];
 
 		params[0] = int4_array_literal(sent, nsent);
 		params[1] = psprintf("%d", HT_COMPARE_HASH_BYTES);
+		params[2] = psprintf("%d", HT_EXCHANGE_PREFIX_ENTRIES);
 		ht_peer_send(peer,
-					 "SELECT \"partition\", lock, update, sqlstate, message, top"
-					 " FROM hashtree._exchange_begin($1::int4[], $2::int4)",
-					 2, params, true);
+					 "SELECT \"partition\", lock, update, sqlstate, message, top, entries,"
+					 " depth::int4, pa, key"
+					 " FROM hashtree._exchange_begin($1::int4[], $2::int4, $3::int4)",
+					 3, params, true);
 	}
 
 	/*
@@ -354,12 +413,27 @@ exchange_run_fn(void *arg)
 	}
 	receive_begin(run, sent, nsent);
 
-	/* the trees whose tops differ, walked together */
+	/*
+	 * The trees whose tops differ, walked together; their prefix trees
+	 * from the entries of both sides, when the peer sent its own.
+	 */
 	for (int k = 0; k < run->n; k++)
-		if (run->x[k].live && !same_top(run->x[k].top, run->x[k].peer_top))
-			differ[ndiffer++] = run->x[k].r->part;
+	{
+		XPart	   *x = &run->x[k];
+		HtComparePart *p = &differ[ndiffer];
+
+		if (!x->live || same_top(x->top, x->peer_top))
+			continue;
+		p->part = x->r->part;
+		p->nremote = x->npeer_prefix;
+		p->remote = x->peer_prefix;
+		p->nlocal = x->npeer_prefix < 0 ? -1 :
+			ht_store_prefix_entries(p->part, HT_COMPARE_HASH_BYTES,
+									HT_EXCHANGE_PREFIX_ENTRIES, &p->local);
+		ndiffer++;
+	}
 	if (ndiffer > 0)
-		ht_compare_walk(peer, ndiffer, differ, collect, run);
+		ht_compare_walk_prefixed(peer, ndiffer, differ, collect, run);
 
 	if (run->mode != HT_REPAIR_NONE)
 	{
@@ -542,6 +616,7 @@ ht_exchange_run(const char *peer_name, int n, const int *parts, HtRepairMode mod
 		r->part = parts[k];
 		r->started = GetCurrentTimestamp();
 		run.x[k].r = r;
+		run.x[k].npeer_prefix = -1;
 		run.by_part[parts[k]] = &run.x[k];
 	}
 
@@ -734,6 +809,9 @@ typedef struct BeginPart
 	bool		updated;
 	HtPartAnswer update;
 	bytea	   *top;
+	int			limit;			/* prefix entries to send at most */
+	int			nprefix;		/* -1: not sent */
+	HtPrefixEntry *prefix;
 } BeginPart;
 
 /* lock, update, top hash of one partition (in a subtransaction) */
@@ -756,6 +834,8 @@ begin_fn(void *arg)
 						ht_part_answer_names[b->update])));
 	}
 	b->top = ht_compare_top(b->part, b->hash_bytes);
+	b->nprefix = b->limit > 0 ?
+		ht_store_prefix_entries(b->part, b->hash_bytes, b->limit, &b->prefix) : -1;
 }
 
 /* the partitions of an int[] argument; each must exist (needs SPI) */
@@ -783,17 +863,23 @@ partitions_arg(FunctionCallInfo fcinfo, int argno, int *n)
 }
 
 /*
- * hashtree._exchange_begin(partitions int[], hash_bytes int)
+ * hashtree._exchange_begin(partitions int[], hash_bytes int, prefix_entries int)
  *   RETURNS TABLE(partition int, lock text, update text, sqlstate text,
- *                 message text, top bytea)
+ *                 message text, top bytea, entries int, depth int2, pa text,
+ *                 key bytea)
  * The peer's side of the start of an exchange, one row per partition in
  * order: in a subtransaction each, lock() for the calling backend, then
  * update(), then the first hash_bytes bytes of the root's top hash (NULL:
  * no entries).  lock and update are their answers (update NULL when it did
  * not run); sqlstate and message the error that ended the partition, whose
  * subtransaction was rolled back (no lock is left: neither when update()
- * refuses).  A cancel or a shutdown ends the statement.  Locks: per
- * partition those of lock() and update().
+ * refuses).  When the partition is locked and updated and its prefix trees
+ * (depths 0 and 1) hold at most prefix_entries entries, entries is their
+ * number and that many rows follow, one per entry (depth, pa, key, and
+ * its hash cut to hash_bytes in top; the other columns null), so that the
+ * caller compares the prefix trees without asking for them.  A cancel or
+ * a shutdown ends the statement.  Locks: per partition those of lock()
+ * and update().
  */
 PG_FUNCTION_INFO_V1(ht_exchange_begin);
 Datum
@@ -801,6 +887,7 @@ ht_exchange_begin(PG_FUNCTION_ARGS)
 {
 	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
 	int			hash_bytes;
+	int			limit;
 
 	HT_ARG_NOT_NULL(1, "hash_bytes");
 	hash_bytes = PG_GETARG_INT32(1);
@@ -813,6 +900,13 @@ ht_exchange_begin(PG_FUNCTION_ARGS)
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("hashtree._exchange_begin() must run at isolation level READ COMMITTED")));
 
+	HT_ARG_NOT_NULL(2, "prefix_entries");
+	limit = PG_GETARG_INT32(2);
+	if (limit < 0 || limit > HT_EXCHANGE_PREFIX_ENTRIES)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("prefix_entries must be between 0 and %d", HT_EXCHANGE_PREFIX_ENTRIES)));
+
 	InitMaterializedSRF(fcinfo, 0);
 	SPI_connect();
 	HT_API_BEGIN();
@@ -824,12 +918,16 @@ ht_exchange_begin(PG_FUNCTION_ARGS)
 		{
 			BeginPart	b;
 			ErrorData  *edata;
-			Datum		values[6];
-			bool		nulls[6] = {false, false, false, false, false, false};
+			Datum		values[10];
+			bool		nulls[10];
 
+			memset(nulls, true, sizeof(nulls));
+			nulls[0] = nulls[1] = nulls[2] = false;
 			memset(&b, 0, sizeof(b));
 			b.part = parts[k];
 			b.hash_bytes = hash_bytes;
+			b.limit = limit;
+			b.nprefix = -1;
 			edata = ht_subxact(begin_fn, &b);
 			if (edata != NULL &&
 				(edata->sqlerrcode == ERRCODE_QUERY_CANCELED ||
@@ -851,7 +949,25 @@ ht_exchange_begin(PG_FUNCTION_ARGS)
 			nulls[3] = nulls[4] = (edata == NULL);
 			values[5] = PointerGetDatum(b.top);
 			nulls[5] = (b.top == NULL);
+			if (edata == NULL && b.nprefix >= 0)
+			{
+				values[6] = Int32GetDatum(b.nprefix);
+				nulls[6] = false;
+			}
 			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+
+			/* then the partition's prefix tree entries */
+			for (int j = 0; edata == NULL && j < b.nprefix; j++)
+			{
+				memset(nulls, true, sizeof(nulls));
+				values[0] = Int32GetDatum(b.part);
+				values[5] = PointerGetDatum(b.prefix[j].hash);
+				values[7] = Int16GetDatum(b.prefix[j].depth);
+				values[8] = PointerGetDatum(b.prefix[j].pa);
+				values[9] = PointerGetDatum(b.prefix[j].key);
+				nulls[0] = nulls[5] = nulls[7] = nulls[8] = nulls[9] = false;
+				tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+			}
 		}
 	}
 	HT_API_END();

@@ -32,6 +32,14 @@ typedef enum HtExchangeOutcome
 
 extern const char *const ht_exchange_outcome_names[HT_NOUTCOMES];
 
+/*
+ * The peer sends the entries of a partition's prefix trees (depths 0 and 1:
+ * one per prefix_a, one per (prefix_a, prefix_b)) with its top hash when
+ * there are at most this many, so that the walk starts at the leaf trees
+ * (docs/DESIGN.md §13).
+ */
+#define HT_EXCHANGE_PREFIX_ENTRIES 1024
+
 /* what became of one partition */
 typedef struct HtExchangeResult
 {

@@ -343,6 +343,76 @@ entry_row_set(HtEntryRow *row, int i, bytea *key, bytea *h, int hash_bytes)
 		row->hash = bytea_prefix(h, 0);
 }
 
+/* prefix entries by (depth, pa, key) */
+static int
+prefix_entry_cmp(const void *a, const void *b)
+{
+	const HtPrefixEntry *x = (const HtPrefixEntry *) a;
+	const HtPrefixEntry *y = (const HtPrefixEntry *) b;
+	int			c;
+
+	if (x->depth != y->depth)
+		return x->depth < y->depth ? -1 : 1;
+	c = ht_bytea_cmp((const bytea *) x->pa, (const bytea *) y->pa);
+	return c != 0 ? c : ht_bytea_cmp(x->key, y->key);
+}
+
+int
+ht_store_prefix_entries(int part, int hash_bytes, int limit, HtPrefixEntry **out)
+{
+	TreeScan	ts;
+	AttrNumber	att_key;
+	AttrNumber	att_hash;
+	int			cap = 16;
+	int			n = 0;
+	HtPrefixEntry *rows = palloc(sizeof(HtPrefixEntry) * cap);
+
+	tree_scan_open(&ts, "entry", "entry_key", "seg");
+	att_key = get_attnum(RelationGetRelid(ts.rel), "key");
+	att_hash = get_attnum(RelationGetRelid(ts.rel), "hash");
+	for (int depth = HT_DEPTH_ROOT; depth < HT_DEPTH_LEAF && n <= limit; depth++)
+	{
+		ScanKeyData key[2];
+		SysScanDesc scan;
+		HeapTuple	tup;
+
+		ScanKeyInit(&key[0], ts.att[0], BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(part));
+		ScanKeyInit(&key[1], ts.att[1], BTEqualStrategyNumber, F_INT2EQ, Int16GetDatum(depth));
+		scan = systable_beginscan_ordered(ts.rel, ts.idx, ts.snap, 2, key);
+		while (n <= limit && (tup = systable_getnext_ordered(scan, ForwardScanDirection)) != NULL)
+		{
+			bool		isnull;
+
+			if (n >= cap)
+			{
+				cap *= 2;
+				rows = repalloc(rows, sizeof(HtPrefixEntry) * cap);
+			}
+			rows[n].depth = depth;
+			rows[n].pa = DatumGetTextPCopy(heap_getattr(tup, ts.att[2], ts.desc, &isnull));
+			rows[n].key = DatumGetByteaPCopy(heap_getattr(tup, att_key, ts.desc, &isnull));
+			rows[n].hash = bytea_prefix(DatumGetByteaPP(heap_getattr(tup, att_hash, ts.desc,
+																	 &isnull)),
+										hash_bytes);
+			n++;
+		}
+		systable_endscan_ordered(scan);
+	}
+	tree_scan_close(&ts);
+	if (n > limit)
+		return -1;
+	ht_store_prefix_sort(rows, n);
+	*out = rows;
+	return n;
+}
+
+void
+ht_store_prefix_sort(HtPrefixEntry *rows, int n)
+{
+	if (n > 1)
+		qsort(rows, n, sizeof(HtPrefixEntry), prefix_entry_cmp);
+}
+
 int
 ht_store_entries(int part, int depth, int n, Datum *pa, Datum *pb,
 				 const int32 *segs, int hash_bytes, HtEntryRow **rows)

@@ -65,6 +65,24 @@ extern int	ht_store_nodes(int part, int depth, int n, Datum *pa, Datum *pb,
 extern int	ht_store_entries(int part, int depth, int n, Datum *pa, Datum *pb,
 							 const int32 *segs, int hash_bytes, HtEntryRow **rows);
 
+/*
+ * The entries of the trees above the leaf trees of a partition: depth 0
+ * (key: a prefix_a in UTF-8) and depth 1 (pa: the prefix_a, key: a
+ * prefix_b), their hashes (tops of child trees) cut to hash_bytes, sorted
+ * by (depth, pa, key) bytewise; -1 when there are more than limit.
+ */
+typedef struct HtPrefixEntry
+{
+	int16		depth;
+	text	   *pa;
+	bytea	   *key;
+	bytea	   *hash;
+} HtPrefixEntry;
+
+extern int	ht_store_prefix_entries(int part, int hash_bytes, int limit,
+									HtPrefixEntry **out);
+extern void ht_store_prefix_sort(HtPrefixEntry *rows, int n);
+
 /* stored nodes and derived entries that differ from a fresh rebuild */
 extern void ht_store_check(int part, ReturnSetInfo *rsinfo);
 

@@ -186,8 +186,9 @@ my $lend = q{
 		RETURNS TABLE(i int, children bytea) AS '$libdir/hashtree', 'ht_nodes_m_sql' LANGUAGE C;
 	CREATE FUNCTION hashtree._entries_m(int[], int, text[], text[], int[], int)
 		RETURNS TABLE(i int, key bytea, hash bytea) AS '$libdir/hashtree', 'ht_entries_m_sql' LANGUAGE C;
-	CREATE FUNCTION hashtree._exchange_begin(int[], int)
-		RETURNS TABLE("partition" int, lock text, update text, sqlstate text, message text, top bytea)
+	CREATE FUNCTION hashtree._exchange_begin(int[], int, int)
+		RETURNS TABLE("partition" int, lock text, update text, sqlstate text, message text, top bytea,
+					  entries int, depth int2, pa text, key bytea)
 		AS '$libdir/hashtree', 'ht_exchange_begin' LANGUAGE C;
 	CREATE FUNCTION hashtree._exchange_end(int[]) RETURNS TABLE("partition" int, answer text)
 		AS '$libdir/hashtree', 'ht_exchange_end' LANGUAGE C;
@@ -201,7 +202,7 @@ my $take_back = q{
 	DROP FUNCTION hashtree._pack_sum(int4, bytea);
 	DROP FUNCTION hashtree._nodes_m(int[], int, text[], text[], int, bigint[], bigint, int);
 	DROP FUNCTION hashtree._entries_m(int[], int, text[], text[], int[], int);
-	DROP FUNCTION hashtree._exchange_begin(int[], int);
+	DROP FUNCTION hashtree._exchange_begin(int[], int, int);
 	DROP FUNCTION hashtree._exchange_end(int[]);
 	ALTER TABLE hashtree.exchange_log DROP COLUMN run;
 };
