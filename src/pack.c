@@ -1576,14 +1576,61 @@ child_put(HtChildSum **out, int n, int *cap, int64 child, const HtSum *sum)
 	return n + 1;
 }
 
+/* the packs read by one batch of requests, and the span of the last tree asked */
+struct HtPackReader
+{
+	PackScan	ps;
+	bool		known;
+	int			part;
+	Datum		pa;
+	Datum		pb;
+	int32		span;
+};
+
+HtPackReader *
+ht_pack_reader_open(void)
+{
+	HtPackReader *r = palloc0(sizeof(HtPackReader));
+
+	pack_scan_open(&r->ps);
+	return r;
+}
+
+void
+ht_pack_reader_close(HtPackReader *r)
+{
+	pack_scan_close(&r->ps);
+	pfree(r);
+}
+
+/*
+ * The span of a tree's packs, looked up once for consecutive requests of
+ * the same tree: the lookup's B-tree scan, with equalities on the tree
+ * alone, checks every entry of the leaf page it lands on.
+ */
+static int32
+reader_span(HtPackReader *r, int part, Datum pa, Datum pb)
+{
+	if (!r->known || r->part != part || !datumIsEqual(pa, r->pa, false, -1) ||
+		!datumIsEqual(pb, r->pb, false, -1))
+	{
+		r->span = pack_scan_span(&r->ps, part, pa, pb);
+		r->part = part;
+		r->pa = pa;
+		r->pb = pb;
+		r->known = true;
+	}
+	return r->span;
+}
+
 int
-ht_pack_children(int part, Datum pa, Datum pb, int level, int64 first, int64 span,
-				 HtChildSum **out, int nout, int *cap)
+ht_pack_children(HtPackReader *r, int part, Datum pa, Datum pb, int level, int64 first,
+				 int64 span, HtChildSum **out, int nout, int *cap)
 {
 	int			shift = (level == HT_LEVEL_SUB) ? HT_SUB_BITS : 0;
 	int64		lo_seg = first << shift;
 	int64		hi_seg = Min((first + span) << shift, HT_SEGMENTS(HT_DEPTH_LEAF));
-	PackScan	ps;
+	PackScan   *ps = &r->ps;
 	int32		pspan;
 	ScanKeyData key[5];
 	SysScanDesc scan;
@@ -1594,25 +1641,21 @@ ht_pack_children(int part, Datum pa, Datum pb, int level, int64 first, int64 spa
 	Assert(level == 3 || level == HT_LEVEL_SUB);
 	if (lo_seg >= hi_seg)
 		return nout;
-	pack_scan_open(&ps);
-	pspan = pack_scan_span(&ps, part, pa, pb);
+	pspan = reader_span(r, part, pa, pb);
 	if (pspan <= 0)
-	{
-		pack_scan_close(&ps);
 		return nout;
-	}
 	/* the packs that hold segments lo_seg .. hi_seg - 1 */
-	pack_scan_keys(&ps, key, part, pa, pb);
-	ScanKeyInit(&key[3], ps.att_lo, BTGreaterEqualStrategyNumber, F_INT4GE,
+	pack_scan_keys(ps, key, part, pa, pb);
+	ScanKeyInit(&key[3], ps->att_lo, BTGreaterEqualStrategyNumber, F_INT4GE,
 				Int32GetDatum((int32) (lo_seg - lo_seg % pspan)));
-	ScanKeyInit(&key[4], ps.att_lo, BTLessStrategyNumber, F_INT4LT,
+	ScanKeyInit(&key[4], ps->att_lo, BTLessStrategyNumber, F_INT4LT,
 				Int32GetDatum((int32) hi_seg));
-	scan = systable_beginscan_ordered(ps.rel, ps.idx, ps.snap, 5, key);
+	scan = systable_beginscan_ordered(ps->rel, ps->idx, ps->snap, 5, key);
 	ht_sum_zero(&acc);
 	while ((tup = systable_getnext_ordered(scan, ForwardScanDirection)) != NULL)
 	{
 		bool		isnull;
-		int32		lo = DatumGetInt32(heap_getattr(tup, ps.att_lo, ps.desc, &isnull));
+		int32		lo = DatumGetInt32(heap_getattr(tup, ps->att_lo, ps->desc, &isnull));
 		bytea	   *data;
 		PackRec    *recs;
 		int			nrec;
@@ -1621,7 +1664,7 @@ ht_pack_children(int part, Datum pa, Datum pb, int level, int64 first, int64 spa
 		/* a pack of one sub-bucket: its stored term is the sub-bucket's hash */
 		if (shift != 0 && pspan == (1 << HT_SUB_BITS))
 		{
-			Datum		d = heap_getattr(tup, ps.att_sum, ps.desc, &isnull);
+			Datum		d = heap_getattr(tup, ps->att_sum, ps->desc, &isnull);
 
 			if (!isnull)
 			{
@@ -1632,7 +1675,7 @@ ht_pack_children(int part, Datum pa, Datum pb, int level, int64 first, int64 spa
 			}
 			continue;
 		}
-		data = DatumGetByteaPP(heap_getattr(tup, ps.att_data, ps.desc, &isnull));
+		data = DatumGetByteaPP(heap_getattr(tup, ps->att_data, ps->desc, &isnull));
 		nrec = pack_decode(VARDATA_ANY(data), VARSIZE_ANY_EXHDR(data), lo, &recs);
 
 		while (i < nrec)
@@ -1669,7 +1712,6 @@ ht_pack_children(int part, Datum pa, Datum pb, int level, int64 first, int64 spa
 	if (cur >= 0)
 		nout = child_put(out, nout, cap, cur, &acc);
 	systable_endscan_ordered(scan);
-	pack_scan_close(&ps);
 	return nout;
 }
 

@@ -131,10 +131,15 @@ typedef struct HtChildSum
  * HT_LEVEL_SUB (sub-buckets) of leaf tree (pa, pb) in partition part that
  * packs cover, computed from the packs, in child order, appended to *out
  * (grown as needed; *cap its room); returns the new length.  A sub-bucket
- * lies in one pack or in none, so these never meet node rows.
+ * lies in one pack or in none, so these never meet node rows.  The reader
+ * (open for a batch of requests) keeps the pack table open and the span
+ * of the last tree asked.
  */
-extern int	ht_pack_children(int part, Datum pa, Datum pb, int level, int64 first,
-							 int64 span, HtChildSum **out, int nout, int *cap);
+typedef struct HtPackReader HtPackReader;
+extern HtPackReader *ht_pack_reader_open(void);
+extern void ht_pack_reader_close(HtPackReader *r);
+extern int	ht_pack_children(HtPackReader *r, int part, Datum pa, Datum pb, int level,
+							 int64 first, int64 span, HtChildSum **out, int nout, int *cap);
 
 /*
  * The packed entries of segments segs[0..n-1] of the trees (pa[i], pb[i])

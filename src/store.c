@@ -240,6 +240,7 @@ ht_store_nodes(int part, int depth, int n, Datum *pa, Datum *pb, int level,
 						  (level == 3 || level == HT_LEVEL_SUB));
 	HtChildSum *pk = NULL;
 	int			pkcap = 0;
+	HtPackReader *reader = packed ? ht_pack_reader_open() : NULL;
 
 	tree_scan_open(&ts, "node", "node_pkey", "level");
 	att_child = get_attnum(RelationGetRelid(ts.rel), "child");
@@ -279,8 +280,8 @@ ht_store_nodes(int part, int depth, int n, Datum *pa, Datum *pb, int level,
 		/* segments and sub-buckets that packs cover have no rows (§4) */
 		if (packed)
 		{
-			int			npk = ht_pack_children(part, pa[k], pb[k], level, firsts[k], span,
-											   &pk, 0, &pkcap);
+			int			npk = ht_pack_children(reader, part, pa[k], pb[k], level, firsts[k],
+											   span, &pk, 0, &pkcap);
 
 			if (npk > 0)
 			{
@@ -305,6 +306,8 @@ ht_store_nodes(int part, int depth, int n, Datum *pa, Datum *pb, int level,
 		}
 	}
 	tree_scan_close(&ts);
+	if (reader)
+		ht_pack_reader_close(reader);
 	*rows = out;
 	return nrows;
 }
