@@ -131,6 +131,15 @@ SELECT option_value AS rt FROM pg_options_to_table((SELECT ftoptions FROM pg_for
 SELECT count(*) AS rows_in_remote_table, bool_and(hashtree.key_to_frag_number('mt', id) = 2) AS all_of_2,
 	   count(*) = (SELECT count(*) FROM mt WHERE hashtree.key_to_frag_number('mt', id) = 2) AS all_rows_of_2
   FROM hashtree_fragments.:"rt";
+-- a peer that holds a fragment cannot be dropped (nothing changed: the
+-- peer, its server and mapping, the placement and the rows)
+CREATE TEMP TABLE mr_before_drop AS SELECT * FROM mr_state;
+SELECT pg_temp.err($$SELECT hashtree.drop_peer('loop')$$);
+SELECT count(*) AS peers FROM hashtree.peers WHERE name = 'loop';
+SELECT count(*) AS servers, (SELECT count(*) FROM pg_user_mappings) AS mappings FROM pg_foreign_server;
+SELECT s = b AS unchanged FROM mr_state s, mr_before_drop b;
+-- (its detail and hint)
+SELECT hashtree.drop_peer('loop');
 -- routing, pruning, writes through the parent
 SELECT min(id) AS k2 FROM mt WHERE hashtree.key_to_frag_number('mt', id) = 2 \gset
 SELECT hashtree.match_spec_to_frag_numbers('mt', format('id = %s', :k2));
@@ -223,6 +232,8 @@ SELECT count(*) AS attached_keys FROM pg_inherits i JOIN pg_class c ON c.oid = i
 SELECT hashtree.untrack('mr_tr');
 DROP VIEW mr_state;
 DROP TABLE mt, mr_fi, mr_id, mr_ck, mr_gen, mr_dom, mr_nokey, mr_fk, mr_ux, mr_referencing, mr_refd, mr_tr, mr_plain;
+-- no fragment there any more: the peer can go
+SELECT hashtree.drop_peer('loop');
 DROP FUNCTION mr_noop();
 DROP FUNCTION mr_mangle();
 DROP DOMAIN mr_posint;

@@ -163,6 +163,73 @@ peer_get(const char *name)
 	return p;
 }
 
+/* ---- a peer that holds fragments ------------------------------------------------- */
+
+/*
+ * A move to a peer holds its peers row FOR KEY SHARE until it commits, so
+ * that drop_peer (FOR UPDATE, then the check of the foreign tables) sees
+ * the fragment it is placing there.
+ */
+static HtQuery q_peer_share = {
+	"SELECT 1 FROM hashtree.peer WHERE name OPERATOR(pg_catalog.=) $1 FOR KEY SHARE",
+	1, {TEXTOID}
+};
+static HtQuery q_peer_update = {
+	"SELECT 1 FROM hashtree.peer WHERE name OPERATOR(pg_catalog.=) $1 FOR UPDATE",
+	1, {TEXTOID}
+};
+static HtQuery q_peer_fragments = {
+	"SELECT pg_catalog.count(*), pg_catalog.min(pg_catalog.format('Fragment %s of table %s',"
+	"  t.ftrelid::pg_catalog.regclass, i.inhparent::pg_catalog.regclass))"
+	" FROM pg_catalog.pg_foreign_table t"
+	" JOIN pg_catalog.pg_foreign_server s ON s.oid OPERATOR(pg_catalog.=) t.ftserver"
+	" LEFT JOIN pg_catalog.pg_inherits i ON i.inhrelid OPERATOR(pg_catalog.=) t.ftrelid"
+	" WHERE s.srvname OPERATOR(pg_catalog.=) $1",
+	1, {TEXTOID}
+};
+
+/* lock peer's row for a move to it (the caller's transaction); ERROR if it is gone */
+static void
+peer_share(const char *peer)
+{
+	Datum		v[1] = {CStringGetTextDatum(peer)};
+
+	if (ht_exec_as_owner(&q_peer_share, v, NULL, 0) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("peer \"%s\" does not exist", peer)));
+}
+
+void
+ht_frag_check_peer_drop(const char *name)
+{
+	Datum		v[1] = {CStringGetTextDatum(name)};
+	char	   *server;
+	bool		isnull;
+	int64		n;
+
+	/* waits for the moves to it under way (FOR KEY SHARE), then sees their fragments */
+	if (ht_exec_as_owner(&q_peer_update, v, NULL, 0) == 0)
+		return;					/* no such peer: drop_peer says so */
+	server = server_of_peer(name);
+	if (server == NULL)
+		return;
+	v[0] = CStringGetTextDatum(server);
+	ht_exec_as_owner(&q_peer_fragments, v, NULL, 1);
+	n = DatumGetInt64(ht_col(0, 1, &isnull));
+	if (n > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
+				 errmsg("cannot drop peer \"%s\" because it holds fragments of fragmented tables",
+						name),
+				 errdetail("%s is a foreign table on server \"%s\" (" INT64_FORMAT
+						   " fragment%s on that peer in all).",
+						   TextDatumGetCString(ht_col(0, 2, &isnull)), server, n,
+						   n == 1 ? "" : "s"),
+				 errhint("Move them here or to another peer first: hashtree.move_frag(tbl, "
+						 "fragment, node); view hashtree.fragments shows where they are.")));
+}
+
 /* ---- where a fragment is ---------------------------------------------------------- */
 
 typedef struct Place
@@ -2233,6 +2300,9 @@ move_load(Move *m, Oid relid, int32 frag, char *node, bool caller)
 		ht_as_owner_begin(&save_user, &save_sec);
 		ht_peer_check(m->to_peer);
 		ht_as_owner_end(save_user, save_sec);
+		/* drop_peer waits for this transaction (the worker's caller holds it) */
+		if (caller)
+			peer_share(m->to_peer);
 	}
 	m->frags = ht_frag_layout(rel, &ft.s);
 	m->nfrags = ft.s.n;

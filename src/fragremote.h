@@ -47,6 +47,13 @@ extern Datum ht_frag_change_remote(FunctionCallInfo fcinfo, bool add);
 extern Datum ht_frag_init_nodes(FunctionCallInfo fcinfo);
 
 /*
+ * drop_peer's check (api.c): ERROR (2BP01) if peer name holds fragments
+ * (foreign tables on its server); locks its peers row FOR UPDATE first, so
+ * that a move to it under way (FOR KEY SHARE) is waited for.  Needs SPI.
+ */
+extern void ht_frag_check_peer_drop(const char *name);
+
+/*
  * Hand frag.c and fragops.c the functions above (ht_frag_remote, frag.h):
  * called once by _PG_init.
  */
