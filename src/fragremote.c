@@ -1090,7 +1090,6 @@ new_remote_name(Move *m)
 typedef struct Cleanup
 {
 	char	   *peer;
-	char	   *server;
 	Oid			relid;
 	int			dropped;
 } Cleanup;
@@ -1105,6 +1104,49 @@ try_op_lock(Oid relid)
 }
 
 /*
+ * Does a foreign table here refer to table name of REMOTE_SCHEMA (on any
+ * server: the names are unique, prefix and all)?  A statement of its own,
+ * so under READ COMMITTED it sees every move committed before it began.
+ */
+static bool
+referenced(const char *name)
+{
+	return ht_sql("SELECT 1 FROM pg_catalog.pg_foreign_table t"
+				  " WHERE %s::pg_catalog.text OPERATOR(pg_catalog.=) ANY (t.ftoptions)"
+				  " AND 'schema_name=" REMOTE_SCHEMA "' OPERATOR(pg_catalog.=) ANY (t.ftoptions)",
+				  quote_literal_cstr(psprintf("table_name=%s", name))) > 0;
+}
+
+/* this node's tables on peer p, at most limit of them (0: all) */
+static HtRemoteResult *
+peer_tables(HtPeer *p, int limit)
+{
+	char	   *prefix = node_prefix();
+	const char *params[1] = {prefix};
+
+	return ht_peer_query(p, psprintf("SELECT c.relname::pg_catalog.text FROM pg_catalog.pg_class c"
+									 " JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace"
+									 " WHERE n.nspname OPERATOR(pg_catalog.=) '" REMOTE_SCHEMA "'"
+									 " AND c.relkind OPERATOR(pg_catalog.=) 'r'"
+									 " AND pg_catalog.starts_with(c.relname::pg_catalog.text, $1)"
+									 " ORDER BY 1%s", limit > 0 ? psprintf(" LIMIT %d", limit) : ""),
+						 1, params, false, 1);
+}
+
+/* the table (relid) a name of peer_tables belongs to, or InvalidOid */
+static Oid
+table_of_remote(const char *name)
+{
+	char	   *prefix = node_prefix();
+	unsigned int owner_rel;
+
+	if (name == NULL || strncmp(name, prefix, strlen(prefix)) != 0 ||
+		sscanf(name + strlen(prefix), "%8x_", &owner_rel) != 1)
+		return InvalidOid;
+	return (Oid) owner_rel;
+}
+
+/*
  * Drop this node's tables on a peer that belong to table relid (or to a
  * table that no longer exists) and that no foreign table here refers to.
  * The caller holds relid's operation lock; another table's is taken here.
@@ -1114,32 +1156,19 @@ cleanup_peer(void *arg)
 {
 	Cleanup    *c = (Cleanup *) arg;
 	HtPeer	   *p = peer_get(c->peer);
-	char	   *prefix = node_prefix();
-	const char *params[1] = {prefix};
-	ForeignServer *fs = GetForeignServerByName(c->server, true);
-	HtRemoteResult *res;
+	HtRemoteResult *res = peer_tables(p, 0);
 
-	res = ht_peer_query(p, "SELECT c.relname::pg_catalog.text FROM pg_catalog.pg_class c"
-						" JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace"
-						" WHERE n.nspname OPERATOR(pg_catalog.=) '" REMOTE_SCHEMA "'"
-						" AND c.relkind OPERATOR(pg_catalog.=) 'r'"
-						" AND pg_catalog.starts_with(c.relname::pg_catalog.text, $1)",
-						1, params, false, 1);
 	for (int r = 0; r < res->nrows; r++)
 	{
 		char	   *name = ht_remote_text(res, r, 0);
-		unsigned int owner_rel;
+		Oid			owner_rel = table_of_remote(name);
 
-		if (name == NULL || sscanf(name + strlen(prefix), "%8x_", &owner_rel) != 1)
+		if (!OidIsValid(owner_rel))
 			continue;
-		if ((Oid) owner_rel != c->relid &&
-			(get_rel_name((Oid) owner_rel) != NULL || !try_op_lock((Oid) owner_rel)))
+		if (owner_rel != c->relid &&
+			(get_rel_name(owner_rel) != NULL || !try_op_lock(owner_rel)))
 			continue;
-		if (fs != NULL &&
-			ht_sql("SELECT 1 FROM pg_catalog.pg_foreign_table t"
-				   " WHERE t.ftserver OPERATOR(pg_catalog.=) '%u'::pg_catalog.oid"
-				   " AND %s::pg_catalog.text OPERATOR(pg_catalog.=) ANY (t.ftoptions)",
-				   fs->serverid, quote_literal_cstr(psprintf("table_name=%s", name))) > 0)
+		if (referenced(name))
 			continue;
 		(void) ht_peer_query(p, psprintf("DROP TABLE IF EXISTS %s", remote_q(name)),
 							 0, NULL, false, 0);
@@ -1162,7 +1191,6 @@ cleanup(Oid relid)
 	for (uint64 i = 0; i < n; i++)
 	{
 		cs[i].peer = TextDatumGetCString(ht_col(i, 1, &isnull));
-		cs[i].server = TextDatumGetCString(ht_col(i, 2, &isnull));
 		cs[i].relid = relid;
 	}
 	for (uint64 i = 0; i < n; i++)
@@ -1184,6 +1212,173 @@ cleanup(Oid relid)
 						cs[i].peer, edata->message)));
 		FreeErrorData(edata);
 	}
+}
+
+/* -- the launcher's cleanup -- */
+
+/* tables of a peer dropped by one cleanup job at most */
+#define CLEANUP_MAX			64
+
+static HtQuery q_cleanup_next = {
+	"SELECT f.peer FROM hashtree.frag_server f"
+	" JOIN hashtree.peer p ON p.name OPERATOR(pg_catalog.=) f.peer"
+	" ORDER BY f.peer OPERATOR(pg_catalog.<=) $1, f.peer LIMIT 1",
+	1, {TEXTOID}
+};
+
+/* of names (a text[]), those no foreign table here refers to */
+static HtQuery q_unreferenced = {
+	"SELECT n FROM pg_catalog.unnest($1) n WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_foreign_table t"
+	" WHERE ('table_name=' OPERATOR(pg_catalog.||) n) OPERATOR(pg_catalog.=) ANY (t.ftoptions)"
+	" AND 'schema_name=" REMOTE_SCHEMA "' OPERATOR(pg_catalog.=) ANY (t.ftoptions))"
+	" ORDER BY 1",
+	1, {TEXTARRAYOID}
+};
+
+char *
+ht_frag_cleanup_next(const char *after)
+{
+	Datum		v[1] = {CStringGetTextDatum(after)};
+
+	return first_text(ht_exec(&q_cleanup_next, v, NULL, 1));
+}
+
+typedef struct CleanupJob
+{
+	const char *peer;
+	MemoryContext cxt;			/* the job's: survives its transactions */
+	List	   *names;			/* candidates: unreferenced at first sight */
+	const char *name;			/* the one at hand */
+	bool		dropped;
+} CleanupJob;
+
+static void
+cleanup_list_fn(void *arg)
+{
+	CleanupJob *j = (CleanupJob *) arg;
+	HtPeer	   *p = peer_get(j->peer);
+	HtRemoteResult *res = peer_tables(p, 0);
+	Datum	   *names = palloc(sizeof(Datum) * Max(res->nrows, 1));
+	int			n = 0;
+	uint64		nfree;
+	Datum		v[1];
+
+	for (int r = 0; r < res->nrows; r++)
+	{
+		char	   *name = ht_remote_text(res, r, 0);
+
+		if (OidIsValid(table_of_remote(name)))
+			names[n++] = CStringGetTextDatum(name);
+	}
+	if (n == 0)
+		return;
+	v[0] = PointerGetDatum(ht_array_text(names, n));
+	nfree = ht_exec(&q_unreferenced, v, NULL, CLEANUP_MAX);
+	for (uint64 i = 0; i < nfree; i++)
+	{
+		bool		isnull;
+		char	   *name = TextDatumGetCString(ht_col(i, 1, &isnull));
+		MemoryContext old = MemoryContextSwitchTo(j->cxt);
+
+		j->names = lappend(j->names, pstrdup(name));
+		MemoryContextSwitchTo(old);
+	}
+}
+
+/*
+ * One leftover: the table's operation lock first (a move under way holds
+ * it from its start to its commit, its remote part committed before its
+ * swap: skipped), then the foreign tables read again by a statement that
+ * began after the lock was granted, hence after the commit of any move
+ * that held it (DESIGN §19).
+ */
+static void
+cleanup_drop_fn(void *arg)
+{
+	CleanupJob *j = (CleanupJob *) arg;
+
+	if (IsolationUsesXactSnapshot())
+		elog(ERROR, "hashtree: the cleanup of fragment moves needs READ COMMITTED");
+	if (!try_op_lock(table_of_remote(j->name)) || referenced(j->name))
+		return;
+	(void) ht_peer_query(peer_get(j->peer), psprintf("DROP TABLE IF EXISTS %s", remote_q(j->name)),
+						 0, NULL, false, 0);
+	j->dropped = true;
+}
+
+/* fn in a transaction of its own; an error is logged, and false returned */
+static bool
+cleanup_xact(void (*fn) (void *arg), CleanupJob *j)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	volatile bool ok = true;
+
+	PG_TRY();
+	{
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		SPI_connect();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		HT_API_BEGIN();
+		fn(j);
+		HT_API_END();
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		MemoryContextSwitchTo(cxt);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		MemoryContextSwitchTo(cxt);
+		ereport(LOG,
+				(errcode(edata->sqlerrcode),
+				 errmsg("hashtree: leftovers of fragment moves on peer \"%s\" are not removed now: %s",
+						j->peer, edata->message)));
+		FreeErrorData(edata);
+		ok = false;
+	}
+	PG_END_TRY();
+	return ok;
+}
+
+void
+ht_frag_cleanup_job(const char *peer)
+{
+	CleanupJob	j;
+	int			dropped = 0;
+	ListCell   *lc;
+
+	/* each statement's snapshot must follow the locks taken before it */
+	SetConfigOption("default_transaction_isolation", "read committed", PGC_SUSET, PGC_S_OVERRIDE);
+	memset(&j, 0, sizeof(j));
+	j.peer = peer;
+	j.cxt = AllocSetContextCreate(TopMemoryContext, "hashtree cleanup", ALLOCSET_DEFAULT_SIZES);
+	pgstat_report_activity(STATE_RUNNING, "looking for leftovers of fragment moves");
+	if (!cleanup_xact(cleanup_list_fn, &j))
+		return;
+	foreach(lc, j.names)
+	{
+		j.name = (const char *) lfirst(lc);
+		j.dropped = false;
+		if (!cleanup_xact(cleanup_drop_fn, &j))
+			break;
+		if (j.dropped)
+			dropped++;
+	}
+	pgstat_report_activity(STATE_IDLE, NULL);
+	ereport(DEBUG1,
+			(errmsg("hashtree: cleanup on peer \"%s\": %d tables not referenced here, %d dropped",
+					peer, list_length(j.names), dropped)));
+	if (dropped > 0)
+		ereport(LOG,
+				(errmsg("hashtree: dropped %d leftover table%s of fragment moves on peer \"%s\"",
+						dropped, dropped == 1 ? "" : "s", peer)));
 }
 
 /* -- checks -- */

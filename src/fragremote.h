@@ -54,6 +54,16 @@ extern Datum ht_frag_init_nodes(FunctionCallInfo fcinfo);
 extern void ht_frag_check_peer_drop(const char *name);
 
 /*
+ * The launcher's cleanup of one peer (DESIGN §19): ht_frag_cleanup_next
+ * names the peer with a server after `after` in name order (wrapping;
+ * NULL: none; needs SPI); ht_frag_cleanup_job, in a job of its own (it
+ * runs its own transactions), drops at most a few dozen of this node's
+ * tables there that no foreign table refers to and no operation holds.
+ */
+extern char *ht_frag_cleanup_next(const char *after);
+extern void ht_frag_cleanup_job(const char *peer);
+
+/*
  * Hand frag.c and fragops.c the functions above (ht_frag_remote, frag.h):
  * called once by _PG_init.
  */
