@@ -140,6 +140,23 @@ SELECT count(*) AS servers, (SELECT count(*) FROM pg_user_mappings) AS mappings 
 SELECT s = b AS unchanged FROM mr_state s, mr_before_drop b;
 -- (its detail and hint)
 SELECT hashtree.drop_peer('loop');
+-- schema changes that would not reach the peer's table: refused, nothing
+-- changed; those that stay here are allowed
+SELECT pg_temp.err($$ALTER TABLE mt ADD COLUMN extra int$$);
+SELECT pg_temp.err($$ALTER TABLE mt DROP COLUMN n$$);
+SELECT pg_temp.err($$ALTER TABLE mt ALTER COLUMN n TYPE float8$$);
+SELECT pg_temp.err($$ALTER TABLE mt RENAME COLUMN v TO w$$);
+SELECT pg_temp.err($$ALTER TABLE mt ALTER COLUMN n SET NOT NULL$$);
+SELECT pg_temp.err($$ALTER TABLE mt ADD CONSTRAINT mr_pos CHECK (id > 0)$$);
+SELECT pg_temp.err($$ALTER TABLE mt ALTER COLUMN v SET DEFAULT 'x', ADD COLUMN extra int$$);
+ALTER TABLE mt ADD COLUMN extra int;
+SELECT s = b AS unchanged FROM mr_state s, mr_before_drop b;
+SELECT string_agg(attname, ',' ORDER BY attnum) AS columns FROM pg_attribute
+ WHERE attrelid = 'mt'::regclass AND attnum > 0 AND NOT attisdropped;
+ALTER TABLE mt ALTER COLUMN v SET DEFAULT 'dflt';
+ALTER TABLE mt ALTER COLUMN v DROP DEFAULT;
+ALTER TABLE mt RENAME TO mt_renamed;
+ALTER TABLE mt_renamed RENAME TO mt;
 -- routing, pruning, writes through the parent
 SELECT min(id) AS k2 FROM mt WHERE hashtree.key_to_frag_number('mt', id) = 2 \gset
 SELECT hashtree.match_spec_to_frag_numbers('mt', format('id = %s', :k2));
@@ -224,8 +241,11 @@ SELECT placement, rows = (SELECT rows FROM mr_before) AS same_rows FROM mr_state
 SELECT hashtree.move_frag('mt', 4, NULL) AS moved;
 SELECT op, op_phase, op_error FROM hashtree.frag_table WHERE parent = 'mt'::regclass;
 SELECT placement, rows = (SELECT rows FROM mr_before) AS same_rows FROM mr_state;
--- every fragment here again: the key can go back to the parent without a build
+-- every fragment here again: the key can go back to the parent without a
+-- build, and the columns can change
 ALTER TABLE mt ADD PRIMARY KEY (id);
+ALTER TABLE mt ADD COLUMN extra int;
+ALTER TABLE mt DROP COLUMN extra;
 SELECT count(*) AS attached_keys FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
  WHERE i.inhparent = 'mt_pkey'::regclass;
 

@@ -37,6 +37,7 @@
 #include "catalog/pg_am.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_collation.h"
+#include "catalog/pg_inherits.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_type.h"
 #include "commands/defrem.h"
@@ -51,6 +52,7 @@
 #include "postmaster/bgworker.h"
 #include "storage/ipc.h"
 #include "storage/lmgr.h"
+#include "tcop/deparse_utility.h"
 #include "tcop/tcopprot.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -2598,6 +2600,106 @@ ht_move_frag(PG_FUNCTION_ARGS)
 	HT_API_END();
 	SPI_finish();
 	PG_RETURN_INT64(m.rows);
+}
+
+/* ---- schema changes of a table with fragments elsewhere ----------------------------------- */
+
+/*
+ * What an ALTER TABLE of the parent would change in the fragments' columns
+ * or constraints (PostgreSQL recurses to a foreign partition, whose table
+ * on the peer stays as it is), or NULL.
+ */
+static const char *
+column_change(Node *parsetree)
+{
+	if (parsetree == NULL)
+		return NULL;
+	if (IsA(parsetree, RenameStmt))
+		return ((RenameStmt *) parsetree)->renameType == OBJECT_COLUMN ? "RENAME COLUMN" : NULL;
+	if (!IsA(parsetree, AlterTableCmd))
+		return NULL;
+	switch (((AlterTableCmd *) parsetree)->subtype)
+	{
+		case AT_AddColumn:
+		case AT_AddColumnRecurse:
+			return "ADD COLUMN";
+		case AT_DropColumn:
+		case AT_DropColumnRecurse:
+			return "DROP COLUMN";
+		case AT_AlterColumnType:
+			return "ALTER COLUMN TYPE";
+		case AT_SetNotNull:
+		case AT_DropNotNull:
+		case AT_CheckNotNull:
+			return "SET/DROP NOT NULL";
+		case AT_AddConstraint:
+		case AT_AddConstraintRecurse:
+			return "ADD CONSTRAINT";
+		default:
+			return NULL;
+	}
+}
+
+/*
+ * hashtree._frag_ddl(relid oid, cmd pg_ddl_command) RETURNS void
+ * After an ALTER TABLE (cmd: the collected command) of relid: if relid is
+ * a fragmented table with a fragment on a peer, refuses (0A000) a change
+ * of the columns or constraints, which would not reach the peers' tables
+ * (DESIGN §19).  Called by the event trigger as the extension owner; DDL
+ * run by hashtree itself is let through.  Locks: ACCESS SHARE on relid
+ * (held by the command already).
+ */
+PG_FUNCTION_INFO_V1(ht_frag_ddl);
+Datum
+ht_frag_ddl(PG_FUNCTION_ARGS)
+{
+	Oid			relid = PG_GETARG_OID(0);
+	CollectedCommand *cmd = PG_ARGISNULL(1) ? NULL : (CollectedCommand *) PG_GETARG_POINTER(1);
+	const char *what = NULL;
+	Oid			remote = InvalidOid;
+	HtFragTable ft;
+	ListCell   *lc;
+
+	if (ht_api_depth > 0 || cmd == NULL || get_rel_relkind(relid) != RELKIND_PARTITIONED_TABLE)
+		PG_RETURN_VOID();
+	if (cmd->type == SCT_Simple)
+		what = column_change(cmd->parsetree);
+	else if (cmd->type == SCT_AlterTable)
+		foreach(lc, cmd->d.alterTable.subcmds)
+		{
+			what = column_change(((CollectedATSubcmd *) lfirst(lc))->parsetree);
+			if (what != NULL)
+				break;
+		}
+	if (what == NULL)
+		PG_RETURN_VOID();
+	foreach(lc, find_inheritance_children(relid, AccessShareLock))
+		if (get_rel_relkind(lfirst_oid(lc)) == RELKIND_FOREIGN_TABLE)
+		{
+			remote = lfirst_oid(lc);
+			break;
+		}
+	if (!OidIsValid(remote))
+		PG_RETURN_VOID();
+	SPI_connect();
+	HT_API_BEGIN();
+	if (ht_frag_lookup(relid, &ft))
+	{
+		char	   *server = GetForeignServer(GetForeignTable(remote)->serverid)->servername;
+		char	   *peer = peer_of_server(server);
+
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("ALTER TABLE %s is not supported on table \"%s\", which has fragments on other servers",
+						what, get_rel_name(relid)),
+				 errdetail("Fragment table %s is a foreign table on peer \"%s\"; its table there "
+						   "would not change.", ht_rel_qname(remote), peer ? peer : server),
+				 errhint("Move the fragments here first (hashtree.move_frag(tbl, fragment, NULL)), "
+						 "change the table, then move them back.")));
+	}
+	HT_API_END();
+	SPI_finish();
+	PG_RETURN_VOID();
 }
 
 /* ---- add_frag, del_frag, frag_init with fragments elsewhere ------------------------------ */
