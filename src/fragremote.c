@@ -181,8 +181,10 @@ static HtQuery q_peer_update = {
 	1, {TEXTOID}
 };
 static HtQuery q_peer_fragments = {
-	"SELECT pg_catalog.count(*), pg_catalog.min(pg_catalog.format('Fragment %s of table %s',"
-	"  t.ftrelid::pg_catalog.regclass, i.inhparent::pg_catalog.regclass))"
+	"SELECT pg_catalog.count(*), pg_catalog.min(CASE WHEN i.inhparent IS NULL"
+	"  THEN pg_catalog.format('Foreign table %s (detached from its table)', t.ftrelid::pg_catalog.regclass)"
+	"  ELSE pg_catalog.format('Fragment %s of table %s',"
+	"  t.ftrelid::pg_catalog.regclass, i.inhparent::pg_catalog.regclass) END)"
 	" FROM pg_catalog.pg_foreign_table t"
 	" JOIN pg_catalog.pg_foreign_server s ON s.oid OPERATOR(pg_catalog.=) t.ftserver"
 	" LEFT JOIN pg_catalog.pg_inherits i ON i.inhrelid OPERATOR(pg_catalog.=) t.ftrelid"
