@@ -694,23 +694,27 @@ static int	ticks_to_cleanup = 0;
 static char cleanup_last[HT_MAX_PEER_NAME_LEN + 1] = "";
 static char *cleanup_error = NULL;
 
+/* the peer's name into arg (a char[HT_MAX_PEER_NAME_LEN + 1]), "" if none */
 static void
 frag_cleanup_pick_step(void *arg)
 {
-	*(char **) arg = ht_frag_cleanup_next(cleanup_last);
+	char	   *peer = ht_frag_cleanup_next(cleanup_last);
+
+	if (peer != NULL && strlen(peer) <= HT_MAX_PEER_NAME_LEN)
+		strlcpy((char *) arg, peer, HT_MAX_PEER_NAME_LEN + 1);
 }
 
 static void
 start_frag_cleanup(void)
 {
-	char	   *peer = NULL;
+	char		peer[HT_MAX_PEER_NAME_LEN + 1] = "";
 	HtJob		job;
 
 	if (--ticks_to_cleanup > 0 || count_running(HT_JOB_FRAG_CLEANUP) > 0)
 		return;
 	ticks_to_cleanup = FRAG_CLEANUP_TICKS;
-	if (!run_step("choosing a peer to clean", frag_cleanup_pick_step, &peer, &cleanup_error) ||
-		peer == NULL || strlen(peer) > HT_MAX_PEER_NAME_LEN)
+	if (!run_step("choosing a peer to clean", frag_cleanup_pick_step, peer, &cleanup_error) ||
+		peer[0] == '\0')
 		return;
 	strlcpy(cleanup_last, peer, sizeof(cleanup_last));
 	if (backoff_of(peer)->not_before > GetCurrentTimestamp())
