@@ -1121,19 +1121,19 @@ referenced(const char *name)
 				  quote_literal_cstr(psprintf("table_name=%s", name))) > 0;
 }
 
-/* this node's tables on peer p, at most limit of them (0: all) */
+/* this node's tables on peer p (their names) */
 static HtRemoteResult *
-peer_tables(HtPeer *p, int limit)
+peer_tables(HtPeer *p)
 {
 	char	   *prefix = node_prefix();
 	const char *params[1] = {prefix};
 
-	return ht_peer_query(p, psprintf("SELECT c.relname::pg_catalog.text FROM pg_catalog.pg_class c"
-									 " JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace"
-									 " WHERE n.nspname OPERATOR(pg_catalog.=) '" REMOTE_SCHEMA "'"
-									 " AND c.relkind OPERATOR(pg_catalog.=) 'r'"
-									 " AND pg_catalog.starts_with(c.relname::pg_catalog.text, $1)"
-									 " ORDER BY 1%s", limit > 0 ? psprintf(" LIMIT %d", limit) : ""),
+	return ht_peer_query(p, "SELECT c.relname::pg_catalog.text FROM pg_catalog.pg_class c"
+						 " JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace"
+						 " WHERE n.nspname OPERATOR(pg_catalog.=) '" REMOTE_SCHEMA "'"
+						 " AND c.relkind OPERATOR(pg_catalog.=) 'r'"
+						 " AND pg_catalog.starts_with(c.relname::pg_catalog.text, $1)"
+						 " ORDER BY 1",
 						 1, params, false, 1);
 }
 
@@ -1160,7 +1160,7 @@ cleanup_peer(void *arg)
 {
 	Cleanup    *c = (Cleanup *) arg;
 	HtPeer	   *p = peer_get(c->peer);
-	HtRemoteResult *res = peer_tables(p, 0);
+	HtRemoteResult *res = peer_tables(p);
 
 	for (int r = 0; r < res->nrows; r++)
 	{
@@ -1261,7 +1261,7 @@ cleanup_list_fn(void *arg)
 {
 	CleanupJob *j = (CleanupJob *) arg;
 	HtPeer	   *p = peer_get(j->peer);
-	HtRemoteResult *res = peer_tables(p, 0);
+	HtRemoteResult *res = peer_tables(p);
 	Datum	   *names = palloc(sizeof(Datum) * Max(res->nrows, 1));
 	int			n = 0;
 	uint64		nfree;
