@@ -826,6 +826,37 @@ CREATE VIEW @extschema@.fragments AS
 	 ORDER BY f.parent::text, b.remainder;
 GRANT SELECT ON @extschema@.fragments TO PUBLIC;
 
+-- Schema changes of a table with fragments on other servers: a change of its
+-- columns or constraints would reach the foreign partitions here but not
+-- their tables on the peers; refused (DESIGN §19)
+CREATE FUNCTION @extschema@._frag_ddl(relid oid, cmd pg_catalog.pg_ddl_command) RETURNS void
+	AS 'MODULE_PATHNAME', 'ht_frag_ddl'
+	LANGUAGE C VOLATILE;
+CREATE FUNCTION @extschema@._on_frag_ddl_end() RETURNS event_trigger
+	LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+	AS $$
+DECLARE
+	r record;
+BEGIN
+	-- only when a fragmented table has a fragment elsewhere (a foreign partition)
+	IF NOT EXISTS (SELECT 1 FROM @extschema@.frag_table f
+					JOIN pg_catalog.pg_inherits i ON i.inhparent OPERATOR(pg_catalog.=) f.parent
+					JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) i.inhrelid
+				   WHERE c.relkind OPERATOR(pg_catalog.=) 'f'::"char") THEN
+		RETURN;
+	END IF;
+	FOR r IN SELECT c.objid, c.command FROM pg_catalog.pg_event_trigger_ddl_commands() c
+			  WHERE c.classid OPERATOR(pg_catalog.=) 'pg_catalog.pg_class'::pg_catalog.regclass::pg_catalog.oid
+	LOOP
+		PERFORM @extschema@._frag_ddl(r.objid, r.command);
+	END LOOP;
+END
+$$;
+CREATE EVENT TRIGGER hashtree_frag_ddl_end ON ddl_command_end
+	WHEN TAG IN ('ALTER TABLE')
+	EXECUTE FUNCTION @extschema@._on_frag_ddl_end();
+ALTER EVENT TRIGGER hashtree_frag_ddl_end ENABLE ALWAYS;
+
 ---------------------------------------------------------------------------
 -- Status
 ---------------------------------------------------------------------------

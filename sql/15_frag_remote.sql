@@ -131,6 +131,32 @@ SELECT option_value AS rt FROM pg_options_to_table((SELECT ftoptions FROM pg_for
 SELECT count(*) AS rows_in_remote_table, bool_and(hashtree.key_to_frag_number('mt', id) = 2) AS all_of_2,
 	   count(*) = (SELECT count(*) FROM mt WHERE hashtree.key_to_frag_number('mt', id) = 2) AS all_rows_of_2
   FROM hashtree_fragments.:"rt";
+-- a peer that holds a fragment cannot be dropped (nothing changed: the
+-- peer, its server and mapping, the placement and the rows)
+CREATE TEMP TABLE mr_before_drop AS SELECT * FROM mr_state;
+SELECT pg_temp.err($$SELECT hashtree.drop_peer('loop')$$);
+SELECT count(*) AS peers FROM hashtree.peers WHERE name = 'loop';
+SELECT count(*) AS servers, (SELECT count(*) FROM pg_user_mappings) AS mappings FROM pg_foreign_server;
+SELECT s = b AS unchanged FROM mr_state s, mr_before_drop b;
+-- (its detail and hint)
+SELECT hashtree.drop_peer('loop');
+-- schema changes that would not reach the peer's table: refused, nothing
+-- changed; those that stay here are allowed
+SELECT pg_temp.err($$ALTER TABLE mt ADD COLUMN extra int$$);
+SELECT pg_temp.err($$ALTER TABLE mt DROP COLUMN n$$);
+SELECT pg_temp.err($$ALTER TABLE mt ALTER COLUMN n TYPE float8$$);
+SELECT pg_temp.err($$ALTER TABLE mt RENAME COLUMN v TO w$$);
+SELECT pg_temp.err($$ALTER TABLE mt ALTER COLUMN n SET NOT NULL$$);
+SELECT pg_temp.err($$ALTER TABLE mt ADD CONSTRAINT mr_pos CHECK (id > 0)$$);
+SELECT pg_temp.err($$ALTER TABLE mt ALTER COLUMN v SET DEFAULT 'x', ADD COLUMN extra int$$);
+ALTER TABLE mt ADD COLUMN extra int;
+SELECT s = b AS unchanged FROM mr_state s, mr_before_drop b;
+SELECT string_agg(attname, ',' ORDER BY attnum) AS columns FROM pg_attribute
+ WHERE attrelid = 'mt'::regclass AND attnum > 0 AND NOT attisdropped;
+ALTER TABLE mt ALTER COLUMN v SET DEFAULT 'dflt';
+ALTER TABLE mt ALTER COLUMN v DROP DEFAULT;
+ALTER TABLE mt RENAME TO mt_renamed;
+ALTER TABLE mt_renamed RENAME TO mt;
 -- routing, pruning, writes through the parent
 SELECT min(id) AS k2 FROM mt WHERE hashtree.key_to_frag_number('mt', id) = 2 \gset
 SELECT hashtree.match_spec_to_frag_numbers('mt', format('id = %s', :k2));
@@ -215,14 +241,19 @@ SELECT placement, rows = (SELECT rows FROM mr_before) AS same_rows FROM mr_state
 SELECT hashtree.move_frag('mt', 4, NULL) AS moved;
 SELECT op, op_phase, op_error FROM hashtree.frag_table WHERE parent = 'mt'::regclass;
 SELECT placement, rows = (SELECT rows FROM mr_before) AS same_rows FROM mr_state;
--- every fragment here again: the key can go back to the parent without a build
+-- every fragment here again: the key can go back to the parent without a
+-- build, and the columns can change
 ALTER TABLE mt ADD PRIMARY KEY (id);
+ALTER TABLE mt ADD COLUMN extra int;
+ALTER TABLE mt DROP COLUMN extra;
 SELECT count(*) AS attached_keys FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
  WHERE i.inhparent = 'mt_pkey'::regclass;
 
 SELECT hashtree.untrack('mr_tr');
 DROP VIEW mr_state;
 DROP TABLE mt, mr_fi, mr_id, mr_ck, mr_gen, mr_dom, mr_nokey, mr_fk, mr_ux, mr_referencing, mr_refd, mr_tr, mr_plain;
+-- no fragment there any more: the peer can go
+SELECT hashtree.drop_peer('loop');
 DROP FUNCTION mr_noop();
 DROP FUNCTION mr_mangle();
 DROP DOMAIN mr_posint;

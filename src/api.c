@@ -32,6 +32,7 @@
 
 #include "common.h"
 #include "compare.h"
+#include "fragremote.h"
 #include "pack.h"
 #include "partlock.h"
 #include "partops.h"
@@ -1247,7 +1248,9 @@ ht_add_peer(PG_FUNCTION_ARGS)
 /*
  * hashtree.drop_peer(name text) RETURNS void
  * Remove a peer and forget this backend's connection to it; superusers
- * only; ERROR if there is none.  Locks: ROW EXCLUSIVE on hashtree.peer.
+ * only; ERROR if there is none, or if it holds fragments of a fragmented
+ * table (DESIGN §19; nothing changed).  Locks: the peer's row FOR UPDATE
+ * (waits for moves to it under way), ROW EXCLUSIVE on hashtree.peer.
  */
 PG_FUNCTION_INFO_V1(ht_drop_peer);
 Datum
@@ -1260,6 +1263,7 @@ ht_drop_peer(PG_FUNCTION_ARGS)
 	name = text_to_cstring(PG_GETARG_TEXT_PP(0));
 	SPI_connect();
 	HT_API_BEGIN();
+	ht_frag_check_peer_drop(name);
 	ht_peer_drop(name);
 	HT_API_END();
 	SPI_finish();

@@ -23,7 +23,8 @@ typedef enum HtJobKind
 {
 	HT_JOB_EXCHANGE = 1,
 	HT_JOB_REBUILD = 2,
-	HT_JOB_FRAG = 3				/* prepare an online add_frag or del_frag */
+	HT_JOB_FRAG = 3,			/* prepare an online add_frag or del_frag */
+	HT_JOB_FRAG_CLEANUP = 4		/* leftovers of fragment moves on one peer */
 } HtJobKind;
 
 typedef struct HtJob
@@ -32,7 +33,7 @@ typedef struct HtJob
 	int			kind;			/* HtJobKind */
 	int			part;			/* rebuild */
 	int			mode;			/* exchange: HtRepairMode; frag: 1 add, 0 del */
-	char		peer[HT_MAX_PEER_NAME_LEN + 1]; /* exchange */
+	char		peer[HT_MAX_PEER_NAME_LEN + 1]; /* exchange, frag cleanup */
 	Oid			userid;			/* frag: runs as this role */
 	Oid			relid;			/* frag: the table */
 } HtJob;

@@ -37,6 +37,7 @@
 #include "catalog/pg_am.h"
 #include "catalog/pg_class.h"
 #include "catalog/pg_collation.h"
+#include "catalog/pg_inherits.h"
 #include "catalog/pg_index.h"
 #include "catalog/pg_type.h"
 #include "commands/defrem.h"
@@ -51,6 +52,7 @@
 #include "postmaster/bgworker.h"
 #include "storage/ipc.h"
 #include "storage/lmgr.h"
+#include "tcop/deparse_utility.h"
 #include "tcop/tcopprot.h"
 #include "utils/array.h"
 #include "utils/builtins.h"
@@ -161,6 +163,75 @@ peer_get(const char *name)
 	p = ht_peer_get(name);
 	ht_as_owner_end(save_user, save_sec);
 	return p;
+}
+
+/* ---- a peer that holds fragments ------------------------------------------------- */
+
+/*
+ * A move to a peer holds its peers row FOR KEY SHARE until it commits, so
+ * that drop_peer (FOR UPDATE, then the check of the foreign tables) sees
+ * the fragment it is placing there.
+ */
+static HtQuery q_peer_share = {
+	"SELECT 1 FROM hashtree.peer WHERE name OPERATOR(pg_catalog.=) $1 FOR KEY SHARE",
+	1, {TEXTOID}
+};
+static HtQuery q_peer_update = {
+	"SELECT 1 FROM hashtree.peer WHERE name OPERATOR(pg_catalog.=) $1 FOR UPDATE",
+	1, {TEXTOID}
+};
+static HtQuery q_peer_fragments = {
+	"SELECT pg_catalog.count(*), pg_catalog.min(CASE WHEN i.inhparent IS NULL"
+	"  THEN pg_catalog.format('Foreign table %s (detached from its table)', t.ftrelid::pg_catalog.regclass)"
+	"  ELSE pg_catalog.format('Fragment %s of table %s',"
+	"  t.ftrelid::pg_catalog.regclass, i.inhparent::pg_catalog.regclass) END)"
+	" FROM pg_catalog.pg_foreign_table t"
+	" JOIN pg_catalog.pg_foreign_server s ON s.oid OPERATOR(pg_catalog.=) t.ftserver"
+	" LEFT JOIN pg_catalog.pg_inherits i ON i.inhrelid OPERATOR(pg_catalog.=) t.ftrelid"
+	" WHERE s.srvname OPERATOR(pg_catalog.=) $1",
+	1, {TEXTOID}
+};
+
+/* lock peer's row for a move to it (the caller's transaction); ERROR if it is gone */
+static void
+peer_share(const char *peer)
+{
+	Datum		v[1] = {CStringGetTextDatum(peer)};
+
+	if (ht_exec_as_owner(&q_peer_share, v, NULL, 0) == 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_OBJECT),
+				 errmsg("peer \"%s\" does not exist", peer)));
+}
+
+void
+ht_frag_check_peer_drop(const char *name)
+{
+	Datum		v[1] = {CStringGetTextDatum(name)};
+	char	   *server;
+	bool		isnull;
+	int64		n;
+
+	/* waits for the moves to it under way (FOR KEY SHARE), then sees their fragments */
+	if (ht_exec_as_owner(&q_peer_update, v, NULL, 0) == 0)
+		return;					/* no such peer: drop_peer says so */
+	server = server_of_peer(name);
+	if (server == NULL)
+		return;
+	v[0] = CStringGetTextDatum(server);
+	ht_exec_as_owner(&q_peer_fragments, v, NULL, 1);
+	n = DatumGetInt64(ht_col(0, 1, &isnull));
+	if (n > 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DEPENDENT_OBJECTS_STILL_EXIST),
+				 errmsg("cannot drop peer \"%s\" because it holds fragments of fragmented tables",
+						name),
+				 errdetail("%s is a foreign table on server \"%s\" (" INT64_FORMAT
+						   " fragment%s on that peer in all).",
+						   TextDatumGetCString(ht_col(0, 2, &isnull)), server, n,
+						   n == 1 ? "" : "s"),
+				 errhint("Move them here or to another peer first: hashtree.move_frag(tbl, "
+						 "fragment, node); view hashtree.fragments shows where they are.")));
 }
 
 /* ---- where a fragment is ---------------------------------------------------------- */
@@ -1023,7 +1094,6 @@ new_remote_name(Move *m)
 typedef struct Cleanup
 {
 	char	   *peer;
-	char	   *server;
 	Oid			relid;
 	int			dropped;
 } Cleanup;
@@ -1038,6 +1108,49 @@ try_op_lock(Oid relid)
 }
 
 /*
+ * Does a foreign table here refer to table name of REMOTE_SCHEMA (on any
+ * server: the names are unique, prefix and all)?  A statement of its own,
+ * so under READ COMMITTED it sees every move committed before it began.
+ */
+static bool
+referenced(const char *name)
+{
+	return ht_sql("SELECT 1 FROM pg_catalog.pg_foreign_table t"
+				  " WHERE %s::pg_catalog.text OPERATOR(pg_catalog.=) ANY (t.ftoptions)"
+				  " AND 'schema_name=" REMOTE_SCHEMA "' OPERATOR(pg_catalog.=) ANY (t.ftoptions)",
+				  quote_literal_cstr(psprintf("table_name=%s", name))) > 0;
+}
+
+/* this node's tables on peer p (their names) */
+static HtRemoteResult *
+peer_tables(HtPeer *p)
+{
+	char	   *prefix = node_prefix();
+	const char *params[1] = {prefix};
+
+	return ht_peer_query(p, "SELECT c.relname::pg_catalog.text FROM pg_catalog.pg_class c"
+						 " JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace"
+						 " WHERE n.nspname OPERATOR(pg_catalog.=) '" REMOTE_SCHEMA "'"
+						 " AND c.relkind OPERATOR(pg_catalog.=) 'r'"
+						 " AND pg_catalog.starts_with(c.relname::pg_catalog.text, $1)"
+						 " ORDER BY 1",
+						 1, params, false, 1);
+}
+
+/* the table (relid) a name of peer_tables belongs to, or InvalidOid */
+static Oid
+table_of_remote(const char *name)
+{
+	char	   *prefix = node_prefix();
+	unsigned int owner_rel;
+
+	if (name == NULL || strncmp(name, prefix, strlen(prefix)) != 0 ||
+		sscanf(name + strlen(prefix), "%8x_", &owner_rel) != 1)
+		return InvalidOid;
+	return (Oid) owner_rel;
+}
+
+/*
  * Drop this node's tables on a peer that belong to table relid (or to a
  * table that no longer exists) and that no foreign table here refers to.
  * The caller holds relid's operation lock; another table's is taken here.
@@ -1047,32 +1160,19 @@ cleanup_peer(void *arg)
 {
 	Cleanup    *c = (Cleanup *) arg;
 	HtPeer	   *p = peer_get(c->peer);
-	char	   *prefix = node_prefix();
-	const char *params[1] = {prefix};
-	ForeignServer *fs = GetForeignServerByName(c->server, true);
-	HtRemoteResult *res;
+	HtRemoteResult *res = peer_tables(p);
 
-	res = ht_peer_query(p, "SELECT c.relname::pg_catalog.text FROM pg_catalog.pg_class c"
-						" JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace"
-						" WHERE n.nspname OPERATOR(pg_catalog.=) '" REMOTE_SCHEMA "'"
-						" AND c.relkind OPERATOR(pg_catalog.=) 'r'"
-						" AND pg_catalog.starts_with(c.relname::pg_catalog.text, $1)",
-						1, params, false, 1);
 	for (int r = 0; r < res->nrows; r++)
 	{
 		char	   *name = ht_remote_text(res, r, 0);
-		unsigned int owner_rel;
+		Oid			owner_rel = table_of_remote(name);
 
-		if (name == NULL || sscanf(name + strlen(prefix), "%8x_", &owner_rel) != 1)
+		if (!OidIsValid(owner_rel))
 			continue;
-		if ((Oid) owner_rel != c->relid &&
-			(get_rel_name((Oid) owner_rel) != NULL || !try_op_lock((Oid) owner_rel)))
+		if (owner_rel != c->relid &&
+			(get_rel_name(owner_rel) != NULL || !try_op_lock(owner_rel)))
 			continue;
-		if (fs != NULL &&
-			ht_sql("SELECT 1 FROM pg_catalog.pg_foreign_table t"
-				   " WHERE t.ftserver OPERATOR(pg_catalog.=) '%u'::pg_catalog.oid"
-				   " AND %s::pg_catalog.text OPERATOR(pg_catalog.=) ANY (t.ftoptions)",
-				   fs->serverid, quote_literal_cstr(psprintf("table_name=%s", name))) > 0)
+		if (referenced(name))
 			continue;
 		(void) ht_peer_query(p, psprintf("DROP TABLE IF EXISTS %s", remote_q(name)),
 							 0, NULL, false, 0);
@@ -1095,7 +1195,6 @@ cleanup(Oid relid)
 	for (uint64 i = 0; i < n; i++)
 	{
 		cs[i].peer = TextDatumGetCString(ht_col(i, 1, &isnull));
-		cs[i].server = TextDatumGetCString(ht_col(i, 2, &isnull));
 		cs[i].relid = relid;
 	}
 	for (uint64 i = 0; i < n; i++)
@@ -1117,6 +1216,173 @@ cleanup(Oid relid)
 						cs[i].peer, edata->message)));
 		FreeErrorData(edata);
 	}
+}
+
+/* -- the launcher's cleanup -- */
+
+/* tables of a peer dropped by one cleanup job at most */
+#define CLEANUP_MAX			64
+
+static HtQuery q_cleanup_next = {
+	"SELECT f.peer FROM hashtree.frag_server f"
+	" JOIN hashtree.peer p ON p.name OPERATOR(pg_catalog.=) f.peer"
+	" ORDER BY f.peer OPERATOR(pg_catalog.<=) $1, f.peer LIMIT 1",
+	1, {TEXTOID}
+};
+
+/* of names (a text[]), those no foreign table here refers to */
+static HtQuery q_unreferenced = {
+	"SELECT n FROM pg_catalog.unnest($1) n WHERE NOT EXISTS (SELECT FROM pg_catalog.pg_foreign_table t"
+	" WHERE ('table_name=' OPERATOR(pg_catalog.||) n) OPERATOR(pg_catalog.=) ANY (t.ftoptions)"
+	" AND 'schema_name=" REMOTE_SCHEMA "' OPERATOR(pg_catalog.=) ANY (t.ftoptions))"
+	" ORDER BY 1",
+	1, {TEXTARRAYOID}
+};
+
+char *
+ht_frag_cleanup_next(const char *after)
+{
+	Datum		v[1] = {CStringGetTextDatum(after)};
+
+	return first_text(ht_exec(&q_cleanup_next, v, NULL, 1));
+}
+
+typedef struct CleanupJob
+{
+	const char *peer;
+	MemoryContext cxt;			/* the job's: survives its transactions */
+	List	   *names;			/* candidates: unreferenced at first sight */
+	const char *name;			/* the one at hand */
+	bool		dropped;
+} CleanupJob;
+
+static void
+cleanup_list_fn(void *arg)
+{
+	CleanupJob *j = (CleanupJob *) arg;
+	HtPeer	   *p = peer_get(j->peer);
+	HtRemoteResult *res = peer_tables(p);
+	Datum	   *names = palloc(sizeof(Datum) * Max(res->nrows, 1));
+	int			n = 0;
+	uint64		nfree;
+	Datum		v[1];
+
+	for (int r = 0; r < res->nrows; r++)
+	{
+		char	   *name = ht_remote_text(res, r, 0);
+
+		if (OidIsValid(table_of_remote(name)))
+			names[n++] = CStringGetTextDatum(name);
+	}
+	if (n == 0)
+		return;
+	v[0] = PointerGetDatum(ht_array_text(names, n));
+	nfree = ht_exec(&q_unreferenced, v, NULL, CLEANUP_MAX);
+	for (uint64 i = 0; i < nfree; i++)
+	{
+		bool		isnull;
+		char	   *name = TextDatumGetCString(ht_col(i, 1, &isnull));
+		MemoryContext old = MemoryContextSwitchTo(j->cxt);
+
+		j->names = lappend(j->names, pstrdup(name));
+		MemoryContextSwitchTo(old);
+	}
+}
+
+/*
+ * One leftover: the table's operation lock first (a move under way holds
+ * it from its start to its commit, its remote part committed before its
+ * swap: skipped), then the foreign tables read again by a statement that
+ * began after the lock was granted, hence after the commit of any move
+ * that held it (DESIGN §19).
+ */
+static void
+cleanup_drop_fn(void *arg)
+{
+	CleanupJob *j = (CleanupJob *) arg;
+
+	if (IsolationUsesXactSnapshot())
+		elog(ERROR, "hashtree: the cleanup of fragment moves needs READ COMMITTED");
+	if (!try_op_lock(table_of_remote(j->name)) || referenced(j->name))
+		return;
+	(void) ht_peer_query(peer_get(j->peer), psprintf("DROP TABLE IF EXISTS %s", remote_q(j->name)),
+						 0, NULL, false, 0);
+	j->dropped = true;
+}
+
+/* fn in a transaction of its own; an error is logged, and false returned */
+static bool
+cleanup_xact(void (*fn) (void *arg), CleanupJob *j)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	volatile bool ok = true;
+
+	PG_TRY();
+	{
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		SPI_connect();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		HT_API_BEGIN();
+		fn(j);
+		HT_API_END();
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		MemoryContextSwitchTo(cxt);
+	}
+	PG_CATCH();
+	{
+		ErrorData  *edata;
+
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		MemoryContextSwitchTo(cxt);
+		ereport(LOG,
+				(errcode(edata->sqlerrcode),
+				 errmsg("hashtree: leftovers of fragment moves on peer \"%s\" are not removed now: %s",
+						j->peer, edata->message)));
+		FreeErrorData(edata);
+		ok = false;
+	}
+	PG_END_TRY();
+	return ok;
+}
+
+void
+ht_frag_cleanup_job(const char *peer)
+{
+	CleanupJob	j;
+	int			dropped = 0;
+	ListCell   *lc;
+
+	/* each statement's snapshot must follow the locks taken before it */
+	SetConfigOption("default_transaction_isolation", "read committed", PGC_SUSET, PGC_S_OVERRIDE);
+	memset(&j, 0, sizeof(j));
+	j.peer = peer;
+	j.cxt = AllocSetContextCreate(TopMemoryContext, "hashtree cleanup", ALLOCSET_DEFAULT_SIZES);
+	pgstat_report_activity(STATE_RUNNING, "looking for leftovers of fragment moves");
+	if (!cleanup_xact(cleanup_list_fn, &j))
+		return;
+	foreach(lc, j.names)
+	{
+		j.name = (const char *) lfirst(lc);
+		j.dropped = false;
+		if (!cleanup_xact(cleanup_drop_fn, &j))
+			break;
+		if (j.dropped)
+			dropped++;
+	}
+	pgstat_report_activity(STATE_IDLE, NULL);
+	ereport(DEBUG1,
+			(errmsg("hashtree: cleanup on peer \"%s\": %d tables not referenced here, %d dropped",
+					peer, list_length(j.names), dropped)));
+	if (dropped > 0)
+		ereport(LOG,
+				(errmsg("hashtree: dropped %d leftover table%s of fragment moves on peer \"%s\"",
+						dropped, dropped == 1 ? "" : "s", peer)));
 }
 
 /* -- checks -- */
@@ -2233,6 +2499,9 @@ move_load(Move *m, Oid relid, int32 frag, char *node, bool caller)
 		ht_as_owner_begin(&save_user, &save_sec);
 		ht_peer_check(m->to_peer);
 		ht_as_owner_end(save_user, save_sec);
+		/* drop_peer waits for this transaction (the worker's caller holds it) */
+		if (caller)
+			peer_share(m->to_peer);
 	}
 	m->frags = ht_frag_layout(rel, &ft.s);
 	m->nfrags = ft.s.n;
@@ -2333,6 +2602,106 @@ ht_move_frag(PG_FUNCTION_ARGS)
 	HT_API_END();
 	SPI_finish();
 	PG_RETURN_INT64(m.rows);
+}
+
+/* ---- schema changes of a table with fragments elsewhere ----------------------------------- */
+
+/*
+ * What an ALTER TABLE of the parent would change in the fragments' columns
+ * or constraints (PostgreSQL recurses to a foreign partition, whose table
+ * on the peer stays as it is), or NULL.
+ */
+static const char *
+column_change(Node *parsetree)
+{
+	if (parsetree == NULL)
+		return NULL;
+	if (IsA(parsetree, RenameStmt))
+		return ((RenameStmt *) parsetree)->renameType == OBJECT_COLUMN ? "RENAME COLUMN" : NULL;
+	if (!IsA(parsetree, AlterTableCmd))
+		return NULL;
+	switch (((AlterTableCmd *) parsetree)->subtype)
+	{
+		case AT_AddColumn:
+		case AT_AddColumnRecurse:
+			return "ADD COLUMN";
+		case AT_DropColumn:
+		case AT_DropColumnRecurse:
+			return "DROP COLUMN";
+		case AT_AlterColumnType:
+			return "ALTER COLUMN TYPE";
+		case AT_SetNotNull:
+		case AT_DropNotNull:
+		case AT_CheckNotNull:
+			return "SET/DROP NOT NULL";
+		case AT_AddConstraint:
+		case AT_AddConstraintRecurse:
+			return "ADD CONSTRAINT";
+		default:
+			return NULL;
+	}
+}
+
+/*
+ * hashtree._frag_ddl(relid oid, cmd pg_ddl_command) RETURNS void
+ * After an ALTER TABLE (cmd: the collected command) of relid: if relid is
+ * a fragmented table with a fragment on a peer, refuses (0A000) a change
+ * of the columns or constraints, which would not reach the peers' tables
+ * (DESIGN §19).  Called by the event trigger as the extension owner; DDL
+ * run by hashtree itself is let through.  Locks: ACCESS SHARE on relid
+ * (held by the command already).
+ */
+PG_FUNCTION_INFO_V1(ht_frag_ddl);
+Datum
+ht_frag_ddl(PG_FUNCTION_ARGS)
+{
+	Oid			relid = PG_GETARG_OID(0);
+	CollectedCommand *cmd = PG_ARGISNULL(1) ? NULL : (CollectedCommand *) PG_GETARG_POINTER(1);
+	const char *what = NULL;
+	Oid			remote = InvalidOid;
+	HtFragTable ft;
+	ListCell   *lc;
+
+	if (ht_api_depth > 0 || cmd == NULL || get_rel_relkind(relid) != RELKIND_PARTITIONED_TABLE)
+		PG_RETURN_VOID();
+	if (cmd->type == SCT_Simple)
+		what = column_change(cmd->parsetree);
+	else if (cmd->type == SCT_AlterTable)
+		foreach(lc, cmd->d.alterTable.subcmds)
+		{
+			what = column_change(((CollectedATSubcmd *) lfirst(lc))->parsetree);
+			if (what != NULL)
+				break;
+		}
+	if (what == NULL)
+		PG_RETURN_VOID();
+	foreach(lc, find_inheritance_children(relid, AccessShareLock))
+		if (get_rel_relkind(lfirst_oid(lc)) == RELKIND_FOREIGN_TABLE)
+		{
+			remote = lfirst_oid(lc);
+			break;
+		}
+	if (!OidIsValid(remote))
+		PG_RETURN_VOID();
+	SPI_connect();
+	HT_API_BEGIN();
+	if (ht_frag_lookup(relid, &ft))
+	{
+		char	   *server = GetForeignServer(GetForeignTable(remote)->serverid)->servername;
+		char	   *peer = peer_of_server(server);
+
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("ALTER TABLE %s is not supported on table \"%s\", which has fragments on other servers",
+						what, get_rel_name(relid)),
+				 errdetail("Fragment table %s is a foreign table on peer \"%s\"; its table there "
+						   "would not change.", ht_rel_qname(remote), peer ? peer : server),
+				 errhint("Move the fragments here first (hashtree.move_frag(tbl, fragment, NULL)), "
+						 "change the table, then move them back.")));
+	}
+	HT_API_END();
+	SPI_finish();
+	PG_RETURN_VOID();
 }
 
 /* ---- add_frag, del_frag, frag_init with fragments elsewhere ------------------------------ */

@@ -47,6 +47,23 @@ extern Datum ht_frag_change_remote(FunctionCallInfo fcinfo, bool add);
 extern Datum ht_frag_init_nodes(FunctionCallInfo fcinfo);
 
 /*
+ * drop_peer's check (api.c): ERROR (2BP01) if peer name holds fragments
+ * (foreign tables on its server); locks its peers row FOR UPDATE first, so
+ * that a move to it under way (FOR KEY SHARE) is waited for.  Needs SPI.
+ */
+extern void ht_frag_check_peer_drop(const char *name);
+
+/*
+ * The launcher's cleanup of one peer (DESIGN §19): ht_frag_cleanup_next
+ * names the peer with a server after `after` in name order (wrapping;
+ * NULL: none; needs SPI); ht_frag_cleanup_job, in a job of its own (it
+ * runs its own transactions), drops at most a few dozen of this node's
+ * tables there that no foreign table refers to and no operation holds.
+ */
+extern char *ht_frag_cleanup_next(const char *after);
+extern void ht_frag_cleanup_job(const char *peer);
+
+/*
  * Hand frag.c and fragops.c the functions above (ht_frag_remote, frag.h):
  * called once by _PG_init.
  */

@@ -51,6 +51,7 @@
 #include "common.h"
 #include "exchange.h"
 #include "fragops.h"
+#include "fragremote.h"
 #include "partlock.h"
 #include "partops.h"
 #include "remote.h"
@@ -353,11 +354,15 @@ start_job(HtJob *job, int64 mark)
 
 	if (job->kind == HT_JOB_EXCHANGE)
 		snprintf(name, sizeof(name), "hashtree exchange with %s", job->peer);
+	else if (job->kind == HT_JOB_FRAG_CLEANUP)
+		snprintf(name, sizeof(name), "hashtree cleanup on %s", job->peer);
 	else
 		snprintf(name, sizeof(name), "hashtree rebuild of partition %d", job->part);
 	old = MemoryContextSwitchTo(TopMemoryContext);	/* the handle outlives the loop */
 	registered = ht_job_register(job, name,
-								 job->kind == HT_JOB_EXCHANGE ? "hashtree exchange" : "hashtree rebuild",
+								 job->kind == HT_JOB_EXCHANGE ? "hashtree exchange" :
+								 job->kind == HT_JOB_FRAG_CLEANUP ? "hashtree fragment cleanup" :
+								 "hashtree rebuild",
 								 &running[slot].handle);
 	MemoryContextSwitchTo(old);
 	if (!registered)
@@ -520,7 +525,7 @@ reap_jobs(void)
 				exchange_outcome(r, e.failed);
 			}
 		}
-		else if (r->job.part < nparts)
+		else if (r->job.kind == HT_JOB_REBUILD && r->job.part < nparts)
 		{
 			/* a rebuild that did not happen (failed, partition held) waits */
 			RebuildEnd e = {r, 0};
@@ -676,6 +681,49 @@ static void
 frag_recover_step(void *arg)
 {
 	ht_frag_recover_all();
+}
+
+/*
+ * Leftovers of fragment moves on the peers (DESIGN §19): every
+ * FRAG_CLEANUP_TICKS ticks a job looks at the next peer with fragment
+ * tables, in name order, unless an exchange with it failed lately.
+ */
+#define FRAG_CLEANUP_TICKS 6
+
+static int	ticks_to_cleanup = 0;
+static char cleanup_last[HT_MAX_PEER_NAME_LEN + 1] = "";
+static char *cleanup_error = NULL;
+
+/* the peer's name into arg (a char[HT_MAX_PEER_NAME_LEN + 1]), "" if none */
+static void
+frag_cleanup_pick_step(void *arg)
+{
+	char	   *peer = ht_frag_cleanup_next(cleanup_last);
+
+	if (peer != NULL && strlen(peer) <= HT_MAX_PEER_NAME_LEN)
+		strlcpy((char *) arg, peer, HT_MAX_PEER_NAME_LEN + 1);
+}
+
+static void
+start_frag_cleanup(void)
+{
+	char		peer[HT_MAX_PEER_NAME_LEN + 1] = "";
+	HtJob		job;
+
+	if (--ticks_to_cleanup > 0 || count_running(HT_JOB_FRAG_CLEANUP) > 0)
+		return;
+	ticks_to_cleanup = FRAG_CLEANUP_TICKS;
+	if (!run_step("choosing a peer to clean", frag_cleanup_pick_step, peer, &cleanup_error) ||
+		peer[0] == '\0')
+		return;
+	strlcpy(cleanup_last, peer, sizeof(cleanup_last));
+	if (backoff_of(peer)->not_before > GetCurrentTimestamp())
+		return;
+	memset(&job, 0, sizeof(job));
+	job.dboid = MyDatabaseId;
+	job.kind = HT_JOB_FRAG_CLEANUP;
+	strlcpy(job.peer, peer, sizeof(job.peer));
+	(void) start_job(&job, 0);
 }
 
 /* choose a peer for the next exchange */
@@ -841,7 +889,10 @@ schedule(void)
 	}
 }
 
-/* update every partition (one step each), then recover fragment operations */
+/*
+ * update every partition (one step each), then recover fragment operations
+ * and now and then start the cleanup of a peer
+ */
 static void
 tick(void)
 {
@@ -862,6 +913,7 @@ tick(void)
 	/* online fragment operations that were interrupted (crash, cancel) */
 	(void) run_step("rolling back unfinished fragment operations", frag_recover_step, NULL,
 					&frag_error);
+	start_frag_cleanup();
 }
 
 void
@@ -1182,13 +1234,17 @@ ht_job_main(Datum arg)
 											  job.kind == HT_JOB_FRAG ? job.userid : InvalidOid, 0);
 	worker_session_setup();
 	pgstat_report_appname(job.kind == HT_JOB_EXCHANGE ? "hashtree exchange" :
-						  job.kind == HT_JOB_REBUILD ? "hashtree rebuild" : "hashtree fragment copy");
+						  job.kind == HT_JOB_REBUILD ? "hashtree rebuild" :
+						  job.kind == HT_JOB_FRAG_CLEANUP ? "hashtree fragment cleanup" :
+						  "hashtree fragment copy");
 	ht_exchange_quiet = true;
 
 	if (job.kind == HT_JOB_EXCHANGE)
 		exchange_job(&job);
 	else if (job.kind == HT_JOB_REBUILD)
 		run_rebuild(&job);
+	else if (job.kind == HT_JOB_FRAG_CLEANUP)
+		ht_frag_cleanup_job(job.peer);
 	else
 		ht_frag_prepare_job(job.relid, job.mode == 1);
 	proc_exit(0);
