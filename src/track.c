@@ -776,19 +776,23 @@ ht_track_refuse_prefix(text *pa, text *pb)
 /* ---- fold of the logged keys at update time --------------------------------------- */
 
 /*
- * The logged keys of a partition, taken: a key logged more than once comes
- * as adjacent rows (in no particular order among themselves).
+ * The logged keys of a partition, taken: per table (a TRUNCATE's marker,
+ * segment -1, first), in segment order, so that the fold's batches of
+ * HT_KEY_BATCH keys cover consecutive ranges of packs and rewrite each pack
+ * once (in key order every batch fell in nearly every pack); a key logged
+ * more than once comes as adjacent rows (in no particular order among
+ * themselves).
  */
 static HtQuery q_take_keys = {
 	"WITH d AS (DELETE FROM hashtree.dirty_key WHERE part = $1 RETURNING pa, pb, key, hash, seg)"
-	" SELECT pa, pb, key, hash, seg FROM d ORDER BY pa, pb, key NULLS FIRST",
+	" SELECT pa, pb, key, hash, seg FROM d ORDER BY pa, pb, seg, key NULLS FIRST",
 	1, {INT4OID}
 };
 
 /* the same from a dirty_key of 0.1 (no hash: every row is read) */
 static HtQuery q_take_keys_0_1 = {
 	"WITH d AS (DELETE FROM hashtree.dirty_key WHERE part = $1 RETURNING pa, pb, key, seg)"
-	" SELECT pa, pb, key, NULL::bytea, seg FROM d ORDER BY pa, pb, key NULLS FIRST",
+	" SELECT pa, pb, key, NULL::bytea, seg FROM d ORDER BY pa, pb, seg, key NULLS FIRST",
 	1, {INT4OID}
 };
 
