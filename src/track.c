@@ -781,18 +781,20 @@ ht_track_refuse_prefix(text *pa, text *pb)
  * HT_KEY_BATCH keys cover consecutive ranges of packs and rewrite each pack
  * once (in key order every batch fell in nearly every pack); a key logged
  * more than once comes as adjacent rows (in no particular order among
- * themselves).
+ * themselves).  The segment is the first column: the sort reads it at a
+ * fixed offset (behind the text columns, every comparison had to walk the
+ * tuple to it).
  */
 static HtQuery q_take_keys = {
 	"WITH d AS (DELETE FROM hashtree.dirty_key WHERE part = $1 RETURNING pa, pb, key, hash, seg)"
-	" SELECT pa, pb, key, hash, seg FROM d ORDER BY pa, pb, seg, key NULLS FIRST",
+	" SELECT seg, pa, pb, key, hash FROM d ORDER BY pa, pb, seg, key NULLS FIRST",
 	1, {INT4OID}
 };
 
 /* the same from a dirty_key of 0.1 (no hash: every row is read) */
 static HtQuery q_take_keys_0_1 = {
 	"WITH d AS (DELETE FROM hashtree.dirty_key WHERE part = $1 RETURNING pa, pb, key, seg)"
-	" SELECT pa, pb, key, NULL::bytea, seg FROM d ORDER BY pa, pb, seg, key NULLS FIRST",
+	" SELECT seg, pa, pb, key, NULL::bytea FROM d ORDER BY pa, pb, seg, key NULLS FIRST",
 	1, {INT4OID}
 };
 
@@ -1304,10 +1306,10 @@ ht_track_fold(int part, HtBucketDeltas *deltas)
 			break;
 		for (uint64 r = 0; r < n; r++)
 		{
-			char	   *pa = SPI_getvalue(tt->vals[r], tt->tupdesc, 1);
-			char	   *pb = SPI_getvalue(tt->vals[r], tt->tupdesc, 2);
+			char	   *pa = SPI_getvalue(tt->vals[r], tt->tupdesc, 2);
+			char	   *pb = SPI_getvalue(tt->vals[r], tt->tupdesc, 3);
 			bool		isnull;
-			Datum		key = SPI_getbinval(tt->vals[r], tt->tupdesc, 3, &isnull);
+			Datum		key = SPI_getbinval(tt->vals[r], tt->tupdesc, 4, &isnull);
 
 			if (cur_pa == NULL || strcmp(pa, cur_pa) != 0 || strcmp(pb, cur_pb) != 0)
 			{
@@ -1356,11 +1358,11 @@ ht_track_fold(int part, HtBucketDeltas *deltas)
 			}
 			{
 				MemoryContext o = MemoryContextSwitchTo(ft->batch);
-				Datum		hash = SPI_getbinval(tt->vals[r], tt->tupdesc, 4, &isnull);
+				Datum		hash = SPI_getbinval(tt->vals[r], tt->tupdesc, 5, &isnull);
 
 				ft->hashes[ft->nkeys] = isnull ? NULL : DatumGetByteaPCopy(hash);
 				ft->segs[ft->nkeys] = DatumGetInt32(SPI_getbinval(tt->vals[r], tt->tupdesc,
-																  5, &isnull));
+																  1, &isnull));
 				ft->keys[ft->nkeys++] = DatumGetByteaPCopy(key);
 				MemoryContextSwitchTo(o);
 			}
