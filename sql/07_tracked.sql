@@ -171,6 +171,23 @@ RESET client_min_messages;
 SELECT update_all();
 SELECT count(*) AS out_of_step FROM out_of_step('ev');
 SELECT trees_ok() AS tree_mismatches;
+-- tracked again with the re-hash's scan shared with parallel workers
+-- (forced on these small partitions; t/016 checks that they ran): the same
+-- trees
+SELECT string_agg(coalesce(encode(hashtree.prefix_hash(p, 'public', 'ev'), 'hex'), '-'), ',' ORDER BY p) AS serial_trees
+  FROM generate_series(0, 7) p \gset
+SET min_parallel_table_scan_size = 0;
+SET max_parallel_maintenance_workers = 2;
+SELECT hashtree.untrack('ev');
+SELECT hashtree.track('ev');
+SELECT update_all();
+SELECT string_agg(coalesce(encode(hashtree.prefix_hash(p, 'public', 'ev'), 'hex'), '-'), ',' ORDER BY p)
+	   = :'serial_trees' AS same_trees_parallel
+  FROM generate_series(0, 7) p;
+SELECT count(*) AS out_of_step FROM out_of_step('ev');
+SELECT trees_ok() AS tree_mismatches;
+RESET min_parallel_table_scan_size;
+RESET max_parallel_maintenance_workers;
 
 -- the trigger logs the row hash of each version written ('' when the row
 -- went away); the fold takes a key logged once with its hash, and reads
