@@ -156,6 +156,14 @@ CREATE FUNCTION @extschema@._entries_m(partitions int[], depth int, pa text[], p
 	RETURNS TABLE(i int, key bytea, hash bytea)
 	AS 'MODULE_PATHNAME', 'ht_entries_m_sql'
 	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+-- two levels of the walk per round trip: the caller's children of a level
+-- compared here, the next level under those that differ answered
+CREATE FUNCTION @extschema@._descend_m(partitions int[], depth int, pa text[], pb text[],
+									   level int, firsts bigint[], span bigint, hash_bytes int,
+									   children bytea[])
+	RETURNS TABLE(i int, child bigint, children bytea, key bytea, hash bytea)
+	AS 'MODULE_PATHNAME', 'ht_descend_m_sql'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 CREATE FUNCTION @extschema@._exchange_begin(partitions int[], hash_bytes int,
 											prefix_entries int)
 	RETURNS TABLE("partition" int, lock text, update text, sqlstate text, message text,
@@ -168,6 +176,7 @@ CREATE FUNCTION @extschema@._exchange_end(partitions int[])
 	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 REVOKE EXECUTE ON FUNCTION @extschema@._nodes_m(int[], int, text[], text[], int, bigint[], bigint, int),
 	@extschema@._entries_m(int[], int, text[], text[], int[], int),
+	@extschema@._descend_m(int[], int, text[], text[], int, bigint[], bigint, int, bytea[]),
 	@extschema@._exchange_begin(int[], int, int),
 	@extschema@._exchange_end(int[]) FROM PUBLIC;
 -- 0.1's rows were one exchange of one partition each

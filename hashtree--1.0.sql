@@ -357,6 +357,14 @@ CREATE FUNCTION @extschema@._entries_m(partitions int[], depth int, pa text[], p
 	RETURNS TABLE(i int, key bytea, hash bytea)
 	AS 'MODULE_PATHNAME', 'ht_entries_m_sql'
 	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+-- two levels of the walk per round trip: the caller's children of a level
+-- compared here, the next level under those that differ answered
+CREATE FUNCTION @extschema@._descend_m(partitions int[], depth int, pa text[], pb text[],
+									   level int, firsts bigint[], span bigint, hash_bytes int,
+									   children bytea[])
+	RETURNS TABLE(i int, child bigint, children bytea, key bytea, hash bytea)
+	AS 'MODULE_PATHNAME', 'ht_descend_m_sql'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 -- what a peer learns about us when it connects
 CREATE FUNCTION @extschema@._hello(OUT version text, OUT partitions int, OUT node text)
 	AS 'MODULE_PATHNAME', 'ht_hello'

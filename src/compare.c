@@ -4,20 +4,20 @@
  *	  Comparison of a local partition's trees with a peer's.
  *
  * plum_db walks the trees depth-first, one remote call per bucket and per
- * segment.  Here the walk is breadth-first and batched: for each depth of
- * the tree of trees (root, prefix trees, leaf trees) the level-2 buckets
- * of every differing tree are fetched in one round trip, then the
- * sub-buckets (32 segments each) under every differing level-2 child in
- * one, then the level-3 rows under every differing sub-bucket in one, then
- * the entries of every differing segment in one: at most 3 * 4 round trips
- * below the top hashes, whatever the number of differences.  The trees of
- * several partitions (an exchange of a whole node) go in the same
- * requests, each request naming its partition, so the count does not grow
- * with the partitions either.  Both sides answer the same SQL functions
- * (hashtree._nodes_m, hashtree._entries_m), with rows in the same order,
- * so the walk is a merge of sorted lists.  Each request is sent to the
- * peer before this node reads its own side, so the two read at the same
- * time.  The server side of those functions (and of _nodes and _entries,
+ * segment.  Here the walk is breadth-first and batched, two levels per
+ * round trip: for each depth of the tree of trees (root, prefix trees,
+ * leaf trees) this node sends its level-2 buckets of every differing tree
+ * and the peer answers its sub-buckets (32 segments each) under the
+ * buckets that differ; this node compares them with its own and sends its
+ * level-3 rows (segments) under the sub-buckets that differ, and the peer
+ * answers its entries of the segments that differ (hashtree._descend_m):
+ * 2 round trips per depth, whatever the number of differences; an
+ * exchange gets the prefix trees' entries with the top hashes, so it
+ * walks the leaf trees only (2 round trips).  The trees of several
+ * partitions (an exchange of a whole node) go in the same requests, each
+ * request naming its partition, so the count does not grow with the
+ * partitions either.  Both sides read with the same store functions, rows
+ * in the same order, so each step is a merge of sorted lists.  The server side of those functions (and of _nodes and _entries,
  * their one-partition forms), which packs the rows this walk unpacks, is
  * at the end of this file.
  *
@@ -96,6 +96,69 @@ checked_request(HtPeer *peer, int32 i, int n)
 				 errmsg("unexpected answer from peer \"%s\": request %d of %d",
 						ht_peer_name(peer), i, n)));
 	return i;
+}
+
+/*
+ * The children rows[from .. to - 1] of one request, packed as _nodes sends
+ * them: per child its gap to the previous one (the first: to base) as a
+ * varint, then its hash cut to hash_bytes.
+ */
+static bytea *
+pack_children(const HtNodeRow *rows, int from, int to, int64 base, int hash_bytes)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	for (int r = from; r < to; r++)
+	{
+		int64		gap = r == from ? rows[r].child - base : rows[r].child - rows[r - 1].child - 1;
+
+		ht_put_varint(&buf, (uint64) gap);
+		appendBinaryStringInfo(&buf, VARDATA_ANY(rows[r].hash),
+							   Min(hash_bytes, VARSIZE_ANY_EXHDR(rows[r].hash)));
+	}
+	return (bytea *) cstring_to_text_with_len(buf.data, buf.len);
+}
+
+/*
+ * Append the children packed in one value (children first .. first + span
+ * - 1, hashes of hash_bytes) to *out as rows of request i; false when the
+ * value is malformed.
+ */
+static bool
+unpack_children(const bytea *packed, int32 i, int64 first, int64 span, int hash_bytes,
+				HtNodeRow **out, int *n, int *cap)
+{
+	const uint8 *p = (const uint8 *) VARDATA_ANY(packed);
+	const uint8 *end = p + VARSIZE_ANY_EXHDR(packed);
+	int64		next = first;	/* the smallest child that may come */
+	int64		stop = first + span;
+
+	while (p < end)
+	{
+		uint64		gap;
+		bytea	   *h;
+
+		if (!ht_get_varint(&p, end, &gap) || end - p < hash_bytes ||
+			gap >= (uint64) (stop - next))
+			return false;
+		if (*n >= *cap)
+		{
+			*cap = Max(64, *cap * 2);
+			*out = *out ? repalloc(*out, sizeof(HtNodeRow) * *cap) :
+				palloc(sizeof(HtNodeRow) * *cap);
+		}
+		h = palloc(VARHDRSZ + hash_bytes);
+		SET_VARSIZE(h, VARHDRSZ + hash_bytes);
+		memcpy(VARDATA(h), p, hash_bytes);
+		p += hash_bytes;
+		(*out)[*n].i = i;
+		(*out)[*n].child = next + (int64) gap;
+		(*out)[*n].hash = h;
+		next = (*out)[*n].child + 1;
+		(*n)++;
+	}
+	return true;
 }
 
 /* the merge needs the peer's rows sorted, without duplicates and nulls */
@@ -204,6 +267,8 @@ send_nodes(HtPeer *peer, int depth, TreeSet *ts, int level, const int64 *firsts,
 				 8, params, true);
 }
 
+static void malformed(HtPeer *peer);
+
 /* the peer's answer: per request, (gap to the previous child, hash) pairs */
 static int
 receive_nodes(HtPeer *peer, TreeSet *ts, const int64 *firsts, int64 span, HtNodeRow **rows)
@@ -217,83 +282,63 @@ receive_nodes(HtPeer *peer, TreeSet *ts, const int64 *firsts, int64 span, HtNode
 	{
 		int32		i = checked_request(peer, ht_remote_int4(res, r, 0), ts->n);
 		bytea	   *packed = ht_remote_bytea(res, r, 1);
-		const uint8 *p;
-		const uint8 *end;
-		int64		next = firsts[i - 1];	/* the smallest child that may come */
-		int64		stop = firsts[i - 1] + span;
 
 		if (packed == NULL || VARSIZE_ANY_EXHDR(packed) == 0 ||
 			(r > 0 && i <= out[n - 1].i))
 			misordered(peer);
-		p = (const uint8 *) VARDATA_ANY(packed);
-		end = p + VARSIZE_ANY_EXHDR(packed);
-		while (p < end)
-		{
-			uint64		gap;
-			bytea	   *h;
-
-			if (!ht_get_varint(&p, end, &gap) || end - p < HT_COMPARE_HASH_BYTES ||
-				gap >= (uint64) (stop - next))
-				ereport(ERROR,
-						(errcode(ERRCODE_PROTOCOL_VIOLATION),
-						 errmsg("unexpected answer from peer \"%s\": malformed children",
-								ht_peer_name(peer))));
-			if (n >= cap)
-			{
-				cap *= 2;
-				out = repalloc(out, sizeof(HtNodeRow) * cap);
-			}
-			h = palloc(VARHDRSZ + HT_COMPARE_HASH_BYTES);
-			SET_VARSIZE(h, VARHDRSZ + HT_COMPARE_HASH_BYTES);
-			memcpy(VARDATA(h), p, HT_COMPARE_HASH_BYTES);
-			p += HT_COMPARE_HASH_BYTES;
-			out[n].i = i;
-			out[n].child = next + (int64) gap;
-			out[n].hash = h;
-			next = out[n].child + 1;
-			n++;
-		}
+		if (!unpack_children(packed, i, firsts[i - 1], span, HT_COMPARE_HASH_BYTES,
+							 &out, &n, &cap))
+			malformed(peer);
 	}
 	*rows = out;
 	return n;
 }
 
-/* ask the peer for the entries of the requested segments */
+/*
+ * Send this node's children of a level (own, sorted by request and child)
+ * to the peer, which compares them with its own and answers the next
+ * level under the children that differ (hashtree._descend_m).
+ */
 static void
-send_entries(HtPeer *peer, int depth, TreeSet *ts, const int32 *segs)
+send_descend(HtPeer *peer, int depth, TreeSet *ts, int level, const int64 *firsts, int64 span,
+			 const HtNodeRow *own, int nown)
 {
-	const char *params[6];
+	Datum	   *packed = palloc(sizeof(Datum) * Max(ts->n, 1));
+	const char *params[9];
+	int			r = 0;
 
+	for (int i = 1; i <= ts->n; i++)
+	{
+		int			from = r;
+
+		while (r < nown && own[r].i == i)
+			r++;
+		packed[i - 1] = PointerGetDatum(pack_children(own, from, r, firsts[i - 1],
+													  HT_COMPARE_HASH_BYTES));
+	}
 	params[0] = array_literal(ht_array_int4(ts->part, ts->n));
 	params[1] = psprintf("%d", depth);
 	params[2] = array_literal(ht_array_text(ts->pa, ts->n));
 	params[3] = array_literal(ht_array_text(ts->pb, ts->n));
-	params[4] = array_literal(ht_array_int4(segs, ts->n));
-	params[5] = psprintf("%d", HT_COMPARE_HASH_BYTES);
+	params[4] = psprintf("%d", level);
+	params[5] = array_literal(ht_array_int8(firsts, ts->n));
+	params[6] = psprintf(INT64_FORMAT, span);
+	params[7] = psprintf("%d", HT_COMPARE_HASH_BYTES);
+	params[8] = array_literal(ht_array_bytea(packed, ts->n));
 	ht_peer_send(peer,
-				 "SELECT i, key, hash FROM hashtree._entries_m($1::int4[], $2::int4,"
-				 " $3::text[], $4::text[], $5::int4[], $6::int4)",
-				 6, params, true);
+				 "SELECT i, child, children, key, hash FROM hashtree._descend_m($1::int4[],"
+				 " $2::int4, $3::text[], $4::text[], $5::int4, $6::int8[], $7::int8, $8::int4,"
+				 " $9::bytea[])",
+				 9, params, true);
 }
 
-static int
-receive_entries(HtPeer *peer, TreeSet *ts, HtEntryRow **rows)
+static void
+malformed(HtPeer *peer)
 {
-	HtRemoteResult *res = ht_peer_receive(peer, 3);
-	HtEntryRow *out = palloc(sizeof(HtEntryRow) * Max(res->nrows, 1));
-
-	for (int r = 0; r < res->nrows; r++)
-	{
-		out[r].i = checked_request(peer, ht_remote_int4(res, r, 0), ts->n);
-		out[r].key = ht_remote_bytea(res, r, 1);
-		out[r].hash = ht_remote_bytea(res, r, 2);
-		if (out[r].key == NULL || out[r].hash == NULL ||
-			(r > 0 && (out[r].i < out[r - 1].i ||
-					   (out[r].i == out[r - 1].i && ht_bytea_cmp(out[r].key, out[r - 1].key) <= 0))))
-			misordered(peer);
-	}
-	*rows = out;
-	return res->nrows;
+	ereport(ERROR,
+			(errcode(ERRCODE_PROTOCOL_VIOLATION),
+			 errmsg("unexpected answer from peer \"%s\": malformed children",
+					ht_peer_name(peer))));
 }
 
 /* a (request, child) whose hash differs between the two sides */
@@ -304,28 +349,17 @@ typedef struct NodeDiff
 } NodeDiff;
 
 /*
- * Fetch the same buckets on both sides and list the children that differ
- * (present on one side only, or with different hashes).
+ * The children that differ between two lists of children of the same
+ * requests, each sorted by (request, child): present on one side only, or
+ * with different hashes.
  */
 static int
-diff_buckets(HtPeer *peer, int depth, TreeSet *ts, int level,
-			 const int64 *firsts, int64 span, NodeDiff **out)
+diff_rows(const HtNodeRow *l, int nl, const HtNodeRow *r, int nr, NodeDiff **out)
 {
-	HtNodeRow  *l;
-	HtNodeRow  *r;
-	int			nl;
-	int			nr;
-	NodeDiff   *d;
+	NodeDiff   *d = palloc(sizeof(NodeDiff) * Max(nl + nr, 1));
 	int			nd = 0;
 	int			a = 0;
 	int			b = 0;
-
-	/* the peer reads its buckets while this node reads its own */
-	send_nodes(peer, depth, ts, level, firsts, span);
-	nl = nodes_of(depth, ts->n, ts->part, ts->pa, ts->pb, level, firsts, span,
-				  HT_COMPARE_HASH_BYTES, &l);
-	nr = receive_nodes(peer, ts, firsts, span, &r);
-	d = palloc(sizeof(NodeDiff) * Max(nl + nr, 1));
 
 	while (a < nl || b < nr)
 	{
@@ -363,6 +397,27 @@ diff_buckets(HtPeer *peer, int depth, TreeSet *ts, int level,
 	}
 	*out = d;
 	return nd;
+}
+
+/*
+ * Fetch the same children on both sides and list those that differ
+ * (present on one side only, or with different hashes).
+ */
+static int
+diff_buckets(HtPeer *peer, int depth, TreeSet *ts, int level,
+			 const int64 *firsts, int64 span, NodeDiff **out)
+{
+	HtNodeRow  *l;
+	HtNodeRow  *r;
+	int			nl;
+	int			nr;
+
+	/* the peer reads its children while this node reads its own */
+	send_nodes(peer, depth, ts, level, firsts, span);
+	nl = nodes_of(depth, ts->n, ts->part, ts->pa, ts->pb, level, firsts, span,
+				  HT_COMPARE_HASH_BYTES, &l);
+	nr = receive_nodes(peer, ts, firsts, span, &r);
+	return diff_rows(l, nl, r, nr, out);
 }
 
 typedef struct DiffSink
@@ -445,8 +500,14 @@ ht_compare_top(int part, int hash_bytes)
 }
 
 /*
- * One depth of the walk: the trees given (all of that depth), level by
- * level, then their entries; the differing child trees go to next.
+ * One depth of the walk: the trees given (all of that depth), two levels
+ * per round trip.  This node sends its level-2 buckets of every tree; the
+ * peer answers its sub-buckets under the buckets that differ; this node
+ * compares them with its own and sends its segments under the sub-buckets
+ * that differ; the peer answers its entries of the segments that differ
+ * (for each, its entries or a row saying it has none); the entries that
+ * differ are reported, or for a prefix tree, the differing child trees go
+ * to next.
  */
 static void
 walk_depth(HtPeer *peer, DiffSink *sink, int depth, TreeSet *trees, TreeSet *next)
@@ -455,12 +516,15 @@ walk_depth(HtPeer *peer, DiffSink *sink, int depth, TreeSet *trees, TreeSet *nex
 	int64	   *zeros = palloc0(sizeof(int64) * trees->n);
 	int64		width = HT_WIDTH(depth);
 	int64		subs = width >> HT_SUB_BITS;	/* sub-buckets per bucket */
-	NodeDiff   *d2;
+	int64		segs_per_sub = INT64CONST(1) << HT_SUB_BITS;
+	HtRemoteResult *res;
+	HtNodeRow  *own;
+	int			nown;
+	HtNodeRow  *theirs = NULL;
+	int			ntheirs = 0;
+	int			cap = 0;
 	NodeDiff   *d4;
-	NodeDiff   *d3;
-	int			n2;
 	int			n4;
-	int			n3;
 	TreeSet		req2 = {0};
 	TreeSet		req4 = {0};
 	TreeSet		req3 = {0};
@@ -473,31 +537,45 @@ walk_depth(HtPeer *peer, DiffSink *sink, int depth, TreeSet *trees, TreeSet *nex
 	HtEntryRow *l;
 	HtEntryRow *r;
 	int			nl;
-	int			nr;
+	int			nr = 0;
 	int			a = 0;
 	int			b = 0;
 
-	/* level 2 of every tree: which level-3 buckets differ */
-	n2 = diff_buckets(peer, depth, trees, 2, zeros, width, &d2);
-	if (n2 == 0)
+	/* 1: our buckets; the peer's sub-buckets under those that differ */
+	nown = nodes_of(depth, trees->n, trees->part, trees->pa, trees->pb, 2, zeros, width,
+					HT_COMPARE_HASH_BYTES, &own);
+	send_descend(peer, depth, trees, 2, zeros, width, own, nown);
+	res = ht_peer_receive(peer, 5);
+	f4 = palloc(sizeof(int64) * Max(res->nrows, 1));
+	tree_of2 = palloc(sizeof(int) * Max(res->nrows, 1));
+	for (int k = 0; k < res->nrows; k++)
+	{
+		int32		i = checked_request(peer, ht_remote_int4(res, k, 0), trees->n);
+		int64		bucket = ht_remote_int8(res, k, 1);
+		bytea	   *packed = ht_remote_bytea(res, k, 2);
+
+		if (packed == NULL || bucket < 0 || bucket >= width ||
+			(k > 0 && (i < tree_of2[k - 1] + 1 ||
+					   (i == tree_of2[k - 1] + 1 && bucket <= f4[k - 1] / subs))))
+			misordered(peer);
+		tree_of2[k] = i - 1;
+		f4[k] = bucket * subs;
+		treeset_add(&req2, trees->part[i - 1], trees->pa[i - 1], trees->pb[i - 1]);
+		if (!unpack_children(packed, k + 1, f4[k], subs, HT_COMPARE_HASH_BYTES,
+							 &theirs, &ntheirs, &cap))
+			malformed(peer);
+	}
+	if (req2.n == 0)
 		return;
 
-	/* their sub-buckets: which groups of 32 segments differ */
-	f4 = palloc(sizeof(int64) * n2);
-	tree_of2 = palloc(sizeof(int) * n2);
-	for (int k = 0; k < n2; k++)
-	{
-		int			t = d2[k].i - 1;
-
-		tree_of2[k] = t;
-		treeset_add(&req2, trees->part[t], trees->pa[t], trees->pb[t]);
-		f4[k] = d2[k].child * subs;
-	}
-	n4 = diff_buckets(peer, depth, &req2, HT_LEVEL_SUB, f4, subs, &d4);
+	/* our sub-buckets there: which differ */
+	nown = nodes_of(depth, req2.n, req2.part, req2.pa, req2.pb, HT_LEVEL_SUB, f4, subs,
+					HT_COMPARE_HASH_BYTES, &own);
+	n4 = diff_rows(own, nown, theirs, ntheirs, &d4);
 	if (n4 == 0)
 		return;
 
-	/* level 3 of those: which segments differ */
+	/* 2: our segments under them; the peer's entries of those that differ */
 	f3 = palloc(sizeof(int64) * n4);
 	tree_of4 = palloc(sizeof(int) * n4);
 	for (int k = 0; k < n4; k++)
@@ -508,25 +586,49 @@ walk_depth(HtPeer *peer, DiffSink *sink, int depth, TreeSet *trees, TreeSet *nex
 		treeset_add(&req4, trees->part[t], trees->pa[t], trees->pb[t]);
 		f3[k] = d4[k].child << HT_SUB_BITS;
 	}
-	n3 = diff_buckets(peer, depth, &req4, 3, f3, INT64CONST(1) << HT_SUB_BITS, &d3);
-	if (n3 == 0)
-		return;
-
-	/* the entries of the differing segments */
-	segs = palloc(sizeof(int32) * n3);
-	tree_of3 = palloc(sizeof(int) * n3);
-	for (int k = 0; k < n3; k++)
+	nown = nodes_of(depth, req4.n, req4.part, req4.pa, req4.pb, 3, f3, segs_per_sub,
+					HT_COMPARE_HASH_BYTES, &own);
+	send_descend(peer, depth, &req4, 3, f3, segs_per_sub, own, nown);
+	res = ht_peer_receive(peer, 5);
+	segs = palloc(sizeof(int32) * Max(res->nrows, 1));
+	tree_of3 = palloc(sizeof(int) * Max(res->nrows, 1));
+	r = palloc(sizeof(HtEntryRow) * Max(res->nrows, 1));
+	for (int k = 0; k < res->nrows; k++)
 	{
-		int			t = tree_of4[d3[k].i - 1];
+		int32		i = checked_request(peer, ht_remote_int4(res, k, 0), req4.n);
+		int64		seg = ht_remote_int8(res, k, 1);
+		bytea	   *key = ht_remote_bytea(res, k, 3);
+		bytea	   *hash = ht_remote_bytea(res, k, 4);
 
-		tree_of3[k] = t;
-		treeset_add(&req3, trees->part[t], trees->pa[t], trees->pb[t]);
-		segs[k] = (int32) d3[k].child;
+		if (seg < f3[i - 1] || seg >= f3[i - 1] + segs_per_sub || (key == NULL) != (hash == NULL))
+			malformed(peer);
+		/* the first row of a differing segment makes it a request */
+		if (req3.n == 0 || segs[req3.n - 1] != (int32) seg || tree_of3[req3.n - 1] != i - 1)
+		{
+			if (req3.n > 0 && (i - 1 < tree_of3[req3.n - 1] ||
+							   (i - 1 == tree_of3[req3.n - 1] && seg < segs[req3.n - 1])))
+				misordered(peer);
+			tree_of3[req3.n] = i - 1;
+			segs[req3.n] = (int32) seg;
+			treeset_add(&req3, req4.part[i - 1], req4.pa[i - 1], req4.pb[i - 1]);
+		}
+		else if (key == NULL || nr == 0 || r[nr - 1].i != req3.n ||
+				 ht_bytea_cmp(key, r[nr - 1].key) <= 0)
+			misordered(peer);	/* the entries of one segment: sorted, none null */
+		if (key != NULL)
+		{
+			r[nr].i = req3.n;
+			r[nr].key = key;
+			r[nr++].hash = hash;
+		}
 	}
-	send_entries(peer, depth, &req3, segs);
+	if (req3.n == 0)
+		return;
+	/* (tree_of3 holds req4 indexes: the trees) */
+	for (int k = 0; k < req3.n; k++)
+		tree_of3[k] = tree_of4[tree_of3[k]];
 	nl = entries_of(depth, req3.n, req3.part, req3.pa, req3.pb, segs,
 					HT_COMPARE_HASH_BYTES, &l);
-	nr = receive_entries(peer, &req3, &r);
 
 	while (a < nl || b < nr)
 	{
@@ -980,4 +1082,184 @@ Datum
 ht_entries_m_sql(PG_FUNCTION_ARGS)
 {
 	return entries_sql(fcinfo, true);
+}
+
+/*
+ * hashtree._descend_m(partitions int[], depth int, pa text[], pb text[],
+ *                     level int, firsts bigint[], span bigint, hash_bytes int,
+ *                     children bytea[])
+ *   RETURNS TABLE(i int, child bigint, children bytea, key bytea, hash bytea)
+ * Two levels of compare's walk in one request: children[i] holds the
+ * caller's children firsts[i] .. firsts[i] + span - 1 of a level (2, the
+ * sub-buckets, or 3) of tree (pa[i], pb[i]) in partition partitions[i],
+ * packed as _nodes answers them (hashes cut to hash_bytes).  They are
+ * compared with this node's; for each child that differs (on one side only,
+ * or with another hash), in (i, child) order, the next level under it:
+ * after level 2, one row with its sub-buckets packed in children; after the
+ * sub-buckets, one row with its segments; after level 3 (segments), a row
+ * per entry of the segment (key, and its hash as _entries_m gives it), or
+ * one row with key and hash null when this node has none.  Locks: ACCESS
+ * SHARE on hashtree.node, hashtree.entry and hashtree.entry_pack.
+ */
+PG_FUNCTION_INFO_V1(ht_descend_m_sql);
+Datum
+ht_descend_m_sql(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	int32	   *parts;
+	int			depth;
+	int			level;
+	Datum	   *pa;
+	Datum	   *pb;
+	Datum	   *fe;
+	Datum	   *ce;
+	bool	   *cnulls;
+	int			nc;
+	int64	   *firsts;
+	int64		span;
+	int64		want_span;
+	int			n;
+	int			hash_bytes;
+
+	HT_ARG_NOT_NULL(1, "depth");
+	HT_ARG_NOT_NULL(4, "level");
+	HT_ARG_NOT_NULL(6, "span");
+	HT_ARG_NOT_NULL(7, "hash_bytes");
+	HT_ARG_NOT_NULL(8, "children");
+	depth = PG_GETARG_INT32(1);
+	level = PG_GETARG_INT32(4);
+	span = PG_GETARG_INT64(6);
+	hash_bytes = PG_GETARG_INT32(7);
+	n = batch_arrays(fcinfo, true, depth, &parts, &pa, &pb, 5, INT8OID, &fe);
+	if (level != 2 && level != HT_LEVEL_SUB && level != 3)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("level must be 2, %d (sub-buckets) or 3, not %d", HT_LEVEL_SUB, level)));
+	want_span = level == 2 ? HT_WIDTH(depth) :
+		level == HT_LEVEL_SUB ? HT_WIDTH(depth) >> HT_SUB_BITS : INT64CONST(1) << HT_SUB_BITS;
+	if (span != want_span)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("span must be " INT64_FORMAT " at level %d", want_span, level)));
+	if (hash_bytes < 1 || hash_bytes > HT_DIGEST_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("hash_bytes must be between 1 and %d", HT_DIGEST_LEN)));
+	firsts = palloc(sizeof(int64) * Max(n, 1));
+	for (int i = 0; i < n; i++)
+	{
+		firsts[i] = DatumGetInt64(fe[i]);
+		if (firsts[i] < 0 || firsts[i] % span != 0 ||
+			firsts[i] + span > (level == 2 ? HT_WIDTH(depth) : HT_SEGMENTS(depth)))
+			ereport(ERROR,
+					(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+					 errmsg("children " INT64_FORMAT " to " INT64_FORMAT " are not those of one node",
+							firsts[i], firsts[i] + span - 1)));
+	}
+	deconstruct_array(PG_GETARG_ARRAYTYPE_P(8), BYTEAOID, -1, false, TYPALIGN_INT,
+					  &ce, &cnulls, &nc);
+	if (nc != n)
+		ereport(ERROR,
+				(errcode(ERRCODE_ARRAY_SUBSCRIPT_ERROR),
+				 errmsg("array arguments must have the same length")));
+
+	InitMaterializedSRF(fcinfo, 0);
+	SPI_connect();
+	HT_API_BEGIN();
+	{
+		HtNodeRow  *own;
+		int			nown;
+		HtNodeRow  *theirs = NULL;
+		int			ntheirs = 0;
+		int			cap = 0;
+		NodeDiff   *d;
+		int			nd;
+		int32	   *parts2;
+		Datum	   *pa2;
+		Datum	   *pb2;
+
+		check_partitions(n, parts, true);
+		for (int i = 0; i < n; i++)
+		{
+			if (cnulls[i] ||
+				!unpack_children(DatumGetByteaPP(ce[i]), i + 1, firsts[i], span, hash_bytes,
+								 &theirs, &ntheirs, &cap))
+				ereport(ERROR,
+						(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+						 errmsg("children[%d] is not a packed list of children", i + 1)));
+		}
+		nown = nodes_of(depth, n, parts, pa, pb, level, firsts, span, hash_bytes, &own);
+		nd = diff_rows(own, nown, theirs, ntheirs, &d);
+
+		/* the trees of the differing children, in order */
+		parts2 = palloc(sizeof(int32) * Max(nd, 1));
+		pa2 = palloc(sizeof(Datum) * Max(nd, 1));
+		pb2 = palloc(sizeof(Datum) * Max(nd, 1));
+		for (int k = 0; k < nd; k++)
+		{
+			parts2[k] = parts[d[k].i - 1];
+			pa2[k] = pa[d[k].i - 1];
+			pb2[k] = pb[d[k].i - 1];
+		}
+		if (level != 3)
+		{
+			/* the next level under each: its children packed */
+			int64		span2 = level == 2 ? HT_WIDTH(depth) >> HT_SUB_BITS :
+				INT64CONST(1) << HT_SUB_BITS;
+			int			level2 = level == 2 ? HT_LEVEL_SUB : 3;
+			int64	   *f2 = palloc(sizeof(int64) * Max(nd, 1));
+			HtNodeRow  *rows;
+			int			nrows;
+			int			r = 0;
+
+			for (int k = 0; k < nd; k++)
+				f2[k] = level == 2 ? d[k].child * span2 : d[k].child << HT_SUB_BITS;
+			nrows = nodes_of(depth, nd, parts2, pa2, pb2, level2, f2, span2, hash_bytes, &rows);
+			for (int k = 0; k < nd; k++)
+			{
+				Datum		values[5];
+				bool		nulls[5] = {false, false, false, true, true};
+				int			from = r;
+
+				while (r < nrows && rows[r].i == k + 1)
+					r++;
+				values[0] = Int32GetDatum(d[k].i);
+				values[1] = Int64GetDatum(d[k].child);
+				values[2] = PointerGetDatum(pack_children(rows, from, r, f2[k], hash_bytes));
+				tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+			}
+		}
+		else
+		{
+			/* the entries of each differing segment, or a row saying none */
+			int32	   *segs = palloc(sizeof(int32) * Max(nd, 1));
+			HtEntryRow *rows;
+			int			nrows;
+			int			r = 0;
+
+			for (int k = 0; k < nd; k++)
+				segs[k] = (int32) d[k].child;
+			nrows = entries_of(depth, nd, parts2, pa2, pb2, segs, hash_bytes, &rows);
+			for (int k = 0; k < nd; k++)
+			{
+				Datum		values[5];
+				bool		nulls[5] = {false, false, true, true, true};
+
+				values[0] = Int32GetDatum(d[k].i);
+				values[1] = Int64GetDatum(d[k].child);
+				if (r >= nrows || rows[r].i != k + 1)
+					tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+				for (; r < nrows && rows[r].i == k + 1; r++)
+				{
+					values[3] = PointerGetDatum(rows[r].key);
+					values[4] = PointerGetDatum(rows[r].hash);
+					nulls[3] = nulls[4] = false;
+					tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
+				}
+			}
+		}
+	}
+	HT_API_END();
+	SPI_finish();
+	return (Datum) 0;
 }

@@ -51,8 +51,8 @@ extern void ht_compare(int part, HtPeer *peer, HtDiffCallback fn, void *arg);
 
 /*
  * Walk the trees of several partitions whose top hashes differ, all
- * together: per depth of the tree of trees, one round trip per level for
- * every differing tree of every partition (at most 12 round trips).
+ * together: per depth of the tree of trees, two round trips for every
+ * differing tree of every partition, two levels each (at most 6).
  * Needs an SPI connection.
  */
 extern void ht_compare_walk(HtPeer *peer, int nparts, const int *parts,

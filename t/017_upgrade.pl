@@ -166,7 +166,7 @@ sub object_diff
 # The library is the current one, which needs what 0.1's objects lack
 # (packed trees, issue 11: functions _pack_sum and _hash_sum, the column
 # entry_pack.sum; exchanges of whole nodes, issue 13: functions _nodes_m,
-# _entries_m, _exchange_begin and _exchange_end, the column
+# _entries_m, _descend_m, _exchange_begin and _exchange_end, the column
 # exchange_log.run).  The fill lends them to the 0.1 database, outside the
 # extension, and takes the functions back before the update, and the
 # columns' values: a database filled by 0.1's own library has the data, not
@@ -186,6 +186,9 @@ my $lend = q{
 		RETURNS TABLE(i int, children bytea) AS '$libdir/hashtree', 'ht_nodes_m_sql' LANGUAGE C;
 	CREATE FUNCTION hashtree._entries_m(int[], int, text[], text[], int[], int)
 		RETURNS TABLE(i int, key bytea, hash bytea) AS '$libdir/hashtree', 'ht_entries_m_sql' LANGUAGE C;
+	CREATE FUNCTION hashtree._descend_m(int[], int, text[], text[], int, bigint[], bigint, int, bytea[])
+		RETURNS TABLE(i int, child bigint, children bytea, key bytea, hash bytea)
+		AS '$libdir/hashtree', 'ht_descend_m_sql' LANGUAGE C;
 	CREATE FUNCTION hashtree._exchange_begin(int[], int, int)
 		RETURNS TABLE("partition" int, lock text, update text, sqlstate text, message text, top bytea,
 					  entries int, depth int2, pa text, key bytea)
@@ -202,6 +205,7 @@ my $take_back = q{
 	DROP FUNCTION hashtree._pack_sum(int4, bytea);
 	DROP FUNCTION hashtree._nodes_m(int[], int, text[], text[], int, bigint[], bigint, int);
 	DROP FUNCTION hashtree._entries_m(int[], int, text[], text[], int[], int);
+	DROP FUNCTION hashtree._descend_m(int[], int, text[], text[], int, bigint[], bigint, int, bytea[]);
 	DROP FUNCTION hashtree._exchange_begin(int[], int, int);
 	DROP FUNCTION hashtree._exchange_end(int[]);
 	ALTER TABLE hashtree.exchange_log DROP COLUMN run;
