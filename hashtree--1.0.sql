@@ -698,51 +698,6 @@ CREATE FUNCTION @extschema@._delete_partition_rows(schema_name text, table_name 
 	AS 'MODULE_PATHNAME', 'ht_delete_partition_rows'
 	LANGUAGE C VOLATILE;
 
--- Two-way repair (exchange with repair = 'newest', DESIGN §20).
--- Tombstones of the tracked tables that keep them (tombstones()): a deleted
--- key with the commit time of its delete; its entry in the trees is
--- (key, T(deleted_at)).  Expired after hashtree.tombstone_ttl by the fold.
-CREATE TABLE @extschema@.tombstone (
-	part			int4 NOT NULL,
-	pa				text COLLATE "C" NOT NULL,
-	pb				text COLLATE "C" NOT NULL,
-	key				bytea NOT NULL,
-	deleted_at		timestamptz NOT NULL
-);
-CREATE UNIQUE INDEX tombstone_key ON @extschema@.tombstone (part, pa, pb, @extschema@._kid(key));
--- The version a repair gave a row it wrote (the winner's): valid while the
--- row's xmin is this row's xmin (written in the same transaction).
-CREATE TABLE @extschema@.row_version (
-	part			int4 NOT NULL,
-	pa				text COLLATE "C" NOT NULL,
-	pb				text COLLATE "C" NOT NULL,
-	key				bytea NOT NULL,
-	version			timestamptz NOT NULL
-);
-CREATE UNIQUE INDEX row_version_key ON @extschema@.row_version (part, pa, pb, @extschema@._kid(key));
-REVOKE ALL ON @extschema@.tombstone, @extschema@.row_version FROM PUBLIC;
-SELECT pg_catalog.pg_extension_config_dump('@extschema@.tombstone', '');
-SELECT pg_catalog.pg_extension_config_dump('@extschema@.row_version', '');
--- keep tombstones of a tracked table (or stop: its tombstones go)
-CREATE FUNCTION @extschema@.tombstones(tbl regclass, enable boolean DEFAULT true)
-	RETURNS void
-	AS 'MODULE_PATHNAME', 'ht_tombstones'
-	LANGUAGE C VOLATILE;
--- the versions of the rows (and tombstones) of keys, with the rows
-CREATE FUNCTION @extschema@._newest_rows(schema_name text, table_name text, "partition" int,
-										 keys bytea[])
-	RETURNS TABLE(key bytea, hash bytea, r bytea, version timestamptz, dead boolean)
-	AS 'MODULE_PATHNAME', 'ht_newest_rows'
-	LANGUAGE C VOLATILE;
--- write the winners: rows with their versions, tombstones with their times
-CREATE FUNCTION @extschema@._newest_apply(schema_name text, table_name text, "partition" int,
-										  keys bytea[], rows bytea[], hashes bytea[],
-										  versions timestamptz[], deletes bytea[],
-										  deleted_at timestamptz[])
-	RETURNS bigint
-	AS 'MODULE_PATHNAME', 'ht_newest_apply'
-	LANGUAGE C VOLATILE;
-
 ---------------------------------------------------------------------------
 -- Fragmented tables: hash partitions that follow linear hashing (mnesia's
 -- mnesia_frag_hash).  Fragment k of a table with state (N, P, L) is the
@@ -910,6 +865,51 @@ CREATE VIEW @extschema@.status AS
 	 ORDER BY p.part;
 
 GRANT SELECT ON @extschema@.status, @extschema@.peers TO PUBLIC;
+
+-- Two-way repair (exchange with repair = 'newest', DESIGN §20).
+-- Tombstones of the tracked tables that keep them (tombstones()): a deleted
+-- key with the commit time of its delete; its entry in the trees is
+-- (key, T(deleted_at)).  Expired after hashtree.tombstone_ttl by the fold.
+CREATE TABLE @extschema@.tombstone (
+	part			int4 NOT NULL,
+	pa				text COLLATE "C" NOT NULL,
+	pb				text COLLATE "C" NOT NULL,
+	key				bytea NOT NULL,
+	deleted_at		timestamptz NOT NULL
+);
+CREATE UNIQUE INDEX tombstone_key ON @extschema@.tombstone (part, pa, pb, @extschema@._kid(key));
+-- The version a repair gave a row it wrote (the winner's): valid while the
+-- row's xmin is this row's xmin (written in the same transaction).
+CREATE TABLE @extschema@.row_version (
+	part			int4 NOT NULL,
+	pa				text COLLATE "C" NOT NULL,
+	pb				text COLLATE "C" NOT NULL,
+	key				bytea NOT NULL,
+	version			timestamptz NOT NULL
+);
+CREATE UNIQUE INDEX row_version_key ON @extschema@.row_version (part, pa, pb, @extschema@._kid(key));
+REVOKE ALL ON @extschema@.tombstone, @extschema@.row_version FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.tombstone', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.row_version', '');
+-- keep tombstones of a tracked table (or stop: its tombstones go)
+CREATE FUNCTION @extschema@.tombstones(tbl regclass, enable boolean DEFAULT true)
+	RETURNS void
+	AS 'MODULE_PATHNAME', 'ht_tombstones'
+	LANGUAGE C VOLATILE;
+-- the versions of the rows (and tombstones) of keys, with the rows
+CREATE FUNCTION @extschema@._newest_rows(schema_name text, table_name text, "partition" int,
+										 keys bytea[])
+	RETURNS TABLE(key bytea, hash bytea, r bytea, version timestamptz, dead boolean)
+	AS 'MODULE_PATHNAME', 'ht_newest_rows'
+	LANGUAGE C VOLATILE;
+-- write the winners: rows with their versions, tombstones with their times
+CREATE FUNCTION @extschema@._newest_apply(schema_name text, table_name text, "partition" int,
+										  keys bytea[], rows bytea[], hashes bytea[],
+										  versions timestamptz[], deletes bytea[],
+										  deleted_at timestamptz[])
+	RETURNS bigint
+	AS 'MODULE_PATHNAME', 'ht_newest_apply'
+	LANGUAGE C VOLATILE;
 
 ---------------------------------------------------------------------------
 -- Privileges: functions that read or change trees, entries or peers are not

@@ -944,7 +944,7 @@ repair_newest(HtPeer *peer, HtRepairPart *parts, int nparts, bool quiet)
 		w->read_from = rd_here.n;
 		if (w->copy_prefix)
 		{
-			const char *sql = "SELECT key, hash, r, (pg_catalog.extract(epoch FROM version)"
+			const char *sql = "SELECT key, hash, r, (EXTRACT(epoch FROM version)"
 				" * 1000000)::pg_catalog.int8, dead FROM hashtree._newest_rows($1, $2, $3::int4,"
 				" ARRAY(SELECT e.key FROM hashtree._prefix_entries($3::int4, $1, $2) e))";
 
@@ -955,7 +955,7 @@ repair_newest(HtPeer *peer, HtRepairPart *parts, int nparts, bool quiet)
 		{
 			const char *keys = bytea_array_text(w->copy + base,
 												Min(HT_REPAIR_BATCH, w->ncopy - base));
-			const char *sql = "SELECT key, hash, r, (pg_catalog.extract(epoch FROM version)"
+			const char *sql = "SELECT key, hash, r, (EXTRACT(epoch FROM version)"
 				" * 1000000)::pg_catalog.int8, dead FROM hashtree._newest_rows($1, $2, $3::int4,"
 				" $4::pg_catalog.bytea[])";
 

@@ -24,6 +24,7 @@
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
 #include "utils/timestamp.h"
 
 #include "common.h"
@@ -66,6 +67,18 @@ static HtQuery q_enabled = {
 	2, {TEXTOID, TEXTOID}
 };
 
+/*
+ * Does this database have the tables of tombstones?  (Not before the
+ * update of the extension to 1.0: the library may be newer.)
+ */
+bool
+ht_tomb_available(void)
+{
+	Oid			tracked = get_relname_relid("tracked_table", ht_schema_oid());
+
+	return OidIsValid(tracked) && get_attnum(tracked, "tombstones") != InvalidAttrNumber;
+}
+
 bool
 ht_tomb_enabled(text *pa, text *pb)
 {
@@ -73,6 +86,8 @@ ht_tomb_enabled(text *pa, text *pb)
 	bool		isnull;
 	bool		on = false;
 
+	if (!ht_tomb_available())
+		return false;
 	if (ht_exec(&q_enabled, v, NULL, 1) == 1)
 		on = DatumGetBool(ht_col(0, 1, &isnull)) && !isnull;
 	SPI_freetuptable(SPI_tuptable);
@@ -90,16 +105,16 @@ static HtQuery q_expire = {
 	2, {INT4OID, FLOAT8OID}
 };
 
-void
+uint64
 ht_tomb_expire(int part)
 {
 	Datum		v[2];
 
-	if (ht_guc_tombstone_ttl <= 0)
-		return;
+	if (ht_guc_tombstone_ttl <= 0 || !ht_tomb_available())
+		return 0;
 	v[0] = Int32GetDatum(part);
 	v[1] = Float8GetDatum((double) ht_guc_tombstone_ttl);
-	ht_exec(&q_expire, v, NULL, 0);
+	return ht_exec(&q_expire, v, NULL, 0);
 }
 
 /*

@@ -19,6 +19,9 @@
 /* the entry hash of a tombstone: SHA-256(0x04 || u64 t)[0..16] */
 extern bytea *ht_tomb_hash(TimestampTz t);
 
+/* has this database the tables of tombstones (1.0)? */
+extern bool ht_tomb_available(void);
+
 /* does tracked table (pa, pb) keep tombstones? */
 extern bool ht_tomb_enabled(text *pa, text *pb);
 
@@ -29,11 +32,12 @@ extern bool ht_tomb_enabled(text *pa, text *pb);
 extern bool ht_tomb_commit_time(TransactionId xid, TimestampTz *ts);
 
 /*
- * Before a fold of partition part: remove the tombstones older than
+ * After a fold of partition part: remove the tombstones older than
  * hashtree.tombstone_ttl (and the repairs' row versions as old), logging
- * each key so that the fold removes its entry (unless a row came back).
+ * each key so that a fold removes its entry (unless a row came back).
+ * Returns the tombstones removed.
  */
-extern void ht_tomb_expire(int part);
+extern uint64 ht_tomb_expire(int part);
 
 /*
  * In the fold of a table that keeps tombstones: the changes ch (hash NULL:

@@ -906,7 +906,8 @@ ht_track_rehash_partition(int part)
 	 * the deletes among them become tombstones first, for the tables that
 	 * keep them (the scan cannot see them)
 	 */
-	ht_exec(&q_keep_part_deletes, v, NULL, 0);
+	if (ht_tomb_available())
+		ht_exec(&q_keep_part_deletes, v, NULL, 0);
 	ht_exec(&q_drop_part_keys, v, NULL, 0);
 	n = ht_track_registry(&r);
 
@@ -1511,8 +1512,23 @@ fold_note(FoldTable *ft, int i, SPITupleTable *tt, uint64 r)
 		note_delete(ft, i, DatumGetTransactionId(xid));
 }
 
+static void fold_once(int part, HtBucketDeltas *deltas);
+
+/*
+ * The fold, then the expiry of the tombstones past hashtree.tombstone_ttl
+ * (tomb.c), whose logged keys are folded at once (after the fold: a delete
+ * logged by a repair finds the tombstone it wrote, whatever its age)
+ */
 void
 ht_track_fold(int part, HtBucketDeltas *deltas)
+{
+	fold_once(part, deltas);
+	if (ht_tomb_expire(part) > 0)
+		fold_once(part, deltas);
+}
+
+static void
+fold_once(int part, HtBucketDeltas *deltas)
 {
 	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext, "hashtree fold",
 											  ALLOCSET_DEFAULT_SIZES);
@@ -1524,7 +1540,6 @@ ht_track_fold(int part, HtBucketDeltas *deltas)
 	char	   *cur_pa = NULL;
 	char	   *cur_pb = NULL;
 
-	ht_tomb_expire(part);
 	portal = ht_cursor(get_attnum(logrel, "hash") == InvalidAttrNumber ?
 								   &q_take_keys_0_1 : &q_take_keys, v, NULL);
 	ft = palloc0(sizeof(FoldTable));
