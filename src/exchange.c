@@ -364,7 +364,11 @@ exchange_run_fn(void *arg)
 	if (ndiffer > 0)
 		ht_compare_walk(peer, ndiffer, differ, collect, run);
 
-	if (run->mode != HT_REPAIR_NONE)
+	/*
+	 * the repair; with none, in exchange() (not in the workers' reports),
+	 * the winner that repair 'newest' would pick (one round trip more)
+	 */
+	if (run->mode != HT_REPAIR_NONE || (track_commit_timestamp && !ht_exchange_quiet))
 	{
 		HtRepairPart *rp = palloc(sizeof(HtRepairPart) * run->n);
 		int			nrp = 0;
@@ -384,12 +388,16 @@ exchange_run_fn(void *arg)
 			rp[nrp].message = NULL;
 			nrp++;
 		}
-		if (nrp > 0)
+		if (nrp > 0 && run->mode == HT_REPAIR_NONE)
+			ht_repair_winners(peer, rp, nrp);
+		else if (nrp > 0)
 			ht_repair(peer, run->mode, rp, nrp, ht_exchange_quiet);
 		for (int k = 0; k < nrp; k++)
 		{
 			HtExchangeResult *r = run->by_part[rp[k].part]->r;
 
+			if (run->mode == HT_REPAIR_NONE)
+				continue;
 			r->repaired = rp[k].repaired;
 			r->rows_local = rp[k].rows_local;
 			r->rows_remote = rp[k].rows_remote;

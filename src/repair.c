@@ -53,7 +53,8 @@
 
 #define HT_REPAIR_BATCH 1000
 
-static void repair_newest(HtPeer *peer, HtRepairPart *parts, int nparts, bool quiet);
+static void repair_newest(HtPeer *peer, HtRepairPart *parts, int nparts, bool quiet,
+						  bool dry_run);
 
 typedef struct Registry
 {
@@ -449,7 +450,7 @@ ht_repair(HtPeer *peer, HtRepairMode mode, HtRepairPart *parts, int nparts, bool
 
 	if (mode == HT_REPAIR_NEWEST)
 	{
-		repair_newest(peer, parts, nparts, quiet);
+		repair_newest(peer, parts, nparts, quiet, false);
 		return;
 	}
 
@@ -813,8 +814,19 @@ diff_key_cmp(const void *a, const void *b)
 	return ht_bytea_cmp((*(HtDiff *const *) a)->key, (*(HtDiff *const *) b)->key);
 }
 
+void
+ht_repair_winners(HtPeer *peer, HtRepairPart *parts, int nparts)
+{
+	if (track_commit_timestamp)
+		repair_newest(peer, parts, nparts, true, true);
+}
+
+/*
+ * Repair 'newest'; dry_run: only set the winner of each difference (no
+ * commit times on the peer: none, no error), write nothing
+ */
 static void
-repair_newest(HtPeer *peer, HtRepairPart *parts, int nparts, bool quiet)
+repair_newest(HtPeer *peer, HtRepairPart *parts, int nparts, bool quiet, bool dry_run)
 {
 	Registry	local;
 	Registry	remote;
@@ -845,6 +857,8 @@ repair_newest(HtPeer *peer, HtRepairPart *parts, int nparts, bool quiet)
 	add_stmt(&first, 1, 1, "SELECT pg_catalog.current_setting('track_commit_timestamp')", 0);
 	ht_node_batch(peer, first.s, first.n, NULL);
 	setting = first.s[1].result->nrows == 1 ? ht_remote_text(first.s[1].result, 0, 0) : NULL;
+	if (dry_run && (setting == NULL || strcmp(setting, "on") != 0))
+		return;
 	if (setting == NULL || strcmp(setting, "on") != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
@@ -884,7 +898,7 @@ repair_newest(HtPeer *peer, HtRepairPart *parts, int nparts, bool quiet)
 					d[n].rp = &parts[p];
 					d[n++].d = y;
 				}
-				x->repaired = true;
+				x->repaired = !dry_run;
 				x->winner = x->kind == HT_MISSING_PREFIX ? 'r' : 'l';
 				continue;
 			}
@@ -1049,6 +1063,8 @@ repair_newest(HtPeer *peer, HtRepairPart *parts, int nparts, bool quiet)
 		add_newest_writes(&wr_here, k, w, &to_here);
 		add_newest_writes(&wr_there, k, w, &to_there);
 	}
+	if (dry_run)
+		return;
 	err_wr_there = palloc0(sizeof(ErrorData *) * Max(nworks, 1));
 	err_wr_here = palloc0(sizeof(ErrorData *) * Max(nworks, 1));
 	ht_node_batch(peer, wr_there.s, wr_there.n, err_wr_there);

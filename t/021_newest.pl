@@ -174,6 +174,24 @@ history(150, 'a', 'b');
 
 my $expected = expected();
 isnt(rows($nodes{a}), $expected, 'a differs from the expected rows before the exchange');
+# repair none reports the side that would win each difference
+{
+	my %exp = map { split /=/, $_, 2 } split /,/, $expected;
+	my ($checked, $wrong) = (0, 0);
+	for my $line (split /\n/, $nodes{a}->safe_psql('postgres', q{
+		SELECT (('x' || encode(substr(key, 5), 'hex'))::bit(32)::int) || '|' || coalesce(winner, '-')
+		  FROM hashtree.exchange('b', NULL, 'none') WHERE key IS NOT NULL}))
+	{
+		my ($k, $w) = split /\|/, $line;
+		my ($e, $av, $bv) = map { $_ // '' } ($exp{$k}, $state{a}{$k}, $state{b}{$k});
+		my $want = ($av eq $e && $bv ne $e) ? 'local' : ($bv eq $e && $av ne $e) ? 'remote' : undef;
+		next unless defined $want;
+		$checked++;
+		$wrong++ if $w ne $want;
+	}
+	ok($checked > 50, "repair none: winners checked ($checked)");
+	is($wrong, 0, 'repair none: every winner is the side whose version is the newest');
+}
 my $log0 = $nodes{a}->safe_psql('postgres', 'SELECT coalesce(max(id), 0) FROM hashtree.exchange_log');
 my $ndiff = exchange('a', 'b', 'newest');
 ok($ndiff > 0, "the exchange found $ndiff differences");
@@ -309,6 +327,25 @@ ok(exchange('a', 'b', 'newest') > 0, 'the next exchange repairs the rest');
 is(rows($nb) . '|' . rows($nb, 'kv2'), $a_rows, 'b holds a\'s newer rows');
 is(rows($na) . '|' . rows($na, 'kv2'), $a_rows, 'and a kept them');
 is(exchange('a', 'b', 'none'), '0', 'then nothing differs');
+
+# ---- 5. the workers with hashtree.repair = 'newest' --------------------------
+$na->append_conf('postgresql.conf', q{
+hashtree.database = 'postgres'
+hashtree.exchange_interval = '1s'
+hashtree.tick_interval = '1s'
+hashtree.repair = 'newest'
+});
+$na->restart;
+$nb->safe_psql('postgres', q{UPDATE kv SET v = 'worker b' WHERE id = 50; DELETE FROM kv2 WHERE id = 60});
+$na->safe_psql('postgres', q{UPDATE kv2 SET v = 'worker a' WHERE id = 70});
+ok($na->poll_query_until('postgres', q{SELECT v = 'worker b' FROM kv WHERE id = 50})
+	  && $na->poll_query_until('postgres', q{SELECT count(*) = 0 FROM kv2 WHERE id = 60})
+	  && $nb->poll_query_until('postgres', q{SELECT v = 'worker a' FROM kv2 WHERE id = 70}),
+	'a worker exchange with repair newest wrote the winners on both sides');
+ok($na->poll_query_until('postgres', q{SELECT count(*) > 0 FROM hashtree.exchange_log
+	WHERE worker AND repair = 'newest' AND rows_local > 0}), 'logged as newest, with the rows written here');
+ok($na->poll_query_until('postgres', q{SELECT count(*) > 0 FROM hashtree.exchange_log
+	WHERE worker AND repair = 'newest' AND rows_remote > 0}), 'and those written on the peer');
 
 $_->stop for ($na, $nb);
 done_testing();
