@@ -895,7 +895,7 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.row_version', '');
 CREATE FUNCTION @extschema@.tombstones(tbl regclass, enable boolean DEFAULT true)
 	RETURNS void
 	AS 'MODULE_PATHNAME', 'ht_tombstones'
-	LANGUAGE C VOLATILE;
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 -- the versions of the rows (and tombstones) of keys, with the rows
 CREATE FUNCTION @extschema@._newest_rows(schema_name text, table_name text, "partition" int,
 										 keys bytea[])

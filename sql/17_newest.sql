@@ -43,6 +43,11 @@ CREATE ROLE newest_other;
 SET ROLE newest_other;
 SELECT hashtree.tombstones('t');
 RESET ROLE;
+GRANT EXECUTE ON FUNCTION hashtree.tombstones(regclass, boolean) TO newest_other;
+SET ROLE newest_other;
+SELECT hashtree.tombstones('t');
+RESET ROLE;
+REVOKE EXECUTE ON FUNCTION hashtree.tombstones(regclass, boolean) FROM newest_other;
 -- (commit times are off here: deletes get the time of their fold)
 SELECT hashtree.tombstones('t');
 SELECT tombstones FROM hashtree.tracked_table WHERE table_name = 't';

@@ -1031,8 +1031,8 @@ static HtQuery q_forget_tombstones = {
  * hashtree.tombstones(tbl regclass, enable boolean DEFAULT true) RETURNS void
  * Make a tracked table keep tombstones of its deleted rows (for repair
  * 'newest'), or stop: its tombstones go and its entries are hashed again.
- * Needs ownership of the table.  Locks: SHARE ROW EXCLUSIVE on the table
- * (writers wait).
+ * Needs ownership of the table (of the caller: SECURITY DEFINER, like
+ * track()).  Locks: SHARE ROW EXCLUSIVE on the table (writers wait).
  */
 PG_FUNCTION_INFO_V1(ht_tombstones);
 Datum
@@ -1049,7 +1049,8 @@ ht_tombstones(PG_FUNCTION_ARGS)
 	SPI_connect();
 	HT_API_BEGIN();
 	rel = ht_open_relation_arg(PG_GETARG_OID(0), ShareRowExclusiveLock);
-	if (!pg_class_ownercheck(RelationGetRelid(rel), GetUserId()))
+	/* (SECURITY DEFINER: the caller must own the table, as for track()) */
+	if (!pg_class_ownercheck(RelationGetRelid(rel), GetOuterUserId()))
 		aclcheck_error(ACLCHECK_NOT_OWNER, get_relkind_objtype(rel->rd_rel->relkind),
 					   RelationGetRelationName(rel));
 	tr = ht_track_rel(rel);

@@ -1541,7 +1541,7 @@ fold_once(int part, HtBucketDeltas *deltas)
 	char	   *cur_pb = NULL;
 
 	portal = ht_cursor(get_attnum(logrel, "hash") == InvalidAttrNumber ?
-								   &q_take_keys_0_1 : &q_take_keys, v, NULL);
+					   &q_take_keys_0_1 : &q_take_keys, v, NULL);
 	ft = palloc0(sizeof(FoldTable));
 
 	ft->batch = AllocSetContextCreate(cxt, "hashtree fold batch", ALLOCSET_DEFAULT_SIZES);
