@@ -49,12 +49,18 @@
 #include "remote.h"
 #include "repair.h"
 #include "sqlexec.h"
+#include "tomb.h"
 #include "treemath.h"
 
 #define HT_REPAIR_BATCH 1000
 
+/* set while repair_split runs the pull/push of the other tables */
+static bool repair_split_running = false;
+
 static void repair_newest(HtPeer *peer, HtRepairPart *parts, int nparts, bool quiet,
-						  bool dry_run);
+						  bool dry_run, char force);
+static void repair_split(HtPeer *peer, HtRepairMode mode, HtRepairPart *parts, int nparts,
+						 bool quiet);
 
 typedef struct Registry
 {
@@ -450,7 +456,12 @@ ht_repair(HtPeer *peer, HtRepairMode mode, HtRepairPart *parts, int nparts, bool
 
 	if (mode == HT_REPAIR_NEWEST)
 	{
-		repair_newest(peer, parts, nparts, quiet, false);
+		repair_newest(peer, parts, nparts, quiet, false, 0);
+		return;
+	}
+	if (!repair_split_running)
+	{
+		repair_split(peer, mode, parts, nparts, quiet);
 		return;
 	}
 
@@ -818,7 +829,7 @@ void
 ht_repair_winners(HtPeer *peer, HtRepairPart *parts, int nparts)
 {
 	if (track_commit_timestamp)
-		repair_newest(peer, parts, nparts, true, true);
+		repair_newest(peer, parts, nparts, true, true, 0);
 }
 
 /*
@@ -826,7 +837,8 @@ ht_repair_winners(HtPeer *peer, HtRepairPart *parts, int nparts)
  * commit times on the peer: none, no error), write nothing
  */
 static void
-repair_newest(HtPeer *peer, HtRepairPart *parts, int nparts, bool quiet, bool dry_run)
+repair_newest(HtPeer *peer, HtRepairPart *parts, int nparts, bool quiet, bool dry_run,
+			  char force)
 {
 	Registry	local;
 	Registry	remote;
@@ -846,7 +858,7 @@ repair_newest(HtPeer *peer, HtRepairPart *parts, int nparts, bool quiet, bool dr
 	ErrorData **err_wr_there;
 	char	   *setting;
 
-	if (!track_commit_timestamp)
+	if (!track_commit_timestamp && !force)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("repair 'newest' needs track_commit_timestamp = on on this node"),
@@ -859,7 +871,7 @@ repair_newest(HtPeer *peer, HtRepairPart *parts, int nparts, bool quiet, bool dr
 	setting = first.s[1].result->nrows == 1 ? ht_remote_text(first.s[1].result, 0, 0) : NULL;
 	if (dry_run && (setting == NULL || strcmp(setting, "on") != 0))
 		return;
-	if (setting == NULL || strcmp(setting, "on") != 0)
+	if (!force && (setting == NULL || strcmp(setting, "on") != 0))
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
 				 errmsg("repair 'newest' needs track_commit_timestamp = on on peer \"%s\"",
@@ -1017,18 +1029,45 @@ repair_newest(HtPeer *peer, HtRepairPart *parts, int nparts, bool quiet, bool dr
 		}
 		a = newest_collect(rd_here.s, w->read_from, w->read_to, &na);
 		b = newest_collect(rd_there.s, w->read_from, w->read_to, &nb);
-		to_here.rows = palloc(sizeof(NRow *) * Max(nb, 1));
-		to_here.dels = palloc(sizeof(NRow *) * Max(nb, 1));
-		to_there.rows = palloc(sizeof(NRow *) * Max(na, 1));
-		to_there.dels = palloc(sizeof(NRow *) * Max(na, 1));
+		/* (a forced winner may be a key the other side has: na + nb) */
+		to_here.rows = palloc(sizeof(NRow *) * Max(na + nb, 1));
+		to_here.dels = palloc(sizeof(NRow *) * Max(na + nb, 1));
+		to_there.rows = palloc(sizeof(NRow *) * Max(na + nb, 1));
+		to_there.dels = palloc(sizeof(NRow *) * Max(na + nb, 1));
 		while (i < na || j < nb)
 		{
 			int			c = (i < na && j < nb) ? ht_bytea_cmp(a[i].key, b[j].key)
 				: (i < na ? -1 : 1);
-			NRow	   *x = c <= 0 ? &a[i] : NULL;
-			NRow	   *y = c >= 0 ? &b[j] : NULL;
+			bool		take_a = c <= 0;
+			bool		take_b = c >= 0;
+			NRow	   *x = take_a ? &a[i] : NULL;
+			NRow	   *y = take_b ? &b[j] : NULL;
 			int			win = newest_cmp(x, y);
 			bytea	   *key = x ? x->key : y->key;
+
+			/*
+			 * pull or push of a table with tombstones: the source's version,
+			 * whatever its age; a key the source lacks is purged (no
+			 * tombstone: a dead NRow without a version)
+			 */
+			if (force && win != 0)
+			{
+				NRow	   *src = force == 'l' ? x : y;
+				NRow	   *dst = force == 'l' ? y : x;
+
+				win = force == 'l' ? 1 : -1;
+				if (src == NULL)
+				{
+					src = palloc0(sizeof(NRow));
+					src->key = dst->key;
+					src->dead = true;
+					src->has_ver = false;
+					if (force == 'l')
+						x = src;
+					else
+						y = src;
+				}
+			}
 
 			if (win > 0)
 			{
@@ -1055,9 +1094,9 @@ repair_newest(HtPeer *peer, HtRepairPart *parts, int nparts, bool quiet, bool dr
 				if (hit != NULL)
 					(*hit)->winner = win > 0 ? 'l' : win < 0 ? 'r' : 0;
 			}
-			if (x)
+			if (take_a)
 				i++;
-			if (y)
+			if (take_b)
 				j++;
 		}
 		add_newest_writes(&wr_here, k, w, &to_here);
@@ -1109,5 +1148,72 @@ repair_newest(HtPeer *peer, HtRepairPart *parts, int nparts, bool quiet, bool dr
 		for (int i = 0; i < parts[p].ndiffs; i++)
 			if (parts[p].diffs[i].repaired)
 				parts[p].repaired++;
+	}
+}
+
+/*
+ * pull/push: the differences of tables that keep tombstones here go through
+ * the reads and writes of 'newest' with the source's side forced as the
+ * winner (tombstones are copied, keys the source lacks purged, not turned
+ * into tombstones of the repair's time); the others through pull/push.
+ */
+static void
+repair_split(HtPeer *peer, HtRepairMode mode, HtRepairPart *parts, int nparts, bool quiet)
+{
+	HtRepairPart *tp = palloc0(sizeof(HtRepairPart) * Max(nparts, 1));
+	HtRepairPart *op = palloc0(sizeof(HtRepairPart) * Max(nparts, 1));
+	int		  **tmap = palloc(sizeof(int *) * Max(nparts, 1));
+	int		  **omap = palloc(sizeof(int *) * Max(nparts, 1));
+	bool		any = false;
+
+	for (int p = 0; p < nparts; p++)
+	{
+		tp[p] = op[p] = parts[p];
+		tp[p].diffs = palloc(sizeof(HtDiff) * Max(parts[p].ndiffs, 1));
+		op[p].diffs = palloc(sizeof(HtDiff) * Max(parts[p].ndiffs, 1));
+		tmap[p] = palloc(sizeof(int) * Max(parts[p].ndiffs, 1));
+		omap[p] = palloc(sizeof(int) * Max(parts[p].ndiffs, 1));
+		tp[p].ndiffs = op[p].ndiffs = 0;
+		tp[p].message = op[p].message = NULL;
+		for (int i = 0; i < parts[p].ndiffs; i++)
+		{
+			HtDiff	   *x = &parts[p].diffs[i];
+
+			if (x->pb != NULL && ht_tomb_available() &&
+				ht_tomb_enabled(cstring_to_text(x->pa), cstring_to_text(x->pb)))
+			{
+				tmap[p][tp[p].ndiffs] = i;
+				tp[p].diffs[tp[p].ndiffs++] = *x;
+				any = true;
+			}
+			else
+			{
+				omap[p][op[p].ndiffs] = i;
+				op[p].diffs[op[p].ndiffs++] = *x;
+			}
+		}
+	}
+	if (any)
+		repair_newest(peer, tp, nparts, quiet, false, mode == HT_REPAIR_PUSH ? 'l' : 'r');
+	repair_split_running = true;
+	PG_TRY();
+	{
+		ht_repair(peer, mode, op, nparts, quiet);
+	}
+	PG_FINALLY();
+	{
+		repair_split_running = false;
+	}
+	PG_END_TRY();
+	for (int p = 0; p < nparts; p++)
+	{
+		for (int i = 0; i < tp[p].ndiffs; i++)
+			parts[p].diffs[tmap[p][i]].repaired = tp[p].diffs[i].repaired;
+		for (int i = 0; i < op[p].ndiffs; i++)
+			parts[p].diffs[omap[p][i]].repaired = op[p].diffs[i].repaired;
+		parts[p].repaired = tp[p].repaired + op[p].repaired;
+		parts[p].rows_local = tp[p].rows_local + op[p].rows_local;
+		parts[p].rows_remote = tp[p].rows_remote + op[p].rows_remote;
+		parts[p].message = tp[p].message ? tp[p].message : op[p].message;
 	}
 }

@@ -1273,11 +1273,14 @@ static HtQuery q_put_versions = {
 
 /*
  * The tombstones a repair writes, and a logged delete of each key in the
- * same transaction, so that the fold keeps their times (tomb.c)
+ * same transaction, so that the fold keeps their times (tomb.c); a NULL
+ * time (pull/push: the source has no tombstone) is -infinity, which the
+ * fold takes as "no tombstone"
  */
 static HtQuery q_put_tombs = {
 	"WITH t AS (INSERT INTO hashtree.tombstone AS t (part, pa, pb, key, deleted_at)"
-	"  SELECT $1, $2, $3, u.key, u.at FROM unnest($4::bytea[], $5::timestamptz[]) AS u(key, at)"
+	"  SELECT $1, $2, $3, u.key, coalesce(u.at, '-infinity')"
+	"  FROM unnest($4::bytea[], $5::timestamptz[]) AS u(key, at)"
 	"  ON CONFLICT (part, pa, pb, hashtree._kid(key)) DO UPDATE SET deleted_at = EXCLUDED.deleted_at"
 	"  RETURNING t.key)"
 	" INSERT INTO hashtree.dirty_key (part, seg, pa, pb, key, hash)"

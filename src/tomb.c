@@ -248,7 +248,11 @@ ht_tomb_fold(int part, text *pa, text *pb, bytea **keys, const TimestampTz *dts,
 			TimestampTz at = DatumGetTimestampTz(ht_col(r, 2, &isnull));
 			int			d = find_key(dkeys, dorder, ndead, key);
 
-			if (d >= 0)
+			if (d < 0)
+				continue;
+			if (at == DT_NOBEGIN)
+				live[nlive++] = PointerGetDatum(dkeys[d]);	/* purged: none */
+			else
 				ch[dch[d]].hash = ht_tomb_hash(at);
 		}
 		SPI_freetuptable(SPI_tuptable);

@@ -44,8 +44,9 @@ extern uint64 ht_tomb_expire(int part);
  * the row is gone) of keys (with, per key, the time and transaction of its
  * latest logged delete, InvalidTransactionId if none).  A key gone with a
  * delete gets a tombstone (its time as logged, or the one its delete's
- * transaction wrote: a repair) and the tombstone's entry instead of none;
- * a key with a row loses its tombstone.
+ * transaction wrote: a repair; -infinity written so: none, a pull or push
+ * purged the key) and the tombstone's entry instead of none; a key with a
+ * row loses its tombstone.
  */
 extern void ht_tomb_fold(int part, text *pa, text *pb, bytea **keys, const TimestampTz *dts,
 						 const TransactionId *dxids, int nkeys, HtPackEntry *ch, int nch);

@@ -328,6 +328,36 @@ is(rows($nb) . '|' . rows($nb, 'kv2'), $a_rows, 'b holds a\'s newer rows');
 is(rows($na) . '|' . rows($na, 'kv2'), $a_rows, 'and a kept them');
 is(exchange('a', 'b', 'none'), '0', 'then nothing differs');
 
+# ---- 4b. pull and push of a table with tombstones copy them ------------------
+for my $n ($na, $nb)
+{
+	$n->safe_psql('postgres', q{
+		CREATE TABLE pt (id int PRIMARY KEY, v text NOT NULL);
+		SELECT hashtree.track('pt');
+		SELECT hashtree.tombstones('pt');
+		INSERT INTO pt SELECT g, 'init' || g FROM generate_series(1, 50) g;
+	});
+}
+$na->safe_psql('postgres', 'DELETE FROM pt WHERE id IN (1, 3, 5)');
+$nb->safe_psql('postgres', 'DELETE FROM pt WHERE id IN (1, 2, 6)');	# 1: later than a's
+$na->safe_psql('postgres', q{INSERT INTO pt VALUES (100, 'only a'); UPDATE pt SET v = 'a' WHERE id = 7});
+$nb->safe_psql('postgres', q{DELETE FROM pt WHERE id = 5; INSERT INTO pt VALUES (101, 'only b')});
+my $tombs = q{SELECT string_agg(encode(key, 'hex') || '@' || deleted_at, ',' ORDER BY key)
+	FROM hashtree.tombstone WHERE pb = 'pt'};
+my $nd = $na->safe_psql('postgres', q{SELECT count(*) FROM hashtree.exchange('b', NULL, 'pull')});
+ok($nd > 0, "pull of a table with tombstones: $nd differences");
+is(rows($na, 'pt'), rows($nb, 'pt'), 'pull: a holds b\'s rows');
+lock_update_all($_) for ($na, $nb);	# (the fold of what the repair wrote)
+is($na->safe_psql('postgres', $tombs), $nb->safe_psql('postgres', $tombs), 'pull: and b\'s tombstones');
+is(exchange('a', 'b', 'none'), '0', 'pull: then nothing differs');
+$na->safe_psql('postgres', q{DELETE FROM pt WHERE id IN (10, 11); INSERT INTO pt VALUES (1, 'back on a')});
+$nb->safe_psql('postgres', q{DELETE FROM pt WHERE id = 10; INSERT INTO pt VALUES (102, 'only b')});
+ok(exchange('a', 'b', 'push') > 0, 'push of a table with tombstones');
+is(rows($nb, 'pt'), rows($na, 'pt'), 'push: b holds a\'s rows');
+lock_update_all($_) for ($na, $nb);
+is($nb->safe_psql('postgres', $tombs), $na->safe_psql('postgres', $tombs), 'push: and a\'s tombstones');
+is(exchange('a', 'b', 'none'), '0', 'push: then nothing differs');
+
 # ---- 5. the workers with hashtree.repair = 'newest' --------------------------
 $na->append_conf('postgresql.conf', q{
 hashtree.database = 'postgres'
