@@ -1084,16 +1084,16 @@ ht_tombstones(PG_FUNCTION_ARGS)
 }
 
 static HtQuery q_row_versions = {
-	"SELECT key, xmin::text::int8, version FROM hashtree.row_version"
-	" WHERE part = $1 AND pa = $2 AND pb = $3"
-	" AND hashtree._kid(key) = ANY (ARRAY(SELECT hashtree._kid(k) FROM unnest($4::bytea[]) k))",
+	"SELECT v.key, v.xmin::text::int8, v.version FROM unnest($4::bytea[]) AS u(k)"
+	" JOIN hashtree.row_version v ON v.part = $1 AND v.pa = $2 AND v.pb = $3"
+	"  AND hashtree._kid(v.key) = hashtree._kid(u.k)",
 	4, {INT4OID, TEXTOID, TEXTOID, BYTEAARRAYOID}
 };
 
 static HtQuery q_tombs_of = {
-	"SELECT key, deleted_at FROM hashtree.tombstone"
-	" WHERE part = $1 AND pa = $2 AND pb = $3"
-	" AND hashtree._kid(key) = ANY (ARRAY(SELECT hashtree._kid(k) FROM unnest($4::bytea[]) k))",
+	"SELECT t.key, t.deleted_at FROM unnest($4::bytea[]) AS u(k)"
+	" JOIN hashtree.tombstone t ON t.part = $1 AND t.pa = $2 AND t.pb = $3"
+	"  AND hashtree._kid(t.key) = hashtree._kid(u.k)",
 	4, {INT4OID, TEXTOID, TEXTOID, BYTEAARRAYOID}
 };
 

@@ -142,8 +142,8 @@ static HtQuery q_any = {
 };
 
 static HtQuery q_drop = {
-	"DELETE FROM hashtree.tombstone WHERE part = $1 AND pa = $2 AND pb = $3"
-	" AND hashtree._kid(key) = ANY (ARRAY(SELECT hashtree._kid(k) FROM unnest($4::bytea[]) k))",
+	"DELETE FROM hashtree.tombstone t USING unnest($4::bytea[]) AS u(k)"
+	" WHERE t.part = $1 AND t.pa = $2 AND t.pb = $3 AND hashtree._kid(t.key) = hashtree._kid(u.k)",
 	4, {INT4OID, TEXTOID, TEXTOID, BYTEAARRAYOID}
 };
 
