@@ -376,6 +376,8 @@ ok($na->poll_query_until('postgres', q{SELECT count(*) > 0 FROM hashtree.exchang
 	WHERE worker AND repair = 'newest' AND rows_local > 0}), 'logged as newest, with the rows written here');
 ok($na->poll_query_until('postgres', q{SELECT count(*) > 0 FROM hashtree.exchange_log
 	WHERE worker AND repair = 'newest' AND rows_remote > 0}), 'and those written on the peer');
+like(slurp_file($na->logfile), qr/exchange with peer "b" \(repair newest\): .* repaired \(rows written: \d+ here, \d+ on the peer\)/,
+	'the LOG line of a worker exchange says the rows written on each side');
 
 $_->stop for ($na, $nb);
 done_testing();
