@@ -235,7 +235,8 @@ GRANT EXECUTE ON FUNCTION @extschema@.frag_init(regclass, int, text[]),
 -- Two-way repair (issue 14, DESIGN §20): tombstones, row versions, repair
 -- 'newest' (exchange() gains a winner column; exchange_log counts the rows
 -- written on each side).
-ALTER TABLE @extschema@.tracked_table ADD COLUMN tombstones boolean NOT NULL DEFAULT false;
+ALTER TABLE @extschema@.tracked_table ADD COLUMN tombstones boolean NOT NULL DEFAULT false,
+	ADD COLUMN version_column text;
 ALTER TABLE @extschema@.exchange_log DROP CONSTRAINT exchange_log_repair_check,
 	ADD CONSTRAINT exchange_log_repair_check CHECK (repair IN ('none', 'pull', 'push', 'newest')),
 	ADD COLUMN rows_local int8 NOT NULL DEFAULT 0,
@@ -278,6 +279,11 @@ CREATE FUNCTION @extschema@.tombstones(tbl regclass, enable boolean DEFAULT true
 	RETURNS void
 	AS 'MODULE_PATHNAME', 'ht_tombstones'
 	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+-- versions from a column of the table instead of commit times (NULL: back)
+CREATE FUNCTION @extschema@.version_column(tbl regclass, col name)
+	RETURNS void
+	AS 'MODULE_PATHNAME', 'ht_version_column'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 -- the versions of the rows (and tombstones) of keys, with the rows
 CREATE FUNCTION @extschema@._newest_rows(schema_name text, table_name text, "partition" int,
 										 keys bytea[])
@@ -294,6 +300,7 @@ CREATE FUNCTION @extschema@._newest_apply(schema_name text, table_name text, "pa
 	LANGUAGE C VOLATILE;
 
 REVOKE EXECUTE ON FUNCTION @extschema@.tombstones(regclass, boolean),
+	@extschema@.version_column(regclass, name),
 	@extschema@._newest_rows(text, text, int, bytea[]),
 	@extschema@._newest_apply(text, text, int, bytea[], bytea[], bytea[], timestamptz[],
 							  bytea[], timestamptz[]) FROM PUBLIC;

@@ -125,6 +125,7 @@ CREATE TABLE @extschema@.tracked_table (
 	signature		text NOT NULL,
 	tracked_at		timestamptz NOT NULL DEFAULT now(),
 	tombstones		boolean NOT NULL DEFAULT false,
+	version_column	text,
 	PRIMARY KEY (schema_name, table_name)
 );
 
@@ -895,6 +896,11 @@ SELECT pg_catalog.pg_extension_config_dump('@extschema@.row_version', '');
 CREATE FUNCTION @extschema@.tombstones(tbl regclass, enable boolean DEFAULT true)
 	RETURNS void
 	AS 'MODULE_PATHNAME', 'ht_tombstones'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+-- versions from a column of the table instead of commit times (NULL: back)
+CREATE FUNCTION @extschema@.version_column(tbl regclass, col name)
+	RETURNS void
+	AS 'MODULE_PATHNAME', 'ht_version_column'
 	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 -- the versions of the rows (and tombstones) of keys, with the rows
 CREATE FUNCTION @extschema@._newest_rows(schema_name text, table_name text, "partition" int,

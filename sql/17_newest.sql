@@ -107,6 +107,18 @@ SELECT * FROM t_entries();
 SELECT count(*) FROM hashtree.tombstone;
 SELECT trees_ok();
 
+-- versions from a column (timestamptz) instead of commit times
+CREATE TABLE vc (id int PRIMARY KEY, n int, at timestamptz);
+SELECT hashtree.version_column('vc', 'at');
+SELECT hashtree.track('vc');
+SELECT hashtree.version_column('vc', 'nope');
+SELECT hashtree.version_column('vc', 'n');
+SELECT hashtree.version_column('vc', 'at');
+SELECT version_column FROM hashtree.tracked_table WHERE table_name = 'vc';
+SELECT hashtree.version_column('vc', NULL);
+SELECT version_column FROM hashtree.tracked_table WHERE table_name = 'vc';
+SELECT hashtree.version_column(NULL, 'at');
+
 -- repair 'newest' needs commit timestamps
 SELECT * FROM hashtree.exchange('nobody', NULL, 'newest');
 -- the helpers check their arguments

@@ -1083,6 +1083,110 @@ ht_tombstones(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
+static HtQuery q_set_version_column = {
+	"UPDATE hashtree.tracked_table SET version_column = $3"
+	" WHERE schema_name = $1 AND table_name = $2",
+	3, {TEXTOID, TEXTOID, TEXTOID}
+};
+
+/*
+ * hashtree.version_column(tbl regclass, col name) RETURNS void
+ * Repair 'newest' takes the versions of the rows of a tracked table from
+ * its column col (timestamptz: an application's "updated at") instead of
+ * the commit times; NULL: the commit times again.  Deletes (tombstones)
+ * keep their commit times.  Needs ownership of the table (of the caller:
+ * SECURITY DEFINER).  Locks: SHARE ROW EXCLUSIVE on the table.
+ */
+PG_FUNCTION_INFO_V1(ht_version_column);
+Datum
+ht_version_column(PG_FUNCTION_ARGS)
+{
+	Relation	rel;
+	TrackRel   *tr;
+	Datum		v[3];
+	bool		n[3] = {false, false, false};
+
+	HT_ARG_NOT_NULL(0, "tbl");
+	SPI_connect();
+	HT_API_BEGIN();
+	rel = ht_open_relation_arg(PG_GETARG_OID(0), ShareRowExclusiveLock);
+	if (!pg_class_ownercheck(RelationGetRelid(rel), GetOuterUserId()))
+		aclcheck_error(ACLCHECK_NOT_OWNER, get_relkind_objtype(rel->rd_rel->relkind),
+					   RelationGetRelationName(rel));
+	tr = ht_track_rel(rel);
+	if (!tr->tracked || !tr->registered || tr->root != RelationGetRelid(rel))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table %s is not tracked",
+						quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+												   RelationGetRelationName(rel))),
+				 errhint("Track it first with hashtree.track().")));
+	if (!PG_ARGISNULL(1))
+	{
+		char	   *col = NameStr(*PG_GETARG_NAME(1));
+		AttrNumber	att = get_attnum(RelationGetRelid(rel), col);
+
+		if (att == InvalidAttrNumber || att < 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_COLUMN),
+					 errmsg("column \"%s\" of table %s does not exist", col,
+							RelationGetRelationName(rel))));
+		if (TupleDescAttr(RelationGetDescr(rel), att - 1)->atttypid != TIMESTAMPTZOID)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("version column \"%s\" must be of type timestamptz", col),
+					 errdetail("Deletes are versioned by their commit times, which only a timestamptz compares with.")));
+		v[2] = CStringGetTextDatum(col);
+	}
+	else
+	{
+		v[2] = (Datum) 0;
+		n[2] = true;
+	}
+	v[0] = PointerGetDatum(tr->pa);
+	v[1] = PointerGetDatum(tr->pb);
+	if (ht_exec_as_owner(&q_set_version_column, v, n, 0) != 1)
+		elog(ERROR, "hashtree: registry row of %s not found", tr->name);
+	table_close(rel, NoLock);
+	HT_API_END();
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+static HtQuery q_version_column = {
+	"SELECT version_column FROM hashtree.tracked_table WHERE schema_name = $1 AND table_name = $2",
+	2, {TEXTOID, TEXTOID}
+};
+
+/* the column that holds a tracked table's versions, 0: commit times */
+static AttrNumber
+version_attnum(TrackRel *tr, Relation rel)
+{
+	Datum		v[2] = {PointerGetDatum(tr->pa), PointerGetDatum(tr->pb)};
+	bool		isnull = true;
+	char	   *col = NULL;
+	AttrNumber	att;
+
+	if (ht_exec_as_owner(&q_version_column, v, NULL, 1) == 1)
+	{
+		Datum		d = ht_col(0, 1, &isnull);
+
+		if (!isnull)
+			col = TextDatumGetCString(d);
+	}
+	SPI_freetuptable(SPI_tuptable);
+	if (col == NULL)
+		return 0;
+	att = get_attnum(RelationGetRelid(rel), col);
+	if (att <= 0 || TupleDescAttr(RelationGetDescr(rel), att - 1)->atttypid != TIMESTAMPTZOID)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_COLUMN),
+				 errmsg("version column \"%s\" of table %s is gone or no longer timestamptz", col,
+						quote_qualified_identifier(tr->schema, tr->name)),
+				 errhint("Set it again with hashtree.version_column().")));
+	return att;
+}
+
 static HtQuery q_row_versions = {
 	"SELECT v.key, v.xmin::text::int8, v.version FROM unnest($4::bytea[]) AS u(k)"
 	" JOIN hashtree.row_version v ON v.part = $1 AND v.pa = $2 AND v.pb = $3"
@@ -1161,7 +1265,7 @@ keyval_find(KeyVal *kv, int n, bytea *key)
  */
 static int
 newest_read(ReturnSetInfo *rsinfo, TrackRel *tr, Relation rel, bytea **keys, int n,
-			KeyVal *ver, int nver, bytea **found)
+			KeyVal *ver, int nver, AttrNumber vatt, bytea **found)
 {
 	RowIO		io;
 	volatile int nfound = 0;
@@ -1190,7 +1294,17 @@ newest_read(ReturnSetInfo *rsinfo, TrackRel *tr, Relation rel, bytea **keys, int
 			out[1] = PointerGetDatum(ht_row_hash(tr->enc, RelationGetDescr(rel), &tuple));
 			out[2] = PointerGetDatum(encode_row(rel, &tuple));
 			v = keyval_find(ver, nver, DatumGetByteaPP(out[0]));
-			if (v != NULL && v->x == (int64) xmin)
+			if (vatt > 0)
+			{
+				/* the table's own version column */
+				Datum		d = heap_getattr(&tuple, vatt, RelationGetDescr(rel), &isnull);
+
+				if (isnull)
+					nulls[3] = true;
+				else
+					at = DatumGetTimestampTz(d);
+			}
+			else if (v != NULL && v->x == (int64) xmin)
 				at = v->at;
 			else if (!ht_tomb_commit_time(xmin, &at))
 				nulls[3] = true;
@@ -1239,7 +1353,8 @@ ht_newest_rows(PG_FUNCTION_ARGS)
 		KeyVal	   *ver = keyvals(&q_row_versions, part, tr, PG_GETARG_DATUM(3), true, &nver);
 		KeyVal	   *tomb = keyvals(&q_tombs_of, part, tr, PG_GETARG_DATUM(3), false, &ntomb);
 		bytea	  **found = palloc(sizeof(bytea *) * n);
-		int			nfound = newest_read(rsinfo, tr, rel, keys, n, ver, nver, found);
+		int			nfound = newest_read(rsinfo, tr, rel, keys, n, ver, nver,
+										 version_attnum(tr, rel), found);
 
 		/* the tombstones of the keys without a row */
 		qsort(found, nfound, sizeof(bytea *), ht_bytea_ptr_cmp);

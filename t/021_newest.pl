@@ -358,6 +358,31 @@ lock_update_all($_) for ($na, $nb);
 is($nb->safe_psql('postgres', $tombs), $na->safe_psql('postgres', $tombs), 'push: and a\'s tombstones');
 is(exchange('a', 'b', 'none'), '0', 'push: then nothing differs');
 
+# ---- 4c. versions from a column of the table ---------------------------------
+for my $n ($na, $nb)
+{
+	$n->safe_psql('postgres', q{
+		CREATE TABLE vc (id int PRIMARY KEY, v text, updated_at timestamptz);
+		SELECT hashtree.track('vc');
+		SELECT hashtree.tombstones('vc');
+		SELECT hashtree.version_column('vc', 'updated_at');
+		INSERT INTO vc SELECT g, 'init', '2020-01-01' FROM generate_series(1, 10) g;
+	});
+}
+# commit order and the column's order disagree: the column decides
+$na->safe_psql('postgres', q{UPDATE vc SET v = 'a', updated_at = '2020-01-03' WHERE id = 1});
+$nb->safe_psql('postgres', q{UPDATE vc SET v = 'b', updated_at = '2020-01-02' WHERE id = 1});
+$nb->safe_psql('postgres', q{UPDATE vc SET v = 'b', updated_at = '2020-01-05' WHERE id = 2});
+$na->safe_psql('postgres', q{UPDATE vc SET v = 'a', updated_at = '2020-01-04' WHERE id = 2});
+# a delete is versioned by its commit time (later than 2020)
+$nb->safe_psql('postgres', q{UPDATE vc SET v = 'b', updated_at = '2020-01-06' WHERE id = 3});
+$na->safe_psql('postgres', q{DELETE FROM vc WHERE id = 3});
+ok(exchange('a', 'b', 'newest') > 0, 'version column: the differences repaired');
+is(rows($na, 'vc'), '1=a,2=b,4=init,5=init,6=init,7=init,8=init,9=init,10=init',
+	'version column: the larger updated_at wins, whatever the commit order');
+is(rows($nb, 'vc'), rows($na, 'vc'), 'version column: on both nodes');
+is(exchange('a', 'b', 'none'), '0', 'version column: then nothing differs');
+
 # ---- 5. the workers with hashtree.repair = 'newest' --------------------------
 $na->append_conf('postgresql.conf', q{
 hashtree.database = 'postgres'
