@@ -43,6 +43,9 @@
 #include "sqlexec.h"
 #include "treemath.h"
 
+/* repair none: the winners are reported for at most this many differences */
+#define HT_WINNERS_MAX 100000
+
 const char *const ht_exchange_outcome_names[HT_NOUTCOMES] = {
 	[HT_OUTCOME_ERROR] = "error",
 	[HT_OUTCOME_OK] = "ok",
@@ -389,7 +392,15 @@ exchange_run_fn(void *arg)
 			nrp++;
 		}
 		if (nrp > 0 && run->mode == HT_REPAIR_NONE)
-			ht_repair_winners(peer, rp, nrp);
+		{
+			int64		total = 0;
+
+			/* (a report of a great many differences is not worth their rows) */
+			for (int k = 0; k < nrp; k++)
+				total += rp[k].ndiffs;
+			if (total <= HT_WINNERS_MAX)
+				ht_repair_winners(peer, rp, nrp);
+		}
 		else if (nrp > 0)
 			ht_repair(peer, run->mode, rp, nrp, ht_exchange_quiet);
 		for (int k = 0; k < nrp; k++)
