@@ -16,6 +16,7 @@ OBJS = \
 	src/remote.o \
 	src/compare.o \
 	src/rowenc.o \
+	src/tomb.o \
 	src/track.o \
 	src/ddl.o \
 	src/rowio.o \

@@ -274,3 +274,76 @@ CREATE EVENT TRIGGER hashtree_frag_ddl_end ON ddl_command_end
 ALTER EVENT TRIGGER hashtree_frag_ddl_end ENABLE ALWAYS;
 REVOKE EXECUTE ON FUNCTION @extschema@._frag_ddl(oid, pg_catalog.pg_ddl_command),
 	@extschema@._on_frag_ddl_end() FROM PUBLIC;
+
+-- Two-way repair (issue 14, DESIGN §20): tombstones, row versions, repair
+-- 'newest' (exchange() gains a winner column; exchange_log counts the rows
+-- written on each side).
+ALTER TABLE @extschema@.tracked_table ADD COLUMN tombstones boolean NOT NULL DEFAULT false,
+	ADD COLUMN version_column text;
+ALTER TABLE @extschema@.exchange_log DROP CONSTRAINT exchange_log_repair_check,
+	ADD CONSTRAINT exchange_log_repair_check CHECK (repair IN ('none', 'pull', 'push', 'newest')),
+	ADD COLUMN rows_local int8 NOT NULL DEFAULT 0,
+	ADD COLUMN rows_remote int8 NOT NULL DEFAULT 0;
+DROP FUNCTION @extschema@.exchange(text, int, text);
+CREATE FUNCTION @extschema@.exchange(peer text, "partition" int DEFAULT NULL,
+									 repair text DEFAULT 'none')
+	RETURNS TABLE("partition" int, kind text, prefix_a text, prefix_b text, key bytea,
+				  repaired boolean, winner text)
+	AS 'MODULE_PATHNAME', 'ht_exchange'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+REVOKE EXECUTE ON FUNCTION @extschema@.exchange(text, int, text) FROM PUBLIC;
+-- Two-way repair (exchange with repair = 'newest', DESIGN §20).
+-- Tombstones of the tracked tables that keep them (tombstones()): a deleted
+-- key with the commit time of its delete; its entry in the trees is
+-- (key, T(deleted_at)).  Expired after hashtree.tombstone_ttl by the fold.
+CREATE TABLE @extschema@.tombstone (
+	part			int4 NOT NULL,
+	pa				text COLLATE "C" NOT NULL,
+	pb				text COLLATE "C" NOT NULL,
+	key				bytea NOT NULL,
+	deleted_at		timestamptz NOT NULL
+);
+CREATE UNIQUE INDEX tombstone_key ON @extschema@.tombstone (part, pa, pb, @extschema@._kid(key));
+-- The version a repair gave a row it wrote (the winner's): valid while the
+-- row's xmin is this row's xmin (written in the same transaction).
+CREATE TABLE @extschema@.row_version (
+	part			int4 NOT NULL,
+	pa				text COLLATE "C" NOT NULL,
+	pb				text COLLATE "C" NOT NULL,
+	key				bytea NOT NULL,
+	version			timestamptz NOT NULL
+);
+CREATE UNIQUE INDEX row_version_key ON @extschema@.row_version (part, pa, pb, @extschema@._kid(key));
+REVOKE ALL ON @extschema@.tombstone, @extschema@.row_version FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.tombstone', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.row_version', '');
+-- keep tombstones of a tracked table (or stop: its tombstones go)
+CREATE FUNCTION @extschema@.tombstones(tbl regclass, enable boolean DEFAULT true)
+	RETURNS void
+	AS 'MODULE_PATHNAME', 'ht_tombstones'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+-- versions from a column of the table instead of commit times (NULL: back)
+CREATE FUNCTION @extschema@.version_column(tbl regclass, col name)
+	RETURNS void
+	AS 'MODULE_PATHNAME', 'ht_version_column'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+-- the versions of the rows (and tombstones) of keys, with the rows
+CREATE FUNCTION @extschema@._newest_rows(schema_name text, table_name text, "partition" int,
+										 keys bytea[])
+	RETURNS TABLE(key bytea, hash bytea, r bytea, version timestamptz, dead boolean)
+	AS 'MODULE_PATHNAME', 'ht_newest_rows'
+	LANGUAGE C VOLATILE;
+-- write the winners: rows with their versions, tombstones with their times
+CREATE FUNCTION @extschema@._newest_apply(schema_name text, table_name text, "partition" int,
+										  keys bytea[], rows bytea[], hashes bytea[],
+										  versions timestamptz[], deletes bytea[],
+										  deleted_at timestamptz[])
+	RETURNS bigint
+	AS 'MODULE_PATHNAME', 'ht_newest_apply'
+	LANGUAGE C VOLATILE;
+
+REVOKE EXECUTE ON FUNCTION @extschema@.tombstones(regclass, boolean),
+	@extschema@.version_column(regclass, name),
+	@extschema@._newest_rows(text, text, int, bytea[]),
+	@extschema@._newest_apply(text, text, int, bytea[], bytea[], bytea[], timestamptz[],
+							  bytea[], timestamptz[]) FROM PUBLIC;

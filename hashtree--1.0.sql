@@ -124,6 +124,8 @@ CREATE TABLE @extschema@.tracked_table (
 	key_columns		text NOT NULL,
 	signature		text NOT NULL,
 	tracked_at		timestamptz NOT NULL DEFAULT now(),
+	tombstones		boolean NOT NULL DEFAULT false,
+	version_column	text,
 	PRIMARY KEY (schema_name, table_name)
 );
 
@@ -599,7 +601,7 @@ CREATE TABLE @extschema@.exchange_log (
 	id				bigserial PRIMARY KEY,
 	peer			text NOT NULL,
 	"partition"		int4 NOT NULL,
-	repair			text NOT NULL CHECK (repair IN ('none', 'pull', 'push')),
+	repair			text NOT NULL CHECK (repair IN ('none', 'pull', 'push', 'newest')),
 	worker			boolean NOT NULL DEFAULT false,
 	started			timestamptz NOT NULL,
 	finished		timestamptz NOT NULL,
@@ -614,7 +616,9 @@ CREATE TABLE @extschema@.exchange_log (
 	repaired		int8 NOT NULL DEFAULT 0,
 	bytes			int8 NOT NULL DEFAULT 0,
 	round_trips		int8 NOT NULL DEFAULT 0,
-	run				int8 NOT NULL
+	run				int8 NOT NULL,
+	rows_local		int8 NOT NULL DEFAULT 0,
+	rows_remote		int8 NOT NULL DEFAULT 0
 );
 CREATE INDEX exchange_log_started ON @extschema@.exchange_log (started);
 REVOKE ALL ON @extschema@.exchange_log FROM PUBLIC;
@@ -623,7 +627,7 @@ REVOKE ALL ON SEQUENCE @extschema@.exchange_log_id_seq FROM PUBLIC;
 CREATE FUNCTION @extschema@.exchange(peer text, "partition" int DEFAULT NULL,
 									 repair text DEFAULT 'none')
 	RETURNS TABLE("partition" int, kind text, prefix_a text, prefix_b text, key bytea,
-				  repaired boolean)
+				  repaired boolean, winner text)
 	AS 'MODULE_PATHNAME', 'ht_exchange'
 	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 -- the peer's side of an exchange: lock, update and top hash of each partition
@@ -902,6 +906,56 @@ CREATE VIEW @extschema@.status AS
 	 ORDER BY p.part;
 
 GRANT SELECT ON @extschema@.status, @extschema@.peers TO PUBLIC;
+
+-- Two-way repair (exchange with repair = 'newest', DESIGN §20).
+-- Tombstones of the tracked tables that keep them (tombstones()): a deleted
+-- key with the commit time of its delete; its entry in the trees is
+-- (key, T(deleted_at)).  Expired after hashtree.tombstone_ttl by the fold.
+CREATE TABLE @extschema@.tombstone (
+	part			int4 NOT NULL,
+	pa				text COLLATE "C" NOT NULL,
+	pb				text COLLATE "C" NOT NULL,
+	key				bytea NOT NULL,
+	deleted_at		timestamptz NOT NULL
+);
+CREATE UNIQUE INDEX tombstone_key ON @extschema@.tombstone (part, pa, pb, @extschema@._kid(key));
+-- The version a repair gave a row it wrote (the winner's): valid while the
+-- row's xmin is this row's xmin (written in the same transaction).
+CREATE TABLE @extschema@.row_version (
+	part			int4 NOT NULL,
+	pa				text COLLATE "C" NOT NULL,
+	pb				text COLLATE "C" NOT NULL,
+	key				bytea NOT NULL,
+	version			timestamptz NOT NULL
+);
+CREATE UNIQUE INDEX row_version_key ON @extschema@.row_version (part, pa, pb, @extschema@._kid(key));
+REVOKE ALL ON @extschema@.tombstone, @extschema@.row_version FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.tombstone', '');
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.row_version', '');
+-- keep tombstones of a tracked table (or stop: its tombstones go)
+CREATE FUNCTION @extschema@.tombstones(tbl regclass, enable boolean DEFAULT true)
+	RETURNS void
+	AS 'MODULE_PATHNAME', 'ht_tombstones'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+-- versions from a column of the table instead of commit times (NULL: back)
+CREATE FUNCTION @extschema@.version_column(tbl regclass, col name)
+	RETURNS void
+	AS 'MODULE_PATHNAME', 'ht_version_column'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+-- the versions of the rows (and tombstones) of keys, with the rows
+CREATE FUNCTION @extschema@._newest_rows(schema_name text, table_name text, "partition" int,
+										 keys bytea[])
+	RETURNS TABLE(key bytea, hash bytea, r bytea, version timestamptz, dead boolean)
+	AS 'MODULE_PATHNAME', 'ht_newest_rows'
+	LANGUAGE C VOLATILE;
+-- write the winners: rows with their versions, tombstones with their times
+CREATE FUNCTION @extschema@._newest_apply(schema_name text, table_name text, "partition" int,
+										  keys bytea[], rows bytea[], hashes bytea[],
+										  versions timestamptz[], deletes bytea[],
+										  deleted_at timestamptz[])
+	RETURNS bigint
+	AS 'MODULE_PATHNAME', 'ht_newest_apply'
+	LANGUAGE C VOLATILE;
 
 ---------------------------------------------------------------------------
 -- Privileges: functions that read or change trees, entries or peers are not

@@ -40,6 +40,7 @@ char	   *ht_guc_node_name = NULL;
 int			ht_guc_connect_timeout = 10000;
 int			ht_guc_statement_timeout = 60000;
 int			ht_guc_tree_ttl = 7 * 24 * 3600;
+int			ht_guc_tombstone_ttl = 7 * 24 * 3600;
 
 int			ht_api_depth = 0;
 

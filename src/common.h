@@ -37,6 +37,7 @@ extern char *ht_guc_node_name;
 extern int	ht_guc_connect_timeout;		/* ms */
 extern int	ht_guc_statement_timeout;	/* ms */
 extern int	ht_guc_tree_ttl;			/* s */
+extern int	ht_guc_tombstone_ttl;		/* s, 0: never */
 
 /* this node's name: hashtree.node_name or the derived default */
 extern const char *ht_node_name(void);

@@ -22,6 +22,8 @@
  */
 #include "postgres.h"
 
+#include "access/commit_ts.h"
+
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "funcapi.h"
@@ -40,6 +42,9 @@
 #include "rowio.h"
 #include "sqlexec.h"
 #include "treemath.h"
+
+/* repair none: the winners are reported for at most this many differences */
+#define HT_WINNERS_MAX 100000
 
 const char *const ht_exchange_outcome_names[HT_NOUTCOMES] = {
 	[HT_OUTCOME_ERROR] = "error",
@@ -101,6 +106,7 @@ collect(void *arg, int part, HtDiffKind kind, Datum pa, Datum pb, bytea *key)
 	d->pb = pb ? TextDatumGetCString(pb) : NULL;
 	d->key = key ? DatumGetByteaPCopy(PointerGetDatum(key)) : NULL;
 	d->repaired = false;
+	d->winner = 0;
 	r->counts[kind]++;
 }
 
@@ -435,7 +441,11 @@ exchange_run_fn(void *arg)
 	if (ndiffer > 0)
 		ht_compare_walk_prefixed(peer, ndiffer, differ, collect, run);
 
-	if (run->mode != HT_REPAIR_NONE)
+	/*
+	 * the repair; with none, in exchange() (not in the workers' reports),
+	 * the winner that repair 'newest' would pick (one round trip more)
+	 */
+	if (run->mode != HT_REPAIR_NONE || (track_commit_timestamp && !ht_exchange_quiet))
 	{
 		HtRepairPart *rp = palloc(sizeof(HtRepairPart) * run->n);
 		int			nrp = 0;
@@ -450,16 +460,32 @@ exchange_run_fn(void *arg)
 			rp[nrp].diffs = x->r->diffs;
 			rp[nrp].ndiffs = x->r->ndiffs;
 			rp[nrp].repaired = 0;
+			rp[nrp].rows_local = 0;
+			rp[nrp].rows_remote = 0;
 			rp[nrp].message = NULL;
 			nrp++;
 		}
-		if (nrp > 0)
+		if (nrp > 0 && run->mode == HT_REPAIR_NONE)
+		{
+			int64		total = 0;
+
+			/* (a report of a great many differences is not worth their rows) */
+			for (int k = 0; k < nrp; k++)
+				total += rp[k].ndiffs;
+			if (total <= HT_WINNERS_MAX)
+				ht_repair_winners(peer, rp, nrp);
+		}
+		else if (nrp > 0)
 			ht_repair(peer, run->mode, rp, nrp, ht_exchange_quiet);
 		for (int k = 0; k < nrp; k++)
 		{
 			HtExchangeResult *r = run->by_part[rp[k].part]->r;
 
+			if (run->mode == HT_REPAIR_NONE)
+				continue;
 			r->repaired = rp[k].repaired;
+			r->rows_local = rp[k].rows_local;
+			r->rows_remote = rp[k].rows_remote;
 			r->message = rp[k].message;
 		}
 	}
@@ -541,21 +567,24 @@ static HtQuery q_run = {
 
 #define LOG_COLUMNS " (peer, \"partition\", repair, worker, started, finished," \
 	" outcome, message, missing, remote_missing, different, missing_prefix," \
-	" remote_missing_prefix, repaired, bytes, round_trips, run, id)"
+	" remote_missing_prefix, repaired, bytes, round_trips, rows_local, rows_remote, run, id)"
 
 static HtQuery q_log_first = {
 	"INSERT INTO hashtree.exchange_log" LOG_COLUMNS
-	" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $17)",
-	17, {TEXTOID, INT4OID, TEXTOID, BOOLOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID, TEXTOID,
-		INT8OID, INT8OID, INT8OID, INT8OID, INT8OID, INT8OID, INT8OID, INT8OID, INT8OID}
+	" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $18, $19,"
+	" $17, $17)",
+	19, {TEXTOID, INT4OID, TEXTOID, BOOLOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID, TEXTOID,
+		INT8OID, INT8OID, INT8OID, INT8OID, INT8OID, INT8OID, INT8OID, INT8OID, INT8OID,
+		INT8OID, INT8OID}
 };
 
 static HtQuery q_log = {
 	"INSERT INTO hashtree.exchange_log" LOG_COLUMNS
-	" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,"
-	" pg_catalog.nextval('hashtree.exchange_log_id_seq'::pg_catalog.regclass))",
-	17, {TEXTOID, INT4OID, TEXTOID, BOOLOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID, TEXTOID,
-		INT8OID, INT8OID, INT8OID, INT8OID, INT8OID, INT8OID, INT8OID, INT8OID, INT8OID}
+	" VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $18, $19,"
+	" $17, pg_catalog.nextval('hashtree.exchange_log_id_seq'::pg_catalog.regclass))",
+	19, {TEXTOID, INT4OID, TEXTOID, BOOLOID, TIMESTAMPTZOID, TIMESTAMPTZOID, TEXTOID, TEXTOID,
+		INT8OID, INT8OID, INT8OID, INT8OID, INT8OID, INT8OID, INT8OID, INT8OID, INT8OID,
+		INT8OID, INT8OID}
 };
 
 /*
@@ -566,8 +595,8 @@ static void
 log_exchange(const char *peer_name, HtRepairMode mode, bool worker, HtExchangeResult *r,
 			 int64 run, bool first)
 {
-	Datum		v[17];
-	bool		n[17];
+	Datum		v[19];
+	bool		n[19];
 
 	memset(n, 0, sizeof(n));
 	v[0] = CStringGetTextDatum(peer_name);
@@ -585,6 +614,8 @@ log_exchange(const char *peer_name, HtRepairMode mode, bool worker, HtExchangeRe
 	v[14] = Int64GetDatum(r->bytes);
 	v[15] = Int64GetDatum(r->round_trips);
 	v[16] = Int64GetDatum(run);
+	v[17] = Int64GetDatum(r->rows_local);
+	v[18] = Int64GetDatum(r->rows_remote);
 	ht_exec(first ? &q_log_first : &q_log, v, n, 0);
 }
 
@@ -680,10 +711,10 @@ ht_exchange_run(const char *peer_name, int n, const int *parts, HtRepairMode mod
 
 static void
 put_row(ReturnSetInfo *rsinfo, int part, const char *kind, const char *pa,
-		const char *pb, bytea *key, bool repaired)
+		const char *pb, bytea *key, bool repaired, char winner)
 {
-	Datum		values[6];
-	bool		nulls[6] = {false, false, false, false, false, false};
+	Datum		values[7];
+	bool		nulls[7] = {false, false, false, false, false, false, false};
 
 	values[0] = Int32GetDatum(part);
 	values[1] = CStringGetTextDatum(kind);
@@ -694,6 +725,8 @@ put_row(ReturnSetInfo *rsinfo, int part, const char *kind, const char *pa,
 	values[4] = PointerGetDatum(key);
 	nulls[4] = (key == NULL);
 	values[5] = BoolGetDatum(repaired);
+	values[6] = winner ? CStringGetTextDatum(winner == 'l' ? "local" : "remote") : (Datum) 0;
+	nulls[6] = (winner == 0);
 	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, values, nulls);
 }
 
@@ -701,7 +734,7 @@ put_row(ReturnSetInfo *rsinfo, int part, const char *kind, const char *pa,
  * hashtree.exchange(peer text, partition int DEFAULT NULL,
  *                   repair text DEFAULT 'none')
  *   RETURNS TABLE(partition int, kind text, prefix_a text, prefix_b text,
- *                 key bytea, repaired boolean)
+ *                 key bytea, repaired boolean, winner text)
  * Anti-entropy with a peer, for one partition or all of them together:
  * lock, update and compare both sides, repair, release (a partition
  * refused or failed is a row of its outcome).  Locks: per partition those
@@ -730,6 +763,12 @@ ht_exchange(PG_FUNCTION_ARGS)
 		ereport(ERROR,
 				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 				 errmsg("hashtree.exchange() must run at isolation level READ COMMITTED")));
+
+	if (mode == HT_REPAIR_NEWEST && !track_commit_timestamp)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("repair 'newest' needs track_commit_timestamp = on on this node"),
+				 errhint("Set track_commit_timestamp = on (a restart) on every node.")));
 
 	InitMaterializedSRF(fcinfo, 0);
 	SPI_connect();
@@ -777,13 +816,13 @@ ht_exchange(PG_FUNCTION_ARGS)
 				for (int i = 0; i < r->ndiffs; i++)
 					put_row(rsinfo, r->part, ht_diff_kind_names[r->diffs[i].kind],
 							r->diffs[i].pa, r->diffs[i].pb, r->diffs[i].key,
-							r->diffs[i].repaired);
+							r->diffs[i].repaired, r->diffs[i].winner);
 			}
 			else
 			{
 				/* never a clean result for a partition that was not compared */
 				put_row(rsinfo, r->part, ht_exchange_outcome_names[r->outcome], NULL, NULL,
-						NULL, false);
+						NULL, false, 0);
 			}
 		}
 	}

@@ -54,6 +54,8 @@ typedef struct HtExchangeResult
 	HtDiff	   *diffs;
 	int64		counts[HT_NKINDS];
 	int64		repaired;
+	int64		rows_local;		/* newest: rows written here */
+	int64		rows_remote;	/* ... and on the peer */
 	int64		bytes;
 	int64		round_trips;
 } HtExchangeResult;

@@ -82,6 +82,16 @@ _PG_init(void)
 							PGC_SIGHUP, GUC_UNIT_S,
 							NULL, NULL, NULL);
 
+	DefineCustomIntVariable("hashtree.tombstone_ttl",
+							"Age after which the tombstone of a deleted row is removed.",
+							"The fold of a partition removes the tombstones older than this "
+							"(0: never).  A node out of contact longer than this must be "
+							"re-synchronised with pull or push.",
+							&ht_guc_tombstone_ttl,
+							7 * 24 * 3600, 0, INT_MAX,
+							PGC_SUSET, GUC_UNIT_S,
+							NULL, NULL, NULL);
+
 	ht_fragremote_init();
 	ht_worker_init();
 	MarkGUCPrefixReserved("hashtree");

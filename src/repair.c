@@ -38,6 +38,7 @@
  */
 #include "postgres.h"
 
+#include "access/commit_ts.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
 #include "lib/stringinfo.h"
@@ -48,9 +49,18 @@
 #include "remote.h"
 #include "repair.h"
 #include "sqlexec.h"
+#include "tomb.h"
 #include "treemath.h"
 
 #define HT_REPAIR_BATCH 1000
+
+/* set while repair_split runs the pull/push of the other tables */
+static bool repair_split_running = false;
+
+static void repair_newest(HtPeer *peer, HtRepairPart *parts, int nparts, bool quiet,
+						  bool dry_run, char force);
+static void repair_split(HtPeer *peer, HtRepairMode mode, HtRepairPart *parts, int nparts,
+						 bool quiet);
 
 typedef struct Registry
 {
@@ -410,6 +420,7 @@ const char *const ht_repair_mode_names[HT_NREPAIR_MODES] = {
 	[HT_REPAIR_NONE] = "none",
 	[HT_REPAIR_PULL] = "pull",
 	[HT_REPAIR_PUSH] = "push",
+	[HT_REPAIR_NEWEST] = "newest",
 };
 
 HtRepairMode
@@ -420,7 +431,7 @@ ht_repair_mode(const char *name)
 			return (HtRepairMode) i;
 	ereport(ERROR,
 			(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
-			 errmsg("repair must be none, pull or push, not \"%s\"", name)));
+			 errmsg("repair must be none, pull, push or newest, not \"%s\"", name)));
 	return HT_REPAIR_NONE;		/* keep compiler quiet */
 }
 
@@ -442,6 +453,17 @@ ht_repair(HtPeer *peer, HtRepairMode mode, HtRepairPart *parts, int nparts, bool
 	Stmts		writes = {0};
 	ErrorData **read_errors;
 	ErrorData **write_errors;
+
+	if (mode == HT_REPAIR_NEWEST)
+	{
+		repair_newest(peer, parts, nparts, quiet, false, 0);
+		return;
+	}
+	if (!repair_split_running)
+	{
+		repair_split(peer, mode, parts, nparts, quiet);
+		return;
+	}
 
 	/*
 	 * Batch 1, on the peer: its registry, and the prefix_b's of each whole
@@ -630,5 +652,568 @@ ht_repair(HtPeer *peer, HtRepairMode mode, HtRepairPart *parts, int nparts, bool
 		for (int i = 0; i < parts[p].ndiffs; i++)
 			if (parts[p].diffs[i].repaired)
 				parts[p].repaired++;
+	}
+}
+
+/* ---- repair 'newest' (DESIGN §20) ------------------------------------------- */
+
+/*
+ * The version of a key on one side: a row (hash, transport form), a
+ * tombstone (dead), or nothing (absent).  Versions are microseconds since
+ * 1970 (the transport keeps them exact); unknown (a commit time too old or
+ * not recorded) is older than any known one.
+ */
+typedef struct NRow
+{
+	bytea	   *key;
+	bytea	   *hash;
+	bytea	   *r;
+	bool		has_ver;
+	int64		ver;
+	bool		dead;
+} NRow;
+
+static int
+nrow_cmp(const void *a, const void *b)
+{
+	return ht_bytea_cmp(((const NRow *) a)->key, ((const NRow *) b)->key);
+}
+
+/*
+ * Which version wins: > 0 a, < 0 b, 0 neither (equal).  The later version;
+ * at the same time a tombstone beats a row, and of two rows the larger row
+ * hash: the same answer on whichever node runs the exchange.
+ */
+static int
+newest_cmp(const NRow *a, const NRow *b)
+{
+	if (a == NULL || b == NULL)
+		return (a != NULL) - (b != NULL);
+	if (a->has_ver != b->has_ver)
+		return a->has_ver ? 1 : -1;
+	if (a->has_ver && a->ver != b->ver)
+		return a->ver > b->ver ? 1 : -1;
+	if (a->dead != b->dead)
+		return a->dead ? 1 : -1;
+	if (a->dead)
+		return 0;
+	return ht_bytea_cmp(a->hash, b->hash);
+}
+
+/* the rows read on one side for a prefix: statements [from, to), sorted */
+static NRow *
+newest_collect(HtStatement *s, int from, int to, int *n)
+{
+	int			cap = 0;
+	NRow	   *rows;
+	int			k = 0;
+
+	for (int i = from; i < to; i++)
+		cap += s[i].result ? s[i].result->nrows : 0;
+	rows = palloc(sizeof(NRow) * Max(cap, 1));
+	for (int i = from; i < to; i++)
+	{
+		HtRemoteResult *res = s[i].result;
+
+		for (int r = 0; res != NULL && r < res->nrows; r++)
+		{
+			char	   *ver = ht_remote_text(res, r, 3);
+			char	   *dead = ht_remote_text(res, r, 4);
+
+			rows[k].key = result_bytea(res, r, 0);
+			rows[k].hash = result_bytea(res, r, 1);
+			rows[k].r = result_bytea(res, r, 2);
+			rows[k].has_ver = (ver != NULL);
+			rows[k].ver = ver ? strtoll(ver, NULL, 10) : 0;
+			rows[k].dead = (dead != NULL && dead[0] == 't');
+			if (rows[k].key == NULL || (!rows[k].dead && (rows[k].hash == NULL || rows[k].r == NULL)))
+				ereport(ERROR,
+						(errcode(ERRCODE_PROTOCOL_VIOLATION),
+						 errmsg("unexpected row in the versions read for a repair")));
+			k++;
+		}
+	}
+	qsort(rows, k, sizeof(NRow), nrow_cmp);
+	*n = k;
+	return rows;
+}
+
+/* the winners one side lacks, to write there */
+typedef struct NWrites
+{
+	int			nrows;
+	NRow	  **rows;
+	int			ndels;
+	NRow	  **dels;
+} NWrites;
+
+static const char *
+int8_array_text(NRow **rows, int n)
+{
+	StringInfoData b;
+
+	initStringInfo(&b);
+	appendStringInfoChar(&b, '{');
+	for (int i = 0; i < n; i++)
+	{
+		if (i > 0)
+			appendStringInfoChar(&b, ',');
+		if (rows[i]->has_ver)
+			appendStringInfo(&b, INT64_FORMAT, rows[i]->ver);
+		else
+			appendStringInfoString(&b, "NULL");
+	}
+	appendStringInfoChar(&b, '}');
+	return b.data;
+}
+
+static const char *
+field_array_text(NRow **rows, int n, int which)
+{
+	bytea	  **v = palloc(sizeof(bytea *) * Max(n, 1));
+
+	for (int i = 0; i < n; i++)
+		v[i] = which == 0 ? rows[i]->key : which == 1 ? rows[i]->r : rows[i]->hash;
+	return bytea_array_text(v, n);
+}
+
+#define NEWEST_TS(p) \
+	"ARRAY(SELECT pg_catalog.to_timestamp(0) + v * '1 microsecond'::pg_catalog.interval" \
+	" FROM pg_catalog.unnest(" p "::pg_catalog.int8[]) v)"
+
+static void
+add_newest_writes(Stmts *st, int group, Work *w, NWrites *x)
+{
+	for (int base = 0; base < Max(x->nrows, x->ndels); base += HT_REPAIR_BATCH)
+	{
+		int			nr = Max(0, Min(HT_REPAIR_BATCH, x->nrows - base));
+		int			nd = Max(0, Min(HT_REPAIR_BATCH, x->ndels - base));
+		NRow	  **r = x->rows + Min(base, x->nrows);
+		NRow	  **d = x->dels + Min(base, x->ndels);
+
+		add_stmt(st, group, 1,
+				 "SELECT hashtree._newest_apply($1, $2, $3::int4, $4::pg_catalog.bytea[],"
+				 " $5::pg_catalog.bytea[], $6::pg_catalog.bytea[], " NEWEST_TS("$7") ","
+				 " $8::pg_catalog.bytea[], " NEWEST_TS("$9") ")",
+				 9, w->pa, w->pb, psprintf("%d", w->rp->part),
+				 field_array_text(r, nr, 0), field_array_text(r, nr, 1),
+				 field_array_text(r, nr, 2), int8_array_text(r, nr),
+				 field_array_text(d, nd, 0), int8_array_text(d, nd));
+	}
+}
+
+/* the sum of the counts a side's writes of group k returned */
+static int64
+written(Stmts *st, int group)
+{
+	int64		n = 0;
+
+	for (int i = 0; i < st->n; i++)
+		if (st->s[i].group == group && st->s[i].result != NULL &&
+			st->s[i].result->nrows == 1)
+		{
+			char	   *v = ht_remote_text(st->s[i].result, 0, 0);
+
+			n += v ? strtoll(v, NULL, 10) : 0;
+		}
+	return n;
+}
+
+static int
+diff_key_cmp(const void *a, const void *b)
+{
+	return ht_bytea_cmp((*(HtDiff *const *) a)->key, (*(HtDiff *const *) b)->key);
+}
+
+void
+ht_repair_winners(HtPeer *peer, HtRepairPart *parts, int nparts)
+{
+	if (track_commit_timestamp)
+		repair_newest(peer, parts, nparts, true, true, 0);
+}
+
+/*
+ * Repair 'newest'; dry_run: only set the winner of each difference (no
+ * commit times on the peer: none, no error), write nothing
+ */
+static void
+repair_newest(HtPeer *peer, HtRepairPart *parts, int nparts, bool quiet, bool dry_run,
+			  char force)
+{
+	Registry	local;
+	Registry	remote;
+	Stmts		first = {0};
+	PartDiff   *d;
+	int			n = 0;
+	int			cap = 0;
+	Work	   *works;
+	int			nworks = 0;
+	Stmts		rd_here = {0};
+	Stmts		rd_there = {0};
+	Stmts		wr_here = {0};
+	Stmts		wr_there = {0};
+	ErrorData **err_rd_here;
+	ErrorData **err_rd_there;
+	ErrorData **err_wr_here;
+	ErrorData **err_wr_there;
+	char	   *setting;
+
+	if (!track_commit_timestamp && !force)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("repair 'newest' needs track_commit_timestamp = on on this node"),
+				 errhint("Set track_commit_timestamp = on (a restart) on every node.")));
+
+	/* batch 1, on the peer: its setting and its registry */
+	add_stmt(&first, 0, 2, "SELECT schema_name, table_name FROM hashtree.tracked", 0);
+	add_stmt(&first, 1, 1, "SELECT pg_catalog.current_setting('track_commit_timestamp')", 0);
+	ht_node_batch(peer, first.s, first.n, NULL);
+	setting = first.s[1].result->nrows == 1 ? ht_remote_text(first.s[1].result, 0, 0) : NULL;
+	if (dry_run && (setting == NULL || strcmp(setting, "on") != 0))
+		return;
+	if (!force && (setting == NULL || strcmp(setting, "on") != 0))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("repair 'newest' needs track_commit_timestamp = on on peer \"%s\"",
+						ht_peer_name(peer)),
+				 errhint("Set track_commit_timestamp = on (a restart) on every node.")));
+	registry_of(NULL, &local);
+	registry_from(first.s[0].result, &remote);
+
+	for (int p = 0; p < nparts; p++)
+		cap += parts[p].ndiffs;
+	d = palloc(sizeof(PartDiff) * Max(cap, 1));
+	for (int p = 0; p < nparts; p++)
+	{
+		parts[p].rows_local = parts[p].rows_remote = 0;
+		for (int i = 0; i < parts[p].ndiffs; i++)
+		{
+			HtDiff	   *x = &parts[p].diffs[i];
+
+			x->winner = 0;
+			if (x->pb == NULL)
+			{
+				/* a whole prefix_a: one difference per prefix_b of either side */
+				const char *params[2] = {psprintf("%d", parts[p].part), x->pa};
+				HtRemoteResult *res = ht_node_query(x->kind == HT_MISSING_PREFIX ? peer : NULL,
+													"SELECT c FROM hashtree._prefix_children($1::int4, $2) c",
+													2, params, 1);
+
+				cap += res->nrows;
+				d = repalloc(d, sizeof(PartDiff) * Max(cap, 1));
+				for (int c = 0; c < res->nrows; c++)
+				{
+					HtDiff	   *y = palloc(sizeof(HtDiff));
+
+					*y = *x;
+					y->pb = ht_remote_text(res, c, 0);
+					d[n].rp = &parts[p];
+					d[n++].d = y;
+				}
+				x->repaired = !dry_run;
+				x->winner = x->kind == HT_MISSING_PREFIX ? 'r' : 'l';
+				continue;
+			}
+			d[n].rp = &parts[p];
+			d[n++].d = x;
+		}
+	}
+	qsort(d, n, sizeof(PartDiff), diff_order);
+
+	/* the prefixes, and the same reads on both sides */
+	works = palloc0(sizeof(Work) * Max(n, 1));
+	for (int i = 0; i < n;)
+	{
+		int			j = i;
+		Work	   *w = &works[nworks];
+		bool		here;
+		bool		there;
+		const char *part;
+
+		w->rp = d[i].rp;
+		w->pa = d[i].d->pa;
+		w->pb = d[i].d->pb;
+		while (j < n && diff_order(&d[i], &d[j]) == 0)
+			j++;
+		w->first_diff = i;
+		w->end_diff = j;
+		i = j;
+		here = registered(&local, w->pa, w->pb);
+		there = registered(&remote, w->pa, w->pb);
+		w->tracked = here && there;
+		nworks++;
+		if (here != there)
+		{
+			w->failed = psprintf("table %s is tracked on %s but not on %s",
+								 quote_qualified_identifier(w->pa, w->pb),
+								 here ? "this node" : psprintf("peer \"%s\"", ht_peer_name(peer)),
+								 here ? psprintf("peer \"%s\"", ht_peer_name(peer)) : "this node");
+			continue;
+		}
+		if (!w->tracked)
+		{
+			w->failed = psprintf("repair 'newest' of %s: entries written with insert() carry no"
+								 " version; use pull or push",
+								 quote_qualified_identifier(w->pa, w->pb));
+			continue;
+		}
+		w->copy = palloc(sizeof(bytea *) * (w->end_diff - w->first_diff));
+		for (int k = w->first_diff; k < w->end_diff; k++)
+		{
+			if (d[k].d->key != NULL)
+				w->copy[w->ncopy++] = d[k].d->key;
+			else
+				w->copy_prefix = true;	/* (only one side has it) */
+		}
+		qsort(w->copy, w->ncopy, sizeof(bytea *), ht_bytea_ptr_cmp);
+		part = psprintf("%d", w->rp->part);
+		w->read_from = rd_here.n;
+		if (w->copy_prefix)
+		{
+			const char *sql = "SELECT key, hash, r, (EXTRACT(epoch FROM version)"
+				" * 1000000)::pg_catalog.int8, dead FROM hashtree._newest_rows($1, $2, $3::int4,"
+				" ARRAY(SELECT e.key FROM hashtree._prefix_entries($3::int4, $1, $2) e))";
+
+			add_stmt(&rd_here, nworks - 1, 5, sql, 3, w->pa, w->pb, part);
+			add_stmt(&rd_there, nworks - 1, 5, sql, 3, w->pa, w->pb, part);
+		}
+		for (int base = 0; base < w->ncopy; base += HT_REPAIR_BATCH)
+		{
+			const char *keys = bytea_array_text(w->copy + base,
+												Min(HT_REPAIR_BATCH, w->ncopy - base));
+			const char *sql = "SELECT key, hash, r, (EXTRACT(epoch FROM version)"
+				" * 1000000)::pg_catalog.int8, dead FROM hashtree._newest_rows($1, $2, $3::int4,"
+				" $4::pg_catalog.bytea[])";
+
+			add_stmt(&rd_here, nworks - 1, 5, sql, 4, w->pa, w->pb, part, keys);
+			add_stmt(&rd_there, nworks - 1, 5, sql, 4, w->pa, w->pb, part, keys);
+		}
+		w->read_to = rd_here.n;
+	}
+
+	/* batch 2: the versions, on both sides */
+	err_rd_there = palloc0(sizeof(ErrorData *) * Max(nworks, 1));
+	err_rd_here = palloc0(sizeof(ErrorData *) * Max(nworks, 1));
+	ht_node_batch(peer, rd_there.s, rd_there.n, err_rd_there);
+	ht_node_batch(NULL, rd_here.s, rd_here.n, err_rd_here);
+
+	/* the winners, and batch 3: the writes on the side that lacks each */
+	for (int k = 0; k < nworks; k++)
+	{
+		Work	   *w = &works[k];
+		ErrorData  *e = err_rd_there[k] ? err_rd_there[k] : err_rd_here[k];
+		NRow	   *a;
+		NRow	   *b;
+		int			na;
+		int			nb;
+		int			i = 0;
+		int			j = 0;
+		NWrites		to_here = {0};
+		NWrites		to_there = {0};
+		HtDiff	  **dk;
+		int			ndk = 0;
+
+		if (w->failed != NULL)
+			continue;
+		dk = palloc(sizeof(HtDiff *) * Max(w->end_diff - w->first_diff, 1));
+		for (int q = w->first_diff; q < w->end_diff; q++)
+			if (d[q].d->key != NULL)
+				dk[ndk++] = d[q].d;
+		qsort(dk, ndk, sizeof(HtDiff *), diff_key_cmp);
+		if (e != NULL)
+		{
+			rethrow_fatal(e);
+			w->failed = psprintf("repair of %s: %s", quote_qualified_identifier(w->pa, w->pb),
+								 e->message);
+			continue;
+		}
+		a = newest_collect(rd_here.s, w->read_from, w->read_to, &na);
+		b = newest_collect(rd_there.s, w->read_from, w->read_to, &nb);
+		/* (a forced winner may be a key the other side has: na + nb) */
+		to_here.rows = palloc(sizeof(NRow *) * Max(na + nb, 1));
+		to_here.dels = palloc(sizeof(NRow *) * Max(na + nb, 1));
+		to_there.rows = palloc(sizeof(NRow *) * Max(na + nb, 1));
+		to_there.dels = palloc(sizeof(NRow *) * Max(na + nb, 1));
+		while (i < na || j < nb)
+		{
+			int			c = (i < na && j < nb) ? ht_bytea_cmp(a[i].key, b[j].key)
+				: (i < na ? -1 : 1);
+			bool		take_a = c <= 0;
+			bool		take_b = c >= 0;
+			NRow	   *x = take_a ? &a[i] : NULL;
+			NRow	   *y = take_b ? &b[j] : NULL;
+			int			win = newest_cmp(x, y);
+			bytea	   *key = x ? x->key : y->key;
+
+			/*
+			 * pull or push of a table with tombstones: the source's version,
+			 * whatever its age; a key the source lacks is purged (no
+			 * tombstone: a dead NRow without a version)
+			 */
+			if (force && win != 0)
+			{
+				NRow	   *src = force == 'l' ? x : y;
+				NRow	   *dst = force == 'l' ? y : x;
+
+				win = force == 'l' ? 1 : -1;
+				if (src == NULL)
+				{
+					src = palloc0(sizeof(NRow));
+					src->key = dst->key;
+					src->dead = true;
+					src->has_ver = false;
+					if (force == 'l')
+						x = src;
+					else
+						y = src;
+				}
+			}
+
+			if (win > 0)
+			{
+				if (x->dead)
+					to_there.dels[to_there.ndels++] = x;
+				else
+					to_there.rows[to_there.nrows++] = x;
+			}
+			else if (win < 0)
+			{
+				if (y->dead)
+					to_here.dels[to_here.ndels++] = y;
+				else
+					to_here.rows[to_here.nrows++] = y;
+			}
+			/* the winner of each difference, for the result */
+			{
+				HtDiff		probe = {0};
+				HtDiff	   *pp = &probe;
+				HtDiff	  **hit;
+
+				probe.key = key;
+				hit = bsearch(&pp, dk, ndk, sizeof(HtDiff *), diff_key_cmp);
+				if (hit != NULL)
+					(*hit)->winner = win > 0 ? 'l' : win < 0 ? 'r' : 0;
+			}
+			if (take_a)
+				i++;
+			if (take_b)
+				j++;
+		}
+		add_newest_writes(&wr_here, k, w, &to_here);
+		add_newest_writes(&wr_there, k, w, &to_there);
+	}
+	if (dry_run)
+		return;
+	err_wr_there = palloc0(sizeof(ErrorData *) * Max(nworks, 1));
+	err_wr_here = palloc0(sizeof(ErrorData *) * Max(nworks, 1));
+	ht_node_batch(peer, wr_there.s, wr_there.n, err_wr_there);
+	ht_node_batch(NULL, wr_here.s, wr_here.n, err_wr_here);
+
+	/* what became of each prefix */
+	for (int k = 0; k < nworks; k++)
+	{
+		Work	   *w = &works[k];
+		HtRepairPart *rp = w->rp;
+		ErrorData  *e = err_wr_there[k] ? err_wr_there[k] : err_wr_here[k];
+		bool		ok;
+
+		if (w->failed == NULL && e != NULL)
+		{
+			rethrow_fatal(e);
+			w->failed = psprintf("repair of %s: %s", quote_qualified_identifier(w->pa, w->pb),
+								 e->message);
+		}
+		if (!err_wr_here[k])
+			rp->rows_local += written(&wr_here, k);
+		if (!err_wr_there[k])
+			rp->rows_remote += written(&wr_there, k);
+		ok = (w->failed == NULL);
+		for (int i = w->first_diff; i < w->end_diff; i++)
+			d[i].d->repaired = ok;
+		if (!ok)
+		{
+			for (int i = 0; i < rp->ndiffs; i++)
+				if (rp->diffs[i].pb == NULL && strcmp(rp->diffs[i].pa, w->pa) == 0)
+					rp->diffs[i].repaired = false;
+			if (rp->message == NULL)
+				rp->message = w->failed;
+			if (!quiet)
+				ereport(WARNING, (errmsg("hashtree: partition %d: %s", rp->part, w->failed)));
+		}
+	}
+
+	for (int p = 0; p < nparts; p++)
+	{
+		parts[p].repaired = 0;
+		for (int i = 0; i < parts[p].ndiffs; i++)
+			if (parts[p].diffs[i].repaired)
+				parts[p].repaired++;
+	}
+}
+
+/*
+ * pull/push: the differences of tables that keep tombstones here go through
+ * the reads and writes of 'newest' with the source's side forced as the
+ * winner (tombstones are copied, keys the source lacks purged, not turned
+ * into tombstones of the repair's time); the others through pull/push.
+ */
+static void
+repair_split(HtPeer *peer, HtRepairMode mode, HtRepairPart *parts, int nparts, bool quiet)
+{
+	HtRepairPart *tp = palloc0(sizeof(HtRepairPart) * Max(nparts, 1));
+	HtRepairPart *op = palloc0(sizeof(HtRepairPart) * Max(nparts, 1));
+	int		  **tmap = palloc(sizeof(int *) * Max(nparts, 1));
+	int		  **omap = palloc(sizeof(int *) * Max(nparts, 1));
+	bool		any = false;
+
+	for (int p = 0; p < nparts; p++)
+	{
+		tp[p] = op[p] = parts[p];
+		tp[p].diffs = palloc(sizeof(HtDiff) * Max(parts[p].ndiffs, 1));
+		op[p].diffs = palloc(sizeof(HtDiff) * Max(parts[p].ndiffs, 1));
+		tmap[p] = palloc(sizeof(int) * Max(parts[p].ndiffs, 1));
+		omap[p] = palloc(sizeof(int) * Max(parts[p].ndiffs, 1));
+		tp[p].ndiffs = op[p].ndiffs = 0;
+		tp[p].message = op[p].message = NULL;
+		for (int i = 0; i < parts[p].ndiffs; i++)
+		{
+			HtDiff	   *x = &parts[p].diffs[i];
+
+			if (x->pb != NULL && ht_tomb_available() &&
+				ht_tomb_enabled(cstring_to_text(x->pa), cstring_to_text(x->pb)))
+			{
+				tmap[p][tp[p].ndiffs] = i;
+				tp[p].diffs[tp[p].ndiffs++] = *x;
+				any = true;
+			}
+			else
+			{
+				omap[p][op[p].ndiffs] = i;
+				op[p].diffs[op[p].ndiffs++] = *x;
+			}
+		}
+	}
+	if (any)
+		repair_newest(peer, tp, nparts, quiet, false, mode == HT_REPAIR_PUSH ? 'l' : 'r');
+	repair_split_running = true;
+	PG_TRY();
+	{
+		ht_repair(peer, mode, op, nparts, quiet);
+	}
+	PG_FINALLY();
+	{
+		repair_split_running = false;
+	}
+	PG_END_TRY();
+	for (int p = 0; p < nparts; p++)
+	{
+		for (int i = 0; i < tp[p].ndiffs; i++)
+			parts[p].diffs[tmap[p][i]].repaired = tp[p].diffs[i].repaired;
+		for (int i = 0; i < op[p].ndiffs; i++)
+			parts[p].diffs[omap[p][i]].repaired = op[p].diffs[i].repaired;
+		parts[p].repaired = tp[p].repaired + op[p].repaired;
+		parts[p].rows_local = tp[p].rows_local + op[p].rows_local;
+		parts[p].rows_remote = tp[p].rows_remote + op[p].rows_remote;
+		parts[p].message = tp[p].message ? tp[p].message : op[p].message;
 	}
 }

@@ -12,6 +12,7 @@
 #include "access/htup_details.h"
 #include "access/relation.h"
 #include "access/table.h"
+#include "access/commit_ts.h"
 #include "access/transam.h"
 #include "catalog/pg_type.h"
 #include "executor/spi.h"
@@ -28,12 +29,14 @@
 #include "utils/rel.h"
 #include "utils/rls.h"
 #include "utils/syscache.h"
+#include "utils/timestamp.h"
 
 #include "common.h"
 #include "partlock.h"
 #include "rowenc.h"
 #include "rowio.h"
 #include "sqlexec.h"
+#include "tomb.h"
 #include "track.h"
 
 /*
@@ -1009,4 +1012,539 @@ ht_delete_partition_rows(PG_FUNCTION_ARGS)
 	HT_API_END();
 	SPI_finish();
 	PG_RETURN_INT64(n);
+}
+
+/* ---- two-way repair ('newest', DESIGN §20) ------------------------------------- */
+
+static HtQuery q_set_tombstones = {
+	"UPDATE hashtree.tracked_table SET tombstones = $3 WHERE schema_name = $1 AND table_name = $2",
+	3, {TEXTOID, TEXTOID, BOOLOID}
+};
+
+static HtQuery q_forget_tombstones = {
+	"WITH t AS (DELETE FROM hashtree.tombstone WHERE pa = $1 AND pb = $2)"
+	" DELETE FROM hashtree.row_version WHERE pa = $1 AND pb = $2",
+	2, {TEXTOID, TEXTOID}
+};
+
+/*
+ * hashtree.tombstones(tbl regclass, enable boolean DEFAULT true) RETURNS void
+ * Make a tracked table keep tombstones of its deleted rows (for repair
+ * 'newest'), or stop: its tombstones go and its entries are hashed again.
+ * Needs ownership of the table (of the caller: SECURITY DEFINER, like
+ * track()).  Locks: SHARE ROW EXCLUSIVE on the table (writers wait).
+ */
+PG_FUNCTION_INFO_V1(ht_tombstones);
+Datum
+ht_tombstones(PG_FUNCTION_ARGS)
+{
+	Relation	rel;
+	TrackRel   *tr;
+	bool		enable;
+	Datum		v[3];
+
+	HT_ARG_NOT_NULL(0, "tbl");
+	HT_ARG_NOT_NULL(1, "enable");
+	enable = PG_GETARG_BOOL(1);
+	SPI_connect();
+	HT_API_BEGIN();
+	rel = ht_open_relation_arg(PG_GETARG_OID(0), ShareRowExclusiveLock);
+	/* (SECURITY DEFINER: the caller must own the table, as for track()) */
+	if (!pg_class_ownercheck(RelationGetRelid(rel), GetOuterUserId()))
+		aclcheck_error(ACLCHECK_NOT_OWNER, get_relkind_objtype(rel->rd_rel->relkind),
+					   RelationGetRelationName(rel));
+	tr = ht_track_rel(rel);
+	if (!tr->tracked || !tr->registered || tr->root != RelationGetRelid(rel))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table %s is not tracked",
+						quote_qualified_identifier(tr->schema ? tr->schema :
+												   get_namespace_name(RelationGetNamespace(rel)),
+												   RelationGetRelationName(rel))),
+				 errhint("Track it first with hashtree.track().")));
+	if (enable && !track_commit_timestamp)
+		ereport(WARNING,
+				(errmsg("track_commit_timestamp is off: deletes get the time of the update that folds them"),
+				 errhint("Repair 'newest' needs track_commit_timestamp = on on every node.")));
+	v[0] = PointerGetDatum(tr->pa);
+	v[1] = PointerGetDatum(tr->pb);
+	v[2] = BoolGetDatum(enable);
+	if (ht_exec_as_owner(&q_set_tombstones, v, NULL, 0) != 1)
+		elog(ERROR, "hashtree: registry row of %s not found", tr->name);
+	if (!enable)
+	{
+		/* the tombstones' entries go with a re-hash of the table */
+		ht_exec_as_owner(&q_forget_tombstones, v, NULL, 0);
+		(void) ht_track_rehash(tr, "tombstones");
+	}
+	table_close(rel, NoLock);
+	HT_API_END();
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+static HtQuery q_set_version_column = {
+	"UPDATE hashtree.tracked_table SET version_column = $3"
+	" WHERE schema_name = $1 AND table_name = $2",
+	3, {TEXTOID, TEXTOID, TEXTOID}
+};
+
+/*
+ * hashtree.version_column(tbl regclass, col name) RETURNS void
+ * Repair 'newest' takes the versions of the rows of a tracked table from
+ * its column col (timestamptz: an application's "updated at") instead of
+ * the commit times; NULL: the commit times again.  Deletes (tombstones)
+ * keep their commit times.  Needs ownership of the table (of the caller:
+ * SECURITY DEFINER).  Locks: SHARE ROW EXCLUSIVE on the table.
+ */
+PG_FUNCTION_INFO_V1(ht_version_column);
+Datum
+ht_version_column(PG_FUNCTION_ARGS)
+{
+	Relation	rel;
+	TrackRel   *tr;
+	Datum		v[3];
+	bool		n[3] = {false, false, false};
+
+	HT_ARG_NOT_NULL(0, "tbl");
+	SPI_connect();
+	HT_API_BEGIN();
+	rel = ht_open_relation_arg(PG_GETARG_OID(0), ShareRowExclusiveLock);
+	if (!pg_class_ownercheck(RelationGetRelid(rel), GetOuterUserId()))
+		aclcheck_error(ACLCHECK_NOT_OWNER, get_relkind_objtype(rel->rd_rel->relkind),
+					   RelationGetRelationName(rel));
+	tr = ht_track_rel(rel);
+	if (!tr->tracked || !tr->registered || tr->root != RelationGetRelid(rel))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table %s is not tracked",
+						quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
+												   RelationGetRelationName(rel))),
+				 errhint("Track it first with hashtree.track().")));
+	if (!PG_ARGISNULL(1))
+	{
+		char	   *col = NameStr(*PG_GETARG_NAME(1));
+		AttrNumber	att = get_attnum(RelationGetRelid(rel), col);
+
+		if (att == InvalidAttrNumber || att < 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_COLUMN),
+					 errmsg("column \"%s\" of table %s does not exist", col,
+							RelationGetRelationName(rel))));
+		if (TupleDescAttr(RelationGetDescr(rel), att - 1)->atttypid != TIMESTAMPTZOID)
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("version column \"%s\" must be of type timestamptz", col),
+					 errdetail("Deletes are versioned by their commit times, which only a timestamptz compares with.")));
+		v[2] = CStringGetTextDatum(col);
+	}
+	else
+	{
+		v[2] = (Datum) 0;
+		n[2] = true;
+	}
+	v[0] = PointerGetDatum(tr->pa);
+	v[1] = PointerGetDatum(tr->pb);
+	if (ht_exec_as_owner(&q_set_version_column, v, n, 0) != 1)
+		elog(ERROR, "hashtree: registry row of %s not found", tr->name);
+	table_close(rel, NoLock);
+	HT_API_END();
+	SPI_finish();
+	PG_RETURN_VOID();
+}
+
+static HtQuery q_version_column = {
+	"SELECT version_column FROM hashtree.tracked_table WHERE schema_name = $1 AND table_name = $2",
+	2, {TEXTOID, TEXTOID}
+};
+
+/* the column that holds a tracked table's versions, 0: commit times */
+static AttrNumber
+version_attnum(TrackRel *tr, Relation rel)
+{
+	Datum		v[2] = {PointerGetDatum(tr->pa), PointerGetDatum(tr->pb)};
+	bool		isnull = true;
+	char	   *col = NULL;
+	AttrNumber	att;
+
+	if (ht_exec_as_owner(&q_version_column, v, NULL, 1) == 1)
+	{
+		Datum		d = ht_col(0, 1, &isnull);
+
+		if (!isnull)
+			col = TextDatumGetCString(d);
+	}
+	SPI_freetuptable(SPI_tuptable);
+	if (col == NULL)
+		return 0;
+	att = get_attnum(RelationGetRelid(rel), col);
+	if (att <= 0 || TupleDescAttr(RelationGetDescr(rel), att - 1)->atttypid != TIMESTAMPTZOID)
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_COLUMN),
+				 errmsg("version column \"%s\" of table %s is gone or no longer timestamptz", col,
+						quote_qualified_identifier(tr->schema, tr->name)),
+				 errhint("Set it again with hashtree.version_column().")));
+	return att;
+}
+
+static HtQuery q_row_versions = {
+	"SELECT v.key, v.xmin::text::int8, v.version FROM unnest($4::bytea[]) AS u(k)"
+	" JOIN hashtree.row_version v ON v.part = $1 AND v.pa = $2 AND v.pb = $3"
+	"  AND hashtree._kid(v.key) = hashtree._kid(u.k)",
+	4, {INT4OID, TEXTOID, TEXTOID, BYTEAARRAYOID}
+};
+
+static HtQuery q_tombs_of = {
+	"SELECT t.key, t.deleted_at FROM unnest($4::bytea[]) AS u(k)"
+	" JOIN hashtree.tombstone t ON t.part = $1 AND t.pa = $2 AND t.pb = $3"
+	"  AND hashtree._kid(t.key) = hashtree._kid(u.k)",
+	4, {INT4OID, TEXTOID, TEXTOID, BYTEAARRAYOID}
+};
+
+/* a key and a value found for it (row versions, tombstones) */
+typedef struct KeyVal
+{
+	bytea	   *key;
+	int64		x;				/* the xmin of a row version */
+	TimestampTz at;
+} KeyVal;
+
+static int
+keyval_cmp(const void *a, const void *b)
+{
+	return ht_bytea_cmp(((const KeyVal *) a)->key, ((const KeyVal *) b)->key);
+}
+
+/* the rows of q (key, [xmin,] time) for keys, sorted by key */
+static KeyVal *
+keyvals(HtQuery *q, int part, TrackRel *tr, Datum keys, bool with_x, int *n)
+{
+	Datum		v[4];
+	uint64		got;
+	KeyVal	   *kv;
+
+	v[0] = Int32GetDatum(part);
+	v[1] = PointerGetDatum(tr->pa);
+	v[2] = PointerGetDatum(tr->pb);
+	v[3] = keys;
+	got = ht_exec_as_owner(q, v, NULL, 0);
+	kv = palloc(sizeof(KeyVal) * Max(got, 1));
+	for (uint64 r = 0; r < got; r++)
+	{
+		bool		isnull;
+
+		kv[r].key = DatumGetByteaPCopy(ht_col(r, 1, &isnull));
+		kv[r].x = with_x ? DatumGetInt64(ht_col(r, 2, &isnull)) : 0;
+		kv[r].at = DatumGetTimestampTz(ht_col(r, with_x ? 3 : 2, &isnull));
+	}
+	SPI_freetuptable(SPI_tuptable);
+	qsort(kv, got, sizeof(KeyVal), keyval_cmp);
+	*n = (int) got;
+	return kv;
+}
+
+static KeyVal *
+keyval_find(KeyVal *kv, int n, bytea *key)
+{
+	KeyVal		k = {key, 0, 0};
+
+	return bsearch(&k, kv, n, sizeof(KeyVal), keyval_cmp);
+}
+
+/*
+ * hashtree._newest_rows(schema_name text, table_name text, partition int,
+ *                       keys bytea[])
+ *   RETURNS TABLE(key bytea, hash bytea, r bytea, version timestamptz,
+ *                 dead boolean)
+ * For repair 'newest': the rows of those keys (as _rows_by_key) with their
+ * versions (the version a repair gave the row, if the row is still the
+ * one it wrote, else the commit time of the row's transaction; NULL when
+ * not known), and the tombstones of the keys without a row (hash and r
+ * NULL, dead).  Needs SELECT on the table for the repairing role; rows
+ * are read as the table's owner.  Locks: ROW EXCLUSIVE on the table.
+ */
+static int
+newest_read(ReturnSetInfo *rsinfo, TrackRel *tr, Relation rel, bytea **keys, int n,
+			KeyVal *ver, int nver, AttrNumber vatt, bytea **found)
+{
+	RowIO		io;
+	volatile int nfound = 0;
+
+	row_io_begin(tr->root, &io);
+	PG_TRY();
+	{
+		Datum		params[INDEX_MAX_KEYS];
+
+		ht_track_key_params(tr->enc, keys, n, params);
+		if (SPI_execute_plan(ht_track_versions_plan(tr), params, NULL, true, 0) != SPI_OK_SELECT)
+			elog(ERROR, "hashtree: reading rows of %s failed", tr->name);
+		for (uint64 r = 0; r < SPI_processed && r < n; r++)
+		{
+			bool		isnull;
+			HeapTupleData tuple;
+			Datum		out[5];
+			bool		nulls[5] = {false, false, false, false, false};
+			TransactionId xmin;
+			TimestampTz at = 0;
+			KeyVal	   *v;
+
+			ht_track_record_tuple(rel, DatumGetHeapTupleHeader(ht_col(r, 1, &isnull)), &tuple);
+			xmin = DatumGetTransactionId(ht_col(r, 2, &isnull));
+			out[0] = PointerGetDatum(ht_row_key(tr->enc, RelationGetDescr(rel), &tuple));
+			out[1] = PointerGetDatum(ht_row_hash(tr->enc, RelationGetDescr(rel), &tuple));
+			out[2] = PointerGetDatum(encode_row(rel, &tuple));
+			v = keyval_find(ver, nver, DatumGetByteaPP(out[0]));
+			if (vatt > 0)
+			{
+				/* the table's own version column */
+				Datum		d = heap_getattr(&tuple, vatt, RelationGetDescr(rel), &isnull);
+
+				if (isnull)
+					nulls[3] = true;
+				else
+					at = DatumGetTimestampTz(d);
+			}
+			else if (v != NULL && v->x == (int64) xmin)
+				at = v->at;
+			else if (!ht_tomb_commit_time(xmin, &at))
+				nulls[3] = true;
+			out[3] = TimestampTzGetDatum(at);
+			out[4] = BoolGetDatum(false);
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, out, nulls);
+			found[r] = DatumGetByteaPP(out[0]);
+		}
+		nfound = (int) Min(SPI_processed, (uint64) n);
+	}
+	PG_FINALLY();
+	{
+		row_io_end(&io);
+	}
+	PG_END_TRY();
+	return nfound;
+}
+
+PG_FUNCTION_INFO_V1(ht_newest_rows);
+Datum
+ht_newest_rows(PG_FUNCTION_ARGS)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	Relation	rel;
+	TrackRel   *tr;
+	bytea	  **keys;
+	int			n;
+	int			part;
+
+	HT_ARG_NOT_NULL(0, "schema");
+	HT_ARG_NOT_NULL(1, "name");
+	HT_ARG_NOT_NULL(2, "partition");
+	HT_ARG_NOT_NULL(3, "keys");
+	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
+	SPI_connect();
+	HT_API_BEGIN();
+	part = PG_GETARG_INT32(2);
+	ht_check_partition(part);
+	tr = tracked_by_name(PG_GETARG_TEXT_PP(0), PG_GETARG_TEXT_PP(1), &rel);
+	repair_check_rights(rel, ACL_SELECT, "read");
+	keys = key_array(PG_GETARG_ARRAYTYPE_P(3), &n);
+	if (n > 0)
+	{
+		int			nver;
+		int			ntomb;
+		KeyVal	   *ver = keyvals(&q_row_versions, part, tr, PG_GETARG_DATUM(3), true, &nver);
+		KeyVal	   *tomb = keyvals(&q_tombs_of, part, tr, PG_GETARG_DATUM(3), false, &ntomb);
+		bytea	  **found = palloc(sizeof(bytea *) * n);
+		int			nfound = newest_read(rsinfo, tr, rel, keys, n, ver, nver,
+										 version_attnum(tr, rel), found);
+
+		/* the tombstones of the keys without a row */
+		qsort(found, nfound, sizeof(bytea *), ht_bytea_ptr_cmp);
+		for (int i = 0; i < ntomb; i++)
+		{
+			Datum		out[5];
+			bool		nulls[5] = {false, true, true, false, false};
+
+			if (bsearch(&tomb[i].key, found, nfound, sizeof(bytea *), ht_bytea_ptr_cmp) != NULL)
+				continue;
+			out[0] = PointerGetDatum(tomb[i].key);
+			out[1] = out[2] = (Datum) 0;
+			out[3] = TimestampTzGetDatum(tomb[i].at);
+			out[4] = BoolGetDatum(true);
+			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, out, nulls);
+		}
+	}
+	table_close(rel, NoLock);
+	HT_API_END();
+	SPI_finish();
+	return (Datum) 0;
+}
+
+static HtQuery q_put_versions = {
+	"INSERT INTO hashtree.row_version AS t (part, pa, pb, key, version)"
+	" SELECT $1, $2, $3, u.key, u.v FROM unnest($4::bytea[], $5::timestamptz[]) AS u(key, v)"
+	" WHERE u.v IS NOT NULL"
+	" ON CONFLICT (part, pa, pb, hashtree._kid(key)) DO UPDATE SET version = EXCLUDED.version",
+	5, {INT4OID, TEXTOID, TEXTOID, BYTEAARRAYOID, TIMESTAMPTZARRAYOID}
+};
+
+/*
+ * The tombstones a repair writes, and a logged delete of each key in the
+ * same transaction, so that the fold keeps their times (tomb.c); a NULL
+ * time (pull/push: the source has no tombstone) is -infinity, which the
+ * fold takes as "no tombstone"
+ */
+static HtQuery q_put_tombs = {
+	"WITH t AS (INSERT INTO hashtree.tombstone AS t (part, pa, pb, key, deleted_at)"
+	"  SELECT $1, $2, $3, u.key, coalesce(u.at, '-infinity')"
+	"  FROM unnest($4::bytea[], $5::timestamptz[]) AS u(key, at)"
+	"  ON CONFLICT (part, pa, pb, hashtree._kid(key)) DO UPDATE SET deleted_at = EXCLUDED.deleted_at"
+	"  RETURNING t.key)"
+	" INSERT INTO hashtree.dirty_key (part, seg, pa, pb, key, hash)"
+	" SELECT $1, hashtree.segment_of(t.key), $2, $3, t.key, ''::bytea FROM t",
+	5, {INT4OID, TEXTOID, TEXTOID, BYTEAARRAYOID, TIMESTAMPTZARRAYOID}
+};
+
+/*
+ * hashtree._newest_apply(schema_name text, table_name text, partition int,
+ *                        keys bytea[], rows bytea[], hashes bytea[],
+ *                        versions timestamptz[], deletes bytea[],
+ *                        deleted_at timestamptz[]) RETURNS bigint
+ * Write the winners of repair 'newest' that this node lacks: the rows
+ * (as _apply_rows: checked against their hashes) with their versions
+ * (hashtree.row_version, valid while the row is the one written here),
+ * and the deletes with their tombstones (if the table keeps them) at the
+ * winner's time.  Rights and locks as _apply_rows.  Returns the rows and
+ * keys written.
+ */
+static int64
+newest_write(TrackRel *tr, Relation rel, bytea **rows, bytea **hashes, int nrows,
+			 bytea **dels, int ndels)
+{
+	RowIO		io;
+
+	row_io_begin(tr->root, &io);
+	PG_TRY();
+	{
+		if (nrows > 0)
+		{
+			SPIPlanPtr	plan = apply_plan(tr, rel);
+			SPIPlanPtr	readback = NULL;
+			MemoryContext rowcxt = AllocSetContextCreate(CurrentMemoryContext,
+														 "hashtree repair row",
+														 ALLOCSET_DEFAULT_SIZES);
+
+			for (int i = 0; i < nrows; i++)
+			{
+				MemoryContext old = MemoryContextSwitchTo(rowcxt);
+
+				apply_one(tr, rel, plan, &readback, rows[i], hashes[i]);
+				MemoryContextSwitchTo(old);
+				MemoryContextReset(rowcxt);
+				SPI_freetuptable(SPI_tuptable);
+			}
+		}
+		if (ndels > 0)
+			(void) delete_keys(tr, dels, ndels);
+	}
+	PG_FINALLY();
+	{
+		row_io_end(&io);
+	}
+	PG_END_TRY();
+	return nrows;
+}
+
+PG_FUNCTION_INFO_V1(ht_newest_apply);
+static int64 newest_apply(FunctionCallInfo fcinfo);
+
+Datum
+ht_newest_apply(PG_FUNCTION_ARGS)
+{
+	volatile int64 changed = 0;
+
+	HT_ARG_NOT_NULL(0, "schema");
+	HT_ARG_NOT_NULL(1, "name");
+	HT_ARG_NOT_NULL(2, "partition");
+	SPI_connect();
+	HT_API_BEGIN();
+	changed = newest_apply(fcinfo);
+	HT_API_END();
+	SPI_finish();
+	PG_RETURN_INT64(changed);
+}
+
+static int64
+newest_apply(FunctionCallInfo fcinfo)
+{
+	Relation	rel;
+	TrackRel   *tr;
+	int64		changed = 0;
+	bytea	  **rows = NULL;
+	bytea	  **hashes = NULL;
+	bytea	  **dels = NULL;
+	int			nkeys = 0;
+	int			nrows = 0;
+	int			nhashes = 0;
+	int			ndels = 0;
+	int			nvers = 0;
+	int			nats = 0;
+	int			part;
+	AclMode		need = ACL_SELECT;
+
+	part = PG_GETARG_INT32(2);
+	ht_check_partition(part);
+	tr = tracked_by_name(PG_GETARG_TEXT_PP(0), PG_GETARG_TEXT_PP(1), &rel);
+	if (!PG_ARGISNULL(3))
+		(void) key_array(PG_GETARG_ARRAYTYPE_P(3), &nkeys);
+	if (!PG_ARGISNULL(4))
+		rows = key_array(PG_GETARG_ARRAYTYPE_P(4), &nrows);
+	if (!PG_ARGISNULL(5))
+		hashes = key_array(PG_GETARG_ARRAYTYPE_P(5), &nhashes);
+	if (!PG_ARGISNULL(6))
+		nvers = ArrayGetNItems(ARR_NDIM(PG_GETARG_ARRAYTYPE_P(6)),
+							   ARR_DIMS(PG_GETARG_ARRAYTYPE_P(6)));
+	if (!PG_ARGISNULL(7))
+		dels = key_array(PG_GETARG_ARRAYTYPE_P(7), &ndels);
+	if (!PG_ARGISNULL(8))
+		nats = ArrayGetNItems(ARR_NDIM(PG_GETARG_ARRAYTYPE_P(8)),
+							  ARR_DIMS(PG_GETARG_ARRAYTYPE_P(8)));
+	if (nkeys != nrows || nhashes != nrows || nvers != nrows || nats != ndels)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("keys, rows, hashes and versions (and deletes and their times) must have the same number of elements")));
+	if (nrows > 0)
+		need |= ACL_INSERT | ACL_UPDATE;
+	if (ndels > 0)
+		need |= ACL_DELETE;
+	repair_check_rights(rel, need, "write");
+	if (nrows > 0 || ndels > 0)
+		changed = newest_write(tr, rel, rows, hashes, nrows, dels, ndels);
+	/* the versions and tombstones, written in the same transaction */
+	if (nrows > 0)
+	{
+		Datum		v[5];
+
+		v[0] = Int32GetDatum(part);
+		v[1] = PointerGetDatum(tr->pa);
+		v[2] = PointerGetDatum(tr->pb);
+		v[3] = PG_GETARG_DATUM(3);
+		v[4] = PG_GETARG_DATUM(6);
+		ht_exec_as_owner(&q_put_versions, v, NULL, 0);
+	}
+	if (ndels > 0)
+	{
+		changed += ndels;
+		if (ht_tomb_enabled(tr->pa, tr->pb))
+		{
+			Datum		v[5];
+
+			v[0] = Int32GetDatum(part);
+			v[1] = PointerGetDatum(tr->pa);
+			v[2] = PointerGetDatum(tr->pb);
+			v[3] = PG_GETARG_DATUM(7);
+			v[4] = PG_GETARG_DATUM(8);
+			ht_exec_as_owner(&q_put_tombs, v, NULL, 0);
+		}
+	}
+	table_close(rel, NoLock);
+	return changed;
 }

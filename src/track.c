@@ -73,6 +73,7 @@
 #include "sqlexec.h"
 #include "track.h"
 #include "treemath.h"
+#include "tomb.h"
 #include "update.h"
 
 /* ---- per-relation tracking information (backend cache) ----------------- */
@@ -614,6 +615,166 @@ estimated_rows(Oid relid)
 }
 
 /*
+ * A table that keeps tombstones: the deletes logged and not folded yet
+ * become tombstones before their keys are dropped (the scan cannot see
+ * them), with their commit time (or now: not known).
+ */
+static HtQuery q_keep_deletes = {
+	"INSERT INTO hashtree.tombstone AS t (part, pa, pb, key, deleted_at)"
+	" SELECT part, pa, pb, key, max(coalesce(CASE WHEN pg_catalog.current_setting("
+	"   'track_commit_timestamp')::bool THEN pg_catalog.pg_xact_commit_timestamp(xmin) END,"
+	"   pg_catalog.now()))"
+	" FROM hashtree.dirty_key WHERE pa = $2 AND pb = $3 AND ($1 < 0 OR part = $1)"
+	"  AND hash = ''::bytea GROUP BY part, pa, pb, key"
+	" ON CONFLICT (part, pa, pb, hashtree._kid(key))"
+	" DO UPDATE SET deleted_at = GREATEST(t.deleted_at, EXCLUDED.deleted_at)",
+	3, {INT4OID, TEXTOID, TEXTOID}
+};
+
+/* the same for every table that keeps tombstones, in one partition */
+static HtQuery q_keep_part_deletes = {
+	"INSERT INTO hashtree.tombstone AS t (part, pa, pb, key, deleted_at)"
+	" SELECT d.part, d.pa, d.pb, d.key, max(coalesce(CASE WHEN pg_catalog.current_setting("
+	"   'track_commit_timestamp')::bool THEN pg_catalog.pg_xact_commit_timestamp(d.xmin) END,"
+	"   pg_catalog.now()))"
+	" FROM hashtree.dirty_key d JOIN hashtree.tracked_table r ON r.tombstones"
+	"  AND r.schema_name = d.pa AND r.table_name = d.pb"
+	" WHERE d.part = $1 AND d.hash = ''::bytea GROUP BY d.part, d.pa, d.pb, d.key"
+	" ON CONFLICT (part, pa, pb, hashtree._kid(key))"
+	" DO UPDATE SET deleted_at = GREATEST(t.deleted_at, EXCLUDED.deleted_at)",
+	1, {INT4OID}
+};
+
+static HtQuery q_tombstones = {
+	"SELECT part, key, deleted_at FROM hashtree.tombstone"
+	" WHERE pa = $2 AND pb = $3 AND ($1 < 0 OR part = $1)",
+	3, {INT4OID, TEXTOID, TEXTOID}
+};
+
+static HtQuery q_drop_tombstones = {
+	"DELETE FROM hashtree.tombstone WHERE pa = $1 AND pb = $2"
+	" AND (part, hashtree._kid(key)) IN (SELECT u.p, hashtree._kid(u.k)"
+	"  FROM unnest($3::int4[], $4::bytea[]) AS u(p, k))",
+	4, {TEXTOID, TEXTOID, INT4ARRAYOID, BYTEAARRAYOID}
+};
+
+/*
+ * The tombstones of a table being re-hashed (part < 0: all partitions) go
+ * into its packs, but for the keys that have a row (a key inserted again
+ * since: the tombstone goes).
+ */
+static void
+rehash_tombstones(TrackRel *tr, int part, HtPackBuild *pb)
+{
+	Datum		v[4];
+	uint64		n;
+	bytea	  **keys;
+	int32	   *parts;
+	TimestampTz *ats;
+	bool	   *has_row;
+	Relation	rel;
+	HtUserContext uc;
+
+	v[0] = Int32GetDatum(part);
+	v[1] = PointerGetDatum(tr->pa);
+	v[2] = PointerGetDatum(tr->pb);
+	n = ht_exec(&q_tombstones, v, NULL, 0);
+	if (n == 0)
+	{
+		SPI_freetuptable(SPI_tuptable);
+		return;
+	}
+	keys = palloc(sizeof(bytea *) * n);
+	parts = palloc(sizeof(int32) * n);
+	ats = palloc(sizeof(TimestampTz) * n);
+	has_row = palloc0(sizeof(bool) * n);
+	for (uint64 r = 0; r < n; r++)
+	{
+		bool		isnull;
+
+		parts[r] = DatumGetInt32(ht_col(r, 1, &isnull));
+		keys[r] = DatumGetByteaPCopy(ht_col(r, 2, &isnull));
+		ats[r] = DatumGetTimestampTz(ht_col(r, 3, &isnull));
+	}
+	SPI_freetuptable(SPI_tuptable);
+
+	/* which keys have a row (read as the table's owner, as the fold does) */
+	rel = relation_open(tr->root, AccessShareLock);
+	ht_as_table_owner_begin(tr->root, &uc);
+	PG_TRY();
+	{
+		SPIPlanPtr	plan = ht_track_rows_plan(tr);
+
+		for (uint64 base = 0; base < n; base += HT_KEY_BATCH)
+		{
+			int			k = (int) Min(HT_KEY_BATCH, n - base);
+			Datum		params[INDEX_MAX_KEYS];
+			bytea	  **sorted = palloc(sizeof(bytea *) * k);
+			int			nfound;
+
+			ht_track_key_params(tr->enc, keys + base, k, params);
+			if (SPI_execute_plan(plan, params, NULL, true, 0) != SPI_OK_SELECT)
+				elog(ERROR, "hashtree: reading rows of %s failed", tr->name);
+			nfound = (int) SPI_processed;
+			for (int r = 0; r < nfound; r++)
+			{
+				bool		isnull;
+				HeapTupleData tuple;
+
+				ht_track_record_tuple(rel, DatumGetHeapTupleHeader(ht_col(r, 1, &isnull)),
+									  &tuple);
+				sorted[r] = ht_row_key(tr->enc, RelationGetDescr(rel), &tuple);
+			}
+			SPI_freetuptable(SPI_tuptable);
+			qsort(sorted, nfound, sizeof(bytea *), ht_bytea_ptr_cmp);
+			for (int i = 0; i < k; i++)
+				has_row[base + i] = bsearch(&keys[base + i], sorted, nfound, sizeof(bytea *),
+											ht_bytea_ptr_cmp) != NULL;
+		}
+		SPI_freeplan(plan);
+	}
+	PG_FINALLY();
+	{
+		ht_as_table_owner_end(&uc);
+	}
+	PG_END_TRY();
+	relation_close(rel, NoLock);
+
+	{
+		Datum	   *dk = palloc(sizeof(Datum) * n);
+		int32	   *dp = palloc(sizeof(int32) * n);
+		int			nd = 0;
+
+		for (uint64 r = 0; r < n; r++)
+		{
+			if (has_row[r])
+			{
+				dp[nd] = parts[r];
+				dk[nd++] = PointerGetDatum(keys[r]);
+				continue;
+			}
+			{
+				bytea	   *h = ht_tomb_hash(ats[r]);
+
+				ht_pack_build_add(pb, parts[r],
+								  ht_segment_of(HT_DEPTH_LEAF, VARDATA_ANY(keys[r]),
+												VARSIZE_ANY_EXHDR(keys[r])),
+								  VARDATA_ANY(keys[r]), VARSIZE_ANY_EXHDR(keys[r]),
+								  VARDATA_ANY(h), VARSIZE_ANY_EXHDR(h));
+			}
+		}
+		if (nd > 0)
+		{
+			v[0] = PointerGetDatum(tr->pa);
+			v[1] = PointerGetDatum(tr->pb);
+			v[2] = PointerGetDatum(ht_array_int4(dp, nd));
+			v[3] = PointerGetDatum(ht_array_bytea(dk, nd));
+			ht_exec(&q_drop_tombstones, v, NULL, 0);
+		}
+	}
+}
+
+/*
  * Replace the entries of a tracked table in one partition (part >= 0) or
  * in all of them (part < 0) by the hashes of its current rows, written as
  * packs (pack.c), and mark its leaf trees for a rebuild.  Returns the
@@ -629,10 +790,14 @@ rehash(TrackRel *tr, int part)
 	List	   *leaves;
 	ListCell   *lc;
 	HtPackBuild *pb;
+	bool		tomb;
 
 	v[0] = Int32GetDatum(part);
 	v[1] = PointerGetDatum(tr->pa);
 	v[2] = PointerGetDatum(tr->pb);
+	tomb = ht_tomb_enabled(tr->pa, tr->pb);
+	if (tomb)
+		ht_exec(&q_keep_deletes, v, NULL, 0);
 	ht_exec(&q_drop_table_keys, v, NULL, 0);
 	for (int p = 0; p < n; p++)
 	{
@@ -659,6 +824,8 @@ rehash(TrackRel *tr, int part)
 		if (get_rel_relkind(lfirst_oid(lc)) == RELKIND_RELATION)
 			rows += scan_rows(tr, lfirst_oid(lc), part, pb);
 	}
+	if (tomb)
+		rehash_tombstones(tr, part, pb);
 	ht_pack_build_end(pb);
 	return rows;
 }
@@ -708,7 +875,13 @@ ht_track_rehash_partition(int part)
 	int			n;
 	Datum		v[1] = {Int32GetDatum(part)};
 
-	/* the keys logged so far are covered (those committed later are kept) */
+	/*
+	 * the keys logged so far are covered (those committed later are kept);
+	 * the deletes among them become tombstones first, for the tables that
+	 * keep them (the scan cannot see them)
+	 */
+	if (ht_tomb_available())
+		ht_exec(&q_keep_part_deletes, v, NULL, 0);
 	ht_exec(&q_drop_part_keys, v, NULL, 0);
 	n = ht_track_registry(&r);
 
@@ -786,15 +959,16 @@ ht_track_refuse_prefix(text *pa, text *pb)
  * tuple to it).
  */
 static HtQuery q_take_keys = {
-	"WITH d AS (DELETE FROM hashtree.dirty_key WHERE part = $1 RETURNING pa, pb, key, hash, seg)"
-	" SELECT seg, pa, pb, key, hash FROM d ORDER BY pa, pb, seg, key NULLS FIRST",
+	"WITH d AS (DELETE FROM hashtree.dirty_key WHERE part = $1"
+	" RETURNING pa, pb, key, hash, seg, xmin)"
+	" SELECT seg, pa, pb, key, hash, xmin FROM d ORDER BY pa, pb, seg, key NULLS FIRST",
 	1, {INT4OID}
 };
 
 /* the same from a dirty_key of 0.1 (no hash: every row is read) */
 static HtQuery q_take_keys_0_1 = {
 	"WITH d AS (DELETE FROM hashtree.dirty_key WHERE part = $1 RETURNING pa, pb, key, seg)"
-	" SELECT seg, pa, pb, key, NULL::bytea FROM d ORDER BY pa, pb, seg, key NULLS FIRST",
+	" SELECT seg, pa, pb, key, NULL::bytea, NULL::xid FROM d ORDER BY pa, pb, seg, key NULLS FIRST",
 	1, {INT4OID}
 };
 
@@ -834,6 +1008,9 @@ typedef struct FoldTable
 	bytea	  **keys;			/* HT_KEY_BATCH of them */
 	bytea	  **hashes;			/* ... their logged hash; NULL: read the row */
 	int32	   *segs;			/* ... their segment */
+	bool		tomb;			/* the table keeps tombstones (tomb.c) */
+	TimestampTz *dts;			/* ... then each key's latest logged delete: */
+	TransactionId *dxids;		/* its time and transaction (none: invalid) */
 	HtBucketDeltas *deltas;		/* the change of packed buckets, for the update */
 	HtPackApplyStats stats;		/* what the fold saw of the table's packs */
 } FoldTable;
@@ -842,7 +1019,8 @@ typedef struct FoldTable
 typedef enum KeyPlanKind
 {
 	KEYS_ROWS,					/* the rows, as records of the table */
-	KEYS_DELETE					/* delete them */
+	KEYS_DELETE,				/* delete them */
+	KEYS_VERSIONS				/* the rows and their xmin (repair newest) */
 } KeyPlanKind;
 
 /*
@@ -961,9 +1139,10 @@ keys_plan(TrackRel *tr, KeyPlanKind kind)
 		appendStringInfo(&sql, "DELETE FROM %s %s USING %s WHERE %s",
 						 qname, alias, unnest.data, match.data);
 	else
-		appendStringInfo(&sql, "SELECT x.r FROM %s CROSS JOIN LATERAL"
-						 " (SELECT %s AS r FROM %s %s WHERE %s OFFSET 0) x",
-						 unnest.data, alias, qname, alias, match.data);
+		appendStringInfo(&sql, "SELECT x.r%s FROM %s CROSS JOIN LATERAL"
+						 " (SELECT %s AS r, %s.xmin AS v FROM %s %s WHERE %s OFFSET 0) x",
+						 kind == KEYS_VERSIONS ? ", x.v" : "",
+						 unnest.data, alias, alias, qname, alias, match.data);
 	plan = SPI_prepare(sql.data, re->nkeys, types);
 	MemoryContextSwitchTo(caller);
 	if (plan == NULL)
@@ -1135,6 +1314,9 @@ fold_keys(int part, FoldTable *ft)
 	}
 	if (nunknown > 0)
 		nch = read_unknown(part, ft, unknown, nunknown, ch, nch);
+	if (ft->tomb)
+		ht_tomb_fold(part, ft->tr->pa, ft->tr->pb, ft->keys, ft->dts, ft->dxids, ft->nkeys,
+					 ch, nch);
 
 	/* entries of segments a pack covers are written there, the rest as rows */
 	rest = palloc(sizeof(HtPackEntry) * Max(nch, 1));
@@ -1261,6 +1443,8 @@ fold_table_end(int part, FoldTable *ft)
 	HtBucketDeltas *deltas = ft->deltas;
 	bytea	  **hashes = ft->hashes;
 	int32	   *segs = ft->segs;
+	TimestampTz *dts = ft->dts;
+	TransactionId *dxids = ft->dxids;
 
 	if (ft->tr != NULL && !ft->rehashed && ht_pack_needs_repack(&ft->stats))
 		repack(ft->tr, part);
@@ -1274,27 +1458,78 @@ fold_table_end(int part, FoldTable *ft)
 	ft->keys = keys;
 	ft->hashes = hashes;
 	ft->segs = segs;
+	ft->dts = dts;
+	ft->dxids = dxids;
 	ft->deltas = deltas;
 }
 
+/* a delete of key i logged by transaction xid: keep the latest (tomb.c) */
+static void
+note_delete(FoldTable *ft, int i, TransactionId xid)
+{
+	TimestampTz ts = DT_NOBEGIN;	/* not known: the fold's time */
+
+	(void) ht_tomb_commit_time(xid, &ts);
+	if (!TransactionIdIsValid(ft->dxids[i]) || ts > ft->dts[i])
+	{
+		ft->dts[i] = ts;
+		ft->dxids[i] = xid;
+	}
+}
+
+/* a logged row r of key i, in a table that keeps tombstones */
+static void
+fold_note(FoldTable *ft, int i, SPITupleTable *tt, uint64 r)
+{
+	bool		isnull;
+	Datum		hash = SPI_getbinval(tt->vals[r], tt->tupdesc, 5, &isnull);
+	Datum		xid;
+
+	if (isnull || VARSIZE_ANY_EXHDR(DatumGetByteaPP(hash)) != 0)
+		return;
+	xid = SPI_getbinval(tt->vals[r], tt->tupdesc, 6, &isnull);
+	if (!isnull)
+		note_delete(ft, i, DatumGetTransactionId(xid));
+}
+
+static void fold_once(int part, HtBucketDeltas *deltas);
+
+/*
+ * The fold, then the expiry of the tombstones past hashtree.tombstone_ttl
+ * (tomb.c), whose logged keys are folded at once (after the fold: a delete
+ * logged by a repair finds the tombstone it wrote, whatever its age)
+ */
 void
 ht_track_fold(int part, HtBucketDeltas *deltas)
+{
+	fold_once(part, deltas);
+	if (ht_tomb_expire(part) > 0)
+		fold_once(part, deltas);
+}
+
+static void
+fold_once(int part, HtBucketDeltas *deltas)
 {
 	MemoryContext cxt = AllocSetContextCreate(CurrentMemoryContext, "hashtree fold",
 											  ALLOCSET_DEFAULT_SIZES);
 	MemoryContext old = MemoryContextSwitchTo(cxt);
 	Datum		v[1] = {Int32GetDatum(part)};
 	Oid			logrel = get_relname_relid("dirty_key", ht_schema_oid());
-	Portal		portal = ht_cursor(get_attnum(logrel, "hash") == InvalidAttrNumber ?
-								   &q_take_keys_0_1 : &q_take_keys, v, NULL);
-	FoldTable  *ft = palloc0(sizeof(FoldTable));
+	Portal		portal;
+	FoldTable  *ft;
 	char	   *cur_pa = NULL;
 	char	   *cur_pb = NULL;
+
+	portal = ht_cursor(get_attnum(logrel, "hash") == InvalidAttrNumber ?
+					   &q_take_keys_0_1 : &q_take_keys, v, NULL);
+	ft = palloc0(sizeof(FoldTable));
 
 	ft->batch = AllocSetContextCreate(cxt, "hashtree fold batch", ALLOCSET_DEFAULT_SIZES);
 	ft->keys = palloc(sizeof(bytea *) * HT_KEY_BATCH);
 	ft->hashes = palloc(sizeof(bytea *) * HT_KEY_BATCH);
 	ft->segs = palloc(sizeof(int32) * HT_KEY_BATCH);
+	ft->dts = palloc(sizeof(TimestampTz) * HT_KEY_BATCH);
+	ft->dxids = palloc(sizeof(TransactionId) * HT_KEY_BATCH);
 	ft->deltas = deltas;
 
 	for (;;)
@@ -1332,6 +1567,8 @@ ht_track_fold(int part, HtBucketDeltas *deltas)
 					ft->tr = ht_track_rel(ft->rel);
 					if (!ft->tr->tracked || ft->tr->root != relid)
 						ft->tr = NULL;	/* untracked since: ignore its keys */
+					else
+						ft->tomb = ht_tomb_enabled(ft->tr->pa, ft->tr->pb);
 				}
 			}
 			if (ft->tr == NULL || ft->rehashed)
@@ -1348,6 +1585,8 @@ ht_track_fold(int part, HtBucketDeltas *deltas)
 			if (ft->nkeys > 0 && bytea_eq(ft->keys[ft->nkeys - 1], DatumGetByteaPP(key)))
 			{
 				ft->hashes[ft->nkeys - 1] = NULL;
+				if (ft->tomb)
+					fold_note(ft, ft->nkeys - 1, tt, r);
 				continue;
 			}
 			/* (never between two rows of a key: the batch would miss the later) */
@@ -1363,7 +1602,15 @@ ht_track_fold(int part, HtBucketDeltas *deltas)
 				ft->hashes[ft->nkeys] = isnull ? NULL : DatumGetByteaPCopy(hash);
 				ft->segs[ft->nkeys] = DatumGetInt32(SPI_getbinval(tt->vals[r], tt->tupdesc,
 																  1, &isnull));
-				ft->keys[ft->nkeys++] = DatumGetByteaPCopy(key);
+				ft->keys[ft->nkeys] = DatumGetByteaPCopy(key);
+				ft->dxids[ft->nkeys] = InvalidTransactionId;
+				if (ft->tomb)
+					fold_note(ft, ft->nkeys, tt, r);
+				/* an expired tombstone (tomb.c): the row, if any, is read */
+				if (ft->hashes[ft->nkeys] != NULL &&
+					VARSIZE_ANY_EXHDR(ft->hashes[ft->nkeys]) == 1)
+					ft->hashes[ft->nkeys] = NULL;
+				ft->nkeys++;
 				MemoryContextSwitchTo(o);
 			}
 		}
@@ -1799,6 +2046,12 @@ SPIPlanPtr
 ht_track_rows_plan(TrackRel *tr)
 {
 	return keys_plan(tr, KEYS_ROWS);
+}
+
+SPIPlanPtr
+ht_track_versions_plan(TrackRel *tr)
+{
+	return keys_plan(tr, KEYS_VERSIONS);
 }
 
 SPIPlanPtr

@@ -159,6 +159,8 @@ extern int	ht_track_row_partition(TrackRel *tr, Relation rel, HeapTuple tuple, b
  */
 extern SPIPlanPtr ht_track_rows_plan(TrackRel *tr);
 extern SPIPlanPtr ht_track_delete_plan(TrackRel *tr);
+/* the same, the rows with their xmin (two columns: r, v) */
+extern SPIPlanPtr ht_track_versions_plan(TrackRel *tr);
 
 /* the key values of n keys, as one array per key column */
 extern void ht_track_key_params(HtRelEnc *re, bytea **keys, int n, Datum *params);

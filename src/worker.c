@@ -1025,6 +1025,8 @@ run_exchange(HtJob *job)
 	int			failed = 0;
 	int64		diffs = 0;
 	int64		repaired = 0;
+	int64		rows_local = 0;
+	int64		rows_remote = 0;
 	int64		bytes = 0;
 	int64		round_trips = 0;
 	char	   *first_error = NULL;
@@ -1064,6 +1066,8 @@ run_exchange(HtJob *job)
 		for (int kind = 0; kind < HT_NKINDS; kind++)
 			diffs += r->counts[kind];
 		repaired += r->repaired;
+		rows_local += r->rows_local;
+		rows_remote += r->rows_remote;
 		/* the round trips and bytes of the whole exchange, on every row */
 		bytes = r->bytes;
 		round_trips = r->round_trips;
@@ -1071,9 +1075,13 @@ run_exchange(HtJob *job)
 	ereport(LOG,
 			(errmsg("hashtree: exchange with peer \"%s\" (repair %s): %d of %d partitions compared,"
 					" %d skipped, %d failed; " INT64_FORMAT " differences, " INT64_FORMAT
-					" repaired; " INT64_FORMAT " round trips, " INT64_FORMAT " bytes; %.3f s%s%s",
+					" repaired%s; " INT64_FORMAT " round trips, " INT64_FORMAT " bytes; %.3f s%s%s",
 					job->peer, ht_repair_mode_names[job->mode], ok, x.n, skipped,
-					failed, diffs, repaired, round_trips, bytes,
+					failed, diffs, repaired,
+					job->mode == HT_REPAIR_NEWEST ?
+					psprintf(" (rows written: " INT64_FORMAT " here, " INT64_FORMAT " on the peer)",
+							 rows_local, rows_remote) : "",
+					round_trips, bytes,
 					TimestampDifferenceMilliseconds(start, GetCurrentTimestamp()) / 1000.0,
 					first_error ? "; first error: " : first_note ? "; not repaired: " : "",
 					first_error ? first_error : first_note ? first_note : "")));

@@ -167,12 +167,13 @@ sub object_diff
 # (packed trees, issue 11: functions _pack_sum and _hash_sum, the column
 # entry_pack.sum; exchanges of whole nodes, issue 13: functions _nodes_m,
 # _entries_m, _descend_m, _exchange_begin and _exchange_end, the column
-# exchange_log.run).  The fill lends them to the 0.1 database, outside the
+# exchange_log.run; two-way repair, issue 14: the columns
+# exchange_log.rows_local and rows_remote).  The fill lends them to the 0.1 database, outside the
 # extension, and takes the functions back before the update, and the
 # columns' values: a database filled by 0.1's own library has the data, not
 # these.  (entry_pack.sum stays: a dropped column in entry_pack crashes the
 # library's pack writer, which leaves the nulls of other columns false;
-# exchange_log.run goes, the update adds it.)
+# exchange_log.run, rows_local and rows_remote go, the update adds them.)
 my $lend = q{
 	ALTER TABLE hashtree.entry_pack ADD COLUMN sum bytea;
 	CREATE FUNCTION hashtree._hash_sum_step(internal, bytea) RETURNS internal
@@ -181,7 +182,8 @@ my $lend = q{
 		STYPE = internal, FINALFUNC = hashtree._sum_final);
 	CREATE FUNCTION hashtree._pack_sum(lo int4, data bytea, OUT hash bytea, OUT n int8)
 		AS '$libdir/hashtree', 'ht_pack_sum' LANGUAGE C IMMUTABLE STRICT;
-	ALTER TABLE hashtree.exchange_log ADD COLUMN run int8;
+	ALTER TABLE hashtree.exchange_log ADD COLUMN run int8,
+		ADD COLUMN rows_local int8 NOT NULL DEFAULT 0, ADD COLUMN rows_remote int8 NOT NULL DEFAULT 0;
 	CREATE FUNCTION hashtree._nodes_m(int[], int, text[], text[], int, bigint[], bigint, int)
 		RETURNS TABLE(i int, children bytea) AS '$libdir/hashtree', 'ht_nodes_m_sql' LANGUAGE C;
 	CREATE FUNCTION hashtree._entries_m(int[], int, text[], text[], int[], int)
@@ -208,7 +210,8 @@ my $take_back = q{
 	DROP FUNCTION hashtree._descend_m(int[], int, text[], text[], int, bigint[], bigint, int, bytea[]);
 	DROP FUNCTION hashtree._exchange_begin(int[], int, int);
 	DROP FUNCTION hashtree._exchange_end(int[]);
-	ALTER TABLE hashtree.exchange_log DROP COLUMN run;
+	ALTER TABLE hashtree.exchange_log DROP COLUMN run, DROP COLUMN rows_local,
+		DROP COLUMN rows_remote;
 };
 
 my %conn = (a => $a->connstr('postgres'), b => $b->connstr('postgres'));

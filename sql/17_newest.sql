@@ -1,0 +1,129 @@
+--
+-- Two-way repair (DESIGN §20): tombstones of tracked tables, and the
+-- errors of repair 'newest' (the repair itself: TAP t/021_newest.pl)
+--
+SET client_min_messages = warning;
+DROP EXTENSION IF EXISTS hashtree;
+CREATE EXTENSION hashtree;
+RESET client_min_messages;
+
+CREATE OR REPLACE FUNCTION update_all() RETURNS text LANGUAGE sql AS $$
+	SELECT string_agg(DISTINCT hashtree.lock(p) || '/' || hashtree.update(p), ',')
+	  FROM generate_series(0, 7) p
+$$;
+CREATE OR REPLACE FUNCTION trees_ok() RETURNS bigint LANGUAGE sql AS $$
+	SELECT count(*) FROM generate_series(0, 7) p, hashtree.check_tree(p)
+$$;
+CREATE OR REPLACE FUNCTION tops() RETURNS text LANGUAGE sql AS $$
+	SELECT string_agg(coalesce(hashtree.prefix_hash(p, '', '')::text, '-'), ',' ORDER BY p)
+	  FROM generate_series(0, 7) p
+$$;
+-- T(t) = SHA-256(0x04 || u64 µs since 2000-01-01 UTC)[0..16], in core SQL
+CREATE OR REPLACE FUNCTION t_hash(t timestamptz) RETURNS bytea LANGUAGE sql AS $$
+	SELECT substring(sha256('\x04'::bytea ||
+		int8send((extract(epoch FROM t - '2000-01-01 00:00:00+00') * 1000000)::int8)) FOR 16)
+$$;
+-- the leaf entries of table t: rows and tombstones
+CREATE OR REPLACE FUNCTION t_entries() RETURNS TABLE(kind text, n bigint) LANGUAGE sql AS $$
+	SELECT CASE WHEN tb.key IS NULL THEN 'row' WHEN e.hash = t_hash(tb.deleted_at)
+				THEN 'tombstone' ELSE 'tombstone, wrong hash' END, count(*)
+	  FROM hashtree.leaf_entry e
+	  LEFT JOIN hashtree.tombstone tb ON tb.part = e.part AND tb.pa = e.pa AND tb.pb = e.pb
+		AND tb.key = e.key
+	 WHERE e.pa = 'public' AND e.pb = 't' GROUP BY 1 ORDER BY 1
+$$;
+
+-- only a tracked table keeps tombstones, and only its owner says so
+CREATE TABLE t (id int PRIMARY KEY, v text);
+SELECT hashtree.tombstones('t');
+SELECT hashtree.tombstones(NULL);
+SELECT hashtree.tombstones(0);
+SELECT hashtree.track('t');
+CREATE ROLE newest_other;
+SET ROLE newest_other;
+SELECT hashtree.tombstones('t');
+RESET ROLE;
+GRANT EXECUTE ON FUNCTION hashtree.tombstones(regclass, boolean) TO newest_other;
+SET ROLE newest_other;
+SELECT hashtree.tombstones('t');
+RESET ROLE;
+REVOKE EXECUTE ON FUNCTION hashtree.tombstones(regclass, boolean) FROM newest_other;
+-- (commit times are off here: deletes get the time of their fold)
+SELECT hashtree.tombstones('t');
+SELECT tombstones FROM hashtree.tracked_table WHERE table_name = 't';
+
+INSERT INTO t SELECT g, 'v' || g FROM generate_series(1, 100) g;
+SELECT update_all();
+-- a delete leaves a tombstone and its entry (T of the delete's time)
+DELETE FROM t WHERE id IN (2, 3, 5);
+UPDATE t SET id = 1000 WHERE id = 7;		-- a key changed: 7 is deleted
+SELECT update_all();
+SELECT * FROM t_entries();
+SELECT count(*) FROM hashtree.tombstone;
+SELECT trees_ok();
+-- a rebuild gives the same trees (tombstones are leaf entries)
+SELECT tops() AS before \gset
+SELECT count(*) FROM generate_series(0, 7) p, LATERAL (SELECT hashtree.reset(p)) r;
+SELECT tops() = :'before' AS same_after_reset, trees_ok();
+SELECT * FROM t_entries();
+-- a key inserted again loses its tombstone
+INSERT INTO t VALUES (2, 'back');
+SELECT update_all();
+SELECT * FROM t_entries();
+SELECT count(*) FROM hashtree.tombstone;
+-- deleted and inserted again before a fold, then a re-hash (track())
+DELETE FROM t WHERE id = 2;
+INSERT INTO t VALUES (2, 'again');
+DELETE FROM t WHERE id = 9;
+ALTER TABLE t ADD COLUMN w int;		-- a re-hash
+SELECT * FROM t_entries();
+SELECT update_all();
+SELECT * FROM t_entries();
+SELECT trees_ok();
+-- a re-hash keeps the tombstones left
+SELECT tops() AS before \gset
+SELECT count(*) FROM generate_series(0, 7) p, LATERAL (SELECT hashtree.reset(p)) r;
+SELECT tops() = :'before' AS same_after_reset;
+-- and so does a reset with deletes not folded yet
+DELETE FROM t WHERE id = 11;
+SELECT count(*) FROM generate_series(0, 7) p, LATERAL (SELECT hashtree.reset(p)) r;
+SELECT * FROM t_entries();
+SELECT trees_ok();
+-- expiry: tombstones older than hashtree.tombstone_ttl go at the next fold
+SELECT pg_sleep(1.1);
+SET hashtree.tombstone_ttl = 0;		-- never
+SELECT update_all();
+SELECT * FROM t_entries();
+SET hashtree.tombstone_ttl = '1s';
+SELECT update_all();
+SELECT * FROM t_entries();
+SELECT trees_ok();
+RESET hashtree.tombstone_ttl;
+-- no tombstones any more: they go, and their entries
+DELETE FROM t WHERE id = 10;
+SELECT hashtree.tombstones('t', false);
+SELECT update_all();
+SELECT * FROM t_entries();
+SELECT count(*) FROM hashtree.tombstone;
+SELECT trees_ok();
+
+-- versions from a column (timestamptz) instead of commit times
+CREATE TABLE vc (id int PRIMARY KEY, n int, at timestamptz);
+SELECT hashtree.version_column('vc', 'at');
+SELECT hashtree.track('vc');
+SELECT hashtree.version_column('vc', 'nope');
+SELECT hashtree.version_column('vc', 'n');
+SELECT hashtree.version_column('vc', 'at');
+SELECT version_column FROM hashtree.tracked_table WHERE table_name = 'vc';
+SELECT hashtree.version_column('vc', NULL);
+SELECT version_column FROM hashtree.tracked_table WHERE table_name = 'vc';
+SELECT hashtree.version_column(NULL, 'at');
+
+-- repair 'newest' needs commit timestamps
+SELECT * FROM hashtree.exchange('nobody', NULL, 'newest');
+-- the helpers check their arguments
+SELECT hashtree._newest_apply('public', 't', 0, '{}', '{}', '{}', '{}', '{\x01}', '{}');
+SELECT hashtree._newest_apply('public', 't', 8, '{}', '{}', '{}', '{}', '{}', '{}');
+SELECT * FROM hashtree._newest_rows('public', 'nosuch', 0, '{}');
+SELECT * FROM hashtree._newest_rows('public', 't', 0, NULL);
+DROP ROLE newest_other;
