@@ -2657,7 +2657,7 @@ ht_frag_ddl(PG_FUNCTION_ARGS)
 {
 	Oid			relid = PG_GETARG_OID(0);
 	CollectedCommand *cmd = PG_ARGISNULL(1) ? NULL : (CollectedCommand *) PG_GETARG_POINTER(1);
-	const char *what = NULL;
+	const char *volatile what = NULL;
 	Oid			remote = InvalidOid;
 	HtFragTable ft;
 	ListCell   *lc;
