@@ -388,6 +388,43 @@ typedef struct PartDiff
 	HtDiff	   *d;
 } PartDiff;
 
+/*
+ * The outcome of one prefix's repair: its differences repaired or not (a
+ * whole prefix_a only if all its children are), its partition's first
+ * message, a WARNING unless quiet.
+ */
+static void
+work_done(Work *w, PartDiff *d, bool quiet)
+{
+	HtRepairPart *rp = w->rp;
+	bool		ok = (w->failed == NULL);
+
+	for (int i = w->first_diff; i < w->end_diff; i++)
+		d[i].d->repaired = ok;
+	if (ok)
+		return;
+	for (int i = 0; i < rp->ndiffs; i++)
+		if (rp->diffs[i].pb == NULL && strcmp(rp->diffs[i].pa, w->pa) == 0)
+			rp->diffs[i].repaired = false;
+	if (rp->message == NULL)
+		rp->message = w->failed;
+	if (!quiet)
+		ereport(WARNING, (errmsg("hashtree: partition %d: %s", rp->part, w->failed)));
+}
+
+/* each partition's count of differences repaired */
+static void
+count_repaired(HtRepairPart *parts, int nparts)
+{
+	for (int p = 0; p < nparts; p++)
+	{
+		parts[p].repaired = 0;
+		for (int i = 0; i < parts[p].ndiffs; i++)
+			if (parts[p].diffs[i].repaired)
+				parts[p].repaired++;
+	}
+}
+
 static int
 diff_order(const void *a, const void *b)
 {
@@ -618,9 +655,6 @@ ht_repair(HtPeer *peer, HtRepairMode mode, HtRepairPart *parts, int nparts, bool
 	for (int k = 0; k < nworks; k++)
 	{
 		Work	   *w = &works[k];
-		HtRepairPart *rp = w->rp;
-		bool		ok;
-
 		if (w->failed == NULL && write_errors[k] != NULL)
 		{
 			rethrow_fatal(write_errors[k]);
@@ -630,29 +664,9 @@ ht_repair(HtPeer *peer, HtRepairMode mode, HtRepairPart *parts, int nparts, bool
 		else if (w->failed != NULL && read_errors[k] != NULL)
 			w->failed = psprintf("repair of %s: %s", quote_qualified_identifier(w->pa, w->pb),
 								 w->failed);
-		ok = (w->failed == NULL);
-		for (int i = w->first_diff; i < w->end_diff; i++)
-			d[i].d->repaired = ok;
-		if (!ok)
-		{
-			/* a whole prefix_a is repaired only if all its children are */
-			for (int i = 0; i < rp->ndiffs; i++)
-				if (rp->diffs[i].pb == NULL && strcmp(rp->diffs[i].pa, w->pa) == 0)
-					rp->diffs[i].repaired = false;
-			if (rp->message == NULL)
-				rp->message = w->failed;
-			if (!quiet)
-				ereport(WARNING, (errmsg("hashtree: partition %d: %s", rp->part, w->failed)));
-		}
+		work_done(w, d, quiet);
 	}
-
-	for (int p = 0; p < nparts; p++)
-	{
-		parts[p].repaired = 0;
-		for (int i = 0; i < parts[p].ndiffs; i++)
-			if (parts[p].diffs[i].repaired)
-				parts[p].repaired++;
-	}
+	count_repaired(parts, nparts);
 }
 
 /* ---- repair 'newest' (DESIGN §20) ------------------------------------------- */
@@ -1115,7 +1129,6 @@ repair_newest(HtPeer *peer, HtRepairPart *parts, int nparts, bool quiet, bool dr
 		Work	   *w = &works[k];
 		HtRepairPart *rp = w->rp;
 		ErrorData  *e = err_wr_there[k] ? err_wr_there[k] : err_wr_here[k];
-		bool		ok;
 
 		if (w->failed == NULL && e != NULL)
 		{
@@ -1127,28 +1140,9 @@ repair_newest(HtPeer *peer, HtRepairPart *parts, int nparts, bool quiet, bool dr
 			rp->rows_local += written(&wr_here, k);
 		if (!err_wr_there[k])
 			rp->rows_remote += written(&wr_there, k);
-		ok = (w->failed == NULL);
-		for (int i = w->first_diff; i < w->end_diff; i++)
-			d[i].d->repaired = ok;
-		if (!ok)
-		{
-			for (int i = 0; i < rp->ndiffs; i++)
-				if (rp->diffs[i].pb == NULL && strcmp(rp->diffs[i].pa, w->pa) == 0)
-					rp->diffs[i].repaired = false;
-			if (rp->message == NULL)
-				rp->message = w->failed;
-			if (!quiet)
-				ereport(WARNING, (errmsg("hashtree: partition %d: %s", rp->part, w->failed)));
-		}
+		work_done(w, d, quiet);
 	}
-
-	for (int p = 0; p < nparts; p++)
-	{
-		parts[p].repaired = 0;
-		for (int i = 0; i < parts[p].ndiffs; i++)
-			if (parts[p].diffs[i].repaired)
-				parts[p].repaired++;
-	}
+	count_repaired(parts, nparts);
 }
 
 /*
