@@ -864,6 +864,7 @@ struct HtPackBuild
 	FileSet    *fileset;		/* runs shared with other backends, or NULL */
 	const char *runname;		/* a worker's runs there: <runname>.<n>, closed */
 	int			nfileruns;
+	int			nscans;			/* parallel scans that fed the builder so far */
 	MemoryContext cxt;
 };
 
@@ -987,6 +988,12 @@ ht_pack_build_fileset(HtPackBuild *b)
 		MemoryContextRegisterResetCallback(b->cxt, cb);
 	}
 	return b->fileset;
+}
+
+int
+ht_pack_build_next_scan(HtPackBuild *b)
+{
+	return b->nscans++;
 }
 
 HtPackBuild *

@@ -57,6 +57,8 @@ extern void ht_pack_build_end(HtPackBuild *b);
 extern int	ht_pack_build_span(HtPackBuild *b);
 extern void ht_pack_build_limit(HtPackBuild *b, Size limit);
 extern FileSet *ht_pack_build_fileset(HtPackBuild *b);
+/* a number for the next parallel scan feeding b (its runs' names: one set per table scanned) */
+extern int	ht_pack_build_next_scan(HtPackBuild *b);
 extern void ht_pack_build_add_runs(HtPackBuild *b, const char *runname, int nruns);
 extern HtPackBuild *ht_pack_build_begin_runs(int part, int nparts, int span, Size limit,
 											 FileSet *fileset, const char *runname);

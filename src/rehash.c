@@ -84,6 +84,8 @@ typedef struct RehashShared
 	char		pa8[HT_PREFIX_MAX];
 	char		pb8[HT_PREFIX_MAX];
 	FileSet		fileset;		/* the runs (the leader's builder owns it) */
+	int			scan;			/* this scan's number in the builder: its
+								 * workers' runs are s<scan>w<worker>.<n> */
 	pg_atomic_uint64 seen;		/* rows seen by all participants */
 	int			nworkers;		/* room in results */
 	RehashResult results[FLEXIBLE_ARRAY_MEMBER];
@@ -226,6 +228,7 @@ ht_rehash_leaf(const HtRowSource *src, Oid root, Oid leaf, int part, HtPackBuild
 		Size		limit;
 		RehashResult *results;
 		int			launched;
+		int			scanno;
 
 		EnterParallelMode();
 		pcxt = CreateParallelContext("hashtree", "ht_rehash_worker_main", nworkers);
@@ -254,6 +257,7 @@ ht_rehash_leaf(const HtRowSource *src, Oid root, Oid leaf, int part, HtPackBuild
 		sh->pb8len = src->pb8len;
 		memcpy(sh->pb8, src->pb8, src->pb8len);
 		sh->fileset = *fileset;
+		sh->scan = ht_pack_build_next_scan(pb);
 		pg_atomic_init_u64(&sh->seen, 0);
 		sh->nworkers = pcxt->nworkers;
 		shm_toc_insert(pcxt->toc, HT_REHASH_KEY_SHARED, sh);
@@ -275,6 +279,7 @@ ht_rehash_leaf(const HtRowSource *src, Oid root, Oid leaf, int part, HtPackBuild
 		WaitForParallelWorkersToFinish(pcxt);
 		results = palloc(sizeof(RehashResult) * Max(launched, 1));
 		memcpy(results, sh->results, sizeof(RehashResult) * launched);
+		scanno = sh->scan;
 		DestroyParallelContext(pcxt);
 		ExitParallelMode();
 
@@ -283,7 +288,7 @@ ht_rehash_leaf(const HtRowSource *src, Oid root, Oid leaf, int part, HtPackBuild
 		{
 			if (!results[w].done)
 				elog(ERROR, "hashtree: parallel worker %d of a re-hash did not finish", w);
-			ht_pack_build_add_runs(pb, psprintf("w%d", w), results[w].nruns);
+			ht_pack_build_add_runs(pb, psprintf("s%dw%d", scanno, w), results[w].nruns);
 			rows += results[w].rows;
 		}
 		pfree(results);
@@ -320,7 +325,7 @@ ht_rehash_worker_main(dsm_segment *seg, shm_toc *toc)
 	src.pb8 = sh->pb8;
 	src.pb8len = sh->pb8len;
 	src.nparts = sh->nparts;
-	snprintf(runname, sizeof(runname), "w%d", ParallelWorkerNumber);
+	snprintf(runname, sizeof(runname), "s%dw%d", sh->scan, ParallelWorkerNumber);
 	pb = ht_pack_build_begin_runs(sh->part, sh->nparts, sh->span, sh->limit, &sh->fileset,
 								  runname);
 	scan = table_beginscan_parallel(rel, pscan);

@@ -130,6 +130,38 @@ is(lock_update_all($node), 'ok/ok', 'built');
 is(tops($node), $t_small, 'the same trees');
 is(check_trees($node), '0', 'check_tree finds nothing');
 
+# a partitioned table: one builder fed by a parallel scan of each leaf, the
+# workers' runs of every scan kept apart (run files named per scan)
+$node->safe_psql('postgres', q{
+	CREATE TABLE pspill (id text PRIMARY KEY, v int) PARTITION BY HASH (id);
+	CREATE TABLE pspill_0 PARTITION OF pspill FOR VALUES WITH (MODULUS 2, REMAINDER 0)
+		WITH (parallel_workers = 2);
+	CREATE TABLE pspill_1 PARTITION OF pspill FOR VALUES WITH (MODULUS 2, REMAINDER 1)
+		WITH (parallel_workers = 2);
+	INSERT INTO pspill SELECT 'key-' || lpad(i::text, 100, '0'), i FROM generate_series(1, 200000) i;
+	VACUUM ANALYZE pspill});
+my $ppacks = q{SELECT count(*) || ' ' || md5(string_agg(part || ':' || lo || ':' || n || ':' ||
+					  encode(data, 'hex'), ',' ORDER BY part, lo))
+				 FROM hashtree.entry_pack WHERE pb = 'pspill'};
+my %pp;
+for my $workers (0, 2)
+{
+	my ($ret, $out, $err) = $node->psql('postgres', qq{
+		SET maintenance_work_mem = '1MB';
+		SET max_parallel_maintenance_workers = $workers;
+		SET min_parallel_table_scan_size = 0;
+		SET client_min_messages = debug1;
+		SELECT hashtree.track('pspill')});
+	is($out, '200000', "partitioned table tracked with $workers workers");
+	my @scans = ($err =~ /re-hash of pspill_\d with [12] parallel workers/g);
+	is(scalar(@scans), $workers ? 2 : 0, "$workers workers: each leaf's scan shared, or none");
+	$pp{$workers} = $node->safe_psql('postgres', $ppacks);
+	is(check_trees($node), '0', 'check_tree finds nothing');
+	is(tmp_left(), 0, 'no temporary file or directory left');
+	$node->safe_psql('postgres', q{SELECT hashtree.untrack('pspill')});
+}
+is($pp{2}, $pp{0}, 'the same packs, byte for byte, with the leaves scanned in parallel');
+$node->safe_psql('postgres', q{DROP TABLE pspill});
 
 # a cancel during the merge: the first pack it inserts waits for an
 # uncommitted pack of the same key (inserted with the guard trigger off),
