@@ -140,6 +140,11 @@ SELECT count(*) AS servers, (SELECT count(*) FROM pg_user_mappings) AS mappings 
 SELECT s = b AS unchanged FROM mr_state s, mr_before_drop b;
 -- (its detail and hint)
 SELECT hashtree.drop_peer('loop');
+-- not under a transaction snapshot: a move committed while it waited would
+-- not be seen
+BEGIN ISOLATION LEVEL REPEATABLE READ;
+SELECT pg_temp.err($$SELECT hashtree.drop_peer('loop')$$);
+ROLLBACK;
 -- schema changes that would not reach the peer's table: refused, nothing
 -- changed; those that stay here are allowed
 SELECT pg_temp.err($$ALTER TABLE mt ADD COLUMN extra int$$);

@@ -218,6 +218,12 @@ ht_frag_check_peer_drop(const char *name)
 	server = server_of_peer(name);
 	if (server == NULL)
 		return;
+	/* a move committed while this waited is seen by a new snapshot only */
+	if (IsolationUsesXactSnapshot())
+		ereport(ERROR,
+				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+				 errmsg("drop_peer() of peer \"%s\", which has held fragments, must run at isolation level READ COMMITTED",
+						name)));
 	v[0] = CStringGetTextDatum(server);
 	ht_exec_as_owner(&q_peer_fragments, v, NULL, 1);
 	n = DatumGetInt64(ht_col(0, 1, &isnull));

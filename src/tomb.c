@@ -88,20 +88,38 @@ ht_tomb_enabled(text *pa, text *pb)
 
 	if (!ht_tomb_available())
 		return false;
-	if (ht_exec(&q_enabled, v, NULL, 1) == 1)
+	/* (as the owner: a repair's role on a peer may not read the registry) */
+	if (ht_exec_as_owner(&q_enabled, v, NULL, 1) == 1)
 		on = DatumGetBool(ht_col(0, 1, &isnull)) && !isnull;
 	SPI_freetuptable(SPI_tuptable);
 	return on;
 }
 
+/*
+ * A row version expires with the time of the repair that wrote it (the
+ * commit time of its xmin), not with the winner's version: a row copied
+ * today keeps its old version for the whole TTL.  Without commit
+ * timestamps, row versions are kept.
+ */
+#define EXPIRE_TOMBSTONES \
+	"WITH x AS (DELETE FROM hashtree.tombstone" \
+	"  WHERE part = $1 AND deleted_at < pg_catalog.now() - pg_catalog.make_interval(secs => $2)" \
+	"  RETURNING pa, pb, key)"
+#define EXPIRE_LOG \
+	" INSERT INTO hashtree.dirty_key (part, seg, pa, pb, key, hash)" \
+	" SELECT $1, hashtree.segment_of(x.key), x.pa, x.pb, x.key, '\\x00'::bytea FROM x"
+
 static HtQuery q_expire = {
-	"WITH x AS (DELETE FROM hashtree.tombstone"
-	"  WHERE part = $1 AND deleted_at < pg_catalog.now() - pg_catalog.make_interval(secs => $2)"
-	"  RETURNING pa, pb, key),"
+	EXPIRE_TOMBSTONES ","
 	" v AS (DELETE FROM hashtree.row_version"
-	"  WHERE part = $1 AND version < pg_catalog.now() - pg_catalog.make_interval(secs => $2))"
-	" INSERT INTO hashtree.dirty_key (part, seg, pa, pb, key, hash)"
-	" SELECT $1, hashtree.segment_of(x.key), x.pa, x.pb, x.key, '\\x00'::bytea FROM x",
+	"  WHERE part = $1 AND pg_catalog.pg_xact_commit_timestamp(xmin)"
+	"   < pg_catalog.now() - pg_catalog.make_interval(secs => $2))"
+	EXPIRE_LOG,
+	2, {INT4OID, FLOAT8OID}
+};
+
+static HtQuery q_expire_no_ts = {
+	EXPIRE_TOMBSTONES EXPIRE_LOG,
 	2, {INT4OID, FLOAT8OID}
 };
 
@@ -114,7 +132,7 @@ ht_tomb_expire(int part)
 		return 0;
 	v[0] = Int32GetDatum(part);
 	v[1] = Float8GetDatum((double) ht_guc_tombstone_ttl);
-	return ht_exec(&q_expire, v, NULL, 0);
+	return ht_exec(track_commit_timestamp ? &q_expire : &q_expire_no_ts, v, NULL, 0);
 }
 
 /*
