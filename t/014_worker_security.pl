@@ -165,6 +165,16 @@ ok(adm_poll($b, q{SELECT pg_catalog.count(*) OPERATOR(pg_catalog.=) 290
 ok(adm_poll($b, q{SELECT EXISTS (SELECT FROM hashtree.exchange_log WHERE worker AND repaired OPERATOR(pg_catalog.>) 0)}),
 	'b: a worker exchange logged its repairs');
 
+# the workers stop exchanging (every second on both nodes, their locks
+# would keep the rebuild job of step 5 waiting for minutes, and step 6
+# wants exchange() alone)
+foreach my $n (@nodes)
+{
+	adm($n, 'ALTER SYSTEM SET hashtree.exchange_interval = 0');
+	$n->reload;
+}
+sleep 2;
+
 # 5. a rebuild by a job
 my $builds = adm($a, 'SELECT builds FROM hashtree.partition WHERE part OPERATOR(pg_catalog.=) 1');
 adm($a, q{UPDATE hashtree.partition SET built_at = pg_catalog.now() OPERATOR(pg_catalog.-) interval '30 days'
@@ -173,13 +183,7 @@ ok(adm_poll($a, qq{SELECT builds OPERATOR(pg_catalog.>) $builds FROM hashtree.pa
 	WHERE part OPERATOR(pg_catalog.=) 1}), 'a: the workers rebuilt an expired partition');
 
 # 6. exchange() from b's session (hostile path) into a (hostile path):
-# workers stopped exchanging first, so this call does the repair
-foreach my $n (@nodes)
-{
-	adm($n, 'ALTER SYSTEM SET hashtree.exchange_interval = 0');
-	$n->reload;
-}
-sleep 2;
+# workers stopped exchanging (above), so this call does the repair
 adm($b, q{INSERT INTO public.acct SELECT i, 'b' || i FROM pg_catalog.generate_series(1001, 1010) i});
 # (a partition a's tick holds at that moment is skipped: call again)
 my $pushed = 0;
