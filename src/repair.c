@@ -980,6 +980,14 @@ repair_newest(HtPeer *peer, HtRepairPart *parts, int nparts, bool quiet, bool dr
 				w->copy_prefix = true;	/* (only one side has it) */
 		}
 		qsort(w->copy, w->ncopy, sizeof(bytea *), ht_bytea_ptr_cmp);
+		if (dry_run && w->copy_prefix)
+		{
+			/* a table only one side has wins there: no need to read all its rows */
+			for (int k = w->first_diff; k < w->end_diff; k++)
+				if (d[k].d->key == NULL)
+					d[k].d->winner = d[k].d->kind == HT_MISSING_PREFIX ? 'r' : 'l';
+			w->copy_prefix = false;
+		}
 		part = psprintf("%d", w->rp->part);
 		w->read_from = rd_here.n;
 		if (w->copy_prefix)

@@ -383,6 +383,20 @@ is(rows($na, 'vc'), '1=a,2=b,4=init,5=init,6=init,7=init,8=init,9=init,10=init',
 is(rows($nb, 'vc'), rows($na, 'vc'), 'version column: on both nodes');
 is(exchange('a', 'b', 'none'), '0', 'version column: then nothing differs');
 
+# a table whose rows only one node has: repair none names that node the
+# winner without reading the rows
+for my $n ($na, $nb)
+{
+	$n->safe_psql('postgres', q{CREATE TABLE solo (id int PRIMARY KEY, v text);
+		SELECT hashtree.track('solo'); SELECT hashtree.tombstones('solo')});
+}
+$nb->safe_psql('postgres', q{INSERT INTO solo SELECT g, 'b' || g FROM generate_series(1, 500) g});
+is($na->safe_psql('postgres', q{SELECT count(*) || ' ' || string_agg(DISTINCT kind || ':' || prefix_b || ':' ||
+	coalesce(winner, '-'), ',') FROM hashtree.exchange('b', NULL, 'none') WHERE prefix_b = 'solo'}),
+	'8 missing_prefix:solo:remote', 'a table only the peer has rows of: the peer wins, in every partition');
+is(exchange('a', 'b', 'newest'), '8', 'repair newest copies it');
+is($na->safe_psql('postgres', 'SELECT count(*) FROM solo'), '500', 'all its rows');
+
 # ---- 5. the workers with hashtree.repair = 'newest' --------------------------
 $na->append_conf('postgresql.conf', q{
 hashtree.database = 'postgres'
