@@ -1305,7 +1305,13 @@ newest_read(ReturnSetInfo *rsinfo, TrackRel *tr, Relation rel, bytea **keys, int
 					at = DatumGetTimestampTz(d);
 			}
 			else if (v != NULL && v->x == (int64) xmin)
-				at = v->at;
+			{
+				/* a copy of a row whose version was unknown stays unknown */
+				if (TIMESTAMP_IS_NOBEGIN(v->at))
+					nulls[3] = true;
+				else
+					at = v->at;
+			}
 			else if (!ht_tomb_commit_time(xmin, &at))
 				nulls[3] = true;
 			out[3] = TimestampTzGetDatum(at);
@@ -1378,10 +1384,16 @@ ht_newest_rows(PG_FUNCTION_ARGS)
 	return (Datum) 0;
 }
 
+/*
+ * The winners' versions of the rows a repair wrote; an unknown one
+ * (written before track_commit_timestamp was on) as -infinity, read back
+ * as unknown: the copy must not take the repair's commit time, newer than
+ * the row is.
+ */
 static HtQuery q_put_versions = {
 	"INSERT INTO hashtree.row_version AS t (part, pa, pb, key, version)"
-	" SELECT $1, $2, $3, u.key, u.v FROM unnest($4::bytea[], $5::timestamptz[]) AS u(key, v)"
-	" WHERE u.v IS NOT NULL"
+	" SELECT $1, $2, $3, u.key, coalesce(u.v, '-infinity')"
+	" FROM unnest($4::bytea[], $5::timestamptz[]) AS u(key, v)"
 	" ON CONFLICT (part, pa, pb, hashtree._kid(key)) DO UPDATE SET version = EXCLUDED.version",
 	5, {INT4OID, TEXTOID, TEXTOID, BYTEAARRAYOID, TIMESTAMPTZARRAYOID}
 };

@@ -267,6 +267,30 @@ for my $n (qw(a b))
 	$nodes{$n}->safe_psql('postgres',
 		"ALTER SYSTEM RESET hashtree.tombstone_ttl; SELECT pg_reload_conf()");
 }
+# a row whose version is unknown (written while b had commit timestamps
+# off) copied to a stays unknown there: it loses to c's known version
+# written before the copy (with the copy's own commit time it had won)
+for my $n (qw(a b c))
+{
+	$nodes{$n}->safe_psql('postgres', q{CREATE TABLE uv (id int PRIMARY KEY, v text);
+		SELECT hashtree.track('uv'); SELECT hashtree.tombstones('uv')});
+}
+$nodes{c}->safe_psql('postgres', q{INSERT INTO uv VALUES (1, 'c, known')});
+$nodes{b}->append_conf('postgresql.conf', "track_commit_timestamp = off\n");
+$nodes{b}->restart;
+$nodes{b}->safe_psql('postgres', q{INSERT INTO uv VALUES (1, 'b, unknown')});
+$nodes{b}->append_conf('postgresql.conf', "track_commit_timestamp = on\n");
+$nodes{b}->restart;
+exchange('a', 'b', 'newest');
+is($nodes{a}->safe_psql('postgres', q{SELECT v FROM uv WHERE id = 1}), 'b, unknown',
+	'a row of unknown version copied from b');
+is($nodes{a}->safe_psql('postgres', q{SELECT version FROM hashtree.row_version WHERE pb = 'uv'}),
+	'-infinity', 'its version recorded as unknown');
+exchange('a', 'c', 'newest');
+is($nodes{a}->safe_psql('postgres', q{SELECT v FROM uv WHERE id = 1}) . ' / ' .
+   $nodes{c}->safe_psql('postgres', q{SELECT v FROM uv WHERE id = 1}), 'c, known / c, known',
+	'the known version wins over the copy of unknown version, on both nodes');
+
 $nodes{c}->stop;
 exchange('a', 'b', 'newest');	# (the delete of $gone again, to b)
 
