@@ -1115,19 +1115,44 @@ rebuild_step(void *arg)
 	rb->done = true;
 }
 
+/*
+ * A partition held by an exchange or being updated is tried again a few
+ * times, a moment apart, before the job gives up (the launcher then waits
+ * REBUILD_RETRY_MS): with exchanges every second, a single try lost to
+ * them for minutes.  The same failure is logged once.
+ */
+#define REBUILD_ATTEMPTS	20
+#define REBUILD_PAUSE_MS	250
+
 static void
 run_rebuild(HtJob *job)
 {
 	RebuildRun rb = {job->part, false, false};
 	TimestampTz start = GetCurrentTimestamp();
 	char		what[64];
+	char	   *last = NULL;
 
 	snprintf(what, sizeof(what), "rebuild of partition %d", job->part);
-	if (run_step(what, rebuild_step, &rb, NULL) && rb.done)
-		ereport(LOG,
-				(errmsg("hashtree: rebuilt partition %d (%s) in %.3f s", job->part,
-						rb.was_built ? "trees expired" : "not built",
-						TimestampDifferenceMilliseconds(start, GetCurrentTimestamp()) / 1000.0)));
+	for (int attempt = 0; attempt < REBUILD_ATTEMPTS && !ShutdownRequestPending; attempt++)
+	{
+		if (attempt > 0)
+		{
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 REBUILD_PAUSE_MS, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+			CHECK_FOR_INTERRUPTS();
+		}
+		if (run_step(what, rebuild_step, &rb, &last) && rb.done)
+		{
+			ereport(LOG,
+					(errmsg("hashtree: rebuilt partition %d (%s) in %.3f s", job->part,
+							rb.was_built ? "trees expired" : "not built",
+							TimestampDifferenceMilliseconds(start, GetCurrentTimestamp()) / 1000.0)));
+			break;
+		}
+	}
+	if (last != NULL)
+		pfree(last);
 }
 
 /*
