@@ -441,6 +441,43 @@ diff_order(const void *a, const void *b)
 }
 
 /*
+ * The next work: the differences d[*i ..] of one prefix (sorted), *i moved
+ * past them.  A table tracked on one side only cannot be made equal without
+ * DDL on the other: the work fails (reported), and the rows of a table are
+ * not deleted because the other node lacks it.  False when it failed.
+ */
+static bool
+work_start(Work *w, PartDiff *d, int *i, int n, Registry *local, Registry *remote,
+		   HtPeer *peer)
+{
+	int			j = *i;
+	bool		here;
+	bool		there;
+
+	w->rp = d[*i].rp;
+	w->pa = d[*i].d->pa;
+	w->pb = d[*i].d->pb;
+	while (j < n && diff_order(&d[*i], &d[j]) == 0)
+		j++;
+	w->first_diff = *i;
+	w->end_diff = j;
+	*i = j;
+	here = registered(local, w->pa, w->pb);
+	there = registered(remote, w->pa, w->pb);
+	w->tracked = here && there;
+	if (here != there)
+	{
+		w->failed = psprintf("table %s is tracked on %s but not on %s",
+							 quote_qualified_identifier(w->pa, w->pb),
+							 here ? "this node" : psprintf("peer \"%s\"", ht_peer_name(peer)),
+							 here ? psprintf("peer \"%s\"", ht_peer_name(peer)) : "this node");
+		return false;
+	}
+	return true;
+}
+
+
+/*
  * Is a failure of a prefix the end of the exchange?  A lost peer (a
  * protocol violation included) or a cancel of this backend.
  */
@@ -565,37 +602,10 @@ ht_repair(HtPeer *peer, HtRepairMode mode, HtRepairPart *parts, int nparts, bool
 	works = palloc0(sizeof(Work) * Max(n, 1));
 	for (int i = 0; i < n;)
 	{
-		int			j = i;
-		Work	   *w = &works[nworks];
-		bool		here;
-		bool		there;
+		Work	   *w = &works[nworks++];
 
-		w->rp = d[i].rp;
-		w->pa = d[i].d->pa;
-		w->pb = d[i].d->pb;
-		while (j < n && diff_order(&d[i], &d[j]) == 0)
-			j++;
-		w->first_diff = i;
-		w->end_diff = j;
-		i = j;
-
-		/*
-		 * A table tracked on one side only cannot be made equal without DDL
-		 * on the other: report it, and do not delete the rows of a table
-		 * because the other node lacks it.
-		 */
-		here = registered(&local, w->pa, w->pb);
-		there = registered(&remote, w->pa, w->pb);
-		w->tracked = here && there;
-		nworks++;
-		if (here != there)
-		{
-			w->failed = psprintf("table %s is tracked on %s but not on %s",
-								 quote_qualified_identifier(w->pa, w->pb),
-								 here ? "this node" : psprintf("peer \"%s\"", ht_peer_name(peer)),
-								 here ? psprintf("peer \"%s\"", ht_peer_name(peer)) : "this node");
+		if (!work_start(w, d, &i, n, &local, &remote, peer))
 			continue;
-		}
 		w->copy = palloc(sizeof(bytea *) * (w->end_diff - w->first_diff));
 		w->del = palloc(sizeof(bytea *) * (w->end_diff - w->first_diff));
 		for (int k = w->first_diff; k < w->end_diff; k++)
@@ -938,32 +948,11 @@ repair_newest(HtPeer *peer, HtRepairPart *parts, int nparts, bool quiet, bool dr
 	works = palloc0(sizeof(Work) * Max(n, 1));
 	for (int i = 0; i < n;)
 	{
-		int			j = i;
-		Work	   *w = &works[nworks];
-		bool		here;
-		bool		there;
+		Work	   *w = &works[nworks++];
 		const char *part;
 
-		w->rp = d[i].rp;
-		w->pa = d[i].d->pa;
-		w->pb = d[i].d->pb;
-		while (j < n && diff_order(&d[i], &d[j]) == 0)
-			j++;
-		w->first_diff = i;
-		w->end_diff = j;
-		i = j;
-		here = registered(&local, w->pa, w->pb);
-		there = registered(&remote, w->pa, w->pb);
-		w->tracked = here && there;
-		nworks++;
-		if (here != there)
-		{
-			w->failed = psprintf("table %s is tracked on %s but not on %s",
-								 quote_qualified_identifier(w->pa, w->pb),
-								 here ? "this node" : psprintf("peer \"%s\"", ht_peer_name(peer)),
-								 here ? psprintf("peer \"%s\"", ht_peer_name(peer)) : "this node");
+		if (!work_start(w, d, &i, n, &local, &remote, peer))
 			continue;
-		}
 		if (!w->tracked)
 		{
 			w->failed = psprintf("repair 'newest' of %s: entries written with insert() carry no"

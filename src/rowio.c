@@ -858,6 +858,53 @@ apply_one(TrackRel *tr, Relation rel, SPIPlanPtr plan, SPIPlanPtr *readback,
 }
 
 /*
+ * Upsert rows (each checked against its source's hash, apply_one) and
+ * delete the rows of keys dels, as the table's owner; *deleted (if not
+ * NULL) gets the rows deleted.  Returns the rows written.
+ */
+static int64
+write_rows(TrackRel *tr, Relation rel, bytea **rows, bytea **hashes, int nrows,
+		   bytea **dels, int ndels, int64 *deleted)
+{
+	RowIO		io;
+	volatile int64 del = 0;
+
+	row_io_begin(tr->root, &io);
+	PG_TRY();
+	{
+		if (nrows > 0)
+		{
+			SPIPlanPtr	plan = apply_plan(tr, rel);
+			SPIPlanPtr	readback = NULL;
+			MemoryContext rowcxt = AllocSetContextCreate(CurrentMemoryContext,
+														 "hashtree repair row",
+														 ALLOCSET_DEFAULT_SIZES);
+
+			for (int i = 0; i < nrows; i++)
+			{
+				MemoryContext old = MemoryContextSwitchTo(rowcxt);
+
+				apply_one(tr, rel, plan, &readback, rows[i], hashes[i]);
+				MemoryContextSwitchTo(old);
+				MemoryContextReset(rowcxt);
+				SPI_freetuptable(SPI_tuptable);
+			}
+			MemoryContextDelete(rowcxt);
+		}
+		if (ndels > 0)
+			del = delete_keys(tr, dels, ndels);
+	}
+	PG_FINALLY();
+	{
+		row_io_end(&io);
+	}
+	PG_END_TRY();
+	if (deleted != NULL)
+		*deleted = del;
+	return nrows;
+}
+
+/*
  * hashtree._apply_rows(schema_name text, table_name text, rows bytea[],
  *                      hashes bytea[], deletes bytea[]) RETURNS bigint
  * Upsert the rows (transport form, see above; hashes[i] the source's row
@@ -873,7 +920,7 @@ ht_apply_rows(PG_FUNCTION_ARGS)
 {
 	Relation	rel;
 	TrackRel   *tr;
-	/* (volatile: set before or in the PG_TRY below, read after it) */
+	/* (volatile: set before or in HT_API_BEGIN's PG_TRY, read in it) */
 	volatile int64 changed = 0;
 	bytea	  **volatile rows = NULL;
 	bytea	  **volatile hashes = NULL;
@@ -882,7 +929,6 @@ ht_apply_rows(PG_FUNCTION_ARGS)
 	int			nhashes = 0;
 	int			ndels = 0;
 	volatile AclMode need = ACL_SELECT;
-	RowIO		io;
 
 	HT_ARG_NOT_NULL(0, "schema");
 	HT_ARG_NOT_NULL(1, "name");
@@ -910,36 +956,10 @@ ht_apply_rows(PG_FUNCTION_ARGS)
 	repair_check_rights(rel, need, "write");
 	if (nrows > 0 || ndels > 0)
 	{
-		row_io_begin(tr->root, &io);
-		PG_TRY();
-		{
-			if (nrows > 0)
-			{
-				SPIPlanPtr	plan = apply_plan(tr, rel);
-				SPIPlanPtr	readback = NULL;
-				MemoryContext rowcxt = AllocSetContextCreate(CurrentMemoryContext,
-															 "hashtree repair row",
-															 ALLOCSET_DEFAULT_SIZES);
+		int64		deleted;
 
-				for (int i = 0; i < nrows; i++)
-				{
-					MemoryContext old = MemoryContextSwitchTo(rowcxt);
-
-					apply_one(tr, rel, plan, &readback, rows[i], hashes[i]);
-					MemoryContextSwitchTo(old);
-					MemoryContextReset(rowcxt);
-					SPI_freetuptable(SPI_tuptable);
-					changed++;
-				}
-			}
-			if (ndels > 0)
-				changed += delete_keys(tr, dels, ndels);
-		}
-		PG_FINALLY();
-		{
-			row_io_end(&io);
-		}
-		PG_END_TRY();
+		changed = write_rows(tr, rel, rows, hashes, nrows, dels, ndels, &deleted);
+		changed += deleted;
 	}
 	table_close(rel, NoLock);
 	HT_API_END();
@@ -1427,44 +1447,6 @@ static HtQuery q_put_tombs = {
  * winner's time.  Rights and locks as _apply_rows.  Returns the rows and
  * keys written.
  */
-static int64
-newest_write(TrackRel *tr, Relation rel, bytea **rows, bytea **hashes, int nrows,
-			 bytea **dels, int ndels)
-{
-	RowIO		io;
-
-	row_io_begin(tr->root, &io);
-	PG_TRY();
-	{
-		if (nrows > 0)
-		{
-			SPIPlanPtr	plan = apply_plan(tr, rel);
-			SPIPlanPtr	readback = NULL;
-			MemoryContext rowcxt = AllocSetContextCreate(CurrentMemoryContext,
-														 "hashtree repair row",
-														 ALLOCSET_DEFAULT_SIZES);
-
-			for (int i = 0; i < nrows; i++)
-			{
-				MemoryContext old = MemoryContextSwitchTo(rowcxt);
-
-				apply_one(tr, rel, plan, &readback, rows[i], hashes[i]);
-				MemoryContextSwitchTo(old);
-				MemoryContextReset(rowcxt);
-				SPI_freetuptable(SPI_tuptable);
-			}
-		}
-		if (ndels > 0)
-			(void) delete_keys(tr, dels, ndels);
-	}
-	PG_FINALLY();
-	{
-		row_io_end(&io);
-	}
-	PG_END_TRY();
-	return nrows;
-}
-
 PG_FUNCTION_INFO_V1(ht_newest_apply);
 static int64 newest_apply(FunctionCallInfo fcinfo);
 
@@ -1529,7 +1511,7 @@ newest_apply(FunctionCallInfo fcinfo)
 		need |= ACL_DELETE;
 	repair_check_rights(rel, need, "write");
 	if (nrows > 0 || ndels > 0)
-		changed = newest_write(tr, rel, rows, hashes, nrows, dels, ndels);
+		changed = write_rows(tr, rel, rows, hashes, nrows, dels, ndels, NULL);
 	/* the versions and tombstones, written in the same transaction */
 	if (nrows > 0)
 	{
