@@ -17,6 +17,7 @@ OBJS = \
 	src/compare.o \
 	src/rowenc.o \
 	src/tomb.o \
+	src/entryver.o \
 	src/track.o \
 	src/ddl.o \
 	src/rowio.o \

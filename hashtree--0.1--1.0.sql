@@ -347,3 +347,82 @@ REVOKE EXECUTE ON FUNCTION @extschema@.tombstones(regclass, boolean),
 	@extschema@._newest_rows(text, text, int, bytea[]),
 	@extschema@._newest_apply(text, text, int, bytea[], bytea[], bytea[], timestamptz[],
 							  bytea[], timestamptz[]) FROM PUBLIC;
+
+-- Versions and tombstones of plain entries (DESIGN §20).
+ALTER TABLE @extschema@.entry ADD COLUMN version timestamptz;
+-- insert() and delete() with a version (repair 'newest'; NULL: the commit
+-- time, or for a delete the time of the call), DESIGN §20
+CREATE FUNCTION @extschema@.insert(prefix_a text, prefix_b text, key bytea, hash bytea,
+								   if_missing boolean, version timestamptz) RETURNS void
+	AS 'MODULE_PATHNAME', 'ht_insert'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+CREATE FUNCTION @extschema@.insert(prefix_a text, prefix_b text, key text, hash bytea,
+								   if_missing boolean, version timestamptz) RETURNS void
+	AS 'MODULE_PATHNAME', 'ht_insert_text'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+CREATE FUNCTION @extschema@.insert("partition" int, prefix_a text, prefix_b text, key bytea,
+								   hash bytea, if_missing boolean, version timestamptz) RETURNS void
+	AS 'MODULE_PATHNAME', 'ht_insert_partition'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+CREATE FUNCTION @extschema@.insert("partition" int, prefix_a text, prefix_b text, key text,
+								   hash bytea, if_missing boolean, version timestamptz) RETURNS void
+	AS 'MODULE_PATHNAME', 'ht_insert_partition_text'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+CREATE FUNCTION @extschema@.delete(prefix_a text, prefix_b text, key bytea,
+								   version timestamptz) RETURNS void
+	AS 'MODULE_PATHNAME', 'ht_delete'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+CREATE FUNCTION @extschema@.delete(prefix_a text, prefix_b text, key text,
+								   version timestamptz) RETURNS void
+	AS 'MODULE_PATHNAME', 'ht_delete_text'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+CREATE FUNCTION @extschema@.delete("partition" int, prefix_a text, prefix_b text, key bytea,
+								   version timestamptz) RETURNS void
+	AS 'MODULE_PATHNAME', 'ht_delete_partition'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+CREATE FUNCTION @extschema@.delete("partition" int, prefix_a text, prefix_b text, key text,
+								   version timestamptz) RETURNS void
+	AS 'MODULE_PATHNAME', 'ht_delete_partition_text'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+-- Plain prefixes that keep tombstones (tombstones(prefix_a, prefix_b)):
+-- their deletes leave a row of tombstone and the entry (key, T(deleted_at)).
+CREATE TABLE @extschema@.tombstone_prefix (
+	prefix_a		text COLLATE "C" NOT NULL,
+	prefix_b		text COLLATE "C" NOT NULL,
+	since			timestamptz NOT NULL DEFAULT now(),
+	PRIMARY KEY (prefix_a, prefix_b)
+);
+REVOKE ALL ON @extschema@.tombstone_prefix FROM PUBLIC;
+SELECT pg_catalog.pg_extension_config_dump('@extschema@.tombstone_prefix', '');
+-- keep tombstones of a plain prefix (or stop: its tombstones go)
+CREATE FUNCTION @extschema@.tombstones(prefix_a text, prefix_b text, enable boolean DEFAULT true)
+	RETURNS void
+	AS 'MODULE_PATHNAME', 'ht_tombstones_prefix'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+-- the versions of plain entries (and their tombstones) of keys
+CREATE FUNCTION @extschema@._newest_entries("partition" int, prefix_a text, prefix_b text,
+											keys bytea[])
+	RETURNS TABLE(key bytea, hash bytea, version timestamptz, dead boolean)
+	AS 'MODULE_PATHNAME', 'ht_newest_entries'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+-- write the winners: entries with their versions, tombstones with their times
+CREATE FUNCTION @extschema@._newest_apply_entries("partition" int, prefix_a text, prefix_b text,
+												  keys bytea[], hashes bytea[],
+												  versions timestamptz[], deletes bytea[],
+												  deleted_at timestamptz[])
+	RETURNS bigint
+	AS 'MODULE_PATHNAME', 'ht_newest_apply_entries'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+REVOKE EXECUTE ON FUNCTION
+	@extschema@.insert(text, text, bytea, bytea, boolean, timestamptz),
+	@extschema@.insert(text, text, text, bytea, boolean, timestamptz),
+	@extschema@.insert(int, text, text, bytea, bytea, boolean, timestamptz),
+	@extschema@.insert(int, text, text, text, bytea, boolean, timestamptz),
+	@extschema@.delete(text, text, bytea, timestamptz),
+	@extschema@.delete(text, text, text, timestamptz),
+	@extschema@.delete(int, text, text, bytea, timestamptz),
+	@extschema@.delete(int, text, text, text, timestamptz),
+	@extschema@.tombstones(text, text, boolean),
+	@extschema@._newest_entries(int, text, text, bytea[]),
+	@extschema@._newest_apply_entries(int, text, text, bytea[], bytea[], timestamptz[],
+									  bytea[], timestamptz[]) FROM PUBLIC;

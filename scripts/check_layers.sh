@@ -16,7 +16,7 @@ treemath 0 linhash 0 rowenc 0
 common 1 sqlexec 1 bgjob 1
 store 2 pack 2 partlock 2 remote 2
 update 3 compare 3 rehash 3
-tomb 4 track 4 ddl 4 rowio 4 partops 4 repair 4 exchange 4 frag 4 fragops 4 fragremote 4
+tomb 4 entryver 4 track 4 ddl 4 rowio 4 partops 4 repair 4 exchange 4 frag 4 fragops 4 fragremote 4
 api 5 aggregates 5 guard 5
 worker 6
 hashtree 7

@@ -39,6 +39,7 @@
 #include "remote.h"
 #include "sqlexec.h"
 #include "store.h"
+#include "tomb.h"
 #include "track.h"
 #include "treemath.h"
 
@@ -392,11 +393,12 @@ ht_next_expiry(PG_FUNCTION_ARGS)
 
 /*
  * Write (hash not NULL) or delete an entry in a partition, or (routed) in
- * the one partition_of() gives.
+ * the one partition_of() gives.  version: the caller's, NULL for the
+ * commit time (an insert) or the time of the call (a delete's tombstone).
  */
 static void
 write_entry(bool routed, int part, text *pa, text *pb, bytea *key,
-			bytea *hash, bool if_missing)
+			bytea *hash, bool if_missing, const TimestampTz *version)
 {
 	SPI_connect();
 	HT_API_BEGIN();
@@ -409,12 +411,37 @@ write_entry(bool routed, int part, text *pa, text *pb, bytea *key,
 			ht_check_partition(target);
 		ht_track_refuse_prefix(pa, pb);
 		if (hash != NULL)
-			ht_store_put(target, pa, pb, key, hash, if_missing);
+			ht_store_put(target, pa, pb, key, hash, if_missing, version);
 		else
-			ht_store_delete(target, pa, pb, key);
+		{
+			TimestampTz at = version ? *version : GetCurrentTimestamp();
+
+			ht_store_delete(target, pa, pb, key, at, ht_tomb_hash(at));
+		}
 	}
 	HT_API_END();
 	SPI_finish();
+}
+
+/*
+ * The caller's version of a write (argument n, if the overload has it):
+ * NULL when absent or null (the commit time, or the time of a delete);
+ * else finite (a version orders writes and names a tombstone)
+ */
+static TimestampTz *
+version_arg(FunctionCallInfo fcinfo, int n)
+{
+	TimestampTz *v;
+
+	if (PG_NARGS() <= n || PG_ARGISNULL(n))
+		return NULL;
+	v = palloc(sizeof(TimestampTz));
+	*v = PG_GETARG_TIMESTAMPTZ(n);
+	if (TIMESTAMP_NOT_FINITE(*v))
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("version must be a finite time")));
+	return v;
 }
 
 static Datum
@@ -424,9 +451,10 @@ insert_common(FunctionCallInfo fcinfo, bool key_is_text)
 	text	   *pb = prefix_arg(fcinfo, 1, "prefix_b");
 	bytea	   *key = key_arg(fcinfo, 2, key_is_text);
 	bytea	   *hash = hash_arg(fcinfo, 3);
+	TimestampTz *version = version_arg(fcinfo, 5);
 
 	HT_ARG_NOT_NULL(4, "if_missing");
-	write_entry(true, 0, pa, pb, key, hash, PG_GETARG_BOOL(4));
+	write_entry(true, 0, pa, pb, key, hash, PG_GETARG_BOOL(4), version);
 	PG_RETURN_VOID();
 }
 
@@ -438,19 +466,27 @@ insert_partition_common(FunctionCallInfo fcinfo, bool key_is_text)
 	text	   *pb = prefix_arg(fcinfo, 2, "prefix_b");
 	bytea	   *key = key_arg(fcinfo, 3, key_is_text);
 	bytea	   *hash = hash_arg(fcinfo, 4);
+	TimestampTz *version = version_arg(fcinfo, 6);
 
 	HT_ARG_NOT_NULL(5, "if_missing");
-	write_entry(false, part, pa, pb, key, hash, PG_GETARG_BOOL(5));
+	write_entry(false, part, pa, pb, key, hash, PG_GETARG_BOOL(5), version);
 	PG_RETURN_VOID();
 }
 
 /*
  * hashtree.insert(prefix_a text, prefix_b text, key bytea, hash bytea,
  *                 if_missing boolean DEFAULT false) RETURNS void
- * Write an entry (if_missing: only when the key is absent) in the partition
- * partition_of() gives and log its segment dirty; ERROR for a tracked table's
- * prefix.  Locks: ROW EXCLUSIVE on hashtree.entry and hashtree.dirty, the
- * entry's row; never waits for a partition lock or an update.
+ * hashtree.insert(prefix_a text, prefix_b text, key bytea, hash bytea,
+ *                 if_missing boolean, version timestamptz) RETURNS void
+ * Write an entry (if_missing: only when the key is absent, or deleted: a
+ * tombstone) in the partition partition_of() gives and log its segment
+ * dirty; ERROR for a tracked table's prefix.  Its version (repair
+ * 'newest', DESIGN §20) is the caller's (finite; NULL or the overload
+ * without it: the commit time of the writing transaction).  In a prefix
+ * that keeps tombstones the key's tombstone goes, and the entry is written
+ * even when unchanged.  Locks: ROW EXCLUSIVE on hashtree.entry,
+ * hashtree.dirty (and hashtree.tombstone), the entry's row (and its
+ * tombstone's, first); never waits for a partition lock or an update.
  */
 PG_FUNCTION_INFO_V1(ht_insert);
 Datum
@@ -462,6 +498,8 @@ ht_insert(PG_FUNCTION_ARGS)
 /*
  * hashtree.insert(prefix_a text, prefix_b text, key text, hash bytea,
  *                 if_missing boolean DEFAULT false) RETURNS void
+ * hashtree.insert(prefix_a text, prefix_b text, key text, hash bytea,
+ *                 if_missing boolean, version timestamptz) RETURNS void
  * As insert(..., key bytea, ...), the key taken as its UTF-8 bytes.
  * Locks: as that one.
  */
@@ -475,6 +513,8 @@ ht_insert_text(PG_FUNCTION_ARGS)
 /*
  * hashtree.insert(partition int, prefix_a text, prefix_b text, key bytea,
  *                 hash bytea, if_missing boolean) RETURNS void
+ * hashtree.insert(partition int, prefix_a text, prefix_b text, key bytea,
+ *                 hash bytea, if_missing boolean, version timestamptz)
  * As insert(prefix_a, prefix_b, key bytea, ...), in the partition given
  * (not checked against partition_of()).  Locks: as that one.
  */
@@ -488,6 +528,8 @@ ht_insert_partition(PG_FUNCTION_ARGS)
 /*
  * hashtree.insert(partition int, prefix_a text, prefix_b text, key text,
  *                 hash bytea, if_missing boolean) RETURNS void
+ * hashtree.insert(partition int, prefix_a text, prefix_b text, key text,
+ *                 hash bytea, if_missing boolean, version timestamptz)
  * As insert(partition, ..., key bytea, ...), the key taken as its UTF-8
  * bytes.  Locks: as that one.
  */
@@ -504,8 +546,9 @@ delete_common(FunctionCallInfo fcinfo, bool key_is_text)
 	text	   *pa = prefix_arg(fcinfo, 0, "prefix_a");
 	text	   *pb = prefix_arg(fcinfo, 1, "prefix_b");
 	bytea	   *key = key_arg(fcinfo, 2, key_is_text);
+	TimestampTz *version = version_arg(fcinfo, 3);
 
-	write_entry(true, 0, pa, pb, key, NULL, false);
+	write_entry(true, 0, pa, pb, key, NULL, false, version);
 	PG_RETURN_VOID();
 }
 
@@ -516,17 +559,25 @@ delete_partition_common(FunctionCallInfo fcinfo, bool key_is_text)
 	text	   *pa = prefix_arg(fcinfo, 1, "prefix_a");
 	text	   *pb = prefix_arg(fcinfo, 2, "prefix_b");
 	bytea	   *key = key_arg(fcinfo, 3, key_is_text);
+	TimestampTz *version = version_arg(fcinfo, 4);
 
-	write_entry(false, part, pa, pb, key, NULL, false);
+	write_entry(false, part, pa, pb, key, NULL, false, version);
 	PG_RETURN_VOID();
 }
 
 /*
  * hashtree.delete(prefix_a text, prefix_b text, key bytea) RETURNS void
+ * hashtree.delete(prefix_a text, prefix_b text, key bytea,
+ *                 version timestamptz) RETURNS void
  * Remove an entry from the partition partition_of() gives and log its
  * segment dirty (nothing when absent); ERROR for a tracked table's prefix.
- * Locks: ROW EXCLUSIVE on hashtree.entry and hashtree.dirty, the entry's
- * row; never waits for a partition lock or an update.
+ * In a prefix that keeps tombstones (DESIGN §20), the entry becomes the
+ * tombstone's (key, T(t)) and hashtree.tombstone has (key, t), also when
+ * the key had no entry; t is the caller's version (finite; NULL or the
+ * overload without it: the time of the call).  Locks: ROW EXCLUSIVE on
+ * hashtree.entry and hashtree.dirty (and hashtree.tombstone), the entry's
+ * row (and its tombstone's, first); never waits for a partition lock or
+ * an update.
  */
 PG_FUNCTION_INFO_V1(ht_delete);
 Datum
@@ -537,6 +588,8 @@ ht_delete(PG_FUNCTION_ARGS)
 
 /*
  * hashtree.delete(prefix_a text, prefix_b text, key text) RETURNS void
+ * hashtree.delete(prefix_a text, prefix_b text, key text,
+ *                 version timestamptz) RETURNS void
  * As delete(..., key bytea), the key taken as its UTF-8 bytes.  Locks: as
  * that one.
  */
@@ -550,6 +603,8 @@ ht_delete_text(PG_FUNCTION_ARGS)
 /*
  * hashtree.delete(partition int, prefix_a text, prefix_b text, key bytea)
  *   RETURNS void
+ * hashtree.delete(partition int, prefix_a text, prefix_b text, key bytea,
+ *                 version timestamptz) RETURNS void
  * As delete(prefix_a, prefix_b, key bytea), in the partition given (not
  * checked against partition_of()).  Locks: as that one.
  */
@@ -563,6 +618,8 @@ ht_delete_partition(PG_FUNCTION_ARGS)
 /*
  * hashtree.delete(partition int, prefix_a text, prefix_b text, key text)
  *   RETURNS void
+ * hashtree.delete(partition int, prefix_a text, prefix_b text, key text,
+ *                 version timestamptz) RETURNS void
  * As delete(partition, ..., key bytea), the key taken as its UTF-8 bytes.
  * Locks: as that one.
  */
@@ -576,8 +633,9 @@ ht_delete_partition_text(PG_FUNCTION_ARGS)
 /*
  * hashtree._apply_entries(partition int, prefix_a text, prefix_b text,
  *                         keys bytea[], hashes bytea[]) RETURNS bigint
- * The repair of plain entries: write each key with its hash, delete it
- * where the hash is NULL.  All or nothing (one statement).  Returns the
+ * The repair of plain entries: write each key with its hash (its version:
+ * the repair's commit time), delete it and its tombstone where the hash
+ * is NULL.  All or nothing (one statement).  Returns the
  * count.  Locks: as insert() and delete(), one entry row per key.
  */
 PG_FUNCTION_INFO_V1(ht_apply_entries);
@@ -623,10 +681,10 @@ ht_apply_entries(PG_FUNCTION_ARGS)
 	for (int i = 0; i < nkeys; i++)
 	{
 		if (hnulls[i])
-			ht_store_delete(part, pa, pb, DatumGetByteaPP(keys[i]));
+			ht_store_purge(part, pa, pb, DatumGetByteaPP(keys[i]));
 		else
 			ht_store_put(part, pa, pb, DatumGetByteaPP(keys[i]),
-						 DatumGetByteaPP(hashes[i]), false);
+						 DatumGetByteaPP(hashes[i]), false, NULL);
 	}
 	HT_API_END();
 	SPI_finish();
@@ -641,8 +699,8 @@ static HtQuery q_prefix_keys = {
 /*
  * hashtree._drop_entries(partition int, prefix_a text, prefix_b text)
  *   RETURNS bigint
- * The repair of a missing prefix: delete its entries in the partition;
- * returns the count.  Locks: as delete(), one entry row per key.
+ * The repair of a missing prefix: delete its entries (and tombstones) in
+ * the partition; returns the count.  Locks: as delete(), one entry row per key.
  */
 PG_FUNCTION_INFO_V1(ht_drop_entries);
 Datum
@@ -671,7 +729,7 @@ ht_drop_entries(PG_FUNCTION_ARGS)
 		keys[i] = DatumGetByteaPCopy(ht_col(i, 1, &isnull));
 	}
 	for (uint64 i = 0; i < n; i++)
-		ht_store_delete(part, pa, pb, keys[i]);
+		ht_store_purge(part, pa, pb, keys[i]);
 	HT_API_END();
 	SPI_finish();
 	PG_RETURN_INT64((int64) n);

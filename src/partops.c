@@ -15,6 +15,7 @@
 #include "utils/timestamp.h"
 
 #include "common.h"
+#include "entryver.h"
 #include "pack.h"
 #include "partlock.h"
 #include "partops.h"
@@ -48,7 +49,11 @@ ht_update_partition(int part)
 			TimestampTz start = GetCurrentTimestamp();
 			HtBucketDeltas pd = {CurrentMemoryContext, 0, 0, NULL};
 
-			/* logged keys of tracked tables become entries, then the trees */
+			/*
+			 * expired tombstones of plain entries go; logged keys of tracked
+			 * tables become entries; then the trees
+			 */
+			(void) ht_entryver_expire(part);
 			ht_track_fold(part, &pd);
 			ht_store_update(part, &pd, &stats);
 			ht_part_record_update(part, stats.segments, stats.nodes,

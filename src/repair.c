@@ -46,6 +46,7 @@
 #include "utils/fmgroids.h"
 
 #include "common.h"
+#include "entryver.h"
 #include "remote.h"
 #include "repair.h"
 #include "sqlexec.h"
@@ -805,6 +806,14 @@ field_array_text(NRow **rows, int n, int which)
 	"ARRAY(SELECT pg_catalog.to_timestamp(0) + v * '1 microsecond'::pg_catalog.interval" \
 	" FROM pg_catalog.unnest(" p "::pg_catalog.int8[]) v)"
 
+/*
+ * The versions of plain entries (entryver.c), in the columns of
+ * _newest_rows: the hash stands for the row (it is all there is to copy)
+ */
+#define NEWEST_ENTRIES(keys) \
+	"SELECT key, hash, hash, (EXTRACT(epoch FROM version) * 1000000)::pg_catalog.int8, dead" \
+	" FROM hashtree._newest_entries($3::int4, $1, $2, " keys ")"
+
 static void
 add_newest_writes(Stmts *st, int group, Work *w, NWrites *x)
 {
@@ -815,6 +824,18 @@ add_newest_writes(Stmts *st, int group, Work *w, NWrites *x)
 		NRow	  **r = x->rows + Min(base, x->nrows);
 		NRow	  **d = x->dels + Min(base, x->ndels);
 
+		if (!w->tracked)
+		{
+			add_stmt(st, group, 1,
+					 "SELECT hashtree._newest_apply_entries($1::int4, $2, $3,"
+					 " $4::pg_catalog.bytea[], $5::pg_catalog.bytea[], " NEWEST_TS("$6") ","
+					 " $7::pg_catalog.bytea[], " NEWEST_TS("$8") ")",
+					 8, psprintf("%d", w->rp->part), w->pa, w->pb,
+					 field_array_text(r, nr, 0), field_array_text(r, nr, 2),
+					 int8_array_text(r, nr),
+					 field_array_text(d, nd, 0), int8_array_text(d, nd));
+			continue;
+		}
 		add_stmt(st, group, 1,
 				 "SELECT hashtree._newest_apply($1, $2, $3::int4, $4::pg_catalog.bytea[],"
 				 " $5::pg_catalog.bytea[], $6::pg_catalog.bytea[], " NEWEST_TS("$7") ","
@@ -953,13 +974,6 @@ repair_newest(HtPeer *peer, HtRepairPart *parts, int nparts, bool quiet, bool dr
 
 		if (!work_start(w, d, &i, n, &local, &remote, peer))
 			continue;
-		if (!w->tracked)
-		{
-			w->failed = psprintf("repair 'newest' of %s: entries written with insert() carry no"
-								 " version; use pull or push",
-								 quote_qualified_identifier(w->pa, w->pb));
-			continue;
-		}
 		w->copy = palloc(sizeof(bytea *) * (w->end_diff - w->first_diff));
 		for (int k = w->first_diff; k < w->end_diff; k++)
 		{
@@ -981,9 +995,10 @@ repair_newest(HtPeer *peer, HtRepairPart *parts, int nparts, bool quiet, bool dr
 		w->read_from = rd_here.n;
 		if (w->copy_prefix)
 		{
-			const char *sql = "SELECT key, hash, r, (EXTRACT(epoch FROM version)"
+			const char *sql = w->tracked ? "SELECT key, hash, r, (EXTRACT(epoch FROM version)"
 				" * 1000000)::pg_catalog.int8, dead FROM hashtree._newest_rows($1, $2, $3::int4,"
-				" ARRAY(SELECT e.key FROM hashtree._prefix_entries($3::int4, $1, $2) e))";
+				" ARRAY(SELECT e.key FROM hashtree._prefix_entries($3::int4, $1, $2) e))"
+				: NEWEST_ENTRIES("ARRAY(SELECT e.key FROM hashtree._prefix_entries($3::int4, $1, $2) e)");
 
 			add_stmt(&rd_here, nworks - 1, 5, sql, 3, w->pa, w->pb, part);
 			add_stmt(&rd_there, nworks - 1, 5, sql, 3, w->pa, w->pb, part);
@@ -992,9 +1007,10 @@ repair_newest(HtPeer *peer, HtRepairPart *parts, int nparts, bool quiet, bool dr
 		{
 			const char *keys = bytea_array_text(w->copy + base,
 												Min(HT_REPAIR_BATCH, w->ncopy - base));
-			const char *sql = "SELECT key, hash, r, (EXTRACT(epoch FROM version)"
+			const char *sql = w->tracked ? "SELECT key, hash, r, (EXTRACT(epoch FROM version)"
 				" * 1000000)::pg_catalog.int8, dead FROM hashtree._newest_rows($1, $2, $3::int4,"
-				" $4::pg_catalog.bytea[])";
+				" $4::pg_catalog.bytea[])"
+				: NEWEST_ENTRIES("$4::pg_catalog.bytea[]");
 
 			add_stmt(&rd_here, nworks - 1, 5, sql, 4, w->pa, w->pb, part, keys);
 			add_stmt(&rd_there, nworks - 1, 5, sql, 4, w->pa, w->pb, part, keys);
@@ -1142,8 +1158,18 @@ repair_newest(HtPeer *peer, HtRepairPart *parts, int nparts, bool quiet, bool dr
 	count_repaired(parts, nparts);
 }
 
+/* does the table or plain prefix (pa, pb) keep tombstones here? */
+static bool
+keeps_tombstones(const char *pa, const char *pb)
+{
+	text	   *a = cstring_to_text(pa);
+	text	   *b = cstring_to_text(pb);
+
+	return (ht_tomb_available() && ht_tomb_enabled(a, b)) || ht_entryver_enabled(a, b);
+}
+
 /*
- * pull/push: the differences of tables that keep tombstones here go through
+ * pull/push: the differences of tables (and plain prefixes) that keep tombstones here go through
  * the reads and writes of 'newest' with the source's side forced as the
  * winner (tombstones are copied, keys the source lacks purged, not turned
  * into tombstones of the repair's time); the others through pull/push.
@@ -1170,8 +1196,7 @@ repair_split(HtPeer *peer, HtRepairMode mode, HtRepairPart *parts, int nparts, b
 		{
 			HtDiff	   *x = &parts[p].diffs[i];
 
-			if (x->pb != NULL && ht_tomb_available() &&
-				ht_tomb_enabled(cstring_to_text(x->pa), cstring_to_text(x->pb)))
+			if (x->pb != NULL && keeps_tombstones(x->pa, x->pb))
 			{
 				tmap[p][tp[p].ndiffs] = i;
 				tp[p].diffs[tp[p].ndiffs++] = *x;

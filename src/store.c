@@ -43,7 +43,11 @@
 
 /* ---- writes of leaf entries ----------------------------------------------- */
 
-static HtQuery q_put = {
+/*
+ * The writes of a database not updated to 1.0 yet (no entry.version, no
+ * hashtree.tombstone_prefix): the library may be newer than the extension.
+ */
+static HtQuery q_put_0_1 = {
 	"WITH e AS ("
 	" INSERT INTO hashtree.entry AS t (part, seg, depth, pa, pb, key, hash)"
 	" VALUES ($1, $2, 2, $3, $4, $5, $6)"
@@ -54,7 +58,7 @@ static HtQuery q_put = {
 	6, {INT4OID, INT4OID, TEXTOID, TEXTOID, BYTEAOID, BYTEAOID}
 };
 
-static HtQuery q_put_if_missing = {
+static HtQuery q_put_if_missing_0_1 = {
 	"WITH e AS ("
 	" INSERT INTO hashtree.entry (part, seg, depth, pa, pb, key, hash)"
 	" VALUES ($1, $2, 2, $3, $4, $5, $6)"
@@ -64,7 +68,7 @@ static HtQuery q_put_if_missing = {
 	6, {INT4OID, INT4OID, TEXTOID, TEXTOID, BYTEAOID, BYTEAOID}
 };
 
-static HtQuery q_delete = {
+static HtQuery q_delete_0_1 = {
 	"WITH e AS ("
 	" DELETE FROM hashtree.entry"
 	" WHERE part = $1 AND depth = 2 AND pa = $3 AND pb = $4 AND seg = $2"
@@ -74,34 +78,164 @@ static HtQuery q_delete = {
 	5, {INT4OID, INT4OID, TEXTOID, TEXTOID, BYTEAOID}
 };
 
-void
-ht_store_put(int part, text *pa, text *pb, bytea *key, bytea *hash,
-			 bool if_missing)
-{
-	Datum		v[6];
+/* does the prefix ($3, $4) keep tombstones (DESIGN §20)? */
+#define KEEPS_TOMBSTONES \
+	"WITH r AS (SELECT EXISTS (SELECT 1 FROM hashtree.tombstone_prefix p" \
+	"  WHERE p.prefix_a = $3 AND p.prefix_b = $4) AS keep)"
 
+/* the tombstone of the key ($5), if the prefix keeps them, goes first */
+#define DROP_TOMBSTONE \
+	" t AS (DELETE FROM hashtree.tombstone x WHERE (SELECT keep FROM r) AND x.part = $1" \
+	"  AND x.pa = $3 AND x.pb = $4 AND hashtree._kid(x.key) = hashtree._kid($5) RETURNING 1)," \
+	" c AS (SELECT count(*) AS n FROM t),"
+
+/*
+ * Write an entry with its version ($7, NULL: the commit time of the row's
+ * transaction).  An insert that changes neither the hash nor the version
+ * writes nothing, but in a prefix that keeps tombstones: there its row is
+ * written again (a new commit time: the latest write wins a repair
+ * 'newest'), and its tombstone, if any, goes first (the order of every
+ * writer of a tombstone: its row, then the entry's).
+ */
+static HtQuery q_put = {
+	KEEPS_TOMBSTONES "," DROP_TOMBSTONE
+	" e AS (INSERT INTO hashtree.entry AS y (part, seg, depth, pa, pb, key, hash, version)"
+	"  SELECT $1, $2, 2, $3, $4, $5, $6, $7 FROM r, c"
+	"  ON CONFLICT (part, depth, pa, pb, seg, hashtree._kid(key)) DO UPDATE"
+	"  SET hash = EXCLUDED.hash, version = EXCLUDED.version"
+	"  WHERE y.hash <> EXCLUDED.hash OR y.version IS DISTINCT FROM EXCLUDED.version"
+	"   OR (SELECT keep FROM r)"
+	"  RETURNING 1)"
+	" INSERT INTO hashtree.dirty (part, seg, pa, pb) SELECT $1, $2, $3, $4 FROM e",
+	7, {INT4OID, INT4OID, TEXTOID, TEXTOID, BYTEAOID, BYTEAOID, TIMESTAMPTZOID}
+};
+
+/*
+ * if_missing: only when the key has no entry (DO NOTHING: no lock on an
+ * entry there) or a tombstone (which the entry replaces)
+ */
+static HtQuery q_put_if_missing = {
+	KEEPS_TOMBSTONES "," DROP_TOMBSTONE
+	" e AS (INSERT INTO hashtree.entry (part, seg, depth, pa, pb, key, hash, version)"
+	"  SELECT $1, $2, 2, $3, $4, $5, $6, $7 FROM c WHERE c.n = 0"
+	"  ON CONFLICT (part, depth, pa, pb, seg, hashtree._kid(key)) DO NOTHING"
+	"  RETURNING 1),"
+	" f AS (INSERT INTO hashtree.entry AS y (part, seg, depth, pa, pb, key, hash, version)"
+	"  SELECT $1, $2, 2, $3, $4, $5, $6, $7 FROM c WHERE c.n > 0"
+	"  ON CONFLICT (part, depth, pa, pb, seg, hashtree._kid(key)) DO UPDATE"
+	"  SET hash = EXCLUDED.hash, version = EXCLUDED.version"
+	"  RETURNING 1)"
+	" INSERT INTO hashtree.dirty (part, seg, pa, pb)"
+	" SELECT $1, $2, $3, $4 FROM (SELECT 1 FROM e UNION ALL SELECT 1 FROM f) z",
+	7, {INT4OID, INT4OID, TEXTOID, TEXTOID, BYTEAOID, BYTEAOID, TIMESTAMPTZOID}
+};
+
+/*
+ * Delete an entry; in a prefix that keeps tombstones, write its tombstone
+ * (time $6) and the entry (key, T) ($7) instead.
+ */
+static HtQuery q_delete = {
+	KEEPS_TOMBSTONES ","
+	" t AS (INSERT INTO hashtree.tombstone AS x (part, pa, pb, key, deleted_at)"
+	"  SELECT $1, $3, $4, $5, $6 FROM r WHERE r.keep"
+	"  ON CONFLICT (part, pa, pb, hashtree._kid(key)) DO UPDATE SET deleted_at = EXCLUDED.deleted_at"
+	"  RETURNING 1),"
+	" u AS (INSERT INTO hashtree.entry AS y (part, seg, depth, pa, pb, key, hash)"
+	"  SELECT $1, $2, 2, $3, $4, $5, $7 FROM t"
+	"  ON CONFLICT (part, depth, pa, pb, seg, hashtree._kid(key)) DO UPDATE"
+	"  SET hash = EXCLUDED.hash, version = NULL"
+	"  WHERE y.hash <> EXCLUDED.hash OR y.version IS NOT NULL"
+	"  RETURNING 1),"
+	" d AS (DELETE FROM hashtree.entry"
+	"  WHERE NOT (SELECT keep FROM r) AND part = $1 AND depth = 2 AND pa = $3 AND pb = $4"
+	"   AND seg = $2 AND hashtree._kid(key) = hashtree._kid($5) AND key = $5"
+	"  RETURNING 1)"
+	" INSERT INTO hashtree.dirty (part, seg, pa, pb)"
+	" SELECT $1, $2, $3, $4 FROM (SELECT 1 FROM u UNION ALL SELECT 1 FROM d) z",
+	7, {INT4OID, INT4OID, TEXTOID, TEXTOID, BYTEAOID, TIMESTAMPTZOID, BYTEAOID}
+};
+
+/* remove an entry and its tombstone (that row first), whatever the prefix */
+static HtQuery q_purge = {
+	"WITH t AS (DELETE FROM hashtree.tombstone x WHERE x.part = $1 AND x.pa = $3 AND x.pb = $4"
+	"  AND hashtree._kid(x.key) = hashtree._kid($5) RETURNING 1),"
+	" c AS (SELECT count(*) AS n FROM t),"
+	" e AS (DELETE FROM hashtree.entry"
+	"  WHERE part = $1 AND depth = 2 AND pa = $3 AND pb = $4 AND seg = $2"
+	"   AND hashtree._kid(key) = hashtree._kid($5) AND key = $5 AND (SELECT n FROM c) >= 0"
+	"  RETURNING 1)"
+	" INSERT INTO hashtree.dirty (part, seg, pa, pb) SELECT $1, $2, $3, $4 FROM e",
+	5, {INT4OID, INT4OID, TEXTOID, TEXTOID, BYTEAOID}
+};
+
+bool
+ht_store_versions_available(void)
+{
+	Oid			nsp = ht_schema_oid();
+	Oid			entry = get_relname_relid("entry", nsp);
+
+	return OidIsValid(entry) && get_attnum(entry, "version") != InvalidAttrNumber &&
+		OidIsValid(get_relname_relid("tombstone_prefix", nsp));
+}
+
+static void
+entry_params(Datum *v, int part, text *pa, text *pb, bytea *key)
+{
 	v[0] = Int32GetDatum(part);
 	v[1] = Int32GetDatum(ht_segment_of(HT_DEPTH_LEAF, VARDATA_ANY(key),
 									   VARSIZE_ANY_EXHDR(key)));
 	v[2] = PointerGetDatum(pa);
 	v[3] = PointerGetDatum(pb);
 	v[4] = PointerGetDatum(key);
-	v[5] = PointerGetDatum(hash);
-	ht_exec(if_missing ? &q_put_if_missing : &q_put, v, NULL, 0);
 }
 
 void
-ht_store_delete(int part, text *pa, text *pb, bytea *key)
+ht_store_put(int part, text *pa, text *pb, bytea *key, bytea *hash,
+			 bool if_missing, const TimestampTz *version)
+{
+	Datum		v[7];
+	bool		n[7] = {false, false, false, false, false, false, false};
+
+	entry_params(v, part, pa, pb, key);
+	v[5] = PointerGetDatum(hash);
+	if (!ht_store_versions_available())
+	{
+		if (version != NULL)
+			ereport(ERROR,
+					(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+					 errmsg("versions of entries need the extension updated to 1.0"),
+					 errhint("Run ALTER EXTENSION hashtree UPDATE.")));
+		ht_exec(if_missing ? &q_put_if_missing_0_1 : &q_put_0_1, v, NULL, 0);
+		return;
+	}
+	v[6] = version ? TimestampTzGetDatum(*version) : (Datum) 0;
+	n[6] = (version == NULL);
+	ht_exec(if_missing ? &q_put_if_missing : &q_put, v, n, 0);
+}
+
+void
+ht_store_delete(int part, text *pa, text *pb, bytea *key, TimestampTz at, bytea *tomb)
+{
+	Datum		v[7];
+
+	entry_params(v, part, pa, pb, key);
+	if (!ht_store_versions_available())
+	{
+		ht_exec(&q_delete_0_1, v, NULL, 0);
+		return;
+	}
+	v[5] = TimestampTzGetDatum(at);
+	v[6] = PointerGetDatum(tomb);
+	ht_exec(&q_delete, v, NULL, 0);
+}
+
+void
+ht_store_purge(int part, text *pa, text *pb, bytea *key)
 {
 	Datum		v[5];
 
-	v[0] = Int32GetDatum(part);
-	v[1] = Int32GetDatum(ht_segment_of(HT_DEPTH_LEAF, VARDATA_ANY(key),
-									   VARSIZE_ANY_EXHDR(key)));
-	v[2] = PointerGetDatum(pa);
-	v[3] = PointerGetDatum(pb);
-	v[4] = PointerGetDatum(key);
-	ht_exec(&q_delete, v, NULL, 0);
+	entry_params(v, part, pa, pb, key);
+	ht_exec(ht_store_versions_available() ? &q_purge : &q_delete_0_1, v, NULL, 0);
 }
 
 /* ---- reads --------------------------------------------------------------- */

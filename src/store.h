@@ -15,13 +15,26 @@
 
 #include "postgres.h"
 
+#include "datatype/timestamp.h"
 #include "funcapi.h"
 #include "utils/tuplestore.h"
 
-/* write or remove a leaf entry (depth 2) and log its segment as dirty */
+/*
+ * Write or remove a leaf entry (depth 2) and log its segment as dirty.
+ * put: version NULL is the commit time of the writing transaction; an
+ * entry of a prefix that keeps tombstones (hashtree.tombstone_prefix)
+ * loses its tombstone.  delete: in such a prefix, the tombstone (at) and
+ * the entry (key, tomb = T(at)) instead of nothing.  purge: the entry and
+ * its tombstone go, whatever the prefix (a repair making two nodes equal).
+ */
 extern void ht_store_put(int part, text *pa, text *pb, bytea *key,
-						 bytea *hash, bool if_missing);
-extern void ht_store_delete(int part, text *pa, text *pb, bytea *key);
+						 bytea *hash, bool if_missing, const TimestampTz *version);
+extern void ht_store_delete(int part, text *pa, text *pb, bytea *key, TimestampTz at,
+							bytea *tomb);
+extern void ht_store_purge(int part, text *pa, text *pb, bytea *key);
+
+/* has this database entry.version and hashtree.tombstone_prefix (1.0)? */
+extern bool ht_store_versions_available(void);
 
 /*
  * drop a partition's trees and build them again from its entries (the
