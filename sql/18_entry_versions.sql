@@ -1,10 +1,10 @@
 --
 -- Versions and tombstones of plain entries (DESIGN §20): tombstones(prefix_a,
 -- prefix_b), insert()/delete() with a version, the helpers of repair
--- 'newest' (the repair itself: TAP t/021_newest.pl)
+-- 'newest' (the repair itself: TAP t/023_newest_entries.pl)
 --
 SET client_min_messages = warning;
-DROP EXTENSION IF EXISTS hashtree;
+DROP EXTENSION IF EXISTS hashtree CASCADE;	-- (tables of the tests before stay)
 CREATE EXTENSION hashtree;
 RESET client_min_messages;
 

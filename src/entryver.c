@@ -55,15 +55,22 @@ ht_entryver_enabled(text *pa, text *pb)
 	return on;
 }
 
-/* the rows (part, pa, pb, key) of q, then each key purged: entry and tombstone */
+/*
+ * The rows (part, pa, pb, key, deleted_at) of q, tombstones: each one
+ * removed with its entry (entry first, each if still the same); with
+ * skip_locked, not those of an entry a writer holds (the expiry does not
+ * wait for writers: the next update takes them).  Returns the removed.
+ */
 static uint64
-purge_returned(HtQuery *q, Datum *v)
+drop_tombstones(HtQuery *q, Datum *v, bool skip_locked)
 {
+	uint64		dropped = 0;
 	uint64		n = ht_exec(q, v, NULL, 0);
 	int		   *parts = palloc(sizeof(int) * Max(n, 1));
 	text	  **pas = palloc(sizeof(text *) * Max(n, 1));
 	text	  **pbs = palloc(sizeof(text *) * Max(n, 1));
 	bytea	  **keys = palloc(sizeof(bytea *) * Max(n, 1));
+	TimestampTz *ats = palloc(sizeof(TimestampTz) * Max(n, 1));
 
 	for (uint64 r = 0; r < n; r++)
 	{
@@ -73,18 +80,22 @@ purge_returned(HtQuery *q, Datum *v)
 		pas[r] = DatumGetTextPCopy(ht_col(r, 2, &isnull));
 		pbs[r] = DatumGetTextPCopy(ht_col(r, 3, &isnull));
 		keys[r] = DatumGetByteaPCopy(ht_col(r, 4, &isnull));
+		ats[r] = DatumGetTimestampTz(ht_col(r, 5, &isnull));
 	}
 	SPI_freetuptable(SPI_tuptable);
 	for (uint64 r = 0; r < n; r++)
-		ht_store_purge(parts[r], pas[r], pbs[r], keys[r]);
-	return n;
+		if (ht_store_drop_tombstone(parts[r], pas[r], pbs[r], keys[r], ats[r],
+									ht_tomb_hash(ats[r]), skip_locked))
+			dropped++;
+	return dropped;
 }
 
 static HtQuery q_expire = {
-	"DELETE FROM hashtree.tombstone x USING hashtree.tombstone_prefix p"
-	" WHERE x.part = $1 AND x.pa = p.prefix_a AND x.pb = p.prefix_b"
-	"  AND x.deleted_at < pg_catalog.now() - pg_catalog.make_interval(secs => $2)"
-	" RETURNING x.part, x.pa, x.pb, x.key",
+	"SELECT x.part, x.pa, x.pb, x.key, x.deleted_at"
+	" FROM hashtree.tombstone x JOIN hashtree.tombstone_prefix p"
+	"  ON x.pa = p.prefix_a AND x.pb = p.prefix_b"
+	" WHERE x.part = $1"
+	"  AND x.deleted_at < pg_catalog.now() - pg_catalog.make_interval(secs => $2)",
 	2, {INT4OID, FLOAT8OID}
 };
 
@@ -97,7 +108,7 @@ ht_entryver_expire(int part)
 		return 0;
 	v[0] = Int32GetDatum(part);
 	v[1] = Float8GetDatum((double) ht_guc_tombstone_ttl);
-	return purge_returned(&q_expire, v);
+	return drop_tombstones(&q_expire, v, true);
 }
 
 /* ---- the registry ---------------------------------------------------------- */
@@ -114,7 +125,7 @@ static HtQuery q_disable = {
 };
 
 static HtQuery q_tombs_of_prefix = {
-	"DELETE FROM hashtree.tombstone WHERE pa = $1 AND pb = $2 RETURNING part, pa, pb, key",
+	"SELECT part, pa, pb, key, deleted_at FROM hashtree.tombstone WHERE pa = $1 AND pb = $2",
 	2, {TEXTOID, TEXTOID}
 };
 
@@ -179,7 +190,7 @@ ht_tombstones_prefix(PG_FUNCTION_ARGS)
 		ht_exec(&q_enable, v, NULL, 0);
 	}
 	else if (ht_exec(&q_disable, v, NULL, 0) > 0)
-		(void) purge_returned(&q_tombs_of_prefix, v);
+		(void) drop_tombstones(&q_tombs_of_prefix, v, false);
 	HT_API_END();
 	SPI_finish();
 	PG_RETURN_VOID();

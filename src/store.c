@@ -78,94 +78,129 @@ static HtQuery q_delete_0_1 = {
 	5, {INT4OID, INT4OID, TEXTOID, TEXTOID, BYTEAOID}
 };
 
-/* does the prefix ($3, $4) keep tombstones (DESIGN §20)? */
+/*
+ * Prefixes that keep tombstones (DESIGN §20).  Every writer of a key of
+ * such a prefix locks the key's entry row first (its upsert, its delete;
+ * ON CONFLICT DO UPDATE locks the row even when its WHERE is false), and
+ * only then, in a statement of its own (a new snapshot, which sees what
+ * the writers it waited for committed), writes or removes the tombstone
+ * row: so the tombstone row exists exactly when the entry is the
+ * tombstone's, and writers cannot deadlock.
+ */
 #define KEEPS_TOMBSTONES \
 	"WITH r AS (SELECT EXISTS (SELECT 1 FROM hashtree.tombstone_prefix p" \
 	"  WHERE p.prefix_a = $3 AND p.prefix_b = $4) AS keep)"
 
-/* the tombstone of the key ($5), if the prefix keeps them, goes first */
-#define DROP_TOMBSTONE \
-	" t AS (DELETE FROM hashtree.tombstone x WHERE (SELECT keep FROM r) AND x.part = $1" \
-	"  AND x.pa = $3 AND x.pb = $4 AND hashtree._kid(x.key) = hashtree._kid($5) RETURNING 1)," \
-	" c AS (SELECT count(*) AS n FROM t),"
-
 /*
  * Write an entry with its version ($7, NULL: the commit time of the row's
- * transaction).  An insert that changes neither the hash nor the version
- * writes nothing, but in a prefix that keeps tombstones: there its row is
- * written again (a new commit time: the latest write wins a repair
- * 'newest'), and its tombstone, if any, goes first (the order of every
- * writer of a tombstone: its row, then the entry's).
+ * transaction); returns whether the prefix keeps tombstones.  An insert
+ * that changes neither the hash nor the version writes nothing, but in a
+ * prefix that keeps tombstones: there the row is written again (a new
+ * commit time: the latest write wins a repair 'newest').
  */
 static HtQuery q_put = {
-	KEEPS_TOMBSTONES "," DROP_TOMBSTONE
+	KEEPS_TOMBSTONES ","
 	" e AS (INSERT INTO hashtree.entry AS y (part, seg, depth, pa, pb, key, hash, version)"
-	"  SELECT $1, $2, 2, $3, $4, $5, $6, $7 FROM r, c"
+	"  SELECT $1, $2, 2, $3, $4, $5, $6, $7 FROM r"
 	"  ON CONFLICT (part, depth, pa, pb, seg, hashtree._kid(key)) DO UPDATE"
 	"  SET hash = EXCLUDED.hash, version = EXCLUDED.version"
 	"  WHERE y.hash <> EXCLUDED.hash OR y.version IS DISTINCT FROM EXCLUDED.version"
 	"   OR (SELECT keep FROM r)"
-	"  RETURNING 1)"
-	" INSERT INTO hashtree.dirty (part, seg, pa, pb) SELECT $1, $2, $3, $4 FROM e",
+	"  RETURNING 1),"
+	" d AS (INSERT INTO hashtree.dirty (part, seg, pa, pb) SELECT $1, $2, $3, $4 FROM e)"
+	" SELECT keep FROM r",
 	7, {INT4OID, INT4OID, TEXTOID, TEXTOID, BYTEAOID, BYTEAOID, TIMESTAMPTZOID}
 };
 
 /*
  * if_missing: only when the key has no entry (DO NOTHING: no lock on an
- * entry there) or a tombstone (which the entry replaces)
+ * entry there); returns keep and whether it wrote
  */
 static HtQuery q_put_if_missing = {
-	KEEPS_TOMBSTONES "," DROP_TOMBSTONE
+	KEEPS_TOMBSTONES ","
 	" e AS (INSERT INTO hashtree.entry (part, seg, depth, pa, pb, key, hash, version)"
-	"  SELECT $1, $2, 2, $3, $4, $5, $6, $7 FROM c WHERE c.n = 0"
+	"  SELECT $1, $2, 2, $3, $4, $5, $6, $7 FROM r"
 	"  ON CONFLICT (part, depth, pa, pb, seg, hashtree._kid(key)) DO NOTHING"
 	"  RETURNING 1),"
-	" f AS (INSERT INTO hashtree.entry AS y (part, seg, depth, pa, pb, key, hash, version)"
-	"  SELECT $1, $2, 2, $3, $4, $5, $6, $7 FROM c WHERE c.n > 0"
-	"  ON CONFLICT (part, depth, pa, pb, seg, hashtree._kid(key)) DO UPDATE"
-	"  SET hash = EXCLUDED.hash, version = EXCLUDED.version"
-	"  RETURNING 1)"
-	" INSERT INTO hashtree.dirty (part, seg, pa, pb)"
-	" SELECT $1, $2, $3, $4 FROM (SELECT 1 FROM e UNION ALL SELECT 1 FROM f) z",
+	" d AS (INSERT INTO hashtree.dirty (part, seg, pa, pb) SELECT $1, $2, $3, $4 FROM e)"
+	" SELECT r.keep, (SELECT count(*) FROM e) > 0 FROM r",
 	7, {INT4OID, INT4OID, TEXTOID, TEXTOID, BYTEAOID, BYTEAOID, TIMESTAMPTZOID}
 };
 
+#define KEY_OF(t) \
+	t "part = $1 AND " t "pa = $3 AND " t "pb = $4 AND hashtree._kid(" t "key) = hashtree._kid($5)"
+#define ENTRY_OF_KEY \
+	"part = $1 AND depth = 2 AND pa = $3 AND pb = $4 AND seg = $2" \
+	" AND hashtree._kid(key) = hashtree._kid($5) AND key = $5"
+
+static HtQuery q_lock_entry = {
+	"SELECT 1 FROM hashtree.entry WHERE " ENTRY_OF_KEY " FOR UPDATE",
+	5, {INT4OID, INT4OID, TEXTOID, TEXTOID, BYTEAOID}
+};
+
+static HtQuery q_drop_tomb = {
+	"DELETE FROM hashtree.tombstone WHERE " KEY_OF(""),
+	5, {INT4OID, INT4OID, TEXTOID, TEXTOID, BYTEAOID}
+};
+
 /*
- * Delete an entry; in a prefix that keeps tombstones, write its tombstone
- * (time $6) and the entry (key, T) ($7) instead.
+ * Delete an entry, or, in a prefix that keeps tombstones, write the
+ * tombstone's entry (key, T) ($7) instead; returns keep
  */
 static HtQuery q_delete = {
 	KEEPS_TOMBSTONES ","
-	" t AS (INSERT INTO hashtree.tombstone AS x (part, pa, pb, key, deleted_at)"
-	"  SELECT $1, $3, $4, $5, $6 FROM r WHERE r.keep"
-	"  ON CONFLICT (part, pa, pb, hashtree._kid(key)) DO UPDATE SET deleted_at = EXCLUDED.deleted_at"
-	"  RETURNING 1),"
 	" u AS (INSERT INTO hashtree.entry AS y (part, seg, depth, pa, pb, key, hash)"
-	"  SELECT $1, $2, 2, $3, $4, $5, $7 FROM t"
+	"  SELECT $1, $2, 2, $3, $4, $5, $7 FROM r WHERE r.keep"
 	"  ON CONFLICT (part, depth, pa, pb, seg, hashtree._kid(key)) DO UPDATE"
 	"  SET hash = EXCLUDED.hash, version = NULL"
 	"  WHERE y.hash <> EXCLUDED.hash OR y.version IS NOT NULL"
 	"  RETURNING 1),"
-	" d AS (DELETE FROM hashtree.entry"
-	"  WHERE NOT (SELECT keep FROM r) AND part = $1 AND depth = 2 AND pa = $3 AND pb = $4"
-	"   AND seg = $2 AND hashtree._kid(key) = hashtree._kid($5) AND key = $5"
-	"  RETURNING 1)"
-	" INSERT INTO hashtree.dirty (part, seg, pa, pb)"
-	" SELECT $1, $2, $3, $4 FROM (SELECT 1 FROM u UNION ALL SELECT 1 FROM d) z",
+	" d AS (DELETE FROM hashtree.entry WHERE NOT (SELECT keep FROM r) AND " ENTRY_OF_KEY
+	"  RETURNING 1),"
+	" l AS (INSERT INTO hashtree.dirty (part, seg, pa, pb)"
+	"  SELECT $1, $2, $3, $4 FROM (SELECT 1 FROM u UNION ALL SELECT 1 FROM d) z)"
+	" SELECT keep FROM r",
 	7, {INT4OID, INT4OID, TEXTOID, TEXTOID, BYTEAOID, TIMESTAMPTZOID, BYTEAOID}
 };
 
-/* remove an entry and its tombstone (that row first), whatever the prefix */
+/* the tombstone of a delete ($6), once its entry is locked */
+static HtQuery q_put_tomb = {
+	"INSERT INTO hashtree.tombstone AS x (part, pa, pb, key, deleted_at)"
+	" VALUES ($1, $3, $4, $5, $6)"
+	" ON CONFLICT (part, pa, pb, hashtree._kid(key)) DO UPDATE SET deleted_at = EXCLUDED.deleted_at",
+	6, {INT4OID, INT4OID, TEXTOID, TEXTOID, BYTEAOID, TIMESTAMPTZOID}
+};
+
+/* remove an entry, whatever it is (its tombstone next) */
 static HtQuery q_purge = {
-	"WITH t AS (DELETE FROM hashtree.tombstone x WHERE x.part = $1 AND x.pa = $3 AND x.pb = $4"
-	"  AND hashtree._kid(x.key) = hashtree._kid($5) RETURNING 1),"
-	" c AS (SELECT count(*) AS n FROM t),"
-	" e AS (DELETE FROM hashtree.entry"
-	"  WHERE part = $1 AND depth = 2 AND pa = $3 AND pb = $4 AND seg = $2"
-	"   AND hashtree._kid(key) = hashtree._kid($5) AND key = $5 AND (SELECT n FROM c) >= 0"
-	"  RETURNING 1)"
+	"WITH e AS (DELETE FROM hashtree.entry WHERE " ENTRY_OF_KEY " RETURNING 1)"
 	" INSERT INTO hashtree.dirty (part, seg, pa, pb) SELECT $1, $2, $3, $4 FROM e",
 	5, {INT4OID, INT4OID, TEXTOID, TEXTOID, BYTEAOID}
+};
+
+/*
+ * The entry of a tombstone to remove: locked (a writer's lock skipped, for
+ * an expiry), its hash read; then the tombstone if it is still of that
+ * time ($6)
+ */
+static HtQuery q_lock_tomb_entry = {
+	"SELECT hash FROM hashtree.entry WHERE " ENTRY_OF_KEY " FOR UPDATE",
+	5, {INT4OID, INT4OID, TEXTOID, TEXTOID, BYTEAOID}
+};
+
+static HtQuery q_lock_tomb_entry_skip = {
+	"SELECT hash FROM hashtree.entry WHERE " ENTRY_OF_KEY " FOR UPDATE SKIP LOCKED",
+	5, {INT4OID, INT4OID, TEXTOID, TEXTOID, BYTEAOID}
+};
+
+static HtQuery q_entry_exists = {
+	"SELECT 1 FROM hashtree.entry WHERE " ENTRY_OF_KEY,
+	5, {INT4OID, INT4OID, TEXTOID, TEXTOID, BYTEAOID}
+};
+
+static HtQuery q_drop_tomb_at = {
+	"DELETE FROM hashtree.tombstone WHERE " KEY_OF("") " AND deleted_at = $6",
+	6, {INT4OID, INT4OID, TEXTOID, TEXTOID, BYTEAOID, TIMESTAMPTZOID}
 };
 
 bool
@@ -189,12 +224,30 @@ entry_params(Datum *v, int part, text *pa, text *pb, bytea *key)
 	v[4] = PointerGetDatum(key);
 }
 
+/* run q; the booleans of its first row's columns 1..n (false if none) */
+static void
+exec_bools(HtQuery *q, Datum *v, const bool *nulls, bool *out, int n)
+{
+	uint64		got = ht_exec(q, v, nulls, 1);
+
+	for (int i = 0; i < n; i++)
+	{
+		bool		isnull = true;
+
+		out[i] = false;
+		if (got == 1)
+			out[i] = DatumGetBool(ht_col(0, i + 1, &isnull)) && !isnull;
+	}
+	SPI_freetuptable(SPI_tuptable);
+}
+
 void
 ht_store_put(int part, text *pa, text *pb, bytea *key, bytea *hash,
 			 bool if_missing, const TimestampTz *version)
 {
 	Datum		v[7];
 	bool		n[7] = {false, false, false, false, false, false, false};
+	bool		r[2];
 
 	entry_params(v, part, pa, pb, key);
 	v[5] = PointerGetDatum(hash);
@@ -210,13 +263,32 @@ ht_store_put(int part, text *pa, text *pb, bytea *key, bytea *hash,
 	}
 	v[6] = version ? TimestampTzGetDatum(*version) : (Datum) 0;
 	n[6] = (version == NULL);
-	ht_exec(if_missing ? &q_put_if_missing : &q_put, v, n, 0);
+	if (if_missing)
+	{
+		/* keep, wrote */
+		exec_bools(&q_put_if_missing, v, n, r, 2);
+		if (!r[0])
+			return;
+		if (r[1])
+		{
+			ht_exec(&q_drop_tomb, v, NULL, 0);	/* (none: the key had no entry) */
+			return;
+		}
+		/* an entry there: written over if it is a tombstone */
+		ht_exec(&q_lock_entry, v, NULL, 0);
+		if (ht_exec(&q_drop_tomb, v, NULL, 0) == 0)
+			return;
+	}
+	exec_bools(&q_put, v, n, r, 1);
+	if (r[0])
+		ht_exec(&q_drop_tomb, v, NULL, 0);	/* (after the entry's lock) */
 }
 
 void
 ht_store_delete(int part, text *pa, text *pb, bytea *key, TimestampTz at, bytea *tomb)
 {
 	Datum		v[7];
+	bool		keep;
 
 	entry_params(v, part, pa, pb, key);
 	if (!ht_store_versions_available())
@@ -226,7 +298,9 @@ ht_store_delete(int part, text *pa, text *pb, bytea *key, TimestampTz at, bytea 
 	}
 	v[5] = TimestampTzGetDatum(at);
 	v[6] = PointerGetDatum(tomb);
-	ht_exec(&q_delete, v, NULL, 0);
+	exec_bools(&q_delete, v, NULL, &keep, 1);
+	if (keep)
+		ht_exec(&q_put_tomb, v, NULL, 0);	/* (after the entry's lock) */
 }
 
 void
@@ -235,7 +309,37 @@ ht_store_purge(int part, text *pa, text *pb, bytea *key)
 	Datum		v[5];
 
 	entry_params(v, part, pa, pb, key);
-	ht_exec(ht_store_versions_available() ? &q_purge : &q_delete_0_1, v, NULL, 0);
+	if (!ht_store_versions_available())
+	{
+		ht_exec(&q_delete_0_1, v, NULL, 0);
+		return;
+	}
+	ht_exec(&q_purge, v, NULL, 0);
+	ht_exec(&q_drop_tomb, v, NULL, 0);
+}
+
+bool
+ht_store_drop_tombstone(int part, text *pa, text *pb, bytea *key, TimestampTz at,
+						bytea *tomb, bool skip_locked)
+{
+	Datum		v[6];
+	bool		isnull;
+	bool		is_tomb = false;
+
+	entry_params(v, part, pa, pb, key);
+	if (ht_exec(skip_locked ? &q_lock_tomb_entry_skip : &q_lock_tomb_entry, v, NULL, 1) == 1)
+		is_tomb = ht_bytea_cmp(DatumGetByteaPP(ht_col(0, 1, &isnull)), tomb) == 0;
+	else if (skip_locked && ht_exec(&q_entry_exists, v, NULL, 1) == 1)
+	{
+		SPI_freetuptable(SPI_tuptable);
+		return false;			/* a writer of the key holds it: later */
+	}
+	SPI_freetuptable(SPI_tuptable);
+	if (is_tomb)
+		ht_exec(&q_purge, v, NULL, 0);
+	v[5] = TimestampTzGetDatum(at);
+	ht_exec(&q_drop_tomb_at, v, NULL, 0);
+	return true;
 }
 
 /* ---- reads --------------------------------------------------------------- */

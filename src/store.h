@@ -33,6 +33,14 @@ extern void ht_store_delete(int part, text *pa, text *pb, bytea *key, TimestampT
 							bytea *tomb);
 extern void ht_store_purge(int part, text *pa, text *pb, bytea *key);
 
+/*
+ * Remove tombstone (key, at) and its entry (key, tomb = T(at)), each if
+ * still so; skip_locked: false, and nothing done, if a writer holds the
+ * entry (an expiry tries again at the next update)
+ */
+extern bool ht_store_drop_tombstone(int part, text *pa, text *pb, bytea *key,
+									TimestampTz at, bytea *tomb, bool skip_locked);
+
 /* has this database entry.version and hashtree.tombstone_prefix (1.0)? */
 extern bool ht_store_versions_available(void);
 
