@@ -22,7 +22,10 @@
  * that each row written hashes equal to its source.  The target's
  * tracking trigger then logs the changes, and the next exchange sees the
  * trees equal.  For entries written with insert(), the entries are
- * copied.
+ * copied.  'newest' (DESIGN §20) reads the versions of the differing keys
+ * on both sides (_newest_rows, or _newest_entries for plain entries) and
+ * writes each winner where it is missing (_newest_apply,
+ * _newest_apply_entries).
  *
  * The differences of all the partitions of an exchange are repaired
  * together, in three batches (ht_node_batch): the peer's registry and the

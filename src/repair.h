@@ -65,9 +65,9 @@ extern void ht_repair(HtPeer *peer, HtRepairMode mode, HtRepairPart *parts, int 
 
 /*
  * For a report (repair none): set the winner that repair 'newest' would
- * pick for each difference of tracked tables ('l', 'r'; 0: equal after
- * tombstones, or not known: no commit times here or on the peer, plain
- * entries, a read that failed).  Writes nothing; one round trip more.
+ * pick for each difference of tracked tables and plain entries ('l', 'r';
+ * 0: equal after tombstones, or not known: no commit times here or on the
+ * peer, a read that failed).  Writes nothing; one round trip more.
  */
 extern void ht_repair_winners(HtPeer *peer, HtRepairPart *parts, int nparts);
 
