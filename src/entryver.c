@@ -36,23 +36,10 @@
 #include "tomb.h"
 #include "track.h"
 
-static HtQuery q_enabled = {
-	"SELECT 1 FROM hashtree.tombstone_prefix WHERE prefix_a = $1 AND prefix_b = $2",
-	2, {TEXTOID, TEXTOID}
-};
-
 bool
 ht_entryver_enabled(text *pa, text *pb)
 {
-	Datum		v[2] = {PointerGetDatum(pa), PointerGetDatum(pb)};
-	bool		on;
-
-	if (!ht_store_versions_available())
-		return false;
-	/* (as the owner: a repair's role on a peer may not read the registry) */
-	on = ht_exec_as_owner(&q_enabled, v, NULL, 1) == 1;
-	SPI_freetuptable(SPI_tuptable);
-	return on;
+	return ht_store_versions_available() && ht_store_keeps_tombstones(pa, pb);
 }
 
 /*
@@ -187,10 +174,14 @@ ht_tombstones_prefix(PG_FUNCTION_ARGS)
 			ereport(WARNING,
 					(errmsg("track_commit_timestamp is off: entries written without a version have none"),
 					 errhint("Repair 'newest' needs track_commit_timestamp = on on every node.")));
-		ht_exec(&q_enable, v, NULL, 0);
+		if (ht_exec(&q_enable, v, NULL, 0) > 0)
+			ht_store_tomb_prefixes_changed();
 	}
 	else if (ht_exec(&q_disable, v, NULL, 0) > 0)
+	{
+		ht_store_tomb_prefixes_changed();
 		(void) drop_tombstones(&q_tombs_of_prefix, v, false);
+	}
 	HT_API_END();
 	SPI_finish();
 	PG_RETURN_VOID();

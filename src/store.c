@@ -30,7 +30,9 @@
 #include "miscadmin.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/inval.h"
 #include "utils/lsyscache.h"
+#include "utils/memutils.h"
 #include "utils/rel.h"
 #include "utils/snapmgr.h"
 #include "utils/timestamp.h"
@@ -85,45 +87,61 @@ static HtQuery q_delete_0_1 = {
  * only then, in a statement of its own (a new snapshot, which sees what
  * the writers it waited for committed), writes or removes the tombstone
  * row: so the tombstone row exists exactly when the entry is the
- * tombstone's, and writers cannot deadlock.
+ * tombstone's, and writers cannot deadlock.  The other prefixes are
+ * written by one statement, as before.
  */
-#define KEEPS_TOMBSTONES \
-	"WITH r AS (SELECT EXISTS (SELECT 1 FROM hashtree.tombstone_prefix p" \
-	"  WHERE p.prefix_a = $3 AND p.prefix_b = $4) AS keep)"
 
 /*
  * Write an entry with its version ($7, NULL: the commit time of the row's
- * transaction); returns whether the prefix keeps tombstones.  An insert
- * that changes neither the hash nor the version writes nothing, but in a
- * prefix that keeps tombstones: there the row is written again (a new
- * commit time: the latest write wins a repair 'newest').
+ * transaction).  An insert that changes neither the hash nor the version
+ * writes nothing.
  */
 static HtQuery q_put = {
-	KEEPS_TOMBSTONES ","
-	" e AS (INSERT INTO hashtree.entry AS y (part, seg, depth, pa, pb, key, hash, version)"
-	"  SELECT $1, $2, 2, $3, $4, $5, $6, $7 FROM r"
-	"  ON CONFLICT (part, depth, pa, pb, seg, hashtree._kid(key)) DO UPDATE"
-	"  SET hash = EXCLUDED.hash, version = EXCLUDED.version"
-	"  WHERE y.hash <> EXCLUDED.hash OR y.version IS DISTINCT FROM EXCLUDED.version"
-	"   OR (SELECT keep FROM r)"
-	"  RETURNING 1),"
-	" d AS (INSERT INTO hashtree.dirty (part, seg, pa, pb) SELECT $1, $2, $3, $4 FROM e)"
-	" SELECT keep FROM r",
+	"WITH e AS ("
+	" INSERT INTO hashtree.entry AS t (part, seg, depth, pa, pb, key, hash, version)"
+	" VALUES ($1, $2, 2, $3, $4, $5, $6, $7)"
+	" ON CONFLICT (part, depth, pa, pb, seg, hashtree._kid(key))"
+	" DO UPDATE SET hash = EXCLUDED.hash, version = EXCLUDED.version"
+	" WHERE t.hash <> EXCLUDED.hash OR t.version IS DISTINCT FROM EXCLUDED.version"
+	" RETURNING 1)"
+	" INSERT INTO hashtree.dirty (part, seg, pa, pb) SELECT $1, $2, $3, $4 FROM e",
 	7, {INT4OID, INT4OID, TEXTOID, TEXTOID, BYTEAOID, BYTEAOID, TIMESTAMPTZOID}
 };
 
 /*
- * if_missing: only when the key has no entry (DO NOTHING: no lock on an
- * entry there); returns keep and whether it wrote
+ * In a prefix that keeps tombstones the row is written even when unchanged
+ * (a new commit time: the latest write wins a repair 'newest')
  */
+static HtQuery q_put_keep = {
+	"WITH e AS ("
+	" INSERT INTO hashtree.entry AS t (part, seg, depth, pa, pb, key, hash, version)"
+	" VALUES ($1, $2, 2, $3, $4, $5, $6, $7)"
+	" ON CONFLICT (part, depth, pa, pb, seg, hashtree._kid(key))"
+	" DO UPDATE SET hash = EXCLUDED.hash, version = EXCLUDED.version"
+	" RETURNING 1)"
+	" INSERT INTO hashtree.dirty (part, seg, pa, pb) SELECT $1, $2, $3, $4 FROM e",
+	7, {INT4OID, INT4OID, TEXTOID, TEXTOID, BYTEAOID, BYTEAOID, TIMESTAMPTZOID}
+};
+
+/* if_missing: only when the key has no entry (DO NOTHING: no lock on one) */
+#define PUT_IF_MISSING \
+	"WITH e AS (" \
+	" INSERT INTO hashtree.entry (part, seg, depth, pa, pb, key, hash, version)" \
+	" VALUES ($1, $2, 2, $3, $4, $5, $6, $7)" \
+	" ON CONFLICT (part, depth, pa, pb, seg, hashtree._kid(key)) DO NOTHING" \
+	" RETURNING 1)"
+
 static HtQuery q_put_if_missing = {
-	KEEPS_TOMBSTONES ","
-	" e AS (INSERT INTO hashtree.entry (part, seg, depth, pa, pb, key, hash, version)"
-	"  SELECT $1, $2, 2, $3, $4, $5, $6, $7 FROM r"
-	"  ON CONFLICT (part, depth, pa, pb, seg, hashtree._kid(key)) DO NOTHING"
-	"  RETURNING 1),"
+	PUT_IF_MISSING
+	" INSERT INTO hashtree.dirty (part, seg, pa, pb) SELECT $1, $2, $3, $4 FROM e",
+	7, {INT4OID, INT4OID, TEXTOID, TEXTOID, BYTEAOID, BYTEAOID, TIMESTAMPTZOID}
+};
+
+/* ... and whether it wrote */
+static HtQuery q_put_if_missing_keep = {
+	PUT_IF_MISSING ","
 	" d AS (INSERT INTO hashtree.dirty (part, seg, pa, pb) SELECT $1, $2, $3, $4 FROM e)"
-	" SELECT r.keep, (SELECT count(*) FROM e) > 0 FROM r",
+	" SELECT count(*) FROM e",
 	7, {INT4OID, INT4OID, TEXTOID, TEXTOID, BYTEAOID, BYTEAOID, TIMESTAMPTZOID}
 };
 
@@ -143,23 +161,16 @@ static HtQuery q_drop_tomb = {
 	5, {INT4OID, INT4OID, TEXTOID, TEXTOID, BYTEAOID}
 };
 
-/*
- * Delete an entry, or, in a prefix that keeps tombstones, write the
- * tombstone's entry (key, T) ($7) instead; returns keep
- */
-static HtQuery q_delete = {
-	KEEPS_TOMBSTONES ","
-	" u AS (INSERT INTO hashtree.entry AS y (part, seg, depth, pa, pb, key, hash)"
-	"  SELECT $1, $2, 2, $3, $4, $5, $7 FROM r WHERE r.keep"
-	"  ON CONFLICT (part, depth, pa, pb, seg, hashtree._kid(key)) DO UPDATE"
-	"  SET hash = EXCLUDED.hash, version = NULL"
-	"  WHERE y.hash <> EXCLUDED.hash OR y.version IS NOT NULL"
-	"  RETURNING 1),"
-	" d AS (DELETE FROM hashtree.entry WHERE NOT (SELECT keep FROM r) AND " ENTRY_OF_KEY
-	"  RETURNING 1),"
-	" l AS (INSERT INTO hashtree.dirty (part, seg, pa, pb)"
-	"  SELECT $1, $2, $3, $4 FROM (SELECT 1 FROM u UNION ALL SELECT 1 FROM d) z)"
-	" SELECT keep FROM r",
+/* a delete in a prefix that keeps tombstones: the entry (key, T) ($7) */
+static HtQuery q_delete_keep = {
+	"WITH e AS ("
+	" INSERT INTO hashtree.entry AS y (part, seg, depth, pa, pb, key, hash)"
+	" VALUES ($1, $2, 2, $3, $4, $5, $7)"
+	" ON CONFLICT (part, depth, pa, pb, seg, hashtree._kid(key)) DO UPDATE"
+	" SET hash = EXCLUDED.hash, version = NULL"
+	" WHERE y.hash <> EXCLUDED.hash OR y.version IS NOT NULL"
+	" RETURNING 1)"
+	" INSERT INTO hashtree.dirty (part, seg, pa, pb) SELECT $1, $2, $3, $4 FROM e",
 	7, {INT4OID, INT4OID, TEXTOID, TEXTOID, BYTEAOID, TIMESTAMPTZOID, BYTEAOID}
 };
 
@@ -177,6 +188,115 @@ static HtQuery q_purge = {
 	" INSERT INTO hashtree.dirty (part, seg, pa, pb) SELECT $1, $2, $3, $4 FROM e",
 	5, {INT4OID, INT4OID, TEXTOID, TEXTOID, BYTEAOID}
 };
+
+/*
+ * The registry of prefixes that keep tombstones, read once per backend and
+ * read again after a change: tombstones(prefix_a, prefix_b) invalidates
+ * the registry's relcache entry (entryver.c), which each backend hears of
+ * at its next transaction or lock; so does any change of the registry or
+ * of hashtree.entry (a DROP EXTENSION, the update to 1.0).  A write that
+ * overlaps the change of the registry may see it or not, as with a
+ * snapshot.
+ */
+typedef struct TombPrefixes
+{
+	bool		valid;
+	bool		versions;		/* 1.0: entry.version and the registry */
+	Oid			registry;
+	Oid			entry;
+	int			n;
+	char	  **pa;
+	char	  **pb;
+	MemoryContext cxt;
+} TombPrefixes;
+
+static TombPrefixes tomb_prefixes;
+
+static HtQuery q_tomb_prefixes = {
+	"SELECT prefix_a, prefix_b FROM hashtree.tombstone_prefix",
+	0, {InvalidOid}
+};
+
+static void
+tomb_prefixes_inval(Datum arg, Oid relid)
+{
+	if (!OidIsValid(relid) || relid == tomb_prefixes.registry || relid == tomb_prefixes.entry)
+		tomb_prefixes.valid = false;
+}
+
+static void
+tomb_prefixes_load(void)
+{
+	TombPrefixes *tp = &tomb_prefixes;
+	Oid			nsp = ht_schema_oid();
+	uint64		n;
+	MemoryContext old;
+
+	if (tp->cxt == NULL)
+	{
+		tp->cxt = AllocSetContextCreate(TopMemoryContext, "hashtree tombstone prefixes",
+										ALLOCSET_SMALL_SIZES);
+		CacheRegisterRelcacheCallback(tomb_prefixes_inval, (Datum) 0);
+	}
+	MemoryContextReset(tp->cxt);
+	tp->n = 0;
+	/* (valid first: an invalidation while reading makes the next call read again) */
+	tp->valid = true;
+	tp->entry = get_relname_relid("entry", nsp);
+	tp->registry = get_relname_relid("tombstone_prefix", nsp);
+	tp->versions = OidIsValid(tp->entry) && OidIsValid(tp->registry) &&
+		get_attnum(tp->entry, "version") != InvalidAttrNumber;
+	if (!tp->versions)
+		return;
+	n = ht_exec_as_owner(&q_tomb_prefixes, NULL, NULL, 0);
+	old = MemoryContextSwitchTo(tp->cxt);
+	tp->pa = palloc(sizeof(char *) * Max(n, 1));
+	tp->pb = palloc(sizeof(char *) * Max(n, 1));
+	for (uint64 r = 0; r < n; r++)
+	{
+		bool		isnull;
+
+		tp->pa[r] = TextDatumGetCString(ht_col(r, 1, &isnull));
+		tp->pb[r] = TextDatumGetCString(ht_col(r, 2, &isnull));
+	}
+	tp->n = (int) n;
+	MemoryContextSwitchTo(old);
+	SPI_freetuptable(SPI_tuptable);
+}
+
+bool
+ht_store_versions_available(void)
+{
+	if (!tomb_prefixes.valid)
+		tomb_prefixes_load();
+	return tomb_prefixes.versions;
+}
+
+bool
+ht_store_keeps_tombstones(text *pa, text *pb)
+{
+	TombPrefixes *tp = &tomb_prefixes;
+	int			la = VARSIZE_ANY_EXHDR(pa);
+	int			lb = VARSIZE_ANY_EXHDR(pb);
+
+	if (!tp->valid)
+		tomb_prefixes_load();
+	for (int i = 0; i < tp->n; i++)
+		if (strlen(tp->pa[i]) == la && strlen(tp->pb[i]) == lb &&
+			memcmp(tp->pa[i], VARDATA_ANY(pa), la) == 0 &&
+			memcmp(tp->pb[i], VARDATA_ANY(pb), lb) == 0)
+			return true;
+	return false;
+}
+
+void
+ht_store_tomb_prefixes_changed(void)
+{
+	if (!tomb_prefixes.valid)
+		tomb_prefixes_load();
+	if (OidIsValid(tomb_prefixes.registry))
+		CacheInvalidateRelcacheByRelid(tomb_prefixes.registry);
+}
 
 /*
  * The entry of a tombstone to remove: locked (a writer's lock skipped, for
@@ -203,16 +323,6 @@ static HtQuery q_drop_tomb_at = {
 	6, {INT4OID, INT4OID, TEXTOID, TEXTOID, BYTEAOID, TIMESTAMPTZOID}
 };
 
-bool
-ht_store_versions_available(void)
-{
-	Oid			nsp = ht_schema_oid();
-	Oid			entry = get_relname_relid("entry", nsp);
-
-	return OidIsValid(entry) && get_attnum(entry, "version") != InvalidAttrNumber &&
-		OidIsValid(get_relname_relid("tombstone_prefix", nsp));
-}
-
 static void
 entry_params(Datum *v, int part, text *pa, text *pb, bytea *key)
 {
@@ -224,30 +334,12 @@ entry_params(Datum *v, int part, text *pa, text *pb, bytea *key)
 	v[4] = PointerGetDatum(key);
 }
 
-/* run q; the booleans of its first row's columns 1..n (false if none) */
-static void
-exec_bools(HtQuery *q, Datum *v, const bool *nulls, bool *out, int n)
-{
-	uint64		got = ht_exec(q, v, nulls, 1);
-
-	for (int i = 0; i < n; i++)
-	{
-		bool		isnull = true;
-
-		out[i] = false;
-		if (got == 1)
-			out[i] = DatumGetBool(ht_col(0, i + 1, &isnull)) && !isnull;
-	}
-	SPI_freetuptable(SPI_tuptable);
-}
-
 void
 ht_store_put(int part, text *pa, text *pb, bytea *key, bytea *hash,
 			 bool if_missing, const TimestampTz *version)
 {
 	Datum		v[7];
 	bool		n[7] = {false, false, false, false, false, false, false};
-	bool		r[2];
 
 	entry_params(v, part, pa, pb, key);
 	v[5] = PointerGetDatum(hash);
@@ -263,44 +355,46 @@ ht_store_put(int part, text *pa, text *pb, bytea *key, bytea *hash,
 	}
 	v[6] = version ? TimestampTzGetDatum(*version) : (Datum) 0;
 	n[6] = (version == NULL);
+	if (!ht_store_keeps_tombstones(pa, pb))
+	{
+		ht_exec(if_missing ? &q_put_if_missing : &q_put, v, n, 0);
+		return;
+	}
 	if (if_missing)
 	{
-		/* keep, wrote */
-		exec_bools(&q_put_if_missing, v, n, r, 2);
-		if (!r[0])
-			return;
-		if (r[1])
+		bool		isnull;
+		bool		wrote = false;
+
+		if (ht_exec(&q_put_if_missing_keep, v, n, 1) == 1)
+			wrote = DatumGetInt64(ht_col(0, 1, &isnull)) > 0;
+		SPI_freetuptable(SPI_tuptable);
+		if (!wrote)
 		{
-			ht_exec(&q_drop_tomb, v, NULL, 0);	/* (none: the key had no entry) */
-			return;
+			/* an entry there: written over if it is a tombstone */
+			ht_exec(&q_lock_entry, v, NULL, 0);
+			if (ht_exec(&q_drop_tomb, v, NULL, 0) == 0)
+				return;
 		}
-		/* an entry there: written over if it is a tombstone */
-		ht_exec(&q_lock_entry, v, NULL, 0);
-		if (ht_exec(&q_drop_tomb, v, NULL, 0) == 0)
-			return;
 	}
-	exec_bools(&q_put, v, n, r, 1);
-	if (r[0])
-		ht_exec(&q_drop_tomb, v, NULL, 0);	/* (after the entry's lock) */
+	ht_exec(&q_put_keep, v, n, 0);
+	ht_exec(&q_drop_tomb, v, NULL, 0);	/* (after the entry's lock) */
 }
 
 void
 ht_store_delete(int part, text *pa, text *pb, bytea *key, TimestampTz at, bytea *tomb)
 {
 	Datum		v[7];
-	bool		keep;
 
 	entry_params(v, part, pa, pb, key);
-	if (!ht_store_versions_available())
+	if (!ht_store_versions_available() || !ht_store_keeps_tombstones(pa, pb))
 	{
 		ht_exec(&q_delete_0_1, v, NULL, 0);
 		return;
 	}
 	v[5] = TimestampTzGetDatum(at);
 	v[6] = PointerGetDatum(tomb);
-	exec_bools(&q_delete, v, NULL, &keep, 1);
-	if (keep)
-		ht_exec(&q_put_tomb, v, NULL, 0);	/* (after the entry's lock) */
+	ht_exec(&q_delete_keep, v, NULL, 0);
+	ht_exec(&q_put_tomb, v, NULL, 0);	/* (after the entry's lock) */
 }
 
 void

@@ -44,6 +44,12 @@ extern bool ht_store_drop_tombstone(int part, text *pa, text *pb, bytea *key,
 /* has this database entry.version and hashtree.tombstone_prefix (1.0)? */
 extern bool ht_store_versions_available(void);
 
+/* does the plain prefix (pa, pb) keep tombstones (hashtree.tombstone_prefix)? */
+extern bool ht_store_keeps_tombstones(text *pa, text *pb);
+
+/* after a change of hashtree.tombstone_prefix: every backend reads it again */
+extern void ht_store_tomb_prefixes_changed(void);
+
 /*
  * drop a partition's trees and build them again from its entries (the
  * tracked tables' rows re-hashed by the caller first)
