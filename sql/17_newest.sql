@@ -151,6 +151,12 @@ SELECT trees_ok();
 SELECT hashtree.reset(p) FROM generate_series(0, 7) p;
 SELECT count(*), bool_and(entry_ok) FROM vt_entries();
 SELECT trees_ok();
+-- the version column cannot be dropped, renamed or retyped
+ALTER TABLE vt DROP COLUMN "Vér sion";
+ALTER TABLE vt RENAME COLUMN "Vér sion" TO other;
+ALTER TABLE vt ALTER COLUMN "Vér sion" TYPE numeric;
+ALTER TABLE vt ADD COLUMN extra int;		-- other changes are not refused
+SELECT version_column, version_type FROM hashtree.tracked WHERE table_name = 'vt';
 -- back to commit times: the tombstones lose their versions, T(deleted_at)
 SELECT hashtree.version_column('vt', NULL);
 SELECT update_all();
