@@ -166,6 +166,50 @@ SELECT count(*) FROM hashtree.tombstone tb JOIN hashtree.leaf_entry e ON e.part 
  WHERE tb.pb = 'vt' AND e.hash = t_hash(tb.deleted_at);
 SELECT trees_ok();
 
+-- a TRUNCATE leaves a tombstone of every key the node knew of the table:
+-- in its trees, logged and not folded yet; the keys written again after it
+-- have their rows
+CREATE TABLE tt (id int PRIMARY KEY, v text);
+SELECT hashtree.track('tt');
+SELECT hashtree.tombstones('tt');
+INSERT INTO tt SELECT g, 'v' || g FROM generate_series(1, 50) g;
+SELECT update_all();
+DELETE FROM tt WHERE id = 1;			-- a tombstone before the TRUNCATE
+SELECT update_all();
+INSERT INTO tt VALUES (51, 'unfolded');
+BEGIN;
+TRUNCATE tt;
+INSERT INTO tt VALUES (2, 'again'), (60, 'new');
+COMMIT;
+SELECT update_all();
+CREATE OR REPLACE FUNCTION tt_entries() RETURNS TABLE(kind text, n bigint, keys text) LANGUAGE sql AS $$
+	SELECT CASE WHEN tb.key IS NULL THEN 'row' WHEN e.hash = t_hash(tb.deleted_at)
+				THEN 'tombstone' ELSE 'tombstone, wrong hash' END, count(*),
+		   CASE WHEN count(*) < 5 THEN string_agg(encode(e.key, 'hex'), ',' ORDER BY e.key) END
+	  FROM hashtree.leaf_entry e
+	  LEFT JOIN hashtree.tombstone tb ON tb.part = e.part AND tb.pa = e.pa AND tb.pb = e.pb
+		AND tb.key = e.key
+	 WHERE e.pa = 'public' AND e.pb = 'tt' GROUP BY 1 ORDER BY 1
+$$;
+SELECT * FROM tt_entries();
+SELECT count(*) FROM hashtree.tombstone WHERE pb = 'tt'
+   AND key IN (hashtree.row_key('tt', ROW(1, NULL)::tt), hashtree.row_key('tt', ROW(51, NULL)::tt));
+SELECT trees_ok();
+-- the same trees after a rebuild
+CREATE TEMP TABLE tops_before AS SELECT tops() AS t;
+SELECT hashtree.reset(p) FROM generate_series(0, 7) p;
+SELECT tops() = t AS same_tops FROM tops_before;
+SELECT * FROM tt_entries();
+-- a table without tombstones: a TRUNCATE leaves none
+CREATE TABLE tn (id int PRIMARY KEY);
+SELECT hashtree.track('tn');
+INSERT INTO tn SELECT generate_series(1, 10);
+SELECT update_all();
+TRUNCATE tn;
+SELECT update_all();
+SELECT count(*) FROM hashtree.tombstone WHERE pb = 'tn';
+SELECT count(*) FROM hashtree.leaf_entry WHERE pb = 'tn';
+
 -- repair 'newest' needs commit timestamps
 SELECT * FROM hashtree.exchange('nobody', NULL, 'newest');
 -- the helpers check their arguments

@@ -1128,9 +1128,19 @@ typedef struct FoldTable
 	int32	   *segs;			/* ... their segment */
 	bool		tomb;			/* the table keeps tombstones (tomb.c) */
 	HtLoggedDelete *dels;		/* ... then each key's latest logged delete */
+	bool		truncated;		/* ... a TRUNCATE logged (its re-hash waits for
+								 * the table's other keys) at: */
+	TimestampTz trunc_at;
+	int			ntrunc;			/* the keys logged with it, and their times */
+	int			trunc_cap;
+	bytea	  **trunc_keys;
+	TimestampTz *trunc_ats;
 	HtBucketDeltas *deltas;		/* the change of packed buckets, for the update */
 	HtPackApplyStats stats;		/* what the fold saw of the table's packs */
 } FoldTable;
+
+static void truncate_note(FoldTable *ft, SPITupleTable *tt, uint64 r);
+static void truncate_tombstones(FoldTable *ft, int part);
 
 /* what a statement driven by a list of keys does with the rows */
 typedef enum KeyPlanKind
@@ -1562,6 +1572,11 @@ fold_table_end(int part, FoldTable *ft)
 	int32	   *segs = ft->segs;
 	HtLoggedDelete *dels = ft->dels;
 
+	if (ft->tr != NULL && ft->truncated)
+	{
+		truncate_tombstones(ft, part);
+		(void) rehash(ft->tr, part);
+	}
 	if (ft->tr != NULL && !ft->rehashed && ht_pack_needs_repack(&ft->stats))
 		repack(ft->tr, part);
 	if (ft->plan != NULL)
@@ -1612,6 +1627,92 @@ fold_note(FoldTable *ft, int i, SPITupleTable *tt, uint64 r)
 }
 
 static void fold_once(int part, HtBucketDeltas *deltas);
+
+/*
+ * A row r logged for a table whose TRUNCATE this fold saw (the marker
+ * comes first): the marker's time (the latest, if several), or a key
+ * logged since (or before, unfolded) with the time of the TRUNCATE, or
+ * of its own delete if later.
+ */
+static void
+truncate_note(FoldTable *ft, SPITupleTable *tt, uint64 r)
+{
+	bool		isnull;
+	Datum		key = SPI_getbinval(tt->vals[r], tt->tupdesc, 4, &isnull);
+	bool		nokey = isnull;
+	Datum		hash = SPI_getbinval(tt->vals[r], tt->tupdesc, 5, &isnull);
+	bool		del = !isnull && VARSIZE_ANY_EXHDR(DatumGetByteaPP(hash)) == 0;
+	Datum		xid = SPI_getbinval(tt->vals[r], tt->tupdesc, 6, &isnull);
+	TimestampTz at = DT_NOBEGIN;	/* not known: the fold's time */
+	MemoryContext o;
+
+	if (!isnull)
+		(void) ht_tomb_commit_time(DatumGetTransactionId(xid), &at);
+	if (nokey)
+	{
+		ft->trunc_at = Max(at, ft->trunc_at);
+		return;
+	}
+	if (!del)
+		at = DT_NOBEGIN;		/* (the TRUNCATE's) */
+	o = MemoryContextSwitchTo(GetMemoryChunkContext(ft));
+	if (ft->ntrunc == ft->trunc_cap)
+	{
+		ft->trunc_cap = ft->trunc_cap ? ft->trunc_cap * 2 : 1024;
+		ft->trunc_keys = ft->trunc_keys ? repalloc(ft->trunc_keys, sizeof(bytea *) * ft->trunc_cap)
+			: palloc(sizeof(bytea *) * ft->trunc_cap);
+		ft->trunc_ats = ft->trunc_ats ? repalloc(ft->trunc_ats, sizeof(TimestampTz) * ft->trunc_cap)
+			: palloc(sizeof(TimestampTz) * ft->trunc_cap);
+	}
+	ft->trunc_keys[ft->ntrunc] = DatumGetByteaPCopy(key);
+	ft->trunc_ats[ft->ntrunc++] = at;
+	MemoryContextSwitchTo(o);
+}
+
+/*
+ * The tombstones of a TRUNCATE (DESIGN §20): every key the trees have of
+ * the table in this partition (rows and tombstones) and every key logged
+ * with the TRUNCATE gets one at its time (or a later delete's; an older
+ * tombstone takes the TRUNCATE's time).  The re-hash that follows drops
+ * those of the keys that have a row again.  A table with a version column
+ * cannot version a TRUNCATE: its new tombstones have no version (older
+ * than any known), and those it had keep theirs.
+ */
+static HtQuery q_truncate_tombstones = {
+	"INSERT INTO hashtree.tombstone AS t (part, pa, pb, key, deleted_at)"
+	" SELECT $1, $2, $3, k.key, max(k.at) FROM ("
+	"  SELECT e.key, $4::timestamptz AS at FROM hashtree._prefix_entries($1, $2, $3) e"
+	"  UNION ALL SELECT u.key, GREATEST(u.at, $4) FROM unnest($5::bytea[], $6::timestamptz[]) AS u(key, at)"
+	" ) k GROUP BY k.key"
+	" ON CONFLICT (part, pa, pb, hashtree._kid(key))"
+	" DO UPDATE SET deleted_at = GREATEST(t.deleted_at, EXCLUDED.deleted_at)",
+	6, {INT4OID, TEXTOID, TEXTOID, TIMESTAMPTZOID, BYTEAARRAYOID, TIMESTAMPTZARRAYOID}
+};
+
+static void
+truncate_tombstones(FoldTable *ft, int part)
+{
+	Datum		v[6];
+	Datum	   *keys = palloc(sizeof(Datum) * Max(ft->ntrunc, 1));
+	Datum	   *ats = palloc(sizeof(Datum) * Max(ft->ntrunc, 1));
+	TimestampTz at = ft->trunc_at;
+
+	if (at == DT_NOBEGIN)
+		at = GetCurrentTransactionStartTimestamp();
+	for (int i = 0; i < ft->ntrunc; i++)
+	{
+		keys[i] = PointerGetDatum(ft->trunc_keys[i]);
+		ats[i] = TimestampTzGetDatum(ft->trunc_ats[i] == DT_NOBEGIN ? at : ft->trunc_ats[i]);
+	}
+	v[0] = Int32GetDatum(part);
+	v[1] = PointerGetDatum(ft->tr->pa);
+	v[2] = PointerGetDatum(ft->tr->pb);
+	v[3] = TimestampTzGetDatum(at);
+	v[4] = PointerGetDatum(ht_array_bytea(keys, ft->ntrunc));
+	v[5] = PointerGetDatum(construct_array(ats, ft->ntrunc, TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL,
+										   TYPALIGN_DOUBLE));
+	ht_exec(&q_truncate_tombstones, v, NULL, 0);
+}
 
 /*
  * The fold, then the expiry of the tombstones past hashtree.tombstone_ttl
@@ -1689,8 +1790,24 @@ fold_once(int part, HtBucketDeltas *deltas)
 						ft->tomb = ht_tomb_enabled(ft->tr->pa, ft->tr->pb);
 				}
 			}
+			if (ft->tr != NULL && ft->truncated)
+			{
+				truncate_note(ft, tt, r);
+				continue;
+			}
 			if (ft->tr == NULL || ft->rehashed)
 				continue;
+			if (isnull && ft->tomb)
+			{
+				/*
+				 * a TRUNCATE of a table that keeps tombstones: every key it
+				 * knew gets one, at the end of its keys (truncate_tombstones)
+				 */
+				ft->truncated = ft->rehashed = true;
+				ft->trunc_at = DT_NOBEGIN;
+				truncate_note(ft, tt, r);
+				continue;
+			}
 			if (isnull)
 			{
 				/* a TRUNCATE: re-hash the table's rows of this partition */

@@ -467,6 +467,28 @@ is($na->safe_psql('postgres', $vtombs), $nb->safe_psql('postgres', $vtombs),
 	'... the tombstones with their versions again');
 is(rows($nb, '"Vn"'), rows($na, '"Vn"'), '... the same rows on both nodes');
 
+# ---- 4e. a TRUNCATE deletes what was written before it ---------------------
+for my $n ($na, $nb)
+{
+	$n->safe_psql('postgres', q{
+		CREATE TABLE tr (id int PRIMARY KEY, v text);
+		SELECT hashtree.track('tr');
+		SELECT hashtree.tombstones('tr');
+		INSERT INTO tr SELECT g, 'init' FROM generate_series(1, 20) g;
+	});
+}
+# b writes before a's TRUNCATE (lost), and after it (kept); a writes again;
+# a key a never saw (21) is not deleted by it, as by a DELETE of every row
+$nb->safe_psql('postgres', q{UPDATE tr SET v = 'b-before' WHERE id = 1; INSERT INTO tr VALUES (21, 'b-before')});
+$na->safe_psql('postgres', q{TRUNCATE tr});
+$na->safe_psql('postgres', q{INSERT INTO tr VALUES (2, 'a-after')});
+$nb->safe_psql('postgres', q{UPDATE tr SET v = 'b-after' WHERE id = 3; INSERT INTO tr VALUES (22, 'b-after')});
+ok(exchange('a', 'b', 'newest') > 0, 'truncate: the differences repaired');
+is(rows($na, 'tr'), '2=a-after,3=b-after,21=b-before,22=b-after',
+	'truncate: what was written before it is gone on both nodes, what came after stays');
+is(rows($nb, 'tr'), rows($na, 'tr'), 'truncate: on both nodes');
+is(exchange('a', 'b', 'none'), '0', 'truncate: then nothing differs');
+
 # a table whose rows only one node has: repair none names that node the
 # winner without reading the rows
 for my $n ($na, $nb)
