@@ -47,7 +47,8 @@ CREATE TABLE @extschema@.dirty_key (
 	pa				text COLLATE "C" NOT NULL,
 	pb				text COLLATE "C" NOT NULL,
 	key				bytea,
-	hash			bytea
+	hash			bytea,
+	version			bytea
 ) PARTITION BY LIST (part);
 REVOKE ALL ON @extschema@.dirty_key FROM PUBLIC;
 CREATE TRIGGER guard AFTER DELETE OR UPDATE OR TRUNCATE
@@ -280,6 +281,32 @@ REVOKE EXECUTE ON FUNCTION @extschema@._frag_ddl(oid, pg_catalog.pg_ddl_command)
 -- written on each side).
 ALTER TABLE @extschema@.tracked_table ADD COLUMN tombstones boolean NOT NULL DEFAULT false,
 	ADD COLUMN version_column text;
+-- the view shows each table's version column and its type
+CREATE OR REPLACE VIEW @extschema@.tracked AS
+	SELECT to_regclass(format('%I.%I', t.schema_name, t.table_name)) AS relation,
+		   t.schema_name,
+		   t.table_name,
+		   t.key_columns,
+		   t.tracked_at,
+		   (SELECT coalesce(sum(n.n), 0)::int8
+			  FROM @extschema@.partition p
+			  JOIN @extschema@.node n ON n.part = p.part AND n.depth = 2
+			   AND n.pa = t.schema_name AND n.pb = t.table_name
+			   AND n.level = 1 AND n.child = 0) AS rows,
+		   (SELECT count(*) FROM @extschema@.dirty_key k
+			 WHERE k.pa = t.schema_name AND k.pb = t.table_name) AS pending,
+		   CASE WHEN EXISTS (SELECT 1 FROM @extschema@.partition p WHERE NOT p.built)
+				THEN 'not built'
+				WHEN EXISTS (SELECT 1 FROM @extschema@.dirty_key k
+							  WHERE k.pa = t.schema_name AND k.pb = t.table_name)
+				THEN 'pending'
+				ELSE 'current' END AS state,
+		   t.version_column,
+		   (SELECT a.atttypid::regtype FROM pg_catalog.pg_attribute a
+			 WHERE a.attrelid = to_regclass(format('%I.%I', t.schema_name, t.table_name))
+			   AND a.attname = t.version_column AND a.attnum > 0
+			   AND NOT a.attisdropped) AS version_type
+	  FROM @extschema@.tracked_table t;
 ALTER TABLE @extschema@.exchange_log DROP CONSTRAINT exchange_log_repair_check,
 	ADD CONSTRAINT exchange_log_repair_check CHECK (repair IN ('none', 'pull', 'push', 'newest')),
 	ADD COLUMN rows_local int8 NOT NULL DEFAULT 0,
@@ -301,7 +328,8 @@ CREATE TABLE @extschema@.tombstone (
 	pa				text COLLATE "C" NOT NULL,
 	pb				text COLLATE "C" NOT NULL,
 	key				bytea NOT NULL,
-	deleted_at		timestamptz NOT NULL
+	deleted_at		timestamptz NOT NULL,
+	version			bytea
 );
 CREATE UNIQUE INDEX tombstone_key ON @extschema@.tombstone (part, pa, pb, @extschema@._kid(key));
 -- The version a repair gave a row it wrote (the winner's): valid while the
@@ -322,6 +350,12 @@ CREATE FUNCTION @extschema@.tombstones(tbl regclass, enable boolean DEFAULT true
 	RETURNS void
 	AS 'MODULE_PATHNAME', 'ht_tombstones'
 	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+-- track() takes the version column at once
+DROP FUNCTION @extschema@.track(regclass);
+CREATE FUNCTION @extschema@.track(tbl regclass, version_column name DEFAULT NULL) RETURNS bigint
+	AS 'MODULE_PATHNAME', 'ht_track'
+	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
+REVOKE EXECUTE ON FUNCTION @extschema@.track(regclass, name) FROM PUBLIC;
 -- versions from a column of the table instead of commit times (NULL: back)
 CREATE FUNCTION @extschema@.version_column(tbl regclass, col name)
 	RETURNS void
@@ -330,14 +364,16 @@ CREATE FUNCTION @extschema@.version_column(tbl regclass, col name)
 -- the versions of the rows (and tombstones) of keys, with the rows
 CREATE FUNCTION @extschema@._newest_rows(schema_name text, table_name text, "partition" int,
 										 keys bytea[])
-	RETURNS TABLE(key bytea, hash bytea, r bytea, version timestamptz, dead boolean)
+	RETURNS TABLE(key bytea, hash bytea, r bytea, version timestamptz, dead boolean,
+				  vbytes bytea)
 	AS 'MODULE_PATHNAME', 'ht_newest_rows'
 	LANGUAGE C VOLATILE;
 -- write the winners: rows with their versions, tombstones with their times
 CREATE FUNCTION @extschema@._newest_apply(schema_name text, table_name text, "partition" int,
 										  keys bytea[], rows bytea[], hashes bytea[],
 										  versions timestamptz[], deletes bytea[],
-										  deleted_at timestamptz[])
+										  deleted_at timestamptz[],
+										  delete_versions bytea[] DEFAULT NULL)
 	RETURNS bigint
 	AS 'MODULE_PATHNAME', 'ht_newest_apply'
 	LANGUAGE C VOLATILE;
@@ -346,7 +382,7 @@ REVOKE EXECUTE ON FUNCTION @extschema@.tombstones(regclass, boolean),
 	@extschema@.version_column(regclass, name),
 	@extschema@._newest_rows(text, text, int, bytea[]),
 	@extschema@._newest_apply(text, text, int, bytea[], bytea[], bytea[], timestamptz[],
-							  bytea[], timestamptz[]) FROM PUBLIC;
+							  bytea[], timestamptz[], bytea[]) FROM PUBLIC;
 
 -- Versions and tombstones of plain entries (DESIGN §20).
 ALTER TABLE @extschema@.entry ADD COLUMN version timestamptz;

@@ -144,7 +144,8 @@ CREATE TABLE @extschema@.dirty_key (
 	pa				text COLLATE "C" NOT NULL,
 	pb				text COLLATE "C" NOT NULL,
 	key				bytea,
-	hash			bytea
+	hash			bytea,
+	version			bytea
 ) PARTITION BY LIST (part);
 
 -- Entries of tracked tables, packed: one row holds the entries of `span`
@@ -475,7 +476,7 @@ CREATE FUNCTION @extschema@._track_truncate() RETURNS trigger
 	AS 'MODULE_PATHNAME', 'ht_track_truncate'
 	LANGUAGE C;
 
-CREATE FUNCTION @extschema@.track(tbl regclass) RETURNS bigint
+CREATE FUNCTION @extschema@.track(tbl regclass, version_column name DEFAULT NULL) RETURNS bigint
 	AS 'MODULE_PATHNAME', 'ht_track'
 	LANGUAGE C VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp;
 CREATE FUNCTION @extschema@.untrack(tbl regclass) RETURNS void
@@ -594,7 +595,12 @@ CREATE VIEW @extschema@.tracked AS
 				WHEN EXISTS (SELECT 1 FROM @extschema@.dirty_key k
 							  WHERE k.pa = t.schema_name AND k.pb = t.table_name)
 				THEN 'pending'
-				ELSE 'current' END AS state
+				ELSE 'current' END AS state,
+		   t.version_column,
+		   (SELECT a.atttypid::regtype FROM pg_catalog.pg_attribute a
+			 WHERE a.attrelid = to_regclass(format('%I.%I', t.schema_name, t.table_name))
+			   AND a.attname = t.version_column AND a.attnum > 0
+			   AND NOT a.attisdropped) AS version_type
 	  FROM @extschema@.tracked_table t;
 
 GRANT SELECT ON @extschema@.tracked TO PUBLIC;
@@ -952,7 +958,8 @@ CREATE TABLE @extschema@.tombstone (
 	pa				text COLLATE "C" NOT NULL,
 	pb				text COLLATE "C" NOT NULL,
 	key				bytea NOT NULL,
-	deleted_at		timestamptz NOT NULL
+	deleted_at		timestamptz NOT NULL,
+	version			bytea
 );
 CREATE UNIQUE INDEX tombstone_key ON @extschema@.tombstone (part, pa, pb, @extschema@._kid(key));
 -- The version a repair gave a row it wrote (the winner's): valid while the
@@ -981,14 +988,16 @@ CREATE FUNCTION @extschema@.version_column(tbl regclass, col name)
 -- the versions of the rows (and tombstones) of keys, with the rows
 CREATE FUNCTION @extschema@._newest_rows(schema_name text, table_name text, "partition" int,
 										 keys bytea[])
-	RETURNS TABLE(key bytea, hash bytea, r bytea, version timestamptz, dead boolean)
+	RETURNS TABLE(key bytea, hash bytea, r bytea, version timestamptz, dead boolean,
+				  vbytes bytea)
 	AS 'MODULE_PATHNAME', 'ht_newest_rows'
 	LANGUAGE C VOLATILE;
 -- write the winners: rows with their versions, tombstones with their times
 CREATE FUNCTION @extschema@._newest_apply(schema_name text, table_name text, "partition" int,
 										  keys bytea[], rows bytea[], hashes bytea[],
 										  versions timestamptz[], deletes bytea[],
-										  deleted_at timestamptz[])
+										  deleted_at timestamptz[],
+										  delete_versions bytea[] DEFAULT NULL)
 	RETURNS bigint
 	AS 'MODULE_PATHNAME', 'ht_newest_apply'
 	LANGUAGE C VOLATILE;

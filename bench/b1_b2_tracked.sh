@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # B1: single-row INSERT and UPDATE throughput on a tracked table vs the same
 #     table untracked (pgbench, 2 clients), with durable commits (fsync and
-#     synchronous_commit on) and CPU-bound (fsync off), measured side by side.
+#     synchronous_commit on) and CPU-bound (fsync off), measured side by side;
+#     then the same, and a DELETE (each followed by the key's INSERT again),
+#     on a tracked table that keeps tombstones and is versioned by a column
+#     (issue 14: the row trigger logs the deleted row's version).
 # B2: track() of a 1M-row table vs a plain scan that hashes every row in SQL.
-# Usage (as root): bench/b1_b2_tracked.sh [seconds per pgbench run] [rows for B2]
+# Usage (as root): bench/b1_b2_tracked.sh [seconds per pgbench run] [rows for B2, 0: no B2]
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 . "$REPO/scripts/common.sh"
@@ -25,15 +28,18 @@ export PGOPTIONS="-c client_min_messages=warning"
 PSQL="$PG_BIN/psql -X -q -v ON_ERROR_STOP=1"
 
 $PSQL -c 'CREATE EXTENSION hashtree'
-# two identical tables; one tracked
-for t in plain tracked; do
+# three identical tables; one tracked, one tracked with tombstones and a
+# version column
+for t in plain tracked tombs; do
 	$PSQL -c "CREATE TABLE $t (id bigint PRIMARY KEY, customer text NOT NULL, amount numeric(12,2),
 	                           status text, created timestamptz DEFAULT now())"
 	$PSQL -c "INSERT INTO $t SELECT i, 'c' || (i % 1000), i * 0.5, 'new' FROM generate_series(1, 100000) i"
 done
 $PSQL -c "SELECT hashtree.track('tracked')" >/dev/null
+$PSQL -c "SELECT hashtree.track('tombs', version_column => 'created')" \
+	-c "SELECT hashtree.tombstones('tombs')" >/dev/null
 
-for t in plain tracked; do
+for t in plain tracked tombs; do
 	cat >"$WORK/ins_$t.sql" <<SQL
 \set id random(1000000, 1000000000000)
 INSERT INTO $t (id, customer, amount, status) VALUES (:id, 'c' || (:id::bigint % 1000), :id::bigint % 10000, 'new') ON CONFLICT (id) DO NOTHING;
@@ -41,6 +47,11 @@ SQL
 	cat >"$WORK/upd_$t.sql" <<SQL
 \set id random(1, 100000)
 UPDATE $t SET amount = amount + 1, status = 'paid' WHERE id = :id;
+SQL
+	cat >"$WORK/del_$t.sql" <<SQL
+\set id random(1, 100000)
+DELETE FROM $t WHERE id = :id;
+INSERT INTO $t (id, customer, amount, status) VALUES (:id, 'c' || (:id::bigint % 1000), :id::bigint % 10000, 'new') ON CONFLICT (id) DO NOTHING;
 SQL
 done
 
@@ -56,14 +67,16 @@ ticker() {
 	done
 }
 
+# run_b1 MODE [TABLE [OPS]]: the tracked table (tracked, tombs) against plain
 run_b1() {
-	local mode=$1
-	for op in ins upd; do
+	local mode=$1 tt=${2:-tracked} ops=${3:-ins upd} what
+	for op in $ops; do
 		# alternate the order to share out drift of the machine
-		p1=$(tps "$WORK/${op}_plain.sql"); t1=$(tps "$WORK/${op}_tracked.sql")
-		t2=$(tps "$WORK/${op}_tracked.sql"); p2=$(tps "$WORK/${op}_plain.sql")
+		p1=$(tps "$WORK/${op}_plain.sql"); t1=$(tps "$WORK/${op}_$tt.sql")
+		t2=$(tps "$WORK/${op}_$tt.sql"); p2=$(tps "$WORK/${op}_plain.sql")
 		p=$(( (p1 + p2) / 2 )); t=$(( (t1 + t2) / 2 ))
-		echo "B1 $mode, $( [ $op = ins ] && echo INSERT || echo UPDATE ), 2 clients: untracked $p tps, tracked $t tps: ratio $(echo "scale=3; $t / $p" | bc)"
+		case $op in ins) what=INSERT ;; upd) what=UPDATE ;; del) what="DELETE + INSERT" ;; esac
+		echo "B1 $mode, $what, 2 clients: untracked $p tps, $tt $t tps: ratio $(echo "scale=3; $t / $p" | bc)"
 	done
 }
 
@@ -78,6 +91,8 @@ fold() {
 # 1. the write path alone (update() runs between the measurements)
 run_b1 "durable (fsync on, synchronous_commit on)"
 fold
+run_b1 "durable, tombstones and a version column" tombs "ins upd del"
+fold
 $PSQL -c "ALTER SYSTEM SET fsync = off" -c "ALTER SYSTEM SET synchronous_commit = off" -c "SELECT pg_reload_conf()" >/dev/null
 run_b1 "CPU-bound (fsync off, synchronous_commit off)"
 fold
@@ -90,6 +105,7 @@ run_b1 "durable, update() every 10 s"
 kill $TICK 2>/dev/null || true
 TICK=
 
+[ "$ROWS" = 0 ] && exit 0		# (B1 only)
 echo "== B2: track() of a $ROWS-row table vs a plain scan hashing every row in SQL"
 $PSQL -c "CREATE TABLE big (id bigint PRIMARY KEY, customer text, amount numeric(12,2), status text, created timestamptz)"
 $PSQL -c "INSERT INTO big SELECT i, 'c' || (i % 1000), i * 0.5, 'new', '2024-01-01'::timestamptz + i * interval '1 s' FROM generate_series(1, $ROWS) i"

@@ -375,7 +375,7 @@ SELECT hashtree.track('hashtree.entry');
 SELECT hashtree.untrack('nokey');
 SELECT hashtree.untrack(NULL);
 CREATE ROLE regress_hashtree_other;
-GRANT EXECUTE ON FUNCTION hashtree.track(regclass) TO regress_hashtree_other;
+GRANT EXECUTE ON FUNCTION hashtree.track(regclass, name) TO regress_hashtree_other;
 SET ROLE regress_hashtree_other;
 SELECT hashtree.track('nokey');
 RESET ROLE;

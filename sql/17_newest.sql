@@ -107,17 +107,108 @@ SELECT * FROM t_entries();
 SELECT count(*) FROM hashtree.tombstone;
 SELECT trees_ok();
 
--- versions from a column (timestamptz) instead of commit times
-CREATE TABLE vc (id int PRIMARY KEY, n int, at timestamptz);
+-- versions from a column instead of commit times: any type with an order
+-- and a binary form
+CREATE TABLE vc (id int PRIMARY KEY, n int, at timestamptz, p point, "Vér sion" bigint);
 SELECT hashtree.version_column('vc', 'at');
 SELECT hashtree.track('vc');
 SELECT hashtree.version_column('vc', 'nope');
+SELECT hashtree.version_column('vc', 'p');		-- no order
 SELECT hashtree.version_column('vc', 'n');
 SELECT hashtree.version_column('vc', 'at');
-SELECT version_column FROM hashtree.tracked_table WHERE table_name = 'vc';
+SELECT version_column, version_type FROM hashtree.tracked WHERE table_name = 'vc';
 SELECT hashtree.version_column('vc', NULL);
-SELECT version_column FROM hashtree.tracked_table WHERE table_name = 'vc';
+SELECT version_column, version_type FROM hashtree.tracked WHERE table_name = 'vc';
 SELECT hashtree.version_column(NULL, 'at');
+-- given to track(); a delete's tombstone carries the deleted row's version,
+-- its entry T'(v) = SHA-256(0x05 || the version's binary form)[0..16]
+CREATE TABLE vt (id int PRIMARY KEY, "Vér sion" bigint);
+SELECT hashtree.track('vt', version_column => 'nope');
+SELECT count(*) FROM hashtree.tracked WHERE table_name = 'vt';	-- nothing done
+SELECT hashtree.track('vt', version_column => 'Vér sion');
+SELECT hashtree.tombstones('vt');
+SELECT version_column, version_type FROM hashtree.tracked WHERE table_name = 'vt';
+INSERT INTO vt SELECT g, g * 10 FROM generate_series(1, 20) g;
+DELETE FROM vt WHERE id IN (3, 4);
+UPDATE vt SET "Vér sion" = NULL WHERE id = 5;
+DELETE FROM vt WHERE id = 5;			-- no version: unknown
+UPDATE vt SET id = 100 WHERE id = 6;	-- a key changed: 6 deleted at version 60
+SELECT update_all();
+CREATE OR REPLACE FUNCTION vt_entries() RETURNS TABLE(key bytea, tomb_version bytea, entry_ok boolean)
+LANGUAGE sql AS $$
+	SELECT tb.key, tb.version,
+		   e.hash = substring(sha256('\x05'::bytea || coalesce(tb.version, '')) FOR 16)
+	  FROM hashtree.tombstone tb
+	  JOIN hashtree.leaf_entry e ON e.part = tb.part AND e.pa = tb.pa AND e.pb = tb.pb
+		AND e.key = tb.key
+	 WHERE tb.pb = 'vt' ORDER BY tb.key
+$$;
+SELECT key, tomb_version = int8send(30) AS v30, tomb_version = int8send(40) AS v40,
+	   tomb_version = int8send(60) AS v60, tomb_version IS NULL AS unknown, entry_ok
+  FROM vt_entries();
+SELECT trees_ok();
+-- a re-hash keeps them, with the same entries
+SELECT hashtree.reset(p) FROM generate_series(0, 7) p;
+SELECT count(*), bool_and(entry_ok) FROM vt_entries();
+SELECT trees_ok();
+-- the version column cannot be dropped, renamed or retyped
+ALTER TABLE vt DROP COLUMN "Vér sion";
+ALTER TABLE vt RENAME COLUMN "Vér sion" TO other;
+ALTER TABLE vt ALTER COLUMN "Vér sion" TYPE numeric;
+ALTER TABLE vt ADD COLUMN extra int;		-- other changes are not refused
+SELECT version_column, version_type FROM hashtree.tracked WHERE table_name = 'vt';
+-- back to commit times: the tombstones lose their versions, T(deleted_at)
+SELECT hashtree.version_column('vt', NULL);
+SELECT update_all();
+SELECT count(*) FILTER (WHERE tomb_version IS NULL) AS unversioned FROM vt_entries();
+SELECT count(*) FROM hashtree.tombstone tb JOIN hashtree.leaf_entry e ON e.part = tb.part
+   AND e.pa = tb.pa AND e.pb = tb.pb AND e.key = tb.key
+ WHERE tb.pb = 'vt' AND e.hash = t_hash(tb.deleted_at);
+SELECT trees_ok();
+
+-- a TRUNCATE leaves a tombstone of every key the node knew of the table:
+-- in its trees, logged and not folded yet; the keys written again after it
+-- have their rows
+CREATE TABLE tt (id int PRIMARY KEY, v text);
+SELECT hashtree.track('tt');
+SELECT hashtree.tombstones('tt');
+INSERT INTO tt SELECT g, 'v' || g FROM generate_series(1, 50) g;
+SELECT update_all();
+DELETE FROM tt WHERE id = 1;			-- a tombstone before the TRUNCATE
+SELECT update_all();
+INSERT INTO tt VALUES (51, 'unfolded');
+BEGIN;
+TRUNCATE tt;
+INSERT INTO tt VALUES (2, 'again'), (60, 'new');
+COMMIT;
+SELECT update_all();
+CREATE OR REPLACE FUNCTION tt_entries() RETURNS TABLE(kind text, n bigint, keys text) LANGUAGE sql AS $$
+	SELECT CASE WHEN tb.key IS NULL THEN 'row' WHEN e.hash = t_hash(tb.deleted_at)
+				THEN 'tombstone' ELSE 'tombstone, wrong hash' END, count(*),
+		   CASE WHEN count(*) < 5 THEN string_agg(encode(e.key, 'hex'), ',' ORDER BY e.key) END
+	  FROM hashtree.leaf_entry e
+	  LEFT JOIN hashtree.tombstone tb ON tb.part = e.part AND tb.pa = e.pa AND tb.pb = e.pb
+		AND tb.key = e.key
+	 WHERE e.pa = 'public' AND e.pb = 'tt' GROUP BY 1 ORDER BY 1
+$$;
+SELECT * FROM tt_entries();
+SELECT count(*) FROM hashtree.tombstone WHERE pb = 'tt'
+   AND key IN (hashtree.row_key('tt', ROW(1, NULL)::tt), hashtree.row_key('tt', ROW(51, NULL)::tt));
+SELECT trees_ok();
+-- the same trees after a rebuild
+CREATE TEMP TABLE tops_before AS SELECT tops() AS t;
+SELECT hashtree.reset(p) FROM generate_series(0, 7) p;
+SELECT tops() = t AS same_tops FROM tops_before;
+SELECT * FROM tt_entries();
+-- a table without tombstones: a TRUNCATE leaves none
+CREATE TABLE tn (id int PRIMARY KEY);
+SELECT hashtree.track('tn');
+INSERT INTO tn SELECT generate_series(1, 10);
+SELECT update_all();
+TRUNCATE tn;
+SELECT update_all();
+SELECT count(*) FROM hashtree.tombstone WHERE pb = 'tn';
+SELECT count(*) FROM hashtree.leaf_entry WHERE pb = 'tn';
 
 -- repair 'newest' needs commit timestamps
 SELECT * FROM hashtree.exchange('nobody', NULL, 'newest');

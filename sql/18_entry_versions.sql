@@ -63,10 +63,10 @@ SELECT hashtree.tombstones(repeat('x', 600), 'pb');
 -- unknown, unknown) has four candidates)
 SELECT hashtree.delete('pa', 'pb', 'k', '2030-01-01');
 -- the prefix of a tracked table: tombstones(tbl) is the way
-CREATE TABLE tt (id int PRIMARY KEY);
-SELECT hashtree.track('tt');
-SELECT hashtree.tombstones('public', 'tt');
-SELECT hashtree.insert('public', 'tt', 'k', '\x01', false, '2030-01-01');
+CREATE TABLE ev_tt (id int PRIMARY KEY);
+SELECT hashtree.track('ev_tt');
+SELECT hashtree.tombstones('public', 'ev_tt');
+SELECT hashtree.insert('public', 'ev_tt', 'k', '\x01', false, '2030-01-01');
 -- not for PUBLIC
 CREATE ROLE ev_other;
 SET ROLE ev_other;
@@ -174,7 +174,7 @@ SELECT hashtree._newest_apply_entries(0, 'pa', 'pb', NULL, NULL, NULL, ARRAY['k'
 	ARRAY['infinity']::timestamptz[]);
 SELECT hashtree._newest_apply_entries(99, 'pa', 'pb', NULL, NULL, NULL, NULL, NULL);
 SELECT hashtree._newest_apply_entries(NULL, 'pa', 'pb', NULL, NULL, NULL, NULL, NULL);
-SELECT hashtree._newest_apply_entries(0, 'public', 'tt', NULL, NULL, NULL, NULL, NULL);
+SELECT hashtree._newest_apply_entries(0, 'public', 'ev_tt', NULL, NULL, NULL, NULL, NULL);
 SELECT * FROM hashtree._newest_entries(99, 'pa', 'pb', '{}');
 SELECT * FROM hashtree._newest_entries(0, 'pa', 'pb', NULL);
 SELECT update_all();
@@ -209,5 +209,5 @@ SELECT count(*) FROM hashtree.tombstone WHERE pa = 'pa';
 SELECT update_all();
 SELECT trees_ok();
 
-DROP TABLE tt;
+DROP TABLE ev_tt;
 DROP ROLE ev_other;

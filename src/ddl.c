@@ -172,9 +172,12 @@ attached_partitions_get_triggers(Oid root, CollectedCommand *cmd)
 	}
 }
 
-/* does the collected ALTER TABLE change a column's type (values rewritten)? */
+/*
+ * does the collected ALTER TABLE change a column's type (values
+ * rewritten)?  col: that column's only, NULL: any
+ */
 static bool
-alters_column_type(CollectedCommand *cmd)
+alters_column_type(CollectedCommand *cmd, const char *col)
 {
 	ListCell   *lc;
 
@@ -184,10 +187,32 @@ alters_column_type(CollectedCommand *cmd)
 	{
 		AlterTableCmd *at = (AlterTableCmd *) ((CollectedATSubcmd *) lfirst(lc))->parsetree;
 
-		if (IsA(at, AlterTableCmd) && at->subtype == AT_AlterColumnType)
+		if (IsA(at, AlterTableCmd) && at->subtype == AT_AlterColumnType &&
+			(col == NULL || (at->name != NULL && strcmp(at->name, col) == 0)))
 			return true;
 	}
 	return false;
+}
+
+/*
+ * The version column of a tracked table (DESIGN §20) stays what it is: a
+ * drop, a rename or a change of its type is refused (its name is in the
+ * registry; the tombstones keep versions in the binary form of its type).
+ */
+static void
+check_version_column(Relation rel, HtTracked *reg, CollectedCommand *cmd)
+{
+	TrackRel   *tr = ht_track_rel(rel);
+
+	if (!tr->versioned)
+		return;
+	if (tr->vatt <= 0 || alters_column_type(cmd, get_attname(RelationGetRelid(rel), tr->vatt, false)))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("cannot drop, rename or retype the version column of tracked table %s",
+						quote_qualified_identifier(reg->schema, reg->name)),
+				 errdetail("Repair 'newest' compares its rows by that column, and its tombstones keep versions of its type."),
+				 errhint("Set another one, or none, with hashtree.version_column() first.")));
 }
 
 /*
@@ -237,7 +262,8 @@ ht_ddl_table(PG_FUNCTION_ARGS)
 						 errhint("Untrack it with hashtree.untrack(), then track it again.")));
 			verify_triggers(relid, true);
 			ht_track_check_state(relid);
-			recheck(rel, reg, alters_column_type(cmd));
+			check_version_column(rel, reg, cmd);
+			recheck(rel, reg, alters_column_type(cmd, NULL));
 			attached_partitions_get_triggers(relid, cmd);
 		}
 		else if (rel->rd_rel->relispartition)

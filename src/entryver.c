@@ -91,7 +91,8 @@ ht_entryver_expire(int part)
 {
 	Datum		v[2];
 
-	if (ht_guc_tombstone_ttl <= 0 || !ht_store_versions_available())
+	if (ht_guc_tombstone_ttl <= 0 || !ht_store_versions_available() ||
+		ht_store_tomb_prefix_count() == 0)
 		return 0;
 	v[0] = Int32GetDatum(part);
 	v[1] = Float8GetDatum((double) ht_guc_tombstone_ttl);

@@ -47,6 +47,8 @@
 #include "lib/stringinfo.h"
 #include "utils/builtins.h"
 #include "utils/fmgroids.h"
+#include "utils/lsyscache.h"
+#include "utils/typcache.h"
 
 #include "common.h"
 #include "entryver.h"
@@ -71,7 +73,15 @@ typedef struct Registry
 	int			n;
 	char	  **schema;
 	char	  **name;
+	char	  **vtype;			/* the type of its version column (NULL: none) */
+	Oid		   *vtypid;			/* ... its oid (on this node) */
 } Registry;
+
+/* what a repair reads of a node's registry (hashtree.tracked) */
+#define REGISTRY_SQL \
+	"SELECT schema_name, table_name, version_type::pg_catalog.text," \
+	" version_type::pg_catalog.oid FROM hashtree.tracked"
+#define REGISTRY_COLS 4
 
 /* the tracked tables of a node, from its hashtree.tracked */
 static void
@@ -80,27 +90,39 @@ registry_from(HtRemoteResult *res, Registry *reg)
 	reg->n = res->nrows;
 	reg->schema = palloc(sizeof(char *) * Max(res->nrows, 1));
 	reg->name = palloc(sizeof(char *) * Max(res->nrows, 1));
+	reg->vtype = palloc(sizeof(char *) * Max(res->nrows, 1));
+	reg->vtypid = palloc(sizeof(Oid) * Max(res->nrows, 1));
 	for (int i = 0; i < res->nrows; i++)
 	{
+		char	   *oid = ht_remote_text(res, i, 3);
+
 		reg->schema[i] = ht_remote_text(res, i, 0);
 		reg->name[i] = ht_remote_text(res, i, 1);
+		reg->vtype[i] = ht_remote_text(res, i, 2);
+		reg->vtypid[i] = oid ? (Oid) strtoul(oid, NULL, 10) : InvalidOid;
 	}
 }
 
 static void
 registry_of(HtPeer *peer, Registry *reg)
 {
-	registry_from(ht_node_query(peer, "SELECT schema_name, table_name FROM hashtree.tracked",
-								0, NULL, 2), reg);
+	registry_from(ht_node_query(peer, REGISTRY_SQL, 0, NULL, REGISTRY_COLS), reg);
+}
+
+/* the position of (pa, pb) in a registry, -1 if not there */
+static int
+registry_find(Registry *reg, const char *pa, const char *pb)
+{
+	for (int i = 0; i < reg->n; i++)
+		if (strcmp(reg->schema[i], pa) == 0 && strcmp(reg->name[i], pb) == 0)
+			return i;
+	return -1;
 }
 
 static bool
 registered(Registry *reg, const char *pa, const char *pb)
 {
-	for (int i = 0; i < reg->n; i++)
-		if (strcmp(reg->schema[i], pa) == 0 && strcmp(reg->name[i], pb) == 0)
-			return true;
-	return false;
+	return registry_find(reg, pa, pb) >= 0;
 }
 
 static char *
@@ -140,6 +162,8 @@ typedef struct Work
 	int			read_from;		/* its reads: statements [read_from, read_to) */
 	int			read_to;
 	char	   *failed;			/* why it was not repaired, NULL if it was */
+	struct VersionType *vt;		/* newest: the version column's type (NULL:
+								 * commit times) */
 } Work;
 
 /* a growing list of statements */
@@ -547,7 +571,7 @@ ht_repair(HtPeer *peer, HtRepairMode mode, HtRepairPart *parts, int nparts, bool
 	 * Batch 1, on the peer: its registry, and the prefix_b's of each whole
 	 * prefix_a only it has.  Those only this node has are read here.
 	 */
-	add_stmt(&first, 0, 2, "SELECT schema_name, table_name FROM hashtree.tracked", 0);
+	add_stmt(&first, 0, REGISTRY_COLS, REGISTRY_SQL, 0);
 	for (int p = 0; p < nparts; p++)
 		for (int i = 0; i < parts[p].ndiffs; i++)
 		{
@@ -697,9 +721,55 @@ typedef struct NRow
 	bytea	   *hash;
 	bytea	   *r;
 	bool		has_ver;
-	int64		ver;
+	int64		ver;			/* commit times; a tombstone's time */
 	bool		dead;
+	bytea	   *vbytes;			/* a version column: the binary form ... */
+	Datum		vd;				/* ... and the value (vbytes NULL: unknown) */
 } NRow;
+
+/*
+ * A version column's type (the same on both nodes, checked): its order
+ * (the default B-tree operator class, the type's collation) and how its
+ * binary form is read
+ */
+typedef struct VersionType
+{
+	Oid			typid;
+	Oid			ioparam;
+	Oid			collation;
+	FmgrInfo	recv;
+	FmgrInfo	cmp;
+} VersionType;
+
+static VersionType *
+version_type(Oid typid)
+{
+	VersionType *vt = palloc0(sizeof(VersionType));
+	TypeCacheEntry *tc = lookup_type_cache(typid, TYPECACHE_CMP_PROC_FINFO);
+	Oid			recv;
+
+	if (!OidIsValid(tc->cmp_proc))
+		ereport(ERROR,
+				(errcode(ERRCODE_UNDEFINED_FUNCTION),
+				 errmsg("type %s has no default B-tree operator class", format_type_be(typid))));
+	vt->typid = typid;
+	vt->collation = get_typcollation(typid);
+	fmgr_info_copy(&vt->cmp, &tc->cmp_proc_finfo, CurrentMemoryContext);
+	getTypeBinaryInputInfo(typid, &recv, &vt->ioparam);
+	fmgr_info(recv, &vt->recv);
+	return vt;
+}
+
+/* the value of a version's binary form */
+static Datum
+version_value(VersionType *vt, bytea *b)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	appendBinaryStringInfo(&buf, VARDATA_ANY(b), VARSIZE_ANY_EXHDR(b));
+	return ReceiveFunctionCall(&vt->recv, &buf, vt->ioparam, -1);
+}
 
 static int
 nrow_cmp(const void *a, const void *b)
@@ -708,18 +778,36 @@ nrow_cmp(const void *a, const void *b)
 }
 
 /*
- * Which version wins: > 0 a, < 0 b, 0 neither (equal).  The later version;
- * at the same time a tombstone beats a row, and of two rows the larger row
- * hash: the same answer on whichever node runs the exchange.
+ * Which version wins: > 0 a, < 0 b, 0 neither (equal).  The later version
+ * (a version column: the larger by the type's order, then by the binary
+ * forms, which tells apart values the order takes as equal, such as
+ * numeric 1.0 and 1.00); at the same version a tombstone beats a row, and
+ * of two rows the larger row hash: the same answer on whichever node runs
+ * the exchange.
  */
 static int
-newest_cmp(const NRow *a, const NRow *b)
+newest_cmp(VersionType *vt, const NRow *a, const NRow *b)
 {
 	if (a == NULL || b == NULL)
 		return (a != NULL) - (b != NULL);
-	if (a->has_ver != b->has_ver)
+	if (vt != NULL)
+	{
+		if ((a->vbytes != NULL) != (b->vbytes != NULL))
+			return a->vbytes != NULL ? 1 : -1;
+		if (a->vbytes != NULL)
+		{
+			int			c = DatumGetInt32(FunctionCall2Coll(&vt->cmp, vt->collation,
+															a->vd, b->vd));
+
+			if (c == 0)
+				c = ht_bytea_cmp(a->vbytes, b->vbytes);
+			if (c != 0)
+				return c > 0 ? 1 : -1;
+		}
+	}
+	else if (a->has_ver != b->has_ver)
 		return a->has_ver ? 1 : -1;
-	if (a->has_ver && a->ver != b->ver)
+	else if (a->has_ver && a->ver != b->ver)
 		return a->ver > b->ver ? 1 : -1;
 	if (a->dead != b->dead)
 		return a->dead ? 1 : -1;
@@ -730,7 +818,7 @@ newest_cmp(const NRow *a, const NRow *b)
 
 /* the rows read on one side for a prefix: statements [from, to), sorted */
 static NRow *
-newest_collect(HtStatement *s, int from, int to, int *n)
+newest_collect(HtStatement *s, int from, int to, VersionType *vt, int *n)
 {
 	int			cap = 0;
 	NRow	   *rows;
@@ -754,6 +842,9 @@ newest_collect(HtStatement *s, int from, int to, int *n)
 			rows[k].has_ver = (ver != NULL);
 			rows[k].ver = ver ? strtoll(ver, NULL, 10) : 0;
 			rows[k].dead = (dead != NULL && dead[0] == 't');
+			rows[k].vbytes = vt ? result_bytea(res, r, 5) : NULL;
+			if (rows[k].vbytes != NULL)
+				rows[k].vd = version_value(vt, rows[k].vbytes);
 			if (rows[k].key == NULL || (!rows[k].dead && (rows[k].hash == NULL || rows[k].r == NULL)))
 				ereport(ERROR,
 						(errcode(ERRCODE_PROTOCOL_VIOLATION),
@@ -805,17 +896,38 @@ field_array_text(NRow **rows, int n, int which)
 	return bytea_array_text(v, n);
 }
 
+/* the versions of a version column, binary, as a bytea[] (NULL: unknown) */
+static const char *
+vbytes_array_text(NRow **rows, int n)
+{
+	Datum	   *d = palloc(sizeof(Datum) * Max(n, 1));
+	bool	   *nulls = palloc(sizeof(bool) * Max(n, 1));
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
+
+	for (int i = 0; i < n; i++)
+	{
+		d[i] = PointerGetDatum(rows[i]->vbytes);
+		nulls[i] = (rows[i]->vbytes == NULL);
+	}
+	return OidOutputFunctionCall(F_ARRAY_OUT,
+								 PointerGetDatum(construct_md_array(d, nulls, 1, dims, lbs,
+																	BYTEAOID, -1, false,
+																	TYPALIGN_INT)));
+}
+
 #define NEWEST_TS(p) \
 	"ARRAY(SELECT pg_catalog.to_timestamp(0) + v * '1 microsecond'::pg_catalog.interval" \
 	" FROM pg_catalog.unnest(" p "::pg_catalog.int8[]) v)"
 
 /*
  * The versions of plain entries (entryver.c), in the columns of
- * _newest_rows: the hash stands for the row (it is all there is to copy)
+ * _newest_rows: the hash stands for the row (it is all there is to copy);
+ * no version column
  */
 #define NEWEST_ENTRIES(keys) \
-	"SELECT key, hash, hash, (EXTRACT(epoch FROM version) * 1000000)::pg_catalog.int8, dead" \
-	" FROM hashtree._newest_entries($3::int4, $1, $2, " keys ")"
+	"SELECT key, hash, hash, (EXTRACT(epoch FROM version) * 1000000)::pg_catalog.int8, dead," \
+	" NULL::pg_catalog.bytea FROM hashtree._newest_entries($3::int4, $1, $2, " keys ")"
 
 static void
 add_newest_writes(Stmts *st, int group, Work *w, NWrites *x)
@@ -842,11 +954,12 @@ add_newest_writes(Stmts *st, int group, Work *w, NWrites *x)
 		add_stmt(st, group, 1,
 				 "SELECT hashtree._newest_apply($1, $2, $3::int4, $4::pg_catalog.bytea[],"
 				 " $5::pg_catalog.bytea[], $6::pg_catalog.bytea[], " NEWEST_TS("$7") ","
-				 " $8::pg_catalog.bytea[], " NEWEST_TS("$9") ")",
-				 9, w->pa, w->pb, psprintf("%d", w->rp->part),
+				 " $8::pg_catalog.bytea[], " NEWEST_TS("$9") ", $10::pg_catalog.bytea[])",
+				 10, w->pa, w->pb, psprintf("%d", w->rp->part),
 				 field_array_text(r, nr, 0), field_array_text(r, nr, 1),
 				 field_array_text(r, nr, 2), int8_array_text(r, nr),
-				 field_array_text(d, nd, 0), int8_array_text(d, nd));
+				 field_array_text(d, nd, 0), int8_array_text(d, nd),
+				 vbytes_array_text(d, nd));
 	}
 }
 
@@ -871,6 +984,37 @@ static int
 diff_key_cmp(const void *a, const void *b)
 {
 	return ht_bytea_cmp((*(HtDiff *const *) a)->key, (*(HtDiff *const *) b)->key);
+}
+
+/*
+ * How the versions of a tracked table compare: both nodes must version it
+ * alike (commit times, or version columns of the same type).  False (the
+ * prefix failed) when they do not, but for a pull or push (force), whose
+ * winner is known: the versions are then not read.
+ */
+static bool
+work_versions(Work *w, Registry *local, Registry *remote, HtPeer *peer, char force)
+{
+	int			i = registry_find(local, w->pa, w->pb);
+	int			j = registry_find(remote, w->pa, w->pb);
+	char	   *here = local->vtype[i];
+	char	   *there = remote->vtype[j];
+
+	if ((here == NULL) != (there == NULL) || (here != NULL && strcmp(here, there) != 0))
+	{
+		w->vt = NULL;
+		if (force)
+			return true;
+		w->failed = psprintf("repair 'newest' of %s: its rows are versioned by %s on this node"
+							 " but by %s on peer \"%s\"",
+							 quote_qualified_identifier(w->pa, w->pb),
+							 here ? psprintf("a version column of type %s", here) : "commit times",
+							 there ? psprintf("a version column of type %s", there) : "commit times",
+							 ht_peer_name(peer));
+		return false;
+	}
+	w->vt = here ? version_type(local->vtypid[i]) : NULL;
+	return true;
 }
 
 void
@@ -913,7 +1057,7 @@ repair_newest(HtPeer *peer, HtRepairPart *parts, int nparts, bool quiet, bool dr
 				 errhint("Set track_commit_timestamp = on (a restart) on every node.")));
 
 	/* batch 1, on the peer: its setting and its registry */
-	add_stmt(&first, 0, 2, "SELECT schema_name, table_name FROM hashtree.tracked", 0);
+	add_stmt(&first, 0, REGISTRY_COLS, REGISTRY_SQL, 0);
 	add_stmt(&first, 1, 1, "SELECT pg_catalog.current_setting('track_commit_timestamp')", 0);
 	ht_node_batch(peer, first.s, first.n, NULL);
 	setting = first.s[1].result->nrows == 1 ? ht_remote_text(first.s[1].result, 0, 0) : NULL;
@@ -977,6 +1121,8 @@ repair_newest(HtPeer *peer, HtRepairPart *parts, int nparts, bool quiet, bool dr
 
 		if (!work_start(w, d, &i, n, &local, &remote, peer))
 			continue;
+		if (w->tracked && !work_versions(w, &local, &remote, peer, force))
+			continue;
 		w->copy = palloc(sizeof(bytea *) * (w->end_diff - w->first_diff));
 		for (int k = w->first_diff; k < w->end_diff; k++)
 		{
@@ -999,24 +1145,24 @@ repair_newest(HtPeer *peer, HtRepairPart *parts, int nparts, bool quiet, bool dr
 		if (w->copy_prefix)
 		{
 			const char *sql = w->tracked ? "SELECT key, hash, r, (EXTRACT(epoch FROM version)"
-				" * 1000000)::pg_catalog.int8, dead FROM hashtree._newest_rows($1, $2, $3::int4,"
-				" ARRAY(SELECT e.key FROM hashtree._prefix_entries($3::int4, $1, $2) e))"
+				" * 1000000)::pg_catalog.int8, dead, vbytes FROM hashtree._newest_rows($1, $2,"
+				" $3::int4, ARRAY(SELECT e.key FROM hashtree._prefix_entries($3::int4, $1, $2) e))"
 				: NEWEST_ENTRIES("ARRAY(SELECT e.key FROM hashtree._prefix_entries($3::int4, $1, $2) e)");
 
-			add_stmt(&rd_here, nworks - 1, 5, sql, 3, w->pa, w->pb, part);
-			add_stmt(&rd_there, nworks - 1, 5, sql, 3, w->pa, w->pb, part);
+			add_stmt(&rd_here, nworks - 1, 6, sql, 3, w->pa, w->pb, part);
+			add_stmt(&rd_there, nworks - 1, 6, sql, 3, w->pa, w->pb, part);
 		}
 		for (int base = 0; base < w->ncopy; base += HT_REPAIR_BATCH)
 		{
 			const char *keys = bytea_array_text(w->copy + base,
 												Min(HT_REPAIR_BATCH, w->ncopy - base));
 			const char *sql = w->tracked ? "SELECT key, hash, r, (EXTRACT(epoch FROM version)"
-				" * 1000000)::pg_catalog.int8, dead FROM hashtree._newest_rows($1, $2, $3::int4,"
-				" $4::pg_catalog.bytea[])"
+				" * 1000000)::pg_catalog.int8, dead, vbytes FROM hashtree._newest_rows($1, $2,"
+				" $3::int4, $4::pg_catalog.bytea[])"
 				: NEWEST_ENTRIES("$4::pg_catalog.bytea[]");
 
-			add_stmt(&rd_here, nworks - 1, 5, sql, 4, w->pa, w->pb, part, keys);
-			add_stmt(&rd_there, nworks - 1, 5, sql, 4, w->pa, w->pb, part, keys);
+			add_stmt(&rd_here, nworks - 1, 6, sql, 4, w->pa, w->pb, part, keys);
+			add_stmt(&rd_there, nworks - 1, 6, sql, 4, w->pa, w->pb, part, keys);
 		}
 		w->read_to = rd_here.n;
 	}
@@ -1057,8 +1203,8 @@ repair_newest(HtPeer *peer, HtRepairPart *parts, int nparts, bool quiet, bool dr
 								 e->message);
 			continue;
 		}
-		a = newest_collect(rd_here.s, w->read_from, w->read_to, &na);
-		b = newest_collect(rd_there.s, w->read_from, w->read_to, &nb);
+		a = newest_collect(rd_here.s, w->read_from, w->read_to, w->vt, &na);
+		b = newest_collect(rd_there.s, w->read_from, w->read_to, w->vt, &nb);
 		/* (a forced winner may be a key the other side has: na + nb) */
 		to_here.rows = palloc(sizeof(NRow *) * Max(na + nb, 1));
 		to_here.dels = palloc(sizeof(NRow *) * Max(na + nb, 1));
@@ -1072,7 +1218,7 @@ repair_newest(HtPeer *peer, HtRepairPart *parts, int nparts, bool quiet, bool dr
 			bool		take_b = c >= 0;
 			NRow	   *x = take_a ? &a[i] : NULL;
 			NRow	   *y = take_b ? &b[j] : NULL;
-			int			win = newest_cmp(x, y);
+			int			win = newest_cmp(w->vt, x, y);
 			bytea	   *key = x ? x->key : y->key;
 
 			/*

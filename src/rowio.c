@@ -1103,19 +1103,15 @@ ht_tombstones(PG_FUNCTION_ARGS)
 	PG_RETURN_VOID();
 }
 
-static HtQuery q_set_version_column = {
-	"UPDATE hashtree.tracked_table SET version_column = $3"
-	" WHERE schema_name = $1 AND table_name = $2",
-	3, {TEXTOID, TEXTOID, TEXTOID}
-};
-
 /*
  * hashtree.version_column(tbl regclass, col name) RETURNS void
  * Repair 'newest' takes the versions of the rows of a tracked table from
- * its column col (timestamptz: an application's "updated at") instead of
- * the commit times; NULL: the commit times again.  Deletes (tombstones)
- * keep their commit times.  Needs ownership of the table (of the caller:
- * SECURITY DEFINER).  Locks: SHARE ROW EXCLUSIVE on the table.
+ * its column col (any type with a default B-tree order and binary send
+ * and receive: an application's "updated at", a version counter) instead
+ * of the commit times; NULL: the commit times again.  A delete's version
+ * is then the deleted row's (logged by the row trigger).  Needs ownership
+ * of the table (of the caller: SECURITY DEFINER).  Locks: SHARE ROW
+ * EXCLUSIVE on the table.
  */
 PG_FUNCTION_INFO_V1(ht_version_column);
 Datum
@@ -1123,8 +1119,6 @@ ht_version_column(PG_FUNCTION_ARGS)
 {
 	Relation	rel;
 	TrackRel   *tr;
-	Datum		v[3];
-	bool		n[3] = {false, false, false};
 
 	HT_ARG_NOT_NULL(0, "tbl");
 	SPI_connect();
@@ -1141,32 +1135,7 @@ ht_version_column(PG_FUNCTION_ARGS)
 						quote_qualified_identifier(get_namespace_name(RelationGetNamespace(rel)),
 												   RelationGetRelationName(rel))),
 				 errhint("Track it first with hashtree.track().")));
-	if (!PG_ARGISNULL(1))
-	{
-		char	   *col = NameStr(*PG_GETARG_NAME(1));
-		AttrNumber	att = get_attnum(RelationGetRelid(rel), col);
-
-		if (att == InvalidAttrNumber || att < 0)
-			ereport(ERROR,
-					(errcode(ERRCODE_UNDEFINED_COLUMN),
-					 errmsg("column \"%s\" of table %s does not exist", col,
-							RelationGetRelationName(rel))));
-		if (TupleDescAttr(RelationGetDescr(rel), att - 1)->atttypid != TIMESTAMPTZOID)
-			ereport(ERROR,
-					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-					 errmsg("version column \"%s\" must be of type timestamptz", col),
-					 errdetail("Deletes are versioned by their commit times, which only a timestamptz compares with.")));
-		v[2] = CStringGetTextDatum(col);
-	}
-	else
-	{
-		v[2] = (Datum) 0;
-		n[2] = true;
-	}
-	v[0] = PointerGetDatum(tr->pa);
-	v[1] = PointerGetDatum(tr->pb);
-	if (ht_exec_as_owner(&q_set_version_column, v, n, 0) != 1)
-		elog(ERROR, "hashtree: registry row of %s not found", tr->name);
+	ht_track_set_version_column(tr, rel, PG_ARGISNULL(1) ? NULL : NameStr(*PG_GETARG_NAME(1)));
 	table_close(rel, NoLock);
 	HT_API_END();
 	SPI_finish();
@@ -1198,10 +1167,10 @@ version_attnum(TrackRel *tr, Relation rel)
 	if (col == NULL)
 		return 0;
 	att = get_attnum(RelationGetRelid(rel), col);
-	if (att <= 0 || TupleDescAttr(RelationGetDescr(rel), att - 1)->atttypid != TIMESTAMPTZOID)
+	if (att <= 0 || !ht_version_type_ok(TupleDescAttr(RelationGetDescr(rel), att - 1)->atttypid))
 		ereport(ERROR,
 				(errcode(ERRCODE_UNDEFINED_COLUMN),
-				 errmsg("version column \"%s\" of table %s is gone or no longer timestamptz", col,
+				 errmsg("version column \"%s\" of table %s is gone or of a type that cannot version rows", col,
 						quote_qualified_identifier(tr->schema, tr->name)),
 				 errhint("Set it again with hashtree.version_column().")));
 	return att;
@@ -1215,7 +1184,7 @@ static HtQuery q_row_versions = {
 };
 
 static HtQuery q_tombs_of = {
-	"SELECT t.key, t.deleted_at FROM unnest($4::bytea[]) AS u(k)"
+	"SELECT t.key, t.deleted_at, t.version FROM unnest($4::bytea[]) AS u(k)"
 	" JOIN hashtree.tombstone t ON t.part = $1 AND t.pa = $2 AND t.pb = $3"
 	"  AND hashtree._kid(t.key) = hashtree._kid(u.k)",
 	4, {INT4OID, TEXTOID, TEXTOID, BYTEAARRAYOID}
@@ -1227,6 +1196,7 @@ typedef struct KeyVal
 	bytea	   *key;
 	int64		x;				/* the xmin of a row version */
 	TimestampTz at;
+	bytea	   *version;		/* a tombstone's version (a version column's) */
 } KeyVal;
 
 static int
@@ -1256,6 +1226,14 @@ keyvals(HtQuery *q, int part, TrackRel *tr, Datum keys, bool with_x, int *n)
 		kv[r].key = DatumGetByteaPCopy(ht_col(r, 1, &isnull));
 		kv[r].x = with_x ? DatumGetInt64(ht_col(r, 2, &isnull)) : 0;
 		kv[r].at = DatumGetTimestampTz(ht_col(r, with_x ? 3 : 2, &isnull));
+		kv[r].version = NULL;
+		if (!with_x)
+		{
+			Datum		d = ht_col(r, 3, &isnull);
+
+			if (!isnull)
+				kv[r].version = DatumGetByteaPCopy(d);
+		}
 	}
 	SPI_freetuptable(SPI_tuptable);
 	qsort(kv, got, sizeof(KeyVal), keyval_cmp);
@@ -1266,7 +1244,7 @@ keyvals(HtQuery *q, int part, TrackRel *tr, Datum keys, bool with_x, int *n)
 static KeyVal *
 keyval_find(KeyVal *kv, int n, bytea *key)
 {
-	KeyVal		k = {key, 0, 0};
+	KeyVal		k = {key, 0, 0, NULL};
 
 	return bsearch(&k, kv, n, sizeof(KeyVal), keyval_cmp);
 }
@@ -1275,12 +1253,14 @@ keyval_find(KeyVal *kv, int n, bytea *key)
  * hashtree._newest_rows(schema_name text, table_name text, partition int,
  *                       keys bytea[])
  *   RETURNS TABLE(key bytea, hash bytea, r bytea, version timestamptz,
- *                 dead boolean)
+ *                 dead boolean, vbytes bytea)
  * For repair 'newest': the rows of those keys (as _rows_by_key) with their
  * versions (the version a repair gave the row, if the row is still the
  * one it wrote, else the commit time of the row's transaction; NULL when
  * not known), and the tombstones of the keys without a row (hash and r
- * NULL, dead).  Needs SELECT on the table for the repairing role; rows
+ * NULL, dead, version their time).  A table with a version column: the
+ * binary form of each row's version in vbytes (version NULL), and of each
+ * tombstone's (NULL: not known).  Needs SELECT on the table for the repairing role; rows
  * are read as the table's owner.  Locks: ROW EXCLUSIVE on the table.
  */
 static int
@@ -1289,7 +1269,17 @@ newest_read(ReturnSetInfo *rsinfo, TrackRel *tr, Relation rel, bytea **keys, int
 {
 	RowIO		io;
 	volatile int nfound = 0;
+	FmgrInfo	vsend;
 
+	if (vatt > 0)
+	{
+		Oid			send;
+		bool		varlena;
+
+		getTypeBinaryOutputInfo(TupleDescAttr(RelationGetDescr(rel), vatt - 1)->atttypid,
+								&send, &varlena);
+		fmgr_info(send, &vsend);
+	}
 	row_io_begin(tr->root, &io);
 	PG_TRY();
 	{
@@ -1302,8 +1292,8 @@ newest_read(ReturnSetInfo *rsinfo, TrackRel *tr, Relation rel, bytea **keys, int
 		{
 			bool		isnull;
 			HeapTupleData tuple;
-			Datum		out[5];
-			bool		nulls[5] = {false, false, false, false, false};
+			Datum		out[6];
+			bool		nulls[6] = {false, false, false, false, false, true};
 			TransactionId xmin;
 			TimestampTz at = 0;
 			KeyVal	   *v;
@@ -1316,13 +1306,15 @@ newest_read(ReturnSetInfo *rsinfo, TrackRel *tr, Relation rel, bytea **keys, int
 			v = keyval_find(ver, nver, DatumGetByteaPP(out[0]));
 			if (vatt > 0)
 			{
-				/* the table's own version column */
+				/* the table's own version column, in its binary form */
 				Datum		d = heap_getattr(&tuple, vatt, RelationGetDescr(rel), &isnull);
 
-				if (isnull)
-					nulls[3] = true;
-				else
-					at = DatumGetTimestampTz(d);
+				nulls[3] = true;
+				if (!isnull)
+				{
+					out[5] = PointerGetDatum(SendFunctionCall(&vsend, d));
+					nulls[5] = false;
+				}
 			}
 			else if (v != NULL && v->x == (int64) xmin)
 			{
@@ -1386,8 +1378,8 @@ ht_newest_rows(PG_FUNCTION_ARGS)
 		qsort(found, nfound, sizeof(bytea *), ht_bytea_ptr_cmp);
 		for (int i = 0; i < ntomb; i++)
 		{
-			Datum		out[5];
-			bool		nulls[5] = {false, true, true, false, false};
+			Datum		out[6];
+			bool		nulls[6] = {false, true, true, false, false, true};
 
 			if (bsearch(&tomb[i].key, found, nfound, sizeof(bytea *), ht_bytea_ptr_cmp) != NULL)
 				continue;
@@ -1395,6 +1387,8 @@ ht_newest_rows(PG_FUNCTION_ARGS)
 			out[1] = out[2] = (Datum) 0;
 			out[3] = TimestampTzGetDatum(tomb[i].at);
 			out[4] = BoolGetDatum(true);
+			out[5] = PointerGetDatum(tomb[i].version);
+			nulls[5] = (tomb[i].version == NULL);
 			tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, out, nulls);
 		}
 	}
@@ -1425,26 +1419,29 @@ static HtQuery q_put_versions = {
  * fold takes as "no tombstone"
  */
 static HtQuery q_put_tombs = {
-	"WITH t AS (INSERT INTO hashtree.tombstone AS t (part, pa, pb, key, deleted_at)"
-	"  SELECT $1, $2, $3, u.key, coalesce(u.at, '-infinity')"
-	"  FROM unnest($4::bytea[], $5::timestamptz[]) AS u(key, at)"
-	"  ON CONFLICT (part, pa, pb, hashtree._kid(key)) DO UPDATE SET deleted_at = EXCLUDED.deleted_at"
+	"WITH t AS (INSERT INTO hashtree.tombstone AS t (part, pa, pb, key, deleted_at, version)"
+	"  SELECT $1, $2, $3, u.key, coalesce(u.at, '-infinity'), u.v"
+	"  FROM unnest($4::bytea[], $5::timestamptz[], $6::bytea[]) AS u(key, at, v)"
+	"  ON CONFLICT (part, pa, pb, hashtree._kid(key))"
+	"  DO UPDATE SET deleted_at = EXCLUDED.deleted_at, version = EXCLUDED.version"
 	"  RETURNING t.key)"
 	" INSERT INTO hashtree.dirty_key (part, seg, pa, pb, key, hash)"
 	" SELECT $1, hashtree.segment_of(t.key), $2, $3, t.key, ''::bytea FROM t",
-	5, {INT4OID, TEXTOID, TEXTOID, BYTEAARRAYOID, TIMESTAMPTZARRAYOID}
+	6, {INT4OID, TEXTOID, TEXTOID, BYTEAARRAYOID, TIMESTAMPTZARRAYOID, BYTEAARRAYOID}
 };
 
 /*
  * hashtree._newest_apply(schema_name text, table_name text, partition int,
  *                        keys bytea[], rows bytea[], hashes bytea[],
  *                        versions timestamptz[], deletes bytea[],
- *                        deleted_at timestamptz[]) RETURNS bigint
+ *                        deleted_at timestamptz[],
+ *                        delete_versions bytea[] DEFAULT NULL) RETURNS bigint
  * Write the winners of repair 'newest' that this node lacks: the rows
  * (as _apply_rows: checked against their hashes) with their versions
- * (hashtree.row_version, valid while the row is the one written here),
- * and the deletes with their tombstones (if the table keeps them) at the
- * winner's time.  Rights and locks as _apply_rows.  Returns the rows and
+ * (hashtree.row_version, valid while the row is the one written here; a
+ * table with a version column: none, the row carries its version), and
+ * the deletes with their tombstones (if the table keeps them) at the
+ * winner's time and version.  Rights and locks as _apply_rows.  Returns the rows and
  * keys written.
  */
 PG_FUNCTION_INFO_V1(ht_newest_apply);
@@ -1481,6 +1478,7 @@ newest_apply(FunctionCallInfo fcinfo)
 	int			ndels = 0;
 	int			nvers = 0;
 	int			nats = 0;
+	int			ndvers;
 	int			part;
 	AclMode		need = ACL_SELECT;
 
@@ -1501,7 +1499,9 @@ newest_apply(FunctionCallInfo fcinfo)
 	if (!PG_ARGISNULL(8))
 		nats = ArrayGetNItems(ARR_NDIM(PG_GETARG_ARRAYTYPE_P(8)),
 							  ARR_DIMS(PG_GETARG_ARRAYTYPE_P(8)));
-	if (nkeys != nrows || nhashes != nrows || nvers != nrows || nats != ndels)
+	ndvers = PG_ARGISNULL(9) ? ndels :
+		ArrayGetNItems(ARR_NDIM(PG_GETARG_ARRAYTYPE_P(9)), ARR_DIMS(PG_GETARG_ARRAYTYPE_P(9)));
+	if (nkeys != nrows || nhashes != nrows || nvers != nrows || nats != ndels || ndvers != ndels)
 		ereport(ERROR,
 				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
 				 errmsg("keys, rows, hashes and versions (and deletes and their times) must have the same number of elements")));
@@ -1513,7 +1513,7 @@ newest_apply(FunctionCallInfo fcinfo)
 	if (nrows > 0 || ndels > 0)
 		changed = write_rows(tr, rel, rows, hashes, nrows, dels, ndels, NULL);
 	/* the versions and tombstones, written in the same transaction */
-	if (nrows > 0)
+	if (nrows > 0 && version_attnum(tr, rel) == 0)
 	{
 		Datum		v[5];
 
@@ -1529,14 +1529,16 @@ newest_apply(FunctionCallInfo fcinfo)
 		changed += ndels;
 		if (ht_tomb_enabled(tr->pa, tr->pb))
 		{
-			Datum		v[5];
+			Datum		v[6];
+			bool		n[6] = {false, false, false, false, false, PG_ARGISNULL(9)};
 
 			v[0] = Int32GetDatum(part);
 			v[1] = PointerGetDatum(tr->pa);
 			v[2] = PointerGetDatum(tr->pb);
 			v[3] = PG_GETARG_DATUM(7);
 			v[4] = PG_GETARG_DATUM(8);
-			ht_exec_as_owner(&q_put_tombs, v, NULL, 0);
+			v[5] = PG_ARGISNULL(9) ? (Datum) 0 : PG_GETARG_DATUM(9);
+			ht_exec_as_owner(&q_put_tombs, v, n, 0);
 		}
 	}
 	table_close(rel, NoLock);

@@ -289,6 +289,14 @@ ht_store_keeps_tombstones(text *pa, text *pb)
 	return false;
 }
 
+int
+ht_store_tomb_prefix_count(void)
+{
+	if (!tomb_prefixes.valid)
+		tomb_prefixes_load();
+	return tomb_prefixes.n;
+}
+
 void
 ht_store_tomb_prefixes_changed(void)
 {

@@ -47,6 +47,9 @@ extern bool ht_store_versions_available(void);
 /* does the plain prefix (pa, pb) keep tombstones (hashtree.tombstone_prefix)? */
 extern bool ht_store_keeps_tombstones(text *pa, text *pb);
 
+/* how many plain prefixes keep tombstones */
+extern int	ht_store_tomb_prefix_count(void);
+
 /* after a change of hashtree.tombstone_prefix: every backend reads it again */
 extern void ht_store_tomb_prefixes_changed(void);
 

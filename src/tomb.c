@@ -49,6 +49,29 @@ ht_tomb_hash(TimestampTz t)
 	return h;
 }
 
+bytea *
+ht_tomb_version_hash(const bytea *version)
+{
+	uint8		tag = 0x05;
+	uint8		d[HT_DIGEST_LEN];
+	bytea	   *h = palloc(VARHDRSZ + 16);
+
+	if (version != NULL)
+		ht_sha256(&tag, 1, (const uint8 *) VARDATA_ANY(version), VARSIZE_ANY_EXHDR(version),
+				  NULL, 0, d);
+	else
+		ht_sha256(&tag, 1, NULL, 0, NULL, 0, d);
+	SET_VARSIZE(h, VARHDRSZ + 16);
+	memcpy(VARDATA(h), d, 16);
+	return h;
+}
+
+bytea *
+ht_tomb_entry_hash(bool versioned, TimestampTz at, const bytea *version)
+{
+	return versioned ? ht_tomb_version_hash(version) : ht_tomb_hash(at);
+}
+
 bool
 ht_tomb_commit_time(TransactionId xid, TimestampTz *ts)
 {
@@ -145,16 +168,18 @@ ht_tomb_expire(int part)
  * fold's.
  */
 static HtQuery q_put = {
-	"INSERT INTO hashtree.tombstone AS t (part, pa, pb, key, deleted_at)"
+	"INSERT INTO hashtree.tombstone AS t (part, pa, pb, key, deleted_at, version)"
 	" SELECT $1, $2, $3, u.key,"
 	"  CASE WHEN e.xmin::text::int8 = u.x THEN e.deleted_at"
-	"   ELSE coalesce(u.at, pg_catalog.now()) END"
-	" FROM unnest($4::bytea[], $5::timestamptz[], $6::int8[]) AS u(key, at, x)"
+	"   ELSE coalesce(u.at, pg_catalog.now()) END,"
+	"  CASE WHEN e.xmin::text::int8 = u.x THEN e.version ELSE u.v END"
+	" FROM unnest($4::bytea[], $5::timestamptz[], $6::int8[], $7::bytea[]) AS u(key, at, x, v)"
 	" LEFT JOIN hashtree.tombstone e ON e.part = $1 AND e.pa = $2 AND e.pb = $3"
 	"  AND hashtree._kid(e.key) = hashtree._kid(u.key)"
-	" ON CONFLICT (part, pa, pb, hashtree._kid(key)) DO UPDATE SET deleted_at = EXCLUDED.deleted_at"
-	" RETURNING t.key, t.deleted_at",
-	6, {INT4OID, TEXTOID, TEXTOID, BYTEAARRAYOID, TIMESTAMPTZARRAYOID, INT8ARRAYOID}
+	" ON CONFLICT (part, pa, pb, hashtree._kid(key))"
+	" DO UPDATE SET deleted_at = EXCLUDED.deleted_at, version = EXCLUDED.version"
+	" RETURNING t.key, t.deleted_at, t.version",
+	7, {INT4OID, TEXTOID, TEXTOID, BYTEAARRAYOID, TIMESTAMPTZARRAYOID, INT8ARRAYOID, BYTEAARRAYOID}
 };
 
 static HtQuery q_any = {
@@ -212,20 +237,22 @@ sorted_order(bytea **keys, int n)
 }
 
 void
-ht_tomb_fold(int part, text *pa, text *pb, bytea **keys, const TimestampTz *dts,
-			 const TransactionId *dxids, int nkeys, HtPackEntry *ch, int nch)
+ht_tomb_fold(int part, text *pa, text *pb, bool versioned, bytea **keys,
+			 const HtLoggedDelete *dels, int nkeys, HtPackEntry *ch, int nch)
 {
 	int		   *korder = sorted_order(keys, nkeys);
 	Datum	   *dkey = palloc(sizeof(Datum) * Max(nch, 1));
 	Datum	   *dat = palloc(sizeof(Datum) * Max(nch, 1));
 	bool	   *datnull = palloc(sizeof(bool) * Max(nch, 1));
 	Datum	   *dx = palloc(sizeof(Datum) * Max(nch, 1));
+	Datum	   *dv = palloc(sizeof(Datum) * Max(nch, 1));
+	bool	   *dvnull = palloc(sizeof(bool) * Max(nch, 1));
 	bytea	  **dkeys = palloc(sizeof(bytea *) * Max(nch, 1));
 	int		   *dch = palloc(sizeof(int) * Max(nch, 1));
 	Datum	   *live = palloc(sizeof(Datum) * Max(nch, 1));
 	int			ndead = 0;
 	int			nlive = 0;
-	Datum		v[6];
+	Datum		v[7];
 
 	for (int i = 0; i < nch; i++)
 	{
@@ -237,14 +264,16 @@ ht_tomb_fold(int part, text *pa, text *pb, bytea **keys, const TimestampTz *dts,
 			continue;
 		}
 		k = find_key(keys, korder, nkeys, ch[i].key);
-		if (k < 0 || !TransactionIdIsValid(dxids[k]))
+		if (k < 0 || !TransactionIdIsValid(dels[k].xid))
 			continue;			/* gone without a delete (an expiry): no tombstone */
 		dkeys[ndead] = ch[i].key;
 		dch[ndead] = i;
 		dkey[ndead] = PointerGetDatum(ch[i].key);
-		dat[ndead] = TimestampTzGetDatum(dts[k]);
-		datnull[ndead] = (dts[k] == DT_NOBEGIN);
-		dx[ndead++] = Int64GetDatum((int64) dxids[k]);
+		dat[ndead] = TimestampTzGetDatum(dels[k].at);
+		datnull[ndead] = (dels[k].at == DT_NOBEGIN);
+		dx[ndead] = Int64GetDatum((int64) dels[k].xid);
+		dv[ndead] = PointerGetDatum(dels[k].version);
+		dvnull[ndead++] = (dels[k].version == NULL);
 	}
 	v[0] = Int32GetDatum(part);
 	v[1] = PointerGetDatum(pa);
@@ -261,12 +290,15 @@ ht_tomb_fold(int part, text *pa, text *pb, bytea **keys, const TimestampTz *dts,
 												  8, FLOAT8PASSBYVAL, TYPALIGN_DOUBLE));
 		v[5] = PointerGetDatum(construct_array(dx, ndead, INT8OID, 8, FLOAT8PASSBYVAL,
 											   TYPALIGN_DOUBLE));
+		v[6] = PointerGetDatum(construct_md_array(dv, dvnull, 1, dims, lbs, BYTEAOID,
+												  -1, false, TYPALIGN_INT));
 		n = ht_exec(&q_put, v, NULL, 0);
 		for (uint64 r = 0; r < n; r++)
 		{
 			bool		isnull;
 			bytea	   *key = DatumGetByteaPP(ht_col(r, 1, &isnull));
 			TimestampTz at = DatumGetTimestampTz(ht_col(r, 2, &isnull));
+			Datum		ver = ht_col(r, 3, &isnull);
 			int			d = find_key(dkeys, dorder, ndead, key);
 
 			if (d < 0)
@@ -274,7 +306,8 @@ ht_tomb_fold(int part, text *pa, text *pb, bytea **keys, const TimestampTz *dts,
 			if (at == DT_NOBEGIN)
 				live[nlive++] = PointerGetDatum(dkeys[d]);	/* purged: none */
 			else
-				ch[dch[d]].hash = ht_tomb_hash(at);
+				ch[dch[d]].hash = ht_tomb_entry_hash(versioned, at,
+													 isnull ? NULL : DatumGetByteaPP(ver));
 		}
 		SPI_freetuptable(SPI_tuptable);
 	}

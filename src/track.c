@@ -62,6 +62,7 @@
 #include "utils/snapmgr.h"
 #include "utils/relcache.h"
 #include "utils/ruleutils.h"
+#include "utils/syscache.h"
 #include "utils/typcache.h"
 #include "utils/timestamp.h"
 
@@ -143,6 +144,7 @@ ht_tracked_root(Relation rel, Oid fn)
 }
 
 static bool is_registered(text *pa, text *pb);
+static bool registry_lookup(text *pa, text *pb, char **vcol);
 
 static char *
 to_utf8(const char *s, int *len)
@@ -151,6 +153,71 @@ to_utf8(const char *s, int *len)
 
 	*len = strlen(u);
 	return u;
+}
+
+/*
+ * The version column of a tracked table (DESIGN §20): its number in this
+ * relation (a partition may number it otherwise) and the send function of
+ * its type, with which the row trigger logs the version of a deleted row.
+ * A column gone since (dropped, renamed) logs no version.
+ */
+static void
+version_col_setup(TrackRel *tr, Relation rel, const char *col)
+{
+	AttrNumber	att = get_attnum(RelationGetRelid(rel), col);
+
+	tr->versioned = true;
+	if (att <= 0)
+		return;
+	tr->vtype = TupleDescAttr(RelationGetDescr(rel), att - 1)->atttypid;
+	if (!ht_version_type_ok(tr->vtype))
+		return;
+	{
+		Oid			send;
+		bool		varlena;
+
+		getTypeBinaryOutputInfo(tr->vtype, &send, &varlena);
+		fmgr_info_cxt(send, &tr->vsend, tr->cxt);
+	}
+	tr->vatt = att;
+}
+
+/*
+ * Can values of a type version rows?  It needs a default B-tree operator
+ * class (an order, the same on every node) and binary send and receive
+ * functions (how versions travel and are stored).
+ */
+bool
+ht_version_type_ok(Oid typid)
+{
+	TypeCacheEntry *tc = lookup_type_cache(typid, TYPECACHE_CMP_PROC);
+	HeapTuple	tup;
+	bool		ok;
+
+	if (!OidIsValid(tc->cmp_proc))
+		return false;
+	tup = SearchSysCache1(TYPEOID, ObjectIdGetDatum(typid));
+	if (!HeapTupleIsValid(tup))
+		return false;
+	ok = OidIsValid(((Form_pg_type) GETSTRUCT(tup))->typsend) &&
+		OidIsValid(((Form_pg_type) GETSTRUCT(tup))->typreceive);
+	ReleaseSysCache(tup);
+	return ok;
+}
+
+/* the binary form of the version of a row (NULL: none, or not known) */
+static bytea *
+row_version_bytes(TrackRel *tr, TupleDesc desc, HeapTuple tuple)
+{
+	bool		isnull;
+	Datum		d;
+
+	if (tr->vatt <= 0)
+		return NULL;
+	d = heap_getattr(tuple, tr->vatt, desc, &isnull);
+	if (isnull)
+		return NULL;
+	return SendFunctionCall(&tr->vsend, d);
 }
 
 /*
@@ -212,7 +279,17 @@ ht_track_rel(Relation rel)
 		tr->pb = cstring_to_text(tr->name);
 		tr->pa8 = to_utf8(tr->schema, &tr->pa8len);
 		tr->pb8 = to_utf8(tr->name, &tr->pb8len);
-		tr->registered = tr->tracked && is_registered(tr->pa, tr->pb);
+		tr->registered = false;
+		tr->vatt = 0;
+		tr->versioned = false;
+		if (tr->tracked)
+		{
+			char	   *vcol = NULL;
+
+			tr->registered = registry_lookup(tr->pa, tr->pb, &vcol);
+			if (vcol != NULL)
+				version_col_setup(tr, rel, vcol);
+		}
 		tr->logrel = get_relname_relid("dirty_key", ht_schema_oid());
 		tr->logparts = NULL;
 		MemoryContextSwitchTo(old);
@@ -251,12 +328,12 @@ track_rel_by_oid(Oid relid)
  * no column hash) gets the key only, which the fold reads the row of.
  */
 static void
-log_key(TrackRel *tr, int part, bytea *key, bytea *hash)
+log_key(TrackRel *tr, int part, bytea *key, bytea *hash, bytea *version)
 {
 	Oid			logrel = tr->logrel;
 	Relation	rel;
-	Datum		values[6];
-	bool		nulls[6] = {false, false, false, false, false, false};
+	Datum		values[7];
+	bool		nulls[7] = {false, false, false, false, false, false, true};
 	HeapTuple	tup;
 	int			natts;
 
@@ -289,7 +366,7 @@ log_key(TrackRel *tr, int part, bytea *key, bytea *hash)
 	if (rel == NULL)
 		rel = table_open(logrel, RowExclusiveLock);
 	natts = RelationGetDescr(rel)->natts;
-	if ((natts != 5 && natts != 6) || RelationGetForm(rel)->relhasindex ||
+	if (natts < 5 || natts > 7 || RelationGetForm(rel)->relhasindex ||
 		RelationGetForm(rel)->relkind != RELKIND_RELATION)
 		elog(ERROR, "hashtree: unexpected shape of hashtree.dirty_key");
 	values[0] = Int32GetDatum(part);
@@ -301,6 +378,8 @@ log_key(TrackRel *tr, int part, bytea *key, bytea *hash)
 	nulls[4] = (key == NULL);
 	values[5] = PointerGetDatum(hash);
 	nulls[5] = (hash == NULL);
+	values[6] = PointerGetDatum(version);
+	nulls[6] = (version == NULL);
 	tup = heap_form_tuple(RelationGetDescr(rel), values, nulls);
 	simple_heap_insert(rel, tup);
 	heap_freetuple(tup);
@@ -372,15 +451,17 @@ ht_track_row(PG_FUNCTION_ARGS)
 		bytea	   *newkey = ht_row_key(tr->enc, desc, td->tg_newtuple);
 		bytea	   *oldkey = ht_row_key(tr->enc, desc, td->tg_trigtuple);
 
-		log_key(tr, 0, newkey, ht_row_hash(tr->enc, desc, td->tg_newtuple));
+		log_key(tr, 0, newkey, ht_row_hash(tr->enc, desc, td->tg_newtuple), NULL);
 		if (!bytea_eq(oldkey, newkey))
-			log_key(tr, 0, oldkey, gone_hash());
+			log_key(tr, 0, oldkey, gone_hash(),
+					row_version_bytes(tr, desc, td->tg_trigtuple));
 	}
 	else if (TRIGGER_FIRED_BY_INSERT(td->tg_event))
 		log_key(tr, 0, ht_row_key(tr->enc, desc, td->tg_trigtuple),
-				ht_row_hash(tr->enc, desc, td->tg_trigtuple));
+				ht_row_hash(tr->enc, desc, td->tg_trigtuple), NULL);
 	else
-		log_key(tr, 0, ht_row_key(tr->enc, desc, td->tg_trigtuple), gone_hash());
+		log_key(tr, 0, ht_row_key(tr->enc, desc, td->tg_trigtuple), gone_hash(),
+				row_version_bytes(tr, desc, td->tg_trigtuple));
 	return PointerGetDatum(NULL);
 }
 
@@ -408,7 +489,7 @@ ht_track_truncate(PG_FUNCTION_ARGS)
 	check_own_trigger(td, tr, HT_TRUNCATE_TRIGGER);
 	n = ht_num_partitions();
 	for (int p = 0; p < n; p++)
-		log_key(tr, p, NULL, NULL);
+		log_key(tr, p, NULL, NULL, NULL);
 	return PointerGetDatum(NULL);
 }
 
@@ -617,36 +698,43 @@ estimated_rows(Oid relid)
 /*
  * A table that keeps tombstones: the deletes logged and not folded yet
  * become tombstones before their keys are dropped (the scan cannot see
- * them), with their commit time (or now: not known).
+ * them), with the commit time (or now: not known) and the deleted row's
+ * version of the latest delete of each key.
  */
+#define KEEP_DELETES_TIME \
+	"coalesce(CASE WHEN pg_catalog.current_setting('track_commit_timestamp')::bool" \
+	" THEN pg_catalog.pg_xact_commit_timestamp(d.xmin) END, pg_catalog.now())"
+#define KEEP_DELETES_SELECT \
+	"INSERT INTO hashtree.tombstone AS t (part, pa, pb, key, deleted_at, version)" \
+	" SELECT d.part, d.pa, d.pb, d.key, max(" KEEP_DELETES_TIME ")," \
+	"  (pg_catalog.array_agg(d.version ORDER BY " KEEP_DELETES_TIME " DESC))[1]"
+#define KEEP_DELETES_CONFLICT \
+	" GROUP BY d.part, d.pa, d.pb, d.key" \
+	" ON CONFLICT (part, pa, pb, hashtree._kid(key))" \
+	" DO UPDATE SET deleted_at = GREATEST(t.deleted_at, EXCLUDED.deleted_at)," \
+	"  version = CASE WHEN EXCLUDED.deleted_at >= t.deleted_at THEN EXCLUDED.version" \
+	"   ELSE t.version END"
+
 static HtQuery q_keep_deletes = {
-	"INSERT INTO hashtree.tombstone AS t (part, pa, pb, key, deleted_at)"
-	" SELECT part, pa, pb, key, max(coalesce(CASE WHEN pg_catalog.current_setting("
-	"   'track_commit_timestamp')::bool THEN pg_catalog.pg_xact_commit_timestamp(xmin) END,"
-	"   pg_catalog.now()))"
-	" FROM hashtree.dirty_key WHERE pa = $2 AND pb = $3 AND ($1 < 0 OR part = $1)"
-	"  AND hash = ''::bytea GROUP BY part, pa, pb, key"
-	" ON CONFLICT (part, pa, pb, hashtree._kid(key))"
-	" DO UPDATE SET deleted_at = GREATEST(t.deleted_at, EXCLUDED.deleted_at)",
+	KEEP_DELETES_SELECT
+	" FROM hashtree.dirty_key d WHERE d.pa = $2 AND d.pb = $3 AND ($1 < 0 OR d.part = $1)"
+	"  AND d.hash = ''::bytea"
+	KEEP_DELETES_CONFLICT,
 	3, {INT4OID, TEXTOID, TEXTOID}
 };
 
 /* the same for every table that keeps tombstones, in one partition */
 static HtQuery q_keep_part_deletes = {
-	"INSERT INTO hashtree.tombstone AS t (part, pa, pb, key, deleted_at)"
-	" SELECT d.part, d.pa, d.pb, d.key, max(coalesce(CASE WHEN pg_catalog.current_setting("
-	"   'track_commit_timestamp')::bool THEN pg_catalog.pg_xact_commit_timestamp(d.xmin) END,"
-	"   pg_catalog.now()))"
+	KEEP_DELETES_SELECT
 	" FROM hashtree.dirty_key d JOIN hashtree.tracked_table r ON r.tombstones"
 	"  AND r.schema_name = d.pa AND r.table_name = d.pb"
-	" WHERE d.part = $1 AND d.hash = ''::bytea GROUP BY d.part, d.pa, d.pb, d.key"
-	" ON CONFLICT (part, pa, pb, hashtree._kid(key))"
-	" DO UPDATE SET deleted_at = GREATEST(t.deleted_at, EXCLUDED.deleted_at)",
+	" WHERE d.part = $1 AND d.hash = ''::bytea"
+	KEEP_DELETES_CONFLICT,
 	1, {INT4OID}
 };
 
 static HtQuery q_tombstones = {
-	"SELECT part, key, deleted_at FROM hashtree.tombstone"
+	"SELECT part, key, deleted_at, version FROM hashtree.tombstone"
 	" WHERE pa = $2 AND pb = $3 AND ($1 < 0 OR part = $1)",
 	3, {INT4OID, TEXTOID, TEXTOID}
 };
@@ -671,6 +759,7 @@ rehash_tombstones(TrackRel *tr, int part, HtPackBuild *pb)
 	bytea	  **keys;
 	int32	   *parts;
 	TimestampTz *ats;
+	bytea	  **vers;
 	bool	   *has_row;
 	Relation	rel;
 	HtUserContext uc;
@@ -687,6 +776,7 @@ rehash_tombstones(TrackRel *tr, int part, HtPackBuild *pb)
 	keys = palloc(sizeof(bytea *) * n);
 	parts = palloc(sizeof(int32) * n);
 	ats = palloc(sizeof(TimestampTz) * n);
+	vers = palloc(sizeof(bytea *) * n);
 	has_row = palloc0(sizeof(bool) * n);
 	for (uint64 r = 0; r < n; r++)
 	{
@@ -695,6 +785,11 @@ rehash_tombstones(TrackRel *tr, int part, HtPackBuild *pb)
 		parts[r] = DatumGetInt32(ht_col(r, 1, &isnull));
 		keys[r] = DatumGetByteaPCopy(ht_col(r, 2, &isnull));
 		ats[r] = DatumGetTimestampTz(ht_col(r, 3, &isnull));
+		{
+			Datum		d = ht_col(r, 4, &isnull);
+
+			vers[r] = isnull ? NULL : DatumGetByteaPCopy(d);
+		}
 	}
 	SPI_freetuptable(SPI_tuptable);
 
@@ -754,7 +849,7 @@ rehash_tombstones(TrackRel *tr, int part, HtPackBuild *pb)
 				continue;
 			}
 			{
-				bytea	   *h = ht_tomb_hash(ats[r]);
+				bytea	   *h = ht_tomb_entry_hash(tr->versioned, ats[r], vers[r]);
 
 				ht_pack_build_add(pb, parts[r],
 								  ht_segment_of(HT_DEPTH_LEAF, VARDATA_ANY(keys[r]),
@@ -899,12 +994,13 @@ ht_track_rehash_partition(int part)
 }
 
 /*
- * Is (pa, pb) a registered tracked table?  Read directly (no SQL: this runs
- * from the row trigger as the writing user), with the latest snapshot so
- * that a registration earlier in this transaction is seen.
+ * Is (pa, pb) a registered tracked table, and which is its version column
+ * (*vcol, NULL: commit times)?  Read directly (no SQL: this runs from the
+ * row trigger as the writing user), with the latest snapshot so that a
+ * registration earlier in this transaction is seen.
  */
 static bool
-is_registered(text *pa, text *pb)
+registry_lookup(text *pa, text *pb, char **vcol)
 {
 	Oid			nsp = ht_schema_oid();
 	Oid			relid = OidIsValid(nsp) ? get_relname_relid("tracked_table", nsp) : InvalidOid;
@@ -913,6 +1009,7 @@ is_registered(text *pa, text *pb)
 	ScanKeyData key[2];
 	SysScanDesc scan;
 	Snapshot	snap;
+	HeapTuple	tup;
 	bool		found;
 
 	if (!OidIsValid(relid) || !OidIsValid(idxid))
@@ -924,11 +1021,31 @@ is_registered(text *pa, text *pb)
 	ScanKeyInit(&key[1], 2, BTEqualStrategyNumber, F_TEXTEQ, PointerGetDatum(pb));
 	snap = RegisterSnapshot(GetLatestSnapshot());
 	scan = systable_beginscan(rel, idxid, true, snap, 2, key);
-	found = HeapTupleIsValid(systable_getnext(scan));
+	tup = systable_getnext(scan);
+	found = HeapTupleIsValid(tup);
+	*vcol = NULL;
+	if (found)
+	{
+		/* (a registry of 0.1, not updated yet, has no such column) */
+		AttrNumber	att = get_attnum(relid, "version_column");
+		bool		isnull = true;
+		Datum		d = att > 0 ? heap_getattr(tup, att, RelationGetDescr(rel), &isnull) : 0;
+
+		if (!isnull)
+			*vcol = TextDatumGetCString(d);
+	}
 	systable_endscan(scan);
 	UnregisterSnapshot(snap);
 	table_close(rel, AccessShareLock);
 	return found;
+}
+
+static bool
+is_registered(text *pa, text *pb)
+{
+	char	   *vcol;
+
+	return registry_lookup(pa, pb, &vcol);
 }
 
 void
@@ -960,15 +1077,16 @@ ht_track_refuse_prefix(text *pa, text *pb)
  */
 static HtQuery q_take_keys = {
 	"WITH d AS (DELETE FROM hashtree.dirty_key WHERE part = $1"
-	" RETURNING pa, pb, key, hash, seg, xmin)"
-	" SELECT seg, pa, pb, key, hash, xmin FROM d ORDER BY pa, pb, seg, key NULLS FIRST",
+	" RETURNING pa, pb, key, hash, seg, xmin, version)"
+	" SELECT seg, pa, pb, key, hash, xmin, version FROM d ORDER BY pa, pb, seg, key NULLS FIRST",
 	1, {INT4OID}
 };
 
 /* the same from a dirty_key of 0.1 (no hash: every row is read) */
 static HtQuery q_take_keys_0_1 = {
 	"WITH d AS (DELETE FROM hashtree.dirty_key WHERE part = $1 RETURNING pa, pb, key, seg)"
-	" SELECT seg, pa, pb, key, NULL::bytea, NULL::xid FROM d ORDER BY pa, pb, seg, key NULLS FIRST",
+	" SELECT seg, pa, pb, key, NULL::bytea, NULL::xid, NULL::bytea FROM d"
+	" ORDER BY pa, pb, seg, key NULLS FIRST",
 	1, {INT4OID}
 };
 
@@ -1009,11 +1127,20 @@ typedef struct FoldTable
 	bytea	  **hashes;			/* ... their logged hash; NULL: read the row */
 	int32	   *segs;			/* ... their segment */
 	bool		tomb;			/* the table keeps tombstones (tomb.c) */
-	TimestampTz *dts;			/* ... then each key's latest logged delete: */
-	TransactionId *dxids;		/* its time and transaction (none: invalid) */
+	HtLoggedDelete *dels;		/* ... then each key's latest logged delete */
+	bool		truncated;		/* ... a TRUNCATE logged (its re-hash waits for
+								 * the table's other keys) at: */
+	TimestampTz trunc_at;
+	int			ntrunc;			/* the keys logged with it, and their times */
+	int			trunc_cap;
+	bytea	  **trunc_keys;
+	TimestampTz *trunc_ats;
 	HtBucketDeltas *deltas;		/* the change of packed buckets, for the update */
 	HtPackApplyStats stats;		/* what the fold saw of the table's packs */
 } FoldTable;
+
+static void truncate_note(FoldTable *ft, SPITupleTable *tt, uint64 r);
+static void truncate_tombstones(FoldTable *ft, int part);
 
 /* what a statement driven by a list of keys does with the rows */
 typedef enum KeyPlanKind
@@ -1315,8 +1442,8 @@ fold_keys(int part, FoldTable *ft)
 	if (nunknown > 0)
 		nch = read_unknown(part, ft, unknown, nunknown, ch, nch);
 	if (ft->tomb)
-		ht_tomb_fold(part, ft->tr->pa, ft->tr->pb, ft->keys, ft->dts, ft->dxids, ft->nkeys,
-					 ch, nch);
+		ht_tomb_fold(part, ft->tr->pa, ft->tr->pb, ft->tr->versioned, ft->keys, ft->dels,
+					 ft->nkeys, ch, nch);
 
 	/* entries of segments a pack covers are written there, the rest as rows */
 	rest = palloc(sizeof(HtPackEntry) * Max(nch, 1));
@@ -1443,9 +1570,13 @@ fold_table_end(int part, FoldTable *ft)
 	HtBucketDeltas *deltas = ft->deltas;
 	bytea	  **hashes = ft->hashes;
 	int32	   *segs = ft->segs;
-	TimestampTz *dts = ft->dts;
-	TransactionId *dxids = ft->dxids;
+	HtLoggedDelete *dels = ft->dels;
 
+	if (ft->tr != NULL && ft->truncated)
+	{
+		truncate_tombstones(ft, part);
+		(void) rehash(ft->tr, part);
+	}
 	if (ft->tr != NULL && !ft->rehashed && ht_pack_needs_repack(&ft->stats))
 		repack(ft->tr, part);
 	if (ft->plan != NULL)
@@ -1458,41 +1589,130 @@ fold_table_end(int part, FoldTable *ft)
 	ft->keys = keys;
 	ft->hashes = hashes;
 	ft->segs = segs;
-	ft->dts = dts;
-	ft->dxids = dxids;
+	ft->dels = dels;
 	ft->deltas = deltas;
 }
 
-/* a delete of key i logged by transaction xid: keep the latest (tomb.c) */
-static void
-note_delete(FoldTable *ft, int i, TransactionId xid)
-{
-	TimestampTz ts = DT_NOBEGIN;	/* not known: the fold's time */
-
-	(void) ht_tomb_commit_time(xid, &ts);
-	if (!TransactionIdIsValid(ft->dxids[i]) || ts > ft->dts[i])
-	{
-		ft->dts[i] = ts;
-		ft->dxids[i] = xid;
-	}
-}
-
-/* a logged row r of key i, in a table that keeps tombstones */
+/*
+ * A logged row r of key i, in a table that keeps tombstones: of its
+ * deletes, keep the latest (tomb.c), with the deleted row's version
+ */
 static void
 fold_note(FoldTable *ft, int i, SPITupleTable *tt, uint64 r)
 {
 	bool		isnull;
 	Datum		hash = SPI_getbinval(tt->vals[r], tt->tupdesc, 5, &isnull);
-	Datum		xid;
+	Datum		d;
+	TransactionId xid;
+	TimestampTz ts = DT_NOBEGIN;	/* not known: the fold's time */
+	HtLoggedDelete *del = &ft->dels[i];
 
 	if (isnull || VARSIZE_ANY_EXHDR(DatumGetByteaPP(hash)) != 0)
 		return;
-	xid = SPI_getbinval(tt->vals[r], tt->tupdesc, 6, &isnull);
-	if (!isnull)
-		note_delete(ft, i, DatumGetTransactionId(xid));
+	d = SPI_getbinval(tt->vals[r], tt->tupdesc, 6, &isnull);
+	if (isnull)
+		return;
+	xid = DatumGetTransactionId(d);
+	(void) ht_tomb_commit_time(xid, &ts);
+	if (!TransactionIdIsValid(del->xid) || ts > del->at)
+	{
+		MemoryContext o = MemoryContextSwitchTo(ft->batch);
+
+		del->at = ts;
+		del->xid = xid;
+		d = SPI_getbinval(tt->vals[r], tt->tupdesc, 7, &isnull);
+		del->version = isnull ? NULL : DatumGetByteaPCopy(d);
+		MemoryContextSwitchTo(o);
+	}
 }
 
 static void fold_once(int part, HtBucketDeltas *deltas);
+
+/*
+ * A row r logged for a table whose TRUNCATE this fold saw (the marker
+ * comes first): the marker's time (the latest, if several), or a key
+ * logged since (or before, unfolded) with the time of the TRUNCATE, or
+ * of its own delete if later.
+ */
+static void
+truncate_note(FoldTable *ft, SPITupleTable *tt, uint64 r)
+{
+	bool		isnull;
+	Datum		key = SPI_getbinval(tt->vals[r], tt->tupdesc, 4, &isnull);
+	bool		nokey = isnull;
+	Datum		hash = SPI_getbinval(tt->vals[r], tt->tupdesc, 5, &isnull);
+	bool		del = !isnull && VARSIZE_ANY_EXHDR(DatumGetByteaPP(hash)) == 0;
+	Datum		xid = SPI_getbinval(tt->vals[r], tt->tupdesc, 6, &isnull);
+	TimestampTz at = DT_NOBEGIN;	/* not known: the fold's time */
+	MemoryContext o;
+
+	if (!isnull)
+		(void) ht_tomb_commit_time(DatumGetTransactionId(xid), &at);
+	if (nokey)
+	{
+		ft->trunc_at = Max(at, ft->trunc_at);
+		return;
+	}
+	if (!del)
+		at = DT_NOBEGIN;		/* (the TRUNCATE's) */
+	o = MemoryContextSwitchTo(GetMemoryChunkContext(ft));
+	if (ft->ntrunc == ft->trunc_cap)
+	{
+		ft->trunc_cap = ft->trunc_cap ? ft->trunc_cap * 2 : 1024;
+		ft->trunc_keys = ft->trunc_keys ? repalloc(ft->trunc_keys, sizeof(bytea *) * ft->trunc_cap)
+			: palloc(sizeof(bytea *) * ft->trunc_cap);
+		ft->trunc_ats = ft->trunc_ats ? repalloc(ft->trunc_ats, sizeof(TimestampTz) * ft->trunc_cap)
+			: palloc(sizeof(TimestampTz) * ft->trunc_cap);
+	}
+	ft->trunc_keys[ft->ntrunc] = DatumGetByteaPCopy(key);
+	ft->trunc_ats[ft->ntrunc++] = at;
+	MemoryContextSwitchTo(o);
+}
+
+/*
+ * The tombstones of a TRUNCATE (DESIGN §20): every key the trees have of
+ * the table in this partition (rows and tombstones) and every key logged
+ * with the TRUNCATE gets one at its time (or a later delete's; an older
+ * tombstone takes the TRUNCATE's time).  The re-hash that follows drops
+ * those of the keys that have a row again.  A table with a version column
+ * cannot version a TRUNCATE: its new tombstones have no version (older
+ * than any known), and those it had keep theirs.
+ */
+static HtQuery q_truncate_tombstones = {
+	"INSERT INTO hashtree.tombstone AS t (part, pa, pb, key, deleted_at)"
+	" SELECT $1, $2, $3, k.key, max(k.at) FROM ("
+	"  SELECT e.key, $4::timestamptz AS at FROM hashtree._prefix_entries($1, $2, $3) e"
+	"  UNION ALL SELECT u.key, GREATEST(u.at, $4) FROM unnest($5::bytea[], $6::timestamptz[]) AS u(key, at)"
+	" ) k GROUP BY k.key"
+	" ON CONFLICT (part, pa, pb, hashtree._kid(key))"
+	" DO UPDATE SET deleted_at = GREATEST(t.deleted_at, EXCLUDED.deleted_at)",
+	6, {INT4OID, TEXTOID, TEXTOID, TIMESTAMPTZOID, BYTEAARRAYOID, TIMESTAMPTZARRAYOID}
+};
+
+static void
+truncate_tombstones(FoldTable *ft, int part)
+{
+	Datum		v[6];
+	Datum	   *keys = palloc(sizeof(Datum) * Max(ft->ntrunc, 1));
+	Datum	   *ats = palloc(sizeof(Datum) * Max(ft->ntrunc, 1));
+	TimestampTz at = ft->trunc_at;
+
+	if (at == DT_NOBEGIN)
+		at = GetCurrentTransactionStartTimestamp();
+	for (int i = 0; i < ft->ntrunc; i++)
+	{
+		keys[i] = PointerGetDatum(ft->trunc_keys[i]);
+		ats[i] = TimestampTzGetDatum(ft->trunc_ats[i] == DT_NOBEGIN ? at : ft->trunc_ats[i]);
+	}
+	v[0] = Int32GetDatum(part);
+	v[1] = PointerGetDatum(ft->tr->pa);
+	v[2] = PointerGetDatum(ft->tr->pb);
+	v[3] = TimestampTzGetDatum(at);
+	v[4] = PointerGetDatum(ht_array_bytea(keys, ft->ntrunc));
+	v[5] = PointerGetDatum(construct_array(ats, ft->ntrunc, TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL,
+										   TYPALIGN_DOUBLE));
+	ht_exec(&q_truncate_tombstones, v, NULL, 0);
+}
 
 /*
  * The fold, then the expiry of the tombstones past hashtree.tombstone_ttl
@@ -1528,8 +1748,7 @@ fold_once(int part, HtBucketDeltas *deltas)
 	ft->keys = palloc(sizeof(bytea *) * HT_KEY_BATCH);
 	ft->hashes = palloc(sizeof(bytea *) * HT_KEY_BATCH);
 	ft->segs = palloc(sizeof(int32) * HT_KEY_BATCH);
-	ft->dts = palloc(sizeof(TimestampTz) * HT_KEY_BATCH);
-	ft->dxids = palloc(sizeof(TransactionId) * HT_KEY_BATCH);
+	ft->dels = palloc(sizeof(HtLoggedDelete) * HT_KEY_BATCH);
 	ft->deltas = deltas;
 
 	for (;;)
@@ -1571,8 +1790,24 @@ fold_once(int part, HtBucketDeltas *deltas)
 						ft->tomb = ht_tomb_enabled(ft->tr->pa, ft->tr->pb);
 				}
 			}
+			if (ft->tr != NULL && ft->truncated)
+			{
+				truncate_note(ft, tt, r);
+				continue;
+			}
 			if (ft->tr == NULL || ft->rehashed)
 				continue;
+			if (isnull && ft->tomb)
+			{
+				/*
+				 * a TRUNCATE of a table that keeps tombstones: every key it
+				 * knew gets one, at the end of its keys (truncate_tombstones)
+				 */
+				ft->truncated = ft->rehashed = true;
+				ft->trunc_at = DT_NOBEGIN;
+				truncate_note(ft, tt, r);
+				continue;
+			}
 			if (isnull)
 			{
 				/* a TRUNCATE: re-hash the table's rows of this partition */
@@ -1603,7 +1838,8 @@ fold_once(int part, HtBucketDeltas *deltas)
 				ft->segs[ft->nkeys] = DatumGetInt32(SPI_getbinval(tt->vals[r], tt->tupdesc,
 																  1, &isnull));
 				ft->keys[ft->nkeys] = DatumGetByteaPCopy(key);
-				ft->dxids[ft->nkeys] = InvalidTransactionId;
+				ft->dels[ft->nkeys].xid = InvalidTransactionId;
+				ft->dels[ft->nkeys].version = NULL;
 				if (ft->tomb)
 					fold_note(ft, ft->nkeys, tt, r);
 				/* an expired tombstone (tomb.c): the row, if any, is read */
@@ -1821,9 +2057,10 @@ check_trackable(Relation rel, Oid fn)
 }
 
 /*
- * hashtree.track(tbl regclass) RETURNS bigint
- * Track a table the caller owns: create its triggers, register it, hash its
- * rows into entries, and bring the trees of every partition that is not
+ * hashtree.track(tbl regclass, version_column name DEFAULT NULL) RETURNS bigint
+ * Track a table the caller owns: create its triggers, register it (with
+ * the column that versions its rows for repair 'newest', if given: as
+ * version_column() does), hash its rows into entries, and bring the trees of every partition that is not
  * locked or being updated up to date; returns the rows hashed.  Locks: SHARE
  * ROW EXCLUSIVE on tbl and its partitions until commit (writers wait,
  * readers do not); ROW EXCLUSIVE on the extension's tables; the advisory
@@ -1885,6 +2122,8 @@ ht_track(PG_FUNCTION_ARGS)
 	ht_exec(&q_register, v, NULL, 0);
 	/* the trigger functions now find the table registered */
 	CacheInvalidateRelcacheByRelid(relid);
+	if (PG_NARGS() > 1 && !PG_ARGISNULL(1))
+		ht_track_set_version_column(tr, rel, NameStr(*PG_GETARG_NAME(1)));
 	ht_exec(&q_drop_keys, v, NULL, 0);
 	progress_begin(psprintf("track(%s)", qname));
 	PG_TRY();
@@ -2029,6 +2268,54 @@ ht_track_rehash(TrackRel *tr, const char *what)
 	}
 	PG_END_TRY();
 	return rows;
+}
+
+static HtQuery q_set_version_column = {
+	"UPDATE hashtree.tracked_table SET version_column = $3"
+	" WHERE schema_name = $1 AND table_name = $2",
+	3, {TEXTOID, TEXTOID, TEXTOID}
+};
+
+/* the tombstones kept so far lose their versions (of another column, type) */
+static HtQuery q_unversion_tombstones = {
+	"UPDATE hashtree.tombstone SET version = NULL WHERE pa = $1 AND pb = $2",
+	2, {TEXTOID, TEXTOID}
+};
+
+void
+ht_track_set_version_column(TrackRel *tr, Relation rel, const char *col)
+{
+	Datum		v[3];
+	bool		n[3] = {false, false, col == NULL};
+
+	if (col != NULL)
+	{
+		AttrNumber	att = get_attnum(RelationGetRelid(rel), col);
+		Oid			typid;
+
+		if (att == InvalidAttrNumber || att < 0)
+			ereport(ERROR,
+					(errcode(ERRCODE_UNDEFINED_COLUMN),
+					 errmsg("column \"%s\" of table %s does not exist", col,
+							quote_qualified_identifier(tr->schema, tr->name))));
+		typid = TupleDescAttr(RelationGetDescr(rel), att - 1)->atttypid;
+		if (!ht_version_type_ok(typid))
+			ereport(ERROR,
+					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
+					 errmsg("version column \"%s\" of type %s cannot version rows", col,
+							format_type_be(typid)),
+					 errdetail("A version column needs a type with a default B-tree operator class and binary send and receive functions.")));
+	}
+	v[0] = PointerGetDatum(tr->pa);
+	v[1] = PointerGetDatum(tr->pb);
+	v[2] = col ? CStringGetTextDatum(col) : (Datum) 0;
+	if (ht_exec_as_owner(&q_set_version_column, v, n, 0) != 1)
+		elog(ERROR, "hashtree: registry row of %s not found", tr->name);
+	/* the row triggers of the table and its partitions log the new column */
+	CacheInvalidateRelcacheByRelid(tr->root);
+	if (ht_tomb_enabled(tr->pa, tr->pb) &&
+		ht_exec_as_owner(&q_unversion_tombstones, v, NULL, 0) > 0)
+		(void) ht_track_rehash(tr, "version_column");
 }
 
 int

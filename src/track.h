@@ -15,6 +15,7 @@
 #include "postgres.h"
 
 #include "access/htup.h"
+#include "fmgr.h"
 #include "executor/spi.h"
 #include "nodes/pg_list.h"
 #include "utils/relcache.h"
@@ -59,6 +60,10 @@ typedef struct TrackRel
 	int			pa8len;
 	char	   *pb8;
 	int			pb8len;
+	bool		versioned;		/* the table has a version column (§20) */
+	AttrNumber	vatt;			/* ... its number in this relation (0: gone) */
+	Oid			vtype;			/* ... its type */
+	FmgrInfo	vsend;			/* ... the type's send function */
 } TrackRel;
 
 /* a row of hashtree.tracked_table */
@@ -99,6 +104,16 @@ extern TrackRel *ht_track_rel(Relation rel);
 
 /* the function hashtree.<fn>() without arguments, InvalidOid if none */
 extern Oid	ht_track_fn_oid(const char *fn);
+
+/* can values of the type version rows (an order, binary send/receive)? */
+extern bool ht_version_type_ok(Oid typid);
+
+/*
+ * Version the rows of tracked table rel (its root) by column col (NULL:
+ * commit times): checked, registered, the triggers told; tombstones kept
+ * so far lose their versions and the table is hashed again.  Needs SPI.
+ */
+extern void ht_track_set_version_column(TrackRel *tr, Relation rel, const char *col);
 
 /* does rel carry the tracking row trigger fn (its own, or also a clone)? */
 extern bool ht_track_has_trigger(Relation rel, Oid fn, bool clones_too);

@@ -398,14 +398,96 @@ $na->safe_psql('postgres', q{UPDATE vc SET v = 'a', updated_at = '2020-01-03' WH
 $nb->safe_psql('postgres', q{UPDATE vc SET v = 'b', updated_at = '2020-01-02' WHERE id = 1});
 $nb->safe_psql('postgres', q{UPDATE vc SET v = 'b', updated_at = '2020-01-05' WHERE id = 2});
 $na->safe_psql('postgres', q{UPDATE vc SET v = 'a', updated_at = '2020-01-04' WHERE id = 2});
-# a delete is versioned by its commit time (later than 2020)
+# a delete is versioned by the deleted row's version: it loses to a later
+# update of the other node (3), beats an earlier one (4), and a row of the
+# same version (5)
 $nb->safe_psql('postgres', q{UPDATE vc SET v = 'b', updated_at = '2020-01-06' WHERE id = 3});
 $na->safe_psql('postgres', q{DELETE FROM vc WHERE id = 3});
+$na->safe_psql('postgres', q{UPDATE vc SET v = 'a', updated_at = '2020-01-07' WHERE id = 4});
+$nb->safe_psql('postgres', q{UPDATE vc SET v = 'b', updated_at = '2020-01-05' WHERE id = 4});
+$na->safe_psql('postgres', q{DELETE FROM vc WHERE id = 4});
+$na->safe_psql('postgres', q{DELETE FROM vc WHERE id = 5});
 ok(exchange('a', 'b', 'newest') > 0, 'version column: the differences repaired');
-is(rows($na, 'vc'), '1=a,2=b,4=init,5=init,6=init,7=init,8=init,9=init,10=init',
-	'version column: the larger updated_at wins, whatever the commit order');
+is(rows($na, 'vc'), '1=a,2=b,3=b,6=init,7=init,8=init,9=init,10=init',
+	'version column: the larger updated_at wins, whatever the commit order, deletes included');
 is(rows($nb, 'vc'), rows($na, 'vc'), 'version column: on both nodes');
 is(exchange('a', 'b', 'none'), '0', 'version column: then nothing differs');
+
+# ---- 4d. a version column of another type (bigint), given to track() ------
+for my $n ($na, $nb)
+{
+	$n->safe_psql('postgres', q{
+		CREATE TABLE "Vn" (id int PRIMARY KEY, v text, "ver Sion" bigint);
+		SELECT hashtree.track('"Vn"', version_column => 'ver Sion');
+		SELECT hashtree.tombstones('"Vn"');
+		INSERT INTO "Vn" SELECT g, 'init', 1 FROM generate_series(1, 10) g;
+	});
+}
+# the model: the larger version wins; at the same version a delete beats a
+# row, and of two rows the larger row hash (the same on both nodes: checked
+# by equality only); a key only one node wrote and the other deleted wins
+# by its version
+$nb->safe_psql('postgres', q{UPDATE "Vn" SET v = 'b', "ver Sion" = 5 WHERE id = 1});
+$na->safe_psql('postgres', q{UPDATE "Vn" SET v = 'a', "ver Sion" = 3 WHERE id = 1});
+$na->safe_psql('postgres', q{UPDATE "Vn" SET v = 'a', "ver Sion" = 9 WHERE id = 2});
+$nb->safe_psql('postgres', q{UPDATE "Vn" SET v = 'b', "ver Sion" = 8 WHERE id = 2});
+$na->safe_psql('postgres', q{UPDATE "Vn" SET "ver Sion" = 7 WHERE id = 3; DELETE FROM "Vn" WHERE id = 3});
+$nb->safe_psql('postgres', q{UPDATE "Vn" SET v = 'b', "ver Sion" = 6 WHERE id = 3});
+$nb->safe_psql('postgres', q{UPDATE "Vn" SET v = 'b', "ver Sion" = 4 WHERE id = 4});
+$na->safe_psql('postgres', q{UPDATE "Vn" SET "ver Sion" = 4 WHERE id = 4; DELETE FROM "Vn" WHERE id = 4});
+$nb->safe_psql('postgres', q{UPDATE "Vn" SET v = 'b', "ver Sion" = NULL WHERE id = 5});
+$nb->safe_psql('postgres', q{INSERT INTO "Vn" VALUES (11, 'b', 2)});
+ok(exchange('b', 'a', 'newest') > 0, 'bigint version: the differences repaired');
+is(rows($na, '"Vn"'), '1=b,2=a,5=init,6=init,7=init,8=init,9=init,10=init,11=b',
+	'bigint version: the larger version wins; a delete of the same version beats the row;'
+	. ' an unknown version loses');
+is(rows($nb, '"Vn"'), rows($na, '"Vn"'), 'bigint version: on both nodes');
+is(exchange('a', 'b', 'none'), '0', 'bigint version: then nothing differs');
+my $vtombs = q{SELECT string_agg(encode(key, 'hex') || ':' || coalesce(encode(version, 'hex'), '-'), ','
+	ORDER BY key) FROM hashtree.tombstone WHERE pb = 'Vn'};
+is($na->safe_psql('postgres', $vtombs), $nb->safe_psql('postgres', $vtombs),
+	'bigint version: the same tombstones with the same versions');
+like($na->safe_psql('postgres', $vtombs), qr/0000000400000003:0000000000000007/,
+	'bigint version: a copied tombstone keeps the deleted row\'s version');
+
+# both nodes must version the table alike
+$nb->safe_psql('postgres', q{SELECT hashtree.version_column('"Vn"', NULL)});
+$na->safe_psql('postgres', q{UPDATE "Vn" SET v = 'a2' WHERE id = 6});
+lock_update_all($_) for ($na, $nb);
+is($na->safe_psql('postgres', q{SELECT string_agg(DISTINCT repaired::text, ',')
+	FROM hashtree.exchange('b', NULL, 'newest') WHERE prefix_b = 'Vn'}),
+	'false', 'versioned differently on the two nodes: not repaired');
+like($na->safe_psql('postgres', q{SELECT message FROM hashtree.exchange_log WHERE message IS NOT NULL ORDER BY id DESC LIMIT 1}),
+	qr/versioned by a version column of type bigint on this node but by commit times on peer/,
+	'... with a message that says why');
+$nb->safe_psql('postgres', q{SELECT hashtree.version_column('"Vn"', 'ver Sion')});
+# (b's tombstones lost their versions with the change: a's, known, win)
+is(exchange('a', 'b', 'newest'), '3', 'versioned alike again: the row and the two tombstones repaired');
+is($na->safe_psql('postgres', $vtombs), $nb->safe_psql('postgres', $vtombs),
+	'... the tombstones with their versions again');
+is(rows($nb, '"Vn"'), rows($na, '"Vn"'), '... the same rows on both nodes');
+
+# ---- 4e. a TRUNCATE deletes what was written before it ---------------------
+for my $n ($na, $nb)
+{
+	$n->safe_psql('postgres', q{
+		CREATE TABLE tr (id int PRIMARY KEY, v text);
+		SELECT hashtree.track('tr');
+		SELECT hashtree.tombstones('tr');
+		INSERT INTO tr SELECT g, 'init' FROM generate_series(1, 20) g;
+	});
+}
+# b writes before a's TRUNCATE (lost), and after it (kept); a writes again;
+# a key a never saw (21) is not deleted by it, as by a DELETE of every row
+$nb->safe_psql('postgres', q{UPDATE tr SET v = 'b-before' WHERE id = 1; INSERT INTO tr VALUES (21, 'b-before')});
+$na->safe_psql('postgres', q{TRUNCATE tr});
+$na->safe_psql('postgres', q{INSERT INTO tr VALUES (2, 'a-after')});
+$nb->safe_psql('postgres', q{UPDATE tr SET v = 'b-after' WHERE id = 3; INSERT INTO tr VALUES (22, 'b-after')});
+ok(exchange('a', 'b', 'newest') > 0, 'truncate: the differences repaired');
+is(rows($na, 'tr'), '2=a-after,3=b-after,21=b-before,22=b-after',
+	'truncate: what was written before it is gone on both nodes, what came after stays');
+is(rows($nb, 'tr'), rows($na, 'tr'), 'truncate: on both nodes');
+is(exchange('a', 'b', 'none'), '0', 'truncate: then nothing differs');
 
 # a table whose rows only one node has: repair none names that node the
 # winner without reading the rows
