@@ -1074,11 +1074,22 @@ ht_track_refuse_prefix(text *pa, text *pb)
  * themselves).  The segment is the first column: the sort reads it at a
  * fixed offset (behind the text columns, every comparison had to walk the
  * tuple to it).
+ *
+ * "Per table" is by a hash of the table's name in the high half of the
+ * first sort key and the segment in the low half: an int8 the sort
+ * abbreviates, most comparisons decided by it (sorting by the names first,
+ * equal for nearly every row, made every comparison compare both names,
+ * the segment and the key: 3x the time).  Two tables whose hashes collide
+ * come interleaved by segment (their rows of a key still adjacent: the
+ * names break ties after the key); the fold then meets a table more than
+ * once, which it allows (fold_once; 16_repack has two such tables).
  */
 static HtQuery q_take_keys = {
 	"WITH d AS (DELETE FROM hashtree.dirty_key WHERE part = $1"
 	" RETURNING pa, pb, key, hash, seg, xmin, version)"
-	" SELECT seg, pa, pb, key, hash, xmin, version FROM d ORDER BY pa, pb, seg, key NULLS FIRST",
+	" SELECT seg, pa, pb, key, hash, xmin, version FROM d"
+	" ORDER BY ((pg_catalog.hashtext(pa) # pg_catalog.hashtext(pb))::pg_catalog.int8 << 32)"
+	"  + seg + 1, key NULLS FIRST, pa, pb",
 	1, {INT4OID}
 };
 
@@ -1628,6 +1639,22 @@ fold_note(FoldTable *ft, int i, SPITupleTable *tt, uint64 r)
 
 static void fold_once(int part, HtBucketDeltas *deltas);
 
+/* is (pa, pb) among the tables this fold re-hashed? */
+static bool
+fold_met_rehashed(List *rehashed, const char *pa, const char *pb)
+{
+	ListCell   *lc;
+
+	foreach(lc, rehashed)
+	{
+		List	   *t = lfirst(lc);
+
+		if (strcmp(linitial(t), pa) == 0 && strcmp(lsecond(t), pb) == 0)
+			return true;
+	}
+	return false;
+}
+
 /*
  * A row r logged for a table whose TRUNCATE this fold saw (the marker
  * comes first): the marker's time (the latest, if several), or a key
@@ -1739,6 +1766,7 @@ fold_once(int part, HtBucketDeltas *deltas)
 	FoldTable  *ft;
 	char	   *cur_pa = NULL;
 	char	   *cur_pb = NULL;
+	List	   *rehashed = NIL;	/* the tables re-hashed by this fold */
 
 	portal = ht_cursor(get_attnum(logrel, "hash") == InvalidAttrNumber ?
 					   &q_take_keys_0_1 : &q_take_keys, v, NULL);
@@ -1771,10 +1799,23 @@ fold_once(int part, HtBucketDeltas *deltas)
 
 				SPI_tuptable = NULL;	/* keep this batch while we write */
 				fold_keys(part, ft);
+				if (ft->tr != NULL && ft->rehashed)
+					rehashed = lappend(rehashed, list_make2(cur_pa, cur_pb));
 				fold_table_end(part, ft);
 				cur_pa = pa;
 				cur_pb = pb;
 				relid = ht_track_registered_relid(pa, pb);
+				if (OidIsValid(relid) && fold_met_rehashed(rehashed, pa, pb))
+				{
+					/*
+					 * a table met again (its hash collides with another's):
+					 * re-hashed since its keys were logged, they are in.
+					 * (Those of its keys logged with a TRUNCATE and met
+					 * after the other table's get no tombstone: a row of
+					 * the other node comes back.)
+					 */
+					relid = InvalidOid;
+				}
 				if (OidIsValid(relid))
 				{
 					/*
