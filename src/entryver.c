@@ -82,7 +82,10 @@ static HtQuery q_expire = {
 	" FROM hashtree.tombstone x JOIN hashtree.tombstone_prefix p"
 	"  ON x.pa = p.prefix_a AND x.pb = p.prefix_b"
 	" WHERE x.part = $1"
-	"  AND x.deleted_at < pg_catalog.now() - pg_catalog.make_interval(secs => $2)",
+	"  AND x.deleted_at < pg_catalog.now() - pg_catalog.make_interval(secs => $2)"
+	/* (a table tracked since under that prefix: tomb.c's) */
+	"  AND NOT EXISTS (SELECT 1 FROM hashtree.tracked_table r"
+	"   WHERE r.schema_name = x.pa AND r.table_name = x.pb)",
 	2, {INT4OID, FLOAT8OID}
 };
 

@@ -123,13 +123,14 @@ ht_tomb_enabled(text *pa, text *pb)
  * commit time of its xmin), not with the winner's version: a row copied
  * today keeps its old version for the whole TTL.  Without commit
  * timestamps, row versions are kept.  (The tombstones of plain prefixes
- * are expired by entryver.c.)
+ * that keep them, tracked tables excepted, are expired by entryver.c.)
  */
 #define EXPIRE_TOMBSTONES \
 	"WITH x AS (DELETE FROM hashtree.tombstone" \
 	"  WHERE part = $1 AND deleted_at < pg_catalog.now() - pg_catalog.make_interval(secs => $2)" \
 	"   AND NOT EXISTS (SELECT 1 FROM hashtree.tombstone_prefix p" \
-	"    WHERE p.prefix_a = pa AND p.prefix_b = pb)" \
+	"    WHERE p.prefix_a = pa AND p.prefix_b = pb AND NOT EXISTS (SELECT 1" \
+	"     FROM hashtree.tracked_table r WHERE r.schema_name = pa AND r.table_name = pb))" \
 	"  RETURNING pa, pb, key)"
 #define EXPIRE_LOG \
 	" INSERT INTO hashtree.dirty_key (part, seg, pa, pb, key, hash)" \
