@@ -70,24 +70,28 @@ SELECT as_rebuilt('grow');
 DROP TABLE grow;
 
 -- two tables whose names hash alike (hashtext('public') # hashtext(name)
--- equal): the fold takes their logged keys interleaved by segment and meets
--- each table several times; a TRUNCATE of one re-hashes it, and its keys
--- met afterwards are not applied again
+-- equal): a fold whose logged keys do not fit in maintenance_work_mem
+-- (1MB: 4,096 per partition) takes them through the SQL sort, interleaved
+-- by segment, and meets each table several times; a TRUNCATE of one
+-- re-hashes it, and its keys met afterwards are not applied again.  A fold
+-- of fewer keys sorts them in memory (grouped by table exactly).
 SELECT (hashtext('public') # hashtext('c142084')) = (hashtext('public') # hashtext('c205747')) AS same_hash;
 CREATE TABLE c142084 (id int PRIMARY KEY, v text);
 CREATE TABLE c205747 (id int PRIMARY KEY, v text);
 SELECT hashtree.track('c142084'), hashtree.track('c205747');
-INSERT INTO c142084 SELECT g, 'x' || g FROM generate_series(1, 3000) g;
-INSERT INTO c205747 SELECT g, 'y' || g FROM generate_series(1, 3000) g;
+SET maintenance_work_mem = '1MB';
+INSERT INTO c142084 SELECT g, 'x' || g FROM generate_series(1, 20000) g;
+INSERT INTO c205747 SELECT g, 'y' || g FROM generate_series(1, 20000) g;
 SELECT update_all();
-UPDATE c142084 SET v = v || '!' WHERE id % 3 = 0;
-UPDATE c205747 SET v = v || '!' WHERE id % 3 = 1;
-DELETE FROM c205747 WHERE id % 10 = 0;
+SELECT trees_ok() AS tree_mismatches;
+UPDATE c142084 SET v = v || '!' WHERE id % 30 = 0;
+UPDATE c205747 SET v = v || '!' WHERE id % 30 = 1;
+DELETE FROM c205747 WHERE id % 100 = 0;
 SELECT update_all();
 SELECT trees_ok() AS tree_mismatches;
 SELECT as_rebuilt('c142084') AS c142084_as_rebuilt, as_rebuilt('c205747') AS c205747_as_rebuilt;
-INSERT INTO c142084 SELECT g, 'new' FROM generate_series(3001, 4000) g;
-UPDATE c205747 SET v = v || '?' WHERE id % 5 = 2;
+INSERT INTO c142084 SELECT g, 'new' FROM generate_series(20001, 40000) g;
+UPDATE c205747 SET v = v || '?';
 TRUNCATE c142084;
 INSERT INTO c142084 VALUES (1, 'again');
 SELECT update_all();
@@ -95,5 +99,6 @@ SELECT trees_ok() AS tree_mismatches;
 SELECT as_rebuilt('c142084') AS c142084_as_rebuilt, as_rebuilt('c205747') AS c205747_as_rebuilt;
 SELECT (SELECT sum(n) FROM hashtree.entry_pack WHERE pb = 'c142084')
 	 + (SELECT count(*) FROM hashtree.entry WHERE pb = 'c142084' AND depth = 2) AS c142084_entries;
+RESET maintenance_work_mem;
 DROP TABLE c142084, c205747;
 DROP FUNCTION update_all(), trees_ok(), tops(text), as_rebuilt(text);

@@ -38,6 +38,7 @@
 #include "access/tableam.h"
 #include "access/table.h"
 #include "catalog/catalog.h"
+#include "common/hashfn.h"
 #include "catalog/namespace.h"
 #include "catalog/partition.h"
 #include "catalog/pg_inherits.h"
@@ -1093,6 +1094,21 @@ static HtQuery q_take_keys = {
 	1, {INT4OID}
 };
 
+/*
+ * The same, unsorted (take_in_memory sorts them); and how many there are,
+ * to choose
+ */
+static HtQuery q_take_keys_unsorted = {
+	"DELETE FROM hashtree.dirty_key WHERE part = $1"
+	" RETURNING seg, pa, pb, key, hash, xmin, version",
+	1, {INT4OID}
+};
+
+static HtQuery q_count_keys = {
+	"SELECT count(*) FROM hashtree.dirty_key WHERE part = $1",
+	1, {INT4OID}
+};
+
 /* the same from a dirty_key of 0.1 (no hash: every row is read) */
 static HtQuery q_take_keys_0_1 = {
 	"WITH d AS (DELETE FROM hashtree.dirty_key WHERE part = $1 RETURNING pa, pb, key, seg)"
@@ -1639,6 +1655,106 @@ fold_note(FoldTable *ft, int i, SPITupleTable *tt, uint64 r)
 
 static void fold_once(int part, HtBucketDeltas *deltas);
 
+/*
+ * The memory a logged key taken in memory costs (its tuple in SPI's tuple
+ * table, the pointer to it, its sort item), with room to spare
+ */
+#define TAKE_ROW_BYTES 256
+
+/* a taken row, for the sort of take_in_memory */
+typedef struct TakeItem
+{
+	uint32		tabhash;		/* of the table's names */
+	int32		seg;
+	text	   *pa;				/* pointers into the tuple */
+	text	   *pb;
+	bytea	   *key;			/* NULL: a TRUNCATE's marker */
+	HeapTuple	tup;
+} TakeItem;
+
+static int
+text_bytes_cmp(const text *a, const text *b)
+{
+	int			la = VARSIZE_ANY_EXHDR(a);
+	int			lb = VARSIZE_ANY_EXHDR(b);
+	int			c = memcmp(VARDATA_ANY(a), VARDATA_ANY(b), Min(la, lb));
+
+	return c != 0 ? c : (la > lb) - (la < lb);
+}
+
+/* by table (a hash of its names, then the names), segment, key (NULL first) */
+static int
+take_item_cmp(const void *x, const void *y)
+{
+	const TakeItem *a = x;
+	const TakeItem *b = y;
+	int			c;
+
+	if (a->tabhash != b->tabhash)
+		return a->tabhash < b->tabhash ? -1 : 1;
+	if ((c = text_bytes_cmp(a->pa, b->pa)) != 0 || (c = text_bytes_cmp(a->pb, b->pb)) != 0)
+		return c;
+	if (a->seg != b->seg)
+		return a->seg < b->seg ? -1 : 1;
+	if (a->key == NULL || b->key == NULL)
+		return (a->key != NULL) - (b->key != NULL);
+	return text_bytes_cmp(a->key, b->key);
+}
+
+/*
+ * Take the logged keys of a partition in one statement and sort them here,
+ * when they fit in maintenance_work_mem (counted first; a few more may be
+ * logged meanwhile): the rows of SPI's tuple table are put in the order
+ * q_take_keys gives (grouped by table exactly: no collision to meet), so
+ * the fold reads them as one batch.  The SQL sort copied each row twice
+ * (the CTE's store, the sort's tuples) and compared through the sort's
+ * generic comparators.  Returns false, having done nothing, when they do
+ * not fit (the fold then takes them through q_take_keys' cursor).
+ */
+static bool
+take_in_memory(int part, SPITupleTable **ttp, uint64 *np)
+{
+	Datum		v[1] = {Int32GetDatum(part)};
+	bool		isnull;
+	int64		count;
+	uint64		n;
+	SPITupleTable *tt;
+	TakeItem   *items;
+
+	if (ht_exec(&q_count_keys, v, NULL, 1) != 1)
+		elog(ERROR, "hashtree: counting the logged keys failed");
+	count = DatumGetInt64(ht_col(0, 1, &isnull));
+	SPI_freetuptable(SPI_tuptable);
+	if ((double) count * TAKE_ROW_BYTES > (double) maintenance_work_mem * 1024)
+		return false;
+	n = ht_exec(&q_take_keys_unsorted, v, NULL, 0);
+	tt = SPI_tuptable;
+	items = palloc(sizeof(TakeItem) * Max(n, 1));
+	for (uint64 r = 0; r < n; r++)
+	{
+		HeapTuple	tup = tt->vals[r];
+		Datum		d;
+
+		items[r].tup = tup;
+		items[r].seg = DatumGetInt32(SPI_getbinval(tup, tt->tupdesc, 1, &isnull));
+		items[r].pa = DatumGetTextPP(SPI_getbinval(tup, tt->tupdesc, 2, &isnull));
+		items[r].pb = DatumGetTextPP(SPI_getbinval(tup, tt->tupdesc, 3, &isnull));
+		d = SPI_getbinval(tup, tt->tupdesc, 4, &isnull);
+		items[r].key = isnull ? NULL : DatumGetByteaPP(d);
+		items[r].tabhash = hash_bytes((const unsigned char *) VARDATA_ANY(items[r].pa),
+									  VARSIZE_ANY_EXHDR(items[r].pa)) ^
+			hash_bytes((const unsigned char *) VARDATA_ANY(items[r].pb),
+					   VARSIZE_ANY_EXHDR(items[r].pb));
+	}
+	qsort(items, n, sizeof(TakeItem), take_item_cmp);
+	for (uint64 r = 0; r < n; r++)
+		tt->vals[r] = items[r].tup;
+	pfree(items);
+	*ttp = tt;
+	*np = n;
+	return true;
+}
+
 /* is (pa, pb) among the tables this fold re-hashed? */
 static bool
 fold_met_rehashed(List *rehashed, const char *pa, const char *pb)
@@ -1767,9 +1883,9 @@ fold_once(int part, HtBucketDeltas *deltas)
 	char	   *cur_pa = NULL;
 	char	   *cur_pb = NULL;
 	List	   *rehashed = NIL;	/* the tables re-hashed by this fold */
+	SPITupleTable *mem_tt = NULL;
+	uint64		mem_n = 0;
 
-	portal = ht_cursor(get_attnum(logrel, "hash") == InvalidAttrNumber ?
-					   &q_take_keys_0_1 : &q_take_keys, v, NULL);
 	ft = palloc0(sizeof(FoldTable));
 
 	ft->batch = AllocSetContextCreate(cxt, "hashtree fold batch", ALLOCSET_DEFAULT_SIZES);
@@ -1779,11 +1895,17 @@ fold_once(int part, HtBucketDeltas *deltas)
 	ft->dels = palloc(sizeof(HtLoggedDelete) * HT_KEY_BATCH);
 	ft->deltas = deltas;
 
+	/* the keys in memory, sorted here, or else through a cursor */
+	portal = NULL;
+	if (get_attnum(logrel, "hash") == InvalidAttrNumber || !take_in_memory(part, &mem_tt, &mem_n))
+		portal = ht_cursor(get_attnum(logrel, "hash") == InvalidAttrNumber ?
+						   &q_take_keys_0_1 : &q_take_keys, v, NULL);
 	for (;;)
 	{
-		uint64		n = ht_fetch(portal, HT_KEY_BATCH);
-		SPITupleTable *tt = SPI_tuptable;
+		uint64		n = portal ? ht_fetch(portal, HT_KEY_BATCH) : mem_n;
+		SPITupleTable *tt = portal ? SPI_tuptable : mem_tt;
 
+		mem_n = 0;
 		if (n == 0)
 			break;
 		for (uint64 r = 0; r < n; r++)
@@ -1896,7 +2018,8 @@ fold_once(int part, HtBucketDeltas *deltas)
 	}
 	fold_keys(part, ft);
 	fold_table_end(part, ft);
-	SPI_cursor_close(portal);
+	if (portal != NULL)
+		SPI_cursor_close(portal);
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(cxt);
 }
