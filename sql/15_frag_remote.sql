@@ -67,6 +67,22 @@ GRANT USAGE ON SCHEMA hashtree TO ht_mover;
 SET ROLE ht_mover;
 SELECT pg_temp.err($$SELECT hashtree.move_frag('mt', 1, 'loop', 'block_writes')$$);
 RESET ROLE;
+-- nor add_frag/del_frag that place or read fragments on peers, in either
+-- mode, even on a table of one's own
+CREATE TABLE mr_own (id int PRIMARY KEY) PARTITION BY HASH (id);
+SELECT n_fragments FROM hashtree.frag_init('mr_own', 2);
+ALTER TABLE mr_own OWNER TO ht_mover;
+ALTER TABLE mr_own_frag1 OWNER TO ht_mover;
+ALTER TABLE mr_own_frag2 OWNER TO ht_mover;
+ALTER ROLE ht_mover LOGIN;
+GRANT CREATE ON SCHEMA public TO ht_mover;
+SET ROLE ht_mover;
+SELECT pg_temp.err($$SELECT * FROM hashtree.add_frag('mr_own', 'online', 'loop')$$);
+SELECT pg_temp.err($$SELECT * FROM hashtree.add_frag('mr_own', 'block_writes', 'loop')$$);
+SELECT fragment, node = hashtree.node_name() AS here FROM hashtree.fragments WHERE "table" = 'mr_own'::regclass;
+RESET ROLE;
+DROP TABLE mr_own;
+REVOKE CREATE ON SCHEMA public FROM ht_mover;
 GRANT EXECUTE ON FUNCTION hashtree.move_frag TO ht_mover;
 SET ROLE ht_mover;
 SELECT pg_temp.err($$SELECT hashtree.move_frag('mt', 1, 'loop', 'block_writes')$$);

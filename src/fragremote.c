@@ -4016,6 +4016,15 @@ comp_online(FunctionCallInfo fcinfo, bool add, char *node)
 	InitMaterializedSRF(fcinfo, 0);
 	SPI_connect();
 	HT_API_BEGIN();
+	/* it moves rows through the peers as move_frag does: the same right (§11) */
+	ht_sql("SELECT pg_catalog.has_function_privilege('hashtree.move_frag(pg_catalog.regclass,"
+		   " pg_catalog.int4, pg_catalog.text, pg_catalog.text)'::pg_catalog.regprocedure, 'EXECUTE')");
+	if (!DatumGetBool(ht_col(0, 1, &isnull)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for function move_frag"),
+				 errdetail("%s with a fragment on a peer moves rows through the peers, as move_frag does.",
+						   add ? "add_frag" : "del_frag")));
 	held_before = OidIsValid(relid) && CheckRelationOidLockedByMe(relid, AccessShareLock, true);
 	comp_load(&c, relid, add, node, true);
 	check_online(comp_what(&c), c.qparent, held_before);
