@@ -3027,8 +3027,8 @@ comp_rows_remote(Comp *c, int s, const char *where, int nparams, const char *con
 						 0, NULL, 1)
 			: comp_query(c, e->conn, psprintf("SELECT r::pg_catalog.text FROM %s r WHERE %s",
 											  remote_q(e->remote), where), nparams, params, 1);
-		MemoryContextSwitchTo(old);
 		CHECK_FOR_INTERRUPTS();
+		/* (the rows parsed to hash their keys: freed with the batch) */
 		for (int r = 0; r < res->nrows; r++)
 		{
 			char	   *lit = ht_remote_text(res, r, 0);
@@ -3039,6 +3039,7 @@ comp_rows_remote(Comp *c, int s, const char *where, int nparams, const char *con
 						 errmsg("unexpected answer from peer \"%s\": a null row", e->peer)));
 			comp_put(c, s, comp_hash_literal(c, lit), lit);
 		}
+		MemoryContextSwitchTo(old);
 		MemoryContextReset(rowcxt);
 		if (where != NULL || res->nrows == 0)
 			break;
