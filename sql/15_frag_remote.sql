@@ -249,6 +249,21 @@ SELECT count(*) AS rows_in_remote_table, bool_and(hashtree.key_to_frag_number('m
 	   count(*) = (SELECT count(*) FROM mt WHERE hashtree.key_to_frag_number('mt', id) = 2) AS all_rows_of_2
   FROM hashtree_fragments.:"rt";
 DROP VIEW mr_misplaced;
+-- the first fragment of a table to leave, by an online add_frag: the
+-- parent's key becomes the fragments' first (in the worker), then the split
+CREATE TABLE mr_first (id int PRIMARY KEY, v text NOT NULL) PARTITION BY HASH (id);
+SELECT n_fragments FROM hashtree.frag_init('mr_first', 2);
+INSERT INTO mr_first SELECT g, 'f' || g FROM generate_series(1, 300) g;
+SELECT n_fragments, moved_rows FROM hashtree.add_frag('mr_first', node => 'loop');
+SELECT fragment, node = hashtree.node_name() AS here FROM hashtree.fragments
+ WHERE "table" = 'mr_first'::regclass;
+SELECT count(*), sum(id), count(*) FILTER (WHERE hashtree.key_to_frag_number('mr_first', id) = 3) AS of_3
+  FROM mr_first;
+SELECT fragment_keys FROM hashtree.frag_table WHERE parent = 'mr_first'::regclass;
+SELECT count(*) AS parent_keys FROM pg_constraint WHERE conrelid = 'mr_first'::regclass;
+SELECT n_fragments, moved_rows FROM hashtree.del_frag('mr_first');
+SELECT count(*), sum(id) FROM mr_first;
+DROP TABLE mr_first;
 -- an identity column: values kept, there and back
 CREATE TABLE mr_id (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v text) PARTITION BY HASH (id);
 SELECT * FROM hashtree.frag_init('mr_id', 2);

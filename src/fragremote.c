@@ -31,6 +31,7 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/dependency.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_authid.h"
@@ -53,6 +54,7 @@
 #include "postmaster/bgworker.h"
 #include "storage/ipc.h"
 #include "storage/lmgr.h"
+#include "storage/proc.h"
 #include "tcop/deparse_utility.h"
 #include "tcop/tcopprot.h"
 #include "utils/array.h"
@@ -1082,11 +1084,80 @@ remote_q(const char *name)
 	return quote_qualified_identifier(REMOTE_SCHEMA, name);
 }
 
-/* "ht_<system id>_<database>_": this node's tables on a peer */
+/*
+ * This node's identity in the names of its tables on peers (DESIGN §19):
+ * hashtree.node_identity, made at CREATE EXTENSION from the system
+ * identifier, and made anew (random) by the first fragment operation that
+ * finds the server's system identifier or timeline no longer the ones
+ * recorded there: a physical copy promoted (a new timeline), a backup
+ * restored, pg_upgrade (another system identifier).  So a copy of this
+ * node never takes the tables this node keeps on its peers for its own.
+ */
+static HtQuery q_identity_get = {
+	"SELECT node_id, system_identifier OPERATOR(pg_catalog.=) $1"
+	" AND timeline OPERATOR(pg_catalog.=) $2 FROM hashtree.node_identity",
+	2, {INT8OID, INT8OID}
+};
+static HtQuery q_identity_new = {
+	"INSERT INTO hashtree.node_identity AS i (node_id, system_identifier, timeline)"
+	" VALUES ($3, $1, $2) ON CONFLICT (single) DO UPDATE SET node_id = $3,"
+	" system_identifier = $1, timeline = $2"
+	" WHERE i.system_identifier OPERATOR(pg_catalog.<>) $1 OR i.timeline OPERATOR(pg_catalog.<>) $2",
+	3, {INT8OID, INT8OID, INT8OID}
+};
+
+/* (read once per transaction) */
+static uint64 identity_cached;
+static LocalTransactionId identity_lxid = InvalidLocalTransactionId;
+
+static uint64
+node_identity(void)
+{
+	Datum		v[3];
+	bool		isnull;
+	uint64		id;
+
+	if (identity_lxid == MyProc->lxid && identity_lxid != InvalidLocalTransactionId)
+		return identity_cached;
+	if (RecoveryInProgress())
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("fragments on other servers cannot be handled during recovery")));
+	v[0] = Int64GetDatum((int64) GetSystemIdentifier());
+	v[1] = Int64GetDatum((int64) GetWALInsertionTimeLine());
+	if (ht_exec_as_owner(&q_identity_get, v, NULL, 1) != 1 ||
+		!DatumGetBool(ht_col(0, 2, &isnull)))
+	{
+		/* a copy (or the row was lost): an identity of its own */
+		if (!pg_strong_random(&id, sizeof(id)))
+			ereport(ERROR,
+					(errcode(ERRCODE_INTERNAL_ERROR),
+					 errmsg("could not generate a random node identity")));
+		v[2] = Int64GetDatum((int64) id);
+		if (ht_exec_as_owner(&q_identity_new, v, NULL, 0) > 0)
+			ereport(LOG,
+					(errmsg("hashtree: this server's system identifier or timeline changed (a copy "
+							"promoted or restored): its tables on peers are now named ht_%016"
+							INT64_MODIFIER "x_…", id),
+					 errdetail("The tables its origin keeps on peers are not this server's to clean up.")));
+		/* (another backend may have made it first: its identity it is) */
+		if (ht_exec_as_owner(&q_identity_get, v, NULL, 1) != 1 ||
+			!DatumGetBool(ht_col(0, 2, &isnull)))
+			elog(ERROR, "hashtree: the node identity could not be recorded");
+		/* (not cached: a subtransaction that made it may still roll back) */
+		return (uint64) DatumGetInt64(ht_col(0, 1, &isnull));
+	}
+	id = (uint64) DatumGetInt64(ht_col(0, 1, &isnull));
+	identity_cached = id;
+	identity_lxid = MyProc->lxid;
+	return id;
+}
+
+/* "ht_<node identity>_<database>_": this node's tables on a peer (needs SPI) */
 static char *
 node_prefix(void)
 {
-	return psprintf("ht_%016" INT64_MODIFIER "x_%08x_", GetSystemIdentifier(), MyDatabaseId);
+	return psprintf("ht_%016" INT64_MODIFIER "x_%08x_", node_identity(), MyDatabaseId);
 }
 
 static char *
@@ -2242,6 +2313,8 @@ job_step(MoveJob *job, int step)
 		move_load(&m, job->relid, job->frag, job->node[0] ? job->node : NULL, false);
 		if (step == 0)
 		{
+			/* (a new identity, if any, recorded in a transaction of its own) */
+			(void) node_identity();
 			ht_frag_recover(m.relid);
 			cleanup(m.relid);
 		}
@@ -3397,6 +3470,7 @@ comp_step(MoveJob *job, int step)
 		comp_load(&c, job->relid, job->kind == MOVE_JOB_ADD, job->node[0] ? job->node : NULL, false);
 		if (step == 0)
 		{
+			(void) node_identity();
 			ht_frag_recover(c.relid);
 			cleanup(c.relid);
 		}
@@ -3812,6 +3886,8 @@ ht_move_frag(PG_FUNCTION_ARGS)
 	HT_API_BEGIN();
 	held_before = OidIsValid(PG_GETARG_OID(0)) &&
 		CheckRelationOidLockedByMe(PG_GETARG_OID(0), AccessShareLock, true);
+	/* (a new identity, if any, made outside the subtransactions below) */
+	(void) node_identity();
 	move_load(&m, PG_GETARG_OID(0), PG_GETARG_INT32(1), node, true);
 	if ((m.from.peer == NULL && m.to_peer == NULL) ||
 		(m.from.peer != NULL && m.to_peer != NULL && strcmp(m.from.peer, m.to_peer) == 0))
