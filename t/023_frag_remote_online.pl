@@ -308,6 +308,23 @@ eval { $s->quit };
 $a->start;
 check_table('node killed', '1@b 2@b 3@c 4@a');
 
+# 5b. the swap fails after the peers committed the targets (an event
+# trigger refuses the foreign partitions): nothing changes here, the
+# targets stay on the peers, unreferenced, and the operation stays recorded
+$a->safe_psql('postgres', q{
+	CREATE FUNCTION no_foreign_tables() RETURNS event_trigger LANGUAGE plpgsql AS $$
+	BEGIN RAISE EXCEPTION 'no foreign table today'; END $$;
+	CREATE EVENT TRIGGER no_foreign_tables ON ddl_command_end WHEN TAG IN ('CREATE FOREIGN TABLE')
+		EXECUTE FUNCTION no_foreign_tables();
+});
+my ($bt, $ct) = (remote_tables($b), remote_tables($c));
+my ($ret, $out, $err) = $a->psql('postgres', q{SET ROLE owner; SELECT * FROM hashtree.add_frag('t', 'online', 'c')});
+like($err, qr/no foreign table today/, 'failed swap: the split failed');
+is(remote_tables($b) . ' ' . remote_tables($c), ($bt + 1) . ' ' . ($ct + 1),
+	'failed swap: its targets stay on b and c');
+check_table('failed swap', '1@b 2@b 3@c 4@a');
+$a->safe_psql('postgres', 'DROP EVENT TRIGGER no_foreign_tables');
+
 # 6. the next operation rolls back what was left here and drops what was
 # left on the peers, and does its work
 $w = start_writer(5);
