@@ -199,6 +199,23 @@ CREATE TABLE @extschema@.frag_server (
 );
 REVOKE ALL ON @extschema@.frag_server FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.frag_server', '');
+
+-- This node's identity in the names of its tables on peers (DESIGN §19):
+-- the system identifier at first; a random one from the first fragment
+-- operation that finds this server's system identifier or timeline changed
+-- (a physical copy promoted, a backup restored), so that a copy never takes
+-- the node's tables on peers for its own.  Not dumped: a restored dump is
+-- another node, and its CREATE EXTENSION makes its own.
+CREATE TABLE @extschema@.node_identity (
+	single			bool PRIMARY KEY DEFAULT true CHECK (single),
+	node_id			int8 NOT NULL,
+	system_identifier	int8 NOT NULL,
+	timeline		int8 NOT NULL
+);
+REVOKE ALL ON @extschema@.node_identity FROM PUBLIC;
+INSERT INTO @extschema@.node_identity (node_id, system_identifier, timeline)
+	SELECT s.system_identifier, s.system_identifier, c.timeline_id
+	  FROM pg_catalog.pg_control_system() s, pg_catalog.pg_control_checkpoint() c;
 CREATE FUNCTION @extschema@.move_frag(tbl regclass, fragment int, node text,
 									   mode text DEFAULT 'online')
 	RETURNS bigint

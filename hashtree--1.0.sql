@@ -762,7 +762,10 @@ CREATE FUNCTION @extschema@._delete_partition_rows(schema_name text, table_name 
 -- are op_helpers); an interrupted one is rolled back by the next operation.
 -- An online move_frag records op_fragment, op_node (where it goes, NULL:
 -- here), op_remote (its new table there) and op_filenode (of the table it
--- leaves on a peer: a TRUNCATE there changes it).
+-- leaves on a peer: a TRUNCATE there changes it).  An online add_frag or
+-- del_frag with fragments on peers records op_node (add_frag's node) and in
+-- op_remote its targets' tables on peers ('-': here), then its sources'
+-- relfilenodes there (0: here), space-separated.
 -- fragment_keys: the table's unique constraints, kept by each fragment
 -- ('PRIMARY KEY (id)', 'UNIQUE (a, b)') instead of the parent, once a
 -- fragment went to another server; NULL: the parent has them (DESIGN §19).
@@ -798,6 +801,23 @@ CREATE TABLE @extschema@.frag_server (
 );
 REVOKE ALL ON @extschema@.frag_server FROM PUBLIC;
 SELECT pg_catalog.pg_extension_config_dump('@extschema@.frag_server', '');
+
+-- This node's identity in the names of its tables on peers (DESIGN §19):
+-- the system identifier at first; a random one from the first fragment
+-- operation that finds this server's system identifier or timeline changed
+-- (a physical copy promoted, a backup restored), so that a copy never takes
+-- the node's tables on peers for its own.  Not dumped: a restored dump is
+-- another node, and its CREATE EXTENSION makes its own.
+CREATE TABLE @extschema@.node_identity (
+	single			bool PRIMARY KEY DEFAULT true CHECK (single),
+	node_id			int8 NOT NULL,
+	system_identifier	int8 NOT NULL,
+	timeline		int8 NOT NULL
+);
+REVOKE ALL ON @extschema@.node_identity FROM PUBLIC;
+INSERT INTO @extschema@.node_identity (node_id, system_identifier, timeline)
+	SELECT s.system_identifier, s.system_identifier, c.timeline_id
+	  FROM pg_catalog.pg_control_system() s, pg_catalog.pg_control_checkpoint() c;
 
 CREATE TYPE @extschema@.frag_state AS (n_fragments int, next_n_to_split int, n_doubles int);
 

@@ -6,10 +6,15 @@
 #    a foreign table SELECT * FROM the fragment (batch_size 1, postgres_fdw's
 #    default, and batch_size 1000), no verification;
 #  - reads by key through the parent (pgbench, one client, per-statement
-#    latency): a key of a local fragment vs a key of the remote fragment.
+#    latency): a key of a local fragment vs a key of the remote fragment;
+#  - add_frag of the remote fragment 1 with the new fragment 9 on the peer,
+#    and del_frag back, online vs block_writes, while a writer (pgbench,
+#    two clients, updates and inserts through the parent) works: the time
+#    of each and the writer's longest transaction during it.
 # Two servers on this machine (Unix sockets): the peer's share of the CPU
 # is counted in the times.
 # Usage (as root): bench/b8_frag_remote.sh [rows] [rounds] [read seconds]
+# (B8_PORT: the first of the two servers' ports, 54361 unless set)
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 . "$REPO/scripts/common.sh"
@@ -26,20 +31,22 @@ chown postgres "$WORK"
 trap 'pg_stop "$WORK/a"; pg_stop "$WORK/b"; rm -rf "$WORK"' EXIT
 conf=("shared_buffers = 512MB" "max_wal_size = 8GB" "fsync = on" "checkpoint_timeout = 30min"
 	"shared_preload_libraries = 'hashtree'")
-pg_start "$WORK/a" 54361 "${conf[@]}" "hashtree.node_name = 'a'"
-pg_start "$WORK/b" 54362 "${conf[@]}" "hashtree.node_name = 'b'"
+PA=${B8_PORT:-54361}
+PB=$((PA + 1))
+pg_start "$WORK/a" $PA "${conf[@]}" "hashtree.node_name = 'a'"
+pg_start "$WORK/b" $PB "${conf[@]}" "hashtree.node_name = 'b'"
 export PGUSER=postgres PGDATABASE=postgres
 export PGOPTIONS="-c client_min_messages=warning"
 PSQL="$PG_BIN/psql -X -q -v ON_ERROR_STOP=1"
-A="$PSQL -h $WORK/a -p 54361"
-B="$PSQL -h $WORK/b -p 54362"
+A="$PSQL -h $WORK/a -p $PA"
+B="$PSQL -h $WORK/b -p $PB"
 timed() { $1 -c '\timing on' -c "$2" | awk '/^Time:/ { print $2 }' | tail -1; }
 median() { sort -n | awk '{ a[NR] = $1 } END { print (NR % 2) ? a[(NR + 1) / 2] : (a[NR / 2] + a[NR / 2 + 1]) / 2 }'; }
 
 echo "== B8: a fragmented table of $ROWS rows, 8 fragments, on a; peer b"
 $B -c 'CREATE EXTENSION hashtree'
 $A -c 'CREATE EXTENSION hashtree' -c 'CREATE EXTENSION postgres_fdw' \
-	-c "SELECT hashtree.add_peer('b', 'host=$WORK/b port=54362 dbname=postgres')" \
+	-c "SELECT hashtree.add_peer('b', 'host=$WORK/b port=$PB dbname=postgres')" \
 	-c "CREATE TABLE big (id bigint PRIMARY KEY, customer text NOT NULL, amount numeric(12,2),
 	                      created timestamptz NOT NULL) PARTITION BY HASH (id)" \
 	-c "SELECT hashtree.frag_init('big', 8)" \
@@ -55,7 +62,7 @@ $A -c "CREATE TABLE keys1 AS SELECT row_number() OVER () AS rn, id FROM $rel1" \
 	-c "ALTER TABLE keys1 ADD PRIMARY KEY (rn)" -c "ALTER TABLE keys2 ADD PRIMARY KEY (rn)" \
 	-c "ANALYZE keys1, keys2" >/dev/null
 # by hand: a server and mapping of its own, a table on b, a foreign table over it
-$A -c "CREATE SERVER manual FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host '$WORK/b', port '54362', dbname 'postgres')" \
+$A -c "CREATE SERVER manual FOREIGN DATA WRAPPER postgres_fdw OPTIONS (host '$WORK/b', port '$PB', dbname 'postgres')" \
 	-c "CREATE USER MAPPING FOR PUBLIC SERVER manual OPTIONS (user 'postgres')" >/dev/null
 echo "   fragment 1: $frag_rows rows"
 
@@ -101,7 +108,7 @@ SQL
 done
 reads() {
 	# pgbench -r: the average latency of each statement; the third is the read
-	runuser -u postgres -- env PGHOST="$WORK/a" PGPORT=54361 $PG_BIN/pgbench -n -c 1 -T "$READ_S" -r \
+	runuser -u postgres -- env PGHOST="$WORK/a" PGPORT=$PA $PG_BIN/pgbench -n -c 1 -T "$READ_S" -r \
 		-f "$WORK/read$1.sql" postgres 2>&1 |
 		awk '/SELECT \* FROM big/ { lat = $1 } /number of transactions actually processed/ { n = $NF; sub(/\/.*/, "", n) }
 		     END { printf "%.3f ms per read (%s reads)", lat, n }'
@@ -109,4 +116,42 @@ reads() {
 echo "B8 read by key, one client, ${READ_S} s each: local fragment $(reads 2); remote fragment (b) $(reads 1)"
 $A -c "EXPLAIN (COSTS OFF) SELECT * FROM big WHERE id = $($A -At -c 'SELECT id FROM keys1 LIMIT 1')" | sed 's/^/   /'
 echo "   rows in the table afterwards: $($A -At -c "SELECT count(*) = $ROWS AND count(*) = count(DISTINCT id) FROM big")"
+
+echo "== B8 add_frag of fragment 1 (on b) with 9 on b, and del_frag back, under a writer through the parent"
+$A -c "CREATE SEQUENCE bseq START $((ROWS + 1))" >/dev/null
+cat >"$WORK/write.sql" <<SQL
+\\set k random(1, $ROWS)
+UPDATE big SET amount = amount + 1 WHERE id = :k;
+INSERT INTO big VALUES (nextval('bseq'), 'w', 0, now());
+SQL
+# run $2 under a writer of $1 seconds: "<ms of the statement> <longest writer transaction, ms>"
+under_writer() {
+	rm -f "$WORK"/lat.*
+	runuser -u postgres -- env PGHOST="$WORK/a" PGPORT=$PA $PG_BIN/pgbench -n -c 2 -T "$1" -l \
+		--log-prefix="$WORK/lat" -f "$WORK/write.sql" postgres >/dev/null 2>&1 &
+	local w=$!
+	sleep 1
+	local t
+	t=$(timed "$A" "$2")
+	wait $w
+	echo "$t $(cat "$WORK"/lat.* | awk '{ if ($3 > m) m = $3 } END { printf "%.1f", m / 1000 }')"
+}
+declare -A took wmax
+for mode in block_writes online; do
+	for r in $(seq 1 "$ROUNDS"); do
+		read -r t l < <(under_writer 8 "SELECT * FROM hashtree.add_frag('big', '$mode', 'b')")
+		took[$mode,add]+="$t "; wmax[$mode,add]+="$l "
+		read -r t l < <(under_writer 8 "SELECT * FROM hashtree.del_frag('big', '$mode')")
+		took[$mode,del]+="$t "; wmax[$mode,del]+="$l "
+	done
+	# shellcheck disable=SC2086
+	echo "B8 $mode: add_frag (1 on b split, 9 to b) $(m ${took[$mode,add]}) ms, the writer's longest" \
+		"transaction $(m ${wmax[$mode,add]}) ms; del_frag back $(m ${took[$mode,del]}) ms, longest" \
+		"$(m ${wmax[$mode,del]}) ms (medians of $ROUNDS)"
+done
+echo "   placement afterwards: $($A -At -c "SELECT string_agg(fragment || '@' || node, ' ' ORDER BY fragment)
+	FROM hashtree.fragments WHERE \"table\" = 'big'::regclass")"
+echo "   rows in the table afterwards: $($A -At -c "SELECT count(*) = count(DISTINCT id) FROM big")" \
+	"$($A -At -c "SELECT count(*) FROM big JOIN hashtree.fragments f ON f.relation = big.tableoid
+	WHERE f.fragment <> hashtree.key_to_frag_number('big', big.id)") misplaced"
 exit 0

@@ -67,6 +67,22 @@ GRANT USAGE ON SCHEMA hashtree TO ht_mover;
 SET ROLE ht_mover;
 SELECT pg_temp.err($$SELECT hashtree.move_frag('mt', 1, 'loop', 'block_writes')$$);
 RESET ROLE;
+-- nor add_frag/del_frag that place or read fragments on peers, in either
+-- mode, even on a table of one's own
+CREATE TABLE mr_own (id int PRIMARY KEY) PARTITION BY HASH (id);
+SELECT n_fragments FROM hashtree.frag_init('mr_own', 2);
+ALTER TABLE mr_own OWNER TO ht_mover;
+ALTER TABLE mr_own_frag1 OWNER TO ht_mover;
+ALTER TABLE mr_own_frag2 OWNER TO ht_mover;
+ALTER ROLE ht_mover LOGIN;
+GRANT CREATE ON SCHEMA public TO ht_mover;
+SET ROLE ht_mover;
+SELECT pg_temp.err($$SELECT * FROM hashtree.add_frag('mr_own', 'online', 'loop')$$);
+SELECT pg_temp.err($$SELECT * FROM hashtree.add_frag('mr_own', 'block_writes', 'loop')$$);
+SELECT fragment, node = hashtree.node_name() AS here FROM hashtree.fragments WHERE "table" = 'mr_own'::regclass;
+RESET ROLE;
+DROP TABLE mr_own;
+REVOKE CREATE ON SCHEMA public FROM ht_mover;
 GRANT EXECUTE ON FUNCTION hashtree.move_frag TO ht_mover;
 SET ROLE ht_mover;
 SELECT pg_temp.err($$SELECT hashtree.move_frag('mt', 1, 'loop', 'block_writes')$$);
@@ -176,12 +192,21 @@ SELECT tableoid::regclass, v FROM mt WHERE id = :k2;
 SELECT * FROM hashtree.frag_size('mt', true) WHERE fragment = 2;
 -- splits and merges: of fragments here as ever (5 split from 1, merged
 -- back); one that touches a fragment elsewhere moves it here and back in
--- the same transaction (block_writes), refused online
+-- the same transaction (block_writes), or (online) creates its targets
+-- where they go (below); bad arguments change nothing
 SELECT * FROM hashtree.add_frag('mt', 'block_writes');
 SELECT * FROM hashtree.del_frag('mt', 'block_writes');
+SELECT pg_temp.err($$SELECT * FROM hashtree.add_frag('mt', 'online', 'nobody')$$);
+SELECT pg_temp.err($$SELECT * FROM hashtree.add_frag('mt', 'block_writes', 'nobody')$$);
+SELECT pg_temp.err($$SELECT * FROM hashtree.add_frag('mt', 'sideways', 'loop')$$);
+SELECT pg_temp.err($$SELECT * FROM hashtree.del_frag('mt', NULL)$$);
+SELECT pg_temp.err($$SELECT * FROM hashtree.add_frag(NULL, 'online', 'loop')$$);
+-- online, not in a transaction that has used the table (the copy runs elsewhere)
+BEGIN;
+SELECT count(*) > 0 AS used FROM mt;
 SELECT pg_temp.err($$SELECT * FROM hashtree.del_frag('mt')$$);
 SELECT pg_temp.err($$SELECT * FROM hashtree.add_frag('mt', 'online', 'loop')$$);
-SELECT pg_temp.err($$SELECT * FROM hashtree.add_frag('mt', 'block_writes', 'nobody')$$);
+ROLLBACK;
 SELECT placement, rows = (SELECT rows FROM mr_before) AS same_rows FROM mr_state;
 -- 4 merged into 2 (on the peer), then 2 split again, 4 going to the peer
 SELECT * FROM hashtree.del_frag('mt', 'block_writes');
@@ -191,6 +216,54 @@ SELECT placement, rows = (SELECT rows FROM mr_before) AS same_rows FROM mr_state
 SELECT count(*) AS misplaced FROM mt JOIN hashtree.fragments f ON f.relation = mt.tableoid
  WHERE f.fragment <> hashtree.key_to_frag_number('mt', mt.id);
 SELECT hashtree.move_frag('mt', 4, NULL, 'block_writes') > 0 AS moved;
+-- the same online (DESIGN §19): each target created where it goes and
+-- filled from the sources, wherever they are; after each step the rows
+-- are the same and each is where key_to_frag_number says
+CREATE VIEW mr_misplaced AS SELECT count(*) AS misplaced FROM mt
+  JOIN hashtree.fragments f ON f.relation = mt.tableoid
+ WHERE f.fragment <> hashtree.key_to_frag_number('mt', mt.id);
+-- 4 (here) into 2 (there): the target there
+SELECT * FROM hashtree.del_frag('mt');
+SELECT placement, rows = (SELECT rows FROM mr_before) AS same_rows, misplaced FROM mr_state, mr_misplaced;
+-- 2 (there) split, 4 there too: source and targets on one peer
+SELECT * FROM hashtree.add_frag('mt', node => 'loop');
+SELECT placement, rows = (SELECT rows FROM mr_before) AS same_rows, misplaced FROM mr_state, mr_misplaced;
+-- 1 (here) split, 5 there
+SELECT * FROM hashtree.add_frag('mt', 'online', 'loop');
+SELECT placement, rows = (SELECT rows FROM mr_before) AS same_rows, misplaced FROM mr_state, mr_misplaced;
+-- 5 (there) into 1 (here): the target here
+SELECT * FROM hashtree.del_frag('mt', 'online');
+SELECT placement, rows = (SELECT rows FROM mr_before) AS same_rows, misplaced FROM mr_state, mr_misplaced;
+-- 4 (there) into 2 (there)
+SELECT * FROM hashtree.del_frag('mt');
+SELECT placement, rows = (SELECT rows FROM mr_before) AS same_rows, misplaced FROM mr_state, mr_misplaced;
+-- 2 (there) split, 4 here
+SELECT * FROM hashtree.add_frag('mt');
+SELECT placement, rows = (SELECT rows FROM mr_before) AS same_rows, misplaced FROM mr_state, mr_misplaced;
+SELECT op, op_phase, op_error FROM hashtree.frag_table WHERE parent = 'mt'::regclass;
+SELECT count(*) AS logs FROM pg_class WHERE relname LIKE 'hashtree\_frag\_%\_log';
+-- the rows of fragment 2 are all in its table on the peer, and only there
+SELECT option_value AS rt FROM pg_options_to_table((SELECT ftoptions FROM pg_foreign_table
+ WHERE ftrelid = 'mt_frag2'::regclass)) WHERE option_name = 'table_name' \gset
+SELECT count(*) AS rows_in_remote_table, bool_and(hashtree.key_to_frag_number('mt', id) = 2) AS all_of_2,
+	   count(*) = (SELECT count(*) FROM mt WHERE hashtree.key_to_frag_number('mt', id) = 2) AS all_rows_of_2
+  FROM hashtree_fragments.:"rt";
+DROP VIEW mr_misplaced;
+-- the first fragment of a table to leave, by an online add_frag: the
+-- parent's key becomes the fragments' first (in the worker), then the split
+CREATE TABLE mr_first (id int PRIMARY KEY, v text NOT NULL) PARTITION BY HASH (id);
+SELECT n_fragments FROM hashtree.frag_init('mr_first', 2);
+INSERT INTO mr_first SELECT g, 'f' || g FROM generate_series(1, 300) g;
+SELECT n_fragments, moved_rows FROM hashtree.add_frag('mr_first', node => 'loop');
+SELECT fragment, node = hashtree.node_name() AS here FROM hashtree.fragments
+ WHERE "table" = 'mr_first'::regclass;
+SELECT count(*), sum(id), count(*) FILTER (WHERE hashtree.key_to_frag_number('mr_first', id) = 3) AS of_3
+  FROM mr_first;
+SELECT fragment_keys FROM hashtree.frag_table WHERE parent = 'mr_first'::regclass;
+SELECT count(*) AS parent_keys FROM pg_constraint WHERE conrelid = 'mr_first'::regclass;
+SELECT n_fragments, moved_rows FROM hashtree.del_frag('mr_first');
+SELECT count(*), sum(id) FROM mr_first;
+DROP TABLE mr_first;
 -- an identity column: values kept, there and back
 CREATE TABLE mr_id (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, v text) PARTITION BY HASH (id);
 SELECT * FROM hashtree.frag_init('mr_id', 2);

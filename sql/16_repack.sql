@@ -69,31 +69,38 @@ SELECT as_rebuilt('grow');
 
 DROP TABLE grow;
 
--- two tables whose names hash alike (hashtext('public') # hashtext(name)
--- equal): the fold takes their logged keys interleaved by segment and meets
--- each table several times; a TRUNCATE of one re-hashes it, and its keys
--- met afterwards are not applied again
-SELECT (hashtext('public') # hashtext('c142084')) = (hashtext('public') # hashtext('c205747')) AS same_hash;
-CREATE TABLE c142084 (id int PRIMARY KEY, v text);
-CREATE TABLE c205747 (id int PRIMARY KEY, v text);
-SELECT hashtree.track('c142084'), hashtree.track('c205747');
-INSERT INTO c142084 SELECT g, 'x' || g FROM generate_series(1, 3000) g;
-INSERT INTO c205747 SELECT g, 'y' || g FROM generate_series(1, 3000) g;
-SELECT update_all();
-UPDATE c142084 SET v = v || '!' WHERE id % 3 = 0;
-UPDATE c205747 SET v = v || '!' WHERE id % 3 = 1;
-DELETE FROM c205747 WHERE id % 10 = 0;
+-- two tables, one keeping tombstones: a fold whose logged keys do not fit
+-- in maintenance_work_mem (1MB: 4,096 per partition) takes them through the
+-- SQL-sorted cursor, a smaller one sorts them in memory; the same trees
+CREATE TABLE kw_1 (id int PRIMARY KEY, v text);
+CREATE TABLE kw_2 (id int PRIMARY KEY, v text);
+SELECT hashtree.track('kw_1'), hashtree.track('kw_2');
+SET client_min_messages = error;
+SELECT hashtree.tombstones('kw_1');
+RESET client_min_messages;
+SET maintenance_work_mem = '1MB';
+INSERT INTO kw_1 SELECT g, 'x' || g FROM generate_series(1, 20000) g;
+INSERT INTO kw_2 SELECT g, 'y' || g FROM generate_series(1, 20000) g;
 SELECT update_all();
 SELECT trees_ok() AS tree_mismatches;
-SELECT as_rebuilt('c142084') AS c142084_as_rebuilt, as_rebuilt('c205747') AS c205747_as_rebuilt;
-INSERT INTO c142084 SELECT g, 'new' FROM generate_series(3001, 4000) g;
-UPDATE c205747 SET v = v || '?' WHERE id % 5 = 2;
-TRUNCATE c142084;
-INSERT INTO c142084 VALUES (1, 'again');
+UPDATE kw_1 SET v = v || '!' WHERE id % 30 = 0;
+UPDATE kw_2 SET v = v || '!' WHERE id % 30 = 1;
+DELETE FROM kw_2 WHERE id % 100 = 0;
 SELECT update_all();
 SELECT trees_ok() AS tree_mismatches;
-SELECT as_rebuilt('c142084') AS c142084_as_rebuilt, as_rebuilt('c205747') AS c205747_as_rebuilt;
-SELECT (SELECT sum(n) FROM hashtree.entry_pack WHERE pb = 'c142084')
-	 + (SELECT count(*) FROM hashtree.entry WHERE pb = 'c142084' AND depth = 2) AS c142084_entries;
-DROP TABLE c142084, c205747;
+SELECT as_rebuilt('kw_1') AS kw_1_as_rebuilt, as_rebuilt('kw_2') AS kw_2_as_rebuilt;
+INSERT INTO kw_1 SELECT g, 'new' FROM generate_series(20001, 40000) g;
+UPDATE kw_2 SET v = v || '?';
+TRUNCATE kw_1;
+INSERT INTO kw_1 VALUES (1, 'again');
+SELECT update_all();
+SELECT trees_ok() AS tree_mismatches;
+SELECT as_rebuilt('kw_1') AS kw_1_as_rebuilt, as_rebuilt('kw_2') AS kw_2_as_rebuilt;
+SELECT (SELECT sum(n) FROM hashtree.entry_pack WHERE pb = 'kw_1')
+	 + (SELECT count(*) FROM hashtree.entry WHERE pb = 'kw_1' AND depth = 2) AS kw_1_entries;
+-- every key it had, and those logged with the TRUNCATE, has a tombstone
+-- (but the one written again)
+SELECT count(*) AS kw_1_tombstones FROM hashtree.tombstone WHERE pb = 'kw_1';
+RESET maintenance_work_mem;
+DROP TABLE kw_1, kw_2;
 DROP FUNCTION update_all(), trees_ok(), tops(text), as_rebuilt(text);

@@ -109,11 +109,19 @@ SELECT trees_ok();
 
 -- versions from a column instead of commit times: any type with an order
 -- and a binary form
-CREATE TABLE vc (id int PRIMARY KEY, n int, at timestamptz, p point, "Vér sion" bigint);
+CREATE DOMAIN ver8 AS int8 CHECK (VALUE > 0);
+CREATE TABLE vc (id int PRIMARY KEY, n int, at timestamptz, p point, "Vér sion" bigint,
+				 tx text, dm ver8, arr int8[], rc regclass);
 SELECT hashtree.version_column('vc', 'at');
 SELECT hashtree.track('vc');
 SELECT hashtree.version_column('vc', 'nope');
 SELECT hashtree.version_column('vc', 'p');		-- no order
+-- text (collatable: client encoding, collation), a domain (its checks are
+-- the owner's code), an array, OIDs of the node's objects
+SELECT hashtree.version_column('vc', 'tx');
+SELECT hashtree.version_column('vc', 'dm');
+SELECT hashtree.version_column('vc', 'arr');
+SELECT hashtree.version_column('vc', 'rc');
 SELECT hashtree.version_column('vc', 'n');
 SELECT hashtree.version_column('vc', 'at');
 SELECT version_column, version_type FROM hashtree.tracked WHERE table_name = 'vc';
@@ -121,7 +129,8 @@ SELECT hashtree.version_column('vc', NULL);
 SELECT version_column, version_type FROM hashtree.tracked WHERE table_name = 'vc';
 SELECT hashtree.version_column(NULL, 'at');
 -- given to track(); a delete's tombstone carries the deleted row's version,
--- its entry T'(v) = SHA-256(0x05 || the version's binary form)[0..16]
+-- its entry T'(v) = SHA-256(0x05 || 0x01 || the version's binary form)[0..16]
+-- (no version: SHA-256(0x05))
 CREATE TABLE vt (id int PRIMARY KEY, "Vér sion" bigint);
 SELECT hashtree.track('vt', version_column => 'nope');
 SELECT count(*) FROM hashtree.tracked WHERE table_name = 'vt';	-- nothing done
@@ -137,7 +146,8 @@ SELECT update_all();
 CREATE OR REPLACE FUNCTION vt_entries() RETURNS TABLE(key bytea, tomb_version bytea, entry_ok boolean)
 LANGUAGE sql AS $$
 	SELECT tb.key, tb.version,
-		   e.hash = substring(sha256('\x05'::bytea || coalesce(tb.version, '')) FOR 16)
+		   e.hash = substring(sha256(CASE WHEN tb.version IS NULL THEN '\x05'::bytea
+										ELSE '\x0501'::bytea || tb.version END) FOR 16)
 	  FROM hashtree.tombstone tb
 	  JOIN hashtree.leaf_entry e ON e.part = tb.part AND e.pa = tb.pa AND e.pb = tb.pb
 		AND e.key = tb.key
@@ -150,6 +160,18 @@ SELECT trees_ok();
 -- a re-hash keeps them, with the same entries
 SELECT hashtree.reset(p) FROM generate_series(0, 7) p;
 SELECT count(*), bool_and(entry_ok) FROM vt_entries();
+SELECT trees_ok();
+-- the same column again changes nothing (the tombstones keep their versions)
+SELECT hashtree.version_column('vt', 'Vér sion');
+SELECT count(*) FILTER (WHERE tomb_version IS NOT NULL) AS versioned FROM vt_entries();
+-- a TRUNCATE and a delete in the same fold: the delete's version stays
+TRUNCATE vt;
+INSERT INTO vt VALUES (50, 500);
+DELETE FROM vt WHERE id = 50;
+SELECT update_all();
+SELECT tomb_version = int8send(500) AS v500, entry_ok FROM vt_entries()
+ WHERE key = hashtree.row_key('vt', ROW(50, NULL)::vt);
+SELECT count(*) AS tombstones, bool_and(entry_ok) FROM vt_entries();
 SELECT trees_ok();
 -- the version column cannot be dropped, renamed or retyped
 ALTER TABLE vt DROP COLUMN "Vér sion";
@@ -200,6 +222,16 @@ CREATE TEMP TABLE tops_before AS SELECT tops() AS t;
 SELECT hashtree.reset(p) FROM generate_series(0, 7) p;
 SELECT tops() = t AS same_tops FROM tops_before;
 SELECT * FROM tt_entries();
+-- a TRUNCATE whose marker a re-hash drops before any fold: the same
+-- tombstones
+INSERT INTO tt VALUES (70, 'x');
+SELECT update_all();
+TRUNCATE tt;
+SELECT hashtree.reset(p) FROM generate_series(0, 7) p;
+SELECT count(*) FROM hashtree.tombstone WHERE pb = 'tt'
+   AND key IN (hashtree.row_key('tt', ROW(70, NULL)::tt), hashtree.row_key('tt', ROW(2, NULL)::tt));
+SELECT * FROM tt_entries();
+SELECT trees_ok();
 -- a table without tombstones: a TRUNCATE leaves none
 CREATE TABLE tn (id int PRIMARY KEY);
 SELECT hashtree.track('tn');

@@ -1428,11 +1428,12 @@ frag_change(FunctionCallInfo fcinfo, bool add)
  * hashtree.add_frag(tbl regclass, mode text DEFAULT 'online', node text DEFAULT NULL)
  *   RETURNS TABLE(n_fragments, next_n_to_split, n_doubles, iter_frags,
  *                 additional_lock_frags, moved_rows)
- * Splits fragment P into P and N+1 (N+1 on peer node, if given:
- * fragremote.c).  Locks: SHARE on tbl and the source
- * (block_writes) or SHARE ROW EXCLUSIVE on the source for the capture
- * triggers (online), then ACCESS EXCLUSIVE on tbl and the source for the
- * swap; an advisory transaction lock per table.
+ * Splits fragment P into P and N+1 (N+1 on peer node, if given; P, N or
+ * the buddy on a peer: fragremote.c, which needs EXECUTE on move_frag).
+ * Locks: SHARE on tbl and the source (block_writes) or SHARE ROW
+ * EXCLUSIVE on the source for the capture triggers (online), then ACCESS
+ * EXCLUSIVE on tbl and the source for the swap; an advisory transaction
+ * lock per table.
  */
 PG_FUNCTION_INFO_V1(ht_add_frag);
 Datum

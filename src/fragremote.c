@@ -31,6 +31,7 @@
 #include "access/table.h"
 #include "access/tableam.h"
 #include "access/xact.h"
+#include "access/xlog.h"
 #include "catalog/dependency.h"
 #include "catalog/namespace.h"
 #include "catalog/pg_authid.h"
@@ -48,10 +49,12 @@
 #include "libpq-fe.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
+#include "partitioning/partbounds.h"
 #include "pgstat.h"
 #include "postmaster/bgworker.h"
 #include "storage/ipc.h"
 #include "storage/lmgr.h"
+#include "storage/proc.h"
 #include "tcop/deparse_utility.h"
 #include "tcop/tcopprot.h"
 #include "utils/array.h"
@@ -1081,11 +1084,80 @@ remote_q(const char *name)
 	return quote_qualified_identifier(REMOTE_SCHEMA, name);
 }
 
-/* "ht_<system id>_<database>_": this node's tables on a peer */
+/*
+ * This node's identity in the names of its tables on peers (DESIGN §19):
+ * hashtree.node_identity, made at CREATE EXTENSION from the system
+ * identifier, and made anew (random) by the first fragment operation that
+ * finds the server's system identifier or timeline no longer the ones
+ * recorded there: a physical copy promoted (a new timeline), a backup
+ * restored, pg_upgrade (another system identifier).  So a copy of this
+ * node never takes the tables this node keeps on its peers for its own.
+ */
+static HtQuery q_identity_get = {
+	"SELECT node_id, system_identifier OPERATOR(pg_catalog.=) $1"
+	" AND timeline OPERATOR(pg_catalog.=) $2 FROM hashtree.node_identity",
+	2, {INT8OID, INT8OID}
+};
+static HtQuery q_identity_new = {
+	"INSERT INTO hashtree.node_identity AS i (node_id, system_identifier, timeline)"
+	" VALUES ($3, $1, $2) ON CONFLICT (single) DO UPDATE SET node_id = $3,"
+	" system_identifier = $1, timeline = $2"
+	" WHERE i.system_identifier OPERATOR(pg_catalog.<>) $1 OR i.timeline OPERATOR(pg_catalog.<>) $2",
+	3, {INT8OID, INT8OID, INT8OID}
+};
+
+/* (read once per transaction) */
+static uint64 identity_cached;
+static LocalTransactionId identity_lxid = InvalidLocalTransactionId;
+
+static uint64
+node_identity(void)
+{
+	Datum		v[3];
+	bool		isnull;
+	uint64		id;
+
+	if (identity_lxid == MyProc->lxid && identity_lxid != InvalidLocalTransactionId)
+		return identity_cached;
+	if (RecoveryInProgress())
+		ereport(ERROR,
+				(errcode(ERRCODE_READ_ONLY_SQL_TRANSACTION),
+				 errmsg("fragments on other servers cannot be handled during recovery")));
+	v[0] = Int64GetDatum((int64) GetSystemIdentifier());
+	v[1] = Int64GetDatum((int64) GetWALInsertionTimeLine());
+	if (ht_exec_as_owner(&q_identity_get, v, NULL, 1) != 1 ||
+		!DatumGetBool(ht_col(0, 2, &isnull)))
+	{
+		/* a copy (or the row was lost): an identity of its own */
+		if (!pg_strong_random(&id, sizeof(id)))
+			ereport(ERROR,
+					(errcode(ERRCODE_INTERNAL_ERROR),
+					 errmsg("could not generate a random node identity")));
+		v[2] = Int64GetDatum((int64) id);
+		if (ht_exec_as_owner(&q_identity_new, v, NULL, 0) > 0)
+			ereport(LOG,
+					(errmsg("hashtree: this server's system identifier or timeline changed (a copy "
+							"promoted or restored): its tables on peers are now named ht_%016"
+							INT64_MODIFIER "x_…", id),
+					 errdetail("The tables its origin keeps on peers are not this server's to clean up.")));
+		/* (another backend may have made it first: its identity it is) */
+		if (ht_exec_as_owner(&q_identity_get, v, NULL, 1) != 1 ||
+			!DatumGetBool(ht_col(0, 2, &isnull)))
+			elog(ERROR, "hashtree: the node identity could not be recorded");
+		/* (not cached: a subtransaction that made it may still roll back) */
+		return (uint64) DatumGetInt64(ht_col(0, 1, &isnull));
+	}
+	id = (uint64) DatumGetInt64(ht_col(0, 1, &isnull));
+	identity_cached = id;
+	identity_lxid = MyProc->lxid;
+	return id;
+}
+
+/* "ht_<node identity>_<database>_": this node's tables on a peer (needs SPI) */
 static char *
 node_prefix(void)
 {
-	return psprintf("ht_%016" INT64_MODIFIER "x_%08x_", GetSystemIdentifier(), MyDatabaseId);
+	return psprintf("ht_%016" INT64_MODIFIER "x_%08x_", node_identity(), MyDatabaseId);
 }
 
 static char *
@@ -2116,9 +2188,14 @@ typedef struct MoveJob
 	Oid			dboid;
 	Oid			userid;
 	Oid			relid;
-	int32		frag;
+	int32		kind;			/* MOVE_JOB_* */
+	int32		frag;			/* move_frag */
 	char		node[HT_MAX_PEER_NAME_LEN + 1];	/* "": here */
 } MoveJob;
+
+#define MOVE_JOB_MOVE	0		/* move_frag */
+#define MOVE_JOB_ADD	1		/* add_frag with fragments elsewhere */
+#define MOVE_JOB_DEL	2		/* del_frag with fragments elsewhere */
 
 StaticAssertDecl(sizeof(MoveJob) <= BGW_EXTRALEN, "a move job must fit in bgw_extra");
 
@@ -2210,6 +2287,7 @@ capture_fn(void *arg)
 }
 
 static void move_load(Move *m, Oid relid, int32 frag, char *node, bool caller);
+static ErrorData *comp_step(MoveJob *job, int step);
 
 /*
  * One transaction of the worker: 0 rolls back what an earlier operation
@@ -2235,6 +2313,8 @@ job_step(MoveJob *job, int step)
 		move_load(&m, job->relid, job->frag, job->node[0] ? job->node : NULL, false);
 		if (step == 0)
 		{
+			/* (a new identity, if any, recorded in a transaction of its own) */
+			(void) node_identity();
 			ht_frag_recover(m.relid);
 			cleanup(m.relid);
 		}
@@ -2300,17 +2380,18 @@ void
 ht_fragremote_job_main(Datum arg)
 {
 	MoveJob		job;
-	ErrorData  *edata = NULL;
+	ErrorData  *volatile edata = NULL;
 
 	memcpy(&job, MyBgworkerEntry->bgw_extra, sizeof(job));
 	pqsignal(SIGTERM, die);
 	BackgroundWorkerUnblockSignals();
 	BackgroundWorkerInitializeConnectionByOid(job.dboid, job.userid, 0);
 	SetConfigOption("search_path", "", PGC_SUSET, PGC_S_OVERRIDE);
-	pgstat_report_appname("hashtree fragment move");
+	pgstat_report_appname(job.kind == MOVE_JOB_MOVE ? "hashtree fragment move"
+						  : "hashtree fragment copy");
 
 	for (int step = 0; step < 4 && edata == NULL; step++)
-		edata = job_step(&job, step);
+		edata = job.kind == MOVE_JOB_MOVE ? job_step(&job, step) : comp_step(&job, step);
 	if (edata != NULL)
 	{
 		Datum		v[2];
@@ -2341,27 +2422,24 @@ text_or_null(int col)
 	return isnull ? NULL : TextDatumGetCString(d);
 }
 
-/* run the worker and wait for it; ERROR unless it prepared the move */
+/*
+ * Run the worker of job (what: the operation, for messages) and wait for
+ * it; ERROR unless it prepared the operation op, whose registry row is
+ * then SPI_tuptable's (q_move_read)
+ */
 static void
-prepare_online(Move *m)
+run_job(MoveJob *job, const char *what, const char *op_name, const char *qparent)
 {
 	BackgroundWorker w;
 	BackgroundWorkerHandle *handle;
-	MoveJob		job;
 	pid_t		pid;
-	bool		isnull;
 	Datum		v[1];
 	char	   *op;
 	char	   *phase;
 	char	   *error;
 
-	memset(&job, 0, sizeof(job));
-	job.dboid = MyDatabaseId;
-	job.userid = GetUserId();
-	job.relid = m->relid;
-	job.frag = m->frag;
-	if (m->to_peer != NULL)
-		strlcpy(job.node, m->to_peer, sizeof(job.node));
+	job->dboid = MyDatabaseId;
+	job->userid = GetUserId();
 	memset(&w, 0, sizeof(w));
 	w.bgw_flags = BGWORKER_SHMEM_ACCESS | BGWORKER_BACKEND_DATABASE_CONNECTION;
 	w.bgw_start_time = BgWorkerStart_RecoveryFinished;
@@ -2369,13 +2447,17 @@ prepare_online(Move *m)
 	w.bgw_notify_pid = MyProcPid;
 	snprintf(w.bgw_library_name, BGW_MAXLEN, "hashtree");
 	snprintf(w.bgw_function_name, BGW_MAXLEN, "ht_fragremote_job_main");
-	snprintf(w.bgw_name, BGW_MAXLEN, "hashtree move of fragment %d of table %u", m->frag, m->relid);
+	if (job->kind == MOVE_JOB_MOVE)
+		snprintf(w.bgw_name, BGW_MAXLEN, "hashtree move of fragment %d of table %u", job->frag,
+				 job->relid);
+	else
+		snprintf(w.bgw_name, BGW_MAXLEN, "hashtree %s copy of table %u", what, job->relid);
 	snprintf(w.bgw_type, BGW_MAXLEN, "hashtree fragment move");
-	memcpy(w.bgw_extra, &job, sizeof(job));
+	memcpy(w.bgw_extra, job, sizeof(*job));
 	if (!RegisterDynamicBackgroundWorker(&w, &handle))
 		ereport(ERROR,
 				(errcode(ERRCODE_CONFIGURATION_LIMIT_EXCEEDED),
-				 errmsg("no background worker slot for an online move_frag"),
+				 errmsg("no background worker slot for an online %s", what),
 				 errhint("Raise max_worker_processes, or use mode => 'block_writes'.")));
 	PG_TRY();
 	{
@@ -2390,17 +2472,33 @@ prepare_online(Move *m)
 	}
 	PG_END_TRY();
 
-	v[0] = ObjectIdGetDatum(m->relid);
+	v[0] = ObjectIdGetDatum(job->relid);
 	if (ht_exec(&q_move_read, v, NULL, 1) != 1)
-		elog(ERROR, "hashtree: table %u is no longer registered", m->relid);
+		elog(ERROR, "hashtree: table %u is no longer registered", job->relid);
 	op = first_text(1);
 	phase = text_or_null(2);
 	error = text_or_null(3);
-	if (op == NULL || strcmp(op, "move_frag") != 0 || phase == NULL || strcmp(phase, "prepared") != 0)
+	if (op == NULL || strcmp(op, op_name) != 0 || phase == NULL || strcmp(phase, "prepared") != 0)
 		ereport(ERROR,
 				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
-				 errmsg("the preparation of move_frag on %s failed: %s", m->qparent,
+				 errmsg("the preparation of %s on %s failed: %s", what, qparent,
 						error ? error : "the worker ended without a result")));
+}
+
+/* run the worker of a move and wait for it; ERROR unless it prepared the move */
+static void
+prepare_online(Move *m)
+{
+	MoveJob		job;
+	bool		isnull;
+
+	memset(&job, 0, sizeof(job));
+	job.kind = MOVE_JOB_MOVE;
+	job.relid = m->relid;
+	job.frag = m->frag;
+	if (m->to_peer != NULL)
+		strlcpy(job.node, m->to_peer, sizeof(job.node));
+	run_job(&job, "move_frag", "move_frag", m->qparent);
 	if (m->to_peer != NULL)
 		m->to_remote = TextDatumGetCString(ht_col(0, 4, &isnull));
 	m->filenode = DatumGetInt64(ht_col(0, 5, &isnull));
@@ -2432,7 +2530,7 @@ online_swap_fn(void *arg)
  * table this transaction must not hold: refused up front otherwise.
  */
 static void
-check_online(Move *m, bool held_before)
+check_online(const char *what, const char *qparent, bool held_before)
 {
 	HeapTuple	tp = SearchSysCache1(AUTHOID, ObjectIdGetDatum(GetUserId()));
 	bool		canlogin;
@@ -2444,17 +2542,1216 @@ check_online(Move *m, bool held_before)
 	if (!canlogin)
 		ereport(ERROR,
 				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
-				 errmsg("an online move_frag needs a role that can log in, and role \"%s\" cannot",
-						GetUserNameFromId(GetUserId(), false)),
+				 errmsg("an online %s needs a role that can log in, and role \"%s\" cannot",
+						what, GetUserNameFromId(GetUserId(), false)),
 				 errdetail("The copy runs in a background worker that logs in as the calling role."),
 				 errhint("Use mode => 'block_writes', or call it as a role with LOGIN.")));
 	if (held_before)
 		ereport(ERROR,
 				(errcode(ERRCODE_ACTIVE_SQL_TRANSACTION),
-				 errmsg("an online move_frag cannot run in a transaction that has used table %s",
-						m->qparent),
+				 errmsg("an online %s cannot run in a transaction that has used table %s",
+						what, qparent),
 				 errdetail("Its copy runs in another session, which would wait for this transaction's locks."),
 				 errhint("Commit first, or use mode => 'block_writes'.")));
+}
+
+/* ---- add_frag and del_frag online with fragments elsewhere -------------------------------- */
+
+/*
+ * A composite: add_frag or del_frag whose sources (the fragment split, or
+ * the fragment merged and its buddy) or targets (add_frag's node) are on
+ * peers.  Each target is created where its fragment is to be (add_frag:
+ * P where P was, N+1 on node; del_frag: the buddy where it was) and filled
+ * directly from the sources, each row sent to the target whose bound its
+ * key hashes to; online, the keys written meanwhile are captured on the
+ * sources and copied again under the swap's locks, as for a move
+ * (DESIGN §19).
+ */
+
+/* a source or a target of a composite */
+typedef struct CompEnd
+{
+	int32		frag;
+	int32		modulus;		/* target: its bound in the new state */
+	int32		remainder;
+	Oid			rel;			/* source: its partition; target here: its table */
+	char	   *name;			/* its name as a fragment */
+	char	   *peer;			/* NULL: here */
+	char	   *server;
+	char	   *remote;			/* its table on the peer */
+	char	   *work;			/* target here: its working name */
+	int			conn;			/* in Comp.conn; -1: here */
+	int64		filenode;		/* source on a peer: of its table, at the copy */
+	char	   *sql;			/* target on a peer: the insert of a batch */
+	SPIPlanPtr	plan;			/* target here: the insert of a batch */
+	Batch		batch;			/* target: rows on their way */
+} CompEnd;
+
+/* one connection per peer involved: a source and a target there share it */
+typedef struct CompConn
+{
+	char	   *peer;
+	HtPeer	   *p;
+	bool		pending;		/* an INSERT sent, its result not read */
+} CompConn;
+
+typedef struct Comp
+{
+	Oid			relid;
+	bool		add;
+	char	   *nsp;
+	char	   *qparent;
+	Oid			owner;
+	Oid			rowtype;		/* the parent's row type */
+	HtLinState	before;
+	HtLinState	after;
+	int32		iter;
+	int32		lock;
+	char	   *node;			/* add_frag: where N + 1 goes (NULL: here) */
+	Oid		   *frags;
+	int32		nfrags;
+	int			nsrc;
+	CompEnd		src[2];
+	int			ntgt;
+	CompEnd		tgt[2];
+	int			nconn;
+	CompConn	conn[4];
+	int			nkeys;
+	char	  **keyname;
+	Oid		   *keytype;
+	char	   *keylist;
+	bool		remote_target;	/* a target is on a peer */
+	PartitionKey pkey;			/* while the parent is open (copy, replay) */
+	TupleDesc	pdesc;
+	FmgrInfo	recin;
+	int64		copied;			/* rows the copy wrote */
+	int64		moved;			/* rows that change fragment */
+	int64		prep_copied;	/* the same, as the worker left them */
+	int64		prep_moved;
+} Comp;
+
+static const char *
+comp_what(Comp *c)
+{
+	return c->add ? "add_frag" : "del_frag";
+}
+
+/* a Move standing for the composite, for the checks and helpers of the move */
+static void
+comp_move(Comp *c, int s, Move *m)
+{
+	memset(m, 0, sizeof(*m));
+	m->relid = c->relid;
+	m->nsp = c->nsp;
+	m->qparent = c->qparent;
+	m->owner = c->owner;
+	m->frags = c->frags;
+	m->nfrags = c->nfrags;
+	m->frag = c->src[s].frag;
+	m->src = c->src[s].rel;
+	m->src_name = c->src[s].name;
+	m->nkeys = c->nkeys;
+	m->keyname = c->keyname;
+	m->keytype = c->keytype;
+	m->keylist = c->keylist;
+}
+
+static int
+comp_conn_of(Comp *c, const char *peer)
+{
+	if (peer == NULL)
+		return -1;
+	for (int i = 0; i < c->nconn; i++)
+		if (strcmp(c->conn[i].peer, peer) == 0)
+			return i;
+	c->conn[c->nconn].peer = pstrdup(peer);
+	return c->nconn++;
+}
+
+/*
+ * Fill a composite of table relid from the registry and the catalogs,
+ * checking what it needs (caller: the SQL function, which takes the
+ * operation lock; else the worker).
+ */
+static void
+comp_load(Comp *c, Oid relid, bool add, char *node, bool caller)
+{
+	Relation	rel;
+	HtFragTable ft;
+	PartitionKey key;
+	StringInfoData keylist;
+	Move		m;
+
+	memset(c, 0, sizeof(*c));
+	c->relid = relid;
+	c->add = add;
+	c->node = (node == NULL || ht_node_is_local(node)) ? NULL : node;
+	rel = ht_open_relation_arg(relid, AccessShareLock);
+	ht_frag_check_table(rel);
+	c->nsp = get_namespace_name(RelationGetNamespace(rel));
+	c->qparent = quote_qualified_identifier(c->nsp, RelationGetRelationName(rel));
+	c->owner = rel->rd_rel->relowner;
+	c->rowtype = rel->rd_rel->reltype;
+	if (caller && !try_op_lock(relid))
+		ereport(ERROR,
+				(errcode(ERRCODE_LOCK_NOT_AVAILABLE),
+				 errmsg("another fragment operation is under way on table \"%s\"",
+						RelationGetRelationName(rel))));
+	if (!ht_frag_lookup(relid, &ft))
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table \"%s\" is not a fragmented table", RelationGetRelationName(rel)),
+				 errhint("Make it one with hashtree.frag_init() or hashtree.frag_activate().")));
+	if (add && ft.s.n >= HT_MAX_FRAGMENTS)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("a fragmented table has at most %d fragments", HT_MAX_FRAGMENTS)));
+	if (!add && ft.s.n <= 1)
+		ereport(ERROR,
+				(errcode(ERRCODE_OBJECT_NOT_IN_PREREQUISITE_STATE),
+				 errmsg("table \"%s\" has a single fragment", RelationGetRelationName(rel)),
+				 errhint("del_frag merges the last fragment into another; there must be two.")));
+	if (c->node != NULL)
+	{
+		Oid			save_user;
+		int			save_sec;
+
+		ht_as_owner_begin(&save_user, &save_sec);
+		ht_peer_check(c->node);
+		ht_as_owner_end(save_user, save_sec);
+	}
+	c->before = ft.s;
+	c->frags = ht_frag_layout(rel, &ft.s);
+	c->nfrags = ft.s.n;
+	if (add)
+	{
+		c->after = ht_lin_add(&ft.s, &c->iter, &c->lock);
+		c->nsrc = 1;
+		c->src[0].frag = c->iter;
+		c->ntgt = 2;
+		c->tgt[0].frag = c->iter;
+		c->tgt[1].frag = c->lock;
+	}
+	else
+	{
+		c->after = ht_lin_del(&ft.s, &c->iter, &c->lock);
+		c->nsrc = 2;
+		c->src[0].frag = c->lock;	/* the buddy first: the target takes its place */
+		c->src[1].frag = c->iter;
+		c->ntgt = 1;
+		c->tgt[0].frag = c->lock;
+	}
+	for (int s = 0; s < c->nsrc; s++)
+	{
+		CompEnd    *e = &c->src[s];
+		Place		pl;
+
+		e->rel = c->frags[e->frag - 1];
+		e->name = get_rel_name(e->rel);
+		place_of(e->rel, e->frag, &pl);
+		e->peer = pl.peer;
+		e->server = pl.server;
+		e->remote = pl.remote;
+		e->conn = comp_conn_of(c, e->peer);
+	}
+	for (int t = 0; t < c->ntgt; t++)
+	{
+		CompEnd    *e = &c->tgt[t];
+
+		ht_lin_bound(&c->after, e->frag, &e->modulus, &e->remainder);
+		/* P and the buddy stay where they were; N + 1 goes to node */
+		e->peer = (add && t == 1) ? c->node : c->src[0].peer;
+		e->name = (add && t == 1) ? ht_frag_name(rel, e->frag) : c->src[0].name;
+		e->work = psprintf("hashtree_move_%u_%d", relid, e->frag);
+		e->conn = comp_conn_of(c, e->peer);
+		c->remote_target |= e->peer != NULL;
+		/* drop_peer waits for this transaction */
+		if (caller && e->peer != NULL)
+			peer_share(e->peer);
+	}
+
+	key = RelationGetPartitionKey(rel);
+	initStringInfo(&keylist);
+	c->nkeys = key->partnatts;
+	c->keyname = palloc(sizeof(char *) * c->nkeys);
+	c->keytype = palloc(sizeof(Oid) * c->nkeys);
+	for (int i = 0; i < key->partnatts; i++)
+	{
+		c->keyname[i] = pstrdup(NameStr(TupleDescAttr(RelationGetDescr(rel),
+													  key->partattrs[i] - 1)->attname));
+		c->keytype[i] = key->parttypid[i];
+		appendStringInfo(&keylist, "%s%s", i ? ", " : "", quote_identifier(c->keyname[i]));
+	}
+	c->keylist = keylist.data;
+
+	comp_move(c, 0, &m);
+	if (c->remote_target)
+		check_remote(&m, rel);
+	for (int s = 0; s < c->nsrc; s++)
+		if (c->src[s].peer == NULL)
+		{
+			/* (rows travel as row literals: columns in the table's order, no own triggers) */
+			comp_move(c, s, &m);
+			check_local_source(&m, rel);
+		}
+	ht_frag_check_references(c->relid, c->qparent,
+							 "Drop the foreign key, change the fragments, and add it back.");
+	table_close(rel, NoLock);
+}
+
+/* -- connections -- */
+
+static void
+comp_sync(CompConn *cc)
+{
+	if (cc->pending)
+	{
+		cc->pending = false;
+		(void) ht_peer_receive(cc->p, 0);
+	}
+}
+
+static HtRemoteResult *
+comp_query(Comp *c, int conn, const char *sql, int nparams, const char *const *params, int ncols)
+{
+	comp_sync(&c->conn[conn]);
+	return ht_peer_query(c->conn[conn].p, sql, nparams, params, false, ncols);
+}
+
+/*
+ * One transaction on each peer involved, REPEATABLE READ (a source there
+ * is read with one snapshot, its digest included), durable at its commit
+ */
+static void
+comp_begin(Comp *c, bool fresh)
+{
+	for (int i = 0; i < c->nconn; i++)
+	{
+		CompConn   *cc = &c->conn[i];
+
+		cc->p = peer_get(cc->peer);
+		cc->pending = false;
+		if (fresh &&
+			ht_peer_query(cc->p, "SELECT FROM pg_catalog.pg_namespace"
+						  " WHERE nspname OPERATOR(pg_catalog.=) '" REMOTE_SCHEMA "'",
+						  0, NULL, false, 0)->nrows == 0)
+			(void) ht_peer_query(cc->p, "CREATE SCHEMA IF NOT EXISTS " REMOTE_SCHEMA,
+								 0, NULL, false, 0);
+		(void) ht_peer_query(cc->p, "BEGIN ISOLATION LEVEL REPEATABLE READ", 0, NULL, false, 0);
+		(void) ht_peer_query(cc->p, "SET LOCAL synchronous_commit = on", 0, NULL, false, 0);
+	}
+}
+
+static void
+comp_commit(Comp *c)
+{
+	for (int i = 0; i < c->nconn; i++)
+		(void) comp_query(c, i, "COMMIT", 0, NULL, 0);
+}
+
+/* after an error: closing the connections rolls back what is open there */
+static void
+comp_disconnect(Comp *c)
+{
+	for (int i = 0; i < c->nconn; i++)
+		if (c->conn[i].p != NULL)
+		{
+			ht_peer_disconnect(c->conn[i].peer);
+			c->conn[i].p = NULL;
+		}
+}
+
+/* -- rows -- */
+
+/* the targets' inserts, and their batches emptied */
+static void
+comp_sinks(Comp *c)
+{
+	for (int t = 0; t < c->ntgt; t++)
+	{
+		CompEnd    *e = &c->tgt[t];
+
+		initStringInfo(&e->batch.buf);
+		e->batch.n = 0;
+		if (e->peer != NULL)
+			e->sql = psprintf("INSERT INTO %s OVERRIDING SYSTEM VALUE SELECT * FROM pg_catalog.unnest($1::%s[])",
+							  remote_q(e->remote), remote_q(e->remote));
+		else
+		{
+			Move		m;
+
+			comp_move(c, 0, &m);
+			m.work = e->work;
+			e->plan = local_insert(&m);
+		}
+	}
+}
+
+static void
+comp_free_sinks(Comp *c)
+{
+	for (int t = 0; t < c->ntgt; t++)
+		if (c->tgt[t].plan != NULL)
+		{
+			SPI_freeplan(c->tgt[t].plan);
+			c->tgt[t].plan = NULL;
+		}
+}
+
+/* send target t's batch (to a peer: its result is read before the next statement there) */
+static void
+comp_flush(Comp *c, int t)
+{
+	CompEnd    *e = &c->tgt[t];
+	Batch	   *b = &e->batch;
+
+	if (b->n == 0)
+		return;
+	appendStringInfoChar(&b->buf, '}');
+	if (e->conn >= 0)
+	{
+		CompConn   *cc = &c->conn[e->conn];
+		const char *params[1] = {b->buf.data};
+
+		comp_sync(cc);
+		ht_peer_send(cc->p, e->sql, 1, params, false);
+		cc->pending = true;
+	}
+	else
+	{
+		Datum		v[1] = {CStringGetTextDatum(b->buf.data)};
+		int			pin = ht_pin_begin();
+		int			rc = SPI_execute_plan(e->plan, v, NULL, false, 0);
+
+		ht_pin_end(pin);
+		if (rc != SPI_OK_INSERT)
+			elog(ERROR, "hashtree: the insert of a batch failed (%s)", SPI_result_code_string(rc));
+	}
+	resetStringInfo(&b->buf);
+	b->n = 0;
+}
+
+static void
+comp_flush_all(Comp *c)
+{
+	for (int t = 0; t < c->ntgt; t++)
+		comp_flush(c, t);
+	for (int i = 0; i < c->nconn; i++)
+		comp_sync(&c->conn[i]);
+}
+
+/* the partitioning hash of a row's key (keyatt: the key's columns in desc) */
+static uint64
+comp_hash(Comp *c, TupleDesc desc, HeapTuple tup, const AttrNumber *keyatt)
+{
+	Datum		values[PARTITION_MAX_KEYS];
+	bool		isnull[PARTITION_MAX_KEYS];
+
+	for (int i = 0; i < c->nkeys; i++)
+		values[i] = heap_getattr(tup, keyatt[i], desc, &isnull[i]);
+	return compute_partition_hash_value(c->nkeys, c->pkey->partsupfunc, c->pkey->partcollation,
+										values, isnull);
+}
+
+/* the hash of the key of a row literal of the table's type */
+static uint64
+comp_hash_literal(Comp *c, const char *lit)
+{
+	Datum		d = InputFunctionCall(&c->recin, (char *) lit, c->rowtype, -1);
+	HeapTupleHeader th = DatumGetHeapTupleHeader(d);
+	HeapTupleData tup;
+
+	tup.t_len = HeapTupleHeaderGetDatumLength(th);
+	ItemPointerSetInvalid(&tup.t_self);
+	tup.t_tableOid = InvalidOid;
+	tup.t_data = th;
+	return comp_hash(c, c->pdesc, &tup, c->pkey->partattrs);
+}
+
+/* a row of source s (its hash, its literal) to the target whose bound it has */
+static void
+comp_put(Comp *c, int s, uint64 hash, const char *lit)
+{
+	int32		f = ht_lin_frag(c->after.n, hash);
+	int			t;
+
+	for (t = 0; t < c->ntgt; t++)
+		if (c->tgt[t].frag == f)
+			break;
+	if (t == c->ntgt)
+		elog(ERROR, "hashtree: a row of fragment %d belongs to fragment %d, not to a target",
+			 c->src[s].frag, f);
+	batch_add(&c->tgt[t].batch, lit);
+	c->copied++;
+	if (c->add ? t == 1 : s == 1)
+		c->moved++;
+	if (batch_full(&c->tgt[t].batch))
+		comp_flush(c, t);
+}
+
+/* does the row of a literal change fragment (add: now in N + 1; del: was in N)? */
+static bool
+comp_moving(Comp *c, const char *lit)
+{
+	uint64		h = comp_hash_literal(c, lit);
+
+	return c->add ? ht_lin_frag(c->after.n, h) == c->lock : ht_lin_frag(c->before.n, h) == c->iter;
+}
+
+/* the key's columns in a table here (by name: a fragment may have dropped columns) */
+static AttrNumber *
+comp_keyatt(Comp *c, Oid relid)
+{
+	AttrNumber *att = palloc(sizeof(AttrNumber) * c->nkeys);
+
+	for (int i = 0; i < c->nkeys; i++)
+	{
+		att[i] = get_attnum(relid, c->keyname[i]);
+		if (att[i] == InvalidAttrNumber)
+			elog(ERROR, "hashtree: column \"%s\" not found in table %u", c->keyname[i], relid);
+	}
+	return att;
+}
+
+/*
+ * Rows of source s here (where: NULL, all of them, scanned; else those
+ * satisfying it, alias x): their digest, and the rows to the targets
+ */
+static void
+comp_rows_local(Comp *c, int s, const char *where, Digest *d)
+{
+	Oid			relid = c->src[s].rel;
+	Relation	rel = table_open(relid, AccessShareLock);
+	TupleDesc	desc = RelationGetDescr(rel);
+	HtRelEnc   *enc = ht_relenc_build(rel, ht_rel_key_cols(rel));
+	AttrNumber *keyatt = comp_keyatt(c, relid);
+	MemoryContext rowcxt = AllocSetContextCreate(CurrentMemoryContext, "hashtree move row",
+												 ALLOCSET_DEFAULT_SIZES);
+	FmgrInfo	recout;
+
+	fmgr_info(F_RECORD_OUT, &recout);
+	if (where == NULL)
+	{
+		Snapshot	snap = RegisterSnapshot(GetLatestSnapshot());
+		TableScanDesc scan = table_beginscan(rel, snap, 0, NULL);
+		TupleTableSlot *slot = table_slot_create(rel, NULL);
+
+		while (table_scan_getnextslot(scan, ForwardScanDirection, slot))
+		{
+			MemoryContext old = MemoryContextSwitchTo(rowcxt);
+			bool		shouldfree;
+			HeapTuple	tup = ExecFetchSlotHeapTuple(slot, false, &shouldfree);
+			char	   *lit;
+
+			CHECK_FOR_INTERRUPTS();
+			digest_add(enc, desc, tup, d);
+			lit = OutputFunctionCall(&recout, heap_copy_tuple_as_datum(tup, desc));
+			MemoryContextSwitchTo(old);
+			comp_put(c, s, comp_hash(c, desc, tup, keyatt), lit);
+			MemoryContextReset(rowcxt);
+		}
+		ExecDropSingleTupleTableSlot(slot);
+		table_endscan(scan);
+		UnregisterSnapshot(snap);
+	}
+	else
+	{
+		uint64		n = ht_sql("SELECT x FROM ONLY %s x WHERE %s", ht_rel_qname(relid), where);
+		SPITupleTable *tt = SPI_tuptable;
+
+		for (uint64 i = 0; i < n; i++)
+		{
+			bool		isnull;
+			Datum		row = SPI_getbinval(tt->vals[i], tt->tupdesc, 1, &isnull);
+			HeapTupleHeader th = DatumGetHeapTupleHeader(row);
+			HeapTupleData tup;
+
+			tup.t_len = HeapTupleHeaderGetDatumLength(th);
+			ItemPointerSetInvalid(&tup.t_self);
+			tup.t_tableOid = relid;
+			tup.t_data = th;
+			digest_add(enc, desc, &tup, d);
+			comp_put(c, s, comp_hash(c, desc, &tup, keyatt), OutputFunctionCall(&recout, row));
+		}
+	}
+	MemoryContextDelete(rowcxt);
+	table_close(rel, NoLock);
+}
+
+/* rows of source s on its peer (a cursor, or those of where with params) to the targets */
+static void
+comp_rows_remote(Comp *c, int s, const char *where, int nparams, const char *const *params)
+{
+	CompEnd    *e = &c->src[s];
+	MemoryContext rowcxt = AllocSetContextCreate(CurrentMemoryContext, "hashtree move rows",
+												 ALLOCSET_DEFAULT_SIZES);
+
+	if (where == NULL)
+		(void) comp_query(c, e->conn, psprintf("DECLARE hashtree_move NO SCROLL CURSOR FOR"
+											   " SELECT r::pg_catalog.text FROM %s r",
+											   remote_q(e->remote)), 0, NULL, 0);
+	for (;;)
+	{
+		MemoryContext old = MemoryContextSwitchTo(rowcxt);
+		HtRemoteResult *res;
+
+		res = where == NULL
+			? comp_query(c, e->conn, psprintf("FETCH FORWARD %d FROM hashtree_move", BATCH_ROWS),
+						 0, NULL, 1)
+			: comp_query(c, e->conn, psprintf("SELECT r::pg_catalog.text FROM %s r WHERE %s",
+											  remote_q(e->remote), where), nparams, params, 1);
+		CHECK_FOR_INTERRUPTS();
+		/* (the rows parsed to hash their keys: freed with the batch) */
+		for (int r = 0; r < res->nrows; r++)
+		{
+			char	   *lit = ht_remote_text(res, r, 0);
+
+			if (lit == NULL)
+				ereport(ERROR,
+						(errcode(ERRCODE_PROTOCOL_VIOLATION),
+						 errmsg("unexpected answer from peer \"%s\": a null row", e->peer)));
+			comp_put(c, s, comp_hash_literal(c, lit), lit);
+		}
+		MemoryContextSwitchTo(old);
+		MemoryContextReset(rowcxt);
+		if (where != NULL || res->nrows == 0)
+			break;
+	}
+	if (where == NULL)
+		(void) comp_query(c, e->conn, "CLOSE hashtree_move", 0, NULL, 0);
+	MemoryContextDelete(rowcxt);
+}
+
+static void
+digest_plus(Digest *into, Digest *d)
+{
+	into->n += d->n;
+	ht_sum_add(&into->sum, &d->sum);
+}
+
+/* the targets' digests (rows of where, alias r on a peer, x here; NULL: all) */
+static void
+comp_target_digest(Comp *c, const char *in_remote, const char *in_log, int nparams,
+				   const char *const *params, Digest *dt)
+{
+	CommandCounterIncrement();
+	for (int t = 0; t < c->ntgt; t++)
+	{
+		CompEnd    *e = &c->tgt[t];
+		Digest		d;
+
+		memset(&d, 0, sizeof(d));
+		if (e->peer != NULL)
+		{
+			comp_sync(&c->conn[e->conn]);
+			remote_digest(c->conn[e->conn].p, remote_q(e->remote), in_remote, nparams, params, &d);
+		}
+		else
+		{
+			Oid			rel = get_relname_relid(e->work, get_namespace_oid(c->nsp, false));
+
+			if (in_log == NULL)
+				scan_local(rel, &d, NULL);
+			else
+			{
+				/* (rows with their digests, routed nowhere) */
+				Relation	r = table_open(rel, AccessShareLock);
+				HtRelEnc   *enc = ht_relenc_build(r, ht_rel_key_cols(r));
+				uint64		n = ht_sql("SELECT x FROM ONLY %s x WHERE %s", ht_rel_qname(rel), in_log);
+				SPITupleTable *tt = SPI_tuptable;
+
+				for (uint64 i = 0; i < n; i++)
+				{
+					bool		isnull;
+					HeapTupleHeader th = DatumGetHeapTupleHeader(SPI_getbinval(tt->vals[i], tt->tupdesc,
+																				1, &isnull));
+					HeapTupleData tup;
+
+					tup.t_len = HeapTupleHeaderGetDatumLength(th);
+					ItemPointerSetInvalid(&tup.t_self);
+					tup.t_tableOid = rel;
+					tup.t_data = th;
+					digest_add(enc, RelationGetDescr(r), &tup, &d);
+				}
+				table_close(r, NoLock);
+			}
+		}
+		digest_plus(dt, &d);
+	}
+}
+
+static void
+comp_digest_check(Comp *c, Digest *src, Digest *dst)
+{
+	if (src->n != dst->n || memcmp(&src->sum, &dst->sum, sizeof(HtSum)) != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_DATA_CORRUPTED),
+				 errmsg("the copy of %s's fragment%s %d%s differs from their rows", c->qparent,
+						c->nsrc > 1 ? "s" : "", c->src[0].frag,
+						c->nsrc > 1 ? psprintf(" and %d", c->src[1].frag) : ""),
+				 errdetail("Sources: " INT64_FORMAT " rows, digest %s; targets: " INT64_FORMAT
+						   " rows, digest %s.", src->n, digest_hex(src), dst->n, digest_hex(dst)),
+				 errhint("A value that does not read back equal on the target server (its "
+						 "text form) cannot be moved.")));
+}
+
+/*
+ * Copy the sources' rows into the targets and compare the digests (the
+ * sources' sum with the targets' sum).  fresh: the targets are new (on a
+ * peer, created here in its transaction); else emptied first.
+ */
+static void
+comp_copy(Comp *c, Relation parent, List *keys, bool fresh)
+{
+	Digest		ds;
+	Digest		dt;
+	HtUserContext ctx;
+	int			io;
+
+	memset(&ds, 0, sizeof(ds));
+	memset(&dt, 0, sizeof(dt));
+	c->pkey = RelationGetPartitionKey(parent);
+	c->pdesc = RelationGetDescr(parent);
+	fmgr_info(F_RECORD_IN, &c->recin);
+	c->copied = c->moved = 0;
+	PG_TRY();
+	{
+		comp_begin(c, fresh);
+		for (int t = 0; t < c->ntgt; t++)
+		{
+			CompEnd    *e = &c->tgt[t];
+
+			if (e->peer != NULL)
+			{
+				Move		m;
+
+				comp_move(c, 0, &m);
+				m.to_remote = e->remote;
+				(void) comp_query(c, e->conn, fresh ? remote_ddl(&m, parent, keys)
+								  : psprintf("TRUNCATE %s", remote_q(e->remote)), 0, NULL, 0);
+			}
+			else if (!fresh)
+				ht_sql("TRUNCATE %s", quote_qualified_identifier(c->nsp, e->work));
+		}
+		for (int s = 0; s < c->nsrc; s++)
+			if (c->src[s].peer != NULL)
+			{
+				CompEnd    *e = &c->src[s];
+				Digest		d;
+
+				memset(&d, 0, sizeof(d));
+				e->filenode = remote_filenode(c->conn[e->conn].p, e->remote);
+				remote_digest(c->conn[e->conn].p, remote_q(e->remote), NULL, 0, NULL, &d);
+				digest_plus(&ds, &d);
+			}
+		comp_sinks(c);
+
+		/* the rows, as the table's owner (types' I/O, hash functions, the targets' indexes) */
+		ht_as_table_owner_begin(c->relid, &ctx);
+		io = io_begin();
+		for (int s = 0; s < c->nsrc; s++)
+		{
+			if (c->src[s].peer == NULL)
+				comp_rows_local(c, s, NULL, &ds);
+			else
+				comp_rows_remote(c, s, NULL, 0, NULL);
+		}
+		comp_flush_all(c);
+		AtEOXact_GUC(true, io);
+		ht_as_table_owner_end(&ctx);
+
+		comp_target_digest(c, NULL, NULL, 0, NULL, &dt);
+		comp_digest_check(c, &ds, &dt);
+		comp_commit(c);
+		comp_free_sinks(c);
+	}
+	PG_CATCH();
+	{
+		comp_disconnect(c);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	c->pkey = NULL;
+}
+
+/* -- online: capture, prepare, replay, swap -- */
+
+static HtQuery q_comp_begin = {
+	"UPDATE hashtree.frag_table SET op = $2, op_phase = 'preparing', op_sources = $3,"
+	" op_helpers = $4, op_error = NULL, op_fragment = NULL, op_node = $5, op_remote = NULL,"
+	" op_filenode = NULL, op_moved = NULL"
+	" WHERE parent::pg_catalog.oid OPERATOR(pg_catalog.=) $1::pg_catalog.oid",
+	5, {OIDOID, TEXTOID, OIDARRAYOID, OIDARRAYOID, TEXTOID}
+};
+
+static char *
+comp_log_q(Comp *c)
+{
+	return quote_qualified_identifier(c->nsp, psprintf("hashtree_frag_%u_log", c->relid));
+}
+
+/*
+ * The capture on every source (fragops.c's _frag_capture, which checks the
+ * registry): the log, the operation recorded, the triggers (row and
+ * TRUNCATE here, row only on a foreign table).
+ */
+static void
+comp_capture_fn(void *arg)
+{
+	Comp	   *c = (Comp *) arg;
+	char	   *qlog = comp_log_q(c);
+	Datum		v[5];
+	bool		n[5] = {false, false, false, false, c->node == NULL};
+	Oid			save_user;
+	int			save_sec;
+
+	ht_sql("CREATE UNLOGGED TABLE %s AS SELECT %s FROM %s WITH NO DATA", qlog, c->keylist, c->qparent);
+	ht_sql("ALTER TABLE %s ADD COLUMN hashtree_truncated pg_catalog.bool NOT NULL DEFAULT false", qlog);
+	ht_sql("ALTER TABLE %s OWNER TO %s", qlog, quote_identifier(GetUserNameFromId(c->owner, false)));
+	ht_sql("GRANT INSERT ON %s TO PUBLIC", qlog);
+	v[0] = ObjectIdGetDatum(c->relid);
+	v[1] = CStringGetTextDatum(comp_what(c));
+	v[2] = PointerGetDatum(oids(c->src[0].rel, c->nsrc > 1 ? c->src[1].rel : InvalidOid));
+	v[3] = PointerGetDatum(oids(get_relname_relid(psprintf("hashtree_frag_%u_log", c->relid),
+												  get_namespace_oid(c->nsp, false)), InvalidOid));
+	v[4] = c->node ? CStringGetTextDatum(c->node) : (Datum) 0;
+	ht_exec_as_owner(&q_comp_begin, v, n, 0);
+	/*
+	 * the triggers' locks first (LOCK TABLE refuses foreign tables): one
+	 * held while waiting for the other at most a lock_timeout (retried)
+	 */
+	for (int s = 0; s < c->nsrc; s++)
+		LockRelationOid(c->src[s].rel, ShareRowExclusiveLock);
+	ht_as_owner_begin(&save_user, &save_sec);
+	for (int s = 0; s < c->nsrc; s++)
+	{
+		char	   *qsrc = ht_rel_qname(c->src[s].rel);
+		bool		foreign = c->src[s].peer != NULL;
+
+		ht_sql("CREATE TRIGGER " CAPTURE_TRIGGER " AFTER INSERT OR UPDATE OR DELETE ON %s"
+			   " FOR EACH ROW EXECUTE FUNCTION hashtree._frag_capture()", qsrc);
+		ht_sql("ALTER %s %s ENABLE ALWAYS TRIGGER " CAPTURE_TRIGGER,
+			   foreign ? "FOREIGN TABLE" : "TABLE", qsrc);
+		if (!foreign)
+		{
+			ht_sql("CREATE TRIGGER " CAPTURE_TRUNCATE_TRIGGER " AFTER TRUNCATE ON %s"
+				   " FOR EACH STATEMENT EXECUTE FUNCTION hashtree._frag_capture()", qsrc);
+			ht_sql("ALTER TABLE %s ENABLE ALWAYS TRIGGER " CAPTURE_TRUNCATE_TRIGGER, qsrc);
+		}
+	}
+	ht_as_owner_end(save_user, save_sec);
+}
+
+/* the first fragment to leave: the parent's unique constraints become the fragments' */
+static void
+comp_convert_fn(void *arg)
+{
+	Comp	   *c = (Comp *) arg;
+	Move		m;
+
+	comp_move(c, 0, &m);
+	convert_fn(&m);
+}
+
+/*
+ * What the worker leaves the caller in op_remote: the targets' tables on
+ * peers ("-" here), then the sources' relfilenodes there (0 here), spaced
+ */
+static char *
+comp_tokens(Comp *c)
+{
+	StringInfoData buf;
+
+	initStringInfo(&buf);
+	for (int t = 0; t < c->ntgt; t++)
+		appendStringInfo(&buf, "%s ", c->tgt[t].peer ? c->tgt[t].remote : "-");
+	for (int s = 0; s < c->nsrc; s++)
+		appendStringInfo(&buf, INT64_FORMAT " ", c->src[s].peer ? c->src[s].filenode : 0);
+	return buf.data;
+}
+
+static void
+comp_untoken(Comp *c, char *tokens)
+{
+	char	   *save = NULL;
+	char	   *tok = strtok_r(tokens, " ", &save);
+
+	for (int t = 0; t < c->ntgt; t++, tok = strtok_r(NULL, " ", &save))
+	{
+		if (tok == NULL)
+			elog(ERROR, "hashtree: the registry's op_remote is cut short");
+		if (c->tgt[t].peer != NULL)
+			c->tgt[t].remote = pstrdup(tok);
+	}
+	for (int s = 0; s < c->nsrc; s++, tok = strtok_r(NULL, " ", &save))
+	{
+		if (tok == NULL)
+			elog(ERROR, "hashtree: the registry's op_remote is cut short");
+		c->src[s].filenode = pg_strtoint64(tok);
+	}
+}
+
+/* the targets here created, on a peer named (the copy creates them there) */
+static void
+comp_targets(Comp *c)
+{
+	for (int t = 0; t < c->ntgt; t++)
+	{
+		CompEnd    *e = &c->tgt[t];
+
+		if (e->peer != NULL)
+		{
+			e->server = peer_server(e->peer);
+			e->remote = psprintf("%s%08x_%d_%" INT64_MODIFIER "x", node_prefix(), c->relid,
+								 e->frag, (uint64) GetCurrentTimestamp());
+		}
+		else
+		{
+			Move		m;
+
+			comp_move(c, 0, &m);
+			m.work = e->work;
+			create_local_target(&m);
+		}
+	}
+}
+
+/* the bounds of the targets here, so that ATTACH does not scan */
+static void
+comp_bound_checks(Comp *c)
+{
+	for (int t = 0; t < c->ntgt; t++)
+		if (c->tgt[t].peer == NULL)
+		{
+			Move		m;
+
+			comp_move(c, 0, &m);
+			m.work = c->tgt[t].work;
+			m.modulus = c->tgt[t].modulus;
+			m.remainder = c->tgt[t].remainder;
+			bound_check(&m);
+			ht_sql("ANALYZE %s", quote_qualified_identifier(c->nsp, c->tgt[t].work));
+		}
+}
+
+/* the fragment keys of the targets; a table without a primary key cannot go to a peer */
+static List *
+comp_keys(Comp *c)
+{
+	Move		m;
+
+	comp_move(c, 0, &m);
+	m.to_peer = c->remote_target ? "" : NULL;
+	return target_keys(&m);
+}
+
+/*
+ * One transaction of the worker of an online composite: 0 rolls back what
+ * an earlier operation left and cleans the peers, 1 converts the keys (the
+ * first fragment to leave), 2 begins the capture (recorded), 3 creates the
+ * targets, copies and compares.  Its error (in the caller's memory
+ * context), or NULL.
+ */
+static ErrorData *
+comp_step(MoveJob *job, int step)
+{
+	MemoryContext cxt = CurrentMemoryContext;
+	ErrorData  *volatile edata = NULL;
+
+	PG_TRY();
+	{
+		Comp		c;
+
+		SetCurrentStatementStartTimestamp();
+		StartTransactionCommand();
+		SPI_connect();
+		PushActiveSnapshot(GetTransactionSnapshot());
+		HT_API_BEGIN();
+		comp_load(&c, job->relid, job->kind == MOVE_JOB_ADD, job->node[0] ? job->node : NULL, false);
+		if (step == 0)
+		{
+			(void) node_identity();
+			ht_frag_recover(c.relid);
+			cleanup(c.relid);
+		}
+		else if (step == 1)
+		{
+			if (c.remote_target && parent_has_unique(c.relid))
+				ht_frag_lock_retry(comp_convert_fn, &c, comp_what(&c));
+		}
+		else if (step == 2)
+			ht_frag_lock_retry(comp_capture_fn, &c, comp_what(&c));
+		else
+		{
+			List	   *keys = comp_keys(&c);
+			Relation	parent;
+			Datum		v[5];
+			bool		n[5] = {false, false, false, true, false};
+			Oid			helpers[3];
+			int			nh = 0;
+			Datum		hd[3];
+
+			comp_targets(&c);
+			parent = table_open(c.relid, AccessShareLock);
+			comp_copy(&c, parent, keys, true);
+			table_close(parent, NoLock);
+			comp_bound_checks(&c);
+			helpers[nh++] = get_relname_relid(psprintf("hashtree_frag_%u_log", c.relid),
+											  get_namespace_oid(c.nsp, false));
+			for (int t = 0; t < c.ntgt; t++)
+				if (c.tgt[t].peer == NULL)
+					helpers[nh++] = get_relname_relid(c.tgt[t].work, get_namespace_oid(c.nsp, false));
+			for (int i = 0; i < nh; i++)
+				hd[i] = ObjectIdGetDatum(helpers[i]);
+			v[0] = ObjectIdGetDatum(c.relid);
+			v[1] = PointerGetDatum(construct_array(hd, nh, OIDOID, sizeof(Oid), true, TYPALIGN_INT));
+			v[2] = CStringGetTextDatum(comp_tokens(&c));
+			v[3] = (Datum) 0;
+			v[4] = Int64GetDatum(c.moved);
+			ht_exec_as_owner(&q_move_prepared, v, n, 0);
+		}
+		HT_API_END();
+		SPI_finish();
+		PopActiveSnapshot();
+		CommitTransactionCommand();
+		MemoryContextSwitchTo(cxt);
+	}
+	PG_CATCH();
+	{
+		MemoryContextSwitchTo(cxt);
+		edata = CopyErrorData();
+		FlushErrorState();
+		AbortCurrentTransaction();
+		MemoryContextSwitchTo(cxt);
+	}
+	PG_END_TRY();
+	return edata;
+}
+
+/*
+ * Online, under the swap's locks: the rows of the keys written since the
+ * copy are deleted from the targets and copied again from the sources, and
+ * the digests of those keys' rows compared (sources' sum, targets' sum).
+ * A TRUNCATE of a source since the copy: everything is copied again.
+ */
+static void
+comp_replay(Comp *c, Relation parent, List *keys)
+{
+	char	   *qlog = comp_log_q(c);
+	bool		isnull;
+	bool		truncated;
+	int64		logged;
+	char	  **arrays;
+	StringInfoData sel;
+	StringInfoData unnest;
+	char	   *in_remote;
+	char	   *in_log;
+	Digest		ds;
+	Digest		dt;
+	HtUserContext ctx;
+	int			io;
+
+	ht_sql("SELECT pg_catalog.bool_or(hashtree_truncated), pg_catalog.count(*) FROM %s", qlog);
+	truncated = DatumGetBool(ht_col(0, 1, &isnull)) && !isnull;
+	logged = DatumGetInt64(ht_col(0, 2, &isnull));
+	for (int s = 0; s < c->nsrc && !truncated; s++)
+		if (c->src[s].peer != NULL)
+			truncated = remote_filenode(peer_get(c->src[s].peer), c->src[s].remote) != c->src[s].filenode;
+	if (truncated)
+	{
+		comp_copy(c, parent, keys, false);
+		return;
+	}
+	if (logged == 0)
+		return;
+
+	initStringInfo(&sel);
+	initStringInfo(&unnest);
+	appendStringInfoString(&sel, "SELECT ");
+	for (int i = 0; i < c->nkeys; i++)
+	{
+		appendStringInfo(&sel, "%spg_catalog.array_agg(l.%s)::pg_catalog.text", i ? ", " : "",
+						 quote_identifier(c->keyname[i]));
+		appendStringInfo(&unnest, "%s$%d::%s[]", i ? ", " : "", i + 1,
+						 format_type_extended(c->keytype[i], -1, FORMAT_TYPE_FORCE_QUALIFY));
+	}
+	appendStringInfo(&sel, " FROM (SELECT DISTINCT %s FROM %s) l", c->keylist, qlog);
+	io = io_begin();
+	ht_sql("%s", sel.data);
+	arrays = palloc(sizeof(char *) * c->nkeys);
+	for (int i = 0; i < c->nkeys; i++)
+		arrays[i] = TextDatumGetCString(ht_col(0, i + 1, &isnull));
+	AtEOXact_GUC(true, io);
+	{
+		Move		m;
+
+		comp_move(c, 0, &m);
+		in_remote = psprintf("%s IN (SELECT * FROM pg_catalog.unnest(%s))", key_row(&m, "r"),
+							 unnest.data);
+		in_log = psprintf("%s IN (SELECT %s FROM %s)", key_row(&m, "x"), c->keylist, qlog);
+	}
+
+	memset(&ds, 0, sizeof(ds));
+	memset(&dt, 0, sizeof(dt));
+	c->pkey = RelationGetPartitionKey(parent);
+	c->pdesc = RelationGetDescr(parent);
+	fmgr_info(F_RECORD_IN, &c->recin);
+	PG_TRY();
+	{
+		int64		moved = c->moved;
+
+		comp_begin(c, false);
+		comp_sinks(c);
+		ht_as_table_owner_begin(c->relid, &ctx);
+		io = io_begin();
+		/* out of the targets (rows that had changed fragment: counted out) */
+		for (int t = 0; t < c->ntgt; t++)
+		{
+			CompEnd    *e = &c->tgt[t];
+
+			if (e->peer != NULL)
+			{
+				HtRemoteResult *res;
+
+				res = comp_query(c, e->conn, psprintf("DELETE FROM %s r WHERE %s RETURNING r::pg_catalog.text",
+													  remote_q(e->remote), in_remote),
+								 c->nkeys, (const char *const *) arrays, 1);
+				for (int r = 0; r < res->nrows; r++)
+				{
+					moved -= comp_moving(c, ht_remote_text(res, r, 0)) ? 1 : 0;
+					c->copied--;
+				}
+			}
+			else
+			{
+				uint64		n = ht_sql("DELETE FROM ONLY %s x WHERE %s RETURNING x::pg_catalog.text",
+									   quote_qualified_identifier(c->nsp, e->work), in_log);
+
+				for (uint64 r = 0; r < n; r++)
+				{
+					moved -= comp_moving(c, TextDatumGetCString(ht_col(r, 1, &isnull))) ? 1 : 0;
+					c->copied--;
+				}
+			}
+		}
+		/* from the sources, with their digests */
+		c->moved = 0;
+		for (int s = 0; s < c->nsrc; s++)
+		{
+			CompEnd    *e = &c->src[s];
+
+			if (e->peer != NULL)
+			{
+				Digest		d;
+
+				memset(&d, 0, sizeof(d));
+				comp_sync(&c->conn[e->conn]);
+				remote_digest(c->conn[e->conn].p, remote_q(e->remote), in_remote, c->nkeys,
+							  (const char *const *) arrays, &d);
+				digest_plus(&ds, &d);
+				comp_rows_remote(c, s, in_remote, c->nkeys, (const char *const *) arrays);
+			}
+			else
+				comp_rows_local(c, s, in_log, &ds);
+		}
+		comp_flush_all(c);
+		c->moved += moved;
+		AtEOXact_GUC(true, io);
+		ht_as_table_owner_end(&ctx);
+		comp_target_digest(c, in_remote, in_log, c->nkeys, (const char *const *) arrays, &dt);
+		comp_digest_check(c, &ds, &dt);
+		comp_commit(c);
+		comp_free_sinks(c);
+	}
+	PG_CATCH();
+	{
+		comp_disconnect(c);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	c->pkey = NULL;
+}
+
+/* under the swap's locks: the writes since the copy, then the partitions exchanged */
+static void
+comp_swap_fn(void *arg)
+{
+	Comp	   *c = (Comp *) arg;
+	Relation	parent;
+	Datum		v[1] = {ObjectIdGetDatum(c->relid)};
+	Oid			save_user;
+	int			save_sec;
+	const char *owner = quote_identifier(GetUserNameFromId(c->owner, false));
+
+	/* the parent first, then the fragments: the order writers use */
+	ht_sql("LOCK TABLE ONLY %s IN ACCESS EXCLUSIVE MODE", c->qparent);
+	for (int s = 0; s < c->nsrc; s++)
+		LockRelationOid(c->src[s].rel, AccessExclusiveLock);
+	/* (each try starts from the worker's counts) */
+	c->moved = c->prep_moved;
+	c->copied = c->prep_copied;
+	parent = table_open(c->relid, AccessShareLock);
+	comp_replay(c, parent, comp_keys(c));
+	table_close(parent, NoLock);
+
+	for (int s = 0; s < c->nsrc; s++)
+		ht_sql("ALTER TABLE %s DETACH PARTITION %s", c->qparent, ht_rel_qname(c->src[s].rel));
+	for (int t = 0; t < c->ntgt; t++)
+	{
+		CompEnd    *e = &c->tgt[t];
+		char	   *qwork = quote_qualified_identifier(c->nsp, e->work);
+
+		if (e->peer != NULL)
+		{
+			List	   *grants = grants_of(c->src[0].rel, qwork, c->owner);
+
+			/* the foreign table belongs to the extension's owner (§19) */
+			ht_as_owner_begin(&save_user, &save_sec);
+			ht_sql("CREATE FOREIGN TABLE %s PARTITION OF %s FOR VALUES WITH (MODULUS %d, REMAINDER %d)"
+				   " SERVER %s OPTIONS (schema_name %s, table_name %s)",
+				   qwork, c->qparent, e->modulus, e->remainder, quote_identifier(e->server),
+				   quote_literal_cstr(REMOTE_SCHEMA), quote_literal_cstr(e->remote));
+			ht_sql("GRANT SELECT, INSERT, UPDATE, DELETE, TRUNCATE ON %s TO %s", qwork, owner);
+			run_all(grants);
+			ht_as_owner_end(save_user, save_sec);
+		}
+		else
+			ht_sql("ALTER TABLE %s ATTACH PARTITION %s FOR VALUES WITH (MODULUS %d, REMAINDER %d)",
+				   c->qparent, qwork, e->modulus, e->remainder);
+	}
+	for (int s = 0; s < c->nsrc; s++)
+	{
+		if (c->src[s].peer != NULL)
+		{
+			/* (its table on the peer: garbage now, for the cleanup) */
+			ht_as_owner_begin(&save_user, &save_sec);
+			ht_sql("DROP FOREIGN TABLE %s", ht_rel_qname(c->src[s].rel));
+			ht_as_owner_end(save_user, save_sec);
+		}
+		else
+			ht_sql("DROP TABLE %s", ht_rel_qname(c->src[s].rel));
+	}
+	for (int t = 0; t < c->ntgt; t++)
+	{
+		CompEnd    *e = &c->tgt[t];
+		char	   *qwork = quote_qualified_identifier(c->nsp, e->work);
+
+		if (e->peer != NULL)
+		{
+			ht_as_owner_begin(&save_user, &save_sec);
+			ht_sql("ALTER FOREIGN TABLE %s RENAME TO %s", qwork, quote_identifier(e->name));
+			ht_as_owner_end(save_user, save_sec);
+		}
+		else
+		{
+			ht_sql("ALTER TABLE %s DROP CONSTRAINT hashtree_frag_bound", qwork);
+			ht_frag_rename_indexes(c->nsp, e->work, e->name);
+			ht_sql("ALTER TABLE %s RENAME TO %s", qwork, quote_identifier(e->name));
+		}
+	}
+	ht_sql("DROP TABLE %s", comp_log_q(c));
+	ht_frag_store_state(c->relid, &c->after);
+	ht_exec_as_owner(&q_move_done, v, NULL, 0);
 }
 
 /* ---- the function ---------------------------------------------------------------------- */
@@ -2589,6 +3886,8 @@ ht_move_frag(PG_FUNCTION_ARGS)
 	HT_API_BEGIN();
 	held_before = OidIsValid(PG_GETARG_OID(0)) &&
 		CheckRelationOidLockedByMe(PG_GETARG_OID(0), AccessShareLock, true);
+	/* (a new identity, if any, made outside the subtransactions below) */
+	(void) node_identity();
 	move_load(&m, PG_GETARG_OID(0), PG_GETARG_INT32(1), node, true);
 	if ((m.from.peer == NULL && m.to_peer == NULL) ||
 		(m.from.peer != NULL && m.to_peer != NULL && strcmp(m.from.peer, m.to_peer) == 0))
@@ -2599,7 +3898,7 @@ ht_move_frag(PG_FUNCTION_ARGS)
 		ht_frag_lock_retry(move_block_fn, &m, "move_frag");
 	else
 	{
-		check_online(&m, held_before);
+		check_online("move_frag", m.qparent, held_before);
 		/* the worker may need the table (its keys): this transaction lets it go */
 		UnlockRelationOid(m.relid, AccessShareLock);
 		prepare_online(&m);
@@ -2767,8 +4066,74 @@ ht_frag_remote_involved(FunctionCallInfo fcinfo, bool add)
 			(!add && get_rel_relkind(frags[lock - 1]) == RELKIND_FOREIGN_TABLE);
 	}
 	SPI_finish();
-	relation_close(rel, NoLock);
+	/* (an online composite checks that this transaction had not used the table before) */
+	relation_close(rel, AccessShareLock);
 	return involved;
+}
+
+/*
+ * add_frag/del_frag online with fragments elsewhere (the composite above):
+ * a worker captures, creates the targets where they go and copies; the
+ * swap here.  Returns add_frag's row.
+ */
+static Datum
+comp_online(FunctionCallInfo fcinfo, bool add, char *node)
+{
+	ReturnSetInfo *rsinfo = (ReturnSetInfo *) fcinfo->resultinfo;
+	Oid			relid = PG_GETARG_OID(0);
+	bool		held_before;
+	Comp		c;
+	MoveJob		job;
+	bool		isnull;
+	Datum		v[6];
+	bool		n[6] = {false, false, false, false, false, false};
+	Datum		iter;
+	Datum		lock;
+
+	InitMaterializedSRF(fcinfo, 0);
+	SPI_connect();
+	HT_API_BEGIN();
+	/* it moves rows through the peers as move_frag does: the same right (§11) */
+	ht_sql("SELECT pg_catalog.has_function_privilege('hashtree.move_frag(pg_catalog.regclass,"
+		   " pg_catalog.int4, pg_catalog.text, pg_catalog.text)'::pg_catalog.regprocedure, 'EXECUTE')");
+	if (!DatumGetBool(ht_col(0, 1, &isnull)))
+		ereport(ERROR,
+				(errcode(ERRCODE_INSUFFICIENT_PRIVILEGE),
+				 errmsg("permission denied for function move_frag"),
+				 errdetail("%s with a fragment on a peer moves rows through the peers, as move_frag does.",
+						   add ? "add_frag" : "del_frag")));
+	held_before = OidIsValid(relid) && CheckRelationOidLockedByMe(relid, AccessShareLock, true);
+	comp_load(&c, relid, add, node, true);
+	check_online(comp_what(&c), c.qparent, held_before);
+	/* the worker may need the table (its keys): this transaction lets it go */
+	UnlockRelationOid(relid, AccessShareLock);
+
+	memset(&job, 0, sizeof(job));
+	job.kind = add ? MOVE_JOB_ADD : MOVE_JOB_DEL;
+	job.relid = relid;
+	if (c.node != NULL)
+		strlcpy(job.node, c.node, sizeof(job.node));
+	run_job(&job, comp_what(&c), comp_what(&c), c.qparent);
+	comp_untoken(&c, TextDatumGetCString(ht_col(0, 4, &isnull)));
+	c.prep_moved = DatumGetInt64(ht_col(0, 6, &isnull));
+	c.prep_copied = 0;
+	for (int t = 0; t < c.ntgt; t++)
+		if (c.tgt[t].peer != NULL)
+			c.tgt[t].server = server_of_peer(c.tgt[t].peer);
+	ht_frag_lock_retry(comp_swap_fn, &c, comp_what(&c));
+	HT_API_END();
+	SPI_finish();
+
+	iter = Int32GetDatum(c.iter);
+	lock = Int32GetDatum(c.lock);
+	v[0] = Int32GetDatum(c.after.n);
+	v[1] = Int32GetDatum(c.after.p);
+	v[2] = Int32GetDatum(c.after.l);
+	v[3] = PointerGetDatum(construct_array(&iter, 1, INT4OID, sizeof(int32), true, TYPALIGN_INT));
+	v[4] = PointerGetDatum(construct_array(&lock, 1, INT4OID, sizeof(int32), true, TYPALIGN_INT));
+	v[5] = Int64GetDatum(c.moved);
+	tuplestore_putvalues(rsinfo->setResult, rsinfo->setDesc, v, n);
+	return (Datum) 0;
 }
 
 /*
@@ -2801,15 +4166,8 @@ ht_frag_change_remote(FunctionCallInfo fcinfo, bool add)
 		node = text_to_cstring(PG_GETARG_TEXT_PP(2));
 	if (node != NULL && ht_node_is_local(node))
 		node = NULL;
-	if (strcmp(mode, "block_writes") != 0)
-		ereport(ERROR,
-				(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
-				 errmsg("%s with fragments on other servers is not implemented in mode %s",
-						what, mode),
-				 errdetail("The fragments it reads are moved here and back in the same "
-						   "transaction, which an online copy cannot share."),
-				 errhint("Use mode => 'block_writes', or move_frag() the fragments here first, "
-						 "%s online, then move_frag() online.", what)));
+	if (strcmp(mode, "online") == 0)
+		return comp_online(fcinfo, add, node);
 	InitMaterializedSRF(fcinfo, 0);
 	outer = CurrentMemoryContext;
 	SPI_connect();

@@ -52,15 +52,15 @@ ht_tomb_hash(TimestampTz t)
 bytea *
 ht_tomb_version_hash(const bytea *version)
 {
-	uint8		tag = 0x05;
+	uint8		tag[2] = {0x05, 0x01};	/* 0x01: a version follows */
 	uint8		d[HT_DIGEST_LEN];
 	bytea	   *h = palloc(VARHDRSZ + 16);
 
 	if (version != NULL)
-		ht_sha256(&tag, 1, (const uint8 *) VARDATA_ANY(version), VARSIZE_ANY_EXHDR(version),
+		ht_sha256(tag, 2, (const uint8 *) VARDATA_ANY(version), VARSIZE_ANY_EXHDR(version),
 				  NULL, 0, d);
 	else
-		ht_sha256(&tag, 1, NULL, 0, NULL, 0, d);
+		ht_sha256(tag, 1, NULL, 0, NULL, 0, d);
 	SET_VARSIZE(h, VARHDRSZ + 16);
 	memcpy(VARDATA(h), d, 16);
 	return h;

@@ -21,8 +21,8 @@ extern bytea *ht_tomb_hash(TimestampTz t);
 
 /*
  * ... of a tombstone of a table with a version column: SHA-256(0x05 ||
- * the binary form of the deleted row's version)[0..16] (0x05 alone: no
- * version known)
+ * 0x01 || the binary form of the deleted row's version)[0..16] (0x05
+ * alone: no version known)
  */
 extern bytea *ht_tomb_version_hash(const bytea *version);
 

@@ -38,6 +38,7 @@
 #include "access/tableam.h"
 #include "access/table.h"
 #include "catalog/catalog.h"
+#include "common/hashfn.h"
 #include "catalog/namespace.h"
 #include "catalog/partition.h"
 #include "catalog/pg_inherits.h"
@@ -183,26 +184,50 @@ version_col_setup(TrackRel *tr, Relation rel, const char *col)
 }
 
 /*
- * Can values of a type version rows?  It needs a default B-tree operator
- * class (an order, the same on every node) and binary send and receive
- * functions (how versions travel and are stored).
+ * Can values of a type version rows?  A version's binary form is stored in
+ * tombstones, hashed into their entries and compared on either node, and
+ * its type's receive and comparison functions run in repairs as the
+ * extension's owner: so only a built-in base type (its functions are the
+ * server's own, identical on every node) that is not collatable (the send
+ * of text follows the client encoding, its order the collation) nor an
+ * array, nor one whose values are OIDs of the node's objects (reg*), with
+ * a default B-tree operator class.  Numbers, timestamps, dates, uuid,
+ * bytea, interval and bool qualify; a domain, an enum, text do not.
  */
 bool
 ht_version_type_ok(Oid typid)
 {
-	TypeCacheEntry *tc = lookup_type_cache(typid, TYPECACHE_CMP_PROC);
 	HeapTuple	tup;
+	Form_pg_type t;
 	bool		ok;
 
-	if (!OidIsValid(tc->cmp_proc))
+	if (typid >= FirstGenbkiObjectId)
 		return false;
 	tup = SearchSysCache1(TYPEOID, ObjectIdGetDatum(typid));
 	if (!HeapTupleIsValid(tup))
 		return false;
-	ok = OidIsValid(((Form_pg_type) GETSTRUCT(tup))->typsend) &&
-		OidIsValid(((Form_pg_type) GETSTRUCT(tup))->typreceive);
+	t = (Form_pg_type) GETSTRUCT(tup);
+	ok = t->typtype == TYPTYPE_BASE && t->typcategory != TYPCATEGORY_ARRAY &&
+		!OidIsValid(t->typcollation) && !OidIsValid(t->typelem) &&
+		OidIsValid(t->typsend) && OidIsValid(t->typreceive);
+	switch (typid)
+	{
+		case REGPROCOID:
+		case REGPROCEDUREOID:
+		case REGOPEROID:
+		case REGOPERATOROID:
+		case REGCLASSOID:
+		case REGCOLLATIONOID:
+		case REGTYPEOID:
+		case REGROLEOID:
+		case REGNAMESPACEOID:
+		case REGCONFIGOID:
+		case REGDICTIONARYOID:
+			ok = false;
+			break;
+	}
 	ReleaseSysCache(tup);
-	return ok;
+	return ok && OidIsValid(lookup_type_cache(typid, TYPECACHE_CMP_PROC)->cmp_proc);
 }
 
 /* the binary form of the version of a row (NULL: none, or not known) */
@@ -707,7 +732,8 @@ estimated_rows(Oid relid)
 #define KEEP_DELETES_SELECT \
 	"INSERT INTO hashtree.tombstone AS t (part, pa, pb, key, deleted_at, version)" \
 	" SELECT d.part, d.pa, d.pb, d.key, max(" KEEP_DELETES_TIME ")," \
-	"  (pg_catalog.array_agg(d.version ORDER BY " KEEP_DELETES_TIME " DESC))[1]"
+	"  (pg_catalog.array_agg(d.version ORDER BY " KEEP_DELETES_TIME " DESC," \
+	"   d.version IS NULL))[1]"
 #define KEEP_DELETES_CONFLICT \
 	" GROUP BY d.part, d.pa, d.pb, d.key" \
 	" ON CONFLICT (part, pa, pb, hashtree._kid(key))" \
@@ -731,6 +757,31 @@ static HtQuery q_keep_part_deletes = {
 	" WHERE d.part = $1 AND d.hash = ''::bytea"
 	KEEP_DELETES_CONFLICT,
 	1, {INT4OID}
+};
+
+/*
+ * ... and before those, a TRUNCATE logged and not folded yet (a re-hash
+ * drops its marker) of a table that keeps tombstones: as the fold would
+ * (truncate_tombstones), a tombstone at its time for every key the trees
+ * have of the table in that partition and every key logged, but those
+ * that have one already; the re-hash then drops those of the keys with a
+ * row.  $2 NULL: every table that keeps tombstones.
+ */
+static HtQuery q_keep_truncates = {
+	"WITH m AS (SELECT d.part, d.pa, d.pb, max(" KEEP_DELETES_TIME ") AS at"
+	"  FROM hashtree.dirty_key d JOIN hashtree.tracked_table r ON r.tombstones"
+	"   AND r.schema_name = d.pa AND r.table_name = d.pb"
+	"  WHERE d.key IS NULL AND ($1 < 0 OR d.part = $1)"
+	"   AND ($2::text IS NULL OR (d.pa = $2 AND d.pb = $3))"
+	"  GROUP BY d.part, d.pa, d.pb),"
+	" k AS (SELECT m.part, m.pa, m.pb, e.key, m.at"
+	"  FROM m CROSS JOIN LATERAL hashtree._prefix_entries(m.part, m.pa, m.pb) e"
+	"  UNION ALL SELECT m.part, m.pa, m.pb, d.key, m.at FROM m JOIN hashtree.dirty_key d"
+	"  ON d.part = m.part AND d.pa = m.pa AND d.pb = m.pb AND d.key IS NOT NULL)"
+	" INSERT INTO hashtree.tombstone (part, pa, pb, key, deleted_at)"
+	" SELECT part, pa, pb, key, max(at) FROM k GROUP BY part, pa, pb, key"
+	" ON CONFLICT (part, pa, pb, hashtree._kid(key)) DO NOTHING",
+	3, {INT4OID, TEXTOID, TEXTOID}
 };
 
 static HtQuery q_tombstones = {
@@ -892,7 +943,10 @@ rehash(TrackRel *tr, int part)
 	v[2] = PointerGetDatum(tr->pb);
 	tomb = ht_tomb_enabled(tr->pa, tr->pb);
 	if (tomb)
+	{
+		ht_exec(&q_keep_truncates, v, NULL, 0);
 		ht_exec(&q_keep_deletes, v, NULL, 0);
+	}
 	ht_exec(&q_drop_table_keys, v, NULL, 0);
 	for (int p = 0; p < n; p++)
 	{
@@ -976,7 +1030,13 @@ ht_track_rehash_partition(int part)
 	 * keep them (the scan cannot see them)
 	 */
 	if (ht_tomb_available())
+	{
+		Datum		t[3] = {Int32GetDatum(part), (Datum) 0, (Datum) 0};
+		bool		tn[3] = {false, true, true};
+
+		ht_exec(&q_keep_truncates, t, tn, 0);
 		ht_exec(&q_keep_part_deletes, v, NULL, 0);
+	}
 	ht_exec(&q_drop_part_keys, v, NULL, 0);
 	n = ht_track_registry(&r);
 
@@ -1075,21 +1135,31 @@ ht_track_refuse_prefix(text *pa, text *pb)
  * fixed offset (behind the text columns, every comparison had to walk the
  * tuple to it).
  *
- * "Per table" is by a hash of the table's name in the high half of the
- * first sort key and the segment in the low half: an int8 the sort
- * abbreviates, most comparisons decided by it (sorting by the names first,
- * equal for nearly every row, made every comparison compare both names,
- * the segment and the key: 3x the time).  Two tables whose hashes collide
- * come interleaved by segment (their rows of a key still adjacent: the
- * names break ties after the key); the fold then meets a table more than
- * once, which it allows (fold_once; 16_repack has two such tables).
+ * This is the take of more keys than maintenance_work_mem holds (a sort
+ * that spills); fewer are taken by take_in_memory, which sorts them here:
+ * with the names equal on nearly every row, the SQL sort compares both
+ * names, the segment and the key on every comparison.
  */
 static HtQuery q_take_keys = {
 	"WITH d AS (DELETE FROM hashtree.dirty_key WHERE part = $1"
 	" RETURNING pa, pb, key, hash, seg, xmin, version)"
 	" SELECT seg, pa, pb, key, hash, xmin, version FROM d"
-	" ORDER BY ((pg_catalog.hashtext(pa) # pg_catalog.hashtext(pb))::pg_catalog.int8 << 32)"
-	"  + seg + 1, key NULLS FIRST, pa, pb",
+	" ORDER BY pa, pb, seg, key NULLS FIRST",
+	1, {INT4OID}
+};
+
+/*
+ * The same, unsorted (take_in_memory sorts them); and how many there are,
+ * to choose
+ */
+static HtQuery q_take_keys_unsorted = {
+	"DELETE FROM hashtree.dirty_key WHERE part = $1"
+	" RETURNING seg, pa, pb, key, hash, xmin, version",
+	1, {INT4OID}
+};
+
+static HtQuery q_count_keys = {
+	"SELECT count(*) FROM hashtree.dirty_key WHERE part = $1",
 	1, {INT4OID}
 };
 
@@ -1146,6 +1216,7 @@ typedef struct FoldTable
 	int			trunc_cap;
 	bytea	  **trunc_keys;
 	TimestampTz *trunc_ats;
+	bytea	  **trunc_vers;		/* ... a delete's version (versioned tables) */
 	HtBucketDeltas *deltas;		/* the change of packed buckets, for the update */
 	HtPackApplyStats stats;		/* what the fold saw of the table's packs */
 } FoldTable;
@@ -1639,21 +1710,106 @@ fold_note(FoldTable *ft, int i, SPITupleTable *tt, uint64 r)
 
 static void fold_once(int part, HtBucketDeltas *deltas);
 
-/* is (pa, pb) among the tables this fold re-hashed? */
-static bool
-fold_met_rehashed(List *rehashed, const char *pa, const char *pb)
+/*
+ * The memory a logged key taken in memory costs (its tuple in SPI's tuple
+ * table, the pointer to it, its sort item), with room to spare
+ */
+#define TAKE_ROW_BYTES 256
+
+/* a taken row, for the sort of take_in_memory */
+typedef struct TakeItem
 {
-	ListCell   *lc;
+	uint32		tabhash;		/* of the table's names */
+	int32		seg;
+	text	   *pa;				/* pointers into the tuple */
+	text	   *pb;
+	bytea	   *key;			/* NULL: a TRUNCATE's marker */
+	HeapTuple	tup;
+} TakeItem;
 
-	foreach(lc, rehashed)
-	{
-		List	   *t = lfirst(lc);
+static int
+text_bytes_cmp(const text *a, const text *b)
+{
+	int			la = VARSIZE_ANY_EXHDR(a);
+	int			lb = VARSIZE_ANY_EXHDR(b);
+	int			c = memcmp(VARDATA_ANY(a), VARDATA_ANY(b), Min(la, lb));
 
-		if (strcmp(linitial(t), pa) == 0 && strcmp(lsecond(t), pb) == 0)
-			return true;
-	}
-	return false;
+	return c != 0 ? c : (la > lb) - (la < lb);
 }
+
+/* by table (a hash of its names, then the names), segment, key (NULL first) */
+static int
+take_item_cmp(const void *x, const void *y)
+{
+	const TakeItem *a = x;
+	const TakeItem *b = y;
+	int			c;
+
+	if (a->tabhash != b->tabhash)
+		return a->tabhash < b->tabhash ? -1 : 1;
+	if ((c = text_bytes_cmp(a->pa, b->pa)) != 0 || (c = text_bytes_cmp(a->pb, b->pb)) != 0)
+		return c;
+	if (a->seg != b->seg)
+		return a->seg < b->seg ? -1 : 1;
+	if (a->key == NULL || b->key == NULL)
+		return (a->key != NULL) - (b->key != NULL);
+	return text_bytes_cmp(a->key, b->key);
+}
+
+/*
+ * Take the logged keys of a partition in one statement and sort them here,
+ * when they fit in maintenance_work_mem (counted first; a few more may be
+ * logged meanwhile): the rows of SPI's tuple table are put in an order
+ * like q_take_keys' (tables by a hash of their names, then the names), so
+ * the fold reads them as one batch.  The SQL sort copied each row twice
+ * (the CTE's store, the sort's tuples) and compared through the sort's
+ * generic comparators.  Returns false, having done nothing, when they do
+ * not fit (the fold then takes them through q_take_keys' cursor).
+ */
+static bool
+take_in_memory(int part, SPITupleTable **ttp, uint64 *np)
+{
+	Datum		v[1] = {Int32GetDatum(part)};
+	bool		isnull;
+	int64		count;
+	uint64		n;
+	SPITupleTable *tt;
+	TakeItem   *items;
+
+	if (ht_exec(&q_count_keys, v, NULL, 1) != 1)
+		elog(ERROR, "hashtree: counting the logged keys failed");
+	count = DatumGetInt64(ht_col(0, 1, &isnull));
+	SPI_freetuptable(SPI_tuptable);
+	if ((double) count * TAKE_ROW_BYTES > (double) maintenance_work_mem * 1024)
+		return false;
+	n = ht_exec(&q_take_keys_unsorted, v, NULL, 0);
+	tt = SPI_tuptable;
+	items = palloc(sizeof(TakeItem) * Max(n, 1));
+	for (uint64 r = 0; r < n; r++)
+	{
+		HeapTuple	tup = tt->vals[r];
+		Datum		d;
+
+		items[r].tup = tup;
+		items[r].seg = DatumGetInt32(SPI_getbinval(tup, tt->tupdesc, 1, &isnull));
+		items[r].pa = DatumGetTextPP(SPI_getbinval(tup, tt->tupdesc, 2, &isnull));
+		items[r].pb = DatumGetTextPP(SPI_getbinval(tup, tt->tupdesc, 3, &isnull));
+		d = SPI_getbinval(tup, tt->tupdesc, 4, &isnull);
+		items[r].key = isnull ? NULL : DatumGetByteaPP(d);
+		items[r].tabhash = hash_bytes((const unsigned char *) VARDATA_ANY(items[r].pa),
+									  VARSIZE_ANY_EXHDR(items[r].pa)) ^
+			hash_bytes((const unsigned char *) VARDATA_ANY(items[r].pb),
+					   VARSIZE_ANY_EXHDR(items[r].pb));
+	}
+	qsort(items, n, sizeof(TakeItem), take_item_cmp);
+	for (uint64 r = 0; r < n; r++)
+		tt->vals[r] = items[r].tup;
+	pfree(items);
+	*ttp = tt;
+	*np = n;
+	return true;
+}
+
 
 /*
  * A row r logged for a table whose TRUNCATE this fold saw (the marker
@@ -1690,55 +1846,90 @@ truncate_note(FoldTable *ft, SPITupleTable *tt, uint64 r)
 			: palloc(sizeof(bytea *) * ft->trunc_cap);
 		ft->trunc_ats = ft->trunc_ats ? repalloc(ft->trunc_ats, sizeof(TimestampTz) * ft->trunc_cap)
 			: palloc(sizeof(TimestampTz) * ft->trunc_cap);
+		ft->trunc_vers = ft->trunc_vers ? repalloc(ft->trunc_vers, sizeof(bytea *) * ft->trunc_cap)
+			: palloc(sizeof(bytea *) * ft->trunc_cap);
 	}
 	ft->trunc_keys[ft->ntrunc] = DatumGetByteaPCopy(key);
+	ft->trunc_vers[ft->ntrunc] = NULL;
+	if (del)
+	{
+		Datum		ver = SPI_getbinval(tt->vals[r], tt->tupdesc, 7, &isnull);
+
+		if (!isnull)
+			ft->trunc_vers[ft->ntrunc] = DatumGetByteaPCopy(ver);
+	}
 	ft->trunc_ats[ft->ntrunc++] = at;
 	MemoryContextSwitchTo(o);
 }
 
 /*
- * The tombstones of a TRUNCATE (DESIGN §20): every key the trees have of
- * the table in this partition (rows and tombstones) and every key logged
- * with the TRUNCATE gets one at its time (or a later delete's; an older
- * tombstone takes the TRUNCATE's time).  The re-hash that follows drops
- * those of the keys that have a row again.  A table with a version column
- * cannot version a TRUNCATE: its new tombstones have no version (older
- * than any known), and those it had keep theirs.
+ * The tombstones of a TRUNCATE (DESIGN §20): every key logged with the
+ * TRUNCATE gets one at its time (or at its own delete's if later, with
+ * the deleted row's version), then every key the trees have of the table
+ * in this partition that has no tombstone yet (a key deleted before keeps
+ * its tombstone: the TRUNCATE may be of another partition of the table,
+ * which the marker does not say).  The re-hash that follows drops those
+ * of the keys that have a row (written again, or in a partition of the
+ * table the TRUNCATE did not empty).  A table with a version column cannot
+ * version a TRUNCATE: its new tombstones of keys not logged with a delete
+ * have no version (older than any known).
  */
-static HtQuery q_truncate_tombstones = {
-	"INSERT INTO hashtree.tombstone AS t (part, pa, pb, key, deleted_at)"
-	" SELECT $1, $2, $3, k.key, max(k.at) FROM ("
-	"  SELECT e.key, $4::timestamptz AS at FROM hashtree._prefix_entries($1, $2, $3) e"
-	"  UNION ALL SELECT u.key, GREATEST(u.at, $4) FROM unnest($5::bytea[], $6::timestamptz[]) AS u(key, at)"
-	" ) k GROUP BY k.key"
+static HtQuery q_truncate_logged = {
+	"INSERT INTO hashtree.tombstone AS t (part, pa, pb, key, deleted_at, version)"
+	" SELECT $1, $2, $3, u.key, max(u.at),"
+	"  (pg_catalog.array_agg(u.v ORDER BY u.at DESC, u.v IS NULL))[1]"
+	" FROM unnest($4::bytea[], $5::timestamptz[], $6::bytea[]) AS u(key, at, v) GROUP BY u.key"
 	" ON CONFLICT (part, pa, pb, hashtree._kid(key))"
-	" DO UPDATE SET deleted_at = GREATEST(t.deleted_at, EXCLUDED.deleted_at)",
-	6, {INT4OID, TEXTOID, TEXTOID, TIMESTAMPTZOID, BYTEAARRAYOID, TIMESTAMPTZARRAYOID}
+	" DO UPDATE SET deleted_at = GREATEST(t.deleted_at, EXCLUDED.deleted_at),"
+	"  version = CASE WHEN EXCLUDED.deleted_at >= t.deleted_at THEN EXCLUDED.version"
+	"   ELSE t.version END",
+	6, {INT4OID, TEXTOID, TEXTOID, BYTEAARRAYOID, TIMESTAMPTZARRAYOID, BYTEAARRAYOID}
+};
+
+/* (a key with a tombstone already keeps it: see above) */
+static HtQuery q_truncate_entries = {
+	"INSERT INTO hashtree.tombstone (part, pa, pb, key, deleted_at)"
+	" SELECT $1, $2, $3, e.key, $4 FROM hashtree._prefix_entries($1, $2, $3) e"
+	" ON CONFLICT (part, pa, pb, hashtree._kid(key)) DO NOTHING",
+	4, {INT4OID, TEXTOID, TEXTOID, TIMESTAMPTZOID}
 };
 
 static void
 truncate_tombstones(FoldTable *ft, int part)
 {
 	Datum		v[6];
-	Datum	   *keys = palloc(sizeof(Datum) * Max(ft->ntrunc, 1));
-	Datum	   *ats = palloc(sizeof(Datum) * Max(ft->ntrunc, 1));
+	int			n = ft->ntrunc;
+	Datum	   *keys = palloc(sizeof(Datum) * Max(n, 1));
+	Datum	   *ats = palloc(sizeof(Datum) * Max(n, 1));
+	Datum	   *vers = palloc(sizeof(Datum) * Max(n, 1));
+	bool	   *vnull = palloc(sizeof(bool) * Max(n, 1));
+	int			dims[1] = {n};
+	int			lbs[1] = {1};
 	TimestampTz at = ft->trunc_at;
 
 	if (at == DT_NOBEGIN)
 		at = GetCurrentTransactionStartTimestamp();
-	for (int i = 0; i < ft->ntrunc; i++)
+	for (int i = 0; i < n; i++)
 	{
 		keys[i] = PointerGetDatum(ft->trunc_keys[i]);
-		ats[i] = TimestampTzGetDatum(ft->trunc_ats[i] == DT_NOBEGIN ? at : ft->trunc_ats[i]);
+		ats[i] = TimestampTzGetDatum(Max(at, ft->trunc_ats[i]));
+		vers[i] = PointerGetDatum(ft->trunc_vers[i]);
+		vnull[i] = (ft->trunc_vers[i] == NULL);
 	}
 	v[0] = Int32GetDatum(part);
 	v[1] = PointerGetDatum(ft->tr->pa);
 	v[2] = PointerGetDatum(ft->tr->pb);
+	if (n > 0)
+	{
+		v[3] = PointerGetDatum(ht_array_bytea(keys, n));
+		v[4] = PointerGetDatum(construct_array(ats, n, TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL,
+											   TYPALIGN_DOUBLE));
+		v[5] = PointerGetDatum(construct_md_array(vers, vnull, 1, dims, lbs, BYTEAOID, -1,
+												  false, TYPALIGN_INT));
+		ht_exec(&q_truncate_logged, v, NULL, 0);
+	}
 	v[3] = TimestampTzGetDatum(at);
-	v[4] = PointerGetDatum(ht_array_bytea(keys, ft->ntrunc));
-	v[5] = PointerGetDatum(construct_array(ats, ft->ntrunc, TIMESTAMPTZOID, 8, FLOAT8PASSBYVAL,
-										   TYPALIGN_DOUBLE));
-	ht_exec(&q_truncate_tombstones, v, NULL, 0);
+	ht_exec(&q_truncate_entries, v, NULL, 0);
 }
 
 /*
@@ -1766,10 +1957,9 @@ fold_once(int part, HtBucketDeltas *deltas)
 	FoldTable  *ft;
 	char	   *cur_pa = NULL;
 	char	   *cur_pb = NULL;
-	List	   *rehashed = NIL;	/* the tables re-hashed by this fold */
+	SPITupleTable *mem_tt = NULL;
+	uint64		mem_n = 0;
 
-	portal = ht_cursor(get_attnum(logrel, "hash") == InvalidAttrNumber ?
-					   &q_take_keys_0_1 : &q_take_keys, v, NULL);
 	ft = palloc0(sizeof(FoldTable));
 
 	ft->batch = AllocSetContextCreate(cxt, "hashtree fold batch", ALLOCSET_DEFAULT_SIZES);
@@ -1779,11 +1969,17 @@ fold_once(int part, HtBucketDeltas *deltas)
 	ft->dels = palloc(sizeof(HtLoggedDelete) * HT_KEY_BATCH);
 	ft->deltas = deltas;
 
+	/* the keys in memory, sorted here, or else through a cursor */
+	portal = NULL;
+	if (get_attnum(logrel, "hash") == InvalidAttrNumber || !take_in_memory(part, &mem_tt, &mem_n))
+		portal = ht_cursor(get_attnum(logrel, "hash") == InvalidAttrNumber ?
+						   &q_take_keys_0_1 : &q_take_keys, v, NULL);
 	for (;;)
 	{
-		uint64		n = ht_fetch(portal, HT_KEY_BATCH);
-		SPITupleTable *tt = SPI_tuptable;
+		uint64		n = portal ? ht_fetch(portal, HT_KEY_BATCH) : mem_n;
+		SPITupleTable *tt = portal ? SPI_tuptable : mem_tt;
 
+		mem_n = 0;
 		if (n == 0)
 			break;
 		for (uint64 r = 0; r < n; r++)
@@ -1799,24 +1995,10 @@ fold_once(int part, HtBucketDeltas *deltas)
 
 				SPI_tuptable = NULL;	/* keep this batch while we write */
 				fold_keys(part, ft);
-				if (ft->tr != NULL && ft->rehashed)
-					rehashed = lappend(rehashed, list_make2(cur_pa, cur_pb));
 				fold_table_end(part, ft);
 				cur_pa = pa;
 				cur_pb = pb;
 				relid = ht_track_registered_relid(pa, pb);
-				if (OidIsValid(relid) && fold_met_rehashed(rehashed, pa, pb))
-				{
-					/*
-					 * a table met again (its hash collides with another's):
-					 * re-hashed since its keys were logged, they are in.
-					 * (Those of its keys logged with a TRUNCATE and met
-					 * after the other table's get no tombstone: a row of
-					 * the other node comes back.)
-					 */
-					relid = InvalidOid;
-				}
-				if (OidIsValid(relid))
 				{
 					/*
 					 * ROW EXCLUSIVE, kept to the end of the update: a re-hash
@@ -1896,7 +2078,8 @@ fold_once(int part, HtBucketDeltas *deltas)
 	}
 	fold_keys(part, ft);
 	fold_table_end(part, ft);
-	SPI_cursor_close(portal);
+	if (portal != NULL)
+		SPI_cursor_close(portal);
 	MemoryContextSwitchTo(old);
 	MemoryContextDelete(cxt);
 }
@@ -2317,9 +2500,18 @@ static HtQuery q_set_version_column = {
 	3, {TEXTOID, TEXTOID, TEXTOID}
 };
 
-/* the tombstones kept so far lose their versions (of another column, type) */
+/*
+ * the tombstones kept so far, and the deletes logged and not folded yet,
+ * lose their versions (of another column, of another type)
+ */
 static HtQuery q_unversion_tombstones = {
 	"UPDATE hashtree.tombstone SET version = NULL WHERE pa = $1 AND pb = $2",
+	2, {TEXTOID, TEXTOID}
+};
+
+static HtQuery q_unversion_logged = {
+	"UPDATE hashtree.dirty_key SET version = NULL"
+	" WHERE pa = $1 AND pb = $2 AND version IS NOT NULL",
 	2, {TEXTOID, TEXTOID}
 };
 
@@ -2328,7 +2520,15 @@ ht_track_set_version_column(TrackRel *tr, Relation rel, const char *col)
 {
 	Datum		v[3];
 	bool		n[3] = {false, false, col == NULL};
+	char	   *was;
 
+	/* writers of every partition wait, with their row triggers' version */
+	if (rel->rd_rel->relkind == RELKIND_PARTITIONED_TABLE)
+		(void) find_all_inheritors(RelationGetRelid(rel), ShareRowExclusiveLock, NULL);
+	/* the same column again changes nothing (a script run twice) */
+	(void) registry_lookup(tr->pa, tr->pb, &was);
+	if ((was == NULL && col == NULL) || (was != NULL && col != NULL && strcmp(was, col) == 0))
+		return;
 	if (col != NULL)
 	{
 		AttrNumber	att = get_attnum(RelationGetRelid(rel), col);
@@ -2345,7 +2545,7 @@ ht_track_set_version_column(TrackRel *tr, Relation rel, const char *col)
 					(errcode(ERRCODE_FEATURE_NOT_SUPPORTED),
 					 errmsg("version column \"%s\" of type %s cannot version rows", col,
 							format_type_be(typid)),
-					 errdetail("A version column needs a type with a default B-tree operator class and binary send and receive functions.")));
+					 errdetail("A version column must be of a built-in type with an order that is neither collatable, an array nor a reference to the node's objects: a number, a timestamp, a date, uuid, bytea, interval.")));
 	}
 	v[0] = PointerGetDatum(tr->pa);
 	v[1] = PointerGetDatum(tr->pb);
@@ -2354,6 +2554,8 @@ ht_track_set_version_column(TrackRel *tr, Relation rel, const char *col)
 		elog(ERROR, "hashtree: registry row of %s not found", tr->name);
 	/* the row triggers of the table and its partitions log the new column */
 	CacheInvalidateRelcacheByRelid(tr->root);
+	ht_exec_as_owner(&q_unversion_logged, v, NULL, 0);
+	tr->versioned = (col != NULL);	/* (the rehash's tombstone entries) */
 	if (ht_tomb_enabled(tr->pa, tr->pb) &&
 		ht_exec_as_owner(&q_unversion_tombstones, v, NULL, 0) > 0)
 		(void) ht_track_rehash(tr, "version_column");
