@@ -1,7 +1,7 @@
 --
 -- Versions and tombstones of plain entries (DESIGN §20): tombstones(prefix_a,
 -- prefix_b), insert()/delete() with a version, the helpers of repair
--- 'newest' (the repair itself: TAP t/023_newest_entries.pl)
+-- 'newest' (the repair itself: TAP t/025_newest_entries.pl)
 --
 SET client_min_messages = warning;
 DROP EXTENSION IF EXISTS hashtree CASCADE;	-- (tables of the tests before stay)
