@@ -749,10 +749,38 @@ next_result(HtPeer *peer)
 }
 
 /*
+ * Read and drop what is left of a pipeline after a statement's error
+ * result: its end, then every later statement's results and Sync; the
+ * connection leaves pipeline mode.  A lost peer: ERROR.
+ */
+static void
+pipeline_drain(HtPeer *peer)
+{
+	PGconn	   *conn = peer->conn;
+
+	while (peer->pipelined > 0)
+	{
+		PGresult   *res = next_result(peer);
+
+		if (res == NULL)
+			continue;			/* the end of a statement's results */
+		if (PQresultStatus(res) == PGRES_PIPELINE_SYNC)
+			peer->pipelined--;
+		PQclear(res);
+		if (PQstatus(conn) == CONNECTION_BAD)
+			lost_connection(peer);
+	}
+	if (!PQexitPipelineMode(conn))
+		protocol_violation(peer, "a pipeline that does not end");
+}
+
+/*
  * The result of the next statement of a pipeline sent by
  * ht_peer_send_pipeline; the pipeline ends with the last.  The pipeline
- * is one round trip.  Any error (the peer's included) closes the
- * connection: the results still due cannot be told from later ones.
+ * is one round trip.  An error the peer reported is raised once the rest
+ * of the pipeline was read (the connection stays); any other error while
+ * results are still due (a lost peer, a cancel, a timeout, a malformed
+ * answer) closes the connection.
  */
 static HtRemoteResult *
 pipeline_receive(HtPeer *peer, int ncols)
@@ -783,7 +811,16 @@ pipeline_receive(HtPeer *peer, int ncols)
 		}
 		st = PQresultStatus(res);
 		if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK)
+		{
+			/*
+			 * An error the peer reported: the rest of the pipeline is read
+			 * first, so that the connection (and the locks it holds) stays
+			 */
+			if (st == PGRES_FATAL_ERROR && PQstatus(conn) == CONNECTION_OK &&
+				result_sqlstate(res) != 0)
+				pipeline_drain(peer);
 			peer_failed(peer, res);
+		}
 		out = copy_result(peer, res, ncols);
 		/* one result per statement, then NULL, then its Sync */
 		if ((more = next_result(peer)) != NULL)
@@ -806,9 +843,9 @@ pipeline_receive(HtPeer *peer, int ncols)
 	}
 	PG_CATCH();
 	{
-		/* interrupted, timed out, broken, or the peer's error: done */
-		peer->pipelined = 0;
-		peer_disconnect(peer);
+		/* interrupted, timed out, broken: results still due, done */
+		if (peer->pipelined > 0)
+			peer_disconnect(peer);
 		PG_RE_THROW();
 	}
 	PG_END_TRY();
