@@ -108,7 +108,12 @@ pack_children(const HtNodeRow *rows, int from, int to, int64 base, int hash_byte
 {
 	StringInfoData buf;
 
-	initStringInfo(&buf);
+	/* written in place after the header, in a buffer of the right size */
+	buf.maxlen = VARHDRSZ + (to - from) * (10 + hash_bytes) + 1;
+	buf.data = palloc(buf.maxlen);
+	buf.len = VARHDRSZ;
+	buf.data[buf.len] = '\0';
+	buf.cursor = 0;
 	for (int r = from; r < to; r++)
 	{
 		int64		gap = r == from ? rows[r].child - base : rows[r].child - rows[r - 1].child - 1;
@@ -117,7 +122,8 @@ pack_children(const HtNodeRow *rows, int from, int to, int64 base, int hash_byte
 		appendBinaryStringInfo(&buf, VARDATA_ANY(rows[r].hash),
 							   Min(hash_bytes, VARSIZE_ANY_EXHDR(rows[r].hash)));
 	}
-	return (bytea *) cstring_to_text_with_len(buf.data, buf.len);
+	SET_VARSIZE(buf.data, buf.len);
+	return (bytea *) buf.data;
 }
 
 /*
