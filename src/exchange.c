@@ -449,8 +449,7 @@ exchange_run_fn(void *arg)
 	for (int k = 0; k < run->n; k++)
 		if (run->x[k].there)
 			release[nrelease++] = run->x[k].r->part;
-	if (run->mode == HT_REPAIR_NONE && !(track_commit_timestamp && !ht_exchange_quiet) &&
-		nrelease > 0)
+	if (nrelease > 0)
 	{
 		const char **params = palloc(sizeof(char *));
 
@@ -459,7 +458,8 @@ exchange_run_fn(void *arg)
 		end_stmt.nparams = 1;
 		end_stmt.params = params;
 		end_stmt.binary = false;
-		tail = &end_stmt;
+		if (run->mode == HT_REPAIR_NONE && !(track_commit_timestamp && !ht_exchange_quiet))
+			tail = &end_stmt;
 	}
 	if (ndiffer > 0)
 		released = ht_compare_walk_prefixed(peer, ndiffer, differ, collect, run, tail, 2);
@@ -526,14 +526,8 @@ exchange_run_fn(void *arg)
 		HtRemoteResult *res = released;
 
 		if (res == NULL)
-		{
-			const char *params[1];
-
-			params[0] = int4_array_literal(release, nrelease);
-			res = ht_peer_query(peer,
-								"SELECT \"partition\", answer FROM hashtree._exchange_end($1::int4[])",
-								1, params, false, 2);
-		}
+			res = ht_peer_query(peer, end_stmt.sql, end_stmt.nparams, end_stmt.params,
+								end_stmt.binary, 2);
 		if (res->nrows != nrelease)
 			ereport(ERROR,
 					(errcode(ERRCODE_PROTOCOL_VIOLATION),

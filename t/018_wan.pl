@@ -335,6 +335,24 @@ start_proxy(5);
 my $expected = report('b');
 isnt($expected, '', 'the differences made before the faults are still there');
 is(report('bw'), $expected, 'with the proxy back, the exchange through it finds them');
+
+# a peer's error in a pipeline of requests (the walk's first request of a
+# depth is two statements: the peer's buckets, then the descent) is relayed
+# once the pipeline is read: the connection stays, with the lock it holds
+my $p = $a->safe_psql('postgres', "SELECT min(partition) FROM hashtree.exchange('b')");
+my $descend = 'hashtree._descend_m(int[], int, text[], text[], int, bigint[], bigint, int, bytea[])';
+$b->safe_psql('postgres', "ALTER FUNCTION $descend RENAME TO _descend_m_gone");
+my ($ret, $out, $err) = $a->psql('postgres', qq{
+	SELECT hashtree.lock('bw', $p) || ' ' || hashtree.lock($p);
+	SELECT count(*) FROM hashtree.compare($p, 'bw');
+	SELECT 'released ' || hashtree.release_lock('bw', $p) || ' ' || hashtree.release_lock($p);},
+	on_error_stop => 0);
+$b->safe_psql('postgres', 'ALTER FUNCTION hashtree._descend_m_gone(int[], int, text[], text[], int,'
+	. ' bigint[], bigint, int, bytea[]) RENAME TO _descend_m');
+like($err, qr/_descend_m\(.*does not exist.*\n.*on peer "bw"/s,
+	'a peer\'s error in the middle of a pipeline: relayed as the peer\'s');
+like($out, qr/^released ok ok$/m, 'and the connection stays, with the lock it holds on the peer');
+is(locks($a) . locks($b), '00', 'no lock left on either node');
 ($as_repaired = $expected) =~ s/\|f$/|t/mg;
 is(report('bw', 'pull'), $as_repaired, 'and pulls them');
 is(report('b'), '', 'nothing left');
