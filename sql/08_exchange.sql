@@ -52,7 +52,7 @@ SELECT kind, prefix_a, prefix_b, item_id(key), repaired
 SELECT count(*) AS partitions, sum(missing) AS missing, sum(remote_missing) AS remote_missing,
 	   sum(different) AS different, sum(missing_prefix) AS missing_prefix,
 	   sum(remote_missing_prefix) AS remote_missing_prefix, sum(repaired) AS repaired,
-	   bool_and(outcome = 'ok') AS all_ok, bool_and(round_trips BETWEEN 4 AND 20) AS bounded_round_trips,
+	   bool_and(outcome = 'ok') AS all_ok, bool_and(round_trips BETWEEN 3 AND 20) AS bounded_round_trips,
 	   bool_and(bytes > 0) AS counted_bytes, bool_and(NOT worker) AS manual
   FROM hashtree.exchange_log;
 -- nothing was changed, and no lock is left behind

@@ -108,7 +108,12 @@ pack_children(const HtNodeRow *rows, int from, int to, int64 base, int hash_byte
 {
 	StringInfoData buf;
 
-	initStringInfo(&buf);
+	/* written in place after the header, in a buffer of the right size */
+	buf.maxlen = VARHDRSZ + (to - from) * (10 + hash_bytes) + 1;
+	buf.data = palloc(buf.maxlen);
+	buf.len = VARHDRSZ;
+	buf.data[buf.len] = '\0';
+	buf.cursor = 0;
 	for (int r = from; r < to; r++)
 	{
 		int64		gap = r == from ? rows[r].child - base : rows[r].child - rows[r - 1].child - 1;
@@ -117,7 +122,8 @@ pack_children(const HtNodeRow *rows, int from, int to, int64 base, int hash_byte
 		appendBinaryStringInfo(&buf, VARDATA_ANY(rows[r].hash),
 							   Min(hash_bytes, VARSIZE_ANY_EXHDR(rows[r].hash)));
 	}
-	return (bytea *) cstring_to_text_with_len(buf.data, buf.len);
+	SET_VARSIZE(buf.data, buf.len);
+	return (bytea *) buf.data;
 }
 
 /*
@@ -247,11 +253,12 @@ entries_of(int depth, int n, const int32 *parts, Datum *pa, Datum *pb, const int
 	return nout;
 }
 
-/* ask the peer for children firsts[i] .. firsts[i] + span - 1 of a level */
-static void
-send_nodes(HtPeer *peer, int depth, TreeSet *ts, int level, const int64 *firsts, int64 span)
+/* the request for the peer's children firsts[i] .. firsts[i] + span - 1 of a level */
+static HtPeerStatement
+nodes_statement(int depth, TreeSet *ts, int level, const int64 *firsts, int64 span)
 {
-	const char *params[8];
+	const char **params = palloc(sizeof(char *) * 8);
+	HtPeerStatement st;
 
 	params[0] = array_literal(ht_array_int4(ts->part, ts->n));
 	params[1] = psprintf("%d", depth);
@@ -261,10 +268,21 @@ send_nodes(HtPeer *peer, int depth, TreeSet *ts, int level, const int64 *firsts,
 	params[5] = array_literal(ht_array_int8(firsts, ts->n));
 	params[6] = psprintf(INT64_FORMAT, span);
 	params[7] = psprintf("%d", HT_COMPARE_HASH_BYTES);
-	ht_peer_send(peer,
-				 "SELECT i, children FROM hashtree._nodes_m($1::int4[], $2::int4,"
-				 " $3::text[], $4::text[], $5::int4, $6::int8[], $7::int8, $8::int4)",
-				 8, params, true);
+	st.sql = "SELECT i, children FROM hashtree._nodes_m($1::int4[], $2::int4,"
+		" $3::text[], $4::text[], $5::int4, $6::int8[], $7::int8, $8::int4)";
+	st.nparams = 8;
+	st.params = params;
+	st.binary = true;
+	return st;
+}
+
+/* ask the peer for those children */
+static void
+send_nodes(HtPeer *peer, int depth, TreeSet *ts, int level, const int64 *firsts, int64 span)
+{
+	HtPeerStatement st = nodes_statement(depth, ts, level, firsts, span);
+
+	ht_peer_send_pipeline(peer, 1, &st);
 }
 
 static void malformed(HtPeer *peer);
@@ -295,16 +313,18 @@ receive_nodes(HtPeer *peer, TreeSet *ts, const int64 *firsts, int64 span, HtNode
 }
 
 /*
- * Send this node's children of a level (own, sorted by request and child)
- * to the peer, which compares them with its own and answers the next
- * level under the children that differ (hashtree._descend_m).
+ * The request that sends this node's children of a level (own, sorted by
+ * request and child) to the peer, which compares them with its own and
+ * answers the next level under the children that differ
+ * (hashtree._descend_m).
  */
-static void
-send_descend(HtPeer *peer, int depth, TreeSet *ts, int level, const int64 *firsts, int64 span,
-			 const HtNodeRow *own, int nown)
+static HtPeerStatement
+descend_statement(int depth, TreeSet *ts, int level, const int64 *firsts, int64 span,
+				  const HtNodeRow *own, int nown)
 {
 	Datum	   *packed = palloc(sizeof(Datum) * Max(ts->n, 1));
-	const char *params[9];
+	const char **params = palloc(sizeof(char *) * 9);
+	HtPeerStatement st;
 	int			r = 0;
 
 	for (int i = 1; i <= ts->n; i++)
@@ -325,11 +345,13 @@ send_descend(HtPeer *peer, int depth, TreeSet *ts, int level, const int64 *first
 	params[6] = psprintf(INT64_FORMAT, span);
 	params[7] = psprintf("%d", HT_COMPARE_HASH_BYTES);
 	params[8] = array_literal(ht_array_bytea(packed, ts->n));
-	ht_peer_send(peer,
-				 "SELECT i, child, children, key, hash FROM hashtree._descend_m($1::int4[],"
-				 " $2::int4, $3::text[], $4::text[], $5::int4, $6::int8[], $7::int8, $8::int4,"
-				 " $9::bytea[])",
-				 9, params, true);
+	st.sql = "SELECT i, child, children, key, hash FROM hashtree._descend_m($1::int4[],"
+		" $2::int4, $3::text[], $4::text[], $5::int4, $6::int8[], $7::int8, $8::int4,"
+		" $9::bytea[])";
+	st.nparams = 9;
+	st.params = params;
+	st.binary = true;
+	return st;
 }
 
 static void
@@ -424,6 +446,9 @@ typedef struct DiffSink
 {
 	HtDiffCallback fn;
 	void	   *arg;
+	const HtPeerStatement *tail;	/* sent with the walk's last request */
+	int			tail_ncols;
+	HtRemoteResult *tail_result;	/* its result, once sent */
 } DiffSink;
 
 /* a child tree's name, stored as UTF-8 bytes in its parent's entry */
@@ -540,11 +565,49 @@ walk_depth(HtPeer *peer, DiffSink *sink, int depth, TreeSet *trees, TreeSet *nex
 	int			nr = 0;
 	int			a = 0;
 	int			b = 0;
+	TreeSet		guess = {0};
+	int		   *guess_tree;
+	int64	   *guess_f4;
+	HtNodeRow  *guess_own = NULL;
+	int			nguess_own;
+	bool		same;
 
-	/* 1: our buckets; the peer's sub-buckets under those that differ */
+	/*
+	 * 1: our buckets; the peer's sub-buckets under those that differ.  The
+	 * peer's own buckets are asked for first, in the same round trip: from
+	 * them this node finds the differing buckets and reads its sub-buckets
+	 * under them while the peer reads its own (the two nodes' reads
+	 * overlap instead of adding up).
+	 */
 	nown = nodes_of(depth, trees->n, trees->part, trees->pa, trees->pb, 2, zeros, width,
 					HT_COMPARE_HASH_BYTES, &own);
-	send_descend(peer, depth, trees, 2, zeros, width, own, nown);
+	{
+		HtPeerStatement st[2];
+
+		st[0] = nodes_statement(depth, trees, 2, zeros, width);
+		st[1] = descend_statement(depth, trees, 2, zeros, width, own, nown);
+		ht_peer_send_pipeline(peer, 2, st);
+	}
+	{
+		HtNodeRow  *peer2;
+		int			npeer2 = receive_nodes(peer, trees, zeros, width, &peer2);
+		NodeDiff   *d2;
+		int			n2 = diff_rows(own, nown, peer2, npeer2, &d2);
+
+		guess_tree = palloc(sizeof(int) * Max(n2, 1));
+		guess_f4 = palloc(sizeof(int64) * Max(n2, 1));
+		for (int k = 0; k < n2; k++)
+		{
+			int			t = d2[k].i - 1;
+
+			guess_tree[k] = t;
+			guess_f4[k] = d2[k].child * subs;
+			treeset_add(&guess, trees->part[t], trees->pa[t], trees->pb[t]);
+		}
+		nguess_own = guess.n == 0 ? 0 :
+			nodes_of(depth, guess.n, guess.part, guess.pa, guess.pb, HT_LEVEL_SUB, guess_f4,
+					 subs, HT_COMPARE_HASH_BYTES, &guess_own);
+	}
 	res = ht_peer_receive(peer, 5);
 	f4 = palloc(sizeof(int64) * Max(res->nrows, 1));
 	tree_of2 = palloc(sizeof(int) * Max(res->nrows, 1));
@@ -568,9 +631,23 @@ walk_depth(HtPeer *peer, DiffSink *sink, int depth, TreeSet *trees, TreeSet *nex
 	if (req2.n == 0)
 		return;
 
-	/* our sub-buckets there: which differ */
-	nown = nodes_of(depth, req2.n, req2.part, req2.pa, req2.pb, HT_LEVEL_SUB, f4, subs,
-					HT_COMPARE_HASH_BYTES, &own);
+	/*
+	 * our sub-buckets there: read already when the peer's answer names the
+	 * buckets found from its own (it always does, unless its tree changed
+	 * in between: the exchange holds its lock, compare() may not), else
+	 * now
+	 */
+	same = (guess.n == req2.n);
+	for (int k = 0; same && k < req2.n; k++)
+		same = (guess_tree[k] == tree_of2[k] && guess_f4[k] == f4[k]);
+	if (same)
+	{
+		own = guess_own;
+		nown = nguess_own;
+	}
+	else
+		nown = nodes_of(depth, req2.n, req2.part, req2.pa, req2.pb, HT_LEVEL_SUB, f4, subs,
+						HT_COMPARE_HASH_BYTES, &own);
 	n4 = diff_rows(own, nown, theirs, ntheirs, &d4);
 	if (n4 == 0)
 		return;
@@ -588,8 +665,19 @@ walk_depth(HtPeer *peer, DiffSink *sink, int depth, TreeSet *trees, TreeSet *nex
 	}
 	nown = nodes_of(depth, req4.n, req4.part, req4.pa, req4.pb, 3, f3, segs_per_sub,
 					HT_COMPARE_HASH_BYTES, &own);
-	send_descend(peer, depth, &req4, 3, f3, segs_per_sub, own, nown);
-	res = ht_peer_receive(peer, 5);
+	{
+		HtPeerStatement st[2];
+		int			nst = 1;
+
+		st[0] = descend_statement(depth, &req4, 3, f3, segs_per_sub, own, nown);
+		/* the walk's last request: the caller's tail goes with it */
+		if (depth == HT_DEPTH_LEAF && sink->tail != NULL)
+			st[nst++] = *sink->tail;
+		ht_peer_send_pipeline(peer, nst, st);
+		res = ht_peer_receive(peer, 5);
+		if (nst > 1)
+			sink->tail_result = ht_peer_receive(peer, sink->tail_ncols);
+	}
 	segs = palloc(sizeof(int32) * Max(res->nrows, 1));
 	tree_of3 = palloc(sizeof(int) * Max(res->nrows, 1));
 	r = palloc(sizeof(HtEntryRow) * Max(res->nrows, 1));
@@ -692,7 +780,7 @@ walk(HtPeer *peer, DiffSink *sink, TreeSet *seed)
 void
 ht_compare_walk(HtPeer *peer, int nparts, const int *parts, HtDiffCallback fn, void *arg)
 {
-	DiffSink	sink = {fn, arg};
+	DiffSink	sink = {fn, arg, NULL, 0, NULL};
 	Datum		empty = PointerGetDatum(cstring_to_text(""));
 	TreeSet		seed[HT_DEPTH_LEAF + 1] = {{0}};
 
@@ -776,11 +864,12 @@ diff_prefixes(DiffSink *sink, int part, const HtPrefixEntry *l, int nl,
 	}
 }
 
-void
+HtRemoteResult *
 ht_compare_walk_prefixed(HtPeer *peer, int nparts, const HtComparePart *parts,
-						 HtDiffCallback fn, void *arg)
+						 HtDiffCallback fn, void *arg, const HtPeerStatement *tail,
+						 int tail_ncols)
 {
-	DiffSink	sink = {fn, arg};
+	DiffSink	sink = {fn, arg, tail, tail_ncols, NULL};
 	Datum		empty = PointerGetDatum(cstring_to_text(""));
 	TreeSet		seed[HT_DEPTH_LEAF + 1] = {{0}};
 
@@ -795,6 +884,7 @@ ht_compare_walk_prefixed(HtPeer *peer, int nparts, const HtComparePart *parts,
 						  &seed[HT_DEPTH_LEAF]);
 	}
 	walk(peer, &sink, seed);
+	return sink.tail_result;
 }
 
 void

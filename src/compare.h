@@ -75,11 +75,18 @@ typedef struct HtComparePart
 /*
  * ht_compare_walk, but the prefix trees of the partitions whose entries
  * are known are compared from them, without a round trip: only their
- * differing leaf trees are walked (4 round trips, with those of the
- * partitions walked from the root).  Needs an SPI connection.
+ * differing leaf trees are walked (2 round trips, with those of the
+ * partitions walked from the root).  tail (NULL: none), a statement that
+ * must run on the peer after the walk, is sent in the round trip of the
+ * walk's last request when there is one: then its result (tail_ncols
+ * columns) is returned, else NULL and the caller sends it.  Needs an SPI
+ * connection.
  */
-extern void ht_compare_walk_prefixed(HtPeer *peer, int nparts, const HtComparePart *parts,
-									 HtDiffCallback fn, void *arg);
+extern HtRemoteResult *ht_compare_walk_prefixed(HtPeer *peer, int nparts,
+												const HtComparePart *parts,
+												HtDiffCallback fn, void *arg,
+												const HtPeerStatement *tail,
+												int tail_ncols);
 
 /*
  * The top hash of a partition's root on this node, its first hash_bytes

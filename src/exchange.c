@@ -348,6 +348,9 @@ exchange_run_fn(void *arg)
 	int			ndiffer = 0;
 	int32	   *release = palloc(sizeof(int32) * run->n);
 	int			nrelease = 0;
+	HtPeerStatement end_stmt;
+	const HtPeerStatement *tail = NULL;
+	HtRemoteResult *released = NULL;	/* _exchange_end's answer, when sent */
 
 	peer = ht_peer_get(run->peer_name);
 	run->peer = peer;
@@ -438,8 +441,28 @@ exchange_run_fn(void *arg)
 									HT_EXCHANGE_PREFIX_ENTRIES, &p->local);
 		ndiffer++;
 	}
+	/*
+	 * Without a repair or a report of winners, the release of the peer's
+	 * locks needs nothing more from the walk: it goes with the walk's last
+	 * request (after it, on the peer), one round trip fewer.
+	 */
+	for (int k = 0; k < run->n; k++)
+		if (run->x[k].there)
+			release[nrelease++] = run->x[k].r->part;
+	if (nrelease > 0)
+	{
+		const char **params = palloc(sizeof(char *));
+
+		params[0] = int4_array_literal(release, nrelease);
+		end_stmt.sql = "SELECT \"partition\", answer FROM hashtree._exchange_end($1::int4[])";
+		end_stmt.nparams = 1;
+		end_stmt.params = params;
+		end_stmt.binary = false;
+		if (run->mode == HT_REPAIR_NONE && !(track_commit_timestamp && !ht_exchange_quiet))
+			tail = &end_stmt;
+	}
 	if (ndiffer > 0)
-		ht_compare_walk_prefixed(peer, ndiffer, differ, collect, run);
+		released = ht_compare_walk_prefixed(peer, ndiffer, differ, collect, run, tail, 2);
 
 	/*
 	 * the repair; with none, in exchange() (not in the workers' reports),
@@ -497,19 +520,14 @@ exchange_run_fn(void *arg)
 				 errmsg("the connection to peer \"%s\" was replaced during the exchange",
 						run->peer_name)));
 
-	/* release there, every lock the exchange took, then here */
-	for (int k = 0; k < run->n; k++)
-		if (run->x[k].there)
-			release[nrelease++] = run->x[k].r->part;
+	/* release there, every lock the exchange took (unless done), then here */
 	if (nrelease > 0)
 	{
-		const char *params[1];
-		HtRemoteResult *res;
+		HtRemoteResult *res = released;
 
-		params[0] = int4_array_literal(release, nrelease);
-		res = ht_peer_query(peer,
-							"SELECT \"partition\", answer FROM hashtree._exchange_end($1::int4[])",
-							1, params, false, 2);
+		if (res == NULL)
+			res = ht_peer_query(peer, end_stmt.sql, end_stmt.nparams, end_stmt.params,
+								end_stmt.binary, 2);
 		if (res->nrows != nrelease)
 			ereport(ERROR,
 					(errcode(ERRCODE_PROTOCOL_VIOLATION),

@@ -41,6 +41,8 @@ struct HtPeer
 	int64		round_trips;
 	int64		bytes;
 	TimestampTz deadline;		/* of the statement sent, 0: none */
+	int			pipelined;		/* results of a pipeline still to read */
+	bool		counted;		/* the pipeline's round trip counted */
 };
 
 static HTAB *peer_cache = NULL;
@@ -103,6 +105,7 @@ peer_disconnect(HtPeer *peer)
 	if (peer->conn != NULL)
 		PQfinish(peer->conn);
 	peer->conn = NULL;
+	peer->pipelined = 0;
 }
 
 /* libpq's message without its trailing newline */
@@ -444,21 +447,48 @@ void
 ht_peer_send(HtPeer *peer, const char *sql, int nparams,
 		  const char *const *params, bool binary)
 {
+	HtPeerStatement stmt = {sql, nparams, params, binary};
+
+	ht_peer_send_pipeline(peer, 1, &stmt);
+}
+
+/* send statements at once, each with a Sync (the peer answers each in turn) */
+void
+ht_peer_send_pipeline(HtPeer *peer, int n, const HtPeerStatement *stmts)
+{
 	PGconn	   *conn = peer->conn;
 
 	if (conn == NULL)
 		ereport(ERROR,
 				(errcode(ERRCODE_CONNECTION_DOES_NOT_EXIST),
 				 errmsg("no connection to peer \"%s\"", peer->name)));
+	if (peer->pipelined > 0)
+		elog(ERROR, "hashtree: a statement sent to peer \"%s\" before the results of the last",
+			 peer->name);
 	peer->deadline = 0;
 	if (ht_guc_statement_timeout > 0)
 		peer->deadline = TimestampTzPlusMilliseconds(GetCurrentTimestamp(),
 													 ht_guc_statement_timeout);
 	PG_TRY();
 	{
-		if (!PQsendQueryParams(conn, sql, nparams, NULL, params, NULL, NULL,
-							   binary ? 1 : 0))
-			lost_connection(peer);
+		if (n == 1)
+		{
+			if (!PQsendQueryParams(conn, stmts[0].sql, stmts[0].nparams, NULL,
+								   stmts[0].params, NULL, NULL, stmts[0].binary ? 1 : 0))
+				lost_connection(peer);
+		}
+		else
+		{
+			if (!PQenterPipelineMode(conn))
+				lost_connection(peer);
+			for (int k = 0; k < n; k++)
+				if (!PQsendQueryParams(conn, stmts[k].sql, stmts[k].nparams, NULL,
+									   stmts[k].params, NULL, NULL, stmts[k].binary ? 1 : 0) ||
+					!PQpipelineSync(conn))
+					lost_connection(peer);
+			peer->pipelined = n;
+			peer->counted = false;
+		}
 		flush_output(peer);
 	}
 	PG_CATCH();
@@ -525,6 +555,8 @@ exec_result(HtPeer *peer)
 	return last;
 }
 
+static HtRemoteResult *pipeline_receive(HtPeer *peer, int ncols);
+
 /* a result's rows copied out of libpq (the result is cleared) */
 static HtRemoteResult *
 copy_result(HtPeer *peer, PGresult *res, int ncols)
@@ -572,6 +604,8 @@ ht_peer_receive(HtPeer *peer, int ncols)
 	PGresult   *res;
 	ExecStatusType st;
 
+	if (peer->pipelined > 0)
+		return pipeline_receive(peer, ncols);
 	res = exec_result(peer);
 	st = PQresultStatus(res);
 	if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK)
@@ -712,6 +746,110 @@ next_result(HtPeer *peer)
 			lost_connection(peer);
 	}
 	return PQgetResult(peer->conn);
+}
+
+/*
+ * Read and drop what is left of a pipeline after a statement's error
+ * result: its end, then every later statement's results and Sync; the
+ * connection leaves pipeline mode.  A lost peer: ERROR.
+ */
+static void
+pipeline_drain(HtPeer *peer)
+{
+	PGconn	   *conn = peer->conn;
+
+	while (peer->pipelined > 0)
+	{
+		PGresult   *res = next_result(peer);
+
+		if (res == NULL)
+			continue;			/* the end of a statement's results */
+		if (PQresultStatus(res) == PGRES_PIPELINE_SYNC)
+			peer->pipelined--;
+		PQclear(res);
+		if (PQstatus(conn) == CONNECTION_BAD)
+			lost_connection(peer);
+	}
+	if (!PQexitPipelineMode(conn))
+		protocol_violation(peer, "a pipeline that does not end");
+}
+
+/*
+ * The result of the next statement of a pipeline sent by
+ * ht_peer_send_pipeline; the pipeline ends with the last.  The pipeline
+ * is one round trip.  An error the peer reported is raised once the rest
+ * of the pipeline was read (the connection stays); any other error while
+ * results are still due (a lost peer, a cancel, a timeout, a malformed
+ * answer) closes the connection.
+ */
+static HtRemoteResult *
+pipeline_receive(HtPeer *peer, int ncols)
+{
+	PGconn	   *conn = peer->conn;
+	HtRemoteResult *volatile out = NULL;
+
+	if (conn == NULL)
+		ereport(ERROR,
+				(errcode(ERRCODE_CONNECTION_DOES_NOT_EXIST),
+				 errmsg("no connection to peer \"%s\"", peer->name)));
+	PG_TRY();
+	{
+		PGresult   *res = next_result(peer);
+		PGresult   *more;
+		ExecStatusType st;
+
+		if (res == NULL || PQstatus(conn) == CONNECTION_BAD)
+		{
+			if (res != NULL)
+				PQclear(res);
+			lost_connection(peer);
+		}
+		if (!peer->counted)
+		{
+			peer->round_trips++;
+			peer->counted = true;
+		}
+		st = PQresultStatus(res);
+		if (st != PGRES_TUPLES_OK && st != PGRES_COMMAND_OK)
+		{
+			/*
+			 * An error the peer reported: the rest of the pipeline is read
+			 * first, so that the connection (and the locks it holds) stays
+			 */
+			if (st == PGRES_FATAL_ERROR && PQstatus(conn) == CONNECTION_OK &&
+				result_sqlstate(res) != 0)
+				pipeline_drain(peer);
+			peer_failed(peer, res);
+		}
+		out = copy_result(peer, res, ncols);
+		/* one result per statement, then NULL, then its Sync */
+		if ((more = next_result(peer)) != NULL)
+		{
+			PQclear(more);
+			protocol_violation(peer, "more than one result for a statement");
+		}
+		res = next_result(peer);
+		if (res == NULL || PQresultStatus(res) != PGRES_PIPELINE_SYNC)
+		{
+			if (res != NULL)
+				PQclear(res);
+			if (PQstatus(conn) == CONNECTION_BAD)
+				lost_connection(peer);
+			protocol_violation(peer, "no end of a pipeline");
+		}
+		PQclear(res);
+		if (--peer->pipelined == 0 && !PQexitPipelineMode(conn))
+			protocol_violation(peer, "a pipeline that does not end");
+	}
+	PG_CATCH();
+	{
+		/* interrupted, timed out, broken: results still due, done */
+		if (peer->pipelined > 0)
+			peer_disconnect(peer);
+		PG_RE_THROW();
+	}
+	PG_END_TRY();
+	return out;
 }
 
 /*
@@ -1071,6 +1209,8 @@ ht_peer_get(const char *name)
 		peer->generation = 0;
 		peer->round_trips = 0;
 		peer->bytes = 0;
+		peer->pipelined = 0;
+		peer->counted = false;
 	}
 
 	/* a changed conninfo, a broken or busy connection: start again */

@@ -112,6 +112,25 @@ extern void ht_peer_send(HtPeer *peer, const char *sql, int nparams,
 extern HtRemoteResult *ht_peer_receive(HtPeer *peer, int ncols);
 
 /*
+ * Several statements sent at once (libpq's pipeline mode), each with a
+ * Sync of its own (each its own transaction on the peer, as if sent one
+ * after the other): the peer answers each as soon as it has run it, so
+ * this node reads the first result (ht_peer_receive, in order, one per
+ * statement) while the peer works on the next.  One round trip.  Nothing
+ * else may be sent until every result was read; any error while reading
+ * them (the peer's included) closes the connection.
+ */
+typedef struct HtPeerStatement
+{
+	const char *sql;
+	int			nparams;
+	const char *const *params;
+	bool		binary;
+} HtPeerStatement;
+
+extern void ht_peer_send_pipeline(HtPeer *peer, int n, const HtPeerStatement *stmts);
+
+/*
  * The same statement on this node (peer NULL, through SPI) or on a peer,
  * with text parameters and text results: the form the repair code uses
  * to move entries and rows either way.  On this node too, an error of

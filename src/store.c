@@ -29,6 +29,7 @@
 #include "catalog/pg_type.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
+#include "utils/datum.h"
 #include "utils/fmgroids.h"
 #include "utils/inval.h"
 #include "utils/lsyscache.h"
@@ -550,6 +551,29 @@ bytea_prefix(const bytea *b, int len)
 	return out;
 }
 
+/*
+ * Whether tree (pa, pb) has any row in ts's table under the first nkeys
+ * of key (the tree's four, and the fifth when nkeys is 5): a leaf tree of
+ * packed entries has no rows at the levels and segments packs cover, and
+ * one probe per tree spares one B-tree descent per request of a batch.
+ */
+static bool
+tree_has_rows(TreeScan *ts, const ScanKeyData *key, int nkeys)
+{
+	ScanKeyData copy[5];
+	SysScanDesc scan;
+	bool		found;
+
+	/* (a scan turns the keys' attribute numbers into the index's) */
+	Assert(nkeys <= lengthof(copy));
+	memcpy(copy, key, sizeof(ScanKeyData) * nkeys);
+	scan = systable_beginscan_ordered(ts->rel, ts->idx, ts->snap, nkeys, copy);
+	found = systable_getnext_ordered(scan, ForwardScanDirection) != NULL;
+
+	systable_endscan_ordered(scan);
+	return found;
+}
+
 /* node rows of one request, by child */
 static int
 node_row_cmp(const void *a, const void *b)
@@ -581,6 +605,7 @@ ht_store_nodes(int part, int depth, int n, Datum *pa, Datum *pb, int level,
 	HtChildSum *pk = NULL;
 	int			pkcap = 0;
 	HtPackReader *reader = packed ? ht_pack_reader_open() : NULL;
+	bool		rows_at_level = true;
 
 	tree_scan_open(&ts, "node", "node_pkey", "level");
 	att_child = get_attnum(RelationGetRelid(ts.rel), "child");
@@ -594,28 +619,35 @@ ht_store_nodes(int part, int depth, int n, Datum *pa, Datum *pb, int level,
 
 		tree_scan_keys(&ts, key, part, depth, pa[k], pb[k]);
 		ScanKeyInit(&key[4], ts.att[4], BTEqualStrategyNumber, F_INT2EQ, Int16GetDatum(level));
-		ScanKeyInit(&key[5], att_child, BTGreaterEqualStrategyNumber, F_INT8GE,
-					Int64GetDatum(firsts[k]));
-		/* (the end key also stops the reading of a leaf page at the range's end) */
-		ScanKeyInit(&key[6], att_child, BTLessStrategyNumber, F_INT8LT,
-					Int64GetDatum(firsts[k] + span));
-		scan = systable_beginscan_ordered(ts.rel, ts.idx, ts.snap, 7, key);
-		while ((tup = systable_getnext_ordered(scan, ForwardScanDirection)) != NULL)
+		if (packed && (k == 0 || !datumIsEqual(pa[k], pa[k - 1], false, -1) ||
+					   !datumIsEqual(pb[k], pb[k - 1], false, -1)))
+			rows_at_level = tree_has_rows(&ts, key, 5);
+		if (!packed || rows_at_level)
 		{
-			bool		isnull;
-
-			if (nrows >= cap)
+			ScanKeyInit(&key[5], att_child, BTGreaterEqualStrategyNumber, F_INT8GE,
+						Int64GetDatum(firsts[k]));
+			/* (the end key also stops the reading of a leaf page at the range's end) */
+			ScanKeyInit(&key[6], att_child, BTLessStrategyNumber, F_INT8LT,
+						Int64GetDatum(firsts[k] + span));
+			scan = systable_beginscan_ordered(ts.rel, ts.idx, ts.snap, 7, key);
+			while ((tup = systable_getnext_ordered(scan, ForwardScanDirection)) != NULL)
 			{
-				cap *= 2;
-				out = repalloc(out, sizeof(HtNodeRow) * cap);
+				bool		isnull;
+
+				if (nrows >= cap)
+				{
+					cap *= 2;
+					out = repalloc(out, sizeof(HtNodeRow) * cap);
+				}
+				out[nrows].i = k + 1;
+				out[nrows].child = DatumGetInt64(heap_getattr(tup, att_child, ts.desc, &isnull));
+				out[nrows].hash =
+					bytea_prefix(DatumGetByteaPP(heap_getattr(tup, att_hash, ts.desc, &isnull)),
+								 hash_bytes);
+				nrows++;
 			}
-			out[nrows].i = k + 1;
-			out[nrows].child = DatumGetInt64(heap_getattr(tup, att_child, ts.desc, &isnull));
-			out[nrows].hash = bytea_prefix(DatumGetByteaPP(heap_getattr(tup, att_hash, ts.desc,
-																	   &isnull)), hash_bytes);
-			nrows++;
+			systable_endscan_ordered(scan);
 		}
-		systable_endscan_ordered(scan);
 
 		/* segments and sub-buckets that packs cover have no rows (§4) */
 		if (packed)
@@ -625,8 +657,12 @@ ht_store_nodes(int part, int depth, int n, Datum *pa, Datum *pb, int level,
 
 			if (npk > 0)
 			{
-				out = repalloc(out, sizeof(HtNodeRow) * (nrows + npk + 1));
-				cap = nrows + npk + 1;
+				/* (geometric growth: a batch has thousands of requests) */
+				if (nrows + npk >= cap)
+				{
+					cap = Max(cap * 2, nrows + npk + 1);
+					out = repalloc(out, sizeof(HtNodeRow) * cap);
+				}
 				for (int j = 0; j < npk; j++)
 				{
 					uint8		bytes[HT_DIGEST_LEN];
@@ -771,6 +807,7 @@ ht_store_entries(int part, int depth, int n, Datum *pa, Datum *pb,
 	int			npacked = 0;
 	int			pcap = 0;
 	int			p = 0;
+	bool		tree_rows = true;
 
 	/* leaf entries of tracked tables are packed (pack.c), the others rows */
 	if (depth == HT_DEPTH_LEAF)
@@ -788,14 +825,18 @@ ht_store_entries(int part, int depth, int n, Datum *pa, Datum *pb,
 
 		tree_scan_keys(&ts, key, part, depth, pa[k], pb[k]);
 		ScanKeyInit(&key[4], ts.att[4], BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(segs[k]));
-		scan = systable_beginscan_ordered(ts.rel, ts.idx, ts.snap, 5, key);
+		if (k == 0 || !datumIsEqual(pa[k], pa[k - 1], false, -1) ||
+			!datumIsEqual(pb[k], pb[k - 1], false, -1))
+			tree_rows = tree_has_rows(&ts, key, 4);
+		scan = tree_rows ? systable_beginscan_ordered(ts.rel, ts.idx, ts.snap, 5, key) : NULL;
 		for (;;)
 		{
 			bool		isnull;
 			bytea	   *ekey;
 			bytea	   *h;
 
-			if ((tup = systable_getnext_ordered(scan, ForwardScanDirection)) != NULL)
+			if (scan != NULL &&
+				(tup = systable_getnext_ordered(scan, ForwardScanDirection)) != NULL)
 			{
 				ekey = DatumGetByteaPCopy(heap_getattr(tup, att_key, ts.desc, &isnull));
 				h = DatumGetByteaPP(heap_getattr(tup, att_hash, ts.desc, &isnull));
@@ -814,7 +855,8 @@ ht_store_entries(int part, int depth, int n, Datum *pa, Datum *pb,
 			}
 			entry_row_set(&out[nrows++], k + 1, ekey, h, hash_bytes);
 		}
-		systable_endscan_ordered(scan);
+		if (scan != NULL)
+			systable_endscan_ordered(scan);
 		if (nrows - first > 1)
 			qsort(out + first, nrows - first, sizeof(HtEntryRow), entry_row_cmp);
 	}
