@@ -45,22 +45,6 @@
 
 /* ---- argument checks ----------------------------------------------------- */
 
-static text *
-prefix_arg(FunctionCallInfo fcinfo, int n, const char *what)
-{
-	text	   *t;
-
-	HT_ARG_NOT_NULL(n, what);
-	t = PG_GETARG_TEXT_PP(n);
-	if (VARSIZE_ANY_EXHDR(t) > HT_MAX_PREFIX_LEN)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("%s is too long", what),
-				 errdetail("A prefix has at most %d bytes; this one has %d.",
-						   HT_MAX_PREFIX_LEN, (int) VARSIZE_ANY_EXHDR(t))));
-	return t;
-}
-
 static bytea *
 check_key(bytea *key)
 {
@@ -268,8 +252,8 @@ route(text *pa, text *pb, bytea *key)
 static Datum
 partition_of_common(FunctionCallInfo fcinfo, bool key_is_text)
 {
-	text	   *pa = prefix_arg(fcinfo, 0, "prefix_a");
-	text	   *pb = prefix_arg(fcinfo, 1, "prefix_b");
+	text	   *pa = ht_prefix_arg(fcinfo, 0, "prefix_a");
+	text	   *pb = ht_prefix_arg(fcinfo, 1, "prefix_b");
 	bytea	   *key = key_arg(fcinfo, 2, key_is_text);
 	int			part;
 
@@ -447,8 +431,8 @@ version_arg(FunctionCallInfo fcinfo, int n)
 static Datum
 insert_common(FunctionCallInfo fcinfo, bool key_is_text)
 {
-	text	   *pa = prefix_arg(fcinfo, 0, "prefix_a");
-	text	   *pb = prefix_arg(fcinfo, 1, "prefix_b");
+	text	   *pa = ht_prefix_arg(fcinfo, 0, "prefix_a");
+	text	   *pb = ht_prefix_arg(fcinfo, 1, "prefix_b");
 	bytea	   *key = key_arg(fcinfo, 2, key_is_text);
 	bytea	   *hash = hash_arg(fcinfo, 3);
 	TimestampTz *version = version_arg(fcinfo, 5);
@@ -462,8 +446,8 @@ static Datum
 insert_partition_common(FunctionCallInfo fcinfo, bool key_is_text)
 {
 	int			part = partition_arg(fcinfo, 0);
-	text	   *pa = prefix_arg(fcinfo, 1, "prefix_a");
-	text	   *pb = prefix_arg(fcinfo, 2, "prefix_b");
+	text	   *pa = ht_prefix_arg(fcinfo, 1, "prefix_a");
+	text	   *pb = ht_prefix_arg(fcinfo, 2, "prefix_b");
 	bytea	   *key = key_arg(fcinfo, 3, key_is_text);
 	bytea	   *hash = hash_arg(fcinfo, 4);
 	TimestampTz *version = version_arg(fcinfo, 6);
@@ -543,8 +527,8 @@ ht_insert_partition_text(PG_FUNCTION_ARGS)
 static Datum
 delete_common(FunctionCallInfo fcinfo, bool key_is_text)
 {
-	text	   *pa = prefix_arg(fcinfo, 0, "prefix_a");
-	text	   *pb = prefix_arg(fcinfo, 1, "prefix_b");
+	text	   *pa = ht_prefix_arg(fcinfo, 0, "prefix_a");
+	text	   *pb = ht_prefix_arg(fcinfo, 1, "prefix_b");
 	bytea	   *key = key_arg(fcinfo, 2, key_is_text);
 	TimestampTz *version = version_arg(fcinfo, 3);
 
@@ -556,8 +540,8 @@ static Datum
 delete_partition_common(FunctionCallInfo fcinfo, bool key_is_text)
 {
 	int			part = partition_arg(fcinfo, 0);
-	text	   *pa = prefix_arg(fcinfo, 1, "prefix_a");
-	text	   *pb = prefix_arg(fcinfo, 2, "prefix_b");
+	text	   *pa = ht_prefix_arg(fcinfo, 1, "prefix_a");
+	text	   *pb = ht_prefix_arg(fcinfo, 2, "prefix_b");
 	bytea	   *key = key_arg(fcinfo, 3, key_is_text);
 	TimestampTz *version = version_arg(fcinfo, 4);
 
@@ -643,8 +627,8 @@ Datum
 ht_apply_entries(PG_FUNCTION_ARGS)
 {
 	int			part = partition_arg(fcinfo, 0);
-	text	   *pa = prefix_arg(fcinfo, 1, "prefix_a");
-	text	   *pb = prefix_arg(fcinfo, 2, "prefix_b");
+	text	   *pa = ht_prefix_arg(fcinfo, 1, "prefix_a");
+	text	   *pb = ht_prefix_arg(fcinfo, 2, "prefix_b");
 	Datum	   *keys;
 	bool	   *knulls;
 	Datum	   *hashes;
@@ -707,8 +691,8 @@ Datum
 ht_drop_entries(PG_FUNCTION_ARGS)
 {
 	int			part = partition_arg(fcinfo, 0);
-	text	   *pa = prefix_arg(fcinfo, 1, "prefix_a");
-	text	   *pb = prefix_arg(fcinfo, 2, "prefix_b");
+	text	   *pa = ht_prefix_arg(fcinfo, 1, "prefix_a");
+	text	   *pb = ht_prefix_arg(fcinfo, 2, "prefix_b");
 	Datum		v[3];
 	uint64		n;
 	bytea	  **keys;
@@ -775,13 +759,13 @@ Datum
 ht_prefix_hash(PG_FUNCTION_ARGS)
 {
 	int			part = partition_arg(fcinfo, 0);
-	text	   *pa = prefix_arg(fcinfo, 1, "prefix_a");
+	text	   *pa = ht_prefix_arg(fcinfo, 1, "prefix_a");
 	bytea	   *h;
 
 	if (PG_ARGISNULL(2))
 		h = top_of(part, HT_DEPTH_PREFIX, pa, cstring_to_text(""));
 	else
-		h = top_of(part, HT_DEPTH_LEAF, pa, prefix_arg(fcinfo, 2, "prefix_b"));
+		h = top_of(part, HT_DEPTH_LEAF, pa, ht_prefix_arg(fcinfo, 2, "prefix_b"));
 	if (h == NULL)
 		PG_RETURN_NULL();
 	PG_RETURN_BYTEA_P(h);

@@ -170,3 +170,19 @@ ht_open_relation_arg(Oid relid, LOCKMODE lockmode)
 				 errmsg("relation with OID %u does not exist", relid)));
 	return rel;
 }
+
+text *
+ht_prefix_arg(FunctionCallInfo fcinfo, int n, const char *what)
+{
+	text	   *t;
+
+	HT_ARG_NOT_NULL(n, what);
+	t = PG_GETARG_TEXT_PP(n);
+	if (VARSIZE_ANY_EXHDR(t) > HT_MAX_PREFIX_LEN)
+		ereport(ERROR,
+				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
+				 errmsg("%s is too long", what),
+				 errdetail("A prefix has at most %d bytes; this one has %d.",
+						   HT_MAX_PREFIX_LEN, (int) VARSIZE_ANY_EXHDR(t))));
+	return t;
+}

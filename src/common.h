@@ -124,4 +124,7 @@ extern int	ht_api_depth;
 					 errmsg("%s must not be null", (what)))); \
 	} while (0)
 
+/* argument n of an SQL-callable function, a prefix: not NULL, not too long */
+extern text *ht_prefix_arg(FunctionCallInfo fcinfo, int n, const char *what);
+
 #endif							/* HT_COMMON_H */

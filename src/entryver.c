@@ -120,22 +120,6 @@ static HtQuery q_tombs_of_prefix = {
 	2, {TEXTOID, TEXTOID}
 };
 
-static text *
-prefix_arg(FunctionCallInfo fcinfo, int n, const char *what)
-{
-	text	   *t;
-
-	HT_ARG_NOT_NULL(n, what);
-	t = PG_GETARG_TEXT_PP(n);
-	if (VARSIZE_ANY_EXHDR(t) > HT_MAX_PREFIX_LEN)
-		ereport(ERROR,
-				(errcode(ERRCODE_PROGRAM_LIMIT_EXCEEDED),
-				 errmsg("%s is too long", what),
-				 errdetail("A prefix has at most %d bytes; this one has %d.",
-						   HT_MAX_PREFIX_LEN, (int) VARSIZE_ANY_EXHDR(t))));
-	return t;
-}
-
 static void
 need_versions(void)
 {
@@ -161,8 +145,8 @@ PG_FUNCTION_INFO_V1(ht_tombstones_prefix);
 Datum
 ht_tombstones_prefix(PG_FUNCTION_ARGS)
 {
-	text	   *pa = prefix_arg(fcinfo, 0, "prefix_a");
-	text	   *pb = prefix_arg(fcinfo, 1, "prefix_b");
+	text	   *pa = ht_prefix_arg(fcinfo, 0, "prefix_a");
+	text	   *pb = ht_prefix_arg(fcinfo, 1, "prefix_b");
 	bool		enable;
 	Datum		v[2] = {PointerGetDatum(pa), PointerGetDatum(pb)};
 
@@ -228,8 +212,8 @@ ht_newest_entries(PG_FUNCTION_ARGS)
 
 	HT_ARG_NOT_NULL(0, "partition");
 	part = PG_GETARG_INT32(0);
-	pa = prefix_arg(fcinfo, 1, "prefix_a");
-	pb = prefix_arg(fcinfo, 2, "prefix_b");
+	pa = ht_prefix_arg(fcinfo, 1, "prefix_a");
+	pb = ht_prefix_arg(fcinfo, 2, "prefix_b");
 	HT_ARG_NOT_NULL(3, "keys");
 	InitMaterializedSRF(fcinfo, MAT_SRF_USE_EXPECTED_DESC);
 	SPI_connect();
@@ -378,8 +362,8 @@ ht_newest_apply_entries(PG_FUNCTION_ARGS)
 
 	HT_ARG_NOT_NULL(0, "partition");
 	part = PG_GETARG_INT32(0);
-	pa = prefix_arg(fcinfo, 1, "prefix_a");
-	pb = prefix_arg(fcinfo, 2, "prefix_b");
+	pa = ht_prefix_arg(fcinfo, 1, "prefix_a");
+	pb = ht_prefix_arg(fcinfo, 2, "prefix_b");
 	keys = bytea_elems(fcinfo, 3, "keys", &nkeys);
 	hashes = bytea_elems(fcinfo, 4, "hashes", &nhashes);
 	vers = time_elems(fcinfo, 5, &nvers);

@@ -969,6 +969,39 @@ io_begin(void)
 }
 
 /*
+ * The keys a capture log qlog holds, distinct, as one array literal per key
+ * column (text under io_begin's settings), for the statements that take
+ * them as $1..$nkeys; *unnest gets "$1::type[], ..." to unnest them
+ */
+static char **
+logged_key_arrays(int nkeys, char **keyname, Oid *keytype, const char *keylist,
+				  const char *qlog, StringInfo unnest)
+{
+	StringInfoData sel;
+	char	  **arrays = palloc(sizeof(char *) * nkeys);
+	int			io;
+	bool		isnull;
+
+	initStringInfo(&sel);
+	initStringInfo(unnest);
+	appendStringInfoString(&sel, "SELECT ");
+	for (int i = 0; i < nkeys; i++)
+	{
+		appendStringInfo(&sel, "%spg_catalog.array_agg(l.%s)::pg_catalog.text", i ? ", " : "",
+						 quote_identifier(keyname[i]));
+		appendStringInfo(unnest, "%s$%d::%s[]", i ? ", " : "", i + 1,
+						 format_type_extended(keytype[i], -1, FORMAT_TYPE_FORCE_QUALIFY));
+	}
+	appendStringInfo(&sel, " FROM (SELECT DISTINCT %s FROM %s) l", keylist, qlog);
+	io = io_begin();
+	ht_sql("%s", sel.data);
+	for (int i = 0; i < nkeys; i++)
+		arrays[i] = TextDatumGetCString(ht_col(0, i + 1, &isnull));
+	AtEOXact_GUC(true, io);
+	return arrays;
+}
+
+/*
  * Scan a table here: its digest, and (sink not NULL) its rows sent to the
  * sink as row literals.
  */
@@ -1900,7 +1933,6 @@ replay(Move *m, Relation parent, List *keys)
 	int64		logged;
 	int64		deleted = 0;
 	char	  **arrays;
-	StringInfoData sel;
 	StringInfoData unnest;
 	char	   *in_remote;
 	Digest		ds;
@@ -1925,23 +1957,7 @@ replay(Move *m, Relation parent, List *keys)
 		return;
 
 	/* the keys written, one array per key column (text under pinned settings) */
-	initStringInfo(&sel);
-	initStringInfo(&unnest);
-	appendStringInfoString(&sel, "SELECT ");
-	for (int i = 0; i < m->nkeys; i++)
-	{
-		appendStringInfo(&sel, "%spg_catalog.array_agg(l.%s)::pg_catalog.text", i ? ", " : "",
-						 quote_identifier(m->keyname[i]));
-		appendStringInfo(&unnest, "%s$%d::%s[]", i ? ", " : "", i + 1,
-						 format_type_extended(m->keytype[i], -1, FORMAT_TYPE_FORCE_QUALIFY));
-	}
-	appendStringInfo(&sel, " FROM (SELECT DISTINCT %s FROM %s) l", m->keylist, qlog);
-	io = io_begin();
-	ht_sql("%s", sel.data);
-	arrays = palloc(sizeof(char *) * m->nkeys);
-	for (int i = 0; i < m->nkeys; i++)
-		arrays[i] = TextDatumGetCString(ht_col(0, i + 1, &isnull));
-	AtEOXact_GUC(true, io);
+	arrays = logged_key_arrays(m->nkeys, m->keyname, m->keytype, m->keylist, qlog, &unnest);
 	in_remote = psprintf("%s IN (SELECT * FROM pg_catalog.unnest(%s))", key_row(m, "r"), unnest.data);
 
 	memset(&ds, 0, sizeof(ds));
@@ -3542,7 +3558,6 @@ comp_replay(Comp *c, Relation parent, List *keys)
 	bool		truncated;
 	int64		logged;
 	char	  **arrays;
-	StringInfoData sel;
 	StringInfoData unnest;
 	char	   *in_remote;
 	char	   *in_log;
@@ -3565,23 +3580,7 @@ comp_replay(Comp *c, Relation parent, List *keys)
 	if (logged == 0)
 		return;
 
-	initStringInfo(&sel);
-	initStringInfo(&unnest);
-	appendStringInfoString(&sel, "SELECT ");
-	for (int i = 0; i < c->nkeys; i++)
-	{
-		appendStringInfo(&sel, "%spg_catalog.array_agg(l.%s)::pg_catalog.text", i ? ", " : "",
-						 quote_identifier(c->keyname[i]));
-		appendStringInfo(&unnest, "%s$%d::%s[]", i ? ", " : "", i + 1,
-						 format_type_extended(c->keytype[i], -1, FORMAT_TYPE_FORCE_QUALIFY));
-	}
-	appendStringInfo(&sel, " FROM (SELECT DISTINCT %s FROM %s) l", c->keylist, qlog);
-	io = io_begin();
-	ht_sql("%s", sel.data);
-	arrays = palloc(sizeof(char *) * c->nkeys);
-	for (int i = 0; i < c->nkeys; i++)
-		arrays[i] = TextDatumGetCString(ht_col(0, i + 1, &isnull));
-	AtEOXact_GUC(true, io);
+	arrays = logged_key_arrays(c->nkeys, c->keyname, c->keytype, c->keylist, qlog, &unnest);
 	{
 		Move		m;
 
