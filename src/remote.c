@@ -748,6 +748,23 @@ next_result(HtPeer *peer)
 	return PQgetResult(peer->conn);
 }
 
+/* the Sync that ends a statement's (or a group's) part of a pipeline */
+static void
+read_sync(HtPeer *peer)
+{
+	PGresult   *res = next_result(peer);
+
+	if (res == NULL || PQresultStatus(res) != PGRES_PIPELINE_SYNC)
+	{
+		if (res != NULL)
+			PQclear(res);
+		if (PQstatus(peer->conn) == CONNECTION_BAD)
+			lost_connection(peer);
+		protocol_violation(peer, "no end of a pipeline");
+	}
+	PQclear(res);
+}
+
 /*
  * Read and drop what is left of a pipeline after a statement's error
  * result: its end, then every later statement's results and Sync; the
@@ -828,16 +845,7 @@ pipeline_receive(HtPeer *peer, int ncols)
 			PQclear(more);
 			protocol_violation(peer, "more than one result for a statement");
 		}
-		res = next_result(peer);
-		if (res == NULL || PQresultStatus(res) != PGRES_PIPELINE_SYNC)
-		{
-			if (res != NULL)
-				PQclear(res);
-			if (PQstatus(conn) == CONNECTION_BAD)
-				lost_connection(peer);
-			protocol_violation(peer, "no end of a pipeline");
-		}
-		PQclear(res);
+		read_sync(peer);
 		if (--peer->pipelined == 0 && !PQexitPipelineMode(conn))
 			protocol_violation(peer, "a pipeline that does not end");
 	}
@@ -940,16 +948,7 @@ peer_batch(HtPeer *peer, HtStatement *stmts, int n, ErrorData **errors)
 			/* the end of a group: its Sync */
 			if (k == n - 1 || stmts[k + 1].group != g)
 			{
-				res = next_result(peer);
-				if (res == NULL || PQresultStatus(res) != PGRES_PIPELINE_SYNC)
-				{
-					if (res != NULL)
-						PQclear(res);
-					if (PQstatus(conn) == CONNECTION_BAD)
-						lost_connection(peer);
-					protocol_violation(peer, "no end of a pipeline");
-				}
-				PQclear(res);
+				read_sync(peer);
 			}
 		}
 		if (!PQexitPipelineMode(conn))
