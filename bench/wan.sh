@@ -214,27 +214,28 @@ stop_proxy
 
 # the table
 ratio() { printf "%.2f" "$(echo "scale=3; $1 / ($2 + 0.001)" | bc)"; }
-min() { [ "$1" -le "$2" ] && echo "$1" || echo "$2"; }
 echo
 echo "== WAN exchange vs pull + diff, $ROWS rows (times in ms; rt = round trips: exchange_log / proxy;"
-echo "   new = new session, peer connection already open; pull = the faster of fdw and COPY)"
-printf '%5s %6s | %8s %8s | %7s %7s | %8s %8s %5s | %8s %8s %5s | %6s %6s | %s\n' \
+echo "   new = new session, peer connection already open; x fdw: the pull of B3 (postgres_fdw), which"
+echo "   issue 13's target names; x copy: the COPY stream, a faster pull than the issue asks to beat)"
+printf '%5s %6s | %8s %8s | %7s %7s | %8s %8s %5s | %8s %8s %5s | %13s | %13s | %s\n' \
 	rtt diffs "xch new" "xch warm" "rt new" "rt warm" "fdw new" "fdw warm" "turns" \
-	"copy new" "copy warm" turns "x new" "x warm" "targets (issue 13)"
+	"copy new" "copy warm" turns "x fdw new/wrm" "x copy new/wrm" "targets (issue 13)"
 while read -r rtt d hn hw rtl rtp rtl2 rtp2 fn fw ft cn cw ct; do
-	best_n=$(min "$fn" "$cn")
-	best_w=$(min "$fw" "$cw")
-	xn=$(ratio "$best_n" "$hn")
-	xw=$(ratio "$best_w" "$hw")
+	xn=$(ratio "$fn" "$hn")
+	xw=$(ratio "$fw" "$hw")
+	cxn=$(ratio "$cn" "$hn")
+	cxw=$(ratio "$cw" "$hw")
 	lim=$([ "$d" = 0 ] && echo 6 || echo 16)
 	t="rt <= $lim: $([ "$rtl" -le $lim ] && [ "$rtp" -le $lim ] && echo met || echo MISSED)"
 	if [ "$rtt" = 20 ] && [ "$d" = 1000 ]; then
 		t="$t; <= 600 ms: $([ "$hn" -le 600 ] && echo met || echo MISSED)"
-		t="$t; >= 20x: $([ "$(echo "$xn >= 20" | bc)" = 1 ] && echo met || echo MISSED)"
+		t="$t; >= 20x (fdw, new session): $([ "$(echo "$xn >= 20" | bc)" = 1 ] && echo met || echo MISSED)"
+		t="$t; against COPY: $([ "$(echo "$cxn >= 20" | bc)" = 1 ] && echo also || echo not) 20x"
 	fi
-	printf '%5s %6s | %8s %8s | %3s/%-3s %3s/%-3s | %8s %8s %5s | %8s %8s %5s | %6s %6s | %s\n' \
+	printf '%5s %6s | %8s %8s | %3s/%-3s %3s/%-3s | %8s %8s %5s | %8s %8s %5s | %6s %6s | %6s %6s | %s\n' \
 		"$rtt" "$d" "$hn" "$hw" "$rtl" "$rtp" "$rtl2" "$rtp2" "$fn" "$fw" "$ft" "$cn" "$cw" "$ct" \
-		"$xn" "$xw" "$t"
+		"$xn" "$xw" "$cxn" "$cxw" "$t"
 done <"$RESULTS"
 if [ -f "$WORK/repairs" ]; then
 	echo "repair => 'pull' (new session): rtt diffs ms rt(exchange_log/proxy), target: <= 4 round trips more than the exchange"

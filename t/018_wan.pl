@@ -203,6 +203,28 @@ is($found, $ndiff + 1, 'through the proxy, in a session already connected: the s
 is($counted, $turns, "round trips: exchange_log $counted, the proxy $turns");
 is($counted, $rt, 'and as many as in the first exchange through the proxy');
 cmp_ok($counted, '<=', 3, "a whole node with differences in $nparts partitions: $counted round trips (at most 3)");
+
+# compare() of one partition (the plum_db API: the caller holds the locks on
+# both nodes): the top hashes in 1 round trip, then two levels per round
+# trip at each of the three depths of the tree of trees -- at most 7, fewer
+# than the tree's levels
+my $dp = $a->safe_psql('postgres', "SELECT min(partition) FROM hashtree.exchange('b')");
+my $cmp_out = $a->safe_psql('postgres', qq{
+	SELECT hashtree.lock('bw', $dp) || hashtree.lock($dp) AS locked \\gset
+	\\! "$^X" "$proxy_script" --ctl "$stats" reset >/dev/null
+	SELECT count(*) AS found FROM hashtree.compare($dp, 'bw') \\gset
+	\\! "$^X" "$proxy_script" --ctl "$stats" turns >"$stats.turns"
+	SELECT hashtree.release_lock('bw', $dp) || hashtree.release_lock($dp) AS released \\gset
+	SELECT :'locked' || ' ' || :found || ' ' || :'released';
+});
+my $cmp_turns = slurp_file("$stats.turns");
+chomp $cmp_turns;
+my ($cmp_locked, $cmp_found, $cmp_released) = split / /, $cmp_out;
+is("$cmp_locked $cmp_released", 'okok okok', "compare($dp) through the proxy: both nodes locked and released");
+cmp_ok($cmp_found, '>', 0, "partition $dp differs ($cmp_found differences)");
+cmp_ok($cmp_turns, '<=', 7, "compare() of one partition: $cmp_turns round trips (at most 7)");
+is(locks($a) . locks($b), '00', 'no lock left on either node');
+
 proxy_ctl('reset');
 $a->safe_psql('postgres', q{SELECT hashtree.lock('bw', 0), hashtree.release_lock('bw', 0)});
 note('a new session: connection, lock, release and close cost ' . proxy_ctl('turns') . ' turns');
