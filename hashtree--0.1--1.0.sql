@@ -90,6 +90,10 @@ CREATE OR REPLACE VIEW @extschema@.tracked AS
 	  FROM @extschema@.tracked_table t;
 DROP TABLE @extschema@.dirty_key_0_1;
 
+-- The sub-bucket hashes that the level-2 rows of big packed leaf trees keep
+-- (written by rebuilds: every partition becomes not built below).
+ALTER TABLE @extschema@.node ADD COLUMN subs bytea;
+
 -- Room on each page of the packs, so that the fold's rewrites are HOT updates
 -- (pages filled before stay as they are until rewritten), and the versions
 -- they leave vacuumed before they add more than 5%.

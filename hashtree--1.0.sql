@@ -87,7 +87,9 @@ CREATE UNIQUE INDEX entry_key ON @extschema@.entry
 -- Tree nodes: level 3 rows hold segment hashes (child = segment), level 2
 -- rows hold level-3 bucket hashes (child = bucket), the level 1 row holds
 -- the top hash (child 0).  n = number of entries below.  Zero (empty) hashes
--- are never stored.
+-- are never stored.  subs: in the level-2 rows of a leaf tree whose packs
+-- cover one sub-bucket each (a big tracked table), the hashes of the
+-- bucket's sub-buckets that packs hold (DESIGN §2); NULL elsewhere.
 CREATE TABLE @extschema@.node (
 	part			int4 NOT NULL,
 	child			int8 NOT NULL,
@@ -97,6 +99,7 @@ CREATE TABLE @extschema@.node (
 	pa				text COLLATE "C" NOT NULL,
 	pb				text COLLATE "C" NOT NULL,
 	hash			bytea NOT NULL,
+	subs			bytea,
 	PRIMARY KEY (part, depth, pa, pb, level, child)
 ) WITH (fillfactor = 80);
 

@@ -11,10 +11,17 @@
 #   exchange 1k   exchange('b') with a second node holding the same rows but
 #                 1,000 differing ones (EXCHANGE=0 skips it: it doubles the load;
 #                 VACUUM=1 vacuums a's tables first, as autovacuum would after the
-#                 fold's 200k rewrites — the bench runs with autovacuum off)
+#                 fold's 200k rewrites — the bench runs with autovacuum off);
+#                 in a new session, then again in the same one (warm)
 #   bytes/row     everything hashtree stores for the table / rows, and its ratio
 #                 to pg_total_relation_size of the table (target <= 0.5)
 #   peak RSS      VmHWM of the backend that ran the step (kB)
+# HUGE_PAGES=1 reserves huge pages for the two servers' shared memory (sysctl
+# vm.nr_hugepages, given back at the end) and runs them with huge_pages = on,
+# as PostgreSQL's documentation advises for large shared_buffers: without
+# them a new backend pays a page fault per 4 kB of shared buffers it touches
+# first, which on a virtual machine is most of a new session's exchange at
+# 4M+ rows (docs/DESIGN.md §17).
 # and at the end the cost per row of each size relative to the first, with a
 # linear extrapolation to 100M rows from the largest size (stated as such).
 # Usage (as root): bench/scale.sh [rows ...]
@@ -26,21 +33,31 @@ SIZES=("$@")
 [ ${#SIZES[@]} -gt 0 ] || SIZES=(1000000 4000000 10000000)
 EXCHANGE=${EXCHANGE:-1}
 VACUUM=${VACUUM:-0}
+HUGE_PAGES=${HUGE_PAGES:-0}
 require_root
 install_deps
 build_install
 
 WORK=$(mktemp -d /tmp/hashtree-scale.XXXXXX)
 chown postgres "$WORK"
-trap 'pg_stop "$WORK/a"; pg_stop "$WORK/b"; rm -rf "$WORK"' EXIT
+HUGE_CONF=()
+HUGE_BEFORE=
+if [ "$HUGE_PAGES" = 1 ]; then
+	HUGE_BEFORE=$(cat /proc/sys/vm/nr_hugepages)
+	# 1 GB of shared buffers and ~150 MB more per server, in 2 MB pages
+	sysctl -q -w vm.nr_hugepages=$(( HUGE_BEFORE + 1200 )) || die "could not reserve huge pages"
+	HUGE_CONF=("huge_pages = on")
+fi
+trap 'pg_stop "$WORK/a"; pg_stop "$WORK/b"; rm -rf "$WORK"; [ -z "$HUGE_BEFORE" ] || sysctl -q -w vm.nr_hugepages=$HUGE_BEFORE' EXIT
 PORT_A=54351
 PORT_B=54352
 for n in a b; do
 	port=$([ $n = a ] && echo $PORT_A || echo $PORT_B)
 	pg_start "$WORK/$n" "$port" "listen_addresses = '127.0.0.1'" "shared_buffers = 1GB" \
 		"max_wal_size = 16GB" "checkpoint_timeout = 30min" "autovacuum = off" "jit = off" \
-		"shared_preload_libraries = 'hashtree'"
+		"shared_preload_libraries = 'hashtree'" "${HUGE_CONF[@]}"
 done
+echo "huge pages: $([ "$HUGE_PAGES" = 1 ] && echo on || echo "off (HUGE_PAGES=1 to use them)")"
 export PGUSER=postgres PGDATABASE=postgres PGOPTIONS="-c client_min_messages=warning"
 A="$PG_BIN/psql -X -q -v ON_ERROR_STOP=1 -h $WORK/a -p $PORT_A"
 B="$PG_BIN/psql -X -q -v ON_ERROR_STOP=1 -h $WORK/b -p $PORT_B"
@@ -51,8 +68,9 @@ for node in "$A" "$B"; do
 	$node -c "CREATE FUNCTION hashtree_partitions() RETURNS int LANGUAGE sql AS 'SELECT count(*)::int FROM hashtree.partition'" >/dev/null
 done
 
-# measure NODE SQL: one new session runs SQL; sets MS (elapsed) and RSS (its
-# backend's peak resident set, kB)
+# measure NODE SQL: one new session runs SQL; sets MS (elapsed; of the last
+# statement when SQL has several), MS1 (of the first) and RSS (its backend's
+# peak resident set, kB)
 measure() {
 	local node=$1 sql=$2 out
 	out=$($node -v sql="$sql" <<'PSQL'
@@ -65,6 +83,7 @@ SELECT pg_backend_pid() AS pid \gset
 PSQL
 )
 	MS=$(echo "$out" | awk '/^Time:/ { t = $2 } END { print t }')
+	MS1=$(echo "$out" | awk '/^Time:/ && !f { t = $2; f = 1 } END { print t }')
 	RSS=$(echo "$out" | awk '/^RSS/ { print $2 }')
 }
 
@@ -86,7 +105,7 @@ stored_bytes() {
 }
 
 declare -A R
-printf '%-10s %9s %9s %9s %9s %6s %9s %9s %9s %9s %8s %8s %9s\n' rows scan_ms track_ms upd1_ms compar_ms ratio reset_ms upd1k_ms fold_k/s xchg1k_ms B/row vs_tbl rss_MB
+printf '%-10s %9s %9s %9s %9s %6s %9s %9s %9s %9s %9s %8s %8s %9s\n' rows scan_ms track_ms upd1_ms compar_ms ratio reset_ms upd1k_ms fold_k/s xchg1k_ms xchg_warm B/row vs_tbl rss_MB
 for N in "${SIZES[@]}"; do
 	$A -c "SELECT hashtree.untrack(to_regclass('big')) WHERE EXISTS (SELECT 1 FROM hashtree.tracked_table WHERE table_name = 'big')" >/dev/null
 	load "$A" "$N"
@@ -105,6 +124,7 @@ for N in "${SIZES[@]}"; do
 	keys=$($A -At -c "SELECT count(*) FROM hashtree.dirty_key")
 	measure "$A" "$UPDATE_ALL"; fold=$(echo "$keys * 1000 / $MS" | bc); rss=$(( RSS > rss ? RSS : rss ))
 	xchg=-
+	xchgw=-
 	if [ "$EXCHANGE" = 1 ]; then
 		$B -c "SELECT hashtree.untrack(to_regclass('big')) WHERE EXISTS (SELECT 1 FROM hashtree.tracked_table WHERE table_name = 'big')" >/dev/null
 		load "$B" "$N"
@@ -113,27 +133,29 @@ for N in "${SIZES[@]}"; do
 			-c "UPDATE big SET status = 'drift' WHERE id IN (SELECT (random() * ($N - 1))::bigint + 1 FROM generate_series(1, 1000))" \
 			-c "$UPDATE_ALL" >/dev/null
 		[ "$VACUUM" = 1 ] && $A -c "VACUUM hashtree.entry_pack, hashtree.entry, hashtree.node" >/dev/null
-		measure "$A" "SELECT count(*) FROM hashtree.exchange('b')"; xchg=$MS
+		measure "$A" "SELECT count(*) FROM hashtree.exchange('b'); SELECT count(*) FROM hashtree.exchange('b')"
+		xchg=$MS1; xchgw=$MS
 	fi
 	ratio=$(echo "scale=2; ($track + $upd1) / $scan" | bc)
-	printf '%-10s %9.0f %9.0f %9.0f %9.0f %5sx %9.0f %9.0f %9s %9s %8s %8s %9s\n' "$N" "$scan" "$track" "$upd1" \
-		"$(echo "$track + $upd1" | bc)" "$ratio" "$reset" "$upd1k" "$(echo "$fold / 1000" | bc)" "$xchg" \
+	printf '%-10s %9.0f %9.0f %9.0f %9.0f %5sx %9.0f %9.0f %9s %9s %9s %8s %8s %9s\n' "$N" "$scan" "$track" "$upd1" \
+		"$(echo "$track + $upd1" | bc)" "$ratio" "$reset" "$upd1k" "$(echo "$fold / 1000" | bc)" "$xchg" "$xchgw" \
 		"$(( bytes / N ))" "$(echo "scale=2; $bytes / $tbl" | bc)" "$(( rss / 1024 ))"
-	R[$N]="$scan $track $upd1 $reset $upd1k $xchg"
+	R[$N]="$scan $track $upd1 $reset $upd1k $xchg $xchgw"
 done
 
 # cost per row of every size relative to the first size; extrapolation
 first=${SIZES[0]}; last=${SIZES[-1]}
-read -r s0 t0 u0 r0 k0 x0 <<<"${R[$first]}"
+read -r s0 t0 u0 r0 k0 x0 w0 <<<"${R[$first]}"
 echo
 echo "per-row cost relative to $first rows (1.00 = linear; targets: track, reset <= 1.3; update after 1k changes, exchange <= 1.5 absolute):"
 for N in "${SIZES[@]}"; do
-	read -r s t u r k x <<<"${R[$N]}"
+	read -r s t u r k x w <<<"${R[$N]}"
 	f=$(echo "scale=6; $first / $N" | bc)
-	printf '  %-10s scan %5.2f  track %5.2f  track+update %5.2f  reset %5.2f  update-1k(abs) %5.2f  exchange-1k(abs) %s\n' "$N" \
+	printf '  %-10s scan %5.2f  track %5.2f  track+update %5.2f  reset %5.2f  update-1k(abs) %5.2f  exchange-1k(abs) %s, warm %s\n' "$N" \
 		"$(echo "$s * $f / $s0" | bc -l)" "$(echo "$t * $f / $t0" | bc -l)" "$(echo "($t + $u) * $f / ($t0 + $u0)" | bc -l)" \
 		"$(echo "$r * $f / $r0" | bc -l)" "$(echo "$k / $k0" | bc -l)" \
-		"$( [ "$x" = - ] && echo - || printf '%.2f' "$(echo "$x / $x0" | bc -l)")"
+		"$( [ "$x" = - ] && echo - || printf '%.2f' "$(echo "$x / $x0" | bc -l)")" \
+		"$( [ "$w" = - ] && echo - || printf '%.2f' "$(echo "$w / $w0" | bc -l)")"
 done
-read -r s t u r k x <<<"${R[$last]}"
+read -r s t u r k x w <<<"${R[$last]}"
 echo "extrapolated (linear from $last rows, not measured): 100M rows: scan $(echo "$s * 100000000 / $last / 1000" | bc) s, track + first update $(echo "($t + $u) * 100000000 / $last / 1000" | bc) s, reset $(echo "$r * 100000000 / $last / 1000" | bc) s"

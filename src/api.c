@@ -1222,7 +1222,9 @@ ht_compare_sql(PG_FUNCTION_ARGS)
  * the current entries (empty = consistent; run after update()); level NULL:
  * a derived entry, level 0: an entry row in a segment that a pack covers
  * (each leaf entry must be in one place), level 5: a pack (child = its
- * first segment) whose stored term or count its entries do not give.  Locks:
+ * first segment) whose stored term or count its entries do not give, level
+ * 6: a level-2 row (child = its bucket) whose kept sub-bucket hashes its
+ * packs do not give.  Locks:
  * ACCESS SHARE on hashtree.node, entry and entry_pack; no partition lock.
  */
 PG_FUNCTION_INFO_V1(ht_check_tree);

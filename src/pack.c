@@ -608,7 +608,7 @@ pack_term(const PackRec *recs, int n, HtSum *term)
  * appended to deltas unless nothing changed.
  */
 static void
-add_bucket_delta(HtBucketDeltas *deltas, text *pa, text *pb, int32 lo,
+add_bucket_delta(HtBucketDeltas *deltas, text *pa, text *pb, int32 lo, int span,
 				 const PackRec *old, int nold, const StringInfo new_data,
 				 const int32 *segs, int nsegs, HtSum *out)
 {
@@ -663,6 +663,7 @@ add_bucket_delta(HtBucketDeltas *deltas, text *pa, text *pb, int32 lo,
 		d->pb = DatumGetTextPCopy(PointerGetDatum(pb));
 	}
 	d->bucket = lo >> ht_geometry[HT_DEPTH_LEAF].width_bits;
+	d->sub = (span == HT_SUB_SPAN) ? (lo >> HT_SUB_BITS) : -1;
 	d->delta = delta;
 	d->dn = dn;
 	deltas->n++;
@@ -770,7 +771,7 @@ apply_recs(int part, text *pa, text *pb, PackRec *ch, int n, HtBucketDeltas *del
 		{
 			HtSum		delta;
 
-			add_bucket_delta(deltas, pa, pb, lo, old, nold, &buf, dirty, ndirty, &delta);
+			add_bucket_delta(deltas, pa, pb, lo, span, old, nold, &buf, dirty, ndirty, &delta);
 			ht_sum_add(&term, &delta);
 			pack_rewrite(pu, &tid, lo, cnt, &buf, &term);
 		}
@@ -1567,8 +1568,8 @@ ht_pack_feed(int part, text *pa, text *pb, HtPackBuild *b)
 }
 
 /* append (child, sum) to *out unless the sum is zero (never stored, never shown) */
-static int
-child_put(HtChildSum **out, int n, int *cap, int64 child, const HtSum *sum)
+int
+ht_child_put(HtChildSum **out, int n, int *cap, int64 child, const HtSum *sum)
 {
 	if (ht_sum_is_zero(sum))
 		return n;
@@ -1630,6 +1631,13 @@ reader_span(HtPackReader *r, int part, Datum pa, Datum pb)
 	return r->span;
 }
 
+/* the span of tree (pa, pb)'s packs in a partition, 0 when it has none */
+int32
+ht_pack_reader_span(HtPackReader *r, int part, Datum pa, Datum pb)
+{
+	return Max(reader_span(r, part, pa, pb), 0);
+}
+
 int
 ht_pack_children(HtPackReader *r, int part, Datum pa, Datum pb, int level, int64 first,
 				 int64 span, HtChildSum **out, int nout, int *cap)
@@ -1678,7 +1686,7 @@ ht_pack_children(HtPackReader *r, int part, Datum pa, Datum pb, int level, int64
 				HtSum		sum;
 
 				ht_sum_from_bytea(&sum, DatumGetByteaPP(d));
-				nout = child_put(out, nout, cap, lo >> shift, &sum);
+				nout = ht_child_put(out, nout, cap, lo >> shift, &sum);
 			}
 			continue;
 		}
@@ -1698,7 +1706,7 @@ ht_pack_children(HtPackReader *r, int part, Datum pa, Datum pb, int level, int64
 			}
 			seg_sum(recs, nrec, &i, seg, &sum, &cnt);
 			if (shift == 0)
-				nout = child_put(out, nout, cap, seg, &sum);
+				nout = ht_child_put(out, nout, cap, seg, &sum);
 			else
 			{
 				HtSum		t;
@@ -1706,7 +1714,7 @@ ht_pack_children(HtPackReader *r, int part, Datum pa, Datum pb, int level, int64
 				if (cur != (seg >> shift))
 				{
 					if (cur >= 0)
-						nout = child_put(out, nout, cap, cur, &acc);
+						nout = ht_child_put(out, nout, cap, cur, &acc);
 					cur = seg >> shift;
 					ht_sum_zero(&acc);
 				}
@@ -1717,7 +1725,7 @@ ht_pack_children(HtPackReader *r, int part, Datum pa, Datum pb, int level, int64
 		pfree(recs);
 	}
 	if (cur >= 0)
-		nout = child_put(out, nout, cap, cur, &acc);
+		nout = ht_child_put(out, nout, cap, cur, &acc);
 	systable_endscan_ordered(scan);
 	return nout;
 }

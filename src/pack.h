@@ -78,7 +78,25 @@ typedef struct HtBucketDelta
 	int64		bucket;
 	HtSum		delta;
 	int64		dn;				/* change of the entry count */
+	int32		sub;			/* the pack's sub-bucket when it is one (a tree
+								 * whose level-2 rows keep their sub-buckets'
+								 * hashes, §2), else -1 */
 } HtBucketDelta;
+
+/*
+ * SQL: the sub-bucket hashes that the level-2 row of bucket b of leaf tree
+ * (pa, pb) in partition part keeps (node.subs, §2, ht_subs_decode): its
+ * packs of one sub-bucket, each as one byte of its index in the bucket and
+ * its stored term (which is the sub-bucket's hash), by lo; NULL when there
+ * are none.  wbits: the width bits of a leaf bucket.  The arguments are SQL
+ * expressions.
+ */
+#define HT_SUBS_SQL(part, pa, pb, b, wbits) \
+	"(SELECT string_agg(set_byte('\\x00'::bytea, 0, (p.lo >> " CppAsString2(HT_SUB_BITS) ")" \
+	" & ((1 << (" wbits " - " CppAsString2(HT_SUB_BITS) ")) - 1)) || p.sum, ''::bytea ORDER BY p.lo)" \
+	" FROM hashtree.entry_pack p WHERE p.part = " part " AND p.pa = " pa " AND p.pb = " pb \
+	" AND p.span = " CppAsString2(HT_SUB_SPAN) " AND p.lo >= (" b " << " wbits ")" \
+	" AND p.lo < ((" b " + 1) << " wbits "))"
 
 typedef struct HtBucketDeltas
 {
@@ -128,6 +146,9 @@ typedef struct HtChildSum
 	HtSum		sum;
 } HtChildSum;
 
+/* append (child, sum) to *out (grown as needed; *cap its room) unless sum is zero */
+extern int	ht_child_put(HtChildSum **out, int n, int *cap, int64 child, const HtSum *sum);
+
 /*
  * The children first .. first + span - 1 of level 3 (segments) or
  * HT_LEVEL_SUB (sub-buckets) of leaf tree (pa, pb) in partition part that
@@ -142,6 +163,8 @@ extern HtPackReader *ht_pack_reader_open(void);
 extern void ht_pack_reader_close(HtPackReader *r);
 extern int	ht_pack_children(HtPackReader *r, int part, Datum pa, Datum pb, int level,
 							 int64 first, int64 span, HtChildSum **out, int nout, int *cap);
+/* the span of the tree's packs in the partition, 0 when it has none */
+extern int32 ht_pack_reader_span(HtPackReader *r, int part, Datum pa, Datum pb);
 
 /*
  * The packed entries of segments segs[0..n-1] of the trees (pa[i], pb[i])

@@ -496,6 +496,8 @@ typedef struct TreeScan
 	TupleDesc	desc;
 	Snapshot	snap;
 	AttrNumber	att[5];			/* part, depth, pa, pb, and the fifth key column */
+	AttrNumber	att_child;		/* node's child and subs (0: not node) */
+	AttrNumber	att_subs;
 } TreeScan;
 
 static void
@@ -515,6 +517,8 @@ tree_scan_open(TreeScan *ts, const char *table, const char *index, const char *f
 	ts->att[2] = get_attnum(relid, "pa");
 	ts->att[3] = get_attnum(relid, "pb");
 	ts->att[4] = get_attnum(relid, fifth);
+	ts->att_child = strcmp(table, "node") == 0 ? get_attnum(relid, "child") : InvalidAttrNumber;
+	ts->att_subs = strcmp(table, "node") == 0 ? get_attnum(relid, "subs") : InvalidAttrNumber;
 	ts->snap = RegisterSnapshot(GetLatestSnapshot());
 }
 
@@ -570,6 +574,48 @@ tree_has_rows(TreeScan *ts, const ScanKeyData *key, int nkeys)
 	scan = systable_beginscan_ordered(ts->rel, ts->idx, ts->snap, nkeys, copy);
 	found = systable_getnext_ordered(scan, ForwardScanDirection) != NULL;
 
+	systable_endscan_ordered(scan);
+	return found;
+}
+
+/*
+ * The sub-bucket hashes the level-2 row of bucket b of leaf tree (pa, pb)
+ * keeps (node.subs, §2), as children b * 32 + i appended to *out: false
+ * when it keeps none (the caller reads the packs).  One probe of the
+ * primary key instead of a fetch of each of the bucket's 32 packs.
+ */
+static bool
+kept_subs(TreeScan *ts, int part, Datum pa, Datum pb, int64 bucket, HtChildSum **out,
+		  int *nout, int *cap)
+{
+	ScanKeyData key[6];
+	SysScanDesc scan;
+	HeapTuple	tup;
+	bool		found = false;
+
+	if (ts->att_subs == InvalidAttrNumber)
+		return false;			/* (a database not updated to this version yet) */
+	tree_scan_keys(ts, key, part, HT_DEPTH_LEAF, pa, pb);
+	ScanKeyInit(&key[4], ts->att[4], BTEqualStrategyNumber, F_INT2EQ, Int16GetDatum(2));
+	ScanKeyInit(&key[5], ts->att_child, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(bucket));
+	scan = systable_beginscan_ordered(ts->rel, ts->idx, ts->snap, 6, key);
+	if ((tup = systable_getnext_ordered(scan, ForwardScanDirection)) != NULL)
+	{
+		bool		isnull;
+		Datum		d = heap_getattr(tup, ts->att_subs, ts->desc, &isnull);
+
+		if (!isnull)
+		{
+			int			nsubs = HT_SUBS_PER_BUCKET(HT_DEPTH_LEAF);
+			HtSum	   *sums = palloc(sizeof(HtSum) * nsubs);
+
+			ht_subs_decode(DatumGetByteaPP(d), sums, nsubs);
+			for (int i = 0; i < nsubs; i++)
+				*nout = ht_child_put(out, *nout, cap, bucket * nsubs + i, &sums[i]);
+			pfree(sums);
+			found = true;
+		}
+	}
 	systable_endscan_ordered(scan);
 	return found;
 }
@@ -652,8 +698,18 @@ ht_store_nodes(int part, int depth, int n, Datum *pa, Datum *pb, int level,
 		/* segments and sub-buckets that packs cover have no rows (§4) */
 		if (packed)
 		{
-			int			npk = ht_pack_children(reader, part, pa[k], pb[k], level, firsts[k],
-											   span, &pk, 0, &pkcap);
+			int			npk = 0;
+			int			nsubs = HT_SUBS_PER_BUCKET(HT_DEPTH_LEAF);
+
+			/*
+			 * a bucket's sub-buckets in a tree of packs of one sub-bucket:
+			 * those its level-2 row keeps, if it does (§2)
+			 */
+			if (level != HT_LEVEL_SUB || span != nsubs || firsts[k] % nsubs != 0 ||
+				ht_pack_reader_span(reader, part, pa[k], pb[k]) != HT_SUB_SPAN ||
+				!kept_subs(&ts, part, pa[k], pb[k], firsts[k] / nsubs, &pk, &npk, &pkcap))
+				npk = ht_pack_children(reader, part, pa[k], pb[k], level, firsts[k],
+									   span, &pk, 0, &pkcap);
 
 			if (npk > 0)
 			{
@@ -902,8 +958,10 @@ static HtQuery q_rb_segments = {
 
 /* level $3 from level $3 + 1, and level 2 of leaf trees from the packs too */
 static HtQuery q_rb_level = {
-	"INSERT INTO hashtree.node (part, depth, level, pa, pb, child, hash, n)"
-	" SELECT $1, $2, $3, s.pa, s.pb, s.b, s.h, s.c FROM ("
+	"INSERT INTO hashtree.node (part, depth, level, pa, pb, child, hash, n, subs)"
+	" SELECT $1, $2, $3, s.pa, s.pb, s.b, s.h, s.c,"
+	"  CASE WHEN $2 = 2 AND $3 = 2 THEN " HT_SUBS_SQL("$1", "s.pa", "s.pb", "s.b", "$4") " END"
+	" FROM ("
 	"  SELECT pa, pb, b, hashtree._hash_sum(h) AS h, sum(c)::int8 AS c FROM ("
 	"   SELECT pa, pb, child >> $4 AS b, hashtree._child_sum(child, hash) AS h, sum(n) AS c"
 	"   FROM hashtree.node WHERE part = $1 AND depth = $2 AND level = $3 + 1"
@@ -1053,6 +1111,12 @@ static HtQuery q_check = {
 	" SELECT 2, p.pa, p.pb, 5, p.lo::int8, p.sum, x.hash"
 	" FROM hashtree.entry_pack p CROSS JOIN LATERAL hashtree._pack_sum(p.lo, p.data) x"
 	" WHERE p.part = $1 AND (p.sum IS DISTINCT FROM x.hash OR p.n <> x.n)"
+	/* the sub-bucket hashes a level-2 row keeps that its packs do not give (level 6) */
+	" UNION ALL"
+	" SELECT 2, n.pa, n.pb, 6, n.child, n.subs, x.subs FROM hashtree.node n"
+	"  CROSS JOIN LATERAL (SELECT " HT_SUBS_SQL("$1", "n.pa", "n.pb", "n.child", "$2") " AS subs) x"
+	" WHERE n.part = $1 AND n.depth = 2 AND n.level = 2 AND n.subs IS NOT NULL"
+	"  AND n.subs IS DISTINCT FROM coalesce(x.subs, ''::bytea)"
 	/* an entry row in a segment that a pack covers breaks invariant 5 */
 	" UNION ALL"
 	" SELECT 2, e.pa, e.pb, 0, e.seg::int8, e.hash, NULL::bytea FROM hashtree.entry e"

@@ -151,6 +151,45 @@ ht_sum_from_bytea(HtSum *s, const bytea *b)
 	ht_sum_from_bytes(s, (const uint8 *) VARDATA_ANY(b));
 }
 
+void
+ht_subs_decode(const bytea *b, HtSum *sums, int nsubs)
+{
+	const uint8 *p = (const uint8 *) VARDATA_ANY(b);
+	int			len = VARSIZE_ANY_EXHDR(b);
+
+	for (int i = 0; i < nsubs; i++)
+		ht_sum_zero(&sums[i]);
+	if (len % HT_SUBS_ITEM != 0)
+		elog(ERROR, "hashtree: stored sub-bucket hashes have %d bytes, not a multiple of %d",
+			 len, HT_SUBS_ITEM);
+	for (int off = 0; off < len; off += HT_SUBS_ITEM)
+	{
+		if (p[off] >= nsubs || (off > 0 && p[off] <= p[off - HT_SUBS_ITEM]))
+			elog(ERROR, "hashtree: stored sub-bucket hashes are out of order");
+		ht_sum_from_bytes(&sums[p[off]], p + off + 1);
+	}
+}
+
+bytea *
+ht_subs_encode(const HtSum *sums, int nsubs)
+{
+	bytea	   *b = palloc(VARHDRSZ + nsubs * HT_SUBS_ITEM);
+	uint8	   *p = (uint8 *) VARDATA(b);
+	int			len = 0;
+
+	Assert(nsubs <= 256);
+	for (int i = 0; i < nsubs; i++)
+	{
+		if (ht_sum_is_zero(&sums[i]))
+			continue;
+		p[len] = (uint8) i;
+		ht_sum_to_bytes(&sums[i], p + len + 1);
+		len += HT_SUBS_ITEM;
+	}
+	SET_VARSIZE(b, VARHDRSZ + len);
+	return b;
+}
+
 #ifdef USE_OPENSSL
 /*
  * With OpenSSL (Debian's server is built with it): its SHA-256 functions

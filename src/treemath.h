@@ -36,6 +36,8 @@
  */
 #define HT_LEVEL_SUB	4
 #define HT_SUB_BITS		5
+#define HT_SUB_SPAN		(1 << HT_SUB_BITS)	/* segments per sub-bucket */
+#define HT_SUBS_PER_BUCKET(depth) (1 << (ht_geometry[(depth)].width_bits - HT_SUB_BITS))
 
 #define HT_DIGEST_LEN	32		/* SHA-256 */
 
@@ -91,6 +93,16 @@ extern void ht_sum_from_bytes(HtSum *s, const uint8 *bytes);
 extern void ht_sum_to_bytes(const HtSum *s, uint8 *bytes);
 extern bytea *ht_sum_to_bytea(const HtSum *s);	/* NULL when zero */
 extern void ht_sum_from_bytea(HtSum *s, const bytea *b);	/* NULL -> zero */
+
+/*
+ * The sub-bucket hashes a level-2 row of a big packed leaf tree keeps
+ * (node.subs, §2): for each non-zero one, in ascending order, its index in
+ * the bucket (one byte) and its 32 bytes.  Decoded into nsubs sums (the
+ * absent ones zero); encoded from them (an empty bytea when all are zero).
+ */
+#define HT_SUBS_ITEM	(1 + HT_DIGEST_LEN)
+extern void ht_subs_decode(const bytea *b, HtSum *sums, int nsubs);
+extern bytea *ht_subs_encode(const HtSum *sums, int nsubs);
 
 /* SHA-256 over up to three byte strings, with a long-lived context */
 extern void ht_sha256(const void *a, size_t alen, const void *b, size_t blen,

@@ -54,6 +54,7 @@ typedef struct BucketDelta
 	int64		bucket;
 	HtSum		delta;
 	int64		dn;
+	int32		sub;			/* in psubs: the sub-bucket of a pack */
 } BucketDelta;
 
 /* a tree whose top hash changed */
@@ -72,6 +73,8 @@ typedef struct NodeWrite
 	int64		child;
 	HtSum		sum;			/* zero: delete the row */
 	int64		n;
+	bytea	   *subs;			/* level 2: the sub-bucket hashes, NULL: as
+								 * they are */
 } NodeWrite;
 
 /* the trees of one depth touched by an update, and their pending changes */
@@ -88,10 +91,16 @@ typedef struct DepthWork
 	int			nsubs;			/* the same per sub-bucket */
 	int			subs_cap;
 	BucketDelta *subs;
+	int			npsubs;			/* the packs' changes of the sub-bucket hashes
+								 * kept in level-2 rows, by (tree, bucket, sub) */
+	int			psubs_cap;
+	BucketDelta *psubs;
 	int			ntops;
 	int			tops_cap;
 	TopChange  *tops;
 } DepthWork;
+
+static int	bucket_delta_cmp(const void *a, const void *b);
 
 #define HT_GROW(arr, n, cap) \
 	do { \
@@ -141,14 +150,15 @@ child_delta(int64 child, const HtSum *old, const HtSum *new, HtSum *delta)
 }
 
 static HtQuery q_node_upsert = {
-	"INSERT INTO hashtree.node AS t (part, depth, level, pa, pb, child, hash, n)"
-	" SELECT $1, $2, $3, u.pa, u.pb, u.child, u.hash, u.n"
-	" FROM unnest($4::text[], $5::text[], $6::int8[], $7::bytea[], $8::int8[])"
-	"  AS u(pa, pb, child, hash, n)"
+	"INSERT INTO hashtree.node AS t (part, depth, level, pa, pb, child, hash, n, subs)"
+	" SELECT $1, $2, $3, u.pa, u.pb, u.child, u.hash, u.n, u.subs"
+	" FROM unnest($4::text[], $5::text[], $6::int8[], $7::bytea[], $8::int8[], $9::bytea[])"
+	"  AS u(pa, pb, child, hash, n, subs)"
 	" ON CONFLICT (part, depth, pa, pb, level, child)"
-	" DO UPDATE SET hash = EXCLUDED.hash, n = EXCLUDED.n",
-	8, {INT4OID, INT2OID, INT2OID, TEXTARRAYOID, TEXTARRAYOID, INT8ARRAYOID,
-		BYTEAARRAYOID, INT8ARRAYOID}
+	" DO UPDATE SET hash = EXCLUDED.hash, n = EXCLUDED.n,"
+	"  subs = coalesce(EXCLUDED.subs, t.subs)",
+	9, {INT4OID, INT2OID, INT2OID, TEXTARRAYOID, TEXTARRAYOID, INT8ARRAYOID,
+		BYTEAARRAYOID, INT8ARRAYOID, BYTEAARRAYOID}
 };
 
 static HtQuery q_node_delete = {
@@ -170,6 +180,8 @@ write_nodes(int part, DepthWork *w, int level, NodeWrite *nw, int n,
 	int64	   *child = palloc(sizeof(int64) * HT_BATCH);
 	Datum	   *hash = palloc(sizeof(Datum) * HT_BATCH);
 	int64	   *cnt = palloc(sizeof(int64) * HT_BATCH);
+	Datum	   *subs = palloc(sizeof(Datum) * HT_BATCH);
+	bool	   *nosubs = palloc(sizeof(bool) * HT_BATCH);
 
 	for (int pass = 0; pass < 2; pass++)
 	{
@@ -187,12 +199,14 @@ write_nodes(int part, DepthWork *w, int level, NodeWrite *nw, int n,
 				{
 					hash[k] = PointerGetDatum(ht_sum_to_bytea(&nw[i].sum));
 					cnt[k] = nw[i].n;
+					subs[k] = PointerGetDatum(nw[i].subs);
+					nosubs[k] = (nw[i].subs == NULL);
 				}
 				k++;
 			}
 			if (k > 0 && (k == HT_BATCH || i == n))
 			{
-				Datum		v[8];
+				Datum		v[9];
 
 				v[0] = Int32GetDatum(part);
 				v[1] = Int16GetDatum(w->depth);
@@ -204,13 +218,14 @@ write_nodes(int part, DepthWork *w, int level, NodeWrite *nw, int n,
 				{
 					v[6] = PointerGetDatum(ht_array_bytea(hash, k));
 					v[7] = PointerGetDatum(ht_array_int8(cnt, k));
+					v[8] = PointerGetDatum(ht_array_bytea_nulls(subs, nosubs, k));
 					ht_exec(&q_node_upsert, v, NULL, 0);
 					for (int j = 0; j < k; j++)
 						pfree(DatumGetPointer(hash[j]));
 				}
 				else
 					ht_exec(&q_node_delete, v, NULL, 0);
-				for (int j = 3; j < (deleting ? 6 : 8); j++)
+				for (int j = 3; j < (deleting ? 6 : 9); j++)
 					pfree(DatumGetPointer(v[j]));
 				stats->nodes += k;
 				k = 0;
@@ -222,12 +237,14 @@ write_nodes(int part, DepthWork *w, int level, NodeWrite *nw, int n,
 	pfree(child);
 	pfree(hash);
 	pfree(cnt);
+	pfree(subs);
+	pfree(nosubs);
 }
 
 static HtQuery q_node_fetch = {
-	"SELECT u.i::int4, y.hash, y.n"
+	"SELECT u.i::int4, y.hash, y.n, y.subs"
 	" FROM unnest($4::text[], $5::text[], $6::int8[]) WITH ORDINALITY AS u(pa, pb, child, i)"
-	" CROSS JOIN LATERAL (SELECT t.hash, t.n FROM hashtree.node t"
+	" CROSS JOIN LATERAL (SELECT t.hash, t.n, t.subs FROM hashtree.node t"
 	"   WHERE t.part = $1 AND t.depth = $2 AND t.level = $3"
 	"    AND t.pa = u.pa AND t.pb = u.pb AND t.child = u.child LIMIT 1) y",
 	6, {INT4OID, INT2OID, INT2OID, TEXTARRAYOID, TEXTARRAYOID, INT8ARRAYOID}
@@ -235,11 +252,12 @@ static HtQuery q_node_fetch = {
 
 /*
  * Current (hash, n) of the nodes (tree[i], child[i]) of a level; absent
- * nodes read as zero.
+ * nodes read as zero.  With subs: their stored sub-bucket hashes too (NULL
+ * when none are kept), copied into the current memory context.
  */
 static void
-fetch_nodes(int part, DepthWork *w, int level, int n, const int *tree,
-			const int64 *child, HtSum *sum, int64 *cnt)
+fetch_nodes_subs(int part, DepthWork *w, int level, int n, const int *tree,
+				 const int64 *child, HtSum *sum, int64 *cnt, bytea **subs)
 {
 	Datum	   *pa = palloc(sizeof(Datum) * Min(n, HT_BATCH));
 	Datum	   *pb = palloc(sizeof(Datum) * Min(n, HT_BATCH));
@@ -248,6 +266,8 @@ fetch_nodes(int part, DepthWork *w, int level, int n, const int *tree,
 	{
 		ht_sum_zero(&sum[i]);
 		cnt[i] = 0;
+		if (subs)
+			subs[i] = NULL;
 	}
 	for (int base = 0; base < n; base += HT_BATCH)
 	{
@@ -274,13 +294,25 @@ fetch_nodes(int part, DepthWork *w, int level, int n, const int *tree,
 			bool		isnull;
 			int			i = base + DatumGetInt32(ht_col(r, 1, &isnull)) - 1;
 
+			Datum		d;
+
 			ht_sum_from_bytea(&sum[i], DatumGetByteaPP(ht_col(r, 2, &isnull)));
 			cnt[i] = DatumGetInt64(ht_col(r, 3, &isnull));
+			d = ht_col(r, 4, &isnull);
+			if (subs && !isnull)
+				subs[i] = DatumGetByteaPCopy(d);
 		}
 		SPI_freetuptable(SPI_tuptable);
 	}
 	pfree(pa);
 	pfree(pb);
+}
+
+static void
+fetch_nodes(int part, DepthWork *w, int level, int n, const int *tree,
+			const int64 *child, HtSum *sum, int64 *cnt)
+{
+	fetch_nodes_subs(part, w, level, n, tree, child, sum, cnt, NULL);
 }
 
 /*
@@ -307,6 +339,7 @@ fold_segments(int part, DepthWork *w, SegChange *ch, int nch,
 		nw[nnw].child = c->seg;
 		nw[nnw].sum = c->new_sum;
 		nw[nnw].n = c->new_n;
+		nw[nnw].subs = NULL;
 		nnw++;
 
 		child_delta(c->seg, &c->old_sum, &c->new_sum, &d);
@@ -376,6 +409,7 @@ apply_deltas(int part, DepthWork *w, int level, BucketDelta *deltas, int nd,
 		nw[nnw].sum = old[i];
 		ht_sum_add(&nw[nnw].sum, &deltas[i].delta);
 		nw[nnw].n = old_n[i] + deltas[i].dn;
+		nw[nnw].subs = NULL;
 		nnw++;
 	}
 	write_nodes(part, w, level, nw, nnw, stats);
@@ -399,6 +433,8 @@ fold_upper_levels(int part, DepthWork *w, HtUpdateStats *stats)
 	int64	   *zeros;
 	HtSum	   *t_old;
 	int64	   *t_old_n;
+	bytea	  **old_subs;
+	int			ps = 0;			/* in w->psubs */
 
 	/* sub-buckets: the same digests, summed over 32 segments */
 	apply_deltas(part, w, HT_LEVEL_SUB, w->subs, w->nsubs, stats);
@@ -409,20 +445,41 @@ fold_upper_levels(int part, DepthWork *w, HtUpdateStats *stats)
 		tree[i] = w->buckets[i].tree;
 		child[i] = w->buckets[i].bucket;
 	}
-	fetch_nodes(part, w, 2, nb, tree, child, old, old_n);
+	old_subs = palloc(sizeof(bytea *) * Max(nb, 1));
+	fetch_nodes_subs(part, w, 2, nb, tree, child, old, old_n, old_subs);
 	for (int i = 0; i < nb; i++)
 	{
 		BucketDelta *b = &w->buckets[i];
 		HtSum		new = old[i];
 		HtSum		d;
+		bytea	   *subs = NULL;
 
-		if (ht_sum_is_zero(&b->delta) && b->dn == 0)
+		/* the sub-bucket hashes the row keeps, with its packs' changes */
+		while (ps < w->npsubs && bucket_delta_cmp(&w->psubs[ps], b) < 0)
+			ps++;
+		if (ps < w->npsubs && bucket_delta_cmp(&w->psubs[ps], b) == 0)
+		{
+			int			nsubs = HT_SUBS_PER_BUCKET(HT_DEPTH_LEAF);
+			HtSum	   *sums = palloc(sizeof(HtSum) * nsubs);
+
+			if (old_subs[i] != NULL)
+				ht_subs_decode(old_subs[i], sums, nsubs);
+			for (; ps < w->npsubs && bucket_delta_cmp(&w->psubs[ps], b) == 0; ps++)
+				ht_sum_add(&sums[w->psubs[ps].sub & (nsubs - 1)], &w->psubs[ps].delta);
+			/* (none kept: the readers read the packs; so they still do) */
+			if (old_subs[i] != NULL)
+				subs = ht_subs_encode(sums, nsubs);
+			pfree(sums);
+		}
+
+		if (ht_sum_is_zero(&b->delta) && b->dn == 0 && subs == NULL)
 			continue;
 		ht_sum_add(&new, &b->delta);
 		nw[nnw].tree = b->tree;
 		nw[nnw].child = b->bucket;
 		nw[nnw].sum = new;
 		nw[nnw].n = old_n[i] + b->dn;
+		nw[nnw].subs = subs;
 		nnw++;
 
 		child_delta(b->bucket, &old[i], &new, &d);
@@ -456,6 +513,7 @@ fold_upper_levels(int part, DepthWork *w, HtUpdateStats *stats)
 		nw[nnw].child = 0;
 		nw[nnw].sum = new;
 		nw[nnw].n = t_old_n[i] + t_dn[i];
+		nw[nnw].subs = NULL;
 		nnw++;
 
 		HT_GROW(w->tops, w->ntops, w->tops_cap);
@@ -528,10 +586,14 @@ static HtQuery q_tree_segments = {
 	" ORDER BY s.seg",
 	3, {INT4OID, TEXTOID, TEXTOID}
 };
-/* level $4 from level $4 + 1, and at level 2 from the packs too */
+/*
+ * level $4 from level $4 + 1, and at level 2 from the packs too, with the
+ * sub-bucket hashes of packs of one sub-bucket (HT_SUBS_SQL)
+ */
 static HtQuery q_tree_level = {
-	"INSERT INTO hashtree.node (part, depth, level, pa, pb, child, hash, n)"
-	" SELECT $1, 2, $4, $2, $3, s.b, s.h, s.c FROM ("
+	"INSERT INTO hashtree.node (part, depth, level, pa, pb, child, hash, n, subs)"
+	" SELECT $1, 2, $4, $2, $3, s.b, s.h, s.c,"
+	"  CASE WHEN $4 = 2 THEN " HT_SUBS_SQL("$1", "$2", "$3", "s.b", "$5") " END FROM ("
 	"  SELECT b, hashtree._hash_sum(h) AS h, sum(c)::int8 AS c FROM ("
 	"   SELECT child >> $5 AS b, hashtree._child_sum(child, hash) AS h, sum(n) AS c"
 	"   FROM hashtree.node WHERE part = $1 AND depth = 2 AND pa = $2 AND pb = $3"
@@ -600,16 +662,49 @@ bucket_delta_cmp(const void *a, const void *b)
 	return (x->bucket > y->bucket) - (x->bucket < y->bucket);
 }
 
+/* (tree, bucket, sub) */
+static int
+sub_delta_cmp(const void *a, const void *b)
+{
+	const BucketDelta *x = a;
+	const BucketDelta *y = b;
+	int			c = bucket_delta_cmp(a, b);
+
+	return c != 0 ? c : (x->sub > y->sub) - (x->sub < y->sub);
+}
+
+/* sort deltas by cmp and add up those that cmp finds equal */
+static int
+merge_deltas(BucketDelta *d, int n, int (*cmp) (const void *, const void *))
+{
+	int			k = 0;
+
+	if (n < 2)
+		return n;
+	qsort(d, n, sizeof(BucketDelta), cmp);
+	for (int i = 1; i < n; i++)
+	{
+		if (cmp(&d[i], &d[k]) == 0)
+		{
+			ht_sum_add(&d[k].delta, &d[i].delta);
+			d[k].dn += d[i].dn;
+		}
+		else
+			d[++k] = d[i];
+	}
+	return k + 1;
+}
+
 /*
  * Add the bucket deltas of the packs the fold rewrote to w->buckets (trees
  * being rebuilt excepted: the rebuild reads the packs as they are now),
- * leaving one delta per (tree, bucket), sorted.
+ * leaving one delta per (tree, bucket), sorted; those of packs of one
+ * sub-bucket also to w->psubs, one per (tree, bucket, sub), sorted.
  */
 static void
 add_pack_deltas(DepthWork *w, const HtBucketDeltas *pd, const int *rebuild, int nrebuild)
 {
 	int			t = -1;
-	int			k = 0;
 
 	for (int i = 0; i < pd->n; i++)
 	{
@@ -637,22 +732,16 @@ add_pack_deltas(DepthWork *w, const HtBucketDeltas *pd, const int *rebuild, int 
 		b->bucket = d->bucket;
 		b->delta = d->delta;
 		b->dn = d->dn;
-	}
-	if (w->nbuckets < 2)
-		return;
-	qsort(w->buckets, w->nbuckets, sizeof(BucketDelta), bucket_delta_cmp);
-	for (int i = 1; i < w->nbuckets; i++)
-	{
-		if (w->buckets[i].tree == w->buckets[k].tree &&
-			w->buckets[i].bucket == w->buckets[k].bucket)
+		b->sub = -1;
+		if (d->sub >= 0)
 		{
-			ht_sum_add(&w->buckets[k].delta, &w->buckets[i].delta);
-			w->buckets[k].dn += w->buckets[i].dn;
+			HT_GROW(w->psubs, w->npsubs, w->psubs_cap);
+			w->psubs[w->npsubs] = *b;
+			w->psubs[w->npsubs++].sub = d->sub;
 		}
-		else
-			w->buckets[++k] = w->buckets[i];
 	}
-	w->nbuckets = k + 1;
+	w->nbuckets = merge_deltas(w->buckets, w->nbuckets, bucket_delta_cmp);
+	w->npsubs = merge_deltas(w->psubs, w->npsubs, sub_delta_cmp);
 }
 
 /*

@@ -244,12 +244,42 @@ is($node->safe_psql('postgres', q{SELECT min(span) > 32 FROM hashtree.entry_pack
 is(tops($node, 'other'), $t_small, 'the same top hashes');
 is(check_trees($node, 'other'), '0', 'check_tree finds nothing (stored pack terms included)');
 # every sub-bucket hash, as the compare reads them, on both
+# (one request per bucket, as the compare asks)
 my $subs = q{SELECT md5(string_agg(encode(n.children, 'hex'), ',' ORDER BY s.p, n.i))
-			   FROM hashtree.status s(p), hashtree._nodes(s.p, 2, array_fill('public'::text, ARRAY[32]),
-				   array_fill('spill'::text, ARRAY[32]), 4,
-				   ARRAY(SELECT g * 1024::int8 FROM generate_series(0, 31) g), 1024, 32) n};
+			   FROM hashtree.status s(p), hashtree._nodes(s.p, 2, array_fill('public'::text, ARRAY[1024]),
+				   array_fill('spill'::text, ARRAY[1024]), 4,
+				   ARRAY(SELECT g * 32::int8 FROM generate_series(0, 1023) g), 32, 32) n};
 is($node->safe_psql('other', $subs), $node->safe_psql('postgres', $subs),
 	'the same sub-bucket hashes, read from stored terms and from decoded packs');
+# the level-2 rows of a tree of such packs keep their sub-bucket hashes
+# (node.subs), which the compare reads instead of the bucket's 32 packs
+my $kept = q{SELECT count(*) || ' ' || count(*) FILTER (WHERE n.subs IS NOT NULL AND length(n.subs) = 33 * p.k)
+			   FROM hashtree.node n
+			   LEFT JOIN (SELECT part, lo >> 10 AS b, count(*) FILTER (WHERE sum IS NOT NULL) AS k
+							FROM hashtree.entry_pack WHERE pb = 'spill' GROUP BY 1, 2) p
+					  ON p.part = n.part AND p.b = n.child
+			  WHERE n.depth = 2 AND n.level = 2 AND n.pb = 'spill'};
+my ($nbuckets, $nkept) = split / /, $node->safe_psql('other', $kept);
+cmp_ok($nbuckets, '>', 0, "$nbuckets level-2 rows");
+is($nkept, $nbuckets, 'each keeps the hashes of its sub-buckets, one per pack');
+is($node->safe_psql('postgres', q{SELECT count(*) FROM hashtree.node WHERE subs IS NOT NULL}), '0',
+	'wide packs: no level-2 row keeps any');
+my $victim = $node->safe_psql('other', q{SELECT part || ',' || child FROM hashtree.node
+	WHERE depth = 2 AND level = 2 AND pb = 'spill' ORDER BY part, child LIMIT 1});
+my ($vpart, $vchild) = split /,/, $victim;
+$node->safe_psql('other', qq{ALTER TABLE hashtree.node DISABLE TRIGGER USER;
+	UPDATE hashtree.node SET subs = set_byte(subs, 40, get_byte(subs, 40) # 1)
+	 WHERE part = $vpart AND depth = 2 AND level = 2 AND pb = 'spill' AND child = $vchild;
+	ALTER TABLE hashtree.node ENABLE TRIGGER USER});
+isnt($node->safe_psql('other', $subs), $node->safe_psql('postgres', $subs),
+	'a kept hash changed by hand: the compare reads it');
+is($node->safe_psql('other', qq{SELECT level || ' ' || child FROM hashtree.check_tree($vpart)}),
+	"6 $vchild", 'check_tree reports the row (level 6)');
+$node->safe_psql('other', qq{ALTER TABLE hashtree.node DISABLE TRIGGER USER;
+	UPDATE hashtree.node SET subs = set_byte(subs, 40, get_byte(subs, 40) # 1)
+	 WHERE part = $vpart AND depth = 2 AND level = 2 AND pb = 'spill' AND child = $vchild;
+	ALTER TABLE hashtree.node ENABLE TRIGGER USER});
+is($node->safe_psql('other', $subs), $node->safe_psql('postgres', $subs), 'put back');
 my $other_conn = $node->connstr('other');
 $node->safe_psql('postgres', "SELECT hashtree.add_peer('other', \$\$$other_conn\$\$)");
 my $diff = q{SELECT count(*) || ' ' || count(*) FILTER (WHERE kind = 'different')
@@ -258,6 +288,8 @@ is($node->safe_psql('postgres', $diff), '0 0', 'an exchange finds no difference'
 $node->safe_psql('other', 'UPDATE spill SET v = -v WHERE v % 30000 = 0');
 is(lock_update_all($node, 'other'), 'ok/ok', 'ten rows changed, updated');
 is(check_trees($node, 'other'), '0', 'the fold kept the stored terms right');
+is((split / /, $node->safe_psql('other', $kept))[1], $nbuckets,
+	'and the kept sub-bucket hashes (check_tree compares them too)');
 is($node->safe_psql('postgres', $diff), '10 10', 'an exchange finds exactly those');
 
 done_testing();

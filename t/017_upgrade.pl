@@ -168,14 +168,16 @@ sub object_diff
 # entry_pack.sum; exchanges of whole nodes, issue 13: functions _nodes_m,
 # _entries_m, _descend_m, _exchange_begin and _exchange_end, the column
 # exchange_log.run; two-way repair, issue 14: the columns
-# exchange_log.rows_local and rows_remote).  The fill lends them to the 0.1 database, outside the
+# exchange_log.rows_local and rows_remote; the exchange at 10M rows, issue 11: the column
+# node.subs).  The fill lends them to the 0.1 database, outside the
 # extension, and takes the functions back before the update, and the
 # columns' values: a database filled by 0.1's own library has the data, not
 # these.  (entry_pack.sum stays: a dropped column in entry_pack crashes the
 # library's pack writer, which leaves the nulls of other columns false;
-# exchange_log.run, rows_local and rows_remote go, the update adds them.)
+# exchange_log.run, rows_local and rows_remote and node.subs go, the update adds them.)
 my $lend = q{
 	ALTER TABLE hashtree.entry_pack ADD COLUMN sum bytea;
+	ALTER TABLE hashtree.node ADD COLUMN subs bytea;
 	CREATE FUNCTION hashtree._hash_sum_step(internal, bytea) RETURNS internal
 		AS '$libdir/hashtree', 'ht_hash_sum_step' LANGUAGE C CALLED ON NULL INPUT;
 	CREATE AGGREGATE hashtree._hash_sum(bytea) (SFUNC = hashtree._hash_sum_step,
@@ -212,6 +214,7 @@ my $take_back = q{
 	DROP FUNCTION hashtree._exchange_end(int[]);
 	ALTER TABLE hashtree.exchange_log DROP COLUMN run, DROP COLUMN rows_local,
 		DROP COLUMN rows_remote;
+	ALTER TABLE hashtree.node DROP COLUMN subs;
 };
 
 my %conn = (a => $a->connstr('postgres'), b => $b->connstr('postgres'));
