@@ -1631,11 +1631,11 @@ reader_span(HtPackReader *r, int part, Datum pa, Datum pb)
 	return r->span;
 }
 
-/* the span of tree (pa, pb)'s packs in a partition, 0 when it has none */
+/* the span of tree (pa, pb)'s packs in a partition, <= 0 when it has none */
 int32
 ht_pack_reader_span(HtPackReader *r, int part, Datum pa, Datum pb)
 {
-	return Max(reader_span(r, part, pa, pb), 0);
+	return reader_span(r, part, pa, pb);
 }
 
 int

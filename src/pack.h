@@ -78,9 +78,10 @@ typedef struct HtBucketDelta
 	int64		bucket;
 	HtSum		delta;
 	int64		dn;				/* change of the entry count */
-	int32		sub;			/* the pack's sub-bucket when it is one (a tree
-								 * whose level-2 rows keep their sub-buckets'
-								 * hashes, §2), else -1 */
+	int32		sub;			/* the pack's sub-bucket (lo >> HT_SUB_BITS, a
+								 * number in the tree) when the pack is one: a
+								 * tree whose level-2 rows keep their
+								 * sub-buckets' hashes (§2); else -1 */
 } HtBucketDelta;
 
 /*
@@ -89,14 +90,16 @@ typedef struct HtBucketDelta
  * packs of one sub-bucket, each as one byte of its index in the bucket and
  * its stored term (which is the sub-bucket's hash), by lo; NULL when there
  * are none.  wbits: the width bits of a leaf bucket.  The arguments are SQL
- * expressions.
+ * expressions.  (One probe first: the tree's packs are all of one span.)
  */
 #define HT_SUBS_SQL(part, pa, pb, b, wbits) \
-	"(SELECT string_agg(set_byte('\\x00'::bytea, 0, (p.lo >> " CppAsString2(HT_SUB_BITS) ")" \
+	"CASE WHEN (SELECT q.span FROM hashtree.entry_pack q WHERE q.part = " part \
+	" AND q.pa = " pa " AND q.pb = " pb " LIMIT 1) = " CppAsString2(HT_SUB_SPAN) " THEN" \
+	" (SELECT string_agg(set_byte(decode('00', 'hex'), 0, (p.lo >> " CppAsString2(HT_SUB_BITS) ")" \
 	" & ((1 << (" wbits " - " CppAsString2(HT_SUB_BITS) ")) - 1)) || p.sum, ''::bytea ORDER BY p.lo)" \
 	" FROM hashtree.entry_pack p WHERE p.part = " part " AND p.pa = " pa " AND p.pb = " pb \
 	" AND p.span = " CppAsString2(HT_SUB_SPAN) " AND p.lo >= (" b " << " wbits ")" \
-	" AND p.lo < ((" b " + 1) << " wbits "))"
+	" AND p.lo < ((" b " + 1) << " wbits ")) END"
 
 typedef struct HtBucketDeltas
 {
@@ -163,7 +166,7 @@ extern HtPackReader *ht_pack_reader_open(void);
 extern void ht_pack_reader_close(HtPackReader *r);
 extern int	ht_pack_children(HtPackReader *r, int part, Datum pa, Datum pb, int level,
 							 int64 first, int64 span, HtChildSum **out, int nout, int *cap);
-/* the span of the tree's packs in the partition, 0 when it has none */
+/* the span of the tree's packs in the partition, <= 0 when it has none */
 extern int32 ht_pack_reader_span(HtPackReader *r, int part, Datum pa, Datum pb);
 
 /*

@@ -134,7 +134,7 @@ ht_tomb_enabled(text *pa, text *pb)
 	"  RETURNING pa, pb, key)"
 #define EXPIRE_LOG \
 	" INSERT INTO hashtree.dirty_key (part, seg, pa, pb, key, hash)" \
-	" SELECT $1, hashtree.segment_of(x.key), x.pa, x.pb, x.key, '\\x00'::bytea FROM x"
+	" SELECT $1, hashtree.segment_of(x.key), x.pa, x.pb, x.key, pg_catalog.decode('00', 'hex') FROM x"
 
 static HtQuery q_expire = {
 	EXPIRE_TOMBSTONES ","

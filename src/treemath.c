@@ -157,6 +157,7 @@ ht_subs_decode(const bytea *b, HtSum *sums, int nsubs)
 	const uint8 *p = (const uint8 *) VARDATA_ANY(b);
 	int			len = VARSIZE_ANY_EXHDR(b);
 
+	Assert(nsubs <= 256);
 	for (int i = 0; i < nsubs; i++)
 		ht_sum_zero(&sums[i]);
 	if (len % HT_SUBS_ITEM != 0)

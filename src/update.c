@@ -149,17 +149,47 @@ child_delta(int64 child, const HtSum *old, const HtSum *new, HtSum *delta)
 	ht_sum_sub(delta, &t);
 }
 
+/*
+ * $9: the level-2 rows' kept sub-bucket hashes, NULL: as they are, '': none
+ * (stored as NULL, as a rebuild stores a bucket without packs of one
+ * sub-bucket)
+ */
 static HtQuery q_node_upsert = {
 	"INSERT INTO hashtree.node AS t (part, depth, level, pa, pb, child, hash, n, subs)"
-	" SELECT $1, $2, $3, u.pa, u.pb, u.child, u.hash, u.n, u.subs"
+	" SELECT $1, $2, $3, u.pa, u.pb, u.child, u.hash, u.n, nullif(u.subs, ''::bytea)"
 	" FROM unnest($4::text[], $5::text[], $6::int8[], $7::bytea[], $8::int8[], $9::bytea[])"
 	"  AS u(pa, pb, child, hash, n, subs)"
 	" ON CONFLICT (part, depth, pa, pb, level, child)"
 	" DO UPDATE SET hash = EXCLUDED.hash, n = EXCLUDED.n,"
-	"  subs = coalesce(EXCLUDED.subs, t.subs)",
+	"  subs = CASE WHEN EXCLUDED.subs IS NULL THEN t.subs ELSE nullif(EXCLUDED.subs, ''::bytea) END",
 	9, {INT4OID, INT2OID, INT2OID, TEXTARRAYOID, TEXTARRAYOID, INT8ARRAYOID,
 		BYTEAARRAYOID, INT8ARRAYOID, BYTEAARRAYOID}
 };
+
+/* the same in a database not updated to this version yet (no node.subs) */
+static HtQuery q_node_upsert_nosubs = {
+	"INSERT INTO hashtree.node AS t (part, depth, level, pa, pb, child, hash, n)"
+	" SELECT $1, $2, $3, u.pa, u.pb, u.child, u.hash, u.n"
+	" FROM unnest($4::text[], $5::text[], $6::int8[], $7::bytea[], $8::int8[])"
+	"  AS u(pa, pb, child, hash, n)"
+	" ON CONFLICT (part, depth, pa, pb, level, child)"
+	" DO UPDATE SET hash = EXCLUDED.hash, n = EXCLUDED.n",
+	8, {INT4OID, INT2OID, INT2OID, TEXTARRAYOID, TEXTARRAYOID, INT8ARRAYOID,
+		BYTEAARRAYOID, INT8ARRAYOID}
+};
+
+/*
+ * Does hashtree.node have the column subs?  Not in a database whose
+ * ALTER EXTENSION hashtree UPDATE has not run yet (the library is the
+ * server's): its updates then keep no sub-bucket hashes (§18).
+ */
+static bool
+node_keeps_subs(void)
+{
+	Oid			relid = get_relname_relid("node", ht_schema_oid());
+
+	return OidIsValid(relid) && get_attnum(relid, "subs") != InvalidAttrNumber;
+}
 
 static HtQuery q_node_delete = {
 	"DELETE FROM hashtree.node WHERE ctid = ANY (ARRAY("
@@ -219,7 +249,7 @@ write_nodes(int part, DepthWork *w, int level, NodeWrite *nw, int n,
 					v[6] = PointerGetDatum(ht_array_bytea(hash, k));
 					v[7] = PointerGetDatum(ht_array_int8(cnt, k));
 					v[8] = PointerGetDatum(ht_array_bytea_nulls(subs, nosubs, k));
-					ht_exec(&q_node_upsert, v, NULL, 0);
+					ht_exec(node_keeps_subs() ? &q_node_upsert : &q_node_upsert_nosubs, v, NULL, 0);
 					for (int j = 0; j < k; j++)
 						pfree(DatumGetPointer(hash[j]));
 				}
@@ -245,6 +275,14 @@ static HtQuery q_node_fetch = {
 	"SELECT u.i::int4, y.hash, y.n, y.subs"
 	" FROM unnest($4::text[], $5::text[], $6::int8[]) WITH ORDINALITY AS u(pa, pb, child, i)"
 	" CROSS JOIN LATERAL (SELECT t.hash, t.n, t.subs FROM hashtree.node t"
+	"   WHERE t.part = $1 AND t.depth = $2 AND t.level = $3"
+	"    AND t.pa = u.pa AND t.pb = u.pb AND t.child = u.child LIMIT 1) y",
+	6, {INT4OID, INT2OID, INT2OID, TEXTARRAYOID, TEXTARRAYOID, INT8ARRAYOID}
+};
+static HtQuery q_node_fetch_nosubs = {
+	"SELECT u.i::int4, y.hash, y.n, NULL::bytea"
+	" FROM unnest($4::text[], $5::text[], $6::int8[]) WITH ORDINALITY AS u(pa, pb, child, i)"
+	" CROSS JOIN LATERAL (SELECT t.hash, t.n FROM hashtree.node t"
 	"   WHERE t.part = $1 AND t.depth = $2 AND t.level = $3"
 	"    AND t.pa = u.pa AND t.pb = u.pb AND t.child = u.child LIMIT 1) y",
 	6, {INT4OID, INT2OID, INT2OID, TEXTARRAYOID, TEXTARRAYOID, INT8ARRAYOID}
@@ -286,14 +324,13 @@ fetch_nodes_subs(int part, DepthWork *w, int level, int n, const int *tree,
 		v[3] = PointerGetDatum(ht_array_text(pa, k));
 		v[4] = PointerGetDatum(ht_array_text(pb, k));
 		v[5] = PointerGetDatum(ht_array_int8(child + base, k));
-		nrows = ht_exec(&q_node_fetch, v, NULL, 0);
+		nrows = ht_exec(node_keeps_subs() ? &q_node_fetch : &q_node_fetch_nosubs, v, NULL, 0);
 		for (int j = 3; j < 6; j++)
 			pfree(DatumGetPointer(v[j]));
 		for (uint64 r = 0; r < nrows; r++)
 		{
 			bool		isnull;
 			int			i = base + DatumGetInt32(ht_col(r, 1, &isnull)) - 1;
-
 			Datum		d;
 
 			ht_sum_from_bytea(&sum[i], DatumGetByteaPP(ht_col(r, 2, &isnull)));
@@ -445,8 +482,8 @@ fold_upper_levels(int part, DepthWork *w, HtUpdateStats *stats)
 		tree[i] = w->buckets[i].tree;
 		child[i] = w->buckets[i].bucket;
 	}
-	old_subs = palloc(sizeof(bytea *) * Max(nb, 1));
-	fetch_nodes_subs(part, w, 2, nb, tree, child, old, old_n, old_subs);
+	old_subs = palloc0(sizeof(bytea *) * Max(nb, 1));
+	fetch_nodes_subs(part, w, 2, nb, tree, child, old, old_n, w->npsubs > 0 ? old_subs : NULL);
 	for (int i = 0; i < nb; i++)
 	{
 		BucketDelta *b = &w->buckets[i];
@@ -459,17 +496,22 @@ fold_upper_levels(int part, DepthWork *w, HtUpdateStats *stats)
 			ps++;
 		if (ps < w->npsubs && bucket_delta_cmp(&w->psubs[ps], b) == 0)
 		{
-			int			nsubs = HT_SUBS_PER_BUCKET(HT_DEPTH_LEAF);
-			HtSum	   *sums = palloc(sizeof(HtSum) * nsubs);
+			int			first = ps;
 
-			if (old_subs[i] != NULL)
-				ht_subs_decode(old_subs[i], sums, nsubs);
-			for (; ps < w->npsubs && bucket_delta_cmp(&w->psubs[ps], b) == 0; ps++)
-				ht_sum_add(&sums[w->psubs[ps].sub & (nsubs - 1)], &w->psubs[ps].delta);
+			while (ps < w->npsubs && bucket_delta_cmp(&w->psubs[ps], b) == 0)
+				ps++;
 			/* (none kept: the readers read the packs; so they still do) */
 			if (old_subs[i] != NULL)
+			{
+				int			nsubs = HT_SUBS_PER_BUCKET(HT_DEPTH_LEAF);
+				HtSum	   *sums = palloc(sizeof(HtSum) * nsubs);
+
+				ht_subs_decode(old_subs[i], sums, nsubs);
+				for (int j = first; j < ps; j++)
+					ht_sum_add(&sums[w->psubs[j].sub & (nsubs - 1)], &w->psubs[j].delta);
 				subs = ht_subs_encode(sums, nsubs);
-			pfree(sums);
+				pfree(sums);
+			}
 		}
 
 		if (ht_sum_is_zero(&b->delta) && b->dn == 0 && subs == NULL)

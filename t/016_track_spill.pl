@@ -280,6 +280,19 @@ $node->safe_psql('other', qq{ALTER TABLE hashtree.node DISABLE TRIGGER USER;
 	 WHERE part = $vpart AND depth = 2 AND level = 2 AND pb = 'spill' AND child = $vchild;
 	ALTER TABLE hashtree.node ENABLE TRIGGER USER});
 is($node->safe_psql('other', $subs), $node->safe_psql('postgres', $subs), 'put back');
+# none kept (NULL): the compare reads the packs' stored terms, the same hashes
+$node->safe_psql('other', q{ALTER TABLE hashtree.node DISABLE TRIGGER USER;
+	UPDATE hashtree.node SET subs = NULL WHERE subs IS NOT NULL;
+	ALTER TABLE hashtree.node ENABLE TRIGGER USER});
+is($node->safe_psql('other', $subs), $node->safe_psql('postgres', $subs),
+	'none kept: the same sub-bucket hashes, from the packs\' terms');
+is(check_trees($node, 'other'), '0', 'check_tree accepts none kept');
+# (a reset re-hashes the table: packs of one sub-bucket again with the small target)
+$node->safe_psql('other', q{SET client_min_messages = warning; SET hashtree.pack_target = 1;
+	SELECT count(*) FROM (SELECT hashtree.reset(partition) FROM hashtree.status) s});
+is($node->safe_psql('other', q{SELECT min(span) || ' ' || max(span) FROM hashtree.entry_pack}),
+	'32 32', 'reset: every pack one sub-bucket again');
+is($node->safe_psql('other', $kept), "$nbuckets $nbuckets", 'and every level-2 row keeps their hashes');
 my $other_conn = $node->connstr('other');
 $node->safe_psql('postgres', "SELECT hashtree.add_peer('other', \$\$$other_conn\$\$)");
 my $diff = q{SELECT count(*) || ' ' || count(*) FILTER (WHERE kind = 'different')
@@ -291,5 +304,18 @@ is(check_trees($node, 'other'), '0', 'the fold kept the stored terms right');
 is((split / /, $node->safe_psql('other', $kept))[1], $nbuckets,
 	'and the kept sub-bucket hashes (check_tree compares them too)');
 is($node->safe_psql('postgres', $diff), '10 10', 'an exchange finds exactly those');
+
+# deletes that empty packs (about one entry each here): the fold drops them
+# and their kept hashes (with the small target: not packed again)
+$node->safe_psql($_, 'DELETE FROM spill WHERE v % 3 = 1') foreach ('postgres', 'other');
+is($node->safe_psql('other', q{SET client_min_messages = warning; SET hashtree.pack_target = 1;
+	SELECT string_agg(DISTINCT hashtree.lock(p) || '/' || hashtree.update(p), ',')
+	  FROM generate_series(0, 7) p}) . ' ' . lock_update_all($node), 'ok/ok ok/ok', 'a third deleted on both');
+is($node->safe_psql('other', q{SELECT min(span) || ' ' || max(span) || ' ' || (count(*) < 262144)
+							   FROM hashtree.entry_pack WHERE pb = 'spill'}),
+	'32 32 true', 'packs of one sub-bucket, emptied ones gone');
+is(check_trees($node, 'other'), '0', 'check_tree finds nothing (kept hashes included)');
+is($node->safe_psql('other', $kept), "$nbuckets $nbuckets", 'every level-2 row keeps what its packs give');
+is($node->safe_psql('postgres', $diff), '10 10', 'an exchange still finds the ten');
 
 done_testing();
