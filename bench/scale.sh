@@ -8,6 +8,8 @@
 #   reset         reset() of every partition
 #   update 1k     update() of every partition after 1,000 changed rows
 #   fold          update() after 200,000 changed rows: logged keys folded per second
+#   fold 30k      the same after 30,000 changed rows (what one tick of the workers
+#                 folds when the table is written at 30,000 rows per second): ms
 #   exchange 1k   exchange('b') with a second node holding the same rows but
 #                 1,000 differing ones (EXCHANGE=0 skips it: it doubles the load;
 #                 VACUUM=1 vacuums a's tables first, as autovacuum would after the
@@ -105,7 +107,7 @@ stored_bytes() {
 }
 
 declare -A R
-printf '%-10s %9s %9s %9s %9s %6s %9s %9s %9s %9s %9s %8s %8s %9s\n' rows scan_ms track_ms upd1_ms compar_ms ratio reset_ms upd1k_ms fold_k/s xchg1k_ms xchg_warm B/row vs_tbl rss_MB
+printf '%-10s %9s %9s %9s %9s %6s %9s %9s %9s %9s %9s %9s %8s %8s %9s\n' rows scan_ms track_ms upd1_ms compar_ms ratio reset_ms upd1k_ms fold_k/s fold30k_ms xchg1k_ms xchg_warm B/row vs_tbl rss_MB
 for N in "${SIZES[@]}"; do
 	$A -c "SELECT hashtree.untrack(to_regclass('big')) WHERE EXISTS (SELECT 1 FROM hashtree.tracked_table WHERE table_name = 'big')" >/dev/null
 	load "$A" "$N"
@@ -123,12 +125,16 @@ for N in "${SIZES[@]}"; do
 	$A -c "UPDATE big SET amount = amount + 1 WHERE id % $step = 0" >/dev/null
 	keys=$($A -At -c "SELECT count(*) FROM hashtree.dirty_key")
 	measure "$A" "$UPDATE_ALL"; fold=$(echo "$keys * 1000 / $MS" | bc); rss=$(( RSS > rss ? RSS : rss ))
+	step30=$(( N / 30000 )); [ $step30 -ge 1 ] || step30=1
+	$A -c "UPDATE big SET amount = amount + 1 WHERE id % $step30 = 1" >/dev/null
+	measure "$A" "$UPDATE_ALL"; fold30=$MS
 	xchg=-
 	xchgw=-
 	if [ "$EXCHANGE" = 1 ]; then
 		$B -c "SELECT hashtree.untrack(to_regclass('big')) WHERE EXISTS (SELECT 1 FROM hashtree.tracked_table WHERE table_name = 'big')" >/dev/null
 		load "$B" "$N"
 		$B -c "UPDATE big SET amount = amount + 1 WHERE id % $step = 0" \
+			-c "UPDATE big SET amount = amount + 1 WHERE id % $step30 = 1" \
 			-c "SELECT hashtree.track('big')" -c "$UPDATE_ALL" \
 			-c "UPDATE big SET status = 'drift' WHERE id IN (SELECT (random() * ($N - 1))::bigint + 1 FROM generate_series(1, 1000))" \
 			-c "$UPDATE_ALL" >/dev/null
@@ -137,8 +143,8 @@ for N in "${SIZES[@]}"; do
 		xchg=$MS1; xchgw=$MS
 	fi
 	ratio=$(echo "scale=2; ($track + $upd1) / $scan" | bc)
-	printf '%-10s %9.0f %9.0f %9.0f %9.0f %5sx %9.0f %9.0f %9s %9s %9s %8s %8s %9s\n' "$N" "$scan" "$track" "$upd1" \
-		"$(echo "$track + $upd1" | bc)" "$ratio" "$reset" "$upd1k" "$(echo "$fold / 1000" | bc)" "$xchg" "$xchgw" \
+	printf '%-10s %9.0f %9.0f %9.0f %9.0f %5sx %9.0f %9.0f %9s %9.0f %9s %9s %8s %8s %9s\n' "$N" "$scan" "$track" "$upd1" \
+		"$(echo "$track + $upd1" | bc)" "$ratio" "$reset" "$upd1k" "$(echo "$fold / 1000" | bc)" "$fold30" "$xchg" "$xchgw" \
 		"$(( bytes / N ))" "$(echo "scale=2; $bytes / $tbl" | bc)" "$(( rss / 1024 ))"
 	R[$N]="$scan $track $upd1 $reset $upd1k $xchg $xchgw"
 done

@@ -172,23 +172,53 @@ ht_subs_decode(const bytea *b, HtSum *sums, int nsubs)
 }
 
 bytea *
-ht_subs_encode(const HtSum *sums, int nsubs)
+ht_subs_add(const bytea *b, const int *idx, const HtSum *deltas, int n, int nsubs)
 {
-	bytea	   *b = palloc(VARHDRSZ + nsubs * HT_SUBS_ITEM);
-	uint8	   *p = (uint8 *) VARDATA(b);
-	int			len = 0;
+	const uint8 *p = (const uint8 *) VARDATA_ANY(b);
+	int			len = VARSIZE_ANY_EXHDR(b);
+	bytea	   *out = palloc(VARHDRSZ + len + n * HT_SUBS_ITEM);
+	uint8	   *o = (uint8 *) VARDATA(out);
+	int			olen = 0;
+	int			off = 0;
+	int			d = 0;
 
-	Assert(nsubs <= 256);
-	for (int i = 0; i < nsubs; i++)
+	if (len % HT_SUBS_ITEM != 0)
+		elog(ERROR, "hashtree: stored sub-bucket hashes have %d bytes, not a multiple of %d",
+			 len, HT_SUBS_ITEM);
+	while (off < len || d < n)
 	{
-		if (ht_sum_is_zero(&sums[i]))
+		int			at = off < len ? p[off] : nsubs;
+		HtSum		sum;
+
+		if (off < len && (at >= nsubs || (off > 0 && at <= p[off - HT_SUBS_ITEM])))
+			elog(ERROR, "hashtree: stored sub-bucket hashes are out of order");
+		if (d < n && idx[d] < at)
+		{
+			/* a sub-bucket the list does not hold yet */
+			sum = deltas[d++];
+			at = idx[d - 1];
+		}
+		else if (d < n && idx[d] == at)
+		{
+			ht_sum_from_bytes(&sum, p + off + 1);
+			ht_sum_add(&sum, &deltas[d++]);
+			off += HT_SUBS_ITEM;
+		}
+		else
+		{
+			memcpy(o + olen, p + off, HT_SUBS_ITEM);
+			olen += HT_SUBS_ITEM;
+			off += HT_SUBS_ITEM;
 			continue;
-		p[len] = (uint8) i;
-		ht_sum_to_bytes(&sums[i], p + len + 1);
-		len += HT_SUBS_ITEM;
+		}
+		if (ht_sum_is_zero(&sum))
+			continue;
+		o[olen] = (uint8) at;
+		ht_sum_to_bytes(&sum, o + olen + 1);
+		olen += HT_SUBS_ITEM;
 	}
-	SET_VARSIZE(b, VARHDRSZ + len);
-	return b;
+	SET_VARSIZE(out, VARHDRSZ + olen);
+	return out;
 }
 
 #ifdef USE_OPENSSL

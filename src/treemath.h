@@ -98,11 +98,17 @@ extern void ht_sum_from_bytea(HtSum *s, const bytea *b);	/* NULL -> zero */
  * The sub-bucket hashes a level-2 row of a big packed leaf tree keeps
  * (node.subs, §2): for each non-zero one, in ascending order, its index in
  * the bucket (one byte) and its 32 bytes.  Decoded into nsubs sums (the
- * absent ones zero); encoded from them (an empty bytea when all are zero).
+ * absent ones zero).
  */
 #define HT_SUBS_ITEM	(1 + HT_DIGEST_LEN)
 extern void ht_subs_decode(const bytea *b, HtSum *sums, int nsubs);
-extern bytea *ht_subs_encode(const HtSum *sums, int nsubs);
+
+/*
+ * The list b with deltas[i] added to the hash of sub-bucket idx[i] (idx
+ * ascending, distinct, < nsubs): only those are converted, the other items
+ * are copied as they are
+ */
+extern bytea *ht_subs_add(const bytea *b, const int *idx, const HtSum *deltas, int n, int nsubs);
 
 /* SHA-256 over up to three byte strings, with a long-lived context */
 extern void ht_sha256(const void *a, size_t alen, const void *b, size_t blen,

@@ -23,6 +23,7 @@
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
+#include "utils/lsyscache.h"
 #include "utils/memutils.h"
 #include "utils/timestamp.h"
 
@@ -504,13 +505,18 @@ fold_upper_levels(int part, DepthWork *w, HtUpdateStats *stats)
 			if (old_subs[i] != NULL)
 			{
 				int			nsubs = HT_SUBS_PER_BUCKET(HT_DEPTH_LEAF);
-				HtSum	   *sums = palloc(sizeof(HtSum) * nsubs);
+				int		   *idx = palloc(sizeof(int) * (ps - first));
+				HtSum	   *deltas = palloc(sizeof(HtSum) * (ps - first));
 
-				ht_subs_decode(old_subs[i], sums, nsubs);
+				/* (psubs: by sub-bucket, one each) */
 				for (int j = first; j < ps; j++)
-					ht_sum_add(&sums[w->psubs[j].sub & (nsubs - 1)], &w->psubs[j].delta);
-				subs = ht_subs_encode(sums, nsubs);
-				pfree(sums);
+				{
+					idx[j - first] = w->psubs[j].sub & (nsubs - 1);
+					deltas[j - first] = w->psubs[j].delta;
+				}
+				subs = ht_subs_add(old_subs[i], idx, deltas, ps - first, nsubs);
+				pfree(idx);
+				pfree(deltas);
 			}
 		}
 
