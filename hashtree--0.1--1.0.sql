@@ -93,6 +93,10 @@ DROP TABLE @extschema@.dirty_key_0_1;
 -- The sub-bucket hashes that the level-2 rows of big packed leaf trees keep
 -- (written by rebuilds: every partition becomes not built below).
 ALTER TABLE @extschema@.node ADD COLUMN subs bytea;
+CREATE FUNCTION @extschema@._subs_add(subs bytea, deltas bytea) RETURNS bytea
+	AS 'MODULE_PATHNAME', 'ht_subs_add_sql'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+REVOKE EXECUTE ON FUNCTION @extschema@._subs_add(bytea, bytea) FROM PUBLIC;
 
 -- Room on each page of the packs, so that the fold's rewrites are HOT updates
 -- (pages filled before stay as they are until rewritten), and the versions

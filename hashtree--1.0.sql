@@ -193,6 +193,12 @@ CREATE FUNCTION @extschema@._pack_sum(lo int4, data bytea, OUT hash bytea, OUT n
 	AS 'MODULE_PATHNAME', 'ht_pack_sum'
 	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
 
+-- the sub-bucket hashes a level-2 row keeps (node.subs) with the fold's
+-- deltas added: both lists of (index in the bucket, 32 bytes), by index
+CREATE FUNCTION @extschema@._subs_add(subs bytea, deltas bytea) RETURNS bytea
+	AS 'MODULE_PATHNAME', 'ht_subs_add_sql'
+	LANGUAGE C IMMUTABLE STRICT PARALLEL SAFE;
+
 -- the packed entries of one segment, found by the lookup the C code uses
 -- (src/pack.c: the tree's span, then the pack at lo = seg - seg % span)
 CREATE FUNCTION @extschema@._pack_seg("partition" int, prefix_a text, prefix_b text, seg int4)

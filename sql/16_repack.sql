@@ -104,3 +104,15 @@ SELECT count(*) AS kw_1_tombstones FROM hashtree.tombstone WHERE pb = 'kw_1';
 RESET maintenance_work_mem;
 DROP TABLE kw_1, kw_2;
 DROP FUNCTION update_all(), trees_ok(), tops(text), as_rebuilt(text);
+
+-- _subs_add: the kept sub-bucket hashes of a level-2 row with deltas added
+-- (items of an index byte and 32 bytes, by index); a hash that comes back to
+-- zero leaves the list
+SELECT encode(hashtree._subs_add(''::bytea, decode('03' || repeat('00', 31) || '05', 'hex')), 'hex') AS added;
+SELECT length(hashtree._subs_add(decode('03' || repeat('00', 31) || '05', 'hex'),
+                                 decode('03' || repeat('ff', 31) || 'fb', 'hex'))) AS back_to_zero;
+SELECT encode(hashtree._subs_add(decode('01' || repeat('00', 31) || '01' || '04' || repeat('00', 31) || '02', 'hex'),
+                                 decode('02' || repeat('00', 31) || '07', 'hex')), 'hex') AS merged;
+SELECT hashtree._subs_add(''::bytea, decode('00', 'hex'));
+SELECT hashtree._subs_add(''::bytea, decode('05' || repeat('00', 32) || '02' || repeat('00', 32), 'hex'));
+SELECT hashtree._subs_add(''::bytea, decode('20' || repeat('00', 32), 'hex'));

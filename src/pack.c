@@ -1872,3 +1872,41 @@ ht_pack_sum(PG_FUNCTION_ARGS)
 	v[1] = Int64GetDatum(n);
 	PG_RETURN_DATUM(HeapTupleGetDatum(heap_form_tuple(desc, v, nulls)));
 }
+
+/*
+ * hashtree._subs_add(subs bytea, deltas bytea) RETURNS bytea
+ * The sub-bucket hashes a level-2 row keeps (node.subs, DESIGN §2) with
+ * deltas added: both lists of (index in the bucket: one byte, 32 bytes),
+ * by index, each index once; a hash that becomes zero leaves the list.
+ * The update writes a row and its list in one statement with it.  Locks:
+ * none.
+ */
+PG_FUNCTION_INFO_V1(ht_subs_add_sql);
+Datum
+ht_subs_add_sql(PG_FUNCTION_ARGS)
+{
+	bytea	   *subs = PG_GETARG_BYTEA_PP(0);
+	bytea	   *d = PG_GETARG_BYTEA_PP(1);
+	const uint8 *p = (const uint8 *) VARDATA_ANY(d);
+	int			len = VARSIZE_ANY_EXHDR(d);
+	int			nsubs = HT_SUBS_PER_BUCKET(HT_DEPTH_LEAF);
+	int			n = len / HT_SUBS_ITEM;
+	int		   *idx = palloc(sizeof(int) * Max(n, 1));
+	HtSum	   *deltas = palloc(sizeof(HtSum) * Max(n, 1));
+
+	for (int i = 0; i < n; i++)
+	{
+		idx[i] = p[i * HT_SUBS_ITEM];
+		if (idx[i] >= nsubs || (i > 0 && idx[i] <= idx[i - 1]))
+			n = -1;				/* (reported below) */
+		if (n < 0)
+			break;
+		ht_sum_from_bytes(&deltas[i], p + i * HT_SUBS_ITEM + 1);
+	}
+	if (n < 0 || len % HT_SUBS_ITEM != 0)
+		ereport(ERROR,
+				(errcode(ERRCODE_INVALID_PARAMETER_VALUE),
+				 errmsg("deltas must be items of %d bytes, by ascending index below %d",
+						HT_SUBS_ITEM, nsubs)));
+	PG_RETURN_BYTEA_P(ht_subs_add(subs, idx, deltas, n, nsubs));
+}

@@ -74,8 +74,8 @@ typedef struct NodeWrite
 	int64		child;
 	HtSum		sum;			/* zero: delete the row */
 	int64		n;
-	bytea	   *subs;			/* level 2: the sub-bucket hashes, NULL: as
-								 * they are */
+	bytea	   *dsubs;			/* level 2: deltas for the kept sub-bucket
+								 * hashes (index, 32 bytes each), or NULL */
 } NodeWrite;
 
 /* the trees of one depth touched by an update, and their pending changes */
@@ -150,25 +150,8 @@ child_delta(int64 child, const HtSum *old, const HtSum *new, HtSum *delta)
 	ht_sum_sub(delta, &t);
 }
 
-/*
- * $9: the level-2 rows' kept sub-bucket hashes, NULL: as they are, '': none
- * (stored as NULL, as a rebuild stores a bucket without packs of one
- * sub-bucket)
- */
+/* (a new row keeps no sub-bucket hashes; an existing row keeps its own) */
 static HtQuery q_node_upsert = {
-	"INSERT INTO hashtree.node AS t (part, depth, level, pa, pb, child, hash, n, subs)"
-	" SELECT $1, $2, $3, u.pa, u.pb, u.child, u.hash, u.n, nullif(u.subs, ''::bytea)"
-	" FROM unnest($4::text[], $5::text[], $6::int8[], $7::bytea[], $8::int8[], $9::bytea[])"
-	"  AS u(pa, pb, child, hash, n, subs)"
-	" ON CONFLICT (part, depth, pa, pb, level, child)"
-	" DO UPDATE SET hash = EXCLUDED.hash, n = EXCLUDED.n,"
-	"  subs = CASE WHEN EXCLUDED.subs IS NULL THEN t.subs ELSE nullif(EXCLUDED.subs, ''::bytea) END",
-	9, {INT4OID, INT2OID, INT2OID, TEXTARRAYOID, TEXTARRAYOID, INT8ARRAYOID,
-		BYTEAARRAYOID, INT8ARRAYOID, BYTEAARRAYOID}
-};
-
-/* the same in a database not updated to this version yet (no node.subs) */
-static HtQuery q_node_upsert_nosubs = {
 	"INSERT INTO hashtree.node AS t (part, depth, level, pa, pb, child, hash, n)"
 	" SELECT $1, $2, $3, u.pa, u.pb, u.child, u.hash, u.n"
 	" FROM unnest($4::text[], $5::text[], $6::int8[], $7::bytea[], $8::int8[])"
@@ -177,6 +160,28 @@ static HtQuery q_node_upsert_nosubs = {
 	" DO UPDATE SET hash = EXCLUDED.hash, n = EXCLUDED.n",
 	8, {INT4OID, INT2OID, INT2OID, TEXTARRAYOID, TEXTARRAYOID, INT8ARRAYOID,
 		BYTEAARRAYOID, INT8ARRAYOID}
+};
+
+/*
+ * Existing level-2 rows of leaf trees: their hash and n, and their kept
+ * sub-bucket hashes (when they keep some) with the fold's deltas added
+ * there (an empty list is stored as NULL, as a rebuild stores it).  Each
+ * row found by a probe of the primary key, as q_node_fetch does; the
+ * request numbers of the rows written come back.
+ */
+static HtQuery q_node_subs_update = {
+	"UPDATE hashtree.node t SET hash = u.hash, n = u.n,"
+	"  subs = CASE WHEN t.subs IS NULL THEN NULL"
+	"   ELSE nullif(hashtree._subs_add(t.subs, u.d), ''::bytea) END"
+	" FROM (SELECT u.*, x.tid FROM unnest($2::text[], $3::text[], $4::int8[], $5::bytea[],"
+	"   $6::int8[], $7::bytea[]) WITH ORDINALITY AS u(pa, pb, child, hash, n, d, i)"
+	"  CROSS JOIN LATERAL (SELECT y.ctid AS tid FROM hashtree.node y"
+	"   WHERE y.part = $1 AND y.depth = 2 AND y.level = 2 AND y.pa = u.pa AND y.pb = u.pb"
+	"    AND y.child = u.child LIMIT 1) x) u"
+	" WHERE t.ctid = u.tid"
+	" RETURNING u.i::int4",
+	7, {INT4OID, TEXTARRAYOID, TEXTARRAYOID, INT8ARRAYOID, BYTEAARRAYOID, INT8ARRAYOID,
+		BYTEAARRAYOID}
 };
 
 /*
@@ -211,8 +216,6 @@ write_nodes(int part, DepthWork *w, int level, NodeWrite *nw, int n,
 	int64	   *child = palloc(sizeof(int64) * HT_BATCH);
 	Datum	   *hash = palloc(sizeof(Datum) * HT_BATCH);
 	int64	   *cnt = palloc(sizeof(int64) * HT_BATCH);
-	Datum	   *subs = palloc(sizeof(Datum) * HT_BATCH);
-	bool	   *nosubs = palloc(sizeof(bool) * HT_BATCH);
 
 	for (int pass = 0; pass < 2; pass++)
 	{
@@ -230,14 +233,12 @@ write_nodes(int part, DepthWork *w, int level, NodeWrite *nw, int n,
 				{
 					hash[k] = PointerGetDatum(ht_sum_to_bytea(&nw[i].sum));
 					cnt[k] = nw[i].n;
-					subs[k] = PointerGetDatum(nw[i].subs);
-					nosubs[k] = (nw[i].subs == NULL);
 				}
 				k++;
 			}
 			if (k > 0 && (k == HT_BATCH || i == n))
 			{
-				Datum		v[9];
+				Datum		v[8];
 
 				v[0] = Int32GetDatum(part);
 				v[1] = Int16GetDatum(w->depth);
@@ -249,14 +250,13 @@ write_nodes(int part, DepthWork *w, int level, NodeWrite *nw, int n,
 				{
 					v[6] = PointerGetDatum(ht_array_bytea(hash, k));
 					v[7] = PointerGetDatum(ht_array_int8(cnt, k));
-					v[8] = PointerGetDatum(ht_array_bytea_nulls(subs, nosubs, k));
-					ht_exec(node_keeps_subs() ? &q_node_upsert : &q_node_upsert_nosubs, v, NULL, 0);
+					ht_exec(&q_node_upsert, v, NULL, 0);
 					for (int j = 0; j < k; j++)
 						pfree(DatumGetPointer(hash[j]));
 				}
 				else
 					ht_exec(&q_node_delete, v, NULL, 0);
-				for (int j = 3; j < (deleting ? 6 : 9); j++)
+				for (int j = 3; j < (deleting ? 6 : 8); j++)
 					pfree(DatumGetPointer(v[j]));
 				stats->nodes += k;
 				k = 0;
@@ -268,20 +268,10 @@ write_nodes(int part, DepthWork *w, int level, NodeWrite *nw, int n,
 	pfree(child);
 	pfree(hash);
 	pfree(cnt);
-	pfree(subs);
-	pfree(nosubs);
 }
 
 static HtQuery q_node_fetch = {
-	"SELECT u.i::int4, y.hash, y.n, y.subs"
-	" FROM unnest($4::text[], $5::text[], $6::int8[]) WITH ORDINALITY AS u(pa, pb, child, i)"
-	" CROSS JOIN LATERAL (SELECT t.hash, t.n, t.subs FROM hashtree.node t"
-	"   WHERE t.part = $1 AND t.depth = $2 AND t.level = $3"
-	"    AND t.pa = u.pa AND t.pb = u.pb AND t.child = u.child LIMIT 1) y",
-	6, {INT4OID, INT2OID, INT2OID, TEXTARRAYOID, TEXTARRAYOID, INT8ARRAYOID}
-};
-static HtQuery q_node_fetch_nosubs = {
-	"SELECT u.i::int4, y.hash, y.n, NULL::bytea"
+	"SELECT u.i::int4, y.hash, y.n"
 	" FROM unnest($4::text[], $5::text[], $6::int8[]) WITH ORDINALITY AS u(pa, pb, child, i)"
 	" CROSS JOIN LATERAL (SELECT t.hash, t.n FROM hashtree.node t"
 	"   WHERE t.part = $1 AND t.depth = $2 AND t.level = $3"
@@ -291,12 +281,11 @@ static HtQuery q_node_fetch_nosubs = {
 
 /*
  * Current (hash, n) of the nodes (tree[i], child[i]) of a level; absent
- * nodes read as zero.  With subs: their stored sub-bucket hashes too (NULL
- * when none are kept), copied into the current memory context.
+ * nodes read as zero.
  */
 static void
-fetch_nodes_subs(int part, DepthWork *w, int level, int n, const int *tree,
-				 const int64 *child, HtSum *sum, int64 *cnt, bytea **subs)
+fetch_nodes(int part, DepthWork *w, int level, int n, const int *tree,
+			const int64 *child, HtSum *sum, int64 *cnt)
 {
 	Datum	   *pa = palloc(sizeof(Datum) * Min(n, HT_BATCH));
 	Datum	   *pb = palloc(sizeof(Datum) * Min(n, HT_BATCH));
@@ -305,8 +294,6 @@ fetch_nodes_subs(int part, DepthWork *w, int level, int n, const int *tree,
 	{
 		ht_sum_zero(&sum[i]);
 		cnt[i] = 0;
-		if (subs)
-			subs[i] = NULL;
 	}
 	for (int base = 0; base < n; base += HT_BATCH)
 	{
@@ -325,32 +312,21 @@ fetch_nodes_subs(int part, DepthWork *w, int level, int n, const int *tree,
 		v[3] = PointerGetDatum(ht_array_text(pa, k));
 		v[4] = PointerGetDatum(ht_array_text(pb, k));
 		v[5] = PointerGetDatum(ht_array_int8(child + base, k));
-		nrows = ht_exec(node_keeps_subs() ? &q_node_fetch : &q_node_fetch_nosubs, v, NULL, 0);
+		nrows = ht_exec(&q_node_fetch, v, NULL, 0);
 		for (int j = 3; j < 6; j++)
 			pfree(DatumGetPointer(v[j]));
 		for (uint64 r = 0; r < nrows; r++)
 		{
 			bool		isnull;
 			int			i = base + DatumGetInt32(ht_col(r, 1, &isnull)) - 1;
-			Datum		d;
 
 			ht_sum_from_bytea(&sum[i], DatumGetByteaPP(ht_col(r, 2, &isnull)));
 			cnt[i] = DatumGetInt64(ht_col(r, 3, &isnull));
-			d = ht_col(r, 4, &isnull);
-			if (subs && !isnull)
-				subs[i] = DatumGetByteaPCopy(d);
 		}
 		SPI_freetuptable(SPI_tuptable);
 	}
 	pfree(pa);
 	pfree(pb);
-}
-
-static void
-fetch_nodes(int part, DepthWork *w, int level, int n, const int *tree,
-			const int64 *child, HtSum *sum, int64 *cnt)
-{
-	fetch_nodes_subs(part, w, level, n, tree, child, sum, cnt, NULL);
 }
 
 /*
@@ -377,7 +353,7 @@ fold_segments(int part, DepthWork *w, SegChange *ch, int nch,
 		nw[nnw].child = c->seg;
 		nw[nnw].sum = c->new_sum;
 		nw[nnw].n = c->new_n;
-		nw[nnw].subs = NULL;
+		nw[nnw].dsubs = NULL;
 		nnw++;
 
 		child_delta(c->seg, &c->old_sum, &c->new_sum, &d);
@@ -447,10 +423,107 @@ apply_deltas(int part, DepthWork *w, int level, BucketDelta *deltas, int nd,
 		nw[nnw].sum = old[i];
 		ht_sum_add(&nw[nnw].sum, &deltas[i].delta);
 		nw[nnw].n = old_n[i] + deltas[i].dn;
-		nw[nnw].subs = NULL;
+		nw[nnw].dsubs = NULL;
 		nnw++;
 	}
 	write_nodes(part, w, level, nw, nnw, stats);
+}
+
+/*
+ * The deltas of a bucket's packs of one sub-bucket (psubs of one bucket,
+ * by sub-bucket, one each) as _subs_add takes them: the sub-bucket's index
+ * in the bucket, then the delta's 32 bytes
+ */
+static bytea *
+subs_deltas(const BucketDelta *d, int n)
+{
+	bytea	   *b = palloc(VARHDRSZ + n * HT_SUBS_ITEM);
+	uint8	   *p = (uint8 *) VARDATA(b);
+	int			nsubs = HT_SUBS_PER_BUCKET(HT_DEPTH_LEAF);
+
+	for (int i = 0; i < n; i++)
+	{
+		p[i * HT_SUBS_ITEM] = (uint8) (d[i].sub & (nsubs - 1));
+		ht_sum_to_bytes(&d[i].delta, p + i * HT_SUBS_ITEM + 1);
+	}
+	SET_VARSIZE(b, VARHDRSZ + n * HT_SUBS_ITEM);
+	return b;
+}
+
+/*
+ * Write the level-2 rows of nw that have deltas for kept sub-bucket hashes
+ * and a non-zero hash, when they exist (q_node_subs_update: the deltas are
+ * added where the row is, so the ~1 kB lists are neither read here nor sent
+ * back); returns nw without the rows written (those left: new rows and
+ * deletes, for write_nodes).
+ */
+static int
+write_kept_subs(int part, DepthWork *w, NodeWrite *nw, int n, HtUpdateStats *stats)
+{
+	int		   *idx = palloc(sizeof(int) * Max(n, 1));
+	bool	   *done = palloc0(sizeof(bool) * Max(n, 1));
+	int			k = 0;
+	int			left = 0;
+
+	for (int i = 0; i < n; i++)
+		if (nw[i].dsubs != NULL && !ht_sum_is_zero(&nw[i].sum))
+			idx[k++] = i;
+	for (int base = 0; base < k; base += HT_BATCH)
+	{
+		int			m = Min(HT_BATCH, k - base);
+		Datum	   *pa = palloc(sizeof(Datum) * m);
+		Datum	   *pb = palloc(sizeof(Datum) * m);
+		int64	   *child = palloc(sizeof(int64) * m);
+		Datum	   *hash = palloc(sizeof(Datum) * m);
+		int64	   *cnt = palloc(sizeof(int64) * m);
+		Datum	   *ds = palloc(sizeof(Datum) * m);
+		Datum		v[7];
+		uint64		nrows;
+
+		for (int j = 0; j < m; j++)
+		{
+			NodeWrite  *x = &nw[idx[base + j]];
+
+			pa[j] = w->pa[x->tree];
+			pb[j] = w->pb[x->tree];
+			child[j] = x->child;
+			hash[j] = PointerGetDatum(ht_sum_to_bytea(&x->sum));
+			cnt[j] = x->n;
+			ds[j] = PointerGetDatum(x->dsubs);
+		}
+		v[0] = Int32GetDatum(part);
+		v[1] = PointerGetDatum(ht_array_text(pa, m));
+		v[2] = PointerGetDatum(ht_array_text(pb, m));
+		v[3] = PointerGetDatum(ht_array_int8(child, m));
+		v[4] = PointerGetDatum(ht_array_bytea(hash, m));
+		v[5] = PointerGetDatum(ht_array_int8(cnt, m));
+		v[6] = PointerGetDatum(ht_array_bytea(ds, m));
+		nrows = ht_exec(&q_node_subs_update, v, NULL, 0);
+		for (uint64 r = 0; r < nrows; r++)
+		{
+			bool		isnull;
+
+			done[idx[base + DatumGetInt32(ht_col(r, 1, &isnull)) - 1]] = true;
+		}
+		SPI_freetuptable(SPI_tuptable);
+		stats->nodes += nrows;
+		for (int j = 1; j < 7; j++)
+			pfree(DatumGetPointer(v[j]));
+		for (int j = 0; j < m; j++)
+			pfree(DatumGetPointer(hash[j]));
+		pfree(pa);
+		pfree(pb);
+		pfree(child);
+		pfree(hash);
+		pfree(cnt);
+		pfree(ds);
+	}
+	for (int i = 0; i < n; i++)
+		if (!done[i])
+			nw[left++] = nw[i];
+	pfree(idx);
+	pfree(done);
+	return left;
 }
 
 static void
@@ -471,8 +544,8 @@ fold_upper_levels(int part, DepthWork *w, HtUpdateStats *stats)
 	int64	   *zeros;
 	HtSum	   *t_old;
 	int64	   *t_old_n;
-	bytea	  **old_subs;
 	int			ps = 0;			/* in w->psubs */
+	bool		keeps;
 
 	/* sub-buckets: the same digests, summed over 32 segments */
 	apply_deltas(part, w, HT_LEVEL_SUB, w->subs, w->nsubs, stats);
@@ -483,16 +556,16 @@ fold_upper_levels(int part, DepthWork *w, HtUpdateStats *stats)
 		tree[i] = w->buckets[i].tree;
 		child[i] = w->buckets[i].bucket;
 	}
-	old_subs = palloc0(sizeof(bytea *) * Max(nb, 1));
-	fetch_nodes_subs(part, w, 2, nb, tree, child, old, old_n, w->npsubs > 0 ? old_subs : NULL);
+	fetch_nodes(part, w, 2, nb, tree, child, old, old_n);
+	keeps = w->npsubs > 0 && node_keeps_subs();
 	for (int i = 0; i < nb; i++)
 	{
 		BucketDelta *b = &w->buckets[i];
 		HtSum		new = old[i];
 		HtSum		d;
-		bytea	   *subs = NULL;
+		bytea	   *dsubs = NULL;
 
-		/* the sub-bucket hashes the row keeps, with its packs' changes */
+		/* its packs' changes, for the sub-bucket hashes the row may keep */
 		while (ps < w->npsubs && bucket_delta_cmp(&w->psubs[ps], b) < 0)
 			ps++;
 		if (ps < w->npsubs && bucket_delta_cmp(&w->psubs[ps], b) == 0)
@@ -501,33 +574,18 @@ fold_upper_levels(int part, DepthWork *w, HtUpdateStats *stats)
 
 			while (ps < w->npsubs && bucket_delta_cmp(&w->psubs[ps], b) == 0)
 				ps++;
-			/* (none kept: the readers read the packs; so they still do) */
-			if (old_subs[i] != NULL)
-			{
-				int			nsubs = HT_SUBS_PER_BUCKET(HT_DEPTH_LEAF);
-				int		   *idx = palloc(sizeof(int) * (ps - first));
-				HtSum	   *deltas = palloc(sizeof(HtSum) * (ps - first));
-
-				/* (psubs: by sub-bucket, one each) */
-				for (int j = first; j < ps; j++)
-				{
-					idx[j - first] = w->psubs[j].sub & (nsubs - 1);
-					deltas[j - first] = w->psubs[j].delta;
-				}
-				subs = ht_subs_add(old_subs[i], idx, deltas, ps - first, nsubs);
-				pfree(idx);
-				pfree(deltas);
-			}
+			if (keeps)
+				dsubs = subs_deltas(w->psubs + first, ps - first);
 		}
 
-		if (ht_sum_is_zero(&b->delta) && b->dn == 0 && subs == NULL)
+		if (ht_sum_is_zero(&b->delta) && b->dn == 0 && dsubs == NULL)
 			continue;
 		ht_sum_add(&new, &b->delta);
 		nw[nnw].tree = b->tree;
 		nw[nnw].child = b->bucket;
 		nw[nnw].sum = new;
 		nw[nnw].n = old_n[i] + b->dn;
-		nw[nnw].subs = subs;
+		nw[nnw].dsubs = dsubs;
 		nnw++;
 
 		child_delta(b->bucket, &old[i], &new, &d);
@@ -541,6 +599,8 @@ fold_upper_levels(int part, DepthWork *w, HtUpdateStats *stats)
 		ht_sum_add(&t_delta[nt - 1], &d);
 		t_dn[nt - 1] += b->dn;
 	}
+	if (keeps)
+		nnw = write_kept_subs(part, w, nw, nnw, stats);
 	write_nodes(part, w, 2, nw, nnw, stats);
 
 	/* level 1 */
@@ -561,7 +621,7 @@ fold_upper_levels(int part, DepthWork *w, HtUpdateStats *stats)
 		nw[nnw].child = 0;
 		nw[nnw].sum = new;
 		nw[nnw].n = t_old_n[i] + t_dn[i];
-		nw[nnw].subs = NULL;
+		nw[nnw].dsubs = NULL;
 		nnw++;
 
 		HT_GROW(w->tops, w->ntops, w->tops_cap);
