@@ -176,16 +176,6 @@ ht_array_bytea(Datum *elems, int n)
 	return ht_array(elems, n, BYTEAOID);
 }
 
-/* the same, with NULL elements where nulls[i] */
-ArrayType *
-ht_array_bytea_nulls(Datum *elems, bool *nulls, int n)
-{
-	int			dims[1] = {n};
-	int			lbs[1] = {1};
-
-	return construct_md_array(elems, nulls, 1, dims, lbs, BYTEAOID, -1, false, TYPALIGN_INT);
-}
-
 ArrayType *
 ht_array_int8(const int64 *elems, int n)
 {

@@ -66,7 +66,6 @@ extern ArrayType *ht_array_text(Datum *elems, int n);
 extern ArrayType *ht_array_int8(const int64 *elems, int n);
 extern ArrayType *ht_array_int4(const int32 *elems, int n);
 extern ArrayType *ht_array_bytea(Datum *elems, int n);
-extern ArrayType *ht_array_bytea_nulls(Datum *elems, bool *nulls, int n);
 
 /*
  * Run a statement built with printf-style arguments (identifiers must be
