@@ -8,8 +8,8 @@
 #   reset         reset() of every partition
 #   update 1k     update() of every partition after 1,000 changed rows
 #   fold          update() after 200,000 changed rows: logged keys folded per second
-#   fold 30k      the same after 30,000 changed rows (what one tick of the workers
-#                 folds when the table is written at 30,000 rows per second): ms
+#   fold 30k      the same after 30,000 changed rows (one second of writes at
+#                 30,000 rows per second; the workers' tick is 10 s by default): ms
 #   exchange 1k   exchange('b') with a second node holding the same rows but
 #                 1,000 differing ones (EXCHANGE=0 skips it: it doubles the load;
 #                 VACUUM=1 vacuums a's tables first, as autovacuum would after the
