@@ -310,7 +310,7 @@ DROP TABLE longkey;
 -- buffer into a run written to a temporary file, and merges the runs once;
 -- the packs and trees are those of a build in memory
 CREATE TABLE many (id bigint PRIMARY KEY, v text);
-INSERT INTO many SELECT i, 'v' || i FROM generate_series(1, 60000) i;
+INSERT INTO many SELECT i, 'v' || i FROM generate_series(1, 100000) i;
 SELECT hashtree.track('many');
 CREATE TEMP TABLE in_memory AS
   SELECT part, lo, span, n, data FROM hashtree.entry_pack WHERE pb = 'many';

@@ -8,7 +8,10 @@
  * A re-hash therefore writes the entries of a tracked table as packs, each
  * holding the entries of `span` consecutive segments of one leaf tree in
  * one partition (span chosen so that a pack holds about hashtree.pack_target
- * entries, between 32 and 1024 segments), sorted by (segment, key).
+ * entries, between 4 and 1024 segments), sorted by (segment, key).  A pack
+ * covers whole sub-buckets (span >= 32) or a part of one (span < 32: the
+ * trees of more than ~14M entries per partition, where packs of a whole
+ * sub-bucket would grow past the target and be TOASTed).
  *
  * Invariants (docs/DESIGN.md section 4):
  *	- every pack of a tree in a partition has the same span, lo = a
@@ -56,7 +59,12 @@
 #include "sqlexec.h"
 #include "treemath.h"
 
-#define HT_PACK_MIN_SPAN	32		/* one sub-bucket: a pack covers whole sub-buckets */
+/*
+ * The smallest span: the re-hash keeps two 8-byte counters per pack of
+ * every partition in memory (2^20 / 4 packs of 16 bytes per partition, 32
+ * MB for 8 partitions, counted in maintenance_work_mem).
+ */
+#define HT_PACK_MIN_SPAN	4
 #define HT_PACK_MAX_SPAN	1024
 #define HT_PACK_WRITE_BYTES (256 * 1024)	/* pack bytes written at a time */
 
@@ -663,7 +671,7 @@ add_bucket_delta(HtBucketDeltas *deltas, text *pa, text *pb, int32 lo, int span,
 		d->pb = DatumGetTextPCopy(PointerGetDatum(pb));
 	}
 	d->bucket = lo >> ht_geometry[HT_DEPTH_LEAF].width_bits;
-	d->sub = (span == HT_SUB_SPAN) ? (lo >> HT_SUB_BITS) : -1;
+	d->sub = (span <= HT_SUB_SPAN) ? (lo >> HT_SUB_BITS) : -1;
 	d->delta = delta;
 	d->dn = dn;
 	deltas->n++;
@@ -827,6 +835,7 @@ ht_pack_apply(int part, text *pa, text *pb, HtPackEntry *changes, int n, HtPackE
 #define HT_CHUNK_SIZE (1024 * 1024)
 #define HT_MIN_RUN_BYTES (256 * 1024)	/* records per run at the very least */
 #define HT_MERGE_BATCH 10000	/* records merged between interrupt checks */
+#define HT_MAX_BUFFERED ((int64) PG_INT32_MAX)	/* records buffered (u32 positions) */
 
 /* one sorted run being merged: its file and its current record */
 typedef struct BuildRun
@@ -848,8 +857,8 @@ struct HtPackBuild
 	int			span;
 	int			npacks;			/* per partition */
 	int			nslots;			/* packs in all: (part < 0 ? nparts : 1) * npacks */
-	int64	   *counts;			/* records per slot */
-	int64		maxcount;		/* the largest of counts[] */
+	uint32	   *counts;			/* records per slot */
+	uint32		maxcount;		/* the largest of counts[] */
 	int64		nrecs;
 	char	  **chunks;
 	Size	   *lens;			/* bytes used in each chunk */
@@ -872,12 +881,20 @@ struct HtPackBuild
 int
 ht_pack_span_for(double est_rows)
 {
-	/* about ht_guc_pack_target entries per pack: span = segments * target / rows */
+	/*
+	 * About ht_guc_pack_target entries per pack: the span whose packs are
+	 * expected to hold the number of entries nearest the target (within a
+	 * factor of sqrt(2)), halved from the largest while they would hold
+	 * more.  (Until spans below one sub-bucket, the rule halved while they
+	 * held more than the target, stopping at 32: the same spans from 32
+	 * up, but for a target between the two rules.)
+	 */
 	double		per_tree = Max(est_rows / ht_num_partitions(), 1.0);
 	int64		segs = HT_SEGMENTS(HT_DEPTH_LEAF);
 	int			span = HT_PACK_MAX_SPAN;
 
-	while (span > HT_PACK_MIN_SPAN && (double) segs * ht_guc_pack_target / span < per_tree)
+	while (span > HT_PACK_MIN_SPAN &&
+		   per_tree * span / segs > ht_guc_pack_target * 1.4142135623730951)
 		span /= 2;
 	return span;
 }
@@ -915,7 +932,7 @@ ht_pack_needs_repack(const HtPackApplyStats *stats)
 static void
 build_set_limit(HtPackBuild *b, Size limit)
 {
-	Size		fixed = sizeof(int64) * 2 * (Size) b->nslots;
+	Size		fixed = sizeof(uint32) * 2 * (Size) b->nslots;
 
 	b->budget = limit > fixed + HT_MIN_RUN_BYTES ? limit - fixed : HT_MIN_RUN_BYTES;
 }
@@ -937,7 +954,8 @@ build_begin(text *pa, text *pb, int part, int nparts, int span, Size limit)
 	b->span = span;
 	b->npacks = (int) (segs / b->span);
 	b->nslots = b->npacks * (part < 0 ? b->nparts : 1);
-	b->counts = palloc0(sizeof(int64) * b->nslots);
+	b->counts = MemoryContextAllocHuge(cxt, sizeof(uint32) * b->nslots);
+	memset(b->counts, 0, sizeof(uint32) * b->nslots);
 	b->maxchunks = 64;
 	b->chunks = palloc(sizeof(char *) * b->maxchunks);
 	b->lens = palloc(sizeof(Size) * b->maxchunks);
@@ -1102,7 +1120,7 @@ static void
 build_flush(HtPackBuild *b, bool to_run)
 {
 	MemoryContext old = MemoryContextSwitchTo(b->cxt);
-	int64	   *pos = palloc(sizeof(int64) * (b->nslots + 1));
+	uint32	   *pos = MemoryContextAllocHuge(b->cxt, sizeof(uint32) * (b->nslots + 1));
 	const uint8 **recp = MemoryContextAllocHuge(b->cxt, sizeof(uint8 *) * Max(b->nrecs, 1));
 	BuildRec   *recs = NULL;
 	StringInfoData out;
@@ -1159,7 +1177,7 @@ build_flush(HtPackBuild *b, bool to_run)
 	{
 		int			part = b->part < 0 ? s / b->npacks : b->part;
 		int32		lo = (s % b->npacks) * b->span;
-		int64		first = pos[s] - b->counts[s];
+		uint32		first = pos[s] - b->counts[s];
 		int			n = (int) b->counts[s];
 
 		if (part != cur_part)
@@ -1217,7 +1235,7 @@ build_flush(HtPackBuild *b, bool to_run)
 		pfree(b->chunks[c]);
 	b->nchunks = 0;
 	b->used = 0;
-	memset(b->counts, 0, sizeof(int64) * b->nslots);
+	memset(b->counts, 0, sizeof(uint32) * b->nslots);
 	b->maxcount = 0;
 	b->nrecs = 0;
 	b->mem = 0;
@@ -1280,7 +1298,7 @@ ht_pack_build_add(HtPackBuild *b, int part, int32 seg, const char *key, int keyl
 	if (++b->counts[slot] > b->maxcount)
 		b->maxcount = b->counts[slot];
 	b->nrecs++;
-	if (build_mem(b) > b->budget)
+	if (build_mem(b) > b->budget || b->nrecs >= HT_MAX_BUFFERED)
 		build_flush(b, true);
 }
 
@@ -1676,17 +1694,27 @@ ht_pack_children(HtPackReader *r, int part, Datum pa, Datum pb, int level, int64
 		int			nrec;
 		int			i = 0;
 
-		/* a pack of one sub-bucket: its stored term is the sub-bucket's hash */
-		if (shift != 0 && pspan == (1 << HT_SUB_BITS))
+		/*
+		 * packs of (a part of) one sub-bucket: the sub-bucket's hash is the
+		 * sum of its packs' stored terms
+		 */
+		if (shift != 0 && pspan <= (1 << HT_SUB_BITS))
 		{
 			Datum		d = heap_getattr(tup, ps->att_sum, ps->desc, &isnull);
 
 			if (!isnull)
 			{
-				HtSum		sum;
+				HtSum		term;
 
-				ht_sum_from_bytea(&sum, DatumGetByteaPP(d));
-				nout = ht_child_put(out, nout, cap, lo >> shift, &sum);
+				if (cur != (lo >> shift))
+				{
+					if (cur >= 0)
+						nout = ht_child_put(out, nout, cap, cur, &acc);
+					cur = lo >> shift;
+					ht_sum_zero(&acc);
+				}
+				ht_sum_from_bytea(&term, DatumGetByteaPP(d));
+				ht_sum_add(&acc, &term);
 			}
 			continue;
 		}

@@ -86,20 +86,23 @@ typedef struct HtBucketDelta
 
 /*
  * SQL: the sub-bucket hashes that the level-2 row of bucket b of leaf tree
- * (pa, pb) in partition part keeps (node.subs, §2, ht_subs_decode): its
- * packs of one sub-bucket, each as one byte of its index in the bucket and
- * its stored term (which is the sub-bucket's hash), by lo; NULL when there
- * are none.  wbits: the width bits of a leaf bucket.  The arguments are SQL
- * expressions.  (One probe first: the tree's packs are all of one span.)
+ * (pa, pb) in partition part keeps (node.subs, §2, ht_subs_decode), when
+ * its packs cover (a part of) one sub-bucket each: for each sub-bucket
+ * with packs, one byte of its index in the bucket and the sum of its
+ * packs' stored terms (which is the sub-bucket's hash), by index; NULL when
+ * there are none or the packs are wider.  wbits: the width bits of a leaf
+ * bucket.  The arguments are SQL expressions.  (One probe first: the tree's
+ * packs are all of one span.)
  */
 #define HT_SUBS_SQL(part, pa, pb, b, wbits) \
 	"CASE WHEN (SELECT q.span FROM hashtree.entry_pack q WHERE q.part = " part \
-	" AND q.pa = " pa " AND q.pb = " pb " LIMIT 1) = " CppAsString2(HT_SUB_SPAN) " THEN" \
-	" (SELECT string_agg(set_byte(decode('00', 'hex'), 0, (p.lo >> " CppAsString2(HT_SUB_BITS) ")" \
-	" & ((1 << (" wbits " - " CppAsString2(HT_SUB_BITS) ")) - 1)) || p.sum, ''::bytea ORDER BY p.lo)" \
+	" AND q.pa = " pa " AND q.pb = " pb " LIMIT 1) <= " CppAsString2(HT_SUB_SPAN) " THEN" \
+	" (SELECT string_agg(set_byte(decode('00', 'hex'), 0, g.i) || g.h, ''::bytea ORDER BY g.i)" \
+	" FROM (SELECT (p.lo >> " CppAsString2(HT_SUB_BITS) ")" \
+	" & ((1 << (" wbits " - " CppAsString2(HT_SUB_BITS) ")) - 1) AS i, hashtree._hash_sum(p.sum) AS h" \
 	" FROM hashtree.entry_pack p WHERE p.part = " part " AND p.pa = " pa " AND p.pb = " pb \
-	" AND p.span = " CppAsString2(HT_SUB_SPAN) " AND p.lo >= (" b " << " wbits ")" \
-	" AND p.lo < ((" b " + 1) << " wbits ")) END"
+	" AND p.span <= " CppAsString2(HT_SUB_SPAN) " AND p.lo >= (" b " << " wbits ")" \
+	" AND p.lo < ((" b " + 1) << " wbits ") AND p.sum IS NOT NULL GROUP BY 1) g) END"
 
 typedef struct HtBucketDeltas
 {

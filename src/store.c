@@ -578,6 +578,13 @@ tree_has_rows(TreeScan *ts, const ScanKeyData *key, int nkeys)
 	return found;
 }
 
+/* whether level-2 rows of a tree of packs of this span keep sub-bucket hashes */
+static bool
+subs_keepable(int32 span)
+{
+	return span > 0 && span <= HT_SUB_SPAN;
+}
+
 /*
  * The sub-bucket hashes the level-2 row of bucket b of leaf tree (pa, pb)
  * keeps (node.subs, §2), as children b * 32 + i appended to *out: false
@@ -702,11 +709,11 @@ ht_store_nodes(int part, int depth, int n, Datum *pa, Datum *pb, int level,
 			int			nsubs = HT_SUBS_PER_BUCKET(HT_DEPTH_LEAF);
 
 			/*
-			 * a bucket's sub-buckets in a tree of packs of one sub-bucket:
-			 * those its level-2 row keeps, if it does (§2)
+			 * a bucket's sub-buckets in a tree of packs of (a part of) one
+			 * sub-bucket: those its level-2 row keeps, if it does (§2)
 			 */
 			if (level != HT_LEVEL_SUB || span != nsubs || firsts[k] % nsubs != 0 ||
-				ht_pack_reader_span(reader, part, pa[k], pb[k]) != HT_SUB_SPAN ||
+				!subs_keepable(ht_pack_reader_span(reader, part, pa[k], pb[k])) ||
 				!kept_subs(&ts, part, pa[k], pb[k], firsts[k] / nsubs, &pk, &npk, &pkcap))
 				npk = ht_pack_children(reader, part, pa[k], pb[k], level, firsts[k],
 									   span, &pk, 0, &pkcap);

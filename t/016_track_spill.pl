@@ -255,7 +255,7 @@ is($node->safe_psql('other', $subs), $node->safe_psql('postgres', $subs),
 # (node.subs), which the compare reads instead of the bucket's 32 packs
 my $kept = q{SELECT count(*) || ' ' || count(*) FILTER (WHERE n.subs IS NOT NULL AND length(n.subs) = 33 * p.k)
 			   FROM hashtree.node n
-			   LEFT JOIN (SELECT part, lo >> 10 AS b, count(*) FILTER (WHERE sum IS NOT NULL) AS k
+			   LEFT JOIN (SELECT part, lo >> 10 AS b, count(DISTINCT lo >> 5) FILTER (WHERE sum IS NOT NULL) AS k
 							FROM hashtree.entry_pack WHERE pb = 'spill' GROUP BY 1, 2) p
 					  ON p.part = n.part AND p.b = n.child
 			  WHERE n.depth = 2 AND n.level = 2 AND n.pb = 'spill'};
@@ -317,5 +317,66 @@ is($node->safe_psql('other', q{SELECT min(span) || ' ' || max(span) || ' ' || (c
 is(check_trees($node, 'other'), '0', 'check_tree finds nothing (kept hashes included)');
 is($node->safe_psql('other', $kept), "$nbuckets $nbuckets", 'every level-2 row keeps what its packs give');
 is($node->safe_psql('postgres', $diff), '10 10', 'an exchange still finds the ten');
+
+# packs of a part of one sub-bucket (the span of trees of more than ~14M
+# entries per partition, forced here by the planner's estimate of the
+# table): a sub-bucket's hash is the sum of its packs' stored terms, which
+# the level-2 rows keep as they do for packs of one sub-bucket
+$node->safe_psql('postgres', 'CREATE DATABASE third');
+$node->safe_psql('third', qq{CREATE EXTENSION hashtree;
+	CREATE TABLE spill (id text PRIMARY KEY, v int);
+	INSERT INTO spill SELECT 'key-' || lpad(i::text, 100, '0'), i FROM generate_series(1, $rows) i;
+	UPDATE spill SET v = -v WHERE v % 30000 = 0;
+	DELETE FROM spill WHERE v % 3 = 1;
+	ANALYZE spill;
+	UPDATE pg_class SET reltuples = 1.6e7 WHERE oid = 'spill'::regclass});
+cmp_ok($node->safe_psql('third', q{SET client_min_messages = warning; SELECT hashtree.track('spill')}),
+	'>', 0, 'tracked as a table of 16M rows');
+is($node->safe_psql('third', q{SELECT min(span) || ' ' || max(span) FROM hashtree.entry_pack}),
+	'16 16', 'every pack half a sub-bucket');
+cmp_ok($node->safe_psql('third', q{SELECT count(*) FROM (SELECT part, lo >> 5 FROM hashtree.entry_pack
+									 GROUP BY 1, 2 HAVING count(*) = 2) s}), '>', 100,
+	'many sub-buckets have two packs');
+is(tops($node, 'third'), tops($node, 'other'), 'the same top hashes as packs of one sub-bucket');
+is(check_trees($node, 'third'), '0', 'check_tree finds nothing');
+is($node->safe_psql('third', $subs), $node->safe_psql('other', $subs),
+	'the same sub-bucket hashes, summed from two packs\' terms');
+($nbuckets, $nkept) = split / /, $node->safe_psql('third', $kept);
+cmp_ok($nbuckets, '>', 0, "$nbuckets level-2 rows");
+is($nkept, $nbuckets, 'each keeps the hashes of its sub-buckets');
+$node->safe_psql('third', q{ALTER TABLE hashtree.node DISABLE TRIGGER USER;
+	UPDATE hashtree.node SET subs = NULL WHERE subs IS NOT NULL AND part % 2 = 0;
+	ALTER TABLE hashtree.node ENABLE TRIGGER USER});
+is($node->safe_psql('third', $subs), $node->safe_psql('other', $subs),
+	'half of them not kept: the same hashes, from the packs\' terms');
+is(check_trees($node, 'third'), '0', 'check_tree accepts that');
+my $third_conn = $node->connstr('third');
+$node->safe_psql('other', "SELECT hashtree.add_peer('third', \$\$$third_conn\$\$)");
+my $diff3 = q{SELECT count(*) || ' ' || count(*) FILTER (WHERE kind = 'different')
+			   FROM hashtree.exchange('third')};
+is($node->safe_psql('other', $diff3), '0 0', 'an exchange with packs of one sub-bucket finds nothing');
+# the fold: changes and deletes that empty packs
+$node->safe_psql('third', 'DELETE FROM spill WHERE v % 3 = 2 AND v % 7 = 0;
+	UPDATE spill SET v = v + 1 WHERE v % 997 = 0');
+# (the small target: with ~1 entry per pack the fold would pack them again)
+is($node->safe_psql('third', q{SET client_min_messages = warning; SET hashtree.pack_target = 1;
+	SELECT string_agg(DISTINCT hashtree.lock(p) || '/' || hashtree.update(p), ',')
+	  FROM generate_series(0, 7) p}), 'ok/ok', 'rows changed and deleted, updated');
+is(check_trees($node, 'third'), '0', 'check_tree finds nothing (stored terms and kept hashes)');
+is($node->safe_psql('third', q{SELECT min(span) || ' ' || max(span) FROM hashtree.entry_pack}),
+	'16 16', 'still packs of half a sub-bucket');
+is($node->safe_psql('third', $kept), "$nbuckets " . ($nbuckets - $node->safe_psql('third',
+	q{SELECT count(*) FROM hashtree.node WHERE depth = 2 AND level = 2 AND pb = 'spill'
+	   AND subs IS NULL})), 'the kept lists follow the fold');
+my $changed = $node->safe_psql('other', q{SELECT count(*) FROM spill WHERE v % 997 = 0 OR (v % 3 = 2 AND v % 7 = 0)});
+is($node->safe_psql('other', $diff3), "$changed " . $node->safe_psql('other',
+	q{SELECT count(*) FROM spill WHERE v % 997 = 0 AND NOT (v % 3 = 2 AND v % 7 = 0)}),
+	'an exchange finds exactly the rows changed');
+$node->safe_psql('third', q{SET client_min_messages = warning; SET hashtree.pack_target = 1;
+	SELECT count(*) FROM (SELECT hashtree.reset(partition) FROM hashtree.status) s});
+is($node->safe_psql('third', q{SELECT min(span) || ' ' || max(span) FROM hashtree.entry_pack}),
+	'4 4', 'a reset with a target of one entry: packs of an eighth of a sub-bucket');
+is($node->safe_psql('third', $kept), "$nbuckets $nbuckets", 'a reset: every level-2 row keeps them again');
+is(check_trees($node, 'third'), '0', 'check_tree finds nothing');
 
 done_testing();
