@@ -679,38 +679,87 @@ add_bucket_delta(HtBucketDeltas *deltas, text *pa, text *pb, int32 lo, int span,
 }
 
 /*
- * The pack lo of a tree in a partition, by one probe of the primary key
- * (scan: an index scan of ps with 4 keys, rescanned for each pack): false
- * if there is none.  Its data copied into the caller's memory (the
- * rewrite that follows may change the page), its tid and stored term.
+ * The packs of one tree in a partition, met in ascending lo by one forward
+ * scan of the primary key over [first, last]: the packs asked for, in
+ * ascending order, each once.  (A probe per pack descended the B-tree each
+ * time: a sixth of a fold of sparse changes at 10M rows.)  The scan reads
+ * lo from the index entries and fetches only the packs asked for; entries
+ * of dead versions (earlier rewrites not yet vacuumed) fetch nothing.
  */
-static bool
-pack_probe(PackScan *ps, IndexScanDesc scan, TupleTableSlot *slot, int part,
-		   Datum pa, Datum pb, int32 lo, bytea **data, ItemPointerData *tid,
-		   HtSum *term)
+typedef struct PackCursor
 {
-	ScanKeyData key[4];
-	HeapTuple	tup;
-	bool		should_free;
-	bool		isnull;
-	Datum		d;
+	PackScan   *ps;
+	IndexScanDesc scan;
+	TupleTableSlot *slot;
+	bool		have;			/* the scan is on an entry not consumed yet */
+	int32		cur_lo;			/* ... of this lo */
+} PackCursor;
+
+static void
+pack_cursor_open(PackCursor *c, PackScan *ps, int part, Datum pa, Datum pb, int32 first,
+				 int32 last)
+{
+	ScanKeyData key[5];
 
 	/* (an index scan's keys name the index's columns: part, pa, pb, lo) */
 	ScanKeyInit(&key[0], 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(part));
 	ScanKeyInit(&key[1], 2, BTEqualStrategyNumber, F_TEXTEQ, pa);
 	ScanKeyInit(&key[2], 3, BTEqualStrategyNumber, F_TEXTEQ, pb);
-	ScanKeyInit(&key[3], 4, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(lo));
-	index_rescan(scan, key, 4, NULL, 0);
-	if (!index_getnext_slot(scan, ForwardScanDirection, slot))
-		return false;
-	tup = ExecFetchSlotHeapTuple(slot, false, &should_free);
-	*tid = slot->tts_tid;
+	ScanKeyInit(&key[3], 4, BTGreaterEqualStrategyNumber, F_INT4GE, Int32GetDatum(first));
+	ScanKeyInit(&key[4], 4, BTLessEqualStrategyNumber, F_INT4LE, Int32GetDatum(last));
+	c->ps = ps;
+	c->scan = index_beginscan(ps->rel, ps->idx, ps->snap, 5, 0);
+	c->scan->xs_want_itup = true;	/* lo from the index entry */
+	index_rescan(c->scan, key, 5, NULL, 0);
+	c->slot = table_slot_create(ps->rel, NULL);
+	c->have = false;
+}
+
+static void
+pack_cursor_close(PackCursor *c)
+{
+	ExecDropSingleTupleTableSlot(c->slot);
+	index_endscan(c->scan);
+}
+
+/*
+ * The pack lo (not below any lo asked for before): false if there is
+ * none.  Its data copied into the caller's memory (the rewrite that
+ * follows may change the page), its tid and stored term.
+ */
+static bool
+pack_cursor_get(PackCursor *c, int32 lo, bytea **data, ItemPointerData *tid, HtSum *term)
+{
+	PackScan   *ps = c->ps;
+	HeapTuple	tup;
+	bool		should_free;
+	bool		isnull;
+	Datum		d;
+
+	for (;;)
+	{
+		if (!c->have)
+		{
+			if (index_getnext_tid(c->scan, ForwardScanDirection) == NULL)
+				return false;
+			c->cur_lo = DatumGetInt32(index_getattr(c->scan->xs_itup, 4,
+													c->scan->xs_itupdesc, &isnull));
+			c->have = true;
+		}
+		if (c->cur_lo > lo)
+			return false;		/* (kept for a later lo) */
+		c->have = false;
+		if (c->cur_lo == lo && index_fetch_heap(c->scan, c->slot))
+			break;
+	}
+	tup = ExecFetchSlotHeapTuple(c->slot, false, &should_free);
+	*tid = c->slot->tts_tid;
 	*data = DatumGetByteaPCopy(heap_getattr(tup, ps->att_data, ps->desc, &isnull));
 	d = heap_getattr(tup, ps->att_sum, ps->desc, &isnull);
 	ht_sum_from_bytea(term, isnull ? NULL : DatumGetByteaPP(d));
 	if (should_free)
 		heap_freetuple(tup);
-	ExecClearTuple(slot);
+	ExecClearTuple(c->slot);
 	return true;
 }
 
@@ -719,8 +768,7 @@ apply_recs(int part, text *pa, text *pb, PackRec *ch, int n, HtBucketDeltas *del
 		   PackRec *rest, HtPackApplyStats *stats)
 {
 	PackScan	ps;
-	IndexScanDesc scan;
-	TupleTableSlot *slot;
+	PackCursor	cur;
 	int			span;
 	int			nrest = 0;
 	int32	   *dirty;
@@ -741,9 +789,9 @@ apply_recs(int part, text *pa, text *pb, PackRec *ch, int n, HtBucketDeltas *del
 		return n;
 	}
 
-	/* the packs the changes fall in, one probe each, in order */
-	scan = index_beginscan(ps.rel, ps.idx, ps.snap, 4, 0);
-	slot = table_slot_create(ps.rel, NULL);
+	/* the packs the changes fall in, in order (the changes are by segment) */
+	pack_cursor_open(&cur, &ps, part, PointerGetDatum(pa), PointerGetDatum(pb),
+					 ch[0].seg - ch[0].seg % span, ch[n - 1].seg - ch[n - 1].seg % span);
 	dirty = palloc(sizeof(int32) * n);
 	pu = pack_rewrite_open(part, span, pa, pb);
 	while (i < n)
@@ -761,8 +809,7 @@ apply_recs(int part, text *pa, text *pb, PackRec *ch, int n, HtBucketDeltas *del
 
 		for (j = i; j < n && ch[j].seg < lo + span; j++)
 			;
-		if (!pack_probe(&ps, scan, slot, part, PointerGetDatum(pa), PointerGetDatum(pb), lo,
-						&data, &tid, &term))
+		if (!pack_cursor_get(&cur, lo, &data, &tid, &term))
 		{
 			/* no pack covers them */
 			stats->outside += j - i;
@@ -789,8 +836,7 @@ apply_recs(int part, text *pa, text *pb, PackRec *ch, int n, HtBucketDeltas *del
 		i = j;
 	}
 	pack_rewrite_close(pu);
-	ExecDropSingleTupleTableSlot(slot);
-	index_endscan(scan);
+	pack_cursor_close(&cur);
 	pack_scan_close(&ps);
 	return nrest;
 }
