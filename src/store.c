@@ -694,9 +694,10 @@ ht_store_nodes(int part, int depth, int n, Datum *pa, Datum *pb, int level,
 				}
 				out[nrows].i = k + 1;
 				out[nrows].child = DatumGetInt64(heap_getattr(tup, att_child, ts.desc, &isnull));
+				/* (a sub-bucket's whole sum: packs may add to it, below) */
 				out[nrows].hash =
 					bytea_prefix(DatumGetByteaPP(heap_getattr(tup, att_hash, ts.desc, &isnull)),
-								 hash_bytes);
+								 (packed && level == HT_LEVEL_SUB) ? 0 : hash_bytes);
 				nrows++;
 			}
 			systable_endscan_ordered(scan);
@@ -720,17 +721,39 @@ ht_store_nodes(int part, int depth, int n, Datum *pa, Datum *pb, int level,
 
 			if (npk > 0)
 			{
+				int			nr = nrows - first;	/* the rows read, by child */
+				int			r = 0;
+
 				/* (geometric growth: a batch has thousands of requests) */
 				if (nrows + npk >= cap)
 				{
 					cap = Max(cap * 2, nrows + npk + 1);
 					out = repalloc(out, sizeof(HtNodeRow) * cap);
 				}
+
 				for (int j = 0; j < npk; j++)
 				{
 					uint8		bytes[HT_DIGEST_LEN];
 					int			len = hash_bytes > 0 ? Min(hash_bytes, HT_DIGEST_LEN) : HT_DIGEST_LEN;
 
+					/*
+					 * a sub-bucket of packs of a part of one (span < 32) can
+					 * also have segments in rows, summed in its level-4 row:
+					 * its hash is the sum of both (§2)
+					 */
+					while (r < nr && out[first + r].child < pk[j].child)
+						r++;
+					if (r < nr && out[first + r].child == pk[j].child)
+					{
+						HtNodeRow  *row = &out[first + r];
+						HtSum		sum;
+
+						Assert(level == HT_LEVEL_SUB);
+						ht_sum_from_bytea(&sum, row->hash);
+						ht_sum_add(&sum, &pk[j].sum);
+						ht_sum_to_bytes(&sum, (uint8 *) VARDATA(row->hash));
+						continue;
+					}
 					ht_sum_to_bytes(&pk[j].sum, bytes);
 					out[nrows].i = k + 1;
 					out[nrows].child = pk[j].child;
@@ -739,9 +762,14 @@ ht_store_nodes(int part, int depth, int n, Datum *pa, Datum *pb, int level,
 					memcpy(VARDATA(out[nrows].hash), bytes, len);
 					nrows++;
 				}
-				if (npk < nrows - first)
+				if (nr > 0 && nrows - first > nr)
 					qsort(out + first, nrows - first, sizeof(HtNodeRow), node_row_cmp);
 			}
+			/* the rows' sums read whole, cut as asked */
+			if (level == HT_LEVEL_SUB && hash_bytes > 0)
+				for (int j = first; j < nrows; j++)
+					if (VARSIZE_ANY_EXHDR(out[j].hash) > hash_bytes)
+						SET_VARSIZE(out[j].hash, VARHDRSZ + hash_bytes);
 		}
 	}
 	tree_scan_close(&ts);

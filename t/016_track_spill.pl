@@ -372,6 +372,29 @@ my $changed = $node->safe_psql('other', q{SELECT count(*) FROM spill WHERE v % 9
 is($node->safe_psql('other', $diff3), "$changed " . $node->safe_psql('other',
 	q{SELECT count(*) FROM spill WHERE v % 997 = 0 AND NOT (v % 3 = 2 AND v % 7 = 0)}),
 	'an exchange finds exactly the rows changed');
+# new keys where no pack is: rows of hashtree.entry, some in sub-buckets
+# whose other half is a pack (the sub-bucket's hash is then the sum of its
+# level-4 row and its pack's term); the other node changed the same way
+$node->safe_psql('other', 'DELETE FROM spill WHERE v % 3 = 2 AND v % 7 = 0;
+	UPDATE spill SET v = v + 1 WHERE v % 997 = 0');
+foreach my $db ('other', 'third')
+{
+	$node->safe_psql($db, q{INSERT INTO spill SELECT 'new-' || i, i FROM generate_series(1, 1200) i});
+	is($node->safe_psql($db, q{SET client_min_messages = warning; SET hashtree.pack_target = 1;
+		SELECT string_agg(DISTINCT hashtree.lock(p) || '/' || hashtree.update(p), ',')
+		  FROM generate_series(0, 7) p}), 'ok/ok', "$db: 1,200 rows added, updated");
+}
+is($node->safe_psql('third', q{SELECT min(span) || ' ' || max(span) FROM hashtree.entry_pack}),
+	'16 16', 'not packed again');
+cmp_ok($node->safe_psql('third', q{SELECT count(*) FROM hashtree.node n
+	WHERE n.depth = 2 AND n.level = 4 AND n.pb = 'spill'
+	  AND EXISTS (SELECT FROM hashtree.entry_pack p WHERE p.part = n.part AND p.pb = 'spill'
+				   AND p.lo >> 5 = n.child)}), '>', 10, 'sub-buckets of both packs and rows');
+is(check_trees($node, 'third'), '0', 'check_tree finds nothing');
+is(tops($node, 'third'), tops($node, 'other'), 'the same top hashes');
+is($node->safe_psql('third', $subs), $node->safe_psql('other', $subs),
+	'the same sub-bucket hashes (rows and packs summed)');
+is($node->safe_psql('other', $diff3), '0 0', 'an exchange finds nothing');
 $node->safe_psql('third', q{SET client_min_messages = warning; SET hashtree.pack_target = 1;
 	SELECT count(*) FROM (SELECT hashtree.reset(partition) FROM hashtree.status) s});
 is($node->safe_psql('third', q{SELECT min(span) || ' ' || max(span) FROM hashtree.entry_pack}),
