@@ -679,40 +679,67 @@ add_bucket_delta(HtBucketDeltas *deltas, text *pa, text *pb, int32 lo, int span,
 }
 
 /*
- * The packs of one tree in a partition, met in ascending lo by one forward
+ * The packs of one tree in a partition, met in ascending lo by a forward
  * scan of the primary key over [first, last]: the packs asked for, in
- * ascending order, each once.  (A probe per pack descended the B-tree each
- * time: a sixth of a fold of sparse changes at 10M rows.)  The scan reads
- * lo from the index entries and fetches only the packs asked for; entries
- * of dead versions (earlier rewrites not yet vacuumed) fetch nothing.
+ * ascending order, each once.  The scan steps from one pack asked for to
+ * the next when they are near (a fold of dense changes: a probe per pack
+ * descended the B-tree each time, a sixth of a fold of 200k keys at 10M
+ * rows), and starts again at the pack asked for when it is more than
+ * HT_CURSOR_STEP packs ahead (sparse changes: stepping over every pack in
+ * between made the update of 1,000 changes at 30M rows 3x slower).  It
+ * reads lo from the index entries and fetches only the packs asked for;
+ * entries of dead versions (earlier rewrites not yet vacuumed) fetch
+ * nothing.
  */
+#define HT_CURSOR_STEP 16
+
 typedef struct PackCursor
 {
 	PackScan   *ps;
 	IndexScanDesc scan;
 	TupleTableSlot *slot;
+	int			part;
+	Datum		pa;
+	Datum		pb;
+	int32		span;
+	int32		last;
 	bool		have;			/* the scan is on an entry not consumed yet */
-	int32		cur_lo;			/* ... of this lo */
+	bool		done;			/* the scan has no more entries */
+	int32		cur_lo;			/* ... of this lo; else where the scan is, about */
 } PackCursor;
 
+/* (re)start the scan at the pack lo */
 static void
-pack_cursor_open(PackCursor *c, PackScan *ps, int part, Datum pa, Datum pb, int32 first,
-				 int32 last)
+pack_cursor_seek(PackCursor *c, int32 lo)
 {
 	ScanKeyData key[5];
 
 	/* (an index scan's keys name the index's columns: part, pa, pb, lo) */
-	ScanKeyInit(&key[0], 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(part));
-	ScanKeyInit(&key[1], 2, BTEqualStrategyNumber, F_TEXTEQ, pa);
-	ScanKeyInit(&key[2], 3, BTEqualStrategyNumber, F_TEXTEQ, pb);
-	ScanKeyInit(&key[3], 4, BTGreaterEqualStrategyNumber, F_INT4GE, Int32GetDatum(first));
-	ScanKeyInit(&key[4], 4, BTLessEqualStrategyNumber, F_INT4LE, Int32GetDatum(last));
+	ScanKeyInit(&key[0], 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(c->part));
+	ScanKeyInit(&key[1], 2, BTEqualStrategyNumber, F_TEXTEQ, c->pa);
+	ScanKeyInit(&key[2], 3, BTEqualStrategyNumber, F_TEXTEQ, c->pb);
+	ScanKeyInit(&key[3], 4, BTGreaterEqualStrategyNumber, F_INT4GE, Int32GetDatum(lo));
+	ScanKeyInit(&key[4], 4, BTLessEqualStrategyNumber, F_INT4LE, Int32GetDatum(c->last));
+	index_rescan(c->scan, key, 5, NULL, 0);
+	c->have = false;
+	c->done = false;
+	c->cur_lo = lo;
+}
+
+static void
+pack_cursor_open(PackCursor *c, PackScan *ps, int part, Datum pa, Datum pb, int32 span,
+				 int32 first, int32 last)
+{
 	c->ps = ps;
+	c->part = part;
+	c->pa = pa;
+	c->pb = pb;
+	c->span = span;
+	c->last = last;
 	c->scan = index_beginscan(ps->rel, ps->idx, ps->snap, 5, 0);
 	c->scan->xs_want_itup = true;	/* lo from the index entry */
-	index_rescan(c->scan, key, 5, NULL, 0);
 	c->slot = table_slot_create(ps->rel, NULL);
-	c->have = false;
+	pack_cursor_seek(c, first);
 }
 
 static void
@@ -736,12 +763,18 @@ pack_cursor_get(PackCursor *c, int32 lo, bytea **data, ItemPointerData *tid, HtS
 	bool		isnull;
 	Datum		d;
 
+	if ((int64) lo - c->cur_lo > (int64) HT_CURSOR_STEP * c->span)
+		pack_cursor_seek(c, lo);
 	for (;;)
 	{
 		if (!c->have)
 		{
-			if (index_getnext_tid(c->scan, ForwardScanDirection) == NULL)
+			/* (a B-tree scan asked again after its end would start over) */
+			if (c->done || index_getnext_tid(c->scan, ForwardScanDirection) == NULL)
+			{
+				c->done = true;
 				return false;
+			}
 			c->cur_lo = DatumGetInt32(index_getattr(c->scan->xs_itup, 4,
 													c->scan->xs_itupdesc, &isnull));
 			c->have = true;
@@ -790,7 +823,7 @@ apply_recs(int part, text *pa, text *pb, PackRec *ch, int n, HtBucketDeltas *del
 	}
 
 	/* the packs the changes fall in, in order (the changes are by segment) */
-	pack_cursor_open(&cur, &ps, part, PointerGetDatum(pa), PointerGetDatum(pb),
+	pack_cursor_open(&cur, &ps, part, PointerGetDatum(pa), PointerGetDatum(pb), span,
 					 ch[0].seg - ch[0].seg % span, ch[n - 1].seg - ch[n - 1].seg % span);
 	dirty = palloc(sizeof(int32) * n);
 	pu = pack_rewrite_open(part, span, pa, pb);
