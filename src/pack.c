@@ -1735,6 +1735,25 @@ ht_pack_reader_span(HtPackReader *r, int part, Datum pa, Datum pb)
 	return reader_span(r, part, pa, pb);
 }
 
+/*
+ * Add term to sub-bucket sub's sum *acc (sub-buckets come in ascending
+ * order): the sum of the previous one, *cur, is put out first.
+ */
+static int
+sub_add(HtChildSum **out, int nout, int *cap, int64 *cur, HtSum *acc, int64 sub,
+		const HtSum *term)
+{
+	if (*cur != sub)
+	{
+		if (*cur >= 0)
+			nout = ht_child_put(out, nout, cap, *cur, acc);
+		*cur = sub;
+		ht_sum_zero(acc);
+	}
+	ht_sum_add(acc, term);
+	return nout;
+}
+
 int
 ht_pack_children(HtPackReader *r, int part, Datum pa, Datum pb, int level, int64 first,
 				 int64 span, HtChildSum **out, int nout, int *cap)
@@ -1785,15 +1804,8 @@ ht_pack_children(HtPackReader *r, int part, Datum pa, Datum pb, int level, int64
 			{
 				HtSum		term;
 
-				if (cur != (lo >> shift))
-				{
-					if (cur >= 0)
-						nout = ht_child_put(out, nout, cap, cur, &acc);
-					cur = lo >> shift;
-					ht_sum_zero(&acc);
-				}
 				ht_sum_from_bytea(&term, DatumGetByteaPP(d));
-				ht_sum_add(&acc, &term);
+				nout = sub_add(out, nout, cap, &cur, &acc, lo >> shift, &term);
 			}
 			continue;
 		}
@@ -1818,15 +1830,8 @@ ht_pack_children(HtPackReader *r, int part, Datum pa, Datum pb, int level, int64
 			{
 				HtSum		t;
 
-				if (cur != (seg >> shift))
-				{
-					if (cur >= 0)
-						nout = ht_child_put(out, nout, cap, cur, &acc);
-					cur = seg >> shift;
-					ht_sum_zero(&acc);
-				}
 				ht_child_term(seg, &sum, &t);
-				ht_sum_add(&acc, &t);
+				nout = sub_add(out, nout, cap, &cur, &acc, seg >> shift, &t);
 			}
 		}
 		pfree(recs);
