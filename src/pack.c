@@ -76,6 +76,7 @@ typedef struct PackRec
 	int			hashlen;
 	const char *key;
 	const char *hash;			/* NULL: a deletion (changes only) */
+	const char *raw;			/* the record's bytes in a pack (rec_parse) */
 } PackRec;
 
 static int
@@ -113,6 +114,7 @@ rec_parse(const uint8 *p, const uint8 *end, int32 lo, PackRec *r)
 
 	if (end - p < 2)
 		return NULL;
+	r->raw = (const char *) p;
 	memcpy(&off, p, 2);
 	p += 2;
 	if (!ht_get_varint(&p, end, &kl) || kl > (uint64) (end - p))
@@ -376,20 +378,36 @@ writes_add(PackWrites *w, text *pa, text *pb, int32 lo, int count, StringInfo bu
 
 /*
  * Merge sorted changes into the sorted records of a pack: the new pack in
- * out (empty when nothing is left), the segments whose entries changed
- * appended to dirty (room for nch).  Returns the new number of entries.
+ * out (empty when nothing is left) and its records in recs (room for nold
+ * + nch; they point into the old pack and the changes), the segments whose
+ * entries changed appended to dirty (room for nch).  Returns the new
+ * number of entries.  Records are self-contained (their segment is an
+ * offset from lo), so the runs of unchanged records are copied as bytes.
  */
 static int
 pack_merge(int32 lo, PackRec *old, int nold, PackRec *ch, int nch, StringInfo out,
-		   int32 *dirty, int *ndirty)
+		   PackRec *recs, int32 *dirty, int *ndirty)
 {
 	int			i = 0;
 	int			j = 0;
 	int			n = 0;
 	int32		last_dirty = -1;
+	const char *run = NULL;		/* unchanged records not copied yet */
+	const char *run_end = NULL;
 
 #define MARK_DIRTY(s) \
 	do { if ((s) != last_dirty) { dirty[(*ndirty)++] = (s); last_dirty = (s); } } while (0)
+#define KEEP(r) \
+	do { \
+		if (run_end != (r)->raw) \
+		{ \
+			if (run != NULL) \
+				appendBinaryStringInfo(out, run, run_end - run); \
+			run = (r)->raw; \
+		} \
+		run_end = (r)->hash + (r)->hashlen; \
+		recs[n++] = *(r); \
+	} while (0)
 
 	while (i < nold || j < nch)
 	{
@@ -397,8 +415,8 @@ pack_merge(int32 lo, PackRec *old, int nold, PackRec *ch, int nch, StringInfo ou
 
 		if (c < 0)
 		{
-			rec_put(out, lo, &old[i++]);
-			n++;
+			KEEP(&old[i]);
+			i++;
 			continue;
 		}
 		/* a change: skip earlier changes of the same key (the last wins) */
@@ -408,13 +426,16 @@ pack_merge(int32 lo, PackRec *old, int nold, PackRec *ch, int nch, StringInfo ou
 		{
 			if (c == 0 && old[i].hashlen == ch[j].hashlen &&
 				memcmp(old[i].hash, ch[j].hash, ch[j].hashlen) == 0)
-				rec_put(out, lo, &old[i]);
+				KEEP(&old[i]);
 			else
 			{
+				if (run != NULL)
+					appendBinaryStringInfo(out, run, run_end - run);
+				run = run_end = NULL;
 				rec_put(out, lo, &ch[j]);
+				recs[n++] = ch[j];
 				MARK_DIRTY(ch[j].seg);
 			}
-			n++;
 		}
 		else if (c == 0)
 			MARK_DIRTY(ch[j].seg);
@@ -422,6 +443,9 @@ pack_merge(int32 lo, PackRec *old, int nold, PackRec *ch, int nch, StringInfo ou
 			i++;
 		j++;
 	}
+	if (run != NULL)
+		appendBinaryStringInfo(out, run, run_end - run);
+#undef KEEP
 #undef MARK_DIRTY
 	return n;
 }
@@ -612,16 +636,14 @@ pack_term(const PackRec *recs, int n, HtSum *term)
 
 /*
  * The change of the bucket of pack lo when its records went from old to
- * the pack data in new (segments segs[0..nsegs-1], ascending, changed),
- * appended to deltas unless nothing changed.
+ * new (segments segs[0..nsegs-1], ascending, changed), appended to deltas
+ * unless nothing changed.
  */
 static void
 add_bucket_delta(HtBucketDeltas *deltas, text *pa, text *pb, int32 lo, int span,
-				 const PackRec *old, int nold, const StringInfo new_data,
+				 const PackRec *old, int nold, const PackRec *new, int nnew,
 				 const int32 *segs, int nsegs, HtSum *out)
 {
-	PackRec    *new;
-	int			nnew = pack_decode(new_data->data, new_data->len, lo, &new);
 	int			io = 0;
 	int			in = 0;
 	HtSum		delta;
@@ -646,7 +668,6 @@ add_bucket_delta(HtBucketDeltas *deltas, text *pa, text *pb, int32 lo, int span,
 		ht_sum_sub(&delta, &t);
 		dn += nc - oc;
 	}
-	pfree(new);
 	*out = delta;
 	if (ht_sum_is_zero(&delta) && dn == 0)
 		return;
@@ -835,6 +856,7 @@ apply_recs(int part, text *pa, text *pb, PackRec *ch, int n, HtBucketDeltas *del
 		ItemPointerData tid;
 		HtSum		term;
 		PackRec    *old;
+		PackRec    *merged;
 		int			nold;
 		int			cnt;
 		int			ndirty = 0;
@@ -854,16 +876,20 @@ apply_recs(int part, text *pa, text *pb, PackRec *ch, int n, HtBucketDeltas *del
 		stats->packs++;
 		stats->entries += nold;
 		initStringInfo(&buf);
-		cnt = pack_merge(lo, old, nold, ch + i, j - i, &buf, dirty, &ndirty);
+		enlargeStringInfo(&buf, VARSIZE_ANY_EXHDR(data) + 64);
+		merged = palloc(sizeof(PackRec) * (nold + j - i));
+		cnt = pack_merge(lo, old, nold, ch + i, j - i, &buf, merged, dirty, &ndirty);
 		if (ndirty > 0)
 		{
 			HtSum		delta;
 
-			add_bucket_delta(deltas, pa, pb, lo, span, old, nold, &buf, dirty, ndirty, &delta);
+			add_bucket_delta(deltas, pa, pb, lo, span, old, nold, merged, cnt, dirty, ndirty,
+							 &delta);
 			ht_sum_add(&term, &delta);
 			pack_rewrite(pu, &tid, lo, cnt, &buf, &term);
 		}
 		pfree(buf.data);
+		pfree(merged);
 		pfree(old);
 		pfree(data);
 		i = j;
