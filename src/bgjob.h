@@ -24,14 +24,15 @@ typedef enum HtJobKind
 	HT_JOB_EXCHANGE = 1,
 	HT_JOB_REBUILD = 2,
 	HT_JOB_FRAG = 3,			/* prepare an online add_frag or del_frag */
-	HT_JOB_FRAG_CLEANUP = 4		/* leftovers of fragment moves on one peer */
+	HT_JOB_FRAG_CLEANUP = 4,	/* leftovers of fragment moves on one peer */
+	HT_JOB_TICK = 5				/* a share of every tick's partitions */
 } HtJobKind;
 
 typedef struct HtJob
 {
 	Oid			dboid;
 	int			kind;			/* HtJobKind */
-	int			part;			/* rebuild */
+	int			part;			/* rebuild; tick: the share */
 	int			mode;			/* exchange: HtRepairMode; frag: 1 add, 0 del */
 	char		peer[HT_MAX_PEER_NAME_LEN + 1]; /* exchange, frag cleanup */
 	Oid			userid;			/* frag: runs as this role */

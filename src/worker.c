@@ -11,7 +11,9 @@
  * (bgw_notify_pid).  Each step runs in its own transaction, so a lock is
  * never held across steps and an error ends one step only.  The tick is
  * one step per partition, and the launcher schedules jobs between two of
- * them, so a long tick does not hold exchanges and rebuilds back.  An
+ * them, so a long tick does not hold exchanges and rebuilds back; with
+ * hashtree.tick_workers > 1, tick jobs update their shares of the
+ * partitions at the same time (each stays, waiting for the next tick).  An
  * exchange job stays after its exchange, parked with its connection to
  * the peer, for the next exchange with that peer (see exchange_job).
  *
@@ -61,6 +63,7 @@
 
 char	   *ht_guc_database = NULL;
 int			ht_guc_tick_interval = 10;
+int			ht_guc_tick_workers = 1;
 int			ht_guc_exchange_interval = 60;
 int			ht_guc_max_exchanges = 2;
 int			ht_guc_repair = HT_REPAIR_NONE;
@@ -96,6 +99,15 @@ ht_worker_init(void)
 							&ht_guc_tick_interval,
 							10, 1, INT_MAX / 1000,
 							PGC_SIGHUP, GUC_UNIT_S,
+							NULL, NULL, NULL);
+	DefineCustomIntVariable("hashtree.tick_workers",
+							"Number of workers that update the partitions of a tick at once.",
+							"Beyond 1, the launcher keeps tick_workers - 1 tick jobs, each a"
+							" background worker slot (max_worker_processes); partition p is"
+							" updated by worker p % tick_workers.",
+							&ht_guc_tick_workers,
+							1, 1, 64,
+							PGC_SIGHUP, 0,
 							NULL, NULL, NULL);
 	DefineCustomIntVariable("hashtree.exchange_interval",
 							"Time between two exchanges started by the workers (0 disables).",
@@ -356,12 +368,15 @@ start_job(HtJob *job, int64 mark)
 		snprintf(name, sizeof(name), "hashtree exchange with %s", job->peer);
 	else if (job->kind == HT_JOB_FRAG_CLEANUP)
 		snprintf(name, sizeof(name), "hashtree cleanup on %s", job->peer);
+	else if (job->kind == HT_JOB_TICK)
+		snprintf(name, sizeof(name), "hashtree tick, share %d", job->part);
 	else
 		snprintf(name, sizeof(name), "hashtree rebuild of partition %d", job->part);
 	old = MemoryContextSwitchTo(TopMemoryContext);	/* the handle outlives the loop */
 	registered = ht_job_register(job, name,
 								 job->kind == HT_JOB_EXCHANGE ? "hashtree exchange" :
 								 job->kind == HT_JOB_FRAG_CLEANUP ? "hashtree fragment cleanup" :
+								 job->kind == HT_JOB_TICK ? "hashtree tick" :
 								 "hashtree rebuild",
 								 &running[slot].handle);
 	MemoryContextSwitchTo(old);
@@ -370,7 +385,7 @@ start_job(HtJob *job, int64 mark)
 		if (!warned_no_slot)
 			ereport(LOG,
 					(errmsg("hashtree: no free background worker slot for a job"),
-					 errhint("Raise max_worker_processes (each exchange and rebuild takes one).")));
+					 errhint("Raise max_worker_processes (each exchange, rebuild and tick job takes one).")));
 		warned_no_slot = true;
 		return false;
 	}
@@ -890,18 +905,66 @@ schedule(void)
 }
 
 /*
+ * The tick job of share k (1 <= k < the tick's number of shares) runs its
+ * partitions now: the running one is asked (SIGUSR2; one busy with the
+ * last tick runs again when it is done), or one is started.  false when
+ * none could be (no worker slot): the launcher runs that share itself.
+ */
+static bool
+tick_share_request(int share)
+{
+	HtJob		job;
+
+	for (int i = 0; i < MAX_RUNNING; i++)
+	{
+		Running    *r = &running[i];
+		pid_t		pid;
+
+		if (!r->used || r->job.kind != HT_JOB_TICK || r->job.part != share || r->leaving)
+			continue;
+		switch (GetBackgroundWorkerPid(r->handle, &pid))
+		{
+			case BGWH_STARTED:
+				if (kill(pid, SIGUSR2) == 0)
+					return true;
+				break;
+			case BGWH_NOT_YET_STARTED:
+				return true;	/* it runs its share when it starts */
+			default:
+				break;			/* stopped: reaped later */
+		}
+	}
+	memset(&job, 0, sizeof(job));
+	job.dboid = MyDatabaseId;
+	job.kind = HT_JOB_TICK;
+	job.part = share;
+	return start_job(&job, 0);
+}
+
+/*
  * update every partition (one step each), then recover fragment operations
- * and now and then start the cleanup of a peer
+ * and now and then start the cleanup of a peer.  With hashtree.tick_workers
+ * = n > 1, partition p is updated by share p % n: share 0 here, the others
+ * by tick jobs at the same time (DESIGN §17).
  */
 static void
 tick(void)
 {
+	int			nshares;
+	bool		delegated[64];
+
 	if (!check_extension())
 		return;
+	nshares = Max(1, Min(ht_guc_tick_workers, nparts));
+	delegated[0] = false;
+	for (int share = 1; share < nshares; share++)
+		delegated[share] = tick_share_request(share);
 	for (int part = 0; part < nparts; part++)
 	{
 		char		what[64];
 
+		if (delegated[part % nshares])
+			continue;
 		if (ShutdownRequestPending)
 			return;
 		CHECK_FOR_INTERRUPTS();
@@ -1166,14 +1229,14 @@ run_rebuild(HtJob *job)
  * it, and the job leaves when the peer was dropped.  A job whose launcher
  * is gone (a restart) leaves too: the new launcher does not know it.
  */
-static volatile sig_atomic_t exchange_requested = false;
+static volatile sig_atomic_t job_requested = false;
 
 static void
 job_sigusr2(SIGNAL_ARGS)
 {
 	int			save_errno = errno;
 
-	exchange_requested = true;
+	job_requested = true;
 	SetLatch(MyLatch);
 	errno = save_errno;
 }
@@ -1220,7 +1283,7 @@ exchange_job(HtJob *job)
 		}
 
 		/* parked */
-		while (!exchange_requested)
+		while (!job_requested)
 		{
 			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
 							 PARKED_CHECK_MS, PG_WAIT_EXTENSION);
@@ -1238,13 +1301,69 @@ exchange_job(HtJob *job)
 					return;
 			}
 		}
-		exchange_requested = false;
+		job_requested = false;
 		if (ConfigReloadPending)
 		{
 			ConfigReloadPending = false;
 			ProcessConfigFile(PGC_SIGHUP);
 		}
 		job->mode = ht_guc_repair;
+	}
+}
+
+/*
+ * A tick job (hashtree.tick_workers > 1) stays: it updates the partitions
+ * of its share (p % tick_workers = share), then waits for the launcher's
+ * next tick (SIGUSR2).  Its errors are logged as the launcher logs its
+ * own: once while they repeat.  It leaves when the shares are fewer than
+ * its number (a reload lowered tick_workers), when the extension is gone,
+ * and when its launcher is (a restart: the new launcher starts its own).
+ */
+static void
+tick_job(HtJob *job)
+{
+	int			launcher = MyBgworkerEntry->bgw_notify_pid;
+	TimestampTz launcher_start = 0;
+
+	if (launcher <= 0 || !ht_backend_start(launcher, &launcher_start))
+		return;
+	for (;;)
+	{
+		int			nshares;
+
+		if (!check_extension())
+			return;
+		nshares = Min(ht_guc_tick_workers, nparts);
+		if (job->part >= nshares)
+			return;
+		for (int part = job->part; part < nparts; part += nshares)
+		{
+			char		what[64];
+
+			if (ShutdownRequestPending)
+				return;
+			snprintf(what, sizeof(what), "tick of partition %d", part);
+			(void) run_step(what, tick_step, &part, &tick_errors[part]);
+		}
+
+		/* until the next tick */
+		while (!job_requested)
+		{
+			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+							 PARKED_CHECK_MS, PG_WAIT_EXTENSION);
+			ResetLatch(MyLatch);
+			CHECK_FOR_INTERRUPTS();
+			if (ShutdownRequestPending || ht_live_owner(launcher, launcher_start) != launcher)
+				return;
+			if (ConfigReloadPending)
+			{
+				ConfigReloadPending = false;
+				ProcessConfigFile(PGC_SIGHUP);
+				if (job->part >= Min(ht_guc_tick_workers, nparts))
+					return;		/* fewer shares now */
+			}
+		}
+		job_requested = false;
 	}
 }
 
@@ -1255,7 +1374,7 @@ ht_job_main(Datum arg)
 
 	memcpy(&job, MyBgworkerEntry->bgw_extra, sizeof(HtJob));
 	pqsignal(SIGHUP, SignalHandlerForConfigReload);
-	if (job.kind == HT_JOB_EXCHANGE)
+	if (job.kind == HT_JOB_EXCHANGE || job.kind == HT_JOB_TICK)
 	{
 		pqsignal(SIGTERM, worker_sigterm);
 		pqsignal(SIGUSR2, job_sigusr2);
@@ -1269,6 +1388,7 @@ ht_job_main(Datum arg)
 	pgstat_report_appname(job.kind == HT_JOB_EXCHANGE ? "hashtree exchange" :
 						  job.kind == HT_JOB_REBUILD ? "hashtree rebuild" :
 						  job.kind == HT_JOB_FRAG_CLEANUP ? "hashtree fragment cleanup" :
+						  job.kind == HT_JOB_TICK ? "hashtree tick" :
 						  "hashtree fragment copy");
 	ht_exchange_quiet = true;
 
@@ -1278,6 +1398,8 @@ ht_job_main(Datum arg)
 		run_rebuild(&job);
 	else if (job.kind == HT_JOB_FRAG_CLEANUP)
 		ht_frag_cleanup_job(job.peer);
+	else if (job.kind == HT_JOB_TICK)
+		tick_job(&job);
 	else
 		ht_frag_prepare_job(job.relid, job.mode == 1);
 	proc_exit(0);

@@ -5,11 +5,15 @@
  *
  * With shared_preload_libraries = 'hashtree' and hashtree.database set, a
  * static launcher runs in that database.  Every hashtree.tick_interval it
- * updates each built partition that nobody has locked, and starts a
+ * updates each built partition that nobody has locked (with
+ * hashtree.tick_workers > 1, tick jobs update their shares of the
+ * partitions at the same time), and starts a
  * rebuild job for a partition whose trees expired (or are not built);
  * every hashtree.exchange_interval it starts an exchange job with a
  * random peer that is not backed off, at most hashtree.max_exchanges at
- * once.  Jobs are dynamic workers; each does one thing and exits.
+ * once.  Jobs are dynamic workers; each does one thing and exits, but
+ * for the exchange jobs (parked between two exchanges with their peer)
+ * and the tick jobs (waiting for the next tick).
  *
  *-------------------------------------------------------------------------
  */
@@ -20,6 +24,7 @@
 
 extern char *ht_guc_database;
 extern int	ht_guc_tick_interval;	/* s */
+extern int	ht_guc_tick_workers;
 extern int	ht_guc_exchange_interval;	/* s, 0: no exchanges */
 extern int	ht_guc_max_exchanges;
 extern int	ht_guc_repair;			/* HtRepairMode */
