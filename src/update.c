@@ -18,13 +18,25 @@
  */
 #include "postgres.h"
 
+#include "access/genam.h"
+#include "access/heapam.h"
+#include "access/htup_details.h"
+#include "access/relscan.h"
+#include "access/stratnum.h"
+#include "access/table.h"
+#include "access/tableam.h"
 #include "access/xact.h"
+#include "catalog/index.h"
 #include "catalog/pg_type.h"
+#include "executor/tuptable.h"
 #include "mb/pg_wchar.h"
 #include "miscadmin.h"
 #include "utils/builtins.h"
+#include "utils/fmgroids.h"
 #include "utils/lsyscache.h"
 #include "utils/memutils.h"
+#include "utils/rel.h"
+#include "utils/snapmgr.h"
 #include "utils/timestamp.h"
 
 #include "common.h"
@@ -74,8 +86,6 @@ typedef struct NodeWrite
 	int64		child;
 	HtSum		sum;			/* zero: delete the row */
 	int64		n;
-	bytea	   *dsubs;			/* level 2: deltas for the kept sub-bucket
-								 * hashes (index, 32 bytes each), or NULL */
 } NodeWrite;
 
 /* the trees of one depth touched by an update, and their pending changes */
@@ -161,41 +171,6 @@ static HtQuery q_node_upsert = {
 	8, {INT4OID, INT2OID, INT2OID, TEXTARRAYOID, TEXTARRAYOID, INT8ARRAYOID,
 		BYTEAARRAYOID, INT8ARRAYOID}
 };
-
-/*
- * Existing level-2 rows of leaf trees: their hash and n, and their kept
- * sub-bucket hashes (when they keep some) with the fold's deltas added
- * there (an empty list is stored as NULL, as a rebuild stores it).  Each
- * row found by a probe of the primary key, as q_node_fetch does; the
- * request numbers of the rows written come back.
- */
-static HtQuery q_node_subs_update = {
-	"UPDATE hashtree.node t SET hash = u.hash, n = u.n,"
-	"  subs = CASE WHEN t.subs IS NULL THEN NULL"
-	"   ELSE nullif(hashtree._subs_add(t.subs, u.d), ''::bytea) END"
-	" FROM (SELECT u.*, x.tid FROM unnest($2::text[], $3::text[], $4::int8[], $5::bytea[],"
-	"   $6::int8[], $7::bytea[]) WITH ORDINALITY AS u(pa, pb, child, hash, n, d, i)"
-	"  CROSS JOIN LATERAL (SELECT y.ctid AS tid FROM hashtree.node y"
-	"   WHERE y.part = $1 AND y.depth = 2 AND y.level = 2 AND y.pa = u.pa AND y.pb = u.pb"
-	"    AND y.child = u.child LIMIT 1) x) u"
-	" WHERE t.ctid = u.tid"
-	" RETURNING u.i::int4",
-	7, {INT4OID, TEXTARRAYOID, TEXTARRAYOID, INT8ARRAYOID, BYTEAARRAYOID, INT8ARRAYOID,
-		BYTEAARRAYOID}
-};
-
-/*
- * Does hashtree.node have the column subs?  Not in a database whose
- * ALTER EXTENSION hashtree UPDATE has not run yet (the library is the
- * server's): its updates then keep no sub-bucket hashes (§18).
- */
-static bool
-node_keeps_subs(void)
-{
-	Oid			relid = get_relname_relid("node", ht_schema_oid());
-
-	return OidIsValid(relid) && get_attnum(relid, "subs") != InvalidAttrNumber;
-}
 
 static HtQuery q_node_delete = {
 	"DELETE FROM hashtree.node WHERE ctid = ANY (ARRAY("
@@ -353,7 +328,6 @@ fold_segments(int part, DepthWork *w, SegChange *ch, int nch,
 		nw[nnw].child = c->seg;
 		nw[nnw].sum = c->new_sum;
 		nw[nnw].n = c->new_n;
-		nw[nnw].dsubs = NULL;
 		nnw++;
 
 		child_delta(c->seg, &c->old_sum, &c->new_sum, &d);
@@ -423,115 +397,168 @@ apply_deltas(int part, DepthWork *w, int level, BucketDelta *deltas, int nd,
 		nw[nnw].sum = old[i];
 		ht_sum_add(&nw[nnw].sum, &deltas[i].delta);
 		nw[nnw].n = old_n[i] + deltas[i].dn;
-		nw[nnw].dsubs = NULL;
 		nnw++;
 	}
 	write_nodes(part, w, level, nw, nnw, stats);
 }
 
 /*
- * The deltas of a bucket's packs of one sub-bucket (psubs of one bucket,
- * by sub-bucket, one each) as _subs_add takes them: the sub-bucket's index
- * in the bucket, then the delta's 32 bytes
+ * The level-2 rows an update changes, read and rewritten directly (heap
+ * and primary key, as the packs are): the statements that did it, with
+ * their unnest and lateral probes, were a tenth of a fold of 200k keys at
+ * 10M rows.  Each row is found by a probe of the primary key and rewritten
+ * in place (HOT when its page has room).  Nobody else writes the
+ * partition's rows meanwhile (its update lock).  New rows and rows that
+ * become empty still go through write_nodes.
  */
-static bytea *
-subs_deltas(const BucketDelta *d, int n)
+typedef struct NodeDirect
 {
-	bytea	   *b = palloc(VARHDRSZ + n * HT_SUBS_ITEM);
-	uint8	   *p = (uint8 *) VARDATA(b);
-	int			nsubs = HT_SUBS_PER_BUCKET(HT_DEPTH_LEAF);
+	Relation	rel;
+	Relation	idx;
+	IndexInfo  *ii;
+	IndexScanDesc scan;
+	TupleTableSlot *slot;
+	Snapshot	snap;
+	AttrNumber	att_hash,
+				att_n,
+				att_subs;		/* InvalidAttrNumber: not updated to 1.0 yet */
+} NodeDirect;
 
-	for (int i = 0; i < n; i++)
-	{
-		p[i * HT_SUBS_ITEM] = (uint8) (d[i].sub & (nsubs - 1));
-		ht_sum_to_bytes(&d[i].delta, p + i * HT_SUBS_ITEM + 1);
-	}
-	SET_VARSIZE(b, VARHDRSZ + n * HT_SUBS_ITEM);
-	return b;
+static void
+node_direct_open(NodeDirect *nd)
+{
+	Oid			nsp = ht_schema_oid();
+	Oid			relid = get_relname_relid("node", nsp);
+	Oid			idxid = get_relname_relid("node_pkey", nsp);
+
+	if (!OidIsValid(relid) || !OidIsValid(idxid))
+		elog(ERROR, "hashtree: table hashtree.node or its primary key is missing");
+	nd->rel = table_open(relid, RowExclusiveLock);
+	nd->idx = index_open(idxid, RowExclusiveLock);
+	nd->ii = BuildIndexInfo(nd->idx);
+	/* the latest snapshot: this transaction's own writes are seen */
+	nd->snap = RegisterSnapshot(GetLatestSnapshot());
+	nd->scan = index_beginscan(nd->rel, nd->idx, nd->snap, 6, 0);
+	nd->slot = table_slot_create(nd->rel, NULL);
+	nd->att_hash = get_attnum(relid, "hash");
+	nd->att_n = get_attnum(relid, "n");
+	nd->att_subs = get_attnum(relid, "subs");
+}
+
+/* done: the rows written are visible to the statements that follow */
+static void
+node_direct_close(NodeDirect *nd)
+{
+	ExecDropSingleTupleTableSlot(nd->slot);
+	index_endscan(nd->scan);
+	UnregisterSnapshot(nd->snap);
+	index_close(nd->idx, NoLock);
+	table_close(nd->rel, NoLock);
+	CommandCounterIncrement();
 }
 
 /*
- * Write the level-2 rows of nw that have deltas for kept sub-bucket hashes
- * and a non-zero hash, when they exist (q_node_subs_update: the deltas are
- * added where the row is, so the ~1 kB lists are neither read here nor sent
- * back); returns nw without the rows written (those left: new rows and
- * deletes, for write_nodes).
+ * The row (part, depth, pa, pb, level, child): a copy of it, its hash and
+ * n in *sum and *n; NULL (and zeros) when there is none
  */
-static int
-write_kept_subs(int part, DepthWork *w, NodeWrite *nw, int n, HtUpdateStats *stats)
+static HeapTuple
+node_direct_get(NodeDirect *nd, int part, int depth, Datum pa, Datum pb, int level,
+				int64 child, HtSum *sum, int64 *n)
 {
-	int		   *idx = palloc(sizeof(int) * Max(n, 1));
-	bool	   *done = palloc0(sizeof(bool) * Max(n, 1));
-	int			k = 0;
-	int			left = 0;
+	ScanKeyData key[6];
+	HeapTuple	tup;
+	bool		should_free;
+	bool		isnull;
 
-	for (int i = 0; i < n; i++)
-		if (nw[i].dsubs != NULL && !ht_sum_is_zero(&nw[i].sum))
-			idx[k++] = i;
-	for (int base = 0; base < k; base += HT_BATCH)
+	ht_sum_zero(sum);
+	*n = 0;
+	/* (an index scan's keys name the index's columns) */
+	ScanKeyInit(&key[0], 1, BTEqualStrategyNumber, F_INT4EQ, Int32GetDatum(part));
+	ScanKeyInit(&key[1], 2, BTEqualStrategyNumber, F_INT2EQ, Int16GetDatum(depth));
+	ScanKeyInit(&key[2], 3, BTEqualStrategyNumber, F_TEXTEQ, pa);
+	ScanKeyInit(&key[3], 4, BTEqualStrategyNumber, F_TEXTEQ, pb);
+	ScanKeyInit(&key[4], 5, BTEqualStrategyNumber, F_INT2EQ, Int16GetDatum(level));
+	ScanKeyInit(&key[5], 6, BTEqualStrategyNumber, F_INT8EQ, Int64GetDatum(child));
+	index_rescan(nd->scan, key, 6, NULL, 0);
+	if (!index_getnext_slot(nd->scan, ForwardScanDirection, nd->slot))
+		return NULL;
+	tup = ExecFetchSlotHeapTuple(nd->slot, true, &should_free);
+	if (!should_free)
+		tup = heap_copytuple(tup);
+	ExecClearTuple(nd->slot);
+	ht_sum_from_bytea(sum, DatumGetByteaPP(heap_getattr(tup, nd->att_hash,
+														 RelationGetDescr(nd->rel), &isnull)));
+	*n = DatumGetInt64(heap_getattr(tup, nd->att_n, RelationGetDescr(nd->rel), &isnull));
+	return tup;
+}
+
+/*
+ * Row old (from node_direct_get) now has hash sum (not zero) and n; its
+ * kept sub-bucket hashes, if it keeps some, get the deltas of the packs'
+ * sub-buckets ds[0..nds-1] (ascending, one each; an empty list is stored
+ * as NULL, as a rebuild stores it; a row that keeps none keeps none)
+ */
+static void
+node_direct_put(NodeDirect *nd, HeapTuple old, const HtSum *sum, int64 n,
+				const BucketDelta *ds, int nds)
+{
+	TupleDesc	desc = RelationGetDescr(nd->rel);
+	Datum	   *values = palloc0(sizeof(Datum) * desc->natts);
+	bool	   *nulls = palloc0(sizeof(bool) * desc->natts);
+	bool	   *repl = palloc0(sizeof(bool) * desc->natts);
+	HeapTuple	tup;
+	bool		isnull;
+
+	values[nd->att_hash - 1] = PointerGetDatum(ht_sum_to_bytea(sum));
+	repl[nd->att_hash - 1] = true;
+	values[nd->att_n - 1] = Int64GetDatum(n);
+	repl[nd->att_n - 1] = true;
+	if (nds > 0 && nd->att_subs != InvalidAttrNumber)
 	{
-		int			m = Min(HT_BATCH, k - base);
-		Datum	   *pa = palloc(sizeof(Datum) * m);
-		Datum	   *pb = palloc(sizeof(Datum) * m);
-		int64	   *child = palloc(sizeof(int64) * m);
-		Datum	   *hash = palloc(sizeof(Datum) * m);
-		int64	   *cnt = palloc(sizeof(int64) * m);
-		Datum	   *ds = palloc(sizeof(Datum) * m);
-		Datum		v[7];
-		uint64		nrows;
+		Datum		d = heap_getattr(old, nd->att_subs, desc, &isnull);
 
-		for (int j = 0; j < m; j++)
+		if (!isnull)
 		{
-			NodeWrite  *x = &nw[idx[base + j]];
+			int			nsubs = HT_SUBS_PER_BUCKET(HT_DEPTH_LEAF);
+			int		   *idx = palloc(sizeof(int) * nds);
+			HtSum	   *deltas = palloc(sizeof(HtSum) * nds);
+			bytea	   *subs;
 
-			pa[j] = w->pa[x->tree];
-			pb[j] = w->pb[x->tree];
-			child[j] = x->child;
-			hash[j] = PointerGetDatum(ht_sum_to_bytea(&x->sum));
-			cnt[j] = x->n;
-			ds[j] = PointerGetDatum(x->dsubs);
+			for (int i = 0; i < nds; i++)
+			{
+				idx[i] = ds[i].sub & (nsubs - 1);
+				deltas[i] = ds[i].delta;
+			}
+			subs = ht_subs_add(DatumGetByteaPP(d), idx, deltas, nds, nsubs);
+			values[nd->att_subs - 1] = PointerGetDatum(subs);
+			nulls[nd->att_subs - 1] = (VARSIZE(subs) == VARHDRSZ);
+			repl[nd->att_subs - 1] = true;
 		}
-		v[0] = Int32GetDatum(part);
-		v[1] = PointerGetDatum(ht_array_text(pa, m));
-		v[2] = PointerGetDatum(ht_array_text(pb, m));
-		v[3] = PointerGetDatum(ht_array_int8(child, m));
-		v[4] = PointerGetDatum(ht_array_bytea(hash, m));
-		v[5] = PointerGetDatum(ht_array_int8(cnt, m));
-		v[6] = PointerGetDatum(ht_array_bytea(ds, m));
-		nrows = ht_exec(&q_node_subs_update, v, NULL, 0);
-		for (uint64 r = 0; r < nrows; r++)
-		{
-			bool		isnull;
-
-			done[idx[base + DatumGetInt32(ht_col(r, 1, &isnull)) - 1]] = true;
-		}
-		SPI_freetuptable(SPI_tuptable);
-		stats->nodes += nrows;
-		for (int j = 1; j < 7; j++)
-			pfree(DatumGetPointer(v[j]));
-		for (int j = 0; j < m; j++)
-			pfree(DatumGetPointer(hash[j]));
-		pfree(pa);
-		pfree(pb);
-		pfree(child);
-		pfree(hash);
-		pfree(cnt);
-		pfree(ds);
 	}
-	for (int i = 0; i < n; i++)
-		if (!done[i])
-			nw[left++] = nw[i];
-	pfree(idx);
-	pfree(done);
-	return left;
+	tup = heap_modify_tuple(old, desc, values, nulls, repl);
+	simple_heap_update(nd->rel, &old->t_self, tup);
+	if (!HeapTupleIsHeapOnly(tup))
+	{
+		Datum		iv[INDEX_MAX_KEYS];
+		bool		in[INDEX_MAX_KEYS];
+
+		for (int k = 0; k < nd->ii->ii_NumIndexAttrs; k++)
+			iv[k] = heap_getattr(tup, nd->ii->ii_IndexAttrNumbers[k], desc, &in[k]);
+		/* the same key as the version it replaces (see pack_rewrite) */
+		index_insert(nd->idx, iv, in, &tup->t_self, nd->rel, UNIQUE_CHECK_NO, true, nd->ii);
+	}
+	heap_freetuple(tup);
+	pfree(values);
+	pfree(nulls);
+	pfree(repl);
 }
 
 static void
 fold_upper_levels(int part, DepthWork *w, HtUpdateStats *stats)
 {
 	int			nb = w->nbuckets;
-	int		   *tree = palloc(sizeof(int) * Max(nb, 1));
-	int64	   *child = palloc(sizeof(int64) * Max(nb, 1));
+	HeapTuple  *rows = palloc(sizeof(HeapTuple) * Max(nb, 1));
+	NodeDirect	nd;
 	HtSum	   *old = palloc(sizeof(HtSum) * Max(nb, 1));
 	int64	   *old_n = palloc(sizeof(int64) * Max(nb, 1));
 	NodeWrite  *nw = palloc(sizeof(NodeWrite) * Max(nb, 1));
@@ -550,43 +577,45 @@ fold_upper_levels(int part, DepthWork *w, HtUpdateStats *stats)
 	/* sub-buckets: the same digests, summed over 32 segments */
 	apply_deltas(part, w, HT_LEVEL_SUB, w->subs, w->nsubs, stats);
 
-	/* level 2 */
+	/* level 2: the rows found are rewritten here, the others by write_nodes */
+	node_direct_open(&nd);
 	for (int i = 0; i < nb; i++)
-	{
-		tree[i] = w->buckets[i].tree;
-		child[i] = w->buckets[i].bucket;
-	}
-	fetch_nodes(part, w, 2, nb, tree, child, old, old_n);
-	keeps = w->npsubs > 0 && node_keeps_subs();
+		rows[i] = node_direct_get(&nd, part, w->depth, w->pa[w->buckets[i].tree],
+								  w->pb[w->buckets[i].tree], 2, w->buckets[i].bucket,
+								  &old[i], &old_n[i]);
+	keeps = w->npsubs > 0 && nd.att_subs != InvalidAttrNumber;
 	for (int i = 0; i < nb; i++)
 	{
 		BucketDelta *b = &w->buckets[i];
 		HtSum		new = old[i];
 		HtSum		d;
-		bytea	   *dsubs = NULL;
+		int			first;
 
 		/* its packs' changes, for the sub-bucket hashes the row may keep */
 		while (ps < w->npsubs && bucket_delta_cmp(&w->psubs[ps], b) < 0)
 			ps++;
-		if (ps < w->npsubs && bucket_delta_cmp(&w->psubs[ps], b) == 0)
-		{
-			int			first = ps;
+		first = ps;
+		while (ps < w->npsubs && bucket_delta_cmp(&w->psubs[ps], b) == 0)
+			ps++;
 
-			while (ps < w->npsubs && bucket_delta_cmp(&w->psubs[ps], b) == 0)
-				ps++;
-			if (keeps)
-				dsubs = subs_deltas(w->psubs + first, ps - first);
-		}
-
-		if (ht_sum_is_zero(&b->delta) && b->dn == 0 && dsubs == NULL)
+		if (ht_sum_is_zero(&b->delta) && b->dn == 0 && (!keeps || ps == first))
 			continue;
 		ht_sum_add(&new, &b->delta);
-		nw[nnw].tree = b->tree;
-		nw[nnw].child = b->bucket;
-		nw[nnw].sum = new;
-		nw[nnw].n = old_n[i] + b->dn;
-		nw[nnw].dsubs = dsubs;
-		nnw++;
+		if (rows[i] != NULL && !ht_sum_is_zero(&new))
+		{
+			node_direct_put(&nd, rows[i], &new, old_n[i] + b->dn, w->psubs + first,
+							keeps ? ps - first : 0);
+			stats->nodes++;
+		}
+		else
+		{
+			/* a new row (it keeps no sub-bucket hashes), or an emptied one */
+			nw[nnw].tree = b->tree;
+			nw[nnw].child = b->bucket;
+			nw[nnw].sum = new;
+			nw[nnw].n = old_n[i] + b->dn;
+			nnw++;
+		}
 
 		child_delta(b->bucket, &old[i], &new, &d);
 		if (nt == 0 || t_tree[nt - 1] != b->tree)
@@ -599,8 +628,7 @@ fold_upper_levels(int part, DepthWork *w, HtUpdateStats *stats)
 		ht_sum_add(&t_delta[nt - 1], &d);
 		t_dn[nt - 1] += b->dn;
 	}
-	if (keeps)
-		nnw = write_kept_subs(part, w, nw, nnw, stats);
+	node_direct_close(&nd);
 	write_nodes(part, w, 2, nw, nnw, stats);
 
 	/* level 1 */
@@ -621,7 +649,6 @@ fold_upper_levels(int part, DepthWork *w, HtUpdateStats *stats)
 		nw[nnw].child = 0;
 		nw[nnw].sum = new;
 		nw[nnw].n = t_old_n[i] + t_dn[i];
-		nw[nnw].dsubs = NULL;
 		nnw++;
 
 		HT_GROW(w->tops, w->ntops, w->tops_cap);
