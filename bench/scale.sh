@@ -10,6 +10,12 @@
 #   fold          update() after 200,000 changed rows: logged keys folded per second
 #   fold 30k      the same after 30,000 changed rows (one second of writes at
 #                 30,000 rows per second; the workers' tick is 10 s by default): ms
+#   fold steady   the fold of 200,000 changed rows again, three times, each after
+#                 a VACUUM of the extension's tables (as autovacuum does between
+#                 the workers' ticks; hashtree.entry_pack is set to be vacuumed
+#                 at 5% dead): the median, keys/s
+#   fold x2       the same from two sessions at once, partition p by session
+#                 p % 2, as the workers with hashtree.tick_workers = 2 do
 #   exchange 1k   exchange('b') with a second node holding the same rows but
 #                 1,000 differing ones (EXCHANGE=0 skips it: it doubles the load;
 #                 VACUUM=1 vacuums a's tables first, as autovacuum would after the
@@ -26,6 +32,9 @@
 # 4M+ rows (docs/DESIGN.md §17).
 # and at the end the cost per row of each size relative to the first, with a
 # linear extrapolation to 100M rows from the largest size (stated as such).
+# The servers keep 4 GB of WAL segments for reuse (min_wal_size), as a server
+# that has been running a while has them: on a new server every segment a
+# fold writes is a new file, zero-filled first (docs/DESIGN.md §17).
 # Usage (as root): bench/scale.sh [rows ...]
 set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
@@ -56,7 +65,7 @@ PORT_B=54352
 for n in a b; do
 	port=$([ $n = a ] && echo $PORT_A || echo $PORT_B)
 	pg_start "$WORK/$n" "$port" "listen_addresses = '127.0.0.1'" "shared_buffers = 1GB" \
-		"max_wal_size = 16GB" "checkpoint_timeout = 30min" "autovacuum = off" "jit = off" \
+		"max_wal_size = 16GB" "min_wal_size = 4GB" "checkpoint_timeout = 30min" "autovacuum = off" "jit = off" \
 		"shared_preload_libraries = 'hashtree'" "${HUGE_CONF[@]}"
 done
 echo "huge pages: $([ "$HUGE_PAGES" = 1 ] && echo on || echo "off (HUGE_PAGES=1 to use them)")"
@@ -106,10 +115,36 @@ stored_bytes() {
 	              AND c.relname IN ('entry', 'entry_pack', 'node', 'dirty', 'dirty_key')"
 }
 
+# steady_fold STEP SESSIONS SIGN: three folds of every STEP-th row changed
+# (amount + SIGN, - SIGN, + SIGN: two calls with opposite signs leave the
+# rows as they were, for the exchange below), each after a VACUUM of the
+# extension's tables, from SESSIONS sessions at once (partition p by
+# session p % SESSIONS); prints the median keys/s
+steady_fold() {
+	local step=$1 n=$2 sign=$3 keys t0 ms rates=()
+	for _ in 1 2 3; do
+		$A -c "VACUUM hashtree.entry, hashtree.entry_pack, hashtree.node, hashtree.dirty, hashtree.dirty_key" >/dev/null
+		$A -c "UPDATE big SET amount = amount + ($sign) WHERE id % $step = 0" >/dev/null
+		sign=$(( -sign ))
+		keys=$($A -At -c "SELECT count(*) FROM hashtree.dirty_key")
+		t0=$(date +%s%N)
+		for s in $(seq 0 $(( n - 1 ))); do
+			$A -c "SELECT count(*) FROM (SELECT hashtree.lock(p), hashtree.update(p), hashtree.release_lock(p)
+			         FROM generate_series(0, hashtree_partitions() - 1) p WHERE p % $n = $s) s" >/dev/null &
+		done
+		wait
+		ms=$(( ($(date +%s%N) - t0) / 1000000 ))
+		rates+=($(( keys * 1000 / (ms > 0 ? ms : 1) )))
+	done
+	printf '%s\n' "${rates[@]}" | sort -n | sed -n 2p
+}
+
 declare -A R
-printf '%-10s %9s %9s %9s %9s %6s %9s %9s %9s %9s %9s %9s %8s %8s %9s\n' rows scan_ms track_ms upd1_ms compar_ms ratio reset_ms upd1k_ms fold_k/s fold30k_ms xchg1k_ms xchg_warm B/row vs_tbl rss_MB
+printf '%-10s %9s %9s %9s %9s %6s %9s %9s %9s %9s %9s %9s %9s %9s %8s %8s %9s\n' rows scan_ms track_ms upd1_ms compar_ms ratio reset_ms upd1k_ms fold_k/s fold30k_ms steady_k/s x2_k/s xchg1k_ms xchg_warm B/row vs_tbl rss_MB
 for N in "${SIZES[@]}"; do
 	$A -c "SELECT hashtree.untrack(to_regclass('big')) WHERE EXISTS (SELECT 1 FROM hashtree.tracked_table WHERE table_name = 'big')" >/dev/null
+	# (the last size's packs and nodes, dead now, would be counted in the base)
+	$A -c "VACUUM hashtree.entry, hashtree.entry_pack, hashtree.node, hashtree.dirty, hashtree.dirty_key" >/dev/null
 	load "$A" "$N"
 	tbl=$($A -At -c "SELECT pg_total_relation_size('big')")
 	base=$(stored_bytes)
@@ -128,6 +163,8 @@ for N in "${SIZES[@]}"; do
 	step30=$(( N / 30000 )); [ $step30 -ge 1 ] || step30=1
 	$A -c "UPDATE big SET amount = amount + 1 WHERE id % $step30 = 1" >/dev/null
 	measure "$A" "$UPDATE_ALL"; fold30=$MS
+	steady=$(steady_fold "$step" 1 1)
+	x2=$(steady_fold "$step" 2 -1)
 	xchg=-
 	xchgw=-
 	if [ "$EXCHANGE" = 1 ]; then
@@ -143,8 +180,9 @@ for N in "${SIZES[@]}"; do
 		xchg=$MS1; xchgw=$MS
 	fi
 	ratio=$(echo "scale=2; ($track + $upd1) / $scan" | bc)
-	printf '%-10s %9.0f %9.0f %9.0f %9.0f %5sx %9.0f %9.0f %9s %9.0f %9s %9s %8s %8s %9s\n' "$N" "$scan" "$track" "$upd1" \
-		"$(echo "$track + $upd1" | bc)" "$ratio" "$reset" "$upd1k" "$(echo "$fold / 1000" | bc)" "$fold30" "$xchg" "$xchgw" \
+	printf '%-10s %9.0f %9.0f %9.0f %9.0f %5sx %9.0f %9.0f %9s %9.0f %9s %9s %9s %9s %8s %8s %9s\n' "$N" "$scan" "$track" "$upd1" \
+		"$(echo "$track + $upd1" | bc)" "$ratio" "$reset" "$upd1k" "$(echo "$fold / 1000" | bc)" "$fold30" \
+		"$(( steady / 1000 ))" "$(( x2 / 1000 ))" "$xchg" "$xchgw" \
 		"$(( bytes / N ))" "$(echo "scale=2; $bytes / $tbl" | bc)" "$(( rss / 1024 ))"
 	R[$N]="$scan $track $upd1 $reset $upd1k $xchg $xchgw"
 done
