@@ -71,6 +71,20 @@ ht_schema_oid(void)
 }
 
 void
+ht_open_table_index(const char *table, const char *index, LOCKMODE lockmode,
+					Relation *rel, Relation *idx)
+{
+	Oid			nsp = ht_schema_oid();
+	Oid			relid = get_relname_relid(table, nsp);
+	Oid			idxid = get_relname_relid(index, nsp);
+
+	if (!OidIsValid(relid) || !OidIsValid(idxid))
+		elog(ERROR, "hashtree: table hashtree.%s or its index %s is missing", table, index);
+	*rel = table_open(relid, lockmode);
+	*idx = index_open(idxid, lockmode);
+}
+
+void
 ht_as_owner_begin(Oid *save_user, int *save_sec)
 {
 	/* pg_extension.extowner: not whoever owns a schema named "hashtree" */

@@ -46,6 +46,14 @@ extern const char *ht_node_name(void);
 extern Oid	ht_schema_oid(void);
 
 /*
+ * Open hashtree.<table> and its index <index> (an error if either is
+ * missing: a damaged installation), for the direct heap and index access
+ * of the hot paths
+ */
+extern void ht_open_table_index(const char *table, const char *index, LOCKMODE lockmode,
+								Relation *rel, Relation *idx);
+
+/*
  * Run code as the extension's owner (the tracking trigger fires as the
  * writing user, who has no rights on the extension's tables).
  */

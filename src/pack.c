@@ -194,14 +194,10 @@ typedef struct PackScan
 static void
 pack_scan_open(PackScan *ps)
 {
-	Oid			nsp = ht_schema_oid();
-	Oid			relid = get_relname_relid("entry_pack", nsp);
-	Oid			idxid = get_relname_relid("entry_pack_pkey", nsp);
+	Oid			relid;
 
-	if (!OidIsValid(relid) || !OidIsValid(idxid))
-		elog(ERROR, "hashtree: table hashtree.entry_pack or its primary key is missing");
-	ps->rel = table_open(relid, AccessShareLock);
-	ps->idx = index_open(idxid, AccessShareLock);
+	ht_open_table_index("entry_pack", "entry_pack_pkey", AccessShareLock, &ps->rel, &ps->idx);
+	relid = RelationGetRelid(ps->rel);
 	ps->desc = RelationGetDescr(ps->rel);
 	ps->snap = RegisterSnapshot(GetLatestSnapshot());
 	ps->att_part = get_attnum(relid, "part");
@@ -279,9 +275,7 @@ typedef struct PackWrites
 static void
 writes_flush(PackWrites *w, text *pa, text *pb)
 {
-	Oid			nsp = ht_schema_oid();
-	Oid			relid = get_relname_relid("entry_pack", nsp);
-	Oid			idxid = get_relname_relid("entry_pack_pkey", nsp);
+	Oid			relid;
 	Relation	rel;
 	Relation	idx;
 	IndexInfo  *ii;
@@ -293,10 +287,8 @@ writes_flush(PackWrites *w, text *pa, text *pb)
 
 	if (w->n == 0)
 		return;
-	if (!OidIsValid(relid) || !OidIsValid(idxid))
-		elog(ERROR, "hashtree: table hashtree.entry_pack or its primary key is missing");
-	rel = table_open(relid, RowExclusiveLock);
-	idx = index_open(idxid, RowExclusiveLock);
+	ht_open_table_index("entry_pack", "entry_pack_pkey", RowExclusiveLock, &rel, &idx);
+	relid = RelationGetRelid(rel);
 	ii = BuildIndexInfo(idx);
 	desc = RelationGetDescr(rel);
 	values = palloc0(sizeof(Datum) * desc->natts);
@@ -493,16 +485,12 @@ typedef struct PackRewriter
 static PackRewriter *
 pack_rewrite_open(int part, int span, text *pa, text *pb)
 {
-	Oid			nsp = ht_schema_oid();
-	Oid			relid = get_relname_relid("entry_pack", nsp);
-	Oid			idxid = get_relname_relid("entry_pack_pkey", nsp);
 	PackRewriter *pu = palloc0(sizeof(PackRewriter));
+	Oid			relid;
 	int			natts;
 
-	if (!OidIsValid(relid) || !OidIsValid(idxid))
-		elog(ERROR, "hashtree: table hashtree.entry_pack or its primary key is missing");
-	pu->rel = table_open(relid, RowExclusiveLock);
-	pu->idx = index_open(idxid, RowExclusiveLock);
+	ht_open_table_index("entry_pack", "entry_pack_pkey", RowExclusiveLock, &pu->rel, &pu->idx);
+	relid = RelationGetRelid(pu->rel);
 	pu->ii = BuildIndexInfo(pu->idx);
 	natts = RelationGetDescr(pu->rel)->natts;
 	pu->values = palloc0(sizeof(Datum) * natts);

@@ -503,14 +503,10 @@ typedef struct TreeScan
 static void
 tree_scan_open(TreeScan *ts, const char *table, const char *index, const char *fifth)
 {
-	Oid			nsp = ht_schema_oid();
-	Oid			relid = get_relname_relid(table, nsp);
-	Oid			idxid = get_relname_relid(index, nsp);
+	Oid			relid;
 
-	if (!OidIsValid(relid) || !OidIsValid(idxid))
-		elog(ERROR, "hashtree: table hashtree.%s or its index %s is missing", table, index);
-	ts->rel = table_open(relid, AccessShareLock);
-	ts->idx = index_open(idxid, AccessShareLock);
+	ht_open_table_index(table, index, AccessShareLock, &ts->rel, &ts->idx);
+	relid = RelationGetRelid(ts->rel);
 	ts->desc = RelationGetDescr(ts->rel);
 	ts->att[0] = get_attnum(relid, "part");
 	ts->att[1] = get_attnum(relid, "depth");

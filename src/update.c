@@ -427,16 +427,13 @@ typedef struct NodeDirect
 static void
 node_direct_open(NodeDirect *nd)
 {
-	Oid			nsp = ht_schema_oid();
-	Oid			relid = get_relname_relid("node", nsp);
-	Oid			idxid = get_relname_relid("node_pkey", nsp);
+	Oid			relid;
 
-	if (!OidIsValid(relid) || !OidIsValid(idxid))
-		elog(ERROR, "hashtree: table hashtree.node or its primary key is missing");
-	nd->rel = table_open(relid, RowExclusiveLock);
-	nd->idx = index_open(idxid, RowExclusiveLock);
+	ht_open_table_index("node", "node_pkey", RowExclusiveLock, &nd->rel, &nd->idx);
+	relid = RelationGetRelid(nd->rel);
 	nd->ii = BuildIndexInfo(nd->idx);
-	/* the latest snapshot: this transaction's own writes are seen */
+	/* the latest snapshot: every write of this transaction so far is seen */
+	CommandCounterIncrement();
 	nd->snap = RegisterSnapshot(GetLatestSnapshot());
 	nd->scan = index_beginscan(nd->rel, nd->idx, nd->snap, 6, 0);
 	nd->slot = table_slot_create(nd->rel, NULL);

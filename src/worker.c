@@ -1258,6 +1258,46 @@ peer_check_step(void *arg)
 	c->exists = ht_peer_revalidate(c->peer);
 }
 
+/*
+ * A job that stays waits here for the launcher's next request (SIGUSR2).
+ * A reload is read and handed to reloaded(arg), which says whether the
+ * job may stay.  false when it must leave: a shutdown, its launcher gone
+ * (checked every PARKED_CHECK_MS), or the reload.
+ */
+static bool
+wait_for_request(int launcher, TimestampTz launcher_start, bool (*reloaded) (void *arg),
+				 void *arg)
+{
+	while (!job_requested)
+	{
+		(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
+						 PARKED_CHECK_MS, PG_WAIT_EXTENSION);
+		ResetLatch(MyLatch);
+		CHECK_FOR_INTERRUPTS();
+		if (ShutdownRequestPending || ht_live_owner(launcher, launcher_start) != launcher)
+			return false;
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+			if (!reloaded(arg))
+				return false;
+		}
+	}
+	job_requested = false;
+	return true;
+}
+
+/* a parked exchange job stays while its peer does (its connection checked) */
+static bool
+exchange_reloaded(void *arg)
+{
+	HtJob	   *job = (HtJob *) arg;
+	PeerCheck	c = {job->peer, true};
+
+	return !run_step("checking the peer", peer_check_step, &c, NULL) || c.exists;
+}
+
 static void
 exchange_job(HtJob *job)
 {
@@ -1283,25 +1323,8 @@ exchange_job(HtJob *job)
 		}
 
 		/* parked */
-		while (!job_requested)
-		{
-			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-							 PARKED_CHECK_MS, PG_WAIT_EXTENSION);
-			ResetLatch(MyLatch);
-			CHECK_FOR_INTERRUPTS();
-			if (ShutdownRequestPending || ht_live_owner(launcher, launcher_start) != launcher)
-				return;
-			if (ConfigReloadPending)
-			{
-				PeerCheck	c = {job->peer, true};
-
-				ConfigReloadPending = false;
-				ProcessConfigFile(PGC_SIGHUP);
-				if (run_step("checking the peer", peer_check_step, &c, NULL) && !c.exists)
-					return;
-			}
-		}
-		job_requested = false;
+		if (!wait_for_request(launcher, launcher_start, exchange_reloaded, job))
+			return;
 		if (ConfigReloadPending)
 		{
 			ConfigReloadPending = false;
@@ -1309,6 +1332,15 @@ exchange_job(HtJob *job)
 		}
 		job->mode = ht_guc_repair;
 	}
+}
+
+/* a tick job stays while its share does (a reload may lower tick_workers) */
+static bool
+tick_reloaded(void *arg)
+{
+	HtJob	   *job = (HtJob *) arg;
+
+	return job->part < Min(ht_guc_tick_workers, nparts);
 }
 
 /*
@@ -1324,13 +1356,25 @@ tick_job(HtJob *job)
 {
 	int			launcher = MyBgworkerEntry->bgw_notify_pid;
 	TimestampTz launcher_start = 0;
+	MemoryContext round_cxt;
 
 	if (launcher <= 0 || !ht_backend_start(launcher, &launcher_start))
 		return;
+	round_cxt = AllocSetContextCreate(TopMemoryContext, "hashtree tick job",
+									  ALLOCSET_DEFAULT_SIZES);
 	for (;;)
 	{
 		int			nshares;
 
+		MemoryContextSwitchTo(TopMemoryContext);
+		MemoryContextReset(round_cxt);
+		MemoryContextSwitchTo(round_cxt);
+		/* (a reload that came while the last round ran) */
+		if (ConfigReloadPending)
+		{
+			ConfigReloadPending = false;
+			ProcessConfigFile(PGC_SIGHUP);
+		}
 		if (!check_extension())
 			return;
 		nshares = Min(ht_guc_tick_workers, nparts);
@@ -1347,23 +1391,8 @@ tick_job(HtJob *job)
 		}
 
 		/* until the next tick */
-		while (!job_requested)
-		{
-			(void) WaitLatch(MyLatch, WL_LATCH_SET | WL_TIMEOUT | WL_EXIT_ON_PM_DEATH,
-							 PARKED_CHECK_MS, PG_WAIT_EXTENSION);
-			ResetLatch(MyLatch);
-			CHECK_FOR_INTERRUPTS();
-			if (ShutdownRequestPending || ht_live_owner(launcher, launcher_start) != launcher)
-				return;
-			if (ConfigReloadPending)
-			{
-				ConfigReloadPending = false;
-				ProcessConfigFile(PGC_SIGHUP);
-				if (job->part >= Min(ht_guc_tick_workers, nparts))
-					return;		/* fewer shares now */
-			}
-		}
-		job_requested = false;
+		if (!wait_for_request(launcher, launcher_start, tick_reloaded, job))
+			return;
 	}
 }
 
