@@ -945,7 +945,7 @@ tick_share_request(int share)
  * update every partition (one step each), then recover fragment operations
  * and now and then start the cleanup of a peer.  With hashtree.tick_workers
  * = n > 1, partition p is updated by share p % n: share 0 here, the others
- * by tick jobs at the same time (DESIGN §17).
+ * by tick jobs at the same time (DESIGN §13).
  */
 static void
 tick(void)
