@@ -2004,8 +2004,8 @@ ht_pack_sum(PG_FUNCTION_ARGS)
  * The sub-bucket hashes a level-2 row keeps (node.subs, DESIGN §2) with
  * deltas added: both lists of (index in the bucket: one byte, 32 bytes),
  * by index, each index once; a hash that becomes zero leaves the list.
- * The update writes a row and its list in one statement with it.  Locks:
- * none.
+ * (The update adds its deltas in C, node_direct_put in update.c; this is
+ * the same for SQL.)  Locks: none.
  */
 PG_FUNCTION_INFO_V1(ht_subs_add_sql);
 Datum
